@@ -1,0 +1,25 @@
+//! kollector's domain types, with no I/O.
+//!
+//! A *monitor* is one Kafka cluster to watch: its connection settings,
+//! interval, timeout and filters ([`MonitorSpec`]). Specs arrive as untrusted
+//! input ([`MonitorInput`], from a TOML file or gRPC) and become a
+//! `MonitorSpec` only through [`MonitorInput::validate`], which reports every
+//! bad field at once. A collection produces a [`Snapshot`] of one cluster.
+//! Secrets live in [`Secret`], which never prints its value.
+
+pub mod config;
+pub mod ids;
+pub mod snapshot;
+pub mod spec;
+pub mod status;
+
+pub use config::{ConfigError, ConfigFile, ConfigFileError};
+pub use ids::{CollectorId, Epoch, Generation, MonitorId};
+pub use snapshot::{
+    compute_lag, Broker, GroupOffset, GroupSnapshot, PartitionSnapshot, Snapshot, TopicSnapshot,
+};
+pub use spec::{
+    FieldError, Filters, KafkaConnection, MonitorInput, MonitorSpec, SaslConfig, SaslInput,
+    SaslMechanism, Secret, TlsConfig, TlsInput, ValidationErrors,
+};
+pub use status::{CollectError, ErrorKind, MonitorState, MonitorStatus};

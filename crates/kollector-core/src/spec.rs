@@ -1,0 +1,675 @@
+//! Monitor specs: the untrusted input form and the validated form.
+//!
+//! [`MonitorInput`] is what a user writes (TOML `[[monitors]]` entry or a gRPC
+//! request): strings for durations and regexes, optional everything.
+//! [`MonitorInput::validate`] checks every field and returns either a
+//! [`MonitorSpec`], which is valid by construction, or *all* field errors at
+//! once so a user can fix a file in one pass. Nothing downstream re-validates.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Generation, MonitorId};
+
+/// Shortest allowed collection interval.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest allowed collection interval.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// Shortest allowed collection timeout.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+/// Interval used when a monitor does not set one.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+/// Upper bound on the default timeout (the default is 80% of the interval, capped here).
+pub const DEFAULT_TIMEOUT_CAP: Duration = Duration::from_secs(20);
+
+/// A secret string (SASL password, key passphrase). Its `Debug` and `Display`
+/// never show the value, so it cannot leak through logs or error messages.
+/// It serializes in clear because specs are persisted (etcd, cluster mode);
+/// the gRPC read APIs never return it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The value, for handing to the Kafka client. Call sites are few and greppable.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// SASL mechanisms kollector supports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub const ALL: [SaslMechanism; 3] =
+        [SaslMechanism::Plain, SaslMechanism::ScramSha256, SaslMechanism::ScramSha512];
+
+    /// The name librdkafka and Kafka use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+
+    /// Parses a mechanism name, case-insensitively.
+    pub fn parse(s: &str) -> Option<SaslMechanism> {
+        SaslMechanism::ALL.into_iter().find(|m| m.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+/// Validated SASL settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaslConfig {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    pub password: Secret,
+}
+
+/// Validated TLS settings. TLS is on when this is present.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsConfig {
+    /// CA bundle (PEM) to verify brokers with; the system store when absent.
+    pub ca_file: Option<String>,
+    /// Client certificate (PEM) for mutual TLS; requires `key_file`.
+    pub cert_file: Option<String>,
+    /// Client private key (PEM) for mutual TLS; requires `cert_file`.
+    pub key_file: Option<String>,
+    pub key_password: Option<Secret>,
+    /// Skip broker certificate verification. For test clusters only.
+    pub insecure_skip_verify: bool,
+}
+
+/// How to reach and authenticate to one Kafka cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaConnection {
+    /// `host:port` pairs, at least one.
+    pub bootstrap: Vec<String>,
+    pub sasl: Option<SaslConfig>,
+    pub tls: Option<TlsConfig>,
+}
+
+impl KafkaConnection {
+    /// The `security.protocol` librdkafka needs for these settings.
+    pub fn security_protocol(&self) -> &'static str {
+        match (self.sasl.is_some(), self.tls.is_some()) {
+            (false, false) => "plaintext",
+            (false, true) => "ssl",
+            (true, false) => "sasl_plaintext",
+            (true, true) => "sasl_ssl",
+        }
+    }
+}
+
+/// Topic and group allow/deny filters. A name is collected when it matches
+/// the include pattern (or there is none) and does not match the exclude
+/// pattern: exclude wins.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Filters {
+    #[serde(with = "opt_regex")]
+    pub topic_include: Option<Regex>,
+    #[serde(with = "opt_regex")]
+    pub topic_exclude: Option<Regex>,
+    #[serde(with = "opt_regex")]
+    pub group_include: Option<Regex>,
+    #[serde(with = "opt_regex")]
+    pub group_exclude: Option<Regex>,
+}
+
+impl PartialEq for Filters {
+    fn eq(&self, other: &Self) -> bool {
+        fn s(r: &Option<Regex>) -> Option<&str> {
+            r.as_ref().map(|r| r.as_str())
+        }
+        s(&self.topic_include) == s(&other.topic_include)
+            && s(&self.topic_exclude) == s(&other.topic_exclude)
+            && s(&self.group_include) == s(&other.group_include)
+            && s(&self.group_exclude) == s(&other.group_exclude)
+    }
+}
+impl Eq for Filters {}
+
+impl Filters {
+    pub fn topic_allowed(&self, topic: &str) -> bool {
+        allowed(&self.topic_include, &self.topic_exclude, topic)
+    }
+    pub fn group_allowed(&self, group: &str) -> bool {
+        allowed(&self.group_include, &self.group_exclude, group)
+    }
+}
+
+fn allowed(include: &Option<Regex>, exclude: &Option<Regex>, name: &str) -> bool {
+    include.as_ref().is_none_or(|r| r.is_match(name)) && !exclude.as_ref().is_some_and(|r| r.is_match(name))
+}
+
+/// Anchors a user pattern so `orders` means the whole name `orders`, as in
+/// kafka_exporter's filters; users write `orders.*` for a prefix.
+fn compile_anchored(pattern: &str) -> Result<Regex, regex::Error> {
+    Regex::new(&format!("^(?:{pattern})$"))
+}
+
+mod opt_regex {
+    use regex::Regex;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(r: &Option<Regex>, s: S) -> Result<S::Ok, S::Error> {
+        // Stored without the anchoring wrapper so it round-trips to what the user wrote.
+        match r {
+            Some(r) => s.serialize_some(super::unanchor(r.as_str())),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Regex>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|p| super::compile_anchored(&p).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+fn unanchor(s: &str) -> &str {
+    s.strip_prefix("^(?:").and_then(|s| s.strip_suffix(")$")).unwrap_or(s)
+}
+
+/// A validated monitor: everything a collector needs to watch one cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorSpec {
+    pub id: MonitorId,
+    /// Bumped on every change; a running monitor with an older generation is restarted.
+    pub generation: Generation,
+    pub connection: KafkaConnection,
+    #[serde(with = "humantime_serde_compat")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    pub filters: Filters,
+    /// When set, the monitor refuses data from any other cluster from the first cycle on.
+    pub expected_cluster_id: Option<String>,
+    /// Free-form labels (owner, environment); shown in listings.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl MonitorSpec {
+    /// The filter patterns as the user wrote them (unanchored), for display and round-trips.
+    pub fn filter_patterns(&self) -> [Option<String>; 4] {
+        let f = &self.filters;
+        [&f.topic_include, &f.topic_exclude, &f.group_include, &f.group_exclude]
+            .map(|r| r.as_ref().map(|r| unanchor(r.as_str()).to_string()))
+    }
+
+    /// Turns a spec back into input form, e.g. to apply a partial update and
+    /// re-validate. The password stays as it was.
+    pub fn to_input(&self) -> MonitorInput {
+        let [ti, te, gi, ge] = self.filter_patterns();
+        MonitorInput {
+            id: self.id.to_string(),
+            bootstrap: self.connection.bootstrap.clone(),
+            interval: Some(humantime::format_duration(self.interval).to_string()),
+            timeout: Some(humantime::format_duration(self.timeout).to_string()),
+            topic_include: ti,
+            topic_exclude: te,
+            group_include: gi,
+            group_exclude: ge,
+            expected_cluster_id: self.expected_cluster_id.clone(),
+            sasl: self.connection.sasl.as_ref().map(|s| SaslInput {
+                mechanism: s.mechanism.as_str().to_string(),
+                username: s.username.clone(),
+                password: Some(s.password.clone()),
+                password_env: None,
+            }),
+            tls: self.connection.tls.as_ref().map(|t| TlsInput {
+                enabled: Some(true),
+                ca_file: t.ca_file.clone(),
+                cert_file: t.cert_file.clone(),
+                key_file: t.key_file.clone(),
+                key_password: t.key_password.clone(),
+                insecure_skip_verify: Some(t.insecure_skip_verify),
+            }),
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// SASL settings as a user writes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaslInput {
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    pub mechanism: String,
+    pub username: String,
+    /// The password itself. Prefer `password_env` in files.
+    pub password: Option<Secret>,
+    /// Name of an environment variable holding the password; the binary
+    /// resolves it into `password` before validation.
+    pub password_env: Option<String>,
+}
+
+/// TLS settings as a user writes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsInput {
+    /// Defaults to true when a `[tls]` table is present.
+    pub enabled: Option<bool>,
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub key_password: Option<Secret>,
+    pub insecure_skip_verify: Option<bool>,
+}
+
+/// A monitor as a user writes it: a `[[monitors]]` table or a gRPC request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorInput {
+    pub id: String,
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    /// e.g. "15s", "1m"; default 30s; 1s..=1h.
+    pub interval: Option<String>,
+    /// e.g. "10s"; default 80% of the interval, at most 20s; must be below the interval.
+    pub timeout: Option<String>,
+    pub topic_include: Option<String>,
+    pub topic_exclude: Option<String>,
+    pub group_include: Option<String>,
+    pub group_exclude: Option<String>,
+    pub expected_cluster_id: Option<String>,
+    pub sasl: Option<SaslInput>,
+    pub tls: Option<TlsInput>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One bad field: which one and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path, e.g. `bootstrap[1]`, `sasl.mechanism`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem found in one input, in field order.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl ValidationErrors {
+    pub fn single(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ValidationErrors(vec![FieldError { field: field.into(), message: message.into() }])
+    }
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|e| e.field.as_str())
+    }
+}
+
+struct Errors(Vec<FieldError>);
+impl Errors {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError { field: field.into(), message: message.into() });
+    }
+}
+
+/// Checks one `host:port` bootstrap entry.
+fn check_bootstrap_entry(entry: &str) -> Result<(), String> {
+    if entry.trim() != entry || entry.is_empty() {
+        return Err(format!("{entry:?} must be host:port without spaces"));
+    }
+    if entry.contains("://") {
+        return Err(format!("{entry:?} must be host:port, without a scheme"));
+    }
+    let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
+        // [ipv6]:port
+        let (h, p) = rest.split_once("]:").ok_or_else(|| format!("{entry:?} must be [ipv6]:port"))?;
+        (h, p)
+    } else {
+        entry.rsplit_once(':').ok_or_else(|| format!("{entry:?} has no port; expected host:port"))?
+    };
+    if host.is_empty() {
+        return Err(format!("{entry:?} has an empty host"));
+    }
+    if host.contains(':') && !entry.starts_with('[') {
+        return Err(format!("{entry:?}: write IPv6 addresses as [addr]:port"));
+    }
+    if host.chars().any(|c| c.is_whitespace() || c == ',' || c == '/') {
+        return Err(format!("{entry:?} has an invalid host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{entry:?} has an invalid port {port:?}; expected 1-65535")),
+    }
+}
+
+fn parse_duration(field: &str, value: &str, errors: &mut Errors) -> Option<Duration> {
+    match humantime::parse_duration(value.trim()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            errors.push(field, format!("{value:?} is not a duration ({e}); write e.g. \"15s\" or \"1m\""));
+            None
+        }
+    }
+}
+
+fn fmt_d(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+impl MonitorInput {
+    /// Validates every field and builds a spec with the given generation, or
+    /// returns all field errors.
+    pub fn validate(&self, generation: Generation) -> Result<MonitorSpec, ValidationErrors> {
+        let mut errors = Errors(Vec::new());
+
+        let id = match MonitorId::new(self.id.clone()) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                errors.push("id", format!("{:?} {e}", self.id));
+                None
+            }
+        };
+
+        if self.bootstrap.is_empty() {
+            errors.push("bootstrap", "must list at least one host:port");
+        }
+        for (i, entry) in self.bootstrap.iter().enumerate() {
+            if let Err(msg) = check_bootstrap_entry(entry) {
+                errors.push(format!("bootstrap[{i}]"), msg);
+            } else if self.bootstrap[..i].contains(entry) {
+                errors.push(format!("bootstrap[{i}]"), format!("{entry:?} is listed twice"));
+            }
+        }
+
+        let interval = match &self.interval {
+            None => Some(DEFAULT_INTERVAL),
+            Some(v) => parse_duration("interval", v, &mut errors),
+        };
+        let interval = interval.and_then(|d| {
+            if d < MIN_INTERVAL || d > MAX_INTERVAL {
+                errors.push(
+                    "interval",
+                    format!("{} is outside the allowed range {}..={}", fmt_d(d), fmt_d(MIN_INTERVAL), fmt_d(MAX_INTERVAL)),
+                );
+                None
+            } else {
+                Some(d)
+            }
+        });
+
+        let timeout = match &self.timeout {
+            None => interval.map(|i| (i * 4 / 5).min(DEFAULT_TIMEOUT_CAP)),
+            Some(v) => parse_duration("timeout", v, &mut errors),
+        };
+        if let (Some(t), Some(i)) = (timeout, interval) {
+            if t >= i {
+                errors.push(
+                    "timeout",
+                    format!("{} must be shorter than the interval ({}) so collections never overlap", fmt_d(t), fmt_d(i)),
+                );
+            }
+        }
+        if let Some(t) = timeout {
+            if t < MIN_TIMEOUT {
+                errors.push("timeout", format!("{} is below the minimum {}", fmt_d(t), fmt_d(MIN_TIMEOUT)));
+            }
+        }
+
+        let mut regex = |field: &str, pattern: &Option<String>| -> Option<Regex> {
+            let p = pattern.as_ref()?;
+            match compile_anchored(p) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    let detail = e.to_string().lines().last().unwrap_or_default().trim().to_string();
+                    errors.push(field, format!("{p:?} is not a valid regular expression: {detail}"));
+                    None
+                }
+            }
+        };
+        let filters = Filters {
+            topic_include: regex("topic_include", &self.topic_include),
+            topic_exclude: regex("topic_exclude", &self.topic_exclude),
+            group_include: regex("group_include", &self.group_include),
+            group_exclude: regex("group_exclude", &self.group_exclude),
+        };
+
+        if let Some(cid) = &self.expected_cluster_id {
+            if cid.trim().is_empty() {
+                errors.push("expected_cluster_id", "must not be empty when set");
+            }
+        }
+
+        let sasl = self.sasl.as_ref().and_then(|s| {
+            let mechanism = SaslMechanism::parse(&s.mechanism);
+            if mechanism.is_none() {
+                let known: Vec<&str> = SaslMechanism::ALL.iter().map(|m| m.as_str()).collect();
+                errors.push(
+                    "sasl.mechanism",
+                    format!("unknown SASL mechanism {:?}; expected one of {}", s.mechanism, known.join(", ")),
+                );
+            }
+            if s.username.trim().is_empty() {
+                errors.push("sasl.username", "must not be empty");
+            }
+            let password = match &s.password {
+                Some(p) if !p.expose().is_empty() => Some(p.clone()),
+                _ => {
+                    match &s.password_env {
+                        Some(var) => errors.push(
+                            "sasl.password_env",
+                            format!("environment variable {var:?} is not set or empty"),
+                        ),
+                        None => errors.push("sasl.password", "must be set (or name an environment variable in password_env)"),
+                    }
+                    None
+                }
+            };
+            Some(SaslConfig { mechanism: mechanism?, username: s.username.clone(), password: password? })
+        });
+
+        let tls = self.tls.as_ref().and_then(|t| {
+            if t.enabled == Some(false) {
+                return None;
+            }
+            if t.cert_file.is_some() != t.key_file.is_some() {
+                errors.push("tls.key_file", "cert_file and key_file must be given together");
+            }
+            for (field, v) in [("tls.ca_file", &t.ca_file), ("tls.cert_file", &t.cert_file), ("tls.key_file", &t.key_file)] {
+                if v.as_ref().is_some_and(|p| p.trim().is_empty()) {
+                    errors.push(field, "must not be empty when set");
+                }
+            }
+            Some(TlsConfig {
+                ca_file: t.ca_file.clone(),
+                cert_file: t.cert_file.clone(),
+                key_file: t.key_file.clone(),
+                key_password: t.key_password.clone(),
+                insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
+            })
+        });
+
+        for (k, _) in &self.labels {
+            if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                errors.push(format!("labels.{k}"), "label names use letters, digits and '_' only");
+            }
+        }
+
+        if !errors.0.is_empty() {
+            return Err(ValidationErrors(errors.0));
+        }
+        match (id, interval, timeout) {
+            (Some(id), Some(interval), Some(timeout)) => Ok(MonitorSpec {
+                id,
+                generation,
+                connection: KafkaConnection { bootstrap: self.bootstrap.clone(), sasl, tls },
+                interval,
+                timeout,
+                filters,
+                expected_cluster_id: self.expected_cluster_id.clone(),
+                labels: self.labels.clone(),
+            }),
+            // Unreachable in practice: a missing piece always pushed an error above.
+            _ => Err(ValidationErrors::single("monitor", "incomplete")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> MonitorInput {
+        MonitorInput {
+            id: "orders-prod".into(),
+            bootstrap: vec!["10.0.0.5:9092".into(), "kafka-2.internal:9093".into()],
+            interval: Some("15s".into()),
+            ..Default::default()
+        }
+    }
+
+    fn fields(r: Result<MonitorSpec, ValidationErrors>) -> Vec<String> {
+        r.expect_err("should be invalid").0.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn valid_input_gets_defaults() {
+        let spec = input().validate(1).unwrap();
+        assert_eq!(spec.interval, Duration::from_secs(15));
+        assert_eq!(spec.timeout, Duration::from_secs(12));
+        assert_eq!(spec.connection.security_protocol(), "plaintext");
+        let mut i = input();
+        i.interval = None;
+        let spec = i.validate(1).unwrap();
+        assert_eq!(spec.interval, DEFAULT_INTERVAL);
+        assert_eq!(spec.timeout, DEFAULT_TIMEOUT_CAP);
+    }
+
+    #[test]
+    fn bootstrap_rules() {
+        let mut i = input();
+        i.bootstrap = vec![];
+        assert_eq!(fields(i.validate(1)), ["bootstrap"]);
+        for bad in ["host", "host:", "host:0", "host:70000", ":9092", "tcp://h:1", " h:1", "::1:9092", "a,b:1"] {
+            let mut i = input();
+            i.bootstrap = vec![bad.into()];
+            assert_eq!(fields(i.validate(1)), ["bootstrap[0]"], "{bad}");
+        }
+        let mut i = input();
+        i.bootstrap = vec!["[::1]:9092".into(), "h:1".into(), "h:1".into()];
+        assert_eq!(fields(i.validate(1)), ["bootstrap[2]"]);
+    }
+
+    #[test]
+    fn interval_and_timeout_rules() {
+        for (interval, timeout, bad) in [
+            ("500ms", None, vec!["interval"]),
+            ("2h", None, vec!["interval"]),
+            ("soon", None, vec!["interval"]),
+            ("10s", Some("10s"), vec!["timeout"]),
+            ("10s", Some("20s"), vec!["timeout"]),
+            ("10s", Some("10ms"), vec!["timeout"]),
+            ("10s", Some("x"), vec!["timeout"]),
+        ] {
+            let mut i = input();
+            i.interval = Some(interval.into());
+            i.timeout = timeout.map(String::from);
+            assert_eq!(fields(i.validate(1)), bad, "{interval} {timeout:?}");
+        }
+    }
+
+    #[test]
+    fn regex_sasl_tls_rules_and_all_errors_at_once() {
+        let mut i = input();
+        i.id = "bad id".into();
+        i.topic_include = Some("orders(".into());
+        i.group_exclude = Some("[".into());
+        i.sasl = Some(SaslInput { mechanism: "GSSAPI".into(), username: "".into(), ..Default::default() });
+        i.tls = Some(TlsInput { cert_file: Some("c.pem".into()), ..Default::default() });
+        assert_eq!(
+            fields(i.validate(1)),
+            ["id", "topic_include", "group_exclude", "sasl.mechanism", "sasl.username", "sasl.password", "tls.key_file"]
+        );
+    }
+
+    #[test]
+    fn filters_are_anchored_and_exclude_wins() {
+        let mut i = input();
+        i.topic_include = Some("orders.*".into());
+        i.topic_exclude = Some("orders-tmp".into());
+        let spec = i.validate(1).unwrap();
+        assert!(spec.filters.topic_allowed("orders-eu"));
+        assert!(!spec.filters.topic_allowed("orders-tmp"));
+        assert!(!spec.filters.topic_allowed("my-orders"));
+        assert!(spec.filters.group_allowed("anything"));
+        assert_eq!(spec.filter_patterns()[0].as_deref(), Some("orders.*"));
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let mut i = input();
+        i.sasl = Some(SaslInput {
+            mechanism: "scram-sha-512".into(),
+            username: "svc".into(),
+            password: Some(Secret::new("hunter2")),
+            password_env: None,
+        });
+        i.tls = Some(TlsInput { key_password: Some(Secret::new("keypass")), ..Default::default() });
+        let spec = i.validate(1).unwrap();
+        assert_eq!(spec.connection.sasl.as_ref().unwrap().mechanism, SaslMechanism::ScramSha512);
+        assert_eq!(spec.connection.security_protocol(), "sasl_ssl");
+        for text in [format!("{spec:?}"), format!("{i:?}")] {
+            assert!(!text.contains("hunter2") && !text.contains("keypass"), "{text}");
+        }
+    }
+
+    #[test]
+    fn spec_round_trips_through_input_and_json() {
+        let mut i = input();
+        i.topic_exclude = Some("__.*".into());
+        let spec = i.validate(3).unwrap();
+        assert_eq!(spec.to_input().validate(3).unwrap(), spec);
+        let json = serde_json::to_string(&spec).unwrap();
+        let back: MonitorSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, spec);
+    }
+}

@@ -1,0 +1,2 @@
+//! One Kafka cluster's client and collection.
+pub mod admin;

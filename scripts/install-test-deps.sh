@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs what kollector's tests need, idempotently: a second run finds
+# everything in place and returns in a second or two.
+#
+#   - etcd-server (Debian package): the real etcd the cluster-mode tests start.
+#   - tansu 0.6.0 (crates.io, memory storage engine): a real Kafka-protocol
+#     broker the tests start on free loopback ports. Built once (~8 minutes on
+#     2 cores) into ~/.cargo/bin and reused afterwards.
+#   - make/g++/libssl-dev/zlib1g-dev for librdkafka's vendored build (usually
+#     already present).
+#
+# protoc needs no install: kollector-proto uses the protoc-bin-vendored crate.
+set -euo pipefail
+
+TANSU_VERSION=0.6.0
+log() { printf '[install-test-deps] %s\n' "$*" >&2; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+need_apt=()
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+command -v make >/dev/null 2>&1 || need_apt+=(make)
+command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
+command -v perl >/dev/null 2>&1 || need_apt+=(perl)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# librdkafka (vendored by rdkafka-sys) links the system OpenSSL (SASL/SCRAM, TLS) and zlib.
+dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
+dpkg -s zlib1g-dev >/dev/null 2>&1 || need_apt+=(zlib1g-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+  # Debian's package starts an etcd service on :2379; the tests start their own
+  # on free ports, so stop the system one if a service manager started it.
+  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true; fi
+else
+  log "etcd, make, g++ present"
+fi
+
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+export PATH="$CARGO_BIN:$PATH"
+if command -v tansu >/dev/null 2>&1 && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+  log "tansu $TANSU_VERSION present at $(command -v tansu)"
+else
+  log "building tansu $TANSU_VERSION from crates.io (one time, several minutes)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --no-default-features --features dynostore
+fi
+
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  log "installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+log "done: etcd=$(command -v etcd) tansu=$(command -v tansu)"
