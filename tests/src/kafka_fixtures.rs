@@ -77,3 +77,11 @@ pub fn commit_offsets(bootstrap: &str, group: &str, offsets: &[(&str, i32, i64)]
     }
     consumer.commit(&tpl, CommitMode::Sync).expect("commit offsets");
 }
+
+/// The cluster id a broker reports, read with a fresh client (which is
+/// dropped before returning).
+pub fn cluster_id(bootstrap: &str) -> String {
+    let consumer: BaseConsumer = base_config(bootstrap).create().expect("client");
+    consumer.fetch_metadata(None, TIMEOUT).expect("metadata");
+    consumer.client().fetch_cluster_id(TIMEOUT).expect("cluster id")
+}

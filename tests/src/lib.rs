@@ -8,6 +8,8 @@
 //! condition with a deadline instead of sleeping ([`poll`]).
 
 pub mod kafka_fixtures;
+pub mod kollector;
+pub mod metrics;
 pub mod net;
 pub mod poll;
 pub mod tansu;

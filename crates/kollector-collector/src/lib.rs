@@ -1,1 +1,28 @@
-//! placeholder
+//! A collector node: where monitors run.
+//!
+//! File map, by what a reader looks for:
+//! - `registry.rs`: [`MonitorRegistry`], the only place monitors are started
+//!   and stopped. Assign / Unassign answer only after the old Kafka client is
+//!   closed.
+//! - `monitor_actor.rs`: [`MonitorActor`], one per monitor; owns its Kafka
+//!   client, collects on its interval, rebuilds the client with backoff.
+//! - `store.rs`: [`ResultStore`], the latest result per monitor, read by the
+//!   APIs and `/metrics`; writes from an older generation are refused.
+//! - `metrics.rs`: Prometheus text exposition rendered from the store.
+//! - `probe.rs`: a one-time collection with a temporary client.
+//! - `node.rs`: runs the actors on their own actix system thread and hands a
+//!   `Send` handle to the tokio side (gRPC, HTTP).
+
+mod backoff;
+pub mod metrics;
+mod monitor_actor;
+mod node;
+mod probe;
+mod registry;
+mod store;
+
+pub use monitor_actor::MonitorActor;
+pub use node::{CollectorHandle, CollectorNode};
+pub use probe::probe;
+pub use registry::{AssignOutcome, MonitorRegistry, RegistryError, RunningMonitor};
+pub use store::{MonitorEntry, ResultStore};

@@ -1,2 +1,20 @@
 //! One Kafka cluster's client and collection.
+//!
+//! [`KafkaClient`] is built from one monitor's spec and is owned by exactly
+//! one monitor: there is no cache, no sharing and no global client, which is
+//! what makes HertzBeat's cross-cluster bug (one static admin client reused by
+//! every monitor) impossible here. Dropping it closes its sockets and
+//! librdkafka threads; `live_clients()` counts the ones still open.
+//!
+//! [`KafkaClient::collect`] reads one [`kollector_core::Snapshot`] with a
+//! fixed, small number of batched requests (see `collect.rs`). The calls
+//! block, so callers run them off async threads.
+//!
+//! [`admin`] holds safe wrappers over librdkafka admin calls that the
+//! `rdkafka` crate does not wrap.
+
 pub mod admin;
+mod client;
+mod collect;
+
+pub use client::{live_clients, ClientOptions, KafkaClient, RequestCounts};

@@ -1,1 +1,18 @@
-//! placeholder
+//! The manager side of kollector.
+//!
+//! - `catalog.rs`: [`MonitorCatalog`], the desired monitors and their
+//!   generations; create/update/delete validate first and change nothing on
+//!   error.
+//! - `service.rs`: [`ManagerServiceImpl`], the gRPC `ManagerService`, over a
+//!   [`MonitorBackend`] that actually runs monitors. In standalone mode the
+//!   backend is the local collector; in cluster mode it will be the
+//!   assignment reconciler.
+//! - `planner.rs`: which collector runs which monitor (cluster mode); a
+//!   pure function tested apart from any I/O.
+
+mod catalog;
+pub mod planner;
+mod service;
+
+pub use catalog::{CatalogError, MonitorCatalog};
+pub use service::{BackendError, LatestResult, ManagerServiceImpl, MonitorBackend};

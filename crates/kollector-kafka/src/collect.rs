@@ -1,0 +1,338 @@
+//! One collection cycle: everything a snapshot holds, in a fixed number of
+//! batched requests, within the monitor's timeout.
+//!
+//! Requests per cycle for a cluster with B brokers, P partitions and G groups
+//! (librdkafka batches inside each call):
+//!   Metadata                       1
+//!   DescribeCluster                1 (skipped once the cluster says it lacks it)
+//!   ListOffsets                    2 per partition-leader broker (earliest, latest), ≤ 2B, independent of P
+//!   ListGroups                     1 per broker
+//!   DescribeGroups                 1 per group coordinator
+//!   OffsetFetch                    1 per group (librdkafka's ListConsumerGroupOffsets takes one group
+//!                                  per call; all are in flight at once, so this costs one round trip)
+//! The high watermarks are read once and reused for every group's lag, unlike
+//! kafka_exporter's per-group-partition reads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kollector_core::{
+    compute_lag, Broker, CollectError, ErrorKind, GroupOffset, GroupSnapshot, MonitorSpec, PartitionSnapshot,
+    Snapshot, TopicSnapshot,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use crate::admin::{self, AdminError, OffsetSpec};
+use crate::client::KafkaClient;
+
+/// Time left before `deadline`, or a Timeout error naming the step that ran out.
+fn remaining(deadline: Instant, step: &str) -> Result<Duration, CollectError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left < Duration::from_millis(10) {
+        return Err(CollectError::new(ErrorKind::Timeout, format!("collection timed out before {step}")));
+    }
+    Ok(left)
+}
+
+fn admin_error(step: &str, e: AdminError) -> CollectError {
+    let kind = match &e {
+        AdminError::Timeout(_) => ErrorKind::Timeout,
+        AdminError::Kafka { code, .. } if is_transport(*code) => ErrorKind::Connection,
+        _ => ErrorKind::Kafka,
+    };
+    CollectError::new(kind, format!("{step}: {e}"))
+}
+
+fn is_transport(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::Resolve
+            | RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::SSL
+    )
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl KafkaClient {
+    /// Collects one snapshot of the cluster, within `spec.timeout`. Partial
+    /// failures (a broker down, a partition without leader, an API the
+    /// cluster lacks) give a snapshot with warnings; failures that leave
+    /// nothing trustworthy (no metadata, no cluster id) give an error.
+    pub fn collect(&self, spec: &MonitorSpec) -> Result<Snapshot, CollectError> {
+        let started = Instant::now();
+        let deadline = started + spec.timeout;
+        let client = self.admin.inner();
+        let mut warnings = Vec::new();
+
+        // 1. Metadata: brokers, topics, partitions, leaders, replicas, ISR.
+        let metadata = client.fetch_metadata(None, remaining(deadline, "metadata")?).map_err(|e| {
+            let kind = match &e {
+                KafkaError::MetadataFetch(code) if is_transport(*code) => ErrorKind::Connection,
+                KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut) => ErrorKind::Connection,
+                _ => ErrorKind::Kafka,
+            };
+            CollectError::new(
+                kind,
+                format!("metadata from {}: {e}", spec.connection.bootstrap.join(",")),
+            )
+        })?;
+
+        // 2. Cluster identity. DescribeCluster is authoritative and adds racks;
+        // the metadata response carries the id and controller too.
+        let mut cluster_id = None;
+        let mut controller_id = None;
+        let mut racks: HashMap<i32, String> = HashMap::new();
+        if !self.describe_cluster_unsupported.load(Ordering::Relaxed) {
+            match admin::describe_cluster(client, remaining(deadline, "DescribeCluster")?) {
+                Ok(desc) => {
+                    cluster_id = desc.cluster_id;
+                    controller_id = desc.controller_id;
+                    for b in desc.brokers {
+                        if let Some(rack) = b.rack {
+                            racks.insert(b.id, rack);
+                        }
+                    }
+                }
+                Err(e) if e.is_unsupported() => {
+                    self.describe_cluster_unsupported.store(true, Ordering::Relaxed);
+                }
+                Err(e) => warnings.push(format!("DescribeCluster failed, using metadata: {e}")),
+            }
+        }
+        if cluster_id.is_none() {
+            cluster_id = client.fetch_cluster_id(remaining(deadline, "cluster id")?);
+        }
+        if controller_id.is_none() {
+            // SAFETY: native_ptr is the live handle owned by `client`; the call only reads cached metadata.
+            let id = unsafe { rdkafka_sys::rd_kafka_controllerid(client.native_ptr(), 0) };
+            controller_id = (id >= 0).then_some(id);
+        }
+        let cluster_id = cluster_id.filter(|c| !c.is_empty()).ok_or_else(|| {
+            CollectError::new(ErrorKind::Kafka, "the cluster did not report a cluster id (Kafka < 0.10.1 is not supported)")
+        })?;
+
+        let brokers: Vec<Broker> = metadata
+            .brokers()
+            .iter()
+            .map(|b| Broker {
+                id: b.id(),
+                host: b.host().to_string(),
+                port: u16::try_from(b.port()).unwrap_or(0),
+                rack: racks.get(&b.id()).cloned(),
+            })
+            .collect();
+
+        // 3. Topics that pass the filter, and their partitions.
+        let mut topics: Vec<TopicSnapshot> = Vec::new();
+        for t in metadata.topics() {
+            if !spec.filters.topic_allowed(t.name()) {
+                continue;
+            }
+            if let Some(err) = t.error() {
+                warnings.push(format!("topic {}: {}", t.name(), RDKafkaErrorCode::from(err)));
+                continue;
+            }
+            let mut partitions: Vec<PartitionSnapshot> = t
+                .partitions()
+                .iter()
+                .map(|p| PartitionSnapshot {
+                    partition: p.id(),
+                    leader: (p.leader() >= 0).then_some(p.leader()),
+                    replicas: p.replicas().to_vec(),
+                    isr: p.isr().to_vec(),
+                    earliest: None,
+                    latest: None,
+                    error: p.error().map(|e| RDKafkaErrorCode::from(e).to_string()),
+                })
+                .collect();
+            partitions.sort_by_key(|p| p.partition);
+            topics.push(TopicSnapshot { name: t.name().to_string(), partitions });
+        }
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+
+        // 4. Earliest and latest offsets: two batched calls for all partitions with a leader.
+        let with_leader: Vec<(String, i32)> = topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().filter(|p| p.leader.is_some()).map(|p| (t.name.clone(), p.partition)))
+            .collect();
+        let offline = topics.iter().flat_map(|t| t.partitions.iter().map(move |p| (t, p))).filter(|(_, p)| p.offline()).count();
+        if offline > 0 {
+            warnings.push(format!("{offline} partition(s) have no leader (offline)"));
+        }
+        let mut offsets: HashMap<(String, i32), (Option<i64>, Option<i64>, Option<String>)> = HashMap::new();
+        for spec_kind in [OffsetSpec::Earliest, OffsetSpec::Latest] {
+            if with_leader.is_empty() {
+                break;
+            }
+            let step = match spec_kind {
+                OffsetSpec::Earliest => "ListOffsets(earliest)",
+                OffsetSpec::Latest => "ListOffsets(latest)",
+            };
+            let results = admin::list_offsets(client, &with_leader, spec_kind, remaining(deadline, step)?)
+                .map_err(|e| admin_error(step, e))?;
+            for r in results {
+                let entry = offsets.entry((r.topic, r.partition)).or_default();
+                match (r.result, spec_kind) {
+                    (Ok(o), OffsetSpec::Earliest) => entry.0 = Some(o),
+                    (Ok(o), OffsetSpec::Latest) => entry.1 = Some(o),
+                    (Err(e), _) => entry.2 = Some(format!("{step}: {e}")),
+                }
+            }
+        }
+        let mut failed_offsets = Vec::new();
+        for t in &mut topics {
+            for p in &mut t.partitions {
+                if let Some((earliest, latest, err)) = offsets.remove(&(t.name.clone(), p.partition)) {
+                    p.earliest = earliest;
+                    p.latest = latest;
+                    if err.is_some() {
+                        failed_offsets.push(format!("{}/{}", t.name, p.partition));
+                        p.error = err;
+                    }
+                }
+            }
+        }
+        if !failed_offsets.is_empty() {
+            let first = topics
+                .iter()
+                .flat_map(|t| t.partitions.iter())
+                .find_map(|p| p.error.clone())
+                .unwrap_or_default();
+            warnings.push(format!(
+                "offsets unavailable for {} partition(s) ({}): {first}",
+                failed_offsets.len(),
+                failed_offsets.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+
+        // 5. Consumer groups: list, describe, committed offsets; lag from the offsets above.
+        let groups = if self.groups_unsupported.load(Ordering::Relaxed) {
+            warnings.push("consumer groups not collected: the cluster does not support ListGroups".into());
+            Vec::new()
+        } else {
+            self.collect_groups(spec, &topics, deadline, &mut warnings)?
+        };
+
+        let duration = started.elapsed();
+        Ok(Snapshot {
+            monitor: spec.id.clone(),
+            generation: spec.generation,
+            cluster_id,
+            controller_id,
+            brokers,
+            topics,
+            groups,
+            collected_at_ms: unix_ms(),
+            duration_ms: duration.as_millis() as u64,
+            warnings,
+        })
+    }
+
+    fn collect_groups(
+        &self,
+        spec: &MonitorSpec,
+        topics: &[TopicSnapshot],
+        deadline: Instant,
+        warnings: &mut Vec<String>,
+    ) -> Result<Vec<GroupSnapshot>, CollectError> {
+        let client = self.admin.inner();
+        let listing = match admin::list_consumer_groups(client, remaining(deadline, "ListGroups")?) {
+            Ok(l) => l,
+            Err(e) if e.is_unsupported() => {
+                self.groups_unsupported.store(true, Ordering::Relaxed);
+                warnings.push("consumer groups not collected: the cluster does not support ListGroups".into());
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(admin_error("ListGroups", e)),
+        };
+        for err in &listing.errors {
+            warnings.push(format!("ListGroups partial failure: {err}"));
+        }
+        let mut ids: Vec<String> =
+            listing.groups.iter().map(|g| g.group_id.clone()).filter(|g| spec.filters.group_allowed(g)).collect();
+        ids.sort();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        let mut described: HashMap<String, Result<admin::GroupDescription, admin::PartitionError>> =
+            admin::describe_consumer_groups(client, &ids, remaining(deadline, "DescribeGroups")?)
+                .map_err(|e| admin_error("DescribeGroups", e))?
+                .into_iter()
+                .collect();
+        let mut committed: HashMap<String, Result<Vec<admin::CommittedOffset>, admin::PartitionError>> =
+            admin::list_consumer_group_offsets(client, &ids, remaining(deadline, "OffsetFetch")?)
+                .map_err(|e| admin_error("OffsetFetch", e))?
+                .into_iter()
+                .collect();
+
+        // Offsets of the partitions we saw, to compute lag without asking again.
+        let mut log_offsets: HashMap<(&str, i32), (Option<i64>, Option<i64>)> = HashMap::new();
+        for t in topics {
+            for p in &t.partitions {
+                log_offsets.insert((t.name.as_str(), p.partition), (p.earliest, p.latest));
+            }
+        }
+
+        let mut groups = Vec::with_capacity(ids.len());
+        let mut group_errors = 0;
+        for id in ids {
+            let mut errors = Vec::new();
+            let (state, members, coordinator) = match described.remove(&id) {
+                Some(Ok(d)) => (d.state.as_str().to_string(), d.members.len() as u32, d.coordinator.map(|c| c.id)),
+                Some(Err(e)) => {
+                    errors.push(format!("DescribeGroups: {e}"));
+                    ("Unknown".to_string(), 0, None)
+                }
+                None => ("Unknown".to_string(), 0, None),
+            };
+            let mut offsets = Vec::new();
+            match committed.remove(&id) {
+                Some(Ok(list)) => {
+                    let mut by_tp: BTreeMap<(String, i32), i64> = BTreeMap::new();
+                    for c in list {
+                        // A partition without a commit gets no entry, so no lag series.
+                        let Some(offset) = c.offset.filter(|o| *o >= 0) else { continue };
+                        if !spec.filters.topic_allowed(&c.topic) {
+                            continue;
+                        }
+                        by_tp.insert((c.topic, c.partition), offset);
+                    }
+                    for ((topic, partition), committed) in by_tp {
+                        // Commits on topics the metadata no longer has (deleted) are skipped.
+                        let Some((earliest, latest)) = log_offsets.get(&(topic.as_str(), partition)).copied() else {
+                            continue;
+                        };
+                        let (lag, data_loss) = compute_lag(committed, earliest, latest);
+                        offsets.push(GroupOffset { topic, partition, committed, lag, data_loss });
+                    }
+                }
+                Some(Err(e)) => errors.push(format!("OffsetFetch: {e}")),
+                None => errors.push("OffsetFetch: no result".to_string()),
+            }
+            if !errors.is_empty() {
+                group_errors += 1;
+            }
+            groups.push(GroupSnapshot {
+                group_id: id,
+                state,
+                members,
+                coordinator,
+                offsets,
+                error: (!errors.is_empty()).then(|| errors.join("; ")),
+            });
+        }
+        if group_errors > 0 {
+            warnings.push(format!("{group_errors} group(s) could not be read fully"));
+        }
+        Ok(groups)
+    }
+}

@@ -1,0 +1,301 @@
+//! The planner: which collector runs which monitor. A pure function, no I/O.
+//!
+//! Weighted rendezvous hashing (highest random weight) with bounded loads:
+//! every monitor ranks every eligible collector by `-weight / ln(h)`, where
+//! `h` is a stable hash of (monitor, collector) mapped into (0, 1), and goes
+//! to its best-ranked collector that is below its cap of
+//! `ceil(LOAD_FACTOR × monitors × weight / total weight)`.
+//!
+//! Why this scheme: rendezvous hashing moves only what must move (a joining
+//! collector takes the monitors that now rank it first, about 1/(N+1); a
+//! leaving collector's monitors alone move), and it needs no ring state. The
+//! cap bounds any collector at ~1.25× its fair share. When a monitor's first
+//! choice is full it prefers its previous collector, so spills do not churn.
+//! The same inputs always give the same plan, so re-planning (or a new leader
+//! planning) moves nothing.
+//!
+//! Pinned monitors go to their collector regardless of caps (and wait,
+//! unassigned, while it is absent). Label constraints restrict the eligible
+//! collectors to those carrying every required label.
+
+use std::collections::{BTreeMap, HashMap};
+
+use kollector_core::{CollectorId, MonitorId};
+
+/// Bound on any collector's load relative to its weighted fair share.
+pub const LOAD_FACTOR: f64 = 1.25;
+
+/// A live collector as the planner sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectorSlot {
+    pub id: CollectorId,
+    /// Relative capacity (1.0 = typical). Non-positive weights are treated as 1.0.
+    pub weight: f64,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A monitor's placement requirements.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Placement {
+    /// Run only on this collector.
+    pub pinned: Option<CollectorId>,
+    /// Run only on collectors carrying all of these labels.
+    pub required_labels: BTreeMap<String, String>,
+}
+
+/// Why a monitor has no collector in a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unplaced {
+    NoCollectors,
+    PinnedCollectorAbsent(CollectorId),
+    NoCollectorWithLabels,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    pub assignments: BTreeMap<MonitorId, CollectorId>,
+    pub unplaced: BTreeMap<MonitorId, Unplaced>,
+}
+
+impl Plan {
+    /// Monitors per collector (collectors with none included).
+    pub fn loads(&self, collectors: &[CollectorSlot]) -> BTreeMap<CollectorId, usize> {
+        let mut loads: BTreeMap<CollectorId, usize> = collectors.iter().map(|c| (c.id.clone(), 0)).collect();
+        for c in self.assignments.values() {
+            *loads.entry(c.clone()).or_default() += 1;
+        }
+        loads
+    }
+
+    /// Monitors whose collector differs from (or is new relative to) `previous`.
+    pub fn moves_from(&self, previous: &BTreeMap<MonitorId, CollectorId>) -> usize {
+        self.assignments.iter().filter(|(m, c)| previous.get(*m).is_some_and(|p| p != *c)).count()
+    }
+}
+
+/// FNV-1a, then a SplitMix64 finalizer for avalanche. Written here rather
+/// than taken from a hashing crate because plans must be identical across
+/// builds, versions and machines (std's hasher makes no such promise), and
+/// this is a dozen lines.
+fn stable_hash(a: &str, b: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in a.bytes().chain(std::iter::once(0xff)).chain(b.bytes()) {
+        h ^= byte as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// Weighted rendezvous score; higher wins.
+fn score(monitor: &MonitorId, collector: &CollectorSlot) -> f64 {
+    // Map to (0, 1): never 0 (ln would be -inf) nor 1 (division by zero).
+    let h = ((stable_hash(monitor.as_str(), collector.id.as_str()) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let w = if collector.weight > 0.0 && collector.weight.is_finite() { collector.weight } else { 1.0 };
+    -w / h.ln()
+}
+
+fn weight(c: &CollectorSlot) -> f64 {
+    if c.weight > 0.0 && c.weight.is_finite() {
+        c.weight
+    } else {
+        1.0
+    }
+}
+
+/// Plans `monitors` over `collectors`, preferring `previous` owners when a
+/// monitor's first choice is full.
+pub fn plan(
+    monitors: &BTreeMap<MonitorId, Placement>,
+    collectors: &[CollectorSlot],
+    previous: &BTreeMap<MonitorId, CollectorId>,
+) -> Plan {
+    let mut out = Plan::default();
+    if collectors.is_empty() {
+        for m in monitors.keys() {
+            out.unplaced.insert(m.clone(), Unplaced::NoCollectors);
+        }
+        return out;
+    }
+    let by_id: HashMap<&CollectorId, &CollectorSlot> = collectors.iter().map(|c| (&c.id, c)).collect();
+    let total_weight: f64 = collectors.iter().map(weight).sum();
+    let n = monitors.len() as f64;
+    let cap: HashMap<&CollectorId, usize> =
+        collectors.iter().map(|c| (&c.id, (LOAD_FACTOR * n * weight(c) / total_weight).ceil().max(1.0) as usize)).collect();
+    let mut load: HashMap<&CollectorId, usize> = collectors.iter().map(|c| (&c.id, 0)).collect();
+
+    // Pinned first: they do not move and they count toward load.
+    let mut free = Vec::new();
+    for (m, p) in monitors {
+        match &p.pinned {
+            Some(pin) => match by_id.get(pin) {
+                Some(c) => {
+                    *load.entry(&c.id).or_default() += 1;
+                    out.assignments.insert(m.clone(), c.id.clone());
+                }
+                None => {
+                    out.unplaced.insert(m.clone(), Unplaced::PinnedCollectorAbsent(pin.clone()));
+                }
+            },
+            None => free.push((m, p)),
+        }
+    }
+
+    // A fixed order independent of the collector set, so spills are stable.
+    free.sort_by_key(|(m, _)| (stable_hash(m.as_str(), ""), (*m).clone()));
+    for (m, p) in free {
+        let mut ranked: Vec<(&CollectorSlot, f64)> = collectors
+            .iter()
+            .filter(|c| p.required_labels.iter().all(|(k, v)| c.labels.get(k) == Some(v)))
+            .map(|c| (c, score(m, c)))
+            .collect();
+        if ranked.is_empty() {
+            out.unplaced.insert(m.clone(), Unplaced::NoCollectorWithLabels);
+            continue;
+        }
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.id.cmp(&b.0.id)));
+        let has_room = |c: &CollectorSlot, load: &HashMap<&CollectorId, usize>| load[&c.id] < cap[&c.id];
+        let first = ranked[0].0;
+        let chosen = if has_room(first, &load) {
+            first
+        } else if let Some(prev) =
+            previous.get(m).and_then(|p| ranked.iter().find(|(c, _)| &c.id == p)).filter(|(c, _)| has_room(c, &load))
+        {
+            prev.0
+        } else {
+            ranked.iter().map(|(c, _)| *c).find(|c| has_room(c, &load)).unwrap_or_else(|| {
+                // Every eligible collector is at its cap (possible with tight
+                // label constraints): take the least loaded relative to weight.
+                ranked
+                    .iter()
+                    .map(|(c, _)| *c)
+                    .min_by(|a, b| {
+                        (load[&a.id] as f64 / weight(a)).total_cmp(&(load[&b.id] as f64 / weight(b))).then_with(|| a.id.cmp(&b.id))
+                    })
+                    .unwrap_or(first)
+            })
+        };
+        *load.entry(&chosen.id).or_default() += 1;
+        out.assignments.insert(m.clone(), chosen.id.clone());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collectors(n: usize) -> Vec<CollectorSlot> {
+        (0..n).map(|i| CollectorSlot { id: CollectorId::new(format!("c{i}")).unwrap(), weight: 1.0, labels: BTreeMap::new() }).collect()
+    }
+
+    fn monitors(n: usize) -> BTreeMap<MonitorId, Placement> {
+        (0..n).map(|i| (MonitorId::new(format!("m{i}")).unwrap(), Placement::default())).collect()
+    }
+
+    fn max_over_mean(plan: &Plan, cs: &[CollectorSlot]) -> f64 {
+        let loads = plan.loads(cs);
+        let max = *loads.values().max().unwrap() as f64;
+        let mean = plan.assignments.len() as f64 / cs.len() as f64;
+        max / mean
+    }
+
+    #[test]
+    fn balance_is_bounded_for_many_sizes() {
+        for (m, c) in [(30, 3), (100, 4), (1000, 10), (10_000, 7), (7, 3), (5000, 100)] {
+            let cs = collectors(c);
+            let p = plan(&monitors(m), &cs, &BTreeMap::new());
+            assert_eq!(p.assignments.len(), m);
+            let mean = m as f64 / c as f64;
+            let max = *p.loads(&cs).values().max().unwrap() as f64;
+            assert!(max <= (LOAD_FACTOR * mean).ceil(), "{m} over {c}: max {max}, mean {mean}");
+        }
+    }
+
+    #[test]
+    fn replanning_with_the_same_inputs_moves_nothing() {
+        let cs = collectors(5);
+        let ms = monitors(500);
+        let p1 = plan(&ms, &cs, &BTreeMap::new());
+        let p2 = plan(&ms, &cs, &p1.assignments);
+        assert_eq!(p1, p2);
+        // Order of the collector list does not matter.
+        let mut reversed = cs.clone();
+        reversed.reverse();
+        assert_eq!(plan(&ms, &reversed, &p1.assignments), p1);
+    }
+
+    #[test]
+    fn a_joining_collector_takes_about_its_share_and_nothing_else_moves() {
+        for (m, n) in [(30, 3), (400, 3), (1000, 9), (2000, 19)] {
+            let ms = monitors(m);
+            let before = plan(&ms, &collectors(n), &BTreeMap::new());
+            let cs = collectors(n + 1);
+            let after = plan(&ms, &cs, &before.assignments);
+            let joined = &cs[n].id;
+            let moved = after.moves_from(&before.assignments);
+            let to_new = after.assignments.values().filter(|c| *c == joined).count();
+            let share = m as f64 / (n + 1) as f64;
+            assert!(moved as f64 <= 1.1 * share + 1.0, "{m}/{n}: {moved} moved, share {share}");
+            // Moves go to the new collector, except for a few cap spills.
+            assert!(moved - to_new <= (0.02 * m as f64).ceil() as usize, "{m}/{n}: {} moved between old collectors", moved - to_new);
+            assert!(to_new as f64 >= 0.75 * share, "{m}/{n}: new collector got {to_new}, share {share}");
+        }
+    }
+
+    #[test]
+    fn a_leaving_collector_moves_only_its_own_monitors() {
+        for (m, n) in [(30, 3), (1000, 10)] {
+            let ms = monitors(m);
+            let cs = collectors(n);
+            let before = plan(&ms, &cs, &BTreeMap::new());
+            let gone = cs[1].id.clone();
+            let remaining: Vec<CollectorSlot> = cs.iter().filter(|c| c.id != gone).cloned().collect();
+            let after = plan(&ms, &remaining, &before.assignments);
+            let owned = before.assignments.values().filter(|c| **c == gone).count();
+            let moved = after.moves_from(&before.assignments);
+            assert!(moved <= owned + (0.02 * m as f64).ceil() as usize, "{m}/{n}: {moved} moved, {owned} were on the leaver");
+            assert!(after.assignments.values().all(|c| *c != gone));
+            assert!(max_over_mean(&after, &remaining) <= LOAD_FACTOR + 1.0 / (m as f64 / (n - 1) as f64));
+        }
+    }
+
+    #[test]
+    fn weights_shift_load() {
+        let mut cs = collectors(2);
+        cs[0].weight = 3.0;
+        let p = plan(&monitors(1000), &cs, &BTreeMap::new());
+        let loads = p.loads(&cs);
+        let heavy = loads[&cs[0].id] as f64;
+        assert!((650.0..=850.0).contains(&heavy), "weighted collector got {heavy} of 1000");
+    }
+
+    #[test]
+    fn pinning_and_labels() {
+        let mut cs = collectors(3);
+        cs[2].labels.insert("zone".into(), "dmz".into());
+        let mut ms = monitors(20);
+        let pinned = MonitorId::new("m0").unwrap();
+        ms.get_mut(&pinned).unwrap().pinned = Some(cs[1].id.clone());
+        let dmz = MonitorId::new("m1").unwrap();
+        ms.get_mut(&dmz).unwrap().required_labels.insert("zone".into(), "dmz".into());
+        let lonely = MonitorId::new("m2").unwrap();
+        ms.get_mut(&lonely).unwrap().required_labels.insert("zone".into(), "moon".into());
+        let absent = MonitorId::new("m3").unwrap();
+        ms.get_mut(&absent).unwrap().pinned = Some(CollectorId::new("c9").unwrap());
+        let p = plan(&ms, &cs, &BTreeMap::new());
+        assert_eq!(p.assignments[&pinned], cs[1].id);
+        assert_eq!(p.assignments[&dmz], cs[2].id);
+        assert_eq!(p.unplaced[&lonely], Unplaced::NoCollectorWithLabels);
+        assert_eq!(p.unplaced[&absent], Unplaced::PinnedCollectorAbsent(CollectorId::new("c9").unwrap()));
+        assert_eq!(p.assignments.len(), 18);
+    }
+
+    #[test]
+    fn no_collectors_means_everything_waits() {
+        let p = plan(&monitors(3), &[], &BTreeMap::new());
+        assert!(p.assignments.is_empty());
+        assert_eq!(p.unplaced.len(), 3);
+    }
+}

@@ -1,0 +1,308 @@
+//! Wire <-> domain conversions.
+
+use kollector_core as core;
+
+use crate::v1;
+
+/// A user's spec from the wire, in the untrusted input form (validated later).
+pub fn input_from_proto(p: v1::MonitorSpecInput) -> core::MonitorInput {
+    core::MonitorInput {
+        id: p.id,
+        bootstrap: p.bootstrap,
+        interval: p.interval,
+        timeout: p.timeout,
+        topic_include: p.topic_include,
+        topic_exclude: p.topic_exclude,
+        group_include: p.group_include,
+        group_exclude: p.group_exclude,
+        expected_cluster_id: p.expected_cluster_id,
+        sasl: p.sasl.map(|s| core::SaslInput {
+            mechanism: s.mechanism,
+            username: s.username,
+            password: (!s.password.is_empty()).then(|| core::Secret::new(s.password)),
+            password_env: None,
+        }),
+        tls: p.tls.map(|t| core::TlsInput {
+            enabled: Some(true),
+            ca_file: t.ca_file,
+            cert_file: t.cert_file,
+            key_file: t.key_file,
+            key_password: (!t.key_password.is_empty()).then(|| core::Secret::new(t.key_password)),
+            insecure_skip_verify: Some(t.insecure_skip_verify),
+        }),
+        labels: p.labels.into_iter().collect(),
+    }
+}
+
+/// The CLI's input onto the wire (secrets included: this is a write).
+pub fn input_to_proto(i: &core::MonitorInput) -> v1::MonitorSpecInput {
+    v1::MonitorSpecInput {
+        id: i.id.clone(),
+        bootstrap: i.bootstrap.clone(),
+        interval: i.interval.clone(),
+        timeout: i.timeout.clone(),
+        topic_include: i.topic_include.clone(),
+        topic_exclude: i.topic_exclude.clone(),
+        group_include: i.group_include.clone(),
+        group_exclude: i.group_exclude.clone(),
+        expected_cluster_id: i.expected_cluster_id.clone(),
+        sasl: i.sasl.as_ref().map(|s| v1::SaslInput {
+            mechanism: s.mechanism.clone(),
+            username: s.username.clone(),
+            password: s.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default(),
+        }),
+        tls: i.tls.as_ref().filter(|t| t.enabled != Some(false)).map(|t| v1::TlsInput {
+            ca_file: t.ca_file.clone(),
+            cert_file: t.cert_file.clone(),
+            key_file: t.key_file.clone(),
+            key_password: t.key_password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default(),
+            insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
+        }),
+        labels: i.labels.clone().into_iter().collect(),
+    }
+}
+
+/// A stored spec for read APIs: secrets are replaced by "is set" flags.
+pub fn monitor_view(s: &core::MonitorSpec) -> v1::MonitorView {
+    let [ti, te, gi, ge] = s.filter_patterns();
+    v1::MonitorView {
+        id: s.id.to_string(),
+        generation: s.generation,
+        bootstrap: s.connection.bootstrap.clone(),
+        interval: humantime_fmt(s.interval),
+        timeout: humantime_fmt(s.timeout),
+        topic_include: ti,
+        topic_exclude: te,
+        group_include: gi,
+        group_exclude: ge,
+        expected_cluster_id: s.expected_cluster_id.clone(),
+        sasl: s.connection.sasl.as_ref().map(|x| v1::SaslView {
+            mechanism: x.mechanism.as_str().to_string(),
+            username: x.username.clone(),
+            password_set: !x.password.expose().is_empty(),
+        }),
+        tls: s.connection.tls.as_ref().map(|t| v1::TlsView {
+            ca_file: t.ca_file.clone(),
+            cert_file: t.cert_file.clone(),
+            key_file: t.key_file.clone(),
+            key_password_set: t.key_password.is_some(),
+            insecure_skip_verify: t.insecure_skip_verify,
+        }),
+        labels: s.labels.clone().into_iter().collect(),
+    }
+}
+
+fn humantime_fmt(d: std::time::Duration) -> String {
+    // Durations are whole milliseconds at most; format like "15s" or "1m 30s".
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        format!("{ms}ms")
+    } else {
+        let s = ms / 1000;
+        match (s / 3600, (s % 3600) / 60, s % 60) {
+            (0, 0, s) => format!("{s}s"),
+            (0, m, 0) => format!("{m}m"),
+            (0, m, s) => format!("{m}m{s}s"),
+            (h, 0, 0) => format!("{h}h"),
+            (h, m, s) => format!("{h}h{m}m{s}s"),
+        }
+    }
+}
+
+pub fn status_to_proto(s: &core::MonitorStatus) -> v1::MonitorStatus {
+    let state = match s.state {
+        core::MonitorState::Starting => v1::MonitorState::Starting,
+        core::MonitorState::Running => v1::MonitorState::Running,
+        core::MonitorState::Degraded => v1::MonitorState::Degraded,
+        core::MonitorState::Failing => v1::MonitorState::Failing,
+        core::MonitorState::Failed => v1::MonitorState::Failed,
+        core::MonitorState::Stopped => v1::MonitorState::Stopped,
+    };
+    v1::MonitorStatus {
+        state: state as i32,
+        reason: s.reason.clone(),
+        consecutive_failures: s.consecutive_failures,
+        restarts: s.restarts,
+        pinned_cluster_id: s.pinned_cluster_id.clone(),
+    }
+}
+
+pub fn snapshot_to_proto(s: &core::Snapshot) -> v1::Snapshot {
+    v1::Snapshot {
+        monitor_id: s.monitor.to_string(),
+        generation: s.generation,
+        cluster_id: s.cluster_id.clone(),
+        controller_id: s.controller_id,
+        brokers: s
+            .brokers
+            .iter()
+            .map(|b| v1::Broker { id: b.id, host: b.host.clone(), port: b.port.into(), rack: b.rack.clone() })
+            .collect(),
+        topics: s
+            .topics
+            .iter()
+            .map(|t| v1::Topic {
+                name: t.name.clone(),
+                partitions: t
+                    .partitions
+                    .iter()
+                    .map(|p| v1::Partition {
+                        partition: p.partition,
+                        leader: p.leader,
+                        replicas: p.replicas.clone(),
+                        isr: p.isr.clone(),
+                        earliest: p.earliest,
+                        latest: p.latest,
+                        error: p.error.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        groups: s
+            .groups
+            .iter()
+            .map(|g| v1::Group {
+                group_id: g.group_id.clone(),
+                state: g.state.clone(),
+                members: g.members,
+                coordinator: g.coordinator,
+                offsets: g
+                    .offsets
+                    .iter()
+                    .map(|o| v1::GroupOffset {
+                        topic: o.topic.clone(),
+                        partition: o.partition,
+                        committed: o.committed,
+                        lag: o.lag,
+                        data_loss: o.data_loss,
+                    })
+                    .collect(),
+                error: g.error.clone(),
+            })
+            .collect(),
+        collected_at_ms: s.collected_at_ms,
+        duration_ms: s.duration_ms,
+        warnings: s.warnings.clone(),
+    }
+}
+
+/// The wire snapshot back into the domain type (used by the CLI and by the
+/// manager's results intake). Fails only on an invalid monitor id.
+pub fn snapshot_from_proto(p: v1::Snapshot) -> Result<core::Snapshot, core::ids::IdError> {
+    Ok(core::Snapshot {
+        monitor: core::MonitorId::new(p.monitor_id)?,
+        generation: p.generation,
+        cluster_id: p.cluster_id,
+        controller_id: p.controller_id,
+        brokers: p
+            .brokers
+            .into_iter()
+            .map(|b| core::Broker { id: b.id, host: b.host, port: u16::try_from(b.port).unwrap_or(0), rack: b.rack })
+            .collect(),
+        topics: p
+            .topics
+            .into_iter()
+            .map(|t| core::TopicSnapshot {
+                name: t.name,
+                partitions: t
+                    .partitions
+                    .into_iter()
+                    .map(|x| core::PartitionSnapshot {
+                        partition: x.partition,
+                        leader: x.leader,
+                        replicas: x.replicas,
+                        isr: x.isr,
+                        earliest: x.earliest,
+                        latest: x.latest,
+                        error: x.error,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        groups: p
+            .groups
+            .into_iter()
+            .map(|g| core::GroupSnapshot {
+                group_id: g.group_id,
+                state: g.state,
+                members: g.members,
+                coordinator: g.coordinator,
+                offsets: g
+                    .offsets
+                    .into_iter()
+                    .map(|o| core::GroupOffset {
+                        topic: o.topic,
+                        partition: o.partition,
+                        committed: o.committed,
+                        lag: o.lag,
+                        data_loss: o.data_loss,
+                    })
+                    .collect(),
+                error: g.error,
+            })
+            .collect(),
+        collected_at_ms: p.collected_at_ms,
+        duration_ms: p.duration_ms,
+        warnings: p.warnings,
+    })
+}
+
+/// One monitor's latest result onto the wire.
+pub fn result_to_proto(
+    monitor: &core::MonitorId,
+    generation: core::Generation,
+    status: &core::MonitorStatus,
+    snapshot: Option<&core::Snapshot>,
+    error: Option<&core::CollectError>,
+    attempted_at_ms: u64,
+) -> v1::MonitorResult {
+    v1::MonitorResult {
+        monitor_id: monitor.to_string(),
+        generation,
+        status: Some(status_to_proto(status)),
+        snapshot: snapshot.map(snapshot_to_proto),
+        error: error.map(|e| v1::CollectError { kind: e.kind.as_str().to_string(), message: e.message.clone() }),
+        attempted_at_ms,
+        collector_id: String::new(),
+        epoch: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_never_carry_secrets() {
+        let input = core::MonitorInput {
+            id: "m".into(),
+            bootstrap: vec!["h:1".into()],
+            sasl: Some(core::SaslInput {
+                mechanism: "PLAIN".into(),
+                username: "u".into(),
+                password: Some(core::Secret::new("hunter2")),
+                password_env: None,
+            }),
+            ..Default::default()
+        };
+        let spec = input.validate(1).unwrap();
+        let view = monitor_view(&spec);
+        assert!(view.sasl.as_ref().unwrap().password_set);
+        assert!(!format!("{view:?}").contains("hunter2"));
+        assert_eq!(view.interval, "30s");
+        assert_eq!(view.timeout, "20s");
+    }
+
+    #[test]
+    fn input_round_trip() {
+        let input = core::MonitorInput {
+            id: "m".into(),
+            bootstrap: vec!["h:1".into()],
+            interval: Some("10s".into()),
+            topic_include: Some("a.*".into()),
+            ..Default::default()
+        };
+        let back = input_from_proto(input_to_proto(&input));
+        assert_eq!(back.validate(1).unwrap(), input.validate(1).unwrap());
+    }
+}

@@ -1,0 +1,228 @@
+//! `kollector demo`: standalone mode against something real, on a fresh machine.
+//!
+//! Starts two tansu brokers (real Kafka-protocol servers, in memory) on free
+//! loopback ports with different cluster ids, creates topics, produces a
+//! steady trickle of records, runs a consumer group per cluster that consumes
+//! more slowly than the producer (so lag is visible), and runs standalone
+//! kollector with one monitor per cluster. Everything stops on Ctrl-C.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::Args;
+use kollector_core::{MonitorInput, MonitorSpec};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use crate::standalone::{shutdown_signal, Standalone};
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Where to serve /metrics.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    http_listen: SocketAddr,
+    /// Where to serve ManagerService (for `kollector monitor …`).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    grpc_listen: SocketAddr,
+    /// Collection interval of the demo monitors.
+    #[arg(long, default_value = "5s")]
+    interval: String,
+    /// The tansu binary (default: on PATH or in ~/.cargo/bin).
+    #[arg(long)]
+    tansu: Option<PathBuf>,
+    /// Stop by itself after this long (e.g. "60s"); runs until Ctrl-C when absent.
+    #[arg(long)]
+    duration: Option<String>,
+}
+
+/// A tansu broker child process, killed on drop.
+struct Broker {
+    child: Child,
+    bootstrap: String,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_tansu(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p);
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("tansu"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow!("tansu not found on PATH or in ~/.cargo/bin; run scripts/install-test-deps.sh first"))
+}
+
+fn start_broker(tansu: &PathBuf, cluster_id: &str) -> anyhow::Result<Broker> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(tansu)
+        .args(["broker", &format!("--cluster-id={cluster_id}"), &format!("--listener-url={url}")])
+        .arg(format!("--advertised-listener-url={url}"))
+        .arg("--storage-engine=memory://tansu/")
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", tansu.display()))?;
+    let broker = Broker { child, bootstrap: format!("127.0.0.1:{port}") };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("tansu {cluster_id} did not listen on port {port} within 20s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(broker)
+}
+
+fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap).set("broker.address.family", "v4").set("log_level", "3");
+    c
+}
+
+async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
+    let new: Vec<NewTopic> = topics.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1))).collect();
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    for r in admin.create_topics(new.iter(), &opts).await? {
+        r.map_err(|(t, e)| anyhow!("creating topic {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Produces one record per request (tansu reports the high watermark per
+/// batch) every `every`, round-robin over partitions.
+fn traffic(bootstrap: String, topics: Vec<(&'static str, i32)>, every: Duration, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let producer: BaseProducer = client_config(&bootstrap).set("linger.ms", "0").set("batch.num.messages", "1").create()?;
+    let mut n: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        for (topic, partitions) in &topics {
+            let partition = (n % *partitions as u64) as i32;
+            let payload = format!("demo record {n}");
+            let _ = producer.send(BaseRecord::<(), _>::to(topic).partition(partition).payload(&payload));
+            let _ = producer.flush(Duration::from_secs(5));
+        }
+        n += 1;
+        std::thread::sleep(every);
+    }
+    Ok(())
+}
+
+/// A consumer group member that reads at most one record per `every`, slower
+/// than the producer, and commits automatically: its lag grows visibly.
+fn slow_consumer(bootstrap: String, group: &'static str, topic: &'static str, every: Duration, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = client_config(&bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    while !stop.load(Ordering::Relaxed) {
+        let _ = consumer.poll(Duration::from_millis(200));
+        std::thread::sleep(every);
+    }
+    Ok(())
+}
+
+fn monitor(id: &str, bootstrap: &str, interval: &str) -> anyhow::Result<MonitorSpec> {
+    MonitorInput { id: id.into(), bootstrap: vec![bootstrap.into()], interval: Some(interval.into()), ..Default::default() }
+        .validate(1)
+        .map_err(|e| anyhow!("demo monitor {id}: {e}"))
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let tansu = find_tansu(args.tansu)?;
+    let orders = start_broker(&tansu, "demo-orders")?;
+    let payments = start_broker(&tansu, "demo-payments")?;
+    create_topics(&orders.bootstrap, &[("orders", 3), ("orders-dlq", 1)]).await?;
+    create_topics(&payments.bootstrap, &[("payments", 2)]).await?;
+    eprintln!("demo: tansu brokers up: demo-orders at {}, demo-payments at {}", orders.bootstrap, payments.bootstrap);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for (bootstrap, topics, group, topic) in [
+        (orders.bootstrap.clone(), vec![("orders", 3), ("orders-dlq", 1)], "billing", "orders"),
+        (payments.bootstrap.clone(), vec![("payments", 2)], "ledger", "payments"),
+    ] {
+        let (s1, s2, b2) = (stop.clone(), stop.clone(), bootstrap.clone());
+        workers.push(std::thread::spawn(move || traffic(bootstrap, topics, Duration::from_millis(200), s1)));
+        workers.push(std::thread::spawn(move || slow_consumer(b2, group, topic, Duration::from_millis(500), s2)));
+    }
+
+    let monitors = vec![
+        monitor("orders", &orders.bootstrap, &args.interval)?,
+        monitor("payments", &payments.bootstrap, &args.interval)?,
+    ];
+    let node = Standalone::start(args.grpc_listen, args.http_listen, monitors).await?;
+    let server = format!("http://{}", node.grpc_addr);
+    eprintln!("demo: kollector standalone is collecting every {}.", args.interval);
+    eprintln!("demo:   metrics:  curl -s http://{}/metrics | grep -E '^kafka_(consumergroup_lag|topic_partition_current_offset)'", node.http_addr);
+    eprintln!("demo:   snapshot: cargo run -q -p kollector -- monitor --server {server} show orders");
+    eprintln!("demo: press Ctrl-C to stop.");
+
+    let limit = args.duration.map(|d| humantime::parse_duration(&d)).transpose().context("--duration")?;
+    let store = node.node.store().clone();
+    let report = async {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            for e in store.all() {
+                match e.current_snapshot() {
+                    Some(s) => {
+                        let latest: i64 = s.topics.iter().flat_map(|t| &t.partitions).filter_map(|p| p.latest).sum();
+                        let lags: Vec<String> = s
+                            .groups
+                            .iter()
+                            .map(|g| format!("{} lag {}", g.group_id, g.offsets.iter().filter_map(|o| o.lag).sum::<i64>()))
+                            .collect();
+                        eprintln!(
+                            "demo: {:<9} cluster {:<14} {} partitions, {} records, {}",
+                            e.spec.id,
+                            s.cluster_id,
+                            s.partition_count(),
+                            latest,
+                            if lags.is_empty() { "no groups yet".to_string() } else { lags.join(", ") }
+                        );
+                    }
+                    None => eprintln!("demo: {:<9} {}", e.spec.id, e.status.reason.as_deref().unwrap_or(e.status.state.as_str())),
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = report => {}
+        _ = async { match limit { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {}
+    }
+    eprintln!("demo: stopping");
+    node.stop().await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        if let Ok(Err(e)) = w.join() {
+            eprintln!("demo: worker ended with: {e:#}");
+        }
+    }
+    drop((orders, payments));
+    Ok(())
+}

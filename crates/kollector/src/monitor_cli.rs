@@ -1,0 +1,436 @@
+//! `kollector monitor …`: the CLI over ManagerService.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::{Args, Subcommand};
+use kollector_core::{MonitorInput, SaslInput, Secret, TlsInput};
+use kollector_proto::input_to_proto;
+use kollector_proto::v1::manager_service_client::ManagerServiceClient;
+use kollector_proto::v1::{self as pb};
+use tonic::transport::Channel;
+
+/// Default ManagerService address when neither --server nor KOLLECTOR_SERVER is given.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
+
+#[derive(Args)]
+pub struct MonitorArgs {
+    /// ManagerService address of the node to talk to.
+    #[arg(long, global = true, env = "KOLLECTOR_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+    #[command(subcommand)]
+    command: MonitorCommand,
+}
+
+#[derive(Subcommand)]
+enum MonitorCommand {
+    /// Create a monitor.
+    Add(SpecArgs),
+    /// Replace a monitor's spec (omitted secrets keep their stored values).
+    /// Returns after the old Kafka client is closed.
+    Update(SpecArgs),
+    /// Delete a monitor. Returns after its Kafka client is closed.
+    Rm { id: String },
+    /// Show a monitor's spec and status (secrets are never shown).
+    Get {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List monitors with their status.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one collection with these settings and print it; stores nothing.
+    Probe(SpecArgs),
+    /// Show the latest collected data (all monitors, or one).
+    Show {
+        id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct SpecArgs {
+    /// Monitor id: letters, digits, '.', '_' and '-'.
+    #[arg(long, default_value = "probe")]
+    id: String,
+    /// Bootstrap brokers, host:port, comma-separated or repeated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    bootstrap: Vec<String>,
+    /// Collection interval (1s..1h), e.g. 15s. Default 30s.
+    #[arg(long)]
+    interval: Option<String>,
+    /// Collection timeout, below the interval. Default 80% of the interval, at most 20s.
+    #[arg(long)]
+    timeout: Option<String>,
+    /// Only topics matching this regex (whole name).
+    #[arg(long)]
+    topic_include: Option<String>,
+    /// Skip topics matching this regex (wins over include).
+    #[arg(long)]
+    topic_exclude: Option<String>,
+    /// Only consumer groups matching this regex (whole name).
+    #[arg(long)]
+    group_include: Option<String>,
+    /// Skip consumer groups matching this regex (wins over include).
+    #[arg(long)]
+    group_exclude: Option<String>,
+    /// Refuse data from any other cluster id.
+    #[arg(long)]
+    expected_cluster_id: Option<String>,
+    /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    #[arg(long, requires = "sasl_username")]
+    sasl_mechanism: Option<String>,
+    #[arg(long)]
+    sasl_username: Option<String>,
+    /// Name of an environment variable holding the SASL password (never pass it as an argument).
+    #[arg(long)]
+    sasl_password_env: Option<String>,
+    /// Use TLS.
+    #[arg(long)]
+    tls: bool,
+    /// CA bundle (PEM) for TLS; implies --tls.
+    #[arg(long)]
+    tls_ca_file: Option<String>,
+    /// Client certificate (PEM) for mutual TLS; implies --tls.
+    #[arg(long)]
+    tls_cert_file: Option<String>,
+    /// Client key (PEM) for mutual TLS; implies --tls.
+    #[arg(long)]
+    tls_key_file: Option<String>,
+    /// Do not verify broker certificates (test clusters only); implies --tls.
+    #[arg(long)]
+    tls_insecure_skip_verify: bool,
+    /// Free-form label, key=value; repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+impl SpecArgs {
+    fn into_input(self) -> anyhow::Result<MonitorInput> {
+        let sasl = match (self.sasl_mechanism, self.sasl_username) {
+            (Some(mechanism), Some(username)) => {
+                let password = match &self.sasl_password_env {
+                    Some(var) => Some(Secret::new(
+                        std::env::var(var).with_context(|| format!("environment variable {var} (--sasl-password-env)"))?,
+                    )),
+                    None => None,
+                };
+                Some(SaslInput { mechanism, username, password, password_env: None })
+            }
+            (None, None) => None,
+            _ => bail!("--sasl-mechanism and --sasl-username go together"),
+        };
+        let tls_on = self.tls
+            || self.tls_ca_file.is_some()
+            || self.tls_cert_file.is_some()
+            || self.tls_key_file.is_some()
+            || self.tls_insecure_skip_verify;
+        let tls = tls_on.then(|| TlsInput {
+            enabled: Some(true),
+            ca_file: self.tls_ca_file,
+            cert_file: self.tls_cert_file,
+            key_file: self.tls_key_file,
+            key_password: None,
+            insecure_skip_verify: Some(self.tls_insecure_skip_verify),
+        });
+        Ok(MonitorInput {
+            id: self.id,
+            bootstrap: self.bootstrap,
+            interval: self.interval,
+            timeout: self.timeout,
+            topic_include: self.topic_include,
+            topic_exclude: self.topic_exclude,
+            group_include: self.group_include,
+            group_exclude: self.group_exclude,
+            expected_cluster_id: self.expected_cluster_id,
+            sasl,
+            tls,
+            labels: self.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        })
+    }
+}
+
+async fn connect(server: &str) -> anyhow::Result<ManagerServiceClient<Channel>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
+        .map_err(|e| anyhow!("--server {server:?} is not a valid URL: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| anyhow!("cannot reach kollector at {server}: {e}"))?;
+    Ok(ManagerServiceClient::new(channel))
+}
+
+fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow!("{}: {}", code_name(s.code()), s.message())
+}
+
+fn code_name(c: tonic::Code) -> &'static str {
+    match c {
+        tonic::Code::InvalidArgument => "invalid argument",
+        tonic::Code::NotFound => "not found",
+        tonic::Code::AlreadyExists => "already exists",
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::FailedPrecondition => "failed precondition",
+        _ => "error",
+    }
+}
+
+pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.server).await?;
+    match args.command {
+        MonitorCommand::Add(spec) => {
+            let spec = input_to_proto(&spec.into_input()?);
+            let info = client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec) }).await.map_err(status_error)?;
+            print_info_line(&info.into_inner());
+        }
+        MonitorCommand::Update(spec) => {
+            let spec = input_to_proto(&spec.into_input()?);
+            let info = client.update_monitor(pb::UpdateMonitorRequest { spec: Some(spec) }).await.map_err(status_error)?;
+            print_info_line(&info.into_inner());
+        }
+        MonitorCommand::Rm { id } => {
+            client.delete_monitor(pb::DeleteMonitorRequest { id: id.clone() }).await.map_err(status_error)?;
+            println!("deleted {id} (Kafka client closed)");
+        }
+        MonitorCommand::Get { id, json } => {
+            let info = client.get_monitor(pb::GetMonitorRequest { id }).await.map_err(status_error)?.into_inner();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info_json(&info))?);
+            } else {
+                print_info_detail(&info);
+            }
+        }
+        MonitorCommand::List { json } => {
+            let list = client.list_monitors(pb::ListMonitorsRequest {}).await.map_err(status_error)?.into_inner();
+            if json {
+                let v: Vec<_> = list.monitors.iter().map(info_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if list.monitors.is_empty() {
+                println!("no monitors");
+            } else {
+                println!("{:<24} {:>4} {:<10} {:<8} {:<10} BOOTSTRAP", "ID", "GEN", "STATE", "INTERVAL", "CLUSTER");
+                for m in &list.monitors {
+                    print_info_line(m);
+                }
+            }
+        }
+        MonitorCommand::Probe(spec) => {
+            let spec = input_to_proto(&spec.into_input()?);
+            let r = client.probe(pb::ProbeRequest { spec: Some(spec) }).await.map_err(status_error)?.into_inner();
+            match (r.snapshot, r.error) {
+                (Some(s), _) => print_snapshot(&s),
+                (None, Some(e)) => bail!("probe failed ({}): {}", e.kind, e.message),
+                (None, None) => bail!("probe returned nothing"),
+            }
+        }
+        MonitorCommand::Show { id, json } => {
+            let r = client
+                .get_latest(pb::GetLatestRequest { monitor_id: id.unwrap_or_default() })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if json {
+                let v: Vec<_> = r.results.iter().map(result_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if r.results.is_empty() {
+                println!("no monitors");
+            }
+            if !json {
+                for res in &r.results {
+                    print_result(res);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn state_name(s: Option<&pb::MonitorStatus>) -> &'static str {
+    let state = s.map(|s| s.state()).unwrap_or(pb::MonitorState::Unspecified);
+    match state {
+        pb::MonitorState::Unspecified => "unknown",
+        pb::MonitorState::Starting => "starting",
+        pb::MonitorState::Running => "running",
+        pb::MonitorState::Degraded => "degraded",
+        pb::MonitorState::Failing => "failing",
+        pb::MonitorState::Failed => "failed",
+        pb::MonitorState::Stopped => "stopped",
+    }
+}
+
+fn print_info_line(m: &pb::MonitorInfo) {
+    let Some(spec) = &m.spec else { return };
+    let cluster = m.status.as_ref().and_then(|s| s.pinned_cluster_id.clone()).unwrap_or_else(|| "-".into());
+    println!(
+        "{:<24} {:>4} {:<10} {:<8} {:<10} {}",
+        spec.id,
+        spec.generation,
+        state_name(m.status.as_ref()),
+        spec.interval,
+        cluster,
+        spec.bootstrap.join(",")
+    );
+}
+
+fn print_info_detail(m: &pb::MonitorInfo) {
+    let Some(s) = &m.spec else { return };
+    println!("id:          {}", s.id);
+    println!("generation:  {}", s.generation);
+    println!("bootstrap:   {}", s.bootstrap.join(", "));
+    println!("interval:    {}   timeout: {}", s.interval, s.timeout);
+    for (name, v) in [
+        ("topics in", &s.topic_include),
+        ("topics out", &s.topic_exclude),
+        ("groups in", &s.group_include),
+        ("groups out", &s.group_exclude),
+        ("expect id", &s.expected_cluster_id),
+    ] {
+        if let Some(v) = v {
+            println!("{name:<12} {v}");
+        }
+    }
+    if let Some(sasl) = &s.sasl {
+        println!(
+            "sasl:        {} user={} password={}",
+            sasl.mechanism,
+            sasl.username,
+            if sasl.password_set { "(set)" } else { "(not set)" }
+        );
+    }
+    if let Some(tls) = &s.tls {
+        println!("tls:         on ca={:?} insecure_skip_verify={}", tls.ca_file, tls.insecure_skip_verify);
+    }
+    if let Some(st) = &m.status {
+        println!("state:       {}", state_name(Some(st)));
+        if let Some(r) = &st.reason {
+            println!("reason:      {r}");
+        }
+        if let Some(c) = &st.pinned_cluster_id {
+            println!("cluster id:  {c}");
+        }
+        println!("restarts:    {}   consecutive failures: {}", st.restarts, st.consecutive_failures);
+    }
+}
+
+fn info_json(m: &pb::MonitorInfo) -> serde_json::Value {
+    let s = m.spec.clone().unwrap_or_default();
+    serde_json::json!({
+        "id": s.id, "generation": s.generation, "bootstrap": s.bootstrap, "interval": s.interval, "timeout": s.timeout,
+        "topic_include": s.topic_include, "topic_exclude": s.topic_exclude,
+        "group_include": s.group_include, "group_exclude": s.group_exclude,
+        "expected_cluster_id": s.expected_cluster_id,
+        "sasl": s.sasl.map(|x| serde_json::json!({"mechanism": x.mechanism, "username": x.username, "password_set": x.password_set})),
+        "tls": s.tls.map(|t| serde_json::json!({"ca_file": t.ca_file, "cert_file": t.cert_file, "key_file": t.key_file, "insecure_skip_verify": t.insecure_skip_verify})),
+        "labels": s.labels,
+        "state": state_name(m.status.as_ref()),
+        "reason": m.status.as_ref().and_then(|x| x.reason.clone()),
+        "cluster_id": m.status.as_ref().and_then(|x| x.pinned_cluster_id.clone()),
+    })
+}
+
+fn result_json(r: &pb::MonitorResult) -> serde_json::Value {
+    serde_json::json!({
+        "monitor": r.monitor_id,
+        "generation": r.generation,
+        "state": state_name(r.status.as_ref()),
+        "error": r.error.as_ref().map(|e| serde_json::json!({"kind": e.kind, "message": e.message})),
+        "snapshot": r.snapshot.as_ref().map(snapshot_json),
+    })
+}
+
+fn snapshot_json(s: &pb::Snapshot) -> serde_json::Value {
+    serde_json::json!({
+        "cluster_id": s.cluster_id,
+        "controller_id": s.controller_id,
+        "collected_at_ms": s.collected_at_ms,
+        "duration_ms": s.duration_ms,
+        "warnings": s.warnings,
+        "brokers": s.brokers.iter().map(|b| serde_json::json!({"id": b.id, "host": b.host, "port": b.port, "rack": b.rack})).collect::<Vec<_>>(),
+        "topics": s.topics.iter().map(|t| serde_json::json!({
+            "name": t.name,
+            "partitions": t.partitions.iter().map(|p| serde_json::json!({
+                "partition": p.partition, "leader": p.leader, "replicas": p.replicas, "isr": p.isr,
+                "earliest": p.earliest, "latest": p.latest, "error": p.error})).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+        "groups": s.groups.iter().map(|g| serde_json::json!({
+            "group_id": g.group_id, "state": g.state, "members": g.members, "coordinator": g.coordinator, "error": g.error,
+            "offsets": g.offsets.iter().map(|o| serde_json::json!({
+                "topic": o.topic, "partition": o.partition, "committed": o.committed, "lag": o.lag, "data_loss": o.data_loss})).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+    })
+}
+
+fn ago(ms: u64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    if ms == 0 {
+        return "never".into();
+    }
+    format!("{:.1}s ago", now.saturating_sub(ms) as f64 / 1000.0)
+}
+
+fn print_result(r: &pb::MonitorResult) {
+    println!("== {} (generation {}): {}", r.monitor_id, r.generation, state_name(r.status.as_ref()));
+    if let Some(e) = &r.error {
+        println!("   latest attempt {} failed ({}): {}", ago(r.attempted_at_ms), e.kind, e.message);
+    }
+    match &r.snapshot {
+        Some(s) if r.error.is_none() => print_snapshot(s),
+        Some(s) => println!("   last good snapshot from {} (cluster {})", ago(s.collected_at_ms), s.cluster_id),
+        None => println!("   no snapshot yet"),
+    }
+}
+
+fn print_snapshot(s: &pb::Snapshot) {
+    let partitions: usize = s.topics.iter().map(|t| t.partitions.len()).sum();
+    println!(
+        "   cluster {}  controller {}  brokers {}  topics {}  partitions {}  groups {}  (collected {} in {} ms)",
+        s.cluster_id,
+        s.controller_id.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+        s.brokers.len(),
+        s.topics.len(),
+        partitions,
+        s.groups.len(),
+        ago(s.collected_at_ms),
+        s.duration_ms
+    );
+    for w in &s.warnings {
+        println!("   warning: {w}");
+    }
+    if !s.topics.is_empty() {
+        println!("   {:<32} {:>9} {:>12} {:>12} {:>6} {:>7}", "TOPIC", "PARTITION", "OLDEST", "LATEST", "LEADER", "ISR/REP");
+        for t in &s.topics {
+            for p in &t.partitions {
+                let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+                println!(
+                    "   {:<32} {:>9} {:>12} {:>12} {:>6} {:>7}",
+                    t.name,
+                    p.partition,
+                    opt(p.earliest),
+                    opt(p.latest),
+                    p.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into()),
+                    format!("{}/{}", p.isr.len(), p.replicas.len())
+                );
+            }
+        }
+    }
+    if !s.groups.is_empty() {
+        println!("   {:<32} {:<20} {:>7} {:<32} {:>10}", "GROUP", "STATE", "MEMBERS", "TOPIC", "LAG");
+        for g in &s.groups {
+            let mut by_topic: BTreeMap<&str, i64> = BTreeMap::new();
+            for o in &g.offsets {
+                *by_topic.entry(&o.topic).or_default() += o.lag.unwrap_or(0);
+            }
+            if by_topic.is_empty() {
+                println!("   {:<32} {:<20} {:>7} {:<32} {:>10}", g.group_id, g.state, g.members, "-", "-");
+            }
+            for (topic, lag) in by_topic {
+                println!("   {:<32} {:<20} {:>7} {:<32} {:>10}", g.group_id, g.state, g.members, topic, lag);
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Benchmarks that print figures (not pass/fail): recorded in BENCHMARKS.md.
+//!
+//!   cargo bench -p kollector-tests --bench collection
+//!
+//! 1. Kafka requests per collection cycle, per API, for clusters with P
+//!    partitions and G consumer groups, counted by librdkafka's own
+//!    statistics (the client's request counters), against a real tansu
+//!    broker and a 3-broker librdkafka mock cluster.
+//! 2. Memory and threads per monitor: process RSS and thread count before
+//!    and after starting 50 monitors (each with its own client), against one
+//!    tansu broker.
+
+use std::time::{Duration, Instant};
+
+use kollector_collector::CollectorNode;
+use kollector_core::{MonitorId, MonitorInput, MonitorSpec};
+use kollector_kafka::{ClientOptions, KafkaClient, RequestCounts};
+use kollector_tests::kafka_fixtures::{commit_offsets, create_topic, produce_records};
+use kollector_tests::net::{rss_kib, thread_count};
+use kollector_tests::poll::wait_for;
+use kollector_tests::tansu::TansuBroker;
+use rdkafka::mocking::MockCluster;
+
+fn spec(id: &str, bootstrap: &str) -> MonitorSpec {
+    MonitorInput {
+        id: id.into(),
+        bootstrap: vec![bootstrap.into()],
+        interval: Some("10s".into()),
+        timeout: Some("8s".into()),
+        ..Default::default()
+    }
+    .validate(1)
+    .expect("spec")
+}
+
+fn diff(after: &RequestCounts, before: &RequestCounts, cycles: i64) -> Vec<(String, f64)> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), (v - before.get(k).copied().unwrap_or(0)) as f64 / cycles as f64))
+        .filter(|(_, v)| *v > 0.0)
+        .collect()
+}
+
+/// Requests per cycle: warm up (connections, ApiVersions), then count K cycles.
+fn requests_per_cycle(bootstrap: &str) -> (Vec<(String, f64)>, Duration) {
+    let options = ClientOptions { statistics_interval: Some(Duration::from_millis(50)) };
+    let spec = spec("bench", bootstrap);
+    let client = KafkaClient::connect(&spec, &options).expect("client");
+    client.collect(&spec).expect("warm-up collection");
+    assert!(client.wait_for_statistics(Duration::from_secs(5)), "statistics");
+    let before = client.request_counts().expect("counts");
+    const K: i64 = 5;
+    let started = Instant::now();
+    for _ in 0..K {
+        let s = client.collect(&spec).expect("collection");
+        assert!(s.warnings.iter().all(|w| !w.contains("unavailable")), "{:?}", s.warnings);
+    }
+    let per_cycle_time = started.elapsed() / K as u32;
+    assert!(client.wait_for_statistics(Duration::from_secs(5)), "statistics");
+    let after = client.request_counts().expect("counts");
+    (diff(&after, &before, K), per_cycle_time)
+}
+
+fn print_requests(label: &str, counts: &[(String, f64)], took: Duration) {
+    let total: f64 = counts.iter().map(|(_, v)| v).sum();
+    let detail: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("| {label} | {total} | {} | {:.1} |", detail.join(", "), took.as_secs_f64() * 1000.0);
+}
+
+fn main() {
+    // Allow `cargo bench -- <filter>` style invocations without failing.
+    println!("## Kafka requests per collection cycle (librdkafka statistics, mean of 5 cycles)");
+    println!("| cluster | requests/cycle | by API | ms/cycle |");
+    println!("|---|---|---|---|");
+    for (topics, partitions, groups) in [(1usize, 10i32, 1usize), (10, 10, 10), (10, 10, 100), (50, 20, 10)] {
+        let broker = TansuBroker::start("bench-req");
+        let bs = broker.bootstrap();
+        for t in 0..topics {
+            create_topic(&bs, &format!("topic-{t}"), partitions);
+        }
+        produce_records(&bs, "topic-0", 0, 3);
+        for g in 0..groups {
+            commit_offsets(&bs, &format!("group-{g}"), &[("topic-0", 0, 1), ("topic-0", 1, 0)]);
+        }
+        let (counts, took) = requests_per_cycle(&bs);
+        let p = topics as i32 * partitions;
+        print_requests(&format!("tansu, 1 broker, P={p}, G={groups}"), &counts, took);
+    }
+    {
+        let mock = MockCluster::new(3).expect("mock");
+        mock.create_topic("events", 60, 3).expect("topic");
+        let (counts, took) = requests_per_cycle(&mock.bootstrap_servers());
+        print_requests("mock, 3 brokers, P=60, G=n/a (no ListGroups)", &counts, took);
+    }
+
+    println!();
+    println!("## Cost per monitor (50 monitors, one client each, against one tansu broker)");
+    let broker = TansuBroker::start("bench-cost");
+    create_topic(&broker.bootstrap(), "t", 10);
+    let pid = std::process::id();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let node = CollectorNode::start(ClientOptions::default()).expect("node");
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss0, thr0) = (rss_kib(pid).unwrap_or(0), thread_count(pid).unwrap_or(0));
+    const N: usize = 50;
+    for i in 0..N {
+        rt.block_on(node.assign(spec(&format!("m{i}"), &broker.bootstrap()))).expect("assign");
+    }
+    wait_for("50 monitors collecting", Duration::from_secs(60), || {
+        let ok = (0..N)
+            .filter(|i| {
+                node.store().get(&MonitorId::new(format!("m{i}")).unwrap()).is_some_and(|e| e.current_snapshot().is_some())
+            })
+            .count();
+        if ok == N { Ok(()) } else { Err(format!("{ok}/{N}")) }
+    });
+    let (rss1, thr1) = (rss_kib(pid).unwrap_or(0), thread_count(pid).unwrap_or(0));
+    println!("| monitors | RSS (MiB) | threads |");
+    println!("|---|---|---|");
+    println!("| 0 | {:.1} | {thr0} |", rss0 as f64 / 1024.0);
+    println!("| {N} | {:.1} | {thr1} |", rss1 as f64 / 1024.0);
+    println!(
+        "per monitor: {:.2} MiB RSS, {:.1} threads, kafka clients open: {}",
+        (rss1 as f64 - rss0 as f64) / 1024.0 / N as f64,
+        (thr1 as f64 - thr0 as f64) / N as f64,
+        kollector_kafka::live_clients()
+    );
+    rt.block_on(node.shutdown());
+    let closed = Instant::now();
+    wait_for("clients closed", Duration::from_secs(30), || {
+        if kollector_kafka::live_clients() == 0 { Ok(()) } else { Err(kollector_kafka::live_clients().to_string()) }
+    });
+    println!("all {N} clients closed {:?} after shutdown", closed.elapsed());
+}

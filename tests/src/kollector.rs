@@ -1,0 +1,134 @@
+//! kollector itself as a child process, on free ports, killed on drop.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kollector_proto::v1::manager_service_client::ManagerServiceClient;
+use tonic::transport::Channel;
+
+use crate::free_port;
+use crate::metrics::Metrics;
+use crate::poll::wait_for;
+
+/// The `kollector` binary of this workspace: `$KOLLECTOR_BIN`, or the one
+/// cargo built next to the test executable (`target/<profile>/kollector`).
+pub fn kollector_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("KOLLECTOR_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/kollector
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = profile_dir.join("kollector");
+    assert!(bin.is_file(), "{} not found: run `cargo build -p kollector` first", bin.display());
+    bin
+}
+
+/// Runs `kollector` with `args` to completion and returns (success, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(kollector_bin()).args(args).env("KOLLECTOR_LOG", "warn").output().expect("run kollector");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+pub struct KollectorProcess {
+    child: Option<Child>,
+    pub grpc_port: u16,
+    pub http_port: u16,
+    _dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl KollectorProcess {
+    /// Starts `kollector standalone` with a config file holding `monitors_toml`
+    /// (zero or more `[[monitors]]` tables) and waits until `/healthz` answers.
+    pub fn standalone(monitors_toml: &str) -> KollectorProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (grpc_port, http_port) = (free_port(), free_port());
+        let config = format!(
+            "[http]\nlisten = \"127.0.0.1:{http_port}\"\n[grpc]\nlisten = \"127.0.0.1:{grpc_port}\"\n\n{monitors_toml}\n"
+        );
+        let config_path = dir.path().join("kollector.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log = std::fs::File::create(dir.path().join("kollector.log")).expect("log file");
+        let child = Command::new(kollector_bin())
+            .arg("standalone")
+            .arg("--config")
+            .arg(&config_path)
+            .env("KOLLECTOR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn kollector");
+        let mut p = KollectorProcess { child: Some(child), grpc_port, http_port, _dir: dir, config_path };
+        wait_for("kollector /healthz", Duration::from_secs(30), || {
+            if let Some(status) = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("kollector exited early with {status}; log:\n{}", p.log());
+            }
+            p.http_get("/healthz").map(|_| ())
+        });
+        p
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("running")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("kollector.log")).unwrap_or_default()
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// A plain HTTP/1.0 GET, enough for `/metrics` and `/healthz`.
+    pub fn http_get(&self, path: &str) -> Result<String, String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.http_port)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+        let (head, body) = body.split_once("\r\n\r\n").ok_or("no HTTP header")?;
+        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+            return Err(format!("unexpected response: {head}"));
+        }
+        Ok(body.to_string())
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        let text = self.http_get("/metrics").expect("GET /metrics");
+        Metrics::parse(&text).expect("parse /metrics")
+    }
+
+    pub async fn client(&self) -> ManagerServiceClient<Channel> {
+        ManagerServiceClient::connect(self.grpc_url()).await.expect("connect gRPC")
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return false };
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+}
+
+impl Drop for KollectorProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A `[[monitors]]` table for a config file.
+pub fn monitor_toml(id: &str, bootstrap: &str, interval: &str) -> String {
+    format!("[[monitors]]\nid = \"{id}\"\nbootstrap = [\"{bootstrap}\"]\ninterval = \"{interval}\"\n")
+}

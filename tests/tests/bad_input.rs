@@ -1,0 +1,150 @@
+//! Bad input never panics and never half-applies: every validation rule,
+//! through gRPC (INVALID_ARGUMENT naming the field, nothing stored) and
+//! through the config file (an error naming file, line and field, and the
+//! process refuses to start).
+
+use kollector_proto::v1 as pb;
+use kollector_tests::kollector::{run_cli, KollectorProcess};
+use tonic::Code;
+
+fn base() -> pb::MonitorSpecInput {
+    pb::MonitorSpecInput {
+        id: "ok-monitor".into(),
+        bootstrap: vec!["127.0.0.1:1".into()],
+        interval: Some("10s".into()),
+        ..Default::default()
+    }
+}
+
+/// (what is wrong, how to break a valid spec, the field the error must name)
+fn bad_specs() -> Vec<(&'static str, pb::MonitorSpecInput, &'static str)> {
+    let mut cases = Vec::new();
+    let mut with = |what, f: &dyn Fn(&mut pb::MonitorSpecInput), field| {
+        let mut s = base();
+        f(&mut s);
+        cases.push((what, s, field));
+    };
+    with("empty bootstrap", &|s| s.bootstrap.clear(), "bootstrap");
+    with("bootstrap without port", &|s| s.bootstrap = vec!["kafka-1".into()], "bootstrap[0]");
+    with("bootstrap with scheme", &|s| s.bootstrap = vec!["tcp://h:9092".into()], "bootstrap[0]");
+    with("bootstrap bad port", &|s| s.bootstrap = vec!["h:99999".into()], "bootstrap[0]");
+    with("interval too short", &|s| s.interval = Some("500ms".into()), "interval");
+    with("interval too long", &|s| s.interval = Some("2h".into()), "interval");
+    with("interval not a duration", &|s| s.interval = Some("often".into()), "interval");
+    with("timeout equal to interval", &|s| s.timeout = Some("10s".into()), "timeout");
+    with("timeout above interval", &|s| s.timeout = Some("1m".into()), "timeout");
+    with("invalid topic regex", &|s| s.topic_include = Some("orders(".into()), "topic_include");
+    with("invalid group regex", &|s| s.group_exclude = Some("[a-".into()), "group_exclude");
+    with(
+        "unknown SASL mechanism",
+        &|s| s.sasl = Some(pb::SaslInput { mechanism: "GSSAPI".into(), username: "u".into(), password: "p".into() }),
+        "sasl.mechanism",
+    );
+    with("bad id", &|s| s.id = "has space".into(), "id");
+    cases
+}
+
+#[test]
+fn grpc_rejects_each_rule_with_invalid_argument_and_stores_nothing() {
+    let k = KollectorProcess::standalone("");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = k.client().await;
+        for (what, spec, field) in bad_specs() {
+            let err = client
+                .create_monitor(pb::CreateMonitorRequest { spec: Some(spec.clone()) })
+                .await
+                .expect_err(what);
+            assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+            assert!(err.message().contains(field), "{what}: message {:?} should name {field}", err.message());
+            let err = client.probe(pb::ProbeRequest { spec: Some(spec) }).await.expect_err(what);
+            assert_eq!(err.code(), Code::InvalidArgument, "probe {what}");
+        }
+        let list = client.list_monitors(pb::ListMonitorsRequest {}).await.unwrap().into_inner();
+        assert!(list.monitors.is_empty(), "nothing may be stored: {:?}", list.monitors);
+
+        // Duplicate id, update of an unknown id, invalid update of a real one.
+        client.create_monitor(pb::CreateMonitorRequest { spec: Some(base()) }).await.expect("valid create");
+        let dup = client.create_monitor(pb::CreateMonitorRequest { spec: Some(base()) }).await.unwrap_err();
+        assert_eq!(dup.code(), Code::AlreadyExists);
+        let mut unknown = base();
+        unknown.id = "nope".into();
+        let nf = client.update_monitor(pb::UpdateMonitorRequest { spec: Some(unknown) }).await.unwrap_err();
+        assert_eq!(nf.code(), Code::NotFound);
+        let mut bad_update = base();
+        bad_update.interval = Some("0s".into());
+        let e = client.update_monitor(pb::UpdateMonitorRequest { spec: Some(bad_update) }).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        let got = client.get_monitor(pb::GetMonitorRequest { id: "ok-monitor".into() }).await.unwrap().into_inner();
+        let spec = got.spec.unwrap();
+        assert_eq!((spec.generation, spec.interval.as_str()), (1, "10s"), "a rejected update changes nothing");
+        let e = client.delete_monitor(pb::DeleteMonitorRequest { id: "../etc".into() }).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        let e = client.create_monitor(pb::CreateMonitorRequest { spec: None }).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        let m = k.metrics();
+        assert_eq!(m.value("kollector_kafka_clients", &[]), Some(1.0), "only the valid monitor has a client");
+    });
+}
+
+#[test]
+fn sasl_password_is_never_returned_or_logged() {
+    let k = KollectorProcess::standalone("");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = k.client().await;
+        let mut spec = base();
+        spec.sasl = Some(pb::SaslInput { mechanism: "SCRAM-SHA-512".into(), username: "svc".into(), password: "hunter2-secret".into() });
+        let created = client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec) }).await.unwrap().into_inner();
+        assert!(created.spec.as_ref().unwrap().sasl.as_ref().unwrap().password_set);
+        let listed = client.list_monitors(pb::ListMonitorsRequest {}).await.unwrap().into_inner();
+        let got = client.get_monitor(pb::GetMonitorRequest { id: "ok-monitor".into() }).await.unwrap().into_inner();
+        for text in [format!("{created:?}"), format!("{listed:?}"), format!("{got:?}")] {
+            assert!(!text.contains("hunter2-secret"));
+        }
+    });
+    let (ok, out, err) = run_cli(&["monitor", "--server", &k.grpc_url(), "get", "ok-monitor", "--json"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"password_set\": true") && !out.contains("hunter2"), "{out}");
+    assert!(!k.log().contains("hunter2-secret"), "secret in the log");
+    assert!(!k.http_get("/metrics").unwrap().contains("hunter2"));
+}
+
+fn write_config(dir: &tempfile::TempDir, body: &str) -> String {
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, body).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn config_file_errors_name_file_line_and_field_and_nothing_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = "[http]\nlisten = \"127.0.0.1:0\"\n[grpc]\nlisten = \"127.0.0.1:0\"\n\n[[monitors]]\nid = \"m1\"\n";
+    // Line 8 onwards is the monitor body; each case puts the bad line at line 8 or 9.
+    let cases: &[(&str, &str, &str)] = &[
+        ("bootstrap = []\n", ":8: monitors[0].bootstrap:", "at least one"),
+        ("bootstrap = [\"nohost\"]\n", ":8: monitors[0].bootstrap[0]:", "no port"),
+        ("bootstrap = [\"h:1\"]\ninterval = \"100ms\"\n", ":9: monitors[0].interval:", "outside the allowed range"),
+        ("bootstrap = [\"h:1\"]\ninterval = \"5s\"\ntimeout = \"5s\"\n", ":10: monitors[0].timeout:", "shorter than the interval"),
+        ("bootstrap = [\"h:1\"]\ntopic_exclude = \"(\"\n", ":9: monitors[0].topic_exclude:", "not a valid regular expression"),
+        (
+            "bootstrap = [\"h:1\"]\nsasl = { mechanism = \"KERBEROS\", username = \"u\", password = \"p\" }\n",
+            ":9: monitors[0].sasl.mechanism:",
+            "unknown SASL mechanism",
+        ),
+        ("bootstrap = [\"h:1\"]\nintervall = \"5s\"\n", ":9", "unknown field `intervall`"),
+        ("bootstrap = [\"h:1\"]\n[[monitors]]\nid = \"m1\"\nbootstrap = [\"h:2\"]\n", ":10: monitors[1].id:", "duplicate monitor id"),
+    ];
+    for (body, location, message) in cases {
+        let path = write_config(&dir, &format!("{header}{body}"));
+        let started = std::time::Instant::now();
+        let (ok, _out, err) = run_cli(&["standalone", "--config", &path]);
+        assert!(!ok, "{body:?} should be rejected");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "rejection must be immediate");
+        assert!(err.contains(&format!("{path}{location}")), "{body:?}: expected {path}{location} in {err}");
+        assert!(err.contains(message), "{body:?}: expected {message:?} in {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let (ok, _, err) = run_cli(&["standalone", "--config", "/nonexistent/kollector.toml"]);
+    assert!(!ok && err.contains("reading config file /nonexistent/kollector.toml"), "{err}");
+}
