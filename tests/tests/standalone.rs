@@ -55,7 +55,7 @@ fn values_in_metrics_and_get_latest_equal_what_was_produced_and_committed() {
         if m.find("kafka_consumergroup_lag", &[("consumergroup", "billing")]).len() == 2 {
             Ok(m)
         } else {
-            Err(format!("{:?}", m.find("kafka_consumergroup_lag", &[])))
+            Err(format!("{:?}\n{}", m.find("kafka_consumergroup_lag", &[]), k.log()))
         }
     });
     let base = [("monitor", "shop"), ("cluster_id", "values-cluster")];

@@ -51,7 +51,7 @@ impl fmt::Display for MonitorState {
 
 /// Classes of collection failure, used as the `kind` label of
 /// `kollector_collection_errors_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ErrorKind {
     /// The client could not be built from the spec.
     Client,

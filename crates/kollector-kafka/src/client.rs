@@ -151,7 +151,9 @@ impl Drop for KafkaClient {
 
 fn client_config(spec: &MonitorSpec, options: &ClientOptions) -> ClientConfig {
     let conn = &spec.connection;
-    let timeout_ms = spec.timeout.as_millis().clamp(100, i32::MAX as u128).to_string();
+    // librdkafka's minimum for the connect timeout is 1 s; shorter collection
+    // timeouts are still enforced by the collection's own deadline.
+    let timeout_ms = spec.timeout.as_millis().clamp(1000, i32::MAX as u128).to_string();
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", conn.bootstrap.join(","))
         .set("client.id", format!("kollector-{}", spec.id))

@@ -90,7 +90,11 @@ impl KafkaClient {
         let mut controller_id = None;
         let mut racks: HashMap<i32, String> = HashMap::new();
         if !self.describe_cluster_unsupported.load(Ordering::Relaxed) {
-            match admin::describe_cluster(client, remaining(deadline, "DescribeCluster")?) {
+            // DescribeCluster only adds racks to what metadata gave us, so it
+            // gets a fifth of the budget: some clusters (librdkafka's mock)
+            // never answer it rather than refusing it.
+            let budget = remaining(deadline, "DescribeCluster")?.min((spec.timeout / 5).max(Duration::from_millis(200)));
+            match admin::describe_cluster(client, budget) {
                 Ok(desc) => {
                     cluster_id = desc.cluster_id;
                     controller_id = desc.controller_id;
@@ -100,7 +104,9 @@ impl KafkaClient {
                         }
                     }
                 }
-                Err(e) if e.is_unsupported() => {
+                Err(e @ (AdminError::Unsupported { .. } | AdminError::Timeout(_))) => {
+                    // Not asked again by this client (a rebuilt client probes again).
+                    tracing::debug!(monitor = %spec.id, "DescribeCluster unavailable, using metadata only: {e}");
                     self.describe_cluster_unsupported.store(true, Ordering::Relaxed);
                 }
                 Err(e) => warnings.push(format!("DescribeCluster failed, using metadata: {e}")),
