@@ -6,7 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let files = ["kollector/v1/monitor.proto", "kollector/v1/manager.proto"].map(|f| root.join(f));
-    tonic_prost_build::configure().compile_protos(&files, &[root.clone()])?;
+    tonic_prost_build::configure().compile_protos(&files, std::slice::from_ref(&root))?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())
 }

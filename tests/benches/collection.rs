@@ -24,7 +24,7 @@ use rdkafka::mocking::MockCluster;
 fn spec(id: &str, bootstrap: &str) -> MonitorSpec {
     MonitorInput {
         id: id.into(),
-        bootstrap: vec![bootstrap.into()],
+        bootstrap: bootstrap.split(',').map(String::from).collect(),
         interval: Some("10s".into()),
         timeout: Some("8s".into()),
         ..Default::default()
@@ -109,10 +109,16 @@ fn main() {
     wait_for("50 monitors collecting", Duration::from_secs(60), || {
         let ok = (0..N)
             .filter(|i| {
-                node.store().get(&MonitorId::new(format!("m{i}")).unwrap()).is_some_and(|e| e.current_snapshot().is_some())
+                node.store()
+                    .get(&MonitorId::new(format!("m{i}")).unwrap())
+                    .is_some_and(|e| e.current_snapshot().is_some())
             })
             .count();
-        if ok == N { Ok(()) } else { Err(format!("{ok}/{N}")) }
+        if ok == N {
+            Ok(())
+        } else {
+            Err(format!("{ok}/{N}"))
+        }
     });
     let (rss1, thr1) = (rss_kib(pid).unwrap_or(0), thread_count(pid).unwrap_or(0));
     println!("| monitors | RSS (MiB) | threads |");
@@ -128,7 +134,11 @@ fn main() {
     rt.block_on(node.shutdown());
     let closed = Instant::now();
     wait_for("clients closed", Duration::from_secs(30), || {
-        if kollector_kafka::live_clients() == 0 { Ok(()) } else { Err(kollector_kafka::live_clients().to_string()) }
+        if kollector_kafka::live_clients() == 0 {
+            Ok(())
+        } else {
+            Err(kollector_kafka::live_clients().to_string())
+        }
     });
     println!("all {N} clients closed {:?} after shutdown", closed.elapsed());
 }

@@ -20,9 +20,7 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 
 fn base_config(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap)
-        .set("broker.address.family", "v4")
-        .set("log_level", "3");
+    c.set("bootstrap.servers", bootstrap).set("broker.address.family", "v4").set("log_level", "3");
     c
 }
 
@@ -66,11 +64,8 @@ pub fn produce_records(bootstrap: &str, topic: &str, partition: i32, count: usiz
 /// Commits `offsets` [(topic, partition, offset)] for `group` without joining
 /// it (a "simple" commit with no generation), as an admin tool would.
 pub fn commit_offsets(bootstrap: &str, group: &str, offsets: &[(&str, i32, i64)]) {
-    let consumer: BaseConsumer = base_config(bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    let consumer: BaseConsumer =
+        base_config(bootstrap).set("group.id", group).set("enable.auto.commit", "false").create().expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for (topic, partition, offset) in offsets {
         tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)).expect("tpl add");

@@ -25,9 +25,8 @@ impl TansuBroker {
     /// Starts a broker on a given port: used to replace a killed broker with
     /// another cluster at the same address (the identity-guard test).
     pub fn start_on_port(cluster_id: &str, port: u16) -> TansuBroker {
-        let bin = find_executable("tansu").unwrap_or_else(|| {
-            panic!("tansu not found on PATH or in ~/.cargo/bin: run scripts/install-test-deps.sh")
-        });
+        let bin = find_executable("tansu")
+            .unwrap_or_else(|| panic!("tansu not found on PATH or in ~/.cargo/bin: run scripts/install-test-deps.sh"));
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(bin)
             .arg("broker")

@@ -51,10 +51,8 @@ fn grpc_rejects_each_rule_with_invalid_argument_and_stores_nothing() {
     rt.block_on(async {
         let mut client = k.client().await;
         for (what, spec, field) in bad_specs() {
-            let err = client
-                .create_monitor(pb::CreateMonitorRequest { spec: Some(spec.clone()) })
-                .await
-                .expect_err(what);
+            let err =
+                client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec.clone()) }).await.expect_err(what);
             assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
             assert!(err.message().contains(field), "{what}: message {:?} should name {field}", err.message());
             let err = client.probe(pb::ProbeRequest { spec: Some(spec) }).await.expect_err(what);
@@ -94,7 +92,11 @@ fn sasl_password_is_never_returned_or_logged() {
     rt.block_on(async {
         let mut client = k.client().await;
         let mut spec = base();
-        spec.sasl = Some(pb::SaslInput { mechanism: "SCRAM-SHA-512".into(), username: "svc".into(), password: "hunter2-secret".into() });
+        spec.sasl = Some(pb::SaslInput {
+            mechanism: "SCRAM-SHA-512".into(),
+            username: "svc".into(),
+            password: "hunter2-secret".into(),
+        });
         let created = client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec) }).await.unwrap().into_inner();
         assert!(created.spec.as_ref().unwrap().sasl.as_ref().unwrap().password_set);
         let listed = client.list_monitors(pb::ListMonitorsRequest {}).await.unwrap().into_inner();
@@ -125,15 +127,27 @@ fn config_file_errors_name_file_line_and_field_and_nothing_starts() {
         ("bootstrap = []\n", ":8: monitors[0].bootstrap:", "at least one"),
         ("bootstrap = [\"nohost\"]\n", ":8: monitors[0].bootstrap[0]:", "no port"),
         ("bootstrap = [\"h:1\"]\ninterval = \"100ms\"\n", ":9: monitors[0].interval:", "outside the allowed range"),
-        ("bootstrap = [\"h:1\"]\ninterval = \"5s\"\ntimeout = \"5s\"\n", ":10: monitors[0].timeout:", "shorter than the interval"),
-        ("bootstrap = [\"h:1\"]\ntopic_exclude = \"(\"\n", ":9: monitors[0].topic_exclude:", "not a valid regular expression"),
+        (
+            "bootstrap = [\"h:1\"]\ninterval = \"5s\"\ntimeout = \"5s\"\n",
+            ":10: monitors[0].timeout:",
+            "shorter than the interval",
+        ),
+        (
+            "bootstrap = [\"h:1\"]\ntopic_exclude = \"(\"\n",
+            ":9: monitors[0].topic_exclude:",
+            "not a valid regular expression",
+        ),
         (
             "bootstrap = [\"h:1\"]\nsasl = { mechanism = \"KERBEROS\", username = \"u\", password = \"p\" }\n",
             ":9: monitors[0].sasl.mechanism:",
             "unknown SASL mechanism",
         ),
         ("bootstrap = [\"h:1\"]\nintervall = \"5s\"\n", ":9", "unknown field `intervall`"),
-        ("bootstrap = [\"h:1\"]\n[[monitors]]\nid = \"m1\"\nbootstrap = [\"h:2\"]\n", ":10: monitors[1].id:", "duplicate monitor id"),
+        (
+            "bootstrap = [\"h:1\"]\n[[monitors]]\nid = \"m1\"\nbootstrap = [\"h:2\"]\n",
+            ":10: monitors[1].id:",
+            "duplicate monitor id",
+        ),
     ];
     for (body, location, message) in cases {
         let path = write_config(&dir, &format!("{header}{body}"));

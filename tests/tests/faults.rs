@@ -15,7 +15,7 @@ use rdkafka::mocking::MockCluster;
 fn spec(id: &str, bootstrap: &str, expected_cluster_id: Option<&str>) -> MonitorSpec {
     MonitorInput {
         id: id.into(),
-        bootstrap: vec![bootstrap.into()],
+        bootstrap: bootstrap.split(',').map(String::from).collect(),
         interval: Some("1s".into()),
         timeout: Some("800ms".into()),
         expected_cluster_id: expected_cluster_id.map(String::from),
@@ -62,7 +62,8 @@ impl Drop for Node {
 
 fn all_offsets_known(e: &MonitorEntry) -> bool {
     e.current_snapshot().is_some_and(|s| {
-        s.partition_count() == 6 && s.topics.iter().flat_map(|t| &t.partitions).all(|p| p.latest.is_some() && p.error.is_none())
+        s.partition_count() == 6
+            && s.topics.iter().flat_map(|t| &t.partitions).all(|p| p.latest.is_some() && p.error.is_none())
     })
 }
 
@@ -82,7 +83,8 @@ fn broker_down_reports_a_reason_and_recovers_when_it_returns() {
 
     mock.broker_down(2).unwrap();
     let e = node.wait("mock", "a degraded snapshot or an error with a reason", 30, |e| {
-        let degraded = e.current_snapshot().is_some_and(|s| s.warnings.iter().any(|w| w.contains("offsets unavailable")));
+        let degraded =
+            e.current_snapshot().is_some_and(|s| s.warnings.iter().any(|w| w.contains("offsets unavailable")));
         let failed = e.last_error.is_some() && e.status.reason.is_some();
         degraded || failed
     });
@@ -124,7 +126,7 @@ fn expected_cluster_id_mismatch_is_refused_from_the_first_cycle() {
     mock.create_topic("t", 1, 1).unwrap();
     let node = Node::start();
     node.assign(spec("strict", &mock.bootstrap_servers(), Some("the-real-cluster")));
-    let e = node.wait("strict", "identity mismatch", 30, |e| e.errors_total.get(&ErrorKind::IdentityMismatch).is_some());
+    let e = node.wait("strict", "identity mismatch", 30, |e| e.errors_total.contains_key(&ErrorKind::IdentityMismatch));
     assert!(e.last_snapshot.is_none(), "a snapshot from the wrong cluster was stored");
     assert_eq!(e.status.pinned_cluster_id.as_deref(), Some("the-real-cluster"));
     let text = kollector_collector::metrics::render(node.handle.store(), Vec::new());
@@ -146,12 +148,16 @@ fn fifty_monitors_each_report_only_their_own_cluster() {
     }
     wait_for("all 50 monitors to collect", Duration::from_secs(90), || {
         let ready = (0..N).filter(|i| node.entry(&format!("m{i:02}")).current_snapshot().is_some()).count();
-        if ready == N { Ok(()) } else { Err(format!("{ready}/{N} ready")) }
+        if ready == N {
+            Ok(())
+        } else {
+            Err(format!("{ready}/{N} ready"))
+        }
     });
-    for i in 0..N {
+    for (i, cluster) in expected.iter().enumerate() {
         let e = node.entry(&format!("m{i:02}"));
         let s = e.current_snapshot().unwrap();
-        assert_eq!(s.cluster_id, expected[i], "monitor m{i:02}");
+        assert_eq!(&s.cluster_id, cluster, "monitor m{i:02}");
         let topics: Vec<&str> = s.topics.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(topics, vec![format!("topic-{i}").as_str()], "monitor m{i:02}");
     }

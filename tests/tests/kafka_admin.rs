@@ -71,11 +71,15 @@ fn tansu_groups_list_describe_and_committed_offsets() {
     let offsets = admin::list_consumer_group_offsets(a.inner(), &ids, T).expect("offsets");
     eprintln!("offsets: {offsets:?}");
     let g1 = offsets.iter().find(|(g, _)| g == "g1").unwrap().1.as_ref().expect("g1 offsets");
-    let mut got: Vec<(i32, Option<i64>)> = g1.iter().filter(|c| c.offset.is_some()).map(|c| (c.partition, c.offset)).collect();
+    let mut got: Vec<(i32, Option<i64>)> =
+        g1.iter().filter(|c| c.offset.is_some()).map(|c| (c.partition, c.offset)).collect();
     got.sort();
     assert_eq!(got, vec![(0, Some(3)), (1, Some(7))]);
     let g2 = offsets.iter().find(|(g, _)| g == "g2").unwrap().1.as_ref().expect("g2 offsets");
-    assert_eq!(g2.iter().filter(|c| c.offset.is_some()).map(|c| (c.partition, c.offset)).collect::<Vec<_>>(), vec![(2, Some(1))]);
+    assert_eq!(
+        g2.iter().filter(|c| c.offset.is_some()).map(|c| (c.partition, c.offset)).collect::<Vec<_>>(),
+        vec![(2, Some(1))]
+    );
     let listed_ids: Vec<&str> = listed.groups.iter().map(|g| g.group_id.as_str()).collect();
     assert!(listed_ids.contains(&"g1") && listed_ids.contains(&"g2"), "{listed_ids:?}");
 }

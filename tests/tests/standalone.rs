@@ -73,7 +73,10 @@ fn values_in_metrics_and_get_latest_equal_what_was_produced_and_committed() {
         assert_eq!(m.value("kafka_topic_partition_in_sync_replica", &l), Some(1.0));
         assert_eq!(m.value("kafka_topic_partition_under_replicated_partition", &l), Some(0.0));
     }
-    assert_eq!(m.value("kafka_topic_partition_current_offset", &with(&[("topic", "audit"), ("partition", "0")])), Some(2.0));
+    assert_eq!(
+        m.value("kafka_topic_partition_current_offset", &with(&[("topic", "audit"), ("partition", "0")])),
+        Some(2.0)
+    );
     let g = |p: &'static str| with(&[("consumergroup", "billing"), ("topic", "orders"), ("partition", p)]);
     assert_eq!(m.value("kafka_consumergroup_current_offset", &g("0")), Some(3.0));
     assert_eq!(m.value("kafka_consumergroup_current_offset", &g("1")), Some(7.0));
@@ -187,7 +190,10 @@ fn reconfigure_points_monitor_at_other_cluster_and_closes_old_connections() {
         let snapshot = wait_for_async("mon-a to report reconf-b", Duration::from_secs(10), || {
             let mut client = client.clone();
             async move {
-                let r = client.get_latest(pb::GetLatestRequest { monitor_id: "mon-a".into() }).await.map_err(|e| e.to_string())?;
+                let r = client
+                    .get_latest(pb::GetLatestRequest { monitor_id: "mon-a".into() })
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let r = r.into_inner().results.remove(0);
                 match r.snapshot {
                     Some(s) if r.generation == 2 && s.cluster_id == "reconf-b" && r.error.is_none() => Ok(s),
@@ -222,7 +228,11 @@ fn delete_closes_connections_and_removes_series() {
     assert!(ok, "rm failed: {out} {err}");
     assert_eq!(established_connections_to(k.pid(), b.port()), 0, "connections to the deleted monitor's broker");
     let m = k.metrics();
-    assert!(m.with_label("monitor", "gone").is_empty(), "series of a deleted monitor: {:?}", m.with_label("monitor", "gone"));
+    assert!(
+        m.with_label("monitor", "gone").is_empty(),
+        "series of a deleted monitor: {:?}",
+        m.with_label("monitor", "gone")
+    );
     assert!(m.with_label("cluster_id", "del-b").is_empty());
     assert_eq!(m.value("kollector_kafka_clients", &[]), Some(1.0));
     assert_eq!(m.value("kollector_monitors", &[]), Some(1.0));
@@ -248,14 +258,25 @@ fn identity_guard_refuses_a_different_cluster_at_the_same_address() {
         loop {
             let m = k.metrics();
             assert!(m.with_label("cluster_id", "ident-impostor").is_empty(), "impostor data was published");
-            let topics: BTreeSet<&str> =
-                m.with_label("monitor", "guarded").iter().filter_map(|s| s.labels.get("topic").map(String::as_str)).collect();
+            let topics: BTreeSet<&str> = m
+                .with_label("monitor", "guarded")
+                .iter()
+                .filter_map(|s| s.labels.get("topic").map(String::as_str))
+                .collect();
             assert!(!topics.contains("impostor-topic"));
-            let r = client.get_latest(pb::GetLatestRequest { monitor_id: "guarded".into() }).await.unwrap().into_inner();
+            let r =
+                client.get_latest(pb::GetLatestRequest { monitor_id: "guarded".into() }).await.unwrap().into_inner();
             if let Some(e) = &r.results[0].error {
                 if e.kind == "identity_mismatch" {
-                    assert!(e.message.contains("ident-impostor") && e.message.contains("ident-original"), "{}", e.message);
-                    assert!(m.find("kafka_brokers", &[("monitor", "guarded")]).is_empty(), "no series while mismatched");
+                    assert!(
+                        e.message.contains("ident-impostor") && e.message.contains("ident-original"),
+                        "{}",
+                        e.message
+                    );
+                    assert!(
+                        m.find("kafka_brokers", &[("monitor", "guarded")]).is_empty(),
+                        "no series while mismatched"
+                    );
                     break;
                 }
             }
@@ -263,7 +284,11 @@ fn identity_guard_refuses_a_different_cluster_at_the_same_address() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         let m = k.metrics();
-        assert!(m.value("kollector_collection_errors_total", &[("monitor", "guarded"), ("kind", "identity_mismatch")]).unwrap_or(0.0) >= 1.0);
+        assert!(
+            m.value("kollector_collection_errors_total", &[("monitor", "guarded"), ("kind", "identity_mismatch")])
+                .unwrap_or(0.0)
+                >= 1.0
+        );
         assert_eq!(m.value("kollector_monitor_up", &[("monitor", "guarded")]), Some(0.0));
     });
 }

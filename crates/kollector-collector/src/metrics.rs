@@ -100,39 +100,69 @@ fn with(base: &Labels, more: &[(&'static str, String)]) -> Labels {
 
 impl StoreCollector {
     fn encode_kafka(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
-        gauges(enc, "kafka_brokers", "Number of brokers in the cluster.", family!(self, |b, s| [(b, s.brokers.len() as i64)]))?;
+        gauges(
+            enc,
+            "kafka_brokers",
+            "Number of brokers in the cluster.",
+            family!(self, |b, s| [(b, s.brokers.len() as i64)]),
+        )?;
         gauges(
             enc,
             "kafka_broker_info",
             "Broker id, address and rack.",
-            family!(self, |b, s| s.brokers.iter().map(|br| {
-                (
-                    with(&b, &[
-                        ("id", br.id.to_string()),
-                        ("address", format!("{}:{}", br.host, br.port)),
-                        ("rack", br.rack.clone().unwrap_or_default()),
-                        ("controller", (Some(br.id) == s.controller_id).to_string()),
-                    ]),
-                    1i64,
-                )
-            }).collect::<Vec<_>>()),
+            family!(self, |b, s| s
+                .brokers
+                .iter()
+                .map(|br| {
+                    (
+                        with(
+                            &b,
+                            &[
+                                ("id", br.id.to_string()),
+                                ("address", format!("{}:{}", br.host, br.port)),
+                                ("rack", br.rack.clone().unwrap_or_default()),
+                                ("controller", (Some(br.id) == s.controller_id).to_string()),
+                            ],
+                        ),
+                        1i64,
+                    )
+                })
+                .collect::<Vec<_>>()),
         )?;
         gauges(
             enc,
             "kafka_topic_partitions",
             "Number of partitions of a topic.",
-            family!(self, |b, s| s.topics.iter().map(|t| (with(&b, &[("topic", t.name.clone())]), t.partitions.len() as i64)).collect::<Vec<_>>()),
+            family!(self, |b, s| s
+                .topics
+                .iter()
+                .map(|t| (with(&b, &[("topic", t.name.clone())]), t.partitions.len() as i64))
+                .collect::<Vec<_>>()),
         )?;
         // Per-partition families.
         type PartitionValue<'a> = &'a dyn Fn(&kollector_core::PartitionSnapshot) -> Option<i64>;
         let partition_families: [(&str, &str, PartitionValue); 8] = [
             ("kafka_topic_partition_current_offset", "Latest offset (high watermark) of a partition.", &|p| p.latest),
             ("kafka_topic_partition_oldest_offset", "Oldest offset (log start) of a partition.", &|p| p.earliest),
-            ("kafka_topic_partition_leader", "Leader broker id of a partition; -1 when it has none.", &|p| Some(p.leader.unwrap_or(-1) as i64)),
-            ("kafka_topic_partition_replicas", "Number of replicas of a partition.", &|p| Some(p.replicas.len() as i64)),
-            ("kafka_topic_partition_in_sync_replica", "Number of in-sync replicas of a partition.", &|p| Some(p.isr.len() as i64)),
-            ("kafka_topic_partition_under_replicated_partition", "1 if the partition has fewer in-sync replicas than replicas.", &|p| Some(p.under_replicated() as i64)),
-            ("kafka_topic_partition_leader_is_preferred", "1 if the leader is the preferred (first) replica.", &|p| Some((p.leader.is_some() && p.replicas.first() == p.leader.as_ref()) as i64)),
+            ("kafka_topic_partition_leader", "Leader broker id of a partition; -1 when it has none.", &|p| {
+                Some(p.leader.unwrap_or(-1) as i64)
+            }),
+            (
+                "kafka_topic_partition_replicas",
+                "Number of replicas of a partition.",
+                &|p| Some(p.replicas.len() as i64),
+            ),
+            ("kafka_topic_partition_in_sync_replica", "Number of in-sync replicas of a partition.", &|p| {
+                Some(p.isr.len() as i64)
+            }),
+            (
+                "kafka_topic_partition_under_replicated_partition",
+                "1 if the partition has fewer in-sync replicas than replicas.",
+                &|p| Some(p.under_replicated() as i64),
+            ),
+            ("kafka_topic_partition_leader_is_preferred", "1 if the leader is the preferred (first) replica.", &|p| {
+                Some((p.leader.is_some() && p.replicas.first() == p.leader.as_ref()) as i64)
+            }),
             ("kafka_topic_partition_offline", "1 if the partition has no leader.", &|p| Some(p.offline() as i64)),
         ];
         for (name, help, value) in partition_families {
@@ -141,7 +171,8 @@ impl StoreCollector {
                 .iter()
                 .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
                 .filter_map(|(t, p)| {
-                    value(p).map(|v| (with(&b, &[("topic", t.name.clone()), ("partition", p.partition.to_string())]), v))
+                    value(p)
+                        .map(|v| (with(&b, &[("topic", t.name.clone()), ("partition", p.partition.to_string())]), v))
                 })
                 .collect::<Vec<_>>());
             gauges(enc, name, help, samples)?;
@@ -156,20 +187,38 @@ impl StoreCollector {
                 .filter_map(|(g, o)| {
                     value(o).map(|v| {
                         (
-                            with(&b, &[
-                                ("consumergroup", g.group_id.clone()),
-                                ("topic", o.topic.clone()),
-                                ("partition", o.partition.to_string()),
-                            ]),
+                            with(
+                                &b,
+                                &[
+                                    ("consumergroup", g.group_id.clone()),
+                                    ("topic", o.topic.clone()),
+                                    ("partition", o.partition.to_string()),
+                                ],
+                            ),
                             v,
                         )
                     })
                 })
                 .collect::<Vec<_>>())
         };
-        gauges(enc, "kafka_consumergroup_current_offset", "Committed offset of a group on a partition (partitions without a commit have no series).", group_partition(&|o| Some(o.committed)))?;
-        gauges(enc, "kafka_consumergroup_lag", "max(0, latest offset - committed offset) of a group on a partition.", group_partition(&|o| o.lag))?;
-        gauges(enc, "kafka_consumergroup_data_loss", "1 if a group's committed offset is below the partition's oldest offset (records deleted unread).", group_partition(&|o| Some(o.data_loss as i64)))?;
+        gauges(
+            enc,
+            "kafka_consumergroup_current_offset",
+            "Committed offset of a group on a partition (partitions without a commit have no series).",
+            group_partition(&|o| Some(o.committed)),
+        )?;
+        gauges(
+            enc,
+            "kafka_consumergroup_lag",
+            "max(0, latest offset - committed offset) of a group on a partition.",
+            group_partition(&|o| o.lag),
+        )?;
+        gauges(
+            enc,
+            "kafka_consumergroup_data_loss",
+            "1 if a group's committed offset is below the partition's oldest offset (records deleted unread).",
+            group_partition(&|o| Some(o.data_loss as i64)),
+        )?;
         let group_topic = |value: &dyn Fn(&kollector_core::GroupSnapshot, &str) -> Option<i64>| {
             family!(self, |b, s| s
                 .groups
@@ -179,16 +228,45 @@ impl StoreCollector {
                     topics.dedup();
                     topics.into_iter().map(move |t| (g, t))
                 })
-                .filter_map(|(g, t)| value(g, t).map(|v| (with(&b, &[("consumergroup", g.group_id.clone()), ("topic", t.to_string())]), v)))
+                .filter_map(|(g, t)| value(g, t)
+                    .map(|v| (with(&b, &[("consumergroup", g.group_id.clone()), ("topic", t.to_string())]), v)))
                 .collect::<Vec<_>>())
         };
-        gauges(enc, "kafka_consumergroup_current_offset_sum", "Sum of a group's committed offsets on a topic.", group_topic(&|g, t| Some(g.offsets.iter().filter(|o| o.topic == t).map(|o| o.committed).sum())))?;
-        gauges(enc, "kafka_consumergroup_lag_sum", "Sum of a group's lag on a topic (partitions with known lag).", group_topic(&|g, t| {
-            let lags: Vec<i64> = g.offsets.iter().filter(|o| o.topic == t).filter_map(|o| o.lag).collect();
-            (!lags.is_empty()).then(|| lags.iter().sum())
-        }))?;
-        gauges(enc, "kafka_consumergroup_members", "Number of members of a consumer group.", family!(self, |b, s| s.groups.iter().map(|g| (with(&b, &[("consumergroup", g.group_id.clone())]), g.members as i64)).collect::<Vec<_>>()))?;
-        gauges(enc, "kafka_consumergroup_state", "Consumer group state (value 1, state in the label).", family!(self, |b, s| s.groups.iter().map(|g| (with(&b, &[("consumergroup", g.group_id.clone()), ("state", g.state.clone())]), 1i64)).collect::<Vec<_>>()))?;
+        gauges(
+            enc,
+            "kafka_consumergroup_current_offset_sum",
+            "Sum of a group's committed offsets on a topic.",
+            group_topic(&|g, t| Some(g.offsets.iter().filter(|o| o.topic == t).map(|o| o.committed).sum())),
+        )?;
+        gauges(
+            enc,
+            "kafka_consumergroup_lag_sum",
+            "Sum of a group's lag on a topic (partitions with known lag).",
+            group_topic(&|g, t| {
+                let lags: Vec<i64> = g.offsets.iter().filter(|o| o.topic == t).filter_map(|o| o.lag).collect();
+                (!lags.is_empty()).then(|| lags.iter().sum())
+            }),
+        )?;
+        gauges(
+            enc,
+            "kafka_consumergroup_members",
+            "Number of members of a consumer group.",
+            family!(self, |b, s| s
+                .groups
+                .iter()
+                .map(|g| (with(&b, &[("consumergroup", g.group_id.clone())]), g.members as i64))
+                .collect::<Vec<_>>()),
+        )?;
+        gauges(
+            enc,
+            "kafka_consumergroup_state",
+            "Consumer group state (value 1, state in the label).",
+            family!(self, |b, s| s
+                .groups
+                .iter()
+                .map(|g| (with(&b, &[("consumergroup", g.group_id.clone()), ("state", g.state.clone())]), 1i64))
+                .collect::<Vec<_>>()),
+        )?;
         Ok(())
     }
 
@@ -197,36 +275,83 @@ impl StoreCollector {
         let per = |f: &dyn Fn(&MonitorEntry) -> Option<f64>| -> Vec<(Labels, f64)> {
             self.entries.iter().filter_map(|e| f(e).map(|v| (m(e), v))).collect()
         };
-        gauges(enc, "kollector_kafka_clients", "Kafka clients currently open in this process (one per running monitor, plus probes in progress).", vec![(Labels::new(), kollector_kafka::live_clients())])?;
-        gauges(enc, "kollector_monitors", "Monitors running in this process.", vec![(Labels::new(), self.entries.len() as i64)])?;
+        gauges(
+            enc,
+            "kollector_kafka_clients",
+            "Kafka clients currently open in this process (one per running monitor, plus probes in progress).",
+            vec![(Labels::new(), kollector_kafka::live_clients())],
+        )?;
+        gauges(
+            enc,
+            "kollector_monitors",
+            "Monitors running in this process.",
+            vec![(Labels::new(), self.entries.len() as i64)],
+        )?;
         for (name, help, value) in &self.extra {
             gauges(enc, name, help, vec![(Labels::new(), *value)])?;
         }
-        gauges(enc, "kollector_monitor_up", "1 if the monitor's latest collection succeeded.", per(&|e| Some(if e.current_snapshot().is_some() { 1.0 } else { 0.0 })))?;
+        gauges(
+            enc,
+            "kollector_monitor_up",
+            "1 if the monitor's latest collection succeeded.",
+            per(&|e| Some(if e.current_snapshot().is_some() { 1.0 } else { 0.0 })),
+        )?;
         gauges(
             enc,
             "kollector_monitor_status",
             "The monitor's state (1 for the current state, 0 for the others).",
             self.entries
                 .iter()
-                .flat_map(|e| MonitorState::ALL.into_iter().map(move |st| (with(&m(e), &[("state", st.as_str().to_string())]), (e.status.state == st) as i64)))
+                .flat_map(|e| {
+                    MonitorState::ALL.into_iter().map(move |st| {
+                        (with(&m(e), &[("state", st.as_str().to_string())]), (e.status.state == st) as i64)
+                    })
+                })
                 .collect(),
         )?;
-        gauges(enc, "kollector_collection_duration_seconds", "Duration of the monitor's latest successful collection.", per(&|e| e.last_snapshot.as_ref().map(|s| s.duration_ms as f64 / 1000.0)))?;
-        gauges(enc, "kollector_last_success_timestamp_seconds", "Unix time of the monitor's latest successful collection.", per(&|e| e.last_success_ms.map(|t| t as f64 / 1000.0)))?;
-        gauges(enc, "kollector_monitor_generation", "Generation of the monitor's spec that is running.", per(&|e| Some(e.spec.generation as f64)))?;
-        counters(enc, "kollector_collections", "Collections attempted by the monitor.", self.entries.iter().map(|e| (m(e), e.collections_total)).collect())?;
+        gauges(
+            enc,
+            "kollector_collection_duration_seconds",
+            "Duration of the monitor's latest successful collection.",
+            per(&|e| e.last_snapshot.as_ref().map(|s| s.duration_ms as f64 / 1000.0)),
+        )?;
+        gauges(
+            enc,
+            "kollector_last_success_timestamp_seconds",
+            "Unix time of the monitor's latest successful collection.",
+            per(&|e| e.last_success_ms.map(|t| t as f64 / 1000.0)),
+        )?;
+        gauges(
+            enc,
+            "kollector_monitor_generation",
+            "Generation of the monitor's spec that is running.",
+            per(&|e| Some(e.spec.generation as f64)),
+        )?;
+        counters(
+            enc,
+            "kollector_collections",
+            "Collections attempted by the monitor.",
+            self.entries.iter().map(|e| (m(e), e.collections_total)).collect(),
+        )?;
         counters(
             enc,
             "kollector_collection_errors",
             "Failed collections by kind.",
             self.entries
                 .iter()
-                .flat_map(|e| ErrorKind::ALL.into_iter().map(move |k| (with(&m(e), &[("kind", k.as_str().to_string())]), e.errors_total.get(&k).copied().unwrap_or(0))))
+                .flat_map(|e| {
+                    ErrorKind::ALL.into_iter().map(move |k| {
+                        (with(&m(e), &[("kind", k.as_str().to_string())]), e.errors_total.get(&k).copied().unwrap_or(0))
+                    })
+                })
                 .collect(),
         )?;
-        counters(enc, "kollector_monitor_restarts", "Kafka client rebuilds after failures.", self.entries.iter().map(|e| (m(e), e.restarts_total)).collect())?;
+        counters(
+            enc,
+            "kollector_monitor_restarts",
+            "Kafka client rebuilds after failures.",
+            self.entries.iter().map(|e| (m(e), e.restarts_total)).collect(),
+        )?;
         Ok(())
     }
 }
-

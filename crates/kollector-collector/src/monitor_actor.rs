@@ -187,7 +187,11 @@ impl MonitorActor {
                 format!(
                     "cluster id {:?} differs from {} {:?}; data refused",
                     snapshot.cluster_id,
-                    if self.spec.expected_cluster_id.is_some() { "expected_cluster_id" } else { "the id pinned at first success" },
+                    if self.spec.expected_cluster_id.is_some() {
+                        "expected_cluster_id"
+                    } else {
+                        "the id pinned at first success"
+                    },
                     pinned
                 ),
             )),

@@ -11,7 +11,9 @@ use actix::prelude::*;
 use kollector_core::{MonitorId, MonitorSpec};
 use kollector_kafka::ClientOptions;
 
-use crate::registry::{Assign, AssignOutcome, ListRunning, MonitorRegistry, RegistryError, RunningMonitor, StopAll, Unassign};
+use crate::registry::{
+    Assign, AssignOutcome, ListRunning, MonitorRegistry, RegistryError, RunningMonitor, StopAll, Unassign,
+};
 use crate::store::ResultStore;
 
 /// Starts collector nodes.

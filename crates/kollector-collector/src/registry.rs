@@ -87,12 +87,8 @@ impl MonitorRegistry {
 
     fn start_monitor(&mut self, spec: Arc<MonitorSpec>, ctx: &mut Context<Self>) {
         self.store.open(spec.clone());
-        let actor = MonitorActor::new(
-            spec.clone(),
-            self.options.clone(),
-            self.store.clone(),
-            Some(ctx.address().recipient()),
-        );
+        let actor =
+            MonitorActor::new(spec.clone(), self.options.clone(), self.store.clone(), Some(ctx.address().recipient()));
         let addr = actor.start();
         self.running.insert(spec.id.clone(), Running { addr, spec });
     }
@@ -151,12 +147,10 @@ impl Handler<Unassign> for MonitorRegistry {
         let Some(old) = self.running.remove(&id) else {
             return AtomicResponse::new(Box::pin(actix::fut::ready(Err(RegistryError::NotRunning(id)))));
         };
-        AtomicResponse::new(Box::pin(actix::fut::wrap_future::<_, Self>(stop_actor(old.addr)).map(
-            move |_, act, _| {
-                act.store.remove(&id);
-                Ok(())
-            },
-        )))
+        AtomicResponse::new(Box::pin(actix::fut::wrap_future::<_, Self>(stop_actor(old.addr)).map(move |_, act, _| {
+            act.store.remove(&id);
+            Ok(())
+        })))
     }
 }
 

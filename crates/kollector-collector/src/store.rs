@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kollector_core::{CollectError, ErrorKind, Generation, MonitorId, MonitorSpec, MonitorState, MonitorStatus, Snapshot};
+use kollector_core::{
+    CollectError, ErrorKind, Generation, MonitorId, MonitorSpec, MonitorState, MonitorStatus, Snapshot,
+};
 
 /// What is known about one running monitor.
 #[derive(Clone, Debug)]
@@ -70,9 +72,8 @@ impl ResultStore {
     pub(crate) fn open(&self, spec: Arc<MonitorSpec>) {
         let mut map = self.write();
         let previous = map.remove(&spec.id);
-        let (collections_total, errors_total, restarts_total) = previous
-            .map(|p| (p.collections_total, p.errors_total, p.restarts_total))
-            .unwrap_or_default();
+        let (collections_total, errors_total, restarts_total) =
+            previous.map(|p| (p.collections_total, p.errors_total, p.restarts_total)).unwrap_or_default();
         map.insert(
             spec.id.clone(),
             MonitorEntry {

@@ -15,11 +15,9 @@ pub mod status;
 
 pub use config::{ConfigError, ConfigFile, ConfigFileError};
 pub use ids::{CollectorId, Epoch, Generation, MonitorId};
-pub use snapshot::{
-    compute_lag, Broker, GroupOffset, GroupSnapshot, PartitionSnapshot, Snapshot, TopicSnapshot,
-};
+pub use snapshot::{compute_lag, Broker, GroupOffset, GroupSnapshot, PartitionSnapshot, Snapshot, TopicSnapshot};
 pub use spec::{
-    FieldError, Filters, KafkaConnection, MonitorInput, MonitorSpec, SaslConfig, SaslInput,
-    SaslMechanism, Secret, TlsConfig, TlsInput, ValidationErrors,
+    FieldError, Filters, KafkaConnection, MonitorInput, MonitorSpec, SaslConfig, SaslInput, SaslMechanism, Secret,
+    TlsConfig, TlsInput, ValidationErrors,
 };
 pub use status::{CollectError, ErrorKind, MonitorState, MonitorStatus};

@@ -66,8 +66,7 @@ pub enum SaslMechanism {
 }
 
 impl SaslMechanism {
-    pub const ALL: [SaslMechanism; 3] =
-        [SaslMechanism::Plain, SaslMechanism::ScramSha256, SaslMechanism::ScramSha512];
+    pub const ALL: [SaslMechanism; 3] = [SaslMechanism::Plain, SaslMechanism::ScramSha256, SaslMechanism::ScramSha512];
 
     /// The name librdkafka and Kafka use.
     pub fn as_str(self) -> &'static str {
@@ -357,6 +356,9 @@ fn check_bootstrap_entry(entry: &str) -> Result<(), String> {
     if entry.trim() != entry || entry.is_empty() {
         return Err(format!("{entry:?} must be host:port without spaces"));
     }
+    if entry.contains(',') {
+        return Err(format!("{entry:?} contains ','; list each host:port as its own entry"));
+    }
     if entry.contains("://") {
         return Err(format!("{entry:?} must be host:port, without a scheme"));
     }
@@ -373,7 +375,7 @@ fn check_bootstrap_entry(entry: &str) -> Result<(), String> {
     if host.contains(':') && !entry.starts_with('[') {
         return Err(format!("{entry:?}: write IPv6 addresses as [addr]:port"));
     }
-    if host.chars().any(|c| c.is_whitespace() || c == ',' || c == '/') {
+    if host.chars().any(|c| c.is_whitespace() || c == '/') {
         return Err(format!("{entry:?} has an invalid host"));
     }
     match port.parse::<u16>() {
@@ -429,7 +431,12 @@ impl MonitorInput {
             if d < MIN_INTERVAL || d > MAX_INTERVAL {
                 errors.push(
                     "interval",
-                    format!("{} is outside the allowed range {}..={}", fmt_d(d), fmt_d(MIN_INTERVAL), fmt_d(MAX_INTERVAL)),
+                    format!(
+                        "{} is outside the allowed range {}..={}",
+                        fmt_d(d),
+                        fmt_d(MIN_INTERVAL),
+                        fmt_d(MAX_INTERVAL)
+                    ),
                 );
                 None
             } else {
@@ -445,7 +452,11 @@ impl MonitorInput {
             if t >= i {
                 errors.push(
                     "timeout",
-                    format!("{} must be shorter than the interval ({}) so collections never overlap", fmt_d(t), fmt_d(i)),
+                    format!(
+                        "{} must be shorter than the interval ({}) so collections never overlap",
+                        fmt_d(t),
+                        fmt_d(i)
+                    ),
                 );
             }
         }
@@ -495,11 +506,10 @@ impl MonitorInput {
                 Some(p) if !p.expose().is_empty() => Some(p.clone()),
                 _ => {
                     match &s.password_env {
-                        Some(var) => errors.push(
-                            "sasl.password_env",
-                            format!("environment variable {var:?} is not set or empty"),
-                        ),
-                        None => errors.push("sasl.password", "must be set (or name an environment variable in password_env)"),
+                        Some(var) => errors
+                            .push("sasl.password_env", format!("environment variable {var:?} is not set or empty")),
+                        None => errors
+                            .push("sasl.password", "must be set (or name an environment variable in password_env)"),
                     }
                     None
                 }
@@ -514,7 +524,9 @@ impl MonitorInput {
             if t.cert_file.is_some() != t.key_file.is_some() {
                 errors.push("tls.key_file", "cert_file and key_file must be given together");
             }
-            for (field, v) in [("tls.ca_file", &t.ca_file), ("tls.cert_file", &t.cert_file), ("tls.key_file", &t.key_file)] {
+            for (field, v) in
+                [("tls.ca_file", &t.ca_file), ("tls.cert_file", &t.cert_file), ("tls.key_file", &t.key_file)]
+            {
                 if v.as_ref().is_some_and(|p| p.trim().is_empty()) {
                     errors.push(field, "must not be empty when set");
                 }
@@ -528,7 +540,7 @@ impl MonitorInput {
             })
         });
 
-        for (k, _) in &self.labels {
+        for k in self.labels.keys() {
             if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 errors.push(format!("labels.{k}"), "label names use letters, digits and '_' only");
             }
@@ -627,7 +639,15 @@ mod tests {
         i.tls = Some(TlsInput { cert_file: Some("c.pem".into()), ..Default::default() });
         assert_eq!(
             fields(i.validate(1)),
-            ["id", "topic_include", "group_exclude", "sasl.mechanism", "sasl.username", "sasl.password", "tls.key_file"]
+            [
+                "id",
+                "topic_include",
+                "group_exclude",
+                "sasl.mechanism",
+                "sasl.username",
+                "sasl.password",
+                "tls.key_file"
+            ]
         );
     }
 

@@ -18,8 +18,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kollector_core::{
-    compute_lag, Broker, CollectError, ErrorKind, GroupOffset, GroupSnapshot, MonitorSpec, PartitionSnapshot,
-    Snapshot, TopicSnapshot,
+    compute_lag, Broker, CollectError, ErrorKind, GroupOffset, GroupSnapshot, MonitorSpec, PartitionSnapshot, Snapshot,
+    TopicSnapshot,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
@@ -56,6 +56,14 @@ fn is_transport(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// One partition's offsets as read this cycle.
+#[derive(Default)]
+struct LogOffsets {
+    earliest: Option<i64>,
+    latest: Option<i64>,
+    error: Option<String>,
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -78,10 +86,7 @@ impl KafkaClient {
                 KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut) => ErrorKind::Connection,
                 _ => ErrorKind::Kafka,
             };
-            CollectError::new(
-                kind,
-                format!("metadata from {}: {e}", spec.connection.bootstrap.join(",")),
-            )
+            CollectError::new(kind, format!("metadata from {}: {e}", spec.connection.bootstrap.join(",")))
         })?;
 
         // 2. Cluster identity. DescribeCluster is authoritative and adds racks;
@@ -93,7 +98,8 @@ impl KafkaClient {
             // DescribeCluster only adds racks to what metadata gave us, so it
             // gets a fifth of the budget: some clusters (librdkafka's mock)
             // never answer it rather than refusing it.
-            let budget = remaining(deadline, "DescribeCluster")?.min((spec.timeout / 5).max(Duration::from_millis(200)));
+            let budget =
+                remaining(deadline, "DescribeCluster")?.min((spec.timeout / 5).max(Duration::from_millis(200)));
             match admin::describe_cluster(client, budget) {
                 Ok(desc) => {
                     cluster_id = desc.cluster_id;
@@ -121,7 +127,10 @@ impl KafkaClient {
             controller_id = (id >= 0).then_some(id);
         }
         let cluster_id = cluster_id.filter(|c| !c.is_empty()).ok_or_else(|| {
-            CollectError::new(ErrorKind::Kafka, "the cluster did not report a cluster id (Kafka < 0.10.1 is not supported)")
+            CollectError::new(
+                ErrorKind::Kafka,
+                "the cluster did not report a cluster id (Kafka < 0.10.1 is not supported)",
+            )
         })?;
 
         let brokers: Vec<Broker> = metadata
@@ -168,11 +177,12 @@ impl KafkaClient {
             .iter()
             .flat_map(|t| t.partitions.iter().filter(|p| p.leader.is_some()).map(|p| (t.name.clone(), p.partition)))
             .collect();
-        let offline = topics.iter().flat_map(|t| t.partitions.iter().map(move |p| (t, p))).filter(|(_, p)| p.offline()).count();
+        let offline =
+            topics.iter().flat_map(|t| t.partitions.iter().map(move |p| (t, p))).filter(|(_, p)| p.offline()).count();
         if offline > 0 {
             warnings.push(format!("{offline} partition(s) have no leader (offline)"));
         }
-        let mut offsets: HashMap<(String, i32), (Option<i64>, Option<i64>, Option<String>)> = HashMap::new();
+        let mut offsets: HashMap<(String, i32), LogOffsets> = HashMap::new();
         for spec_kind in [OffsetSpec::Earliest, OffsetSpec::Latest] {
             if with_leader.is_empty() {
                 break;
@@ -186,31 +196,28 @@ impl KafkaClient {
             for r in results {
                 let entry = offsets.entry((r.topic, r.partition)).or_default();
                 match (r.result, spec_kind) {
-                    (Ok(o), OffsetSpec::Earliest) => entry.0 = Some(o),
-                    (Ok(o), OffsetSpec::Latest) => entry.1 = Some(o),
-                    (Err(e), _) => entry.2 = Some(format!("{step}: {e}")),
+                    (Ok(o), OffsetSpec::Earliest) => entry.earliest = Some(o),
+                    (Ok(o), OffsetSpec::Latest) => entry.latest = Some(o),
+                    (Err(e), _) => entry.error = Some(format!("{step}: {e}")),
                 }
             }
         }
         let mut failed_offsets = Vec::new();
         for t in &mut topics {
             for p in &mut t.partitions {
-                if let Some((earliest, latest, err)) = offsets.remove(&(t.name.clone(), p.partition)) {
-                    p.earliest = earliest;
-                    p.latest = latest;
-                    if err.is_some() {
+                if let Some(o) = offsets.remove(&(t.name.clone(), p.partition)) {
+                    p.earliest = o.earliest;
+                    p.latest = o.latest;
+                    if o.error.is_some() {
                         failed_offsets.push(format!("{}/{}", t.name, p.partition));
-                        p.error = err;
+                        p.error = o.error;
                     }
                 }
             }
         }
         if !failed_offsets.is_empty() {
-            let first = topics
-                .iter()
-                .flat_map(|t| t.partitions.iter())
-                .find_map(|p| p.error.clone())
-                .unwrap_or_default();
+            let first =
+                topics.iter().flat_map(|t| t.partitions.iter()).find_map(|p| p.error.clone()).unwrap_or_default();
             warnings.push(format!(
                 "offsets unavailable for {} partition(s) ({}): {first}",
                 failed_offsets.len(),
@@ -281,10 +288,10 @@ impl KafkaClient {
                 .collect();
 
         // Offsets of the partitions we saw, to compute lag without asking again.
-        let mut log_offsets: HashMap<(&str, i32), (Option<i64>, Option<i64>)> = HashMap::new();
+        let mut log_offsets: HashMap<(&str, i32), &PartitionSnapshot> = HashMap::new();
         for t in topics {
             for p in &t.partitions {
-                log_offsets.insert((t.name.as_str(), p.partition), (p.earliest, p.latest));
+                log_offsets.insert((t.name.as_str(), p.partition), p);
             }
         }
 
@@ -314,10 +321,10 @@ impl KafkaClient {
                     }
                     for ((topic, partition), committed) in by_tp {
                         // Commits on topics the metadata no longer has (deleted) are skipped.
-                        let Some((earliest, latest)) = log_offsets.get(&(topic.as_str(), partition)).copied() else {
+                        let Some(p) = log_offsets.get(&(topic.as_str(), partition)) else {
                             continue;
                         };
-                        let (lag, data_loss) = compute_lag(committed, earliest, latest);
+                        let (lag, data_loss) = compute_lag(committed, p.earliest, p.latest);
                         offsets.push(GroupOffset { topic, partition, committed, lag, data_loss });
                     }
                 }

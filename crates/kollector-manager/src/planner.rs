@@ -121,8 +121,10 @@ pub fn plan(
     let by_id: HashMap<&CollectorId, &CollectorSlot> = collectors.iter().map(|c| (&c.id, c)).collect();
     let total_weight: f64 = collectors.iter().map(weight).sum();
     let n = monitors.len() as f64;
-    let cap: HashMap<&CollectorId, usize> =
-        collectors.iter().map(|c| (&c.id, (LOAD_FACTOR * n * weight(c) / total_weight).ceil().max(1.0) as usize)).collect();
+    let cap: HashMap<&CollectorId, usize> = collectors
+        .iter()
+        .map(|c| (&c.id, (LOAD_FACTOR * n * weight(c) / total_weight).ceil().max(1.0) as usize))
+        .collect();
     let mut load: HashMap<&CollectorId, usize> = collectors.iter().map(|c| (&c.id, 0)).collect();
 
     // Pinned first: they do not move and they count toward load.
@@ -171,7 +173,9 @@ pub fn plan(
                     .iter()
                     .map(|(c, _)| *c)
                     .min_by(|a, b| {
-                        (load[&a.id] as f64 / weight(a)).total_cmp(&(load[&b.id] as f64 / weight(b))).then_with(|| a.id.cmp(&b.id))
+                        (load[&a.id] as f64 / weight(a))
+                            .total_cmp(&(load[&b.id] as f64 / weight(b)))
+                            .then_with(|| a.id.cmp(&b.id))
                     })
                     .unwrap_or(first)
             })
@@ -187,7 +191,13 @@ mod tests {
     use super::*;
 
     fn collectors(n: usize) -> Vec<CollectorSlot> {
-        (0..n).map(|i| CollectorSlot { id: CollectorId::new(format!("c{i}")).unwrap(), weight: 1.0, labels: BTreeMap::new() }).collect()
+        (0..n)
+            .map(|i| CollectorSlot {
+                id: CollectorId::new(format!("c{i}")).unwrap(),
+                weight: 1.0,
+                labels: BTreeMap::new(),
+            })
+            .collect()
     }
 
     fn monitors(n: usize) -> BTreeMap<MonitorId, Placement> {
@@ -239,7 +249,11 @@ mod tests {
             let share = m as f64 / (n + 1) as f64;
             assert!(moved as f64 <= 1.1 * share + 1.0, "{m}/{n}: {moved} moved, share {share}");
             // Moves go to the new collector, except for a few cap spills.
-            assert!(moved - to_new <= (0.02 * m as f64).ceil() as usize, "{m}/{n}: {} moved between old collectors", moved - to_new);
+            assert!(
+                moved - to_new <= (0.02 * m as f64).ceil() as usize,
+                "{m}/{n}: {} moved between old collectors",
+                moved - to_new
+            );
             assert!(to_new as f64 >= 0.75 * share, "{m}/{n}: new collector got {to_new}, share {share}");
         }
     }
@@ -255,7 +269,10 @@ mod tests {
             let after = plan(&ms, &remaining, &before.assignments);
             let owned = before.assignments.values().filter(|c| **c == gone).count();
             let moved = after.moves_from(&before.assignments);
-            assert!(moved <= owned + (0.02 * m as f64).ceil() as usize, "{m}/{n}: {moved} moved, {owned} were on the leaver");
+            assert!(
+                moved <= owned + (0.02 * m as f64).ceil() as usize,
+                "{m}/{n}: {moved} moved, {owned} were on the leaver"
+            );
             assert!(after.assignments.values().all(|c| *c != gone));
             assert!(max_over_mean(&after, &remaining) <= LOAD_FACTOR + 1.0 / (m as f64 / (n - 1) as f64));
         }

@@ -112,12 +112,18 @@ fn required_spec(spec: Option<pb::MonitorSpecInput>) -> Result<kollector_core::M
 
 #[tonic::async_trait]
 impl<B: MonitorBackend> ManagerService for ManagerServiceImpl<B> {
-    async fn create_monitor(&self, req: Request<pb::CreateMonitorRequest>) -> Result<Response<pb::MonitorInfo>, Status> {
+    async fn create_monitor(
+        &self,
+        req: Request<pb::CreateMonitorRequest>,
+    ) -> Result<Response<pb::MonitorInfo>, Status> {
         let spec = self.create(required_spec(req.into_inner().spec)?).await?;
         Ok(Response::new(self.info(&spec)))
     }
 
-    async fn update_monitor(&self, req: Request<pb::UpdateMonitorRequest>) -> Result<Response<pb::MonitorInfo>, Status> {
+    async fn update_monitor(
+        &self,
+        req: Request<pb::UpdateMonitorRequest>,
+    ) -> Result<Response<pb::MonitorInfo>, Status> {
         let input = required_spec(req.into_inner().spec)?;
         let mut catalog = self.catalog.lock().await;
         let spec = match catalog.prepare_update(&input).map_err(catalog_status)? {
@@ -132,7 +138,10 @@ impl<B: MonitorBackend> ManagerService for ManagerServiceImpl<B> {
         Ok(Response::new(self.info(&spec)))
     }
 
-    async fn delete_monitor(&self, req: Request<pb::DeleteMonitorRequest>) -> Result<Response<pb::DeleteMonitorResponse>, Status> {
+    async fn delete_monitor(
+        &self,
+        req: Request<pb::DeleteMonitorRequest>,
+    ) -> Result<Response<pb::DeleteMonitorResponse>, Status> {
         let id = parse_id(&req.into_inner().id)?;
         let mut catalog = self.catalog.lock().await;
         if catalog.get(&id).is_none() {
@@ -151,7 +160,10 @@ impl<B: MonitorBackend> ManagerService for ManagerServiceImpl<B> {
         Ok(Response::new(self.info(spec)))
     }
 
-    async fn list_monitors(&self, _: Request<pb::ListMonitorsRequest>) -> Result<Response<pb::ListMonitorsResponse>, Status> {
+    async fn list_monitors(
+        &self,
+        _: Request<pb::ListMonitorsRequest>,
+    ) -> Result<Response<pb::ListMonitorsResponse>, Status> {
         let catalog = self.catalog.lock().await;
         let monitors = catalog.list().map(|s| self.info(s)).collect();
         Ok(Response::new(pb::ListMonitorsResponse { monitors }))
@@ -186,7 +198,14 @@ impl<B: MonitorBackend> ManagerService for ManagerServiceImpl<B> {
             .iter()
             .filter_map(|id| {
                 self.backend.latest(id).map(|l| {
-                    result_to_proto(id, l.generation, &l.status, l.snapshot.as_deref(), l.error.as_ref(), l.attempted_at_ms)
+                    result_to_proto(
+                        id,
+                        l.generation,
+                        &l.status,
+                        l.snapshot.as_deref(),
+                        l.error.as_ref(),
+                        l.attempted_at_ms,
+                    )
                 })
             })
             .collect();

@@ -95,7 +95,7 @@ pub fn monitor_view(s: &core::MonitorSpec) -> v1::MonitorView {
 fn humantime_fmt(d: std::time::Duration) -> String {
     // Durations are whole milliseconds at most; format like "15s" or "1m 30s".
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         format!("{ms}ms")
     } else {
         let s = ms / 1000;

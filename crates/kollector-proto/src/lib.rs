@@ -12,4 +12,7 @@ pub mod v1 {
 
 mod convert;
 
-pub use convert::{input_from_proto, input_to_proto, monitor_view, result_to_proto, snapshot_from_proto, snapshot_to_proto, status_to_proto};
+pub use convert::{
+    input_from_proto, input_to_proto, monitor_view, result_to_proto, snapshot_from_proto, snapshot_to_proto,
+    status_to_proto,
+};

@@ -60,7 +60,8 @@ fn find_tansu(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = explicit {
         return Ok(p);
     }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(PathBuf::from(home).join(".cargo/bin"));
     }
@@ -112,8 +113,14 @@ async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> anyhow::Resul
 
 /// Produces one record per request (tansu reports the high watermark per
 /// batch) every `every`, round-robin over partitions.
-fn traffic(bootstrap: String, topics: Vec<(&'static str, i32)>, every: Duration, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-    let producer: BaseProducer = client_config(&bootstrap).set("linger.ms", "0").set("batch.num.messages", "1").create()?;
+fn traffic(
+    bootstrap: String,
+    topics: Vec<(&'static str, i32)>,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let producer: BaseProducer =
+        client_config(&bootstrap).set("linger.ms", "0").set("batch.num.messages", "1").create()?;
     let mut n: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
         for (topic, partitions) in &topics {
@@ -130,7 +137,13 @@ fn traffic(bootstrap: String, topics: Vec<(&'static str, i32)>, every: Duration,
 
 /// A consumer group member that reads at most one record per `every`, slower
 /// than the producer, and commits automatically: its lag grows visibly.
-fn slow_consumer(bootstrap: String, group: &'static str, topic: &'static str, every: Duration, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+fn slow_consumer(
+    bootstrap: String,
+    group: &'static str,
+    topic: &'static str,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
     let consumer: BaseConsumer = client_config(&bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "true")
@@ -146,9 +159,14 @@ fn slow_consumer(bootstrap: String, group: &'static str, topic: &'static str, ev
 }
 
 fn monitor(id: &str, bootstrap: &str, interval: &str) -> anyhow::Result<MonitorSpec> {
-    MonitorInput { id: id.into(), bootstrap: vec![bootstrap.into()], interval: Some(interval.into()), ..Default::default() }
-        .validate(1)
-        .map_err(|e| anyhow!("demo monitor {id}: {e}"))
+    MonitorInput {
+        id: id.into(),
+        bootstrap: vec![bootstrap.into()],
+        interval: Some(interval.into()),
+        ..Default::default()
+    }
+    .validate(1)
+    .map_err(|e| anyhow!("demo monitor {id}: {e}"))
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -194,7 +212,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                         let lags: Vec<String> = s
                             .groups
                             .iter()
-                            .map(|g| format!("{} lag {}", g.group_id, g.offsets.iter().filter_map(|o| o.lag).sum::<i64>()))
+                            .map(|g| {
+                                format!("{} lag {}", g.group_id, g.offsets.iter().filter_map(|o| o.lag).sum::<i64>())
+                            })
                             .collect();
                         eprintln!(
                             "demo: {:<9} cluster {:<14} {} partitions, {} records, {}",
@@ -205,7 +225,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                             if lags.is_empty() { "no groups yet".to_string() } else { lags.join(", ") }
                         );
                     }
-                    None => eprintln!("demo: {:<9} {}", e.spec.id, e.status.reason.as_deref().unwrap_or(e.status.state.as_str())),
+                    None => eprintln!(
+                        "demo: {:<9} {}",
+                        e.spec.id,
+                        e.status.reason.as_deref().unwrap_or(e.status.state.as_str())
+                    ),
                 }
             }
         }

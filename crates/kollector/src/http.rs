@@ -31,7 +31,5 @@ pub async fn serve(
 
 /// Binds a listener with an error that names the address and the flag to change.
 pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"))
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"))
 }

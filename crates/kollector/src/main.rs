@@ -38,7 +38,7 @@ enum Command {
         grpc_listen: Option<SocketAddr>,
     },
     /// Create, change, inspect and test monitors on a running node.
-    Monitor(monitor_cli::MonitorArgs),
+    Monitor(Box<monitor_cli::MonitorArgs>),
     /// Start two local tansu Kafka brokers with live traffic and a lagging
     /// consumer group, and run standalone mode against them.
     Demo(demo::DemoArgs),
@@ -48,7 +48,12 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KOLLECTOR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -66,7 +71,7 @@ fn main() -> ExitCode {
             Command::Standalone { config, http_listen, grpc_listen } => {
                 standalone::run(standalone::Options { config, http_listen, grpc_listen }).await
             }
-            Command::Monitor(args) => monitor_cli::run(args).await,
+            Command::Monitor(args) => monitor_cli::run(*args).await,
             Command::Demo(args) => demo::run(args).await,
         }
     });

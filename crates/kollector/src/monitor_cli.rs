@@ -120,7 +120,8 @@ impl SpecArgs {
             (Some(mechanism), Some(username)) => {
                 let password = match &self.sasl_password_env {
                     Some(var) => Some(Secret::new(
-                        std::env::var(var).with_context(|| format!("environment variable {var} (--sasl-password-env)"))?,
+                        std::env::var(var)
+                            .with_context(|| format!("environment variable {var} (--sasl-password-env)"))?,
                     )),
                     None => None,
                 };
@@ -134,7 +135,7 @@ impl SpecArgs {
             || self.tls_cert_file.is_some()
             || self.tls_key_file.is_some()
             || self.tls_insecure_skip_verify;
-        let tls = tls_on.then(|| TlsInput {
+        let tls = tls_on.then_some(TlsInput {
             enabled: Some(true),
             ca_file: self.tls_ca_file,
             cert_file: self.tls_cert_file,
@@ -187,12 +188,14 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
     match args.command {
         MonitorCommand::Add(spec) => {
             let spec = input_to_proto(&spec.into_input()?);
-            let info = client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec) }).await.map_err(status_error)?;
+            let info =
+                client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec) }).await.map_err(status_error)?;
             print_info_line(&info.into_inner());
         }
         MonitorCommand::Update(spec) => {
             let spec = input_to_proto(&spec.into_input()?);
-            let info = client.update_monitor(pb::UpdateMonitorRequest { spec: Some(spec) }).await.map_err(status_error)?;
+            let info =
+                client.update_monitor(pb::UpdateMonitorRequest { spec: Some(spec) }).await.map_err(status_error)?;
             print_info_line(&info.into_inner());
         }
         MonitorCommand::Rm { id } => {
@@ -402,7 +405,10 @@ fn print_snapshot(s: &pb::Snapshot) {
         println!("   warning: {w}");
     }
     if !s.topics.is_empty() {
-        println!("   {:<32} {:>9} {:>12} {:>12} {:>6} {:>7}", "TOPIC", "PARTITION", "OLDEST", "LATEST", "LEADER", "ISR/REP");
+        println!(
+            "   {:<32} {:>9} {:>12} {:>12} {:>6} {:>7}",
+            "TOPIC", "PARTITION", "OLDEST", "LATEST", "LEADER", "ISR/REP"
+        );
         for t in &s.topics {
             for p in &t.partitions {
                 let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());

@@ -78,7 +78,11 @@ pub struct Standalone {
 
 impl Standalone {
     /// Binds both listeners, starts the collector and the servers, then the monitors.
-    pub async fn start(grpc: SocketAddr, http_addr: SocketAddr, monitors: Vec<MonitorSpec>) -> anyhow::Result<Standalone> {
+    pub async fn start(
+        grpc: SocketAddr,
+        http_addr: SocketAddr,
+        monitors: Vec<MonitorSpec>,
+    ) -> anyhow::Result<Standalone> {
         let grpc_listener = http::bind(grpc, "gRPC (ManagerService)").await?;
         let http_listener = http::bind(http_addr, "HTTP (/metrics)").await?;
         let grpc_addr = grpc_listener.local_addr()?;

@@ -39,7 +39,10 @@ pub(crate) unsafe fn node(node: *const ffi::rd_kafka_Node_t) -> Option<BrokerNod
 }
 
 /// One DescribeCluster request (to any broker).
-pub fn describe_cluster<C: ClientContext>(client: &Client<C>, timeout: Duration) -> Result<ClusterDescription, AdminError> {
+pub fn describe_cluster<C: ClientContext>(
+    client: &Client<C>,
+    timeout: Duration,
+) -> Result<ClusterDescription, AdminError> {
     const OP: &str = "DescribeCluster";
     let deadline = Instant::now() + timeout;
     let queue = Queue::new(client);

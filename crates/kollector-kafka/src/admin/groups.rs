@@ -9,7 +9,12 @@ use rdkafka::client::{Client, ClientContext};
 use rdkafka_sys::bindings as ffi;
 
 use super::cluster::{node, BrokerNode};
-use super::{c_array, c_string, error_object, next_event, owned, resp_error, AdminError, Options, PartitionError, Queue};
+use super::{
+    c_array, c_string, error_object, next_event, owned, resp_error, AdminError, Options, PartitionError, Queue,
+};
+
+/// One result per requested group, in request order: (group id, outcome).
+pub type PerGroup<T> = Vec<(String, Result<T, PartitionError>)>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GroupState {
@@ -92,7 +97,9 @@ pub struct CommittedOffset {
 ///
 /// # Safety
 /// `list` must be null or a valid list for the duration of the call.
-unsafe fn read_partitions(list: *const ffi::rd_kafka_topic_partition_list_t) -> Vec<(String, i32, i64, Option<PartitionError>)> {
+unsafe fn read_partitions(
+    list: *const ffi::rd_kafka_topic_partition_list_t,
+) -> Vec<(String, i32, i64, Option<PartitionError>)> {
     if list.is_null() {
         return Vec::new();
     }
@@ -107,7 +114,10 @@ unsafe fn read_partitions(list: *const ffi::rd_kafka_topic_partition_list_t) -> 
 }
 
 /// Lists every consumer group (one ListGroups request per broker).
-pub fn list_consumer_groups<C: ClientContext>(client: &Client<C>, timeout: Duration) -> Result<ListGroupsResult, AdminError> {
+pub fn list_consumer_groups<C: ClientContext>(
+    client: &Client<C>,
+    timeout: Duration,
+) -> Result<ListGroupsResult, AdminError> {
     const OP: &str = "ListGroups";
     let deadline = Instant::now() + timeout;
     let queue = Queue::new(client);
@@ -135,9 +145,13 @@ pub fn list_consumer_groups<C: ClientContext>(client: &Client<C>, timeout: Durat
             .collect();
         let mut ecnt = 0usize;
         let errs = ffi::rd_kafka_ListConsumerGroups_result_errors(result, &mut ecnt);
-        let errors: Vec<String> = c_array(errs, ecnt).iter().filter_map(|e| error_object(*e)).map(|e| e.to_string()).collect();
+        let errors: Vec<String> =
+            c_array(errs, ecnt).iter().filter_map(|e| error_object(*e)).map(|e| e.to_string()).collect();
         // Every broker failing with "unsupported" means the cluster lacks the API.
-        if !errors.is_empty() && cnt == 0 && errors.iter().all(|e| e.contains("Unsupported") || e.contains("not supported")) {
+        if !errors.is_empty()
+            && cnt == 0
+            && errors.iter().all(|e| e.contains("Unsupported") || e.contains("not supported"))
+        {
             return Err(AdminError::Unsupported { op: OP, message: errors.join("; ") });
         }
         Ok(ListGroupsResult { groups, errors })
@@ -149,7 +163,7 @@ pub fn describe_consumer_groups<C: ClientContext>(
     client: &Client<C>,
     group_ids: &[String],
     timeout: Duration,
-) -> Result<Vec<(String, Result<GroupDescription, PartitionError>)>, AdminError> {
+) -> Result<PerGroup<GroupDescription>, AdminError> {
     const OP: &str = "DescribeGroups";
     if group_ids.is_empty() {
         return Ok(Vec::new());
@@ -161,7 +175,13 @@ pub fn describe_consumer_groups<C: ClientContext>(
     let options = Options::new(client, ffi::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS, timeout);
     // SAFETY: live client, options and queue; the name array outlives the call and is copied.
     unsafe {
-        ffi::rd_kafka_DescribeConsumerGroups(client.native_ptr(), ptrs.as_mut_ptr(), ptrs.len(), options.ptr(), queue.ptr())
+        ffi::rd_kafka_DescribeConsumerGroups(
+            client.native_ptr(),
+            ptrs.as_mut_ptr(),
+            ptrs.len(),
+            options.ptr(),
+            queue.ptr(),
+        )
     };
     let event = next_event(&queue, ffi::RD_KAFKA_EVENT_DESCRIBECONSUMERGROUPS_RESULT, OP, deadline)?;
     event.check(OP)?;
@@ -244,7 +264,7 @@ pub fn list_consumer_group_offsets<C: ClientContext>(
     client: &Client<C>,
     group_ids: &[String],
     timeout: Duration,
-) -> Result<Vec<(String, Result<Vec<CommittedOffset>, PartitionError>)>, AdminError> {
+) -> Result<PerGroup<Vec<CommittedOffset>>, AdminError> {
     const OP: &str = "OffsetFetch";
     if group_ids.is_empty() {
         return Ok(Vec::new());
@@ -260,14 +280,24 @@ pub fn list_consumer_group_offsets<C: ClientContext>(
         while in_flight < MAX_IN_FLIGHT {
             let Some(i) = pending.pop_front() else { break };
             let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-            let options = Options::new(client, ffi::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS, remaining);
+            let options =
+                Options::new(client, ffi::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS, remaining);
             options.set_opaque(i);
             // SAFETY: the request object is owned by the guard and copied by the call;
             // client, options and queue are live.
             unsafe {
-                let request = GroupOffsetsRequest(ffi::rd_kafka_ListConsumerGroupOffsets_new(names[i].as_ptr(), std::ptr::null()));
+                let request = GroupOffsetsRequest(ffi::rd_kafka_ListConsumerGroupOffsets_new(
+                    names[i].as_ptr(),
+                    std::ptr::null(),
+                ));
                 let mut one = [request.0];
-                ffi::rd_kafka_ListConsumerGroupOffsets(client.native_ptr(), one.as_mut_ptr(), 1, options.ptr(), queue.ptr());
+                ffi::rd_kafka_ListConsumerGroupOffsets(
+                    client.native_ptr(),
+                    one.as_mut_ptr(),
+                    1,
+                    options.ptr(),
+                    queue.ptr(),
+                );
             }
             in_flight += 1;
         }
@@ -282,10 +312,15 @@ pub fn list_consumer_group_offsets<C: ClientContext>(
         let outcome = unsafe {
             let result = ffi::rd_kafka_event_ListConsumerGroupOffsets_result(event.ptr());
             let mut cnt = 0usize;
-            let groups =
-                if result.is_null() { std::ptr::null_mut() } else { ffi::rd_kafka_ListConsumerGroupOffsets_result_groups(result, &mut cnt) };
+            let groups = if result.is_null() {
+                std::ptr::null_mut()
+            } else {
+                ffi::rd_kafka_ListConsumerGroupOffsets_result_groups(result, &mut cnt)
+            };
             match c_array(groups, cnt).first().copied().filter(|g| !g.is_null()) {
-                None => Err(PartitionError { code: rdkafka::types::RDKafkaErrorCode::Fail, message: "empty result".into() }),
+                None => {
+                    Err(PartitionError { code: rdkafka::types::RDKafkaErrorCode::Fail, message: "empty result".into() })
+                }
                 Some(g) => match error_object(ffi::rd_kafka_group_result_error(g)) {
                     Some(e) => Err(e),
                     None => Ok(read_partitions(ffi::rd_kafka_group_result_partitions(g))
@@ -302,5 +337,16 @@ pub fn list_consumer_group_offsets<C: ClientContext>(
         };
         results.insert(index, outcome);
     }
-    Ok(group_ids.iter().enumerate().map(|(i, g)| (g.clone(), results.remove(&i).unwrap_or_else(|| Err(PartitionError { code: rdkafka::types::RDKafkaErrorCode::Fail, message: "no result".into() })))).collect())
+    Ok(group_ids
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            (
+                g.clone(),
+                results.remove(&i).unwrap_or_else(|| {
+                    Err(PartitionError { code: rdkafka::types::RDKafkaErrorCode::Fail, message: "no result".into() })
+                }),
+            )
+        })
+        .collect())
 }

@@ -30,7 +30,7 @@ use rdkafka_sys::types::RDKafkaRespErr;
 pub use cluster::{describe_cluster, BrokerNode, ClusterDescription};
 pub use groups::{
     describe_consumer_groups, list_consumer_group_offsets, list_consumer_groups, CommittedOffset, GroupDescription,
-    GroupListing, GroupMember, GroupState, ListGroupsResult,
+    GroupListing, GroupMember, GroupState, ListGroupsResult, PerGroup,
 };
 pub use offsets::{list_offsets, OffsetSpec, PartitionOffset};
 
@@ -112,7 +112,8 @@ pub(crate) unsafe fn error_object(err: *const ffi::rd_kafka_error_t) -> Option<P
 }
 
 pub(crate) fn resp_error(code: RDKafkaRespErr) -> Option<PartitionError> {
-    (code != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR).then(|| PartitionError { code: code.into(), message: String::new() })
+    (code != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .then(|| PartitionError { code: code.into(), message: String::new() })
 }
 
 /// A private result queue; destroyed on drop.
@@ -186,12 +187,12 @@ impl Event {
     /// The event's top-level error, mapped for `op`.
     pub(crate) fn check(&self, op: &'static str) -> Result<(), AdminError> {
         // SAFETY: valid event; the error string lives as long as the event and is copied.
-        let (code, message) = unsafe { (ffi::rd_kafka_event_error(self.0), owned(ffi::rd_kafka_event_error_string(self.0))) };
+        let (code, message) =
+            unsafe { (ffi::rd_kafka_event_error(self.0), owned(ffi::rd_kafka_event_error_string(self.0))) };
         match code {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE | RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNSUPPORTED_VERSION => {
-                Err(AdminError::Unsupported { op, message })
-            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE
+            | RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNSUPPORTED_VERSION => Err(AdminError::Unsupported { op, message }),
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__TIMED_OUT => Err(AdminError::Timeout(op)),
             other => Err(AdminError::Kafka { op, code: other.into(), message }),
         }
