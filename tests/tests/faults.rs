@@ -171,3 +171,32 @@ fn fifty_monitors_each_report_only_their_own_cluster() {
     drop(node);
     assert_eq!(kollector_kafka::live_clients(), 0, "every client closed at shutdown");
 }
+
+/// A cluster that is not there yet: the monitor fails with a reason, closes and
+/// rebuilds its client with backoff (never more than one client), and recovers
+/// by itself once the broker appears.
+#[test]
+fn unreachable_cluster_fails_with_reason_rebuilds_its_client_and_recovers() {
+    let port = kollector_tests::free_port();
+    let bootstrap = format!("127.0.0.1:{port}");
+    let node = Node::start();
+    node.assign(spec("late", &bootstrap, None));
+    let e = node.wait("late", "a client rebuild after repeated failures", 30, |e| e.restarts_total >= 1);
+    assert!(matches!(e.status.state, MonitorState::Failing), "{:?}", e.status);
+    assert!(
+        e.status.reason.as_deref().is_some_and(|r| r.contains(&bootstrap) || r.contains("timed out")),
+        "{:?}",
+        e.status.reason
+    );
+    assert!(e.current_snapshot().is_none());
+    assert!(kollector_kafka::live_clients() <= 1, "a monitor never holds more than one client");
+    let failures: u64 = e.errors_total.values().sum();
+    assert!(failures >= 3, "rebuild only after repeated failures, saw {failures}");
+
+    let _broker = kollector_tests::tansu::TansuBroker::start_on_port("late-cluster", port);
+    let e = node.wait("late", "recovery once the broker is up", 60, |e| e.current_snapshot().is_some());
+    assert_eq!(e.current_snapshot().unwrap().cluster_id, "late-cluster");
+    assert_eq!(e.status.state, MonitorState::Running);
+    assert_eq!(e.status.consecutive_failures, 0);
+    assert_eq!(kollector_kafka::live_clients(), 1);
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use kollector_proto::v1 as pb;
 use kollector_tests::kafka_fixtures::{commit_offsets, create_topic, produce_records};
-use kollector_tests::kollector::{monitor_toml, KollectorProcess};
+use kollector_tests::kollector::{monitor_toml, run_cli, KollectorProcess};
 use kollector_tests::metrics::Metrics;
 use kollector_tests::net::established_connections_to;
 use kollector_tests::poll::{wait_for, wait_for_async};
@@ -224,7 +224,7 @@ fn delete_closes_connections_and_removes_series() {
     ));
     wait_for_series(&k, "gone", "kafka_topic_partitions");
     assert!(established_connections_to(k.pid(), b.port()) > 0);
-    let (ok, out, err) = kollector_tests::kollector::run_cli(&["monitor", "--server", &k.grpc_url(), "rm", "gone"]);
+    let (ok, out, err) = run_cli(&["monitor", "--server", &k.grpc_url(), "rm", "gone"]);
     assert!(ok, "rm failed: {out} {err}");
     assert_eq!(established_connections_to(k.pid(), b.port()), 0, "connections to the deleted monitor's broker");
     let m = k.metrics();
@@ -291,4 +291,73 @@ fn identity_guard_refuses_a_different_cluster_at_the_same_address() {
         );
         assert_eq!(m.value("kollector_monitor_up", &[("monitor", "guarded")]), Some(0.0));
     });
+}
+
+#[test]
+fn probe_collects_once_with_a_temporary_client_and_stores_nothing() {
+    let broker = TansuBroker::start("probe-cluster");
+    create_topic(&broker.bootstrap(), "probed", 2);
+    let k = KollectorProcess::standalone("");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = k.client().await;
+        let r = client
+            .probe(pb::ProbeRequest { spec: Some(spec("try-me", &broker.bootstrap(), "10s")) })
+            .await
+            .expect("Probe")
+            .into_inner();
+        let s = r.snapshot.expect("snapshot");
+        assert_eq!(s.cluster_id, "probe-cluster");
+        assert_eq!(s.topics.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), vec!["probed"]);
+        // Unreachable settings come back as an error result, not a gRPC failure.
+        let free = kollector_tests::free_port();
+        let mut bad = spec("try-me", &format!("127.0.0.1:{free}"), "2s");
+        bad.timeout = Some("1s".into());
+        let r = client.probe(pb::ProbeRequest { spec: Some(bad) }).await.expect("Probe").into_inner();
+        assert!(r.snapshot.is_none());
+        let e = r.error.expect("error");
+        assert!(matches!(e.kind.as_str(), "connection" | "timeout"), "{e:?}");
+        let list = client.list_monitors(pb::ListMonitorsRequest {}).await.unwrap().into_inner();
+        assert!(list.monitors.is_empty(), "a probe stores nothing");
+    });
+    let m = k.metrics();
+    assert_eq!(m.value("kollector_kafka_clients", &[]), Some(0.0), "the probe's client is closed");
+    assert_eq!(established_connections_to(k.pid(), broker.port()), 0);
+}
+
+#[test]
+fn cli_manages_monitors_end_to_end() {
+    let broker = TansuBroker::start("cli-cluster");
+    create_topic(&broker.bootstrap(), "cli-topic", 1);
+    produce_records(&broker.bootstrap(), "cli-topic", 0, 3);
+    let k = KollectorProcess::standalone("");
+    let server = k.grpc_url();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["monitor", "--server", server.as_str()];
+        all.extend_from_slice(args);
+        run_cli(&all)
+    };
+    let (ok, out, err) = cli(&["add", "--id", "from-cli", "--bootstrap", &broker.bootstrap(), "--interval", "1s"]);
+    assert!(ok, "add: {out} {err}");
+    let (ok, out, _) = cli(&["list"]);
+    assert!(ok && out.contains("from-cli"), "{out}");
+    let shown = wait_for("show to print the snapshot", Duration::from_secs(20), || {
+        let (ok, out, err) = cli(&["show", "from-cli"]);
+        if ok && out.contains("cluster cli-cluster") && out.contains("cli-topic") {
+            Ok(out)
+        } else {
+            Err(format!("{out}{err}"))
+        }
+    });
+    assert!(shown.contains("running"), "{shown}");
+    let (ok, out, err) = cli(&["update", "--id", "from-cli", "--bootstrap", &broker.bootstrap(), "--interval", "2s"]);
+    assert!(ok && out.contains("from-cli"), "update: {out} {err}");
+    let (ok, out, _) = cli(&["get", "from-cli", "--json"]);
+    assert!(ok && out.contains("\"generation\": 2") && out.contains("\"interval\": \"2s\""), "{out}");
+    let (ok, out, err) = cli(&["add", "--id", "from-cli", "--bootstrap", &broker.bootstrap()]);
+    assert!(!ok && err.contains("already exists"), "duplicate add: {out} {err}");
+    let (ok, _, err) = cli(&["add", "--id", "x", "--bootstrap", "nohost", "--interval", "1s"]);
+    assert!(!ok && err.contains("invalid argument") && err.contains("bootstrap[0]"), "{err}");
+    let (ok, _, err) = run_cli(&["monitor", "--server", "http://127.0.0.1:1", "list"]);
+    assert!(!ok && err.contains("cannot reach kollector"), "{err}");
 }

@@ -6,19 +6,18 @@
 //! more slowly than the producer (so lag is visible), and runs standalone
 //! kollector with one monitor per cluster. Everything stops on Ctrl-C.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, Context as _};
 use clap::Args;
 use kollector_core::{MonitorInput, MonitorSpec};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use kollector_devkit::fixtures::{client_config, try_create_topic};
+use kollector_devkit::free_port;
+use kollector_devkit::tansu::TansuBroker;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -41,74 +40,6 @@ pub struct DemoArgs {
     /// Stop by itself after this long (e.g. "60s"); runs until Ctrl-C when absent.
     #[arg(long)]
     duration: Option<String>,
-}
-
-/// A tansu broker child process, killed on drop.
-struct Broker {
-    child: Child,
-    bootstrap: String,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn find_tansu(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = explicit {
-        return Ok(p);
-    }
-    let mut dirs: Vec<PathBuf> =
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    dirs.into_iter()
-        .map(|d| d.join("tansu"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| anyhow!("tansu not found on PATH or in ~/.cargo/bin; run scripts/install-test-deps.sh first"))
-}
-
-fn start_broker(tansu: &PathBuf, cluster_id: &str) -> anyhow::Result<Broker> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu)
-        .args(["broker", &format!("--cluster-id={cluster_id}"), &format!("--listener-url={url}")])
-        .arg(format!("--advertised-listener-url={url}"))
-        .arg("--storage-engine=memory://tansu/")
-        .current_dir(std::env::temp_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", tansu.display()))?;
-    let broker = Broker { child, bootstrap: format!("127.0.0.1:{port}") };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("tansu {cluster_id} did not listen on port {port} within 20s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(broker)
-}
-
-fn client_config(bootstrap: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap).set("broker.address.family", "v4").set("log_level", "3");
-    c
-}
-
-async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
-    let new: Vec<NewTopic> = topics.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1))).collect();
-    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
-    for r in admin.create_topics(new.iter(), &opts).await? {
-        r.map_err(|(t, e)| anyhow!("creating topic {t}: {e}"))?;
-    }
-    Ok(())
 }
 
 /// Produces one record per request (tansu reports the high watermark per
@@ -170,18 +101,23 @@ fn monitor(id: &str, bootstrap: &str, interval: &str) -> anyhow::Result<MonitorS
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let tansu = find_tansu(args.tansu)?;
-    let orders = start_broker(&tansu, "demo-orders")?;
-    let payments = start_broker(&tansu, "demo-payments")?;
-    create_topics(&orders.bootstrap, &[("orders", 3), ("orders-dlq", 1)]).await?;
-    create_topics(&payments.bootstrap, &[("payments", 2)]).await?;
-    eprintln!("demo: tansu brokers up: demo-orders at {}, demo-payments at {}", orders.bootstrap, payments.bootstrap);
+    let orders = TansuBroker::try_start(args.tansu.clone(), "demo-orders", free_port())?;
+    let payments = TansuBroker::try_start(args.tansu, "demo-payments", free_port())?;
+    for (broker, topic, partitions) in [(&orders, "orders", 3), (&orders, "orders-dlq", 1), (&payments, "payments", 2)]
+    {
+        try_create_topic(&broker.bootstrap(), topic, partitions)?;
+    }
+    eprintln!(
+        "demo: tansu brokers up: demo-orders at {}, demo-payments at {}",
+        orders.bootstrap(),
+        payments.bootstrap()
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for (bootstrap, topics, group, topic) in [
-        (orders.bootstrap.clone(), vec![("orders", 3), ("orders-dlq", 1)], "billing", "orders"),
-        (payments.bootstrap.clone(), vec![("payments", 2)], "ledger", "payments"),
+        (orders.bootstrap(), vec![("orders", 3), ("orders-dlq", 1)], "billing", "orders"),
+        (payments.bootstrap(), vec![("payments", 2)], "ledger", "payments"),
     ] {
         let (s1, s2, b2) = (stop.clone(), stop.clone(), bootstrap.clone());
         workers.push(std::thread::spawn(move || traffic(bootstrap, topics, Duration::from_millis(200), s1)));
@@ -189,8 +125,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     let monitors = vec![
-        monitor("orders", &orders.bootstrap, &args.interval)?,
-        monitor("payments", &payments.bootstrap, &args.interval)?,
+        monitor("orders", &orders.bootstrap(), &args.interval)?,
+        monitor("payments", &payments.bootstrap(), &args.interval)?,
     ];
     let node = Standalone::start(args.grpc_listen, args.http_listen, monitors).await?;
     let server = format!("http://{}", node.grpc_addr);

@@ -1,12 +1,14 @@
 //! tansu 0.6.0 brokers as child processes: a real Kafka-protocol broker with
 //! consumer groups and admin APIs, single node (node id 111), memory storage.
-//! Installed by `scripts/install-test-deps.sh`.
 
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::{find_executable, free_port, poll::wait_for};
+use crate::{find_executable, free_port, DevError};
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running tansu broker, killed (SIGKILL) and reaped on drop.
 pub struct TansuBroker {
@@ -16,19 +18,26 @@ pub struct TansuBroker {
 }
 
 impl TansuBroker {
-    /// Starts a broker with `cluster_id` on a free port and waits until it
-    /// accepts TCP connections.
+    /// Starts a broker with `cluster_id` on a free port; panics on failure (tests).
     pub fn start(cluster_id: &str) -> TansuBroker {
         Self::start_on_port(cluster_id, free_port())
     }
 
-    /// Starts a broker on a given port: used to replace a killed broker with
-    /// another cluster at the same address (the identity-guard test).
+    /// Starts a broker on a given port, e.g. to replace a killed broker with
+    /// another cluster at the same address; panics on failure (tests).
     pub fn start_on_port(cluster_id: &str, port: u16) -> TansuBroker {
-        let bin = find_executable("tansu")
-            .unwrap_or_else(|| panic!("tansu not found on PATH or in ~/.cargo/bin: run scripts/install-test-deps.sh"));
+        match Self::try_start(None, cluster_id, port) {
+            Ok(b) => b,
+            Err(e) => panic!("tansu {cluster_id} on port {port}: {e}"),
+        }
+    }
+
+    /// Starts `tansu` (found on PATH or in ~/.cargo/bin unless given) and
+    /// waits until it accepts TCP connections.
+    pub fn try_start(tansu: Option<PathBuf>, cluster_id: &str, port: u16) -> Result<TansuBroker, DevError> {
+        let bin = tansu.or_else(|| find_executable("tansu")).ok_or(DevError::TansuNotInstalled)?;
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(bin)
+        let child = Command::new(&bin)
             .arg("broker")
             .arg(format!("--cluster-id={cluster_id}"))
             .arg(format!("--listener-url={url}"))
@@ -40,17 +49,19 @@ impl TansuBroker {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("spawn tansu");
+            .map_err(|source| DevError::Spawn { what: bin.display().to_string(), source })?;
         let mut broker = TansuBroker { child: Some(child), port, cluster_id: cluster_id.to_string() };
-        wait_for(&format!("tansu {cluster_id} to listen on {port}"), Duration::from_secs(20), || {
-            if let Some(child) = broker.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("tansu exited early with {status}");
-                }
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(Ok(Some(status))) = broker.child.as_mut().map(|c| c.try_wait()) {
+                return Err(DevError::NotReady(format!("tansu exited early with {status}")));
             }
-            TcpStream::connect(("127.0.0.1", port)).map(|_| ()).map_err(|e| e.to_string())
-        });
-        broker
+            if Instant::now() > deadline {
+                return Err(DevError::NotReady(format!("not listening on port {port} after {START_TIMEOUT:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(broker)
     }
 
     pub fn port(&self) -> u16 {
