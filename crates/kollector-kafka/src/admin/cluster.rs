@@ -1,11 +1,11 @@
 //! DescribeCluster: cluster id, controller and brokers with their racks.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::client::{Client, ClientContext};
 use rdkafka_sys::bindings as ffi;
 
-use super::{c_array, next_event, owned, owned_opt, AdminError, Options, Queue};
+use super::{c_array, call, owned, owned_opt, AdminError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BrokerNode {
@@ -44,13 +44,15 @@ pub fn describe_cluster<C: ClientContext>(
     timeout: Duration,
 ) -> Result<ClusterDescription, AdminError> {
     const OP: &str = "DescribeCluster";
-    let deadline = Instant::now() + timeout;
-    let queue = Queue::new(client);
-    let options = Options::new(client, ffi::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBECLUSTER, timeout);
-    // SAFETY: live client handle, options and queue; librdkafka copies the options.
-    unsafe { ffi::rd_kafka_DescribeCluster(client.native_ptr(), options.ptr(), queue.ptr()) };
-    let event = next_event(&queue, ffi::RD_KAFKA_EVENT_DESCRIBECLUSTER_RESULT, OP, deadline)?;
-    event.check(OP)?;
+    let event = call(
+        client,
+        OP,
+        ffi::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBECLUSTER,
+        ffi::RD_KAFKA_EVENT_DESCRIBECLUSTER_RESULT,
+        timeout,
+        // SAFETY: live client handle, options and queue; librdkafka copies the options.
+        |rk, options, queue| unsafe { ffi::rd_kafka_DescribeCluster(rk, options, queue) },
+    )?;
     // SAFETY: the event is a DescribeCluster result; everything read is copied before it drops.
     unsafe {
         let result = ffi::rd_kafka_event_DescribeCluster_result(event.ptr());

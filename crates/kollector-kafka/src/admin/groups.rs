@@ -10,7 +10,7 @@ use rdkafka_sys::bindings as ffi;
 
 use super::cluster::{node, BrokerNode};
 use super::{
-    c_array, c_string, error_object, next_event, owned, resp_error, AdminError, Options, PartitionError, Queue,
+    c_array, c_string, call, error_object, next_event, owned, resp_error, AdminError, Options, PartitionError, Queue,
 };
 
 /// One result per requested group, in request order: (group id, outcome).
@@ -119,13 +119,15 @@ pub fn list_consumer_groups<C: ClientContext>(
     timeout: Duration,
 ) -> Result<ListGroupsResult, AdminError> {
     const OP: &str = "ListGroups";
-    let deadline = Instant::now() + timeout;
-    let queue = Queue::new(client);
-    let options = Options::new(client, ffi::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPS, timeout);
-    // SAFETY: live client, options and queue.
-    unsafe { ffi::rd_kafka_ListConsumerGroups(client.native_ptr(), options.ptr(), queue.ptr()) };
-    let event = next_event(&queue, ffi::RD_KAFKA_EVENT_LISTCONSUMERGROUPS_RESULT, OP, deadline)?;
-    event.check(OP)?;
+    let event = call(
+        client,
+        OP,
+        ffi::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPS,
+        ffi::RD_KAFKA_EVENT_LISTCONSUMERGROUPS_RESULT,
+        timeout,
+        // SAFETY: live client, options and queue.
+        |rk, options, queue| unsafe { ffi::rd_kafka_ListConsumerGroups(rk, options, queue) },
+    )?;
     // SAFETY: a ListConsumerGroups result; all values are copied before the event drops.
     unsafe {
         let result = ffi::rd_kafka_event_ListConsumerGroups_result(event.ptr());
@@ -168,23 +170,19 @@ pub fn describe_consumer_groups<C: ClientContext>(
     if group_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let deadline = Instant::now() + timeout;
     let names: Vec<CString> = group_ids.iter().map(|g| c_string("group id", g)).collect::<Result<_, _>>()?;
     let mut ptrs: Vec<*const c_char> = names.iter().map(|n| n.as_ptr()).collect();
-    let queue = Queue::new(client);
-    let options = Options::new(client, ffi::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS, timeout);
-    // SAFETY: live client, options and queue; the name array outlives the call and is copied.
-    unsafe {
-        ffi::rd_kafka_DescribeConsumerGroups(
-            client.native_ptr(),
-            ptrs.as_mut_ptr(),
-            ptrs.len(),
-            options.ptr(),
-            queue.ptr(),
-        )
-    };
-    let event = next_event(&queue, ffi::RD_KAFKA_EVENT_DESCRIBECONSUMERGROUPS_RESULT, OP, deadline)?;
-    event.check(OP)?;
+    let event = call(
+        client,
+        OP,
+        ffi::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS,
+        ffi::RD_KAFKA_EVENT_DESCRIBECONSUMERGROUPS_RESULT,
+        timeout,
+        // SAFETY: live client, options and queue; the name array outlives the call and is copied.
+        |rk, options, queue| unsafe {
+            ffi::rd_kafka_DescribeConsumerGroups(rk, ptrs.as_mut_ptr(), ptrs.len(), options, queue)
+        },
+    )?;
     // SAFETY: a DescribeConsumerGroups result; all values are copied before the event drops.
     unsafe {
         let result = ffi::rd_kafka_event_DescribeConsumerGroups_result(event.ptr());

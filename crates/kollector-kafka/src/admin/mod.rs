@@ -239,6 +239,26 @@ pub(crate) fn next_event(
     }
 }
 
+/// Issues one admin call and waits for its result: a private queue, options
+/// with the request timeout, `issue(rk, options, queue)`, then the result
+/// event of type `expected` with its top-level error checked.
+pub(crate) fn call<C: ClientContext>(
+    client: &Client<C>,
+    op: &'static str,
+    admin_op: ffi::rd_kafka_admin_op_t,
+    expected: ffi::rd_kafka_event_type_t,
+    timeout: Duration,
+    issue: impl FnOnce(*mut ffi::rd_kafka_t, *const ffi::rd_kafka_AdminOptions_t, *mut ffi::rd_kafka_queue_t),
+) -> Result<Event, AdminError> {
+    let deadline = Instant::now() + timeout;
+    let queue = Queue::new(client);
+    let options = Options::new(client, admin_op, timeout);
+    issue(client.native_ptr(), options.ptr(), queue.ptr());
+    let event = next_event(&queue, expected, op, deadline)?;
+    event.check(op)?;
+    Ok(event)
+}
+
 /// Reads `cnt` pointers from a C array returned by librdkafka.
 ///
 /// # Safety

@@ -1,12 +1,12 @@
 //! ListOffsets: earliest or latest offsets of many partitions in one call,
 //! which librdkafka splits into one request per partition leader.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::client::{Client, ClientContext};
 use rdkafka_sys::bindings as ffi;
 
-use super::{c_array, c_string, next_event, owned, resp_error, AdminError, Options, PartitionError, Queue};
+use super::{c_array, c_string, call, owned, resp_error, AdminError, PartitionError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OffsetSpec {
@@ -44,7 +44,6 @@ pub fn list_offsets<C: ClientContext>(
     if partitions.is_empty() {
         return Ok(Vec::new());
     }
-    let deadline = Instant::now() + timeout;
     let names: Vec<std::ffi::CString> =
         partitions.iter().map(|(t, _)| c_string("topic", t)).collect::<Result<_, _>>()?;
     let offset_spec = match spec {
@@ -64,12 +63,15 @@ pub fn list_offsets<C: ClientContext>(
             }
         }
     }
-    let queue = Queue::new(client);
-    let options = Options::new(client, ffi::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTOFFSETS, timeout);
-    // SAFETY: live client, list, options and queue; librdkafka copies the list and options.
-    unsafe { ffi::rd_kafka_ListOffsets(client.native_ptr(), list.0, options.ptr(), queue.ptr()) };
-    let event = next_event(&queue, ffi::RD_KAFKA_EVENT_LISTOFFSETS_RESULT, OP, deadline)?;
-    event.check(OP)?;
+    let event = call(
+        client,
+        OP,
+        ffi::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTOFFSETS,
+        ffi::RD_KAFKA_EVENT_LISTOFFSETS_RESULT,
+        timeout,
+        // SAFETY: live client, list, options and queue; librdkafka copies the list and options.
+        |rk, options, queue| unsafe { ffi::rd_kafka_ListOffsets(rk, list.0, options, queue) },
+    )?;
     // SAFETY: the event is a ListOffsets result; every value is copied before it drops.
     unsafe {
         let result = ffi::rd_kafka_event_ListOffsets_result(event.ptr());
