@@ -282,3 +282,17 @@ sasl = { mechanism = "SCRAM-SHA-512", username = "svc", password_env = "PAY_PW" 
         assert_eq!(err.errors[0].line, Some(2));
     }
 }
+
+#[cfg(test)]
+mod deploy_example {
+    /// The example shipped in deploy/ must parse (with its password variable set).
+    #[test]
+    fn deploy_example_config_is_valid() {
+        let text = include_str!("../../../deploy/standalone/kollector.toml");
+        let cfg = super::ConfigFile::parse("deploy/standalone/kollector.toml", text, |v| {
+            (v == "PAYMENTS_KAFKA_PASSWORD").then(|| "x".to_string())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.monitors.len(), 2);
+    }
+}

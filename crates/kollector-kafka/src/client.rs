@@ -125,18 +125,57 @@ impl KafkaClient {
         self.context.requests.lock().ok().map(|r| r.clone())
     }
 
-    /// Polls the client so pending statistics callbacks run (the admin client
-    /// serves its main queue from a background thread already; this only waits).
+    /// Waits until a fresh statistics emission has been handled (benchmarks).
     pub fn wait_for_statistics(&self, timeout: Duration) -> bool {
         self.context.stats_seen.store(false, Ordering::SeqCst);
         let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
+            self.serve_main_queue();
             if self.context.stats_seen.load(Ordering::SeqCst) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// Handles what librdkafka put on the client's main queue: log lines,
+    /// statistics and error events. rdkafka's AdminClient never polls that
+    /// queue (its handlers for it are crate-private), so without this the
+    /// events would pile up in memory for the life of the monitor. Called on
+    /// every collection, from the blocking thread; bounded per call.
+    pub(crate) fn serve_main_queue(&self) {
+        const MAX_EVENTS_PER_CALL: usize = 10_000;
+        let Some(queue) = crate::admin::Queue::main(self.admin.inner()) else { return };
+        for _ in 0..MAX_EVENTS_PER_CALL {
+            let Some(event) = queue.try_next() else { break };
+            let ev = event.ptr();
+            // SAFETY: `ev` is a live event owned by `event`; strings are copied before it drops.
+            unsafe {
+                match rdkafka_sys::rd_kafka_event_type(ev) {
+                    rdkafka_sys::RD_KAFKA_EVENT_LOG => {
+                        let (mut fac, mut text, mut level) = (std::ptr::null(), std::ptr::null(), 0);
+                        if rdkafka_sys::rd_kafka_event_log(ev, &mut fac, &mut text, &mut level) == 0 {
+                            let fac = crate::admin::owned(fac);
+                            let text = crate::admin::owned(text);
+                            self.context.log(log_level(level), &fac, &text);
+                        }
+                    }
+                    rdkafka_sys::RD_KAFKA_EVENT_STATS => {
+                        let json = crate::admin::owned(rdkafka_sys::rd_kafka_event_stats(ev));
+                        match serde_json::from_str::<Statistics>(&json) {
+                            Ok(stats) => self.context.stats(stats),
+                            Err(e) => tracing::debug!(monitor = %self.context.monitor, "unparsable statistics: {e}"),
+                        }
+                    }
+                    rdkafka_sys::RD_KAFKA_EVENT_ERROR => {
+                        let text = crate::admin::owned(rdkafka_sys::rd_kafka_event_error_string(ev));
+                        tracing::debug!(monitor = %self.context.monitor, "librdkafka error event: {text}");
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 }
 
@@ -146,6 +185,20 @@ impl Drop for KafkaClient {
         // threads and closing its sockets; this call blocks for that long, so
         // owners drop clients off their async threads.
         LIVE_CLIENTS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// librdkafka's syslog-style level as rdkafka's enum.
+fn log_level(level: i32) -> RDKafkaLogLevel {
+    match level {
+        0 => RDKafkaLogLevel::Emerg,
+        1 => RDKafkaLogLevel::Alert,
+        2 => RDKafkaLogLevel::Critical,
+        3 => RDKafkaLogLevel::Error,
+        4 => RDKafkaLogLevel::Warning,
+        5 => RDKafkaLogLevel::Notice,
+        6 => RDKafkaLogLevel::Info,
+        _ => RDKafkaLogLevel::Debug,
     }
 }
 

@@ -76,6 +76,18 @@ impl KafkaClient {
     pub fn collect(&self, spec: &MonitorSpec) -> Result<Snapshot, CollectError> {
         let started = Instant::now();
         let deadline = started + spec.timeout;
+        self.serve_main_queue();
+        let result = self.collect_within(spec, started, deadline);
+        self.serve_main_queue();
+        result
+    }
+
+    fn collect_within(
+        &self,
+        spec: &MonitorSpec,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<Snapshot, CollectError> {
         let client = self.admin.inner();
         let mut warnings = Vec::new();
 

@@ -124,6 +124,18 @@ impl Queue {
         // SAFETY: native_ptr is the live handle owned by `client`, which outlives the queue.
         Queue(unsafe { ffi::rd_kafka_queue_new(client.native_ptr()) })
     }
+    /// A handle to the client's main queue (logs, statistics, errors).
+    pub(crate) fn main<C: ClientContext>(client: &Client<C>) -> Option<Queue> {
+        // SAFETY: live client handle; the returned reference is released by Drop.
+        let q = unsafe { ffi::rd_kafka_queue_get_main(client.native_ptr()) };
+        (!q.is_null()).then_some(Queue(q))
+    }
+    /// The next event, without waiting.
+    pub(crate) fn try_next(&self) -> Option<Event> {
+        // SAFETY: the queue is live; a non-null event is owned by the guard.
+        let ev = unsafe { ffi::rd_kafka_queue_poll(self.0, 0) };
+        (!ev.is_null()).then_some(Event(ev))
+    }
     pub(crate) fn ptr(&self) -> *mut ffi::rd_kafka_queue_t {
         self.0
     }
