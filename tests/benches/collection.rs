@@ -58,7 +58,66 @@ fn requests_per_cycle(bootstrap: &str) -> (Vec<(String, f64)>, Duration) {
     let per_cycle_time = started.elapsed() / K as u32;
     assert!(client.wait_for_statistics(Duration::from_secs(5)), "statistics");
     let after = client.request_counts().expect("counts");
+    if std::env::var_os("KOLLECTOR_BENCH_RAW").is_some() {
+        eprintln!("raw request counters after the run: {after:?}");
+    }
     (diff(&after, &before, K), per_cycle_time)
+}
+
+/// Broker-side request counts from librdkafka's mock cluster (request
+/// tracking): exact, independent of the client's own statistics, which do
+/// not count the admin API's OffsetFetch requests.
+fn mock_group_requests(groups: usize) -> (f64, f64, f64) {
+    use rdkafka::config::ClientConfig;
+    use rdkafka_sys::bindings as ffi;
+    // A client configured with test.mock.num.brokers owns an in-process mock cluster.
+    let host: rdkafka::producer::BaseProducer =
+        ClientConfig::new().set("test.mock.num.brokers", "3").set("log_level", "3").create().expect("mock host");
+    // SAFETY: the mock cluster belongs to `host`, which outlives every use below.
+    let (mcluster, bootstrap) = unsafe {
+        let m = ffi::rd_kafka_handle_mock_cluster(rdkafka::producer::Producer::client(&host).native_ptr());
+        (m, kollector_devkit::fixtures::c_str(ffi::rd_kafka_mock_cluster_bootstraps(m)))
+    };
+    create_topic_on_mock(&bootstrap);
+    let ids: Vec<String> = (0..groups).map(|g| format!("group-{g}")).collect();
+    for id in &ids {
+        commit_offsets(&bootstrap, id, &[("events", 0, 1)]);
+    }
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        kollector_devkit::fixtures::client_config(&bootstrap).create().expect("admin");
+    let t = Duration::from_secs(10);
+    // Warm-up (connections, coordinator lookups), then count three calls.
+    kollector_kafka::admin::list_consumer_group_offsets(admin.inner(), &ids, t).expect("warm-up");
+    const K: usize = 3;
+    // SAFETY: mcluster is live (owned by `host`); the request array is destroyed after reading.
+    let counts = unsafe {
+        ffi::rd_kafka_mock_start_request_tracking(mcluster);
+        for _ in 0..K {
+            let r = kollector_kafka::admin::list_consumer_group_offsets(admin.inner(), &ids, t).expect("offsets");
+            // The mock answers a fetch of "all partitions" with none, so only success is checked here;
+            // the values are checked against tansu in tests/tests/kafka_admin.rs.
+            assert!(r.iter().all(|(_, o)| o.is_ok()), "{:?}", &r[..1]);
+        }
+        let mut cnt = 0usize;
+        let reqs = ffi::rd_kafka_mock_get_requests(mcluster, &mut cnt);
+        let keys: Vec<i16> = (0..cnt).map(|i| ffi::rd_kafka_mock_request_api_key(*reqs.add(i))).collect();
+        ffi::rd_kafka_mock_request_destroy_array(reqs, cnt);
+        ffi::rd_kafka_mock_stop_request_tracking(mcluster);
+        keys
+    };
+    let per = |key: i16| counts.iter().filter(|k| **k == key).count() as f64 / K as f64;
+    const OFFSET_FETCH: i16 = 9;
+    const FIND_COORDINATOR: i16 = 10;
+    (per(OFFSET_FETCH), per(FIND_COORDINATOR), counts.len() as f64 / K as f64)
+}
+
+fn create_topic_on_mock(bootstrap: &str) {
+    // The mock auto-creates topics on first use (4 partitions); a metadata request for it is enough.
+    let c: rdkafka::consumer::BaseConsumer = kollector_devkit::fixtures::client_config(bootstrap)
+        .set("allow.auto.create.topics", "true")
+        .create()
+        .expect("client");
+    let _ = rdkafka::consumer::Consumer::fetch_metadata(&c, Some("events"), Duration::from_secs(5));
 }
 
 fn print_requests(label: &str, counts: &[(String, f64)], took: Duration) {
@@ -91,6 +150,15 @@ fn main() {
         mock.create_topic("events", 60, 3).expect("topic");
         let (counts, took) = requests_per_cycle(&mock.bootstrap_servers());
         print_requests("mock, 3 brokers, P=60, G=n/a (no ListGroups)", &counts, took);
+    }
+
+    println!();
+    println!("## Committed offsets of G groups: broker-side counts (mock cluster request tracking), per cycle");
+    println!("| groups | OffsetFetch | FindCoordinator | all requests |");
+    println!("|---|---|---|---|");
+    for g in [1usize, 10, 100] {
+        let (fetch, find, all) = mock_group_requests(g);
+        println!("| {g} | {fetch} | {find} | {all} |");
     }
 
     println!();

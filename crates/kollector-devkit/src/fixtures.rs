@@ -109,3 +109,15 @@ pub fn commit_offsets(bootstrap: &str, group: &str, offsets: &[(&str, i32, i64)]
 pub fn cluster_id(bootstrap: &str) -> String {
     or_panic(try_cluster_id(bootstrap))
 }
+
+/// Copies a C string owned by librdkafka (e.g. a mock cluster's bootstrap list).
+///
+/// # Safety
+/// `p` must be null or a valid NUL-terminated string for the duration of the call.
+pub unsafe fn c_str(p: *const std::ffi::c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}

@@ -73,27 +73,40 @@ impl Plan {
     }
 }
 
-/// FNV-1a, then a SplitMix64 finalizer for avalanche. Written here rather
-/// than taken from a hashing crate because plans must be identical across
-/// builds, versions and machines (std's hasher makes no such promise), and
-/// this is a dozen lines.
-fn stable_hash(a: &str, b: &str) -> u64 {
+/// FNV-1a over a string, for ids. Written here rather than taken from a
+/// hashing crate because plans must be identical across builds, versions and
+/// machines (std's hasher makes no such promise), and it is a few lines.
+fn stable_hash(s: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in a.bytes().chain(std::iter::once(0xff)).chain(b.bytes()) {
+    for byte in s.bytes() {
         h ^= byte as u64;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
+    mix(h)
+}
+
+/// SplitMix64's finalizer: spreads every input bit over the output.
+fn mix(mut h: u64) -> u64 {
     h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     h ^ (h >> 31)
 }
 
-/// Weighted rendezvous score; higher wins.
-fn score(monitor: &MonitorId, collector: &CollectorSlot) -> f64 {
+/// The rendezvous hash of a (monitor, collector) pair from their id hashes,
+/// so each id is hashed once per plan rather than once per pair.
+fn pair_hash(monitor: u64, collector: u64) -> u64 {
+    mix(monitor ^ collector.rotate_left(29).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// Weighted rendezvous score; higher wins. With equal weights the order is
+/// that of the raw hash, so `ln` is skipped.
+fn score(pair: u64, weight: f64, uniform: bool) -> f64 {
+    if uniform {
+        return pair as f64;
+    }
     // Map to (0, 1): never 0 (ln would be -inf) nor 1 (division by zero).
-    let h = ((stable_hash(monitor.as_str(), collector.id.as_str()) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    let w = if collector.weight > 0.0 && collector.weight.is_finite() { collector.weight } else { 1.0 };
-    -w / h.ln()
+    let h = ((pair >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    -weight / h.ln()
 }
 
 fn weight(c: &CollectorSlot) -> f64 {
@@ -126,6 +139,9 @@ pub fn plan(
         .map(|c| (&c.id, (LOAD_FACTOR * n * weight(c) / total_weight).ceil().max(1.0) as usize))
         .collect();
     let mut load: HashMap<&CollectorId, usize> = collectors.iter().map(|c| (&c.id, 0)).collect();
+    let collector_hash: HashMap<&CollectorId, u64> =
+        collectors.iter().map(|c| (&c.id, stable_hash(c.id.as_str()))).collect();
+    let uniform = collectors.iter().all(|c| weight(c) == weight(&collectors[0]));
 
     // Pinned first: they do not move and they count toward load.
     let mut free = Vec::new();
@@ -145,20 +161,29 @@ pub fn plan(
     }
 
     // A fixed order independent of the collector set, so spills are stable.
-    free.sort_by_key(|(m, _)| (stable_hash(m.as_str(), ""), (*m).clone()));
-    for (m, p) in free {
-        let mut ranked: Vec<(&CollectorSlot, f64)> = collectors
-            .iter()
-            .filter(|c| p.required_labels.iter().all(|(k, v)| c.labels.get(k) == Some(v)))
-            .map(|c| (c, score(m, c)))
-            .collect();
-        if ranked.is_empty() {
+    let mut free: Vec<(u64, &MonitorId, &Placement)> =
+        free.into_iter().map(|(m, p)| (stable_hash(m.as_str()), m, p)).collect();
+    free.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+    // One buffer for every monitor's scores: no allocation per monitor.
+    let mut ranked: Vec<(&CollectorSlot, f64)> = Vec::with_capacity(collectors.len());
+    for (monitor_hash, m, p) in free {
+        ranked.clear();
+        ranked.extend(
+            collectors
+                .iter()
+                .filter(|c| p.required_labels.iter().all(|(k, v)| c.labels.get(k) == Some(v)))
+                .map(|c| (c, score(pair_hash(monitor_hash, collector_hash[&c.id]), weight(c), uniform))),
+        );
+        let better = |a: &(&CollectorSlot, f64), b: &(&CollectorSlot, f64)| {
+            b.1.total_cmp(&a.1).then_with(|| a.0.id.cmp(&b.0.id))
+        };
+        // The common case needs only the best-ranked collector (O(N)); the
+        // full ranking (a sort) is built only when that one is full.
+        let Some(first) = ranked.iter().min_by(|a, b| better(a, b)).map(|(c, _)| *c) else {
             out.unplaced.insert(m.clone(), Unplaced::NoCollectorWithLabels);
             continue;
-        }
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.id.cmp(&b.0.id)));
+        };
         let has_room = |c: &CollectorSlot, load: &HashMap<&CollectorId, usize>| load[&c.id] < cap[&c.id];
-        let first = ranked[0].0;
         let chosen = if has_room(first, &load) {
             first
         } else if let Some(prev) =
@@ -166,6 +191,7 @@ pub fn plan(
         {
             prev.0
         } else {
+            ranked.sort_by(better);
             ranked.iter().map(|(c, _)| *c).find(|c| has_room(c, &load)).unwrap_or_else(|| {
                 // Every eligible collector is at its cap (possible with tight
                 // label constraints): take the least loaded relative to weight.
@@ -254,7 +280,9 @@ mod tests {
                 "{m}/{n}: {} moved between old collectors",
                 moved - to_new
             );
-            assert!(to_new as f64 >= 0.75 * share, "{m}/{n}: new collector got {to_new}, share {share}");
+            // Hashing gives the newcomer a binomial share: allow 3 standard deviations.
+            let sd = (share * (1.0 - 1.0 / (n + 1) as f64)).sqrt();
+            assert!(to_new as f64 >= share - 3.0 * sd, "{m}/{n}: new collector got {to_new}, share {share}");
         }
     }
 
