@@ -9,7 +9,9 @@
 #   - make/g++/libssl-dev/zlib1g-dev for librdkafka's vendored build (usually
 #     already present).
 #
-# protoc needs no install: kollector-proto uses the protoc-bin-vendored crate.
+#   - protoc, from the protoc-bin-vendored crate (no system package): copied
+#     to ~/.cargo/bin so build scripts that look for `protoc` (etcd-client's)
+#     find it. kollector-proto points at the crate's binary directly.
 set -euo pipefail
 
 TANSU_VERSION=0.6.0
@@ -49,8 +51,33 @@ else
   cargo install tansu --version "$TANSU_VERSION" --locked --no-default-features --features dynostore
 fi
 
+PROTOC_HOME="${CARGO_HOME:-$HOME/.cargo}/protoc-vendored"
+if [ ! -x "$PROTOC_HOME/bin/protoc" ] || [ ! -d "$PROTOC_HOME/include/google" ] || [ ! -x "$CARGO_BIN/protoc" ]; then
+  log "installing protoc from the protoc-bin-vendored crate into $PROTOC_HOME"
+  (cd "$(dirname "$0")/.." && cargo fetch --quiet)
+  registry="${CARGO_HOME:-$HOME/.cargo}/registry/src"
+  case "$(uname -m)" in
+    x86_64) pkg="protoc-bin-vendored-linux-x86_64" ;;
+    aarch64) pkg="protoc-bin-vendored-linux-aarch_64" ;;
+    *) pkg="protoc-bin-vendored-linux-$(uname -m)" ;;
+  esac
+  crate_dir="$(find "$registry" -maxdepth 2 -type d -name "$pkg-*" 2>/dev/null | sort | tail -n 1)"
+  if [ -z "$crate_dir" ] || [ ! -x "$crate_dir/bin/protoc" ]; then
+    log "error: $pkg not found in $registry after cargo fetch"
+    exit 1
+  fi
+  rm -rf "$PROTOC_HOME"
+  mkdir -p "$PROTOC_HOME"
+  # protoc finds the well-known .proto files in ../include next to its binary.
+  cp -r "$crate_dir/bin" "$crate_dir/include" "$PROTOC_HOME/"
+  chmod 0755 "$PROTOC_HOME/bin/protoc"
+  rm -f "$CARGO_BIN/protoc"
+  printf '#!/bin/sh\nexec "%s/bin/protoc" "$@"\n' "$PROTOC_HOME" > "$CARGO_BIN/protoc"
+  chmod 0755 "$CARGO_BIN/protoc"
+fi
+
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   log "installing cargo-nextest"
   cargo install cargo-nextest --locked
 fi
-log "done: etcd=$(command -v etcd) tansu=$(command -v tansu)"
+log "done: etcd=$(command -v etcd) tansu=$(command -v tansu) protoc=$(command -v protoc)"

@@ -70,7 +70,13 @@ impl CollectorHandle {
 
     /// Stops every monitor (closing every client), then the actor system.
     pub async fn shutdown(&self) {
-        let _ = self.registry.send(StopAll).await;
+        let _ = self.registry.send(StopAll { refuse_new: true }).await;
         self.system.stop();
+    }
+
+    /// Self-fencing: stops every monitor and waits until every client is
+    /// closed, but keeps accepting assignments afterwards.
+    pub async fn fence(&self) {
+        let _ = self.registry.send(StopAll { refuse_new: false }).await;
     }
 }

@@ -57,10 +57,14 @@ pub struct Unassign(pub MonitorId);
 #[rtype(result = "Vec<RunningMonitor>")]
 pub struct ListRunning;
 
-/// Stop every monitor (closing every client) and refuse new ones.
+/// Stop every monitor (closing every client). With `refuse_new`, later
+/// Assigns are refused (shutdown); without it (self-fencing) the node keeps
+/// accepting once the manager assigns again.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct StopAll;
+pub struct StopAll {
+    pub refuse_new: bool,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunningMonitor {
@@ -171,8 +175,8 @@ impl Handler<ListRunning> for MonitorRegistry {
 impl Handler<StopAll> for MonitorRegistry {
     type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, _: StopAll, _: &mut Context<Self>) -> Self::Result {
-        self.shutting_down = true;
+    fn handle(&mut self, msg: StopAll, _: &mut Context<Self>) -> Self::Result {
+        self.shutting_down |= msg.refuse_new;
         let all: Vec<(MonitorId, Addr<MonitorActor>)> = self.running.drain().map(|(id, r)| (id, r.addr)).collect();
         let ids: Vec<MonitorId> = all.iter().map(|(id, _)| id.clone()).collect();
         let stops = futures::future::join_all(all.into_iter().map(|(_, addr)| stop_actor(addr)));

@@ -1,0 +1,103 @@
+//! A real etcd (Debian's etcd-server, v3.4) as a child process on free
+//! loopback ports with a private data directory, for coordination tests:
+//! it can be SIGKILLed, paused (SIGSTOP/SIGCONT) and restarted on the same
+//! data, and is killed on drop.
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{find_executable, free_port, poll::wait_for};
+
+pub struct EtcdServer {
+    child: Option<Child>,
+    pub client_port: u16,
+    peer_port: u16,
+    data: tempfile::TempDir,
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits until it accepts client connections.
+    pub fn start() -> EtcdServer {
+        let data = tempfile::tempdir().expect("etcd data dir");
+        let mut server = EtcdServer { child: None, client_port: free_port(), peer_port: free_port(), data };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let bin = find_executable("etcd").unwrap_or_else(|| panic!("etcd not found: run scripts/install-test-deps.sh"));
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new(bin)
+            .arg("--name=test")
+            .arg(format!("--data-dir={}", self.data.path().join("etcd").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=test={peer}"))
+            .arg("--log-level=error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn etcd");
+        self.child = Some(child);
+        let port = self.client_port;
+        wait_for(&format!("etcd on port {port}"), Duration::from_secs(20), || {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("etcd exited early with {status}");
+            }
+            TcpStream::connect(("127.0.0.1", port)).map(|_| ()).map_err(|e| e.to_string())
+        });
+    }
+
+    /// `http://127.0.0.1:PORT`, as the `--etcd` flag takes it.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("etcd running")
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid() as i32, sig);
+        }
+    }
+
+    /// Freezes etcd (SIGSTOP): connections stay open but nothing answers.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// SIGKILLs etcd and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data (after `kill`).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.resume();
+        }
+        self.kill();
+    }
+}
