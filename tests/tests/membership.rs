@@ -2,10 +2,11 @@
 //! leave, self-fencing while etcd is frozen (closing the monitors' Kafka
 //! clients before the lease can expire), re-registration, and etcd restarts.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kollector_collector::membership::{CollectorRecord, Membership, MembershipConfig, MembershipState};
 use kollector_collector::CollectorNode;
+use kollector_coordination::membership::{CollectorRecord, Membership, MembershipConfig, MembershipState};
 use kollector_core::{CollectorId, MonitorId, MonitorInput};
 use kollector_kafka::ClientOptions;
 use kollector_tests::etcd::EtcdServer;
@@ -91,11 +92,18 @@ async fn frozen_etcd_fences_before_the_lease_can_expire_then_registers_again() {
     let cfg = config(&etcd, "c2");
     let margin = cfg.margin();
     let key = cfg.key();
+    // When the fence started and when every client was closed.
+    let fence_times: Arc<Mutex<(Option<Instant>, Option<Instant>)>> = Arc::default();
+    let times = fence_times.clone();
     let m = Membership::start(
         cfg,
         Box::new(move || {
-            let n = fence_node.clone();
-            Box::pin(async move { n.fence().await })
+            let (n, times) = (fence_node.clone(), times.clone());
+            Box::pin(async move {
+                times.lock().unwrap().0 = Some(Instant::now());
+                n.fence().await;
+                times.lock().unwrap().1 = Some(Instant::now());
+            })
         }),
     );
     let state = m.state();
@@ -116,13 +124,21 @@ async fn frozen_etcd_fences_before_the_lease_can_expire_then_registers_again() {
     // Freeze etcd (a long GC pause on its side, or a partition).
     etcd.pause();
     let paused = Instant::now();
-    wait_state(&state, "fenced", 10, |s| matches!(s, MembershipState::Fenced { .. })).await;
-    let fenced_after = paused.elapsed();
+    let (started, done) = wait_for_async("the fence to complete", Duration::from_secs(10), || {
+        let t = *fence_times.lock().unwrap();
+        async move {
+            match t {
+                (Some(a), Some(b)) => Ok((a, b)),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
     // Fencing fires at (last successful keepalive send) + TTL − margin, and
     // that send happened before the pause.
+    let fenced_after = started - paused;
     assert!(fenced_after <= TTL - margin + Duration::from_millis(300), "fenced {fenced_after:?} after the pause");
-    wait_state(&state, "fence complete", 10, |s| matches!(s, MembershipState::Joining)).await;
-    let stopped_after = paused.elapsed();
+    let stopped_after = done - paused;
     assert!(stopped_after < TTL, "monitors must be stopped before the lease can expire: {stopped_after:?}");
     assert_eq!(kollector_kafka::live_clients(), 0, "every Kafka client closed by the fence");
     assert!(node.list_running().await.is_empty());

@@ -10,13 +10,10 @@
 //!   APIs and `/metrics`; writes from an older generation are refused.
 //! - `metrics.rs`: Prometheus text exposition rendered from the store.
 //! - `probe.rs`: a one-time collection with a temporary client.
-//! - `membership.rs`: cluster mode: the etcd lease, its keepalive and
-//!   self-fencing (stop every monitor before the lease can expire).
 //! - `node.rs`: runs the actors on their own actix system thread and hands a
 //!   `Send` handle to the tokio side (gRPC, HTTP).
 
 mod backoff;
-pub mod membership;
 pub mod metrics;
 mod monitor_actor;
 mod node;

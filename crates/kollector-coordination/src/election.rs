@@ -1,0 +1,183 @@
+//! Manager leader election through etcd's election API.
+//!
+//! Every manager campaigns on `<prefix>/manager/election` with its gRPC
+//! address as the value, under its own lease. The winner's leader key has a
+//! create revision that only grows from one leader to the next: that is the
+//! **leader term**, sent with every command and checked by collectors. Writes
+//! only the leader may make go through [`guarded_txn`], which compares the
+//! leader key's create revision, so a deposed leader (paused, partitioned)
+//! cannot write even if it still believes it leads.
+
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use tokio::sync::watch;
+use tokio::time::{timeout, Instant};
+
+use crate::keys::Keys;
+use crate::lease::{self, LeaseEnd};
+use crate::CoordinationError;
+
+#[derive(Clone, Debug)]
+pub struct ElectionConfig {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// Published as the election value: where the leader serves gRPC.
+    pub address: String,
+    /// The campaign lease's TTL: how long a dead leader holds the seat.
+    pub ttl: Duration,
+}
+
+/// Proof of leadership: the leader key and its create revision (the term).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderToken {
+    pub key: Vec<u8>,
+    pub term: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Leadership {
+    Follower,
+    Leader(LeaderToken),
+    Stopped,
+}
+
+/// A running candidacy.
+pub struct Election {
+    state: watch::Receiver<Leadership>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Election {
+    pub fn start(config: ElectionConfig) -> Election {
+        let (state_tx, state) = watch::channel(Leadership::Follower);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(config, state_tx, stop_rx));
+        Election { state, stop, task }
+    }
+
+    pub fn state(&self) -> watch::Receiver<Leadership> {
+        self.state.clone()
+    }
+
+    /// Stops at once without resigning or revoking, as a crash would: the
+    /// seat stays taken until the lease expires at etcd.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+
+    /// Resigns (if leading) and stops campaigning.
+    pub async fn leave(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn run(config: ElectionConfig, state: watch::Sender<Leadership>, mut stop: watch::Receiver<bool>) {
+    let keys = Keys::new(&config.prefix);
+    let ttl = config.ttl;
+    let mut retry = Duration::from_millis(200);
+    loop {
+        if *stop.borrow() {
+            let _ = state.send(Leadership::Stopped);
+            return;
+        }
+        let session = async {
+            let mut client = lease::connect(&config.endpoints, ttl).await?;
+            let (id, granted) = lease::grant(&mut client, ttl).await?;
+            Ok::<_, CoordinationError>((client, id, granted))
+        };
+        let (mut client, lease_id, granted) = match session.await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("election: cannot reach etcd: {e}; retrying in {retry:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = stop.changed() => {}
+                }
+                retry = (retry * 2).min(ttl / 3);
+                continue;
+            }
+        };
+        retry = Duration::from_millis(200);
+
+        // Campaign while keeping the lease alive; the campaign blocks while another leads.
+        let mut campaigner = client.clone();
+        let campaign = campaigner.campaign(keys.election(), config.address.clone(), lease_id);
+        let won = tokio::select! {
+            r = campaign => r.map_err(CoordinationError::from).and_then(|resp| {
+                resp.leader()
+                    .map(|l| LeaderToken { key: l.key().to_vec(), term: l.rev() })
+                    .ok_or_else(|| CoordinationError::Etcd("campaign returned no leader key".into()))
+            }),
+            end = lease::keep_alive(&mut client, lease_id, granted, ttl, &mut stop) => match end {
+                LeaseEnd::Stopped => {
+                    lease::revoke(&mut client, lease_id, ttl).await;
+                    let _ = state.send(Leadership::Stopped);
+                    return;
+                }
+                LeaseEnd::Lost(reason) => Err(CoordinationError::Etcd(format!("campaign lease lost: {reason}"))),
+            },
+        };
+        let token = match won {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("election: {e}; campaigning again");
+                lease::revoke(&mut client, lease_id, ttl).await;
+                continue;
+            }
+        };
+        tracing::info!(term = token.term, address = %config.address, "elected leader");
+        let _ = state.send(Leadership::Leader(token.clone()));
+        // The lease was valid when the campaign's write landed but may be near
+        // expiry: renew at once (the first keepalive must succeed within one call).
+        let must_renew_by = Instant::now() - ttl + lease::margin(ttl) + lease::call_timeout(ttl);
+        match lease::keep_alive(&mut client, lease_id, must_renew_by, ttl, &mut stop).await {
+            LeaseEnd::Stopped => {
+                let _ = timeout(
+                    lease::call_timeout(ttl),
+                    client.resign(Some(
+                        etcd_client::ResignOptions::new().with_leader(
+                            etcd_client::LeaderKey::new()
+                                .with_name(keys.election())
+                                .with_key(token.key.clone())
+                                .with_rev(token.term)
+                                .with_lease(lease_id),
+                        ),
+                    )),
+                )
+                .await;
+                lease::revoke(&mut client, lease_id, ttl).await;
+                let _ = state.send(Leadership::Stopped);
+                return;
+            }
+            LeaseEnd::Lost(reason) => {
+                tracing::warn!(term = token.term, "stepping down: {reason}");
+                let _ = state.send(Leadership::Follower);
+            }
+        }
+    }
+}
+
+/// Runs `ops` only if `token`'s leader key still exists with its create
+/// revision. Returns the revision of the write (the new epoch).
+pub async fn guarded_txn(client: &mut Client, token: &LeaderToken, ops: Vec<TxnOp>) -> Result<i64, CoordinationError> {
+    let txn =
+        Txn::new().when([Compare::create_revision(token.key.clone(), CompareOp::Equal, token.term)]).and_then(ops);
+    let resp = client.txn(txn).await?;
+    if !resp.succeeded() {
+        return Err(CoordinationError::NotLeader);
+    }
+    Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
+}
+
+/// The current leader's address and term, if there is a leader.
+pub async fn current_leader(client: &mut Client, keys: &Keys) -> Result<Option<(String, i64)>, CoordinationError> {
+    match client.leader(keys.election()).await {
+        Ok(resp) => Ok(resp.kv().map(|kv| (kv.value_str().unwrap_or_default().to_string(), kv.create_revision()))),
+        // etcd answers "election: no leader" as an error.
+        Err(e) if e.to_string().contains("no leader") => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}

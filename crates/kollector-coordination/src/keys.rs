@@ -1,0 +1,69 @@
+//! The etcd key layout. One place, so every reader and writer agrees.
+//!
+//! | key | value | lifetime |
+//! |---|---|---|
+//! | `<prefix>/collectors/<id>` | JSON `CollectorRecord` | the collector's lease |
+//! | `<prefix>/monitors/<id>` | JSON `MonitorSpec` (desired state) | durable |
+//! | `<prefix>/assignments/<id>` | JSON `Assignment` (`collector`, `epoch`) | durable, leader-written |
+//! | `<prefix>/manager/election` | etcd election; value = leader's gRPC address | the leader's lease |
+
+/// Default key prefix.
+pub const DEFAULT_PREFIX: &str = "/kollector";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys::new(DEFAULT_PREFIX)
+    }
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys { prefix: prefix.trim_end_matches('/').to_string() }
+    }
+    pub fn collectors(&self) -> String {
+        format!("{}/collectors/", self.prefix)
+    }
+    pub fn collector(&self, id: &str) -> String {
+        format!("{}{id}", self.collectors())
+    }
+    pub fn monitors(&self) -> String {
+        format!("{}/monitors/", self.prefix)
+    }
+    pub fn monitor(&self, id: &str) -> String {
+        format!("{}{id}", self.monitors())
+    }
+    pub fn assignments(&self) -> String {
+        format!("{}/assignments/", self.prefix)
+    }
+    pub fn assignment(&self, id: &str) -> String {
+        format!("{}{id}", self.assignments())
+    }
+    pub fn election(&self) -> String {
+        format!("{}/manager/election", self.prefix)
+    }
+    /// The id at the end of `key` under `dir` (one of the directory keys above).
+    pub fn id_in<'a>(&self, dir: &str, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(dir).filter(|id| !id.is_empty() && !id.contains('/'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() {
+        let k = Keys::new("/kollector/");
+        assert_eq!(k.collector("c1"), "/kollector/collectors/c1");
+        assert_eq!(k.monitor("m"), "/kollector/monitors/m");
+        assert_eq!(k.assignment("m"), "/kollector/assignments/m");
+        assert_eq!(k.election(), "/kollector/manager/election");
+        assert_eq!(k.id_in(&k.monitors(), "/kollector/monitors/orders"), Some("orders"));
+        assert_eq!(k.id_in(&k.monitors(), "/kollector/monitors/"), None);
+    }
+}

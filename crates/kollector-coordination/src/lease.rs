@@ -1,0 +1,110 @@
+//! Leases: connect, grant, keep alive, notice the loss.
+//!
+//! etcd-client neither reconnects keepalive streams nor bounds calls in
+//! time, and a frozen etcd answers nothing. So every call here has a timeout,
+//! each keepalive round opens a fresh stream, and a lease counts as lost once
+//! `ttl − margin` passes without a successful keepalive, measured from when
+//! that keepalive was *sent* (the server may have renewed it any time after).
+
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+use tokio::sync::watch;
+use tokio::time::{timeout, Instant};
+
+use crate::CoordinationError;
+
+/// Bound on any single etcd call, for a lease of `ttl`.
+pub fn call_timeout(ttl: Duration) -> Duration {
+    (ttl / 3).max(Duration::from_millis(500))
+}
+
+/// How long before expiry a lease holder must consider it lost: a fifth of
+/// the TTL, at least 1 s, at most half the TTL.
+pub fn margin(ttl: Duration) -> Duration {
+    (ttl / 5).max(Duration::from_secs(1)).min(ttl / 2)
+}
+
+/// Connects to etcd with bounded connect and request times.
+pub async fn connect(endpoints: &[String], ttl: Duration) -> Result<Client, CoordinationError> {
+    let t = call_timeout(ttl);
+    let options = ConnectOptions::new().with_connect_timeout(t).with_timeout(t).with_keep_alive(t, t);
+    timeout(t * 2, Client::connect(endpoints, Some(options)))
+        .await
+        .map_err(|_| CoordinationError::Timeout("connect"))?
+        .map_err(CoordinationError::from)
+}
+
+/// Grants a lease of `ttl`; returns its id and when the grant was sent.
+pub async fn grant(client: &mut Client, ttl: Duration) -> Result<(i64, Instant), CoordinationError> {
+    let sent = Instant::now();
+    let lease = timeout(call_timeout(ttl), client.lease_grant(ttl.as_secs().max(1) as i64, None))
+        .await
+        .map_err(|_| CoordinationError::Timeout("lease grant"))??
+        .id();
+    Ok((lease, sent))
+}
+
+/// Best-effort revoke (leaving cleanly makes others react at once).
+pub async fn revoke(client: &mut Client, lease: i64, ttl: Duration) {
+    let _ = timeout(call_timeout(ttl), client.lease_revoke(lease)).await;
+}
+
+/// One keepalive round trip on a fresh stream. Returns the TTL etcd reports
+/// (≤ 0: the lease no longer exists).
+async fn keep_alive_once(client: &mut Client, lease: i64) -> Result<i64, String> {
+    let (mut keeper, mut stream) = client.lease_keep_alive(lease).await.map_err(|e| e.to_string())?;
+    keeper.keep_alive().await.map_err(|e| e.to_string())?;
+    match stream.message().await {
+        Ok(Some(resp)) => Ok(resp.ttl()),
+        Ok(None) => Err("keepalive stream closed".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// How keeping a lease ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEnd {
+    /// Consider the lease gone: stop acting on it (fence, step down).
+    Lost(String),
+    /// `stop` fired; the lease was not revoked (the caller decides).
+    Stopped,
+}
+
+/// Keeps `lease` alive every `ttl/3` until it is lost or `stop` fires.
+/// `granted` is when the grant (or last renewal) was sent.
+pub async fn keep_alive(
+    client: &mut Client,
+    lease: i64,
+    granted: Instant,
+    ttl: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> LeaseEnd {
+    let t = call_timeout(ttl);
+    let mut last_ok = granted;
+    let mut tick = tokio::time::interval(ttl / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if *stop.borrow() {
+            return LeaseEnd::Stopped;
+        }
+        let lost_at = last_ok + ttl - margin(ttl);
+        tokio::select! {
+            _ = tokio::time::sleep_until(lost_at) => {
+                return LeaseEnd::Lost(format!("no successful keepalive for {:?} (lease TTL {ttl:?})", Instant::now() - last_ok));
+            }
+            _ = stop.changed() => return LeaseEnd::Stopped,
+            _ = tick.tick() => {
+                let sent = Instant::now();
+                // Also bounded by the loss deadline, so a hung call cannot delay it.
+                let limit = t.min(lost_at.saturating_duration_since(sent));
+                match timeout(limit, keep_alive_once(client, lease)).await {
+                    Ok(Ok(left)) if left > 0 => last_ok = sent,
+                    Ok(Ok(_)) => return LeaseEnd::Lost("the lease expired at etcd".into()),
+                    Ok(Err(e)) => tracing::warn!(lease, "keepalive failed: {e}"),
+                    Err(_) => tracing::warn!(lease, "keepalive timed out"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Collector membership in etcd: the lease, its keepalive, and self-fencing.
+//!
+//! A collector is alive while `<prefix>/collectors/<id>` exists; the key is
+//! attached to a lease of `ttl` that this module keeps alive every `ttl/3`.
+//! Every etcd call is bounded by a timeout, because a paused or partitioned
+//! etcd answers nothing rather than an error.
+//!
+//! Self-fencing: if no keepalive has succeeded for `ttl − margin` (counted
+//! from when the last successful keepalive was *sent*, as etcd's Go client
+//! does), the collector stops every monitor and closes its clients *before*
+//! the lease can expire at etcd. So by the time the manager sees the key
+//! vanish and reassigns the monitors elsewhere, this node has already
+//! stopped: two owners never collect at once (guarantee G5). Afterwards it
+//! registers again with a fresh lease and starts empty, waiting for the
+//! manager.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use etcd_client::{Client, PutOptions};
+use kollector_core::CollectorId;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::{timeout, Instant};
+
+use crate::keys::Keys;
+use crate::lease::{self, LeaseEnd};
+use crate::CoordinationError;
+
+/// What a collector publishes about itself under its key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CollectorRecord {
+    pub grpc_address: String,
+    pub http_address: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Relative capacity for the planner (1.0 = typical).
+    pub weight: f64,
+    pub version: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct MembershipConfig {
+    pub endpoints: Vec<String>,
+    /// Key prefix, default `/kollector`.
+    pub prefix: String,
+    pub id: CollectorId,
+    pub record: CollectorRecord,
+    /// Lease TTL (whole seconds; etcd's minimum is about 2 s).
+    pub ttl: Duration,
+}
+
+impl MembershipConfig {
+    pub fn key(&self) -> String {
+        Keys::new(&self.prefix).collector(self.id.as_str())
+    }
+
+    /// Fence this long before the lease would expire.
+    pub fn margin(&self) -> Duration {
+        lease::margin(self.ttl)
+    }
+}
+
+/// Where this collector stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipState {
+    /// Not registered yet (or re-registering after a fence).
+    Joining,
+    Registered {
+        lease: i64,
+    },
+    /// Monitors stopped because the lease could not be kept alive.
+    Fenced {
+        reason: String,
+    },
+    Stopped,
+}
+
+/// Called to stop every monitor; resolves when their clients are closed.
+pub type FenceFn = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// A running membership; dropping it does not revoke the lease, `leave` does.
+pub struct Membership {
+    state: watch::Receiver<MembershipState>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Membership {
+    /// Starts registering and keeping the lease alive in the background.
+    pub fn start(config: MembershipConfig, fence: FenceFn) -> Membership {
+        let (state_tx, state) = watch::channel(MembershipState::Joining);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(config, fence, state_tx, stop_rx));
+        Membership { state, stop, task }
+    }
+
+    pub fn state(&self) -> watch::Receiver<MembershipState> {
+        self.state.clone()
+    }
+
+    /// Revokes the lease (the key disappears at once) and stops.
+    pub async fn leave(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Connects, grants a lease and writes the key on it.
+async fn register(config: &MembershipConfig) -> Result<(Client, i64, Instant), CoordinationError> {
+    let mut client = lease::connect(&config.endpoints, config.ttl).await?;
+    let (id, granted) = lease::grant(&mut client, config.ttl).await?;
+    let value = serde_json::to_string(&config.record).map_err(|e| CoordinationError::Etcd(e.to_string()))?;
+    timeout(lease::call_timeout(config.ttl), client.put(config.key(), value, Some(PutOptions::new().with_lease(id))))
+        .await
+        .map_err(|_| CoordinationError::Timeout("put"))??;
+    Ok((client, id, granted))
+}
+
+async fn run(
+    config: MembershipConfig,
+    fence: FenceFn,
+    state: watch::Sender<MembershipState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let ttl = config.ttl;
+    let mut retry = Duration::from_millis(200);
+    loop {
+        // Register (again), retrying with backoff until etcd answers.
+        let (mut client, lease_id, granted) = loop {
+            if *stop.borrow() {
+                let _ = state.send(MembershipState::Stopped);
+                return;
+            }
+            match register(&config).await {
+                Ok(r) => break r,
+                Err(e) => {
+                    tracing::warn!(collector = %config.id, "registering in etcd failed: {e}; retrying in {retry:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry) => {}
+                        _ = stop.changed() => {}
+                    }
+                    retry = (retry * 2).min(ttl / 3);
+                }
+            }
+        };
+        retry = Duration::from_millis(200);
+        tracing::info!(collector = %config.id, lease = lease_id, "registered in etcd");
+        let _ = state.send(MembershipState::Registered { lease: lease_id });
+
+        match lease::keep_alive(&mut client, lease_id, granted, ttl, &mut stop).await {
+            LeaseEnd::Stopped => {
+                // Leaving cleanly: revoke so the manager reacts at once.
+                lease::revoke(&mut client, lease_id, ttl).await;
+                let _ = state.send(MembershipState::Stopped);
+                return;
+            }
+            LeaseEnd::Lost(reason) => {
+                tracing::warn!(collector = %config.id, "fencing: {reason}; stopping every monitor");
+                let _ = state.send(MembershipState::Fenced { reason });
+                fence().await;
+                tracing::info!(collector = %config.id, "fenced: every monitor stopped; registering again");
+                let _ = state.send(MembershipState::Joining);
+            }
+        }
+    }
+}
