@@ -5,7 +5,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY of set_var: build scripts are single-threaded at this point.
     std::env::set_var("PROTOC", protoc);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["kollector/v1/monitor.proto", "kollector/v1/manager.proto"].map(|f| root.join(f));
+    let files = ["kollector/v1/monitor.proto", "kollector/v1/manager.proto", "kollector/v1/collector.proto"]
+        .map(|f| root.join(f));
     tonic_prost_build::configure().compile_protos(&files, std::slice::from_ref(&root))?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())

@@ -52,11 +52,46 @@ impl KollectorProcess {
         );
         let config_path = dir.path().join("kollector.toml");
         std::fs::write(&config_path, config).expect("write config");
+        let args = vec!["standalone".to_string(), "--config".into(), config_path.display().to_string()];
+        Self::spawn(dir, args, grpc_port, http_port, config_path)
+    }
+
+    /// Starts `kollector manager` against `etcd` with a 3 s election TTL.
+    pub fn manager(etcd: &str) -> KollectorProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (grpc_port, http_port) = (free_port(), free_port());
+        let args = vec![
+            "manager".to_string(),
+            format!("--etcd={etcd}"),
+            format!("--grpc-listen=127.0.0.1:{grpc_port}"),
+            format!("--http-listen=127.0.0.1:{http_port}"),
+            "--election-ttl=3s".into(),
+            "--reconcile-period=500ms".into(),
+        ];
+        let path = dir.path().to_path_buf();
+        Self::spawn(dir, args, grpc_port, http_port, path)
+    }
+
+    /// Starts `kollector collector --id id` against `etcd` with a 3 s lease.
+    pub fn collector(etcd: &str, id: &str) -> KollectorProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (grpc_port, http_port) = (free_port(), free_port());
+        let args = vec![
+            "collector".to_string(),
+            format!("--etcd={etcd}"),
+            format!("--id={id}"),
+            format!("--grpc-listen=127.0.0.1:{grpc_port}"),
+            format!("--http-listen=127.0.0.1:{http_port}"),
+            "--lease-ttl=3s".into(),
+        ];
+        let path = dir.path().to_path_buf();
+        Self::spawn(dir, args, grpc_port, http_port, path)
+    }
+
+    fn spawn(dir: tempfile::TempDir, args: Vec<String>, grpc_port: u16, http_port: u16, config_path: PathBuf) -> Self {
         let log = std::fs::File::create(dir.path().join("kollector.log")).expect("log file");
         let child = Command::new(kollector_bin())
-            .arg("standalone")
-            .arg("--config")
-            .arg(&config_path)
+            .args(&args)
             .env("KOLLECTOR_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -66,11 +101,35 @@ impl KollectorProcess {
         let mut p = KollectorProcess { child: Some(child), grpc_port, http_port, _dir: dir, config_path };
         wait_for("kollector /healthz", Duration::from_secs(30), || {
             if let Some(status) = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("kollector exited early with {status}; log:\n{}", p.log());
+                panic!("kollector {args:?} exited early with {status}; log:\n{}", p.log());
             }
             p.http_get("/healthz").map(|_| ())
         });
         p
+    }
+
+    /// SIGKILLs the process (a crash) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid() as i32, sig);
+        }
+    }
+
+    /// Freezes the process (SIGSTOP), like a long GC pause.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
     }
 
     pub fn pid(&self) -> u32 {
@@ -121,6 +180,9 @@ impl KollectorProcess {
 
 impl Drop for KollectorProcess {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            self.resume();
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

@@ -10,19 +10,24 @@
 //!   APIs and `/metrics`; writes from an older generation are refused.
 //! - `metrics.rs`: Prometheus text exposition rendered from the store.
 //! - `probe.rs`: a one-time collection with a temporary client.
+//! - `service.rs`, `fencing.rs`: cluster mode: the gRPC CollectorService the
+//!   manager drives, refusing stale commands by their fencing tokens.
 //! - `node.rs`: runs the actors on their own actix system thread and hands a
 //!   `Send` handle to the tokio side (gRPC, HTTP).
 
 mod backoff;
+pub mod fencing;
 pub mod metrics;
 mod monitor_actor;
 mod node;
 mod probe;
 mod registry;
+mod service;
 mod store;
 
 pub use monitor_actor::MonitorActor;
 pub use node::{CollectorHandle, CollectorNode};
 pub use probe::probe;
 pub use registry::{AssignOutcome, MonitorRegistry, RegistryError, RunningMonitor};
+pub use service::CollectorServiceImpl;
 pub use store::{MonitorEntry, ResultStore};

@@ -24,13 +24,29 @@ use crate::store::{MonitorEntry, ResultStore};
 
 type Labels = Vec<(&'static str, String)>;
 
-/// Extra process-level gauges a caller adds (e.g. the manager's own).
-pub type ExtraGauges = Vec<(&'static str, &'static str, i64)>;
+/// A process-level metric a caller adds (e.g. the manager's own).
+#[derive(Clone, Debug)]
+pub struct Extra {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub value: f64,
+    /// A counter (exposed with `_total`) rather than a gauge.
+    pub counter: bool,
+}
+
+/// Extra process-level metrics.
+pub type ExtraGauges = Vec<Extra>;
 
 /// Renders the store as Prometheus text (format 0.0.4).
 pub fn render(store: &ResultStore, extra: ExtraGauges) -> String {
+    render_entries(store.all(), extra, true)
+}
+
+/// Renders given entries (the manager builds them from collectors' results).
+/// `local_clients` adds this process's open Kafka client count.
+pub fn render_entries(entries: Vec<MonitorEntry>, extra: ExtraGauges, local_clients: bool) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(StoreCollector { entries: store.all(), extra }));
+    registry.register_collector(Box::new(StoreCollector { entries, extra, local_clients }));
     let mut out = String::new();
     // Writing to a String cannot fail; an encoder error would be a bug in label data.
     if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry) {
@@ -43,6 +59,7 @@ pub fn render(store: &ResultStore, extra: ExtraGauges) -> String {
 struct StoreCollector {
     entries: Vec<MonitorEntry>,
     extra: ExtraGauges,
+    local_clients: bool,
 }
 
 fn gauges<N>(enc: &mut DescriptorEncoder, name: &str, help: &str, samples: Vec<(Labels, N)>) -> fmt::Result
@@ -275,20 +292,26 @@ impl StoreCollector {
         let per = |f: &dyn Fn(&MonitorEntry) -> Option<f64>| -> Vec<(Labels, f64)> {
             self.entries.iter().filter_map(|e| f(e).map(|v| (m(e), v))).collect()
         };
-        gauges(
-            enc,
-            "kollector_kafka_clients",
-            "Kafka clients currently open in this process (one per running monitor, plus probes in progress).",
-            vec![(Labels::new(), kollector_kafka::live_clients())],
-        )?;
+        if self.local_clients {
+            gauges(
+                enc,
+                "kollector_kafka_clients",
+                "Kafka clients currently open in this process (one per running monitor, plus probes in progress).",
+                vec![(Labels::new(), kollector_kafka::live_clients())],
+            )?;
+        }
         gauges(
             enc,
             "kollector_monitors",
-            "Monitors running in this process.",
+            "Monitors with a result here.",
             vec![(Labels::new(), self.entries.len() as i64)],
         )?;
-        for (name, help, value) in &self.extra {
-            gauges(enc, name, help, vec![(Labels::new(), *value)])?;
+        for x in &self.extra {
+            if x.counter {
+                counters(enc, x.name, x.help, vec![(Labels::new(), x.value as u64)])?;
+            } else {
+                gauges(enc, x.name, x.help, vec![(Labels::new(), x.value)])?;
+            }
         }
         gauges(
             enc,

@@ -45,9 +45,17 @@ impl MonitorEntry {
 }
 
 /// Shared, cheaply cloneable handle to the results of all monitors.
-#[derive(Clone, Default, Debug)]
+#[derive(Clone, Debug)]
 pub struct ResultStore {
     inner: Arc<RwLock<HashMap<MonitorId, MonitorEntry>>>,
+    /// Announces every change of an entry (for result streams).
+    changes: tokio::sync::broadcast::Sender<MonitorId>,
+}
+
+impl Default for ResultStore {
+    fn default() -> Self {
+        ResultStore { inner: Arc::default(), changes: tokio::sync::broadcast::channel(1024).0 }
+    }
 }
 
 pub(crate) fn unix_ms() -> u64 {
@@ -104,14 +112,26 @@ impl ResultStore {
     /// Applies `f` to the entry of `id` if it still belongs to `generation`.
     /// Returns false (and changes nothing) for a stale writer.
     pub(crate) fn update(&self, id: &MonitorId, generation: Generation, f: impl FnOnce(&mut MonitorEntry)) -> bool {
-        let mut map = self.write();
-        match map.get_mut(id) {
-            Some(e) if e.spec.generation == generation => {
-                f(e);
-                true
+        let updated = {
+            let mut map = self.write();
+            match map.get_mut(id) {
+                Some(e) if e.spec.generation == generation => {
+                    f(e);
+                    true
+                }
+                _ => false,
             }
-            _ => false,
+        };
+        if updated {
+            // No subscribers is fine: nobody is streaming results.
+            let _ = self.changes.send(id.clone());
         }
+        updated
+    }
+
+    /// Ids of entries as they change, from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<MonitorId> {
+        self.changes.subscribe()
     }
 
     pub fn get(&self, id: &MonitorId) -> Option<MonitorEntry> {

@@ -43,6 +43,10 @@ impl Keys {
     pub fn assignment(&self, id: &str) -> String {
         format!("{}{id}", self.assignments())
     }
+    /// Drain marks: a collector listed here keeps running but gets no monitors.
+    pub fn draining(&self) -> String {
+        format!("{}/draining/", self.prefix)
+    }
     pub fn election(&self) -> String {
         format!("{}/manager/election", self.prefix)
     }

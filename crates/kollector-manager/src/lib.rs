@@ -11,8 +11,13 @@
 //!   pure function tested apart from any I/O.
 
 mod catalog;
+mod cluster_service;
+pub mod cluster_store;
+pub mod intake;
 pub mod planner;
+pub mod reconciler;
 mod service;
 
 pub use catalog::{CatalogError, MonitorCatalog};
+pub use cluster_service::ClusterManagerService;
 pub use service::{BackendError, LatestResult, ManagerServiceImpl, MonitorBackend};

@@ -182,6 +182,24 @@ impl<B: MonitorBackend> ManagerService for ManagerServiceImpl<B> {
         Ok(Response::new(response))
     }
 
+    async fn list_collectors(
+        &self,
+        _: Request<pb::ListCollectorsRequest>,
+    ) -> Result<Response<pb::ListCollectorsResponse>, Status> {
+        Err(Status::failed_precondition("standalone mode has no collectors; ListCollectors is for cluster mode"))
+    }
+
+    async fn get_assignments(
+        &self,
+        _: Request<pb::GetAssignmentsRequest>,
+    ) -> Result<Response<pb::GetAssignmentsResponse>, Status> {
+        Err(Status::failed_precondition("standalone mode has no assignments; GetAssignments is for cluster mode"))
+    }
+
+    async fn drain(&self, _: Request<pb::DrainRequest>) -> Result<Response<pb::DrainResponse>, Status> {
+        Err(Status::failed_precondition("standalone mode has no collectors to drain; Drain is for cluster mode"))
+    }
+
     async fn get_latest(&self, req: Request<pb::GetLatestRequest>) -> Result<Response<pb::GetLatestResponse>, Status> {
         let wanted = req.into_inner().monitor_id;
         let catalog = self.catalog.lock().await;

@@ -127,6 +127,31 @@ pub fn status_to_proto(s: &core::MonitorStatus) -> v1::MonitorStatus {
     }
 }
 
+/// A status from the wire (the manager reading collectors' results).
+pub fn status_from_proto(s: &v1::MonitorStatus) -> core::MonitorStatus {
+    let state = match s.state() {
+        v1::MonitorState::Running => core::MonitorState::Running,
+        v1::MonitorState::Degraded => core::MonitorState::Degraded,
+        v1::MonitorState::Failing => core::MonitorState::Failing,
+        v1::MonitorState::Failed => core::MonitorState::Failed,
+        v1::MonitorState::Stopped => core::MonitorState::Stopped,
+        v1::MonitorState::Starting | v1::MonitorState::Unspecified => core::MonitorState::Starting,
+    };
+    core::MonitorStatus {
+        state,
+        reason: s.reason.clone(),
+        consecutive_failures: s.consecutive_failures,
+        restarts: s.restarts,
+        pinned_cluster_id: s.pinned_cluster_id.clone(),
+    }
+}
+
+/// An error from the wire; an unknown kind reads as a Kafka error.
+pub fn error_from_proto(e: &v1::CollectError) -> core::CollectError {
+    let kind = core::ErrorKind::ALL.into_iter().find(|k| k.as_str() == e.kind).unwrap_or(core::ErrorKind::Kafka);
+    core::CollectError::new(kind, e.message.clone())
+}
+
 pub fn snapshot_to_proto(s: &core::Snapshot) -> v1::Snapshot {
     v1::Snapshot {
         monitor_id: s.monitor.to_string(),

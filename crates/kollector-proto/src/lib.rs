@@ -13,6 +13,6 @@ pub mod v1 {
 mod convert;
 
 pub use convert::{
-    input_from_proto, input_to_proto, monitor_view, result_to_proto, snapshot_from_proto, snapshot_to_proto,
-    status_to_proto,
+    error_from_proto, input_from_proto, input_to_proto, monitor_view, result_to_proto, snapshot_from_proto,
+    snapshot_to_proto, status_from_proto, status_to_proto,
 };

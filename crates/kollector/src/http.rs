@@ -1,6 +1,9 @@
 //! The HTTP side: `/metrics` (Prometheus text) and `/healthz`.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -8,19 +11,30 @@ use axum::routing::get;
 use axum::Router;
 use kollector_collector::ResultStore;
 
-/// Binds `addr` and serves until `shutdown` resolves.
+/// Produces the `/metrics` body on each scrape.
+pub type Render = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
+
+/// `/metrics` of the monitors running in this process.
+pub fn local(store: ResultStore) -> Render {
+    Arc::new(move || {
+        let store = store.clone();
+        Box::pin(async move { kollector_collector::metrics::render(&store, Vec::new()) })
+    })
+}
+
+/// Serves until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    store: ResultStore,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    render: Render,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route(
             "/metrics",
             get(move || {
-                let store = store.clone();
+                let render = render.clone();
                 async move {
-                    let body = kollector_collector::metrics::render(&store, Vec::new());
+                    let body = render().await;
                     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
                 }
             }),

@@ -3,8 +3,11 @@
 //! in `kollector-collector` (monitors), `kollector-manager` (API) and
 //! `kollector-kafka` (collection).
 
+mod cluster_cli;
+mod collector_node;
 mod demo;
 mod http;
+mod manager_node;
 mod monitor_cli;
 mod standalone;
 
@@ -37,8 +40,16 @@ enum Command {
         #[arg(long)]
         grpc_listen: Option<SocketAddr>,
     },
+    /// Cluster mode: run a manager (any number; one leads through etcd).
+    Manager(Box<manager_node::ManagerArgs>),
+    /// Cluster mode: run a collector node (registers in etcd under a lease).
+    Collector(Box<collector_node::CollectorArgs>),
     /// Create, change, inspect and test monitors on a running node.
     Monitor(Box<monitor_cli::MonitorArgs>),
+    /// Cluster mode: list collectors, or drain one before maintenance.
+    Collectors(cluster_cli::CollectorsArgs),
+    /// Cluster mode: leader, collectors with their load, monitors with owner, epoch and health.
+    Status(cluster_cli::StatusArgs),
     /// Start two local tansu Kafka brokers with live traffic and a lagging
     /// consumer group, and run standalone mode against them.
     Demo(demo::DemoArgs),
@@ -72,6 +83,10 @@ fn main() -> ExitCode {
                 standalone::run(standalone::Options { config, http_listen, grpc_listen }).await
             }
             Command::Monitor(args) => monitor_cli::run(*args).await,
+            Command::Manager(args) => manager_node::run(*args).await,
+            Command::Collector(args) => collector_node::run(*args).await,
+            Command::Collectors(args) => cluster_cli::collectors(args).await,
+            Command::Status(args) => cluster_cli::status(args).await,
             Command::Demo(args) => demo::run(args).await,
         }
     });

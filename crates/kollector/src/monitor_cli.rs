@@ -160,7 +160,7 @@ impl SpecArgs {
     }
 }
 
-async fn connect(server: &str) -> anyhow::Result<ManagerServiceClient<Channel>> {
+pub(crate) async fn connect(server: &str) -> anyhow::Result<ManagerServiceClient<Channel>> {
     let endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
         .map_err(|e| anyhow!("--server {server:?} is not a valid URL: {e}"))?
         .connect_timeout(std::time::Duration::from_secs(5));
@@ -168,7 +168,7 @@ async fn connect(server: &str) -> anyhow::Result<ManagerServiceClient<Channel>> 
     Ok(ManagerServiceClient::new(channel))
 }
 
-fn status_error(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow!("{}: {}", code_name(s.code()), s.message())
 }
 
@@ -255,7 +255,7 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn state_name(s: Option<&pb::MonitorStatus>) -> &'static str {
+pub(crate) fn state_name(s: Option<&pb::MonitorStatus>) -> &'static str {
     let state = s.map(|s| s.state()).unwrap_or(pb::MonitorState::Unspecified);
     match state {
         pb::MonitorState::Unspecified => "unknown",
@@ -368,7 +368,7 @@ fn snapshot_json(s: &pb::Snapshot) -> serde_json::Value {
     })
 }
 
-fn ago(ms: u64) -> String {
+pub(crate) fn ago(ms: u64) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     if ms == 0 {
         return "never".into();

@@ -110,7 +110,7 @@ impl Standalone {
         let store = node.store().clone();
         let http_shutdown = wait(rx);
         let http_task = tokio::spawn(async move {
-            if let Err(e) = http::serve(http_listener, store, http_shutdown).await {
+            if let Err(e) = http::serve(http_listener, http::local(store), http_shutdown).await {
                 tracing::error!("HTTP server failed: {e}");
             }
         });

@@ -1,0 +1,88 @@
+//! Fencing tokens: refuse commands older than what this collector has seen.
+//!
+//! Every Assign/Unassign carries `(generation, epoch, leader_term)`. A command
+//! from an older leader term, or for an older assignment epoch of a monitor
+//! (or an older generation within the same epoch), is stale: a deposed or
+//! delayed manager sent it after a newer one acted, and obeying it would undo
+//! the newer decision. Pure bookkeeping, no I/O.
+
+use std::collections::HashMap;
+
+use kollector_core::{Epoch, Generation, MonitorId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Tokens {
+    pub generation: Generation,
+    pub epoch: Epoch,
+    pub leader_term: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct FencingBook {
+    max_term: i64,
+    seen: HashMap<MonitorId, Tokens>,
+}
+
+impl FencingBook {
+    /// Why `tokens` for `id` are stale, if they are.
+    pub fn check(&self, id: &MonitorId, tokens: Tokens) -> Result<(), String> {
+        if tokens.leader_term < self.max_term {
+            return Err(format!(
+                "leader term {} is older than term {} already seen",
+                tokens.leader_term, self.max_term
+            ));
+        }
+        if let Some(seen) = self.seen.get(id) {
+            if tokens.epoch < seen.epoch {
+                return Err(format!("epoch {} of {id} is older than epoch {} already seen", tokens.epoch, seen.epoch));
+            }
+            if tokens.epoch == seen.epoch && tokens.generation < seen.generation {
+                return Err(format!(
+                    "generation {} of {id} is older than generation {} already seen",
+                    tokens.generation, seen.generation
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records accepted tokens.
+    pub fn record(&mut self, id: &MonitorId, tokens: Tokens) {
+        self.max_term = self.max_term.max(tokens.leader_term);
+        self.seen.insert(id.clone(), tokens);
+    }
+
+    /// The epoch under which `id` was last assigned here.
+    pub fn epoch(&self, id: &MonitorId) -> Epoch {
+        self.seen.get(id).map(|t| t.epoch).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(generation: u64, epoch: u64, leader_term: i64) -> Tokens {
+        Tokens { generation, epoch, leader_term }
+    }
+
+    #[test]
+    fn newer_tokens_pass_and_older_ones_are_refused() {
+        let id = MonitorId::new("m").unwrap();
+        let other = MonitorId::new("o").unwrap();
+        let mut book = FencingBook::default();
+        assert!(book.check(&id, t(1, 10, 5)).is_ok());
+        book.record(&id, t(1, 10, 5));
+        assert!(book.check(&id, t(1, 10, 5)).is_ok(), "a retry of the same command is fine");
+        assert!(book.check(&id, t(2, 10, 5)).is_ok(), "a new generation in the same epoch");
+        assert!(book.check(&id, t(1, 12, 5)).is_ok(), "a newer epoch");
+        assert!(book.check(&id, t(1, 9, 5)).unwrap_err().contains("epoch 9"));
+        assert!(book.check(&id, t(1, 10, 4)).unwrap_err().contains("leader term 4"));
+        book.record(&id, t(3, 10, 5));
+        assert!(book.check(&id, t(2, 10, 5)).unwrap_err().contains("generation 2"));
+        // The term is global: an old leader is refused for every monitor.
+        assert!(book.check(&other, t(1, 50, 4)).is_err());
+        assert_eq!(book.epoch(&id), 10);
+        assert_eq!(book.epoch(&other), 0);
+    }
+}

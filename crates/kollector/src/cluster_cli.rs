@@ -1,0 +1,111 @@
+//! `kollector collectors …` and `kollector status`: the cluster at a glance.
+
+use std::collections::BTreeMap;
+
+use clap::{Args, Subcommand};
+use kollector_proto::v1::{self as pb};
+
+use crate::monitor_cli::{ago, connect, state_name, status_error, DEFAULT_SERVER};
+
+#[derive(Args)]
+pub struct CollectorsArgs {
+    /// ManagerService address of any manager.
+    #[arg(long, global = true, env = "KOLLECTOR_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+    #[command(subcommand)]
+    command: CollectorsCommand,
+}
+
+#[derive(Subcommand)]
+enum CollectorsCommand {
+    /// Live collectors with their load.
+    List,
+    /// Move every monitor off a collector (before maintenance); --undo lets it take monitors again.
+    Drain {
+        id: String,
+        #[arg(long)]
+        undo: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// ManagerService address of any manager.
+    #[arg(long, env = "KOLLECTOR_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+}
+
+pub async fn collectors(args: CollectorsArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.server).await?;
+    match args.command {
+        CollectorsCommand::List => {
+            let r = client.list_collectors(pb::ListCollectorsRequest {}).await.map_err(status_error)?.into_inner();
+            print_collectors(&r);
+        }
+        CollectorsCommand::Drain { id, undo } => {
+            client.drain(pb::DrainRequest { collector_id: id.clone(), undo }).await.map_err(status_error)?;
+            if undo {
+                println!("{id} takes monitors again");
+            } else {
+                println!("{id} is draining: its monitors move to other collectors within a reconcile period");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_collectors(r: &pb::ListCollectorsResponse) {
+    if r.leader_address.is_empty() {
+        println!("leader: none");
+    } else {
+        println!("leader: {} (term {})", r.leader_address, r.leader_term);
+    }
+    if r.collectors.is_empty() {
+        println!("no live collectors");
+        return;
+    }
+    println!("{:<20} {:>8} {:>6} {:<9} {:<22} HTTP", "COLLECTOR", "MONITORS", "WEIGHT", "STATE", "GRPC");
+    for c in &r.collectors {
+        println!(
+            "{:<20} {:>8} {:>6} {:<9} {:<22} {}",
+            c.id,
+            c.monitors,
+            c.weight,
+            if c.draining { "draining" } else { "active" },
+            c.grpc_address,
+            c.http_address
+        );
+    }
+}
+
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.server).await?;
+    let collectors = client.list_collectors(pb::ListCollectorsRequest {}).await.map_err(status_error)?.into_inner();
+    print_collectors(&collectors);
+    let assignments = client.get_assignments(pb::GetAssignmentsRequest {}).await.map_err(status_error)?.into_inner();
+    let latest =
+        client.get_latest(pb::GetLatestRequest { monitor_id: String::new() }).await.map_err(status_error)?.into_inner();
+    let results: BTreeMap<&str, &pb::MonitorResult> =
+        latest.results.iter().map(|r| (r.monitor_id.as_str(), r)).collect();
+    println!();
+    println!("{:<24} {:<20} {:>8} {:<10} {:<14} CLUSTER", "MONITOR", "COLLECTOR", "EPOCH", "STATE", "LAST RESULT");
+    let mut rows: Vec<(&str, &str, u64)> =
+        assignments.assignments.iter().map(|a| (a.monitor_id.as_str(), a.collector_id.as_str(), a.epoch)).collect();
+    rows.sort();
+    for (m, c, epoch) in rows {
+        let r = results.get(m);
+        println!(
+            "{:<24} {:<20} {:>8} {:<10} {:<14} {}",
+            m,
+            c,
+            epoch,
+            state_name(r.and_then(|r| r.status.as_ref())),
+            r.map(|r| ago(r.attempted_at_ms)).unwrap_or_else(|| "none yet".into()),
+            r.and_then(|r| r.snapshot.as_ref()).map(|s| s.cluster_id.as_str()).unwrap_or("-")
+        );
+    }
+    for (m, why) in &assignments.unplaced {
+        println!("{m:<24} {:<20} {:>8} {:<10} {why}", "-", "-", "waiting");
+    }
+    Ok(())
+}

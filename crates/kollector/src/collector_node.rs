@@ -1,0 +1,126 @@
+//! `kollector collector`: a collector node in cluster mode.
+//!
+//! Registers itself in etcd under a lease, serves CollectorService (the
+//! manager's commands) and `/metrics` for the monitors it owns, and fences
+//! itself (stops every monitor, closing its clients) when it cannot keep the
+//! lease alive. On restart with the same id it starts empty and waits for
+//! the manager.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use kollector_collector::{CollectorNode, CollectorServiceImpl};
+use kollector_coordination::membership::{CollectorRecord, Membership, MembershipConfig};
+use kollector_core::CollectorId;
+use kollector_kafka::ClientOptions;
+use kollector_proto::v1::collector_service_server::CollectorServiceServer;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::http;
+use crate::standalone::shutdown_signal;
+
+#[derive(Args)]
+pub struct CollectorArgs {
+    /// etcd endpoints, comma-separated (e.g. http://10.0.0.1:2379).
+    #[arg(long, env = "KOLLECTOR_ETCD", value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// This collector's id: stable across restarts (e.g. the host name).
+    #[arg(long, env = "KOLLECTOR_COLLECTOR_ID")]
+    id: String,
+    /// Where to serve CollectorService (the manager connects here).
+    #[arg(long, default_value = "127.0.0.1:7171")]
+    grpc_listen: SocketAddr,
+    /// Where to serve /metrics and /healthz.
+    #[arg(long, default_value = "127.0.0.1:9465")]
+    http_listen: SocketAddr,
+    /// The gRPC address managers should dial, if not the listen address (e.g. behind NAT).
+    #[arg(long)]
+    advertise_grpc: Option<String>,
+    /// etcd key prefix shared by the cluster.
+    #[arg(long, default_value = kollector_coordination::keys::DEFAULT_PREFIX)]
+    prefix: String,
+    /// Membership lease TTL: a dead collector's monitors move after about this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    lease_ttl: Duration,
+    /// Label for placement constraints, key=value; repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Relative capacity for the planner (1.0 = typical).
+    #[arg(long, default_value_t = 1.0)]
+    weight: f64,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
+    let id = CollectorId::new(args.id.clone()).map_err(|e| anyhow::anyhow!("--id {:?} {e}", args.id))?;
+    if args.lease_ttl < Duration::from_secs(2) {
+        anyhow::bail!("--lease-ttl must be at least 2s (etcd's minimum lease)");
+    }
+    if !(args.weight > 0.0 && args.weight.is_finite()) {
+        anyhow::bail!("--weight must be a positive number");
+    }
+    let grpc_listener = http::bind(args.grpc_listen, "gRPC (CollectorService)").await?;
+    let http_listener = http::bind(args.http_listen, "HTTP (/metrics)").await?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let options = ClientOptions::default();
+    let node = CollectorNode::start(options.clone()).context("starting the collector")?;
+    let service = CollectorServiceImpl::new(id.clone(), node.clone(), options);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let grpc_stop = wait(stop_rx.clone());
+    let grpc = tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .add_service(CollectorServiceServer::new(service))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_stop)
+            .await;
+        if let Err(e) = r {
+            tracing::error!("gRPC server failed: {e}");
+        }
+    });
+    let http_stop = wait(stop_rx);
+    let store = node.store().clone();
+    let web = tokio::spawn(async move {
+        if let Err(e) = http::serve(http_listener, http::local(store), http_stop).await {
+            tracing::error!("HTTP server failed: {e}");
+        }
+    });
+
+    let fence_node = node.clone();
+    let membership = Membership::start(
+        MembershipConfig {
+            endpoints: args.etcd,
+            prefix: args.prefix,
+            id: id.clone(),
+            record: CollectorRecord {
+                grpc_address: args.advertise_grpc.unwrap_or_else(|| grpc_addr.to_string()),
+                http_address: http_addr.to_string(),
+                labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
+                weight: args.weight,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            },
+            ttl: args.lease_ttl,
+        },
+        Box::new(move || {
+            let n = fence_node.clone();
+            Box::pin(async move { n.fence().await })
+        }),
+    );
+    eprintln!("kollector collector {id}: CollectorService on {grpc_addr}, metrics on http://{http_addr}/metrics");
+    shutdown_signal().await;
+    tracing::info!("shutting down: leaving the cluster, stopping monitors");
+    membership.leave().await;
+    node.shutdown().await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(grpc, web);
+    Ok(())
+}

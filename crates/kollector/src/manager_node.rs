@@ -1,0 +1,160 @@
+//! `kollector manager`: a manager node in cluster mode.
+//!
+//! Any number run at once. Each serves ManagerService (monitor CRUD goes to
+//! etcd; reads come from etcd and from the results it receives from every
+//! collector) and a cluster-wide `/metrics`. One is elected leader; only the
+//! leader runs the reconciler that assigns monitors to collectors.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use kollector_collector::metrics::{render_entries, Extra};
+use kollector_collector::MonitorEntry;
+use kollector_coordination::election::{Election, ElectionConfig, Leadership};
+use kollector_coordination::keys::Keys;
+use kollector_coordination::lease;
+use kollector_manager::cluster_store::ClusterStore;
+use kollector_manager::intake::Intake;
+use kollector_manager::reconciler::{CollectorClients, Reconciler, ReconcilerStats};
+use kollector_manager::ClusterManagerService;
+use kollector_proto::v1::manager_service_server::ManagerServiceServer;
+use kollector_proto::{error_from_proto, snapshot_from_proto, status_from_proto};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::http;
+use crate::standalone::shutdown_signal;
+
+#[derive(Args)]
+pub struct ManagerArgs {
+    /// etcd endpoints, comma-separated (e.g. http://10.0.0.1:2379).
+    #[arg(long, env = "KOLLECTOR_ETCD", value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// Where to serve ManagerService (the CLI and users connect here).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    grpc_listen: SocketAddr,
+    /// Where to serve the cluster-wide /metrics and /healthz.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    http_listen: SocketAddr,
+    /// The gRPC address to publish as leader, if not the listen address.
+    #[arg(long)]
+    advertise_grpc: Option<String>,
+    /// etcd key prefix shared by the cluster.
+    #[arg(long, default_value = kollector_coordination::keys::DEFAULT_PREFIX)]
+    prefix: String,
+    /// Election lease TTL: a dead leader is replaced after about this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    election_ttl: Duration,
+    /// How often the leader re-plans and repairs drift (also the debounce of membership changes).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    reconcile_period: Duration,
+}
+
+/// Builds `/metrics` entries from the results collectors sent.
+async fn cluster_entries(store: &ClusterStore, intake: &Intake) -> Vec<MonitorEntry> {
+    let Ok(monitors) = store.monitors().await else { return Vec::new() };
+    intake
+        .all()
+        .into_iter()
+        .filter_map(|r| {
+            let id = kollector_core::MonitorId::new(r.monitor_id.clone()).ok()?;
+            let spec = monitors.get(&id)?.spec.clone();
+            let last_error = r.error.as_ref().map(error_from_proto);
+            let snapshot = r.snapshot.clone().and_then(|s| snapshot_from_proto(s).ok());
+            Some(MonitorEntry {
+                spec: Arc::new(spec),
+                status: r.status.as_ref().map(status_from_proto).unwrap_or(kollector_core::MonitorStatus {
+                    state: kollector_core::MonitorState::Starting,
+                    reason: None,
+                    consecutive_failures: 0,
+                    restarts: 0,
+                    pinned_cluster_id: None,
+                }),
+                last_success_ms: snapshot.as_ref().map(|s| s.collected_at_ms),
+                last_snapshot: snapshot.map(Arc::new),
+                last_error,
+                attempted_at_ms: r.attempted_at_ms,
+                collections_total: 0,
+                errors_total: BTreeMap::new(),
+                restarts_total: 0,
+            })
+        })
+        .collect()
+}
+
+pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
+    if args.election_ttl < Duration::from_secs(2) {
+        anyhow::bail!("--election-ttl must be at least 2s (etcd's minimum lease)");
+    }
+    let grpc_listener = http::bind(args.grpc_listen, "gRPC (ManagerService)").await?;
+    let http_listener = http::bind(args.http_listen, "HTTP (/metrics)").await?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let client = lease::connect(&args.etcd, args.election_ttl)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach etcd at {}: {e}", args.etcd.join(",")))?;
+    let store = ClusterStore::new(client, Keys::new(&args.prefix));
+    let clients = CollectorClients::default();
+    let (intake, intake_task) = Intake::start(store.clone(), clients.clone());
+    let election = Election::start(ElectionConfig {
+        endpoints: args.etcd.clone(),
+        prefix: args.prefix.clone(),
+        address: args.advertise_grpc.unwrap_or_else(|| grpc_addr.to_string()),
+        ttl: args.election_ttl,
+    });
+    let stats = Arc::new(ReconcilerStats::default());
+    let reconciler = tokio::spawn(
+        Reconciler::new(store.clone(), clients.clone(), stats.clone(), args.reconcile_period).run(election.state()),
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let service = ClusterManagerService::new(store.clone(), intake.clone(), clients);
+    let grpc_stop = wait(stop_rx.clone());
+    let grpc = tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .add_service(ManagerServiceServer::new(service))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_stop)
+            .await;
+        if let Err(e) = r {
+            tracing::error!("gRPC server failed: {e}");
+        }
+    });
+    let leadership = election.state();
+    let render: http::Render = Arc::new(move || {
+        let (store, intake, stats, leadership) = (store.clone(), intake.clone(), stats.clone(), leadership.clone());
+        Box::pin(async move {
+            let leader = matches!(&*leadership.borrow(), Leadership::Leader(_));
+            let extra = vec![
+                Extra { name: "kollector_manager_is_leader", help: "1 if this manager is the leader.", value: leader as u8 as f64, counter: false },
+                Extra { name: "kollector_leader_term", help: "Term of the leader (the leader key's create revision), as last seen while leading.", value: stats.leader_term.load(Ordering::Relaxed) as f64, counter: false },
+                Extra { name: "kollector_assignments", help: "Monitors assigned to a collector (leader's view).", value: stats.assignments.load(Ordering::Relaxed) as f64, counter: false },
+                Extra { name: "kollector_rebalance_moves", help: "Monitors moved from one collector to another.", value: stats.rebalance_moves.load(Ordering::Relaxed) as f64, counter: true },
+                Extra { name: "kollector_failover_seconds", help: "Time from noticing a monitor's collector gone to its Assign on a live collector, for the latest failover.", value: stats.last_failover_ms.load(Ordering::Relaxed) as f64 / 1000.0, counter: false },
+                Extra { name: "kollector_stale_results_dropped", help: "Results refused because their epoch or collector was not the current assignment's.", value: intake.stale_dropped() as f64, counter: true },
+            ];
+            render_entries(cluster_entries(&store, &intake).await, extra, false)
+        })
+    });
+    let http_stop = wait(stop_rx);
+    let web = tokio::spawn(async move {
+        if let Err(e) = http::serve(http_listener, render, http_stop).await {
+            tracing::error!("HTTP server failed: {e}");
+        }
+    });
+    eprintln!("kollector manager: ManagerService on {grpc_addr}, cluster metrics on http://{http_addr}/metrics");
+    shutdown_signal().await;
+    tracing::info!("shutting down: resigning leadership");
+    election.leave().await;
+    let _ = reconciler.await;
+    intake_task.abort();
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(grpc, web);
+    Ok(())
+}
