@@ -53,9 +53,8 @@ impl Cluster {
     async fn owners(&self) -> BTreeMap<String, Vec<String>> {
         let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (id, c) in &self.collectors {
-            let Ok(mut client) = CollectorServiceClient::connect(c.grpc_url()).await else { continue };
-            let Ok(r) = client.list_running(pb::ListRunningRequest {}).await else { continue };
-            for m in r.into_inner().monitors {
+            let Some(r) = list_running(c).await else { continue };
+            for m in r.monitors {
                 owners.entry(m.monitor_id).or_default().push(id.clone());
             }
         }
@@ -75,6 +74,20 @@ impl Cluster {
         })
         .await
     }
+}
+
+/// A collector's ListRunning, or None if it does not answer within 1 s (frozen, dead).
+async fn list_running(c: &KollectorProcess) -> Option<pb::ListRunningResponse> {
+    let call = async {
+        let mut client = CollectorServiceClient::connect(c.grpc_url()).await.ok()?;
+        client.list_running(pb::ListRunningRequest {}).await.ok().map(|r| r.into_inner())
+    };
+    tokio::time::timeout(Duration::from_secs(1), call).await.ok().flatten()
+}
+
+async fn latest(manager: &KollectorProcess) -> Vec<pb::MonitorResult> {
+    let mut client = manager.client().await;
+    client.get_latest(pb::GetLatestRequest { monitor_id: String::new() }).await.unwrap().into_inner().results
 }
 
 fn loads(owner: &BTreeMap<String, String>) -> BTreeMap<String, usize> {
@@ -184,4 +197,167 @@ async fn sigkill_of_a_collector_moves_only_its_monitors_within_ttl_plus_five_sec
     let text = cluster.manager.http_get("/metrics").unwrap();
     assert!(text.contains("kollector_failover_seconds"), "{text}");
     eprintln!("failover after SIGKILL: {took:?}");
+}
+
+/// The GC-pause case: a collector frozen past its lease TTL. Its monitors
+/// fail over; when it wakes it does not collect (its gate is shut) and
+/// fences itself at once, closing its Kafka connections; nothing it might
+/// still send is accepted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collector_paused_past_its_ttl_is_fenced_and_never_double_collects() {
+    let mut cluster = Cluster::start(3);
+    cluster.create_monitors(30).await;
+    let before = cluster.settled(30, 60).await;
+    let victim = "c2".to_string();
+    let orphans: Vec<String> = before.iter().filter(|(_, c)| **c == victim).map(|(m, _)| m.clone()).collect();
+    let paused_ms = unix_ms();
+    cluster.collectors[&victim].pause();
+
+    // Failover while it sleeps; sample for double ownership among responsive collectors.
+    wait_for_async("orphans running elsewhere with fresh results", Duration::from_secs(30), || async {
+        let owners = cluster.owners().await;
+        for (m, cs) in &owners {
+            assert!(cs.len() <= 1, "{m} runs on {cs:?} at once");
+        }
+        let results = latest(&cluster.manager).await;
+        let fresh = orphans
+            .iter()
+            .filter(|m| {
+                results.iter().any(|r| &r.monitor_id == *m && r.collector_id != victim && r.attempted_at_ms > paused_ms)
+            })
+            .count();
+        if fresh == orphans.len() {
+            Ok(())
+        } else {
+            Err(format!("{fresh}/{} fresh", orphans.len()))
+        }
+    })
+    .await;
+
+    // Wake it: it must hold nothing and no Kafka connection shortly after.
+    cluster.collectors[&victim].resume();
+    let woke = Instant::now();
+    let c2 = &cluster.collectors[&victim];
+    wait_for_async("the woken collector to have fenced", Duration::from_secs(10), || async {
+        let running = list_running(c2).await.map(|r| r.monitors.len());
+        let conns = kollector_tests::net::established_connections_to(c2.pid(), cluster.broker.port());
+        if running == Some(0) && conns == 0 {
+            Ok(())
+        } else {
+            Err(format!("running {running:?}, {conns} Kafka connections"))
+        }
+    })
+    .await;
+    assert!(woke.elapsed() < Duration::from_secs(3), "fencing after wake took {:?}", woke.elapsed());
+    // No result from the paused collector was accepted after the pause began.
+    let results = latest(&cluster.manager).await;
+    assert!(
+        !results.iter().any(|r| r.collector_id == victim && r.attempted_at_ms > paused_ms),
+        "a result from the fenced collector was accepted"
+    );
+    // Every monitor still runs exactly once (c2 may take work again after re-registering).
+    cluster.settled(30, 30).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manager_leader_sigkill_standby_takes_over_without_moving_anything() {
+    let etcd = EtcdServer::start();
+    let broker = TansuBroker::start("ha-kafka");
+    let mut m1 = KollectorProcess::manager(&etcd.endpoint());
+    let collectors: BTreeMap<String, KollectorProcess> =
+        ["c1", "c2"].iter().map(|id| (id.to_string(), KollectorProcess::collector(&etcd.endpoint(), id))).collect();
+    let m2 = KollectorProcess::manager(&etcd.endpoint());
+    let mut cluster = Cluster { etcd, broker, manager: m2, collectors };
+    cluster.create_monitors(10).await;
+    cluster.settled(10, 60).await;
+    let leader_of = |r: &pb::ListCollectorsResponse| r.leader_address.clone();
+    let mut client = cluster.manager.client().await;
+    let view = client.list_collectors(pb::ListCollectorsRequest {}).await.unwrap().into_inner();
+    let m1_addr = format!("127.0.0.1:{}", m1.grpc_port);
+    let m2_addr = format!("127.0.0.1:{}", cluster.manager.grpc_port);
+    assert_eq!(leader_of(&view), m1_addr, "the first manager leads");
+    let before = client.get_assignments(pb::GetAssignmentsRequest {}).await.unwrap().into_inner().assignments;
+
+    let killed = Instant::now();
+    m1.kill();
+    wait_for_async("the standby to lead", Duration::from_secs(15), || async {
+        let mut client = cluster.manager.client().await;
+        let r = client.list_collectors(pb::ListCollectorsRequest {}).await.map_err(|e| e.to_string())?.into_inner();
+        if r.leader_address == m2_addr {
+            Ok(())
+        } else {
+            Err(format!("leader {:?}", r.leader_address))
+        }
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(took <= Duration::from_secs(3 + 5), "takeover took {took:?}");
+    // Give the new leader a few reconcile passes: nothing may move.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut client = cluster.manager.client().await;
+    let after = client.get_assignments(pb::GetAssignmentsRequest {}).await.unwrap().into_inner().assignments;
+    assert_eq!(before, after, "manager failover moved assignments");
+    // CRUD works against the new leader.
+    let spec = pb::MonitorSpecInput {
+        id: "after-failover".into(),
+        bootstrap: vec![cluster.broker.bootstrap()],
+        interval: Some("1s".into()),
+        ..Default::default()
+    };
+    client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec) }).await.expect("create after failover");
+    cluster.settled(11, 30).await;
+    eprintln!("manager takeover after SIGKILL: {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconfigure_through_the_manager_restarts_on_the_owner_before_answering() {
+    let cluster = Cluster::start(2);
+    cluster.create_monitors(4).await;
+    let owners = cluster.settled(4, 60).await;
+    let owner = &cluster.collectors[&owners["m01"]];
+    let mut client = cluster.manager.client().await;
+    let spec = pb::MonitorSpecInput {
+        id: "m01".into(),
+        bootstrap: vec![cluster.broker.bootstrap()],
+        interval: Some("2s".into()),
+        ..Default::default()
+    };
+    let info = client.update_monitor(pb::UpdateMonitorRequest { spec: Some(spec) }).await.unwrap().into_inner();
+    assert_eq!(info.spec.unwrap().generation, 2);
+    // When the update answers, the owner already runs generation 2 (its Assign
+    // answered after closing the generation-1 client).
+    let running = list_running(owner).await.expect("owner answers");
+    let m01 = running.monitors.iter().find(|m| m.monitor_id == "m01").expect("m01 on its owner");
+    assert_eq!(m01.generation, 2);
+    let metrics = kollector_tests::metrics::Metrics::parse(&owner.http_get("/metrics").unwrap()).unwrap();
+    assert_eq!(
+        metrics.value("kollector_kafka_clients", &[]),
+        Some(running.monitors.len() as f64),
+        "one client per monitor"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_restart_loses_no_monitor() {
+    let mut cluster = Cluster::start(2);
+    cluster.create_monitors(10).await;
+    cluster.settled(10, 60).await;
+    cluster.etcd.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.etcd.restart();
+    let restarted_ms = unix_ms();
+    cluster.settled(10, 60).await;
+    wait_for_async("fresh results for all after the restart", Duration::from_secs(30), || async {
+        let results = latest(&cluster.manager).await;
+        let fresh = results.iter().filter(|r| r.attempted_at_ms > restarted_ms && r.snapshot.is_some()).count();
+        if fresh == 10 {
+            Ok(())
+        } else {
+            Err(format!("{fresh}/10 fresh"))
+        }
+    })
+    .await;
+    let mut client = cluster.manager.client().await;
+    let list = client.list_monitors(pb::ListMonitorsRequest {}).await.unwrap().into_inner();
+    assert_eq!(list.monitors.len(), 10);
 }

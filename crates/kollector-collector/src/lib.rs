@@ -17,6 +17,7 @@
 
 mod backoff;
 pub mod fencing;
+mod gate;
 pub mod metrics;
 mod monitor_actor;
 mod node;
@@ -25,6 +26,7 @@ mod registry;
 mod service;
 mod store;
 
+pub use gate::CollectGate;
 pub use monitor_actor::MonitorActor;
 pub use node::{CollectorHandle, CollectorNode};
 pub use probe::probe;

@@ -31,6 +31,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::backoff;
+use crate::gate::CollectGate;
 use crate::store::{unix_ms, ResultStore};
 
 /// Extra time past the spec's timeout before an in-flight collection is
@@ -64,6 +65,7 @@ type CycleOutcome = Result<(KafkaClient, Result<Snapshot, CollectError>), tokio:
 pub struct MonitorActor {
     spec: Arc<MonitorSpec>,
     options: ClientOptions,
+    gate: CollectGate,
     store: ResultStore,
     exited: Option<Recipient<MonitorExited>>,
     client: ClientSlot,
@@ -88,6 +90,7 @@ impl MonitorActor {
     pub fn new(
         spec: Arc<MonitorSpec>,
         options: ClientOptions,
+        gate: CollectGate,
         store: ResultStore,
         exited: Option<Recipient<MonitorExited>>,
     ) -> Self {
@@ -95,6 +98,7 @@ impl MonitorActor {
             pinned_cluster_id: spec.expected_cluster_id.clone(),
             spec,
             options,
+            gate,
             store,
             exited,
             client: ClientSlot::Empty,
@@ -115,6 +119,10 @@ impl MonitorActor {
     fn tick(&mut self, ctx: &mut Context<Self>) {
         if self.stopping || self.in_flight.is_some() {
             // Never overlap collections; a slow one simply skips ticks.
+            return;
+        }
+        if !self.gate.is_open() {
+            // Cluster mode: the lease may have expired; the fence will stop us.
             return;
         }
         if matches!(self.client, ClientSlot::Empty) {

@@ -11,6 +11,7 @@ use actix::prelude::*;
 use kollector_core::{MonitorId, MonitorSpec};
 use kollector_kafka::ClientOptions;
 
+use crate::gate::CollectGate;
 use crate::registry::{
     Assign, AssignOutcome, ListRunning, MonitorRegistry, RegistryError, RunningMonitor, StopAll, Unassign,
 };
@@ -28,15 +29,21 @@ pub struct CollectorHandle {
 }
 
 impl CollectorNode {
-    /// Starts the actor system on a new thread named `kollector-actors`.
+    /// Starts the actor system on a new thread named `kollector-actors`,
+    /// with the gate always open (standalone mode).
     pub fn start(options: ClientOptions) -> std::io::Result<CollectorHandle> {
+        Self::start_gated(options, CollectGate::open())
+    }
+
+    /// Starts with a collect gate that cluster membership opens and shuts.
+    pub fn start_gated(options: ClientOptions, gate: CollectGate) -> std::io::Result<CollectorHandle> {
         let store = ResultStore::new();
         let (tx, rx) = mpsc::channel();
         let thread_store = store.clone();
         std::thread::Builder::new().name("kollector-actors".into()).spawn(move || {
             let runner = System::new();
             runner.block_on(async move {
-                let registry = MonitorRegistry::new(thread_store, options).start();
+                let registry = MonitorRegistry::new(thread_store, options, gate).start();
                 let _ = tx.send((registry, System::current()));
             });
             if let Err(e) = runner.run() {

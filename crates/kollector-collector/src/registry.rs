@@ -16,6 +16,7 @@ use actix::prelude::*;
 use kollector_core::{Generation, MonitorId, MonitorSpec};
 use kollector_kafka::ClientOptions;
 
+use crate::gate::CollectGate;
 use crate::monitor_actor::{MonitorActor, MonitorExited, Stop};
 use crate::store::ResultStore;
 
@@ -81,18 +82,24 @@ pub struct MonitorRegistry {
     running: HashMap<MonitorId, Running>,
     store: ResultStore,
     options: ClientOptions,
+    gate: CollectGate,
     shutting_down: bool,
 }
 
 impl MonitorRegistry {
-    pub fn new(store: ResultStore, options: ClientOptions) -> Self {
-        MonitorRegistry { running: HashMap::new(), store, options, shutting_down: false }
+    pub fn new(store: ResultStore, options: ClientOptions, gate: CollectGate) -> Self {
+        MonitorRegistry { running: HashMap::new(), store, options, gate, shutting_down: false }
     }
 
     fn start_monitor(&mut self, spec: Arc<MonitorSpec>, ctx: &mut Context<Self>) {
         self.store.open(spec.clone());
-        let actor =
-            MonitorActor::new(spec.clone(), self.options.clone(), self.store.clone(), Some(ctx.address().recipient()));
+        let actor = MonitorActor::new(
+            spec.clone(),
+            self.options.clone(),
+            self.gate.clone(),
+            self.store.clone(),
+            Some(ctx.address().recipient()),
+        );
         let addr = actor.start();
         self.running.insert(spec.id.clone(), Running { addr, spec });
     }

@@ -71,6 +71,10 @@ pub enum LeaseEnd {
     Stopped,
 }
 
+/// Called with the instant until which the lease is surely alive (the
+/// last successful renewal's send time + TTL − margin), after each renewal.
+pub type OnRenew = dyn Fn(Instant) + Send + Sync;
+
 /// Keeps `lease` alive every `ttl/3` until it is lost or `stop` fires.
 /// `granted` is when the grant (or last renewal) was sent.
 pub async fn keep_alive(
@@ -79,6 +83,7 @@ pub async fn keep_alive(
     granted: Instant,
     ttl: Duration,
     stop: &mut watch::Receiver<bool>,
+    on_renew: &OnRenew,
 ) -> LeaseEnd {
     let t = call_timeout(ttl);
     let mut last_ok = granted;
@@ -99,7 +104,10 @@ pub async fn keep_alive(
                 // Also bounded by the loss deadline, so a hung call cannot delay it.
                 let limit = t.min(lost_at.saturating_duration_since(sent));
                 match timeout(limit, keep_alive_once(client, lease)).await {
-                    Ok(Ok(left)) if left > 0 => last_ok = sent,
+                    Ok(Ok(left)) if left > 0 => {
+                        last_ok = sent;
+                        on_renew(sent + ttl - margin(ttl));
+                    }
                     Ok(Ok(_)) => return LeaseEnd::Lost("the lease expired at etcd".into()),
                     Ok(Err(e)) => tracing::warn!(lease, "keepalive failed: {e}"),
                     Err(_) => tracing::warn!(lease, "keepalive timed out"),

@@ -80,6 +80,10 @@ pub enum MembershipState {
 /// Called to stop every monitor; resolves when their clients are closed.
 pub type FenceFn = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// Called with the instant until which the lease is surely alive, at
+/// registration and after every renewal (see `CollectGate`).
+pub type RenewFn = Box<lease::OnRenew>;
+
 /// A running membership; dropping it does not revoke the lease, `leave` does.
 pub struct Membership {
     state: watch::Receiver<MembershipState>,
@@ -89,10 +93,10 @@ pub struct Membership {
 
 impl Membership {
     /// Starts registering and keeping the lease alive in the background.
-    pub fn start(config: MembershipConfig, fence: FenceFn) -> Membership {
+    pub fn start(config: MembershipConfig, fence: FenceFn, renewed: RenewFn) -> Membership {
         let (state_tx, state) = watch::channel(MembershipState::Joining);
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(config, fence, state_tx, stop_rx));
+        let task = tokio::spawn(run(config, fence, renewed, state_tx, stop_rx));
         Membership { state, stop, task }
     }
 
@@ -121,6 +125,7 @@ async fn register(config: &MembershipConfig) -> Result<(Client, i64, Instant), C
 async fn run(
     config: MembershipConfig,
     fence: FenceFn,
+    renewed: RenewFn,
     state: watch::Sender<MembershipState>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -147,9 +152,10 @@ async fn run(
         };
         retry = Duration::from_millis(200);
         tracing::info!(collector = %config.id, lease = lease_id, "registered in etcd");
+        renewed(granted + ttl - lease::margin(ttl));
         let _ = state.send(MembershipState::Registered { lease: lease_id });
 
-        match lease::keep_alive(&mut client, lease_id, granted, ttl, &mut stop).await {
+        match lease::keep_alive(&mut client, lease_id, granted, ttl, &mut stop, &*renewed).await {
             LeaseEnd::Stopped => {
                 // Leaving cleanly: revoke so the manager reacts at once.
                 lease::revoke(&mut client, lease_id, ttl).await;

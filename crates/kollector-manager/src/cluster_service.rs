@@ -59,7 +59,8 @@ impl ClusterManagerService {
         let Ok(collectors) = self.store.collectors().await else { return out };
         for (cid, rec) in collectors {
             let Ok(mut c) = self.clients.get(&rec.grpc_address).await else { continue };
-            if let Ok(r) = c.list_running(pb::ListRunningRequest {}).await {
+            let call = tokio::time::timeout(Duration::from_secs(2), c.list_running(pb::ListRunningRequest {}));
+            if let Ok(Ok(r)) = call.await {
                 for m in r.into_inner().monitors {
                     if m.monitor_id == id.as_str() {
                         out.push((cid.to_string(), m.generation));

@@ -29,6 +29,8 @@ use crate::planner::{self, CollectorSlot, Placement};
 
 /// Bound on one call to a collector (an Assign may wait for an old client to close).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on ListRunning: a frozen collector must not stall a pass.
+const LIST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Counters the manager exports as `kollector_*` metrics.
 #[derive(Debug, Default)]
@@ -182,11 +184,12 @@ impl Reconciler {
         let mut running: BTreeMap<CollectorId, Vec<pb::RunningMonitor>> = BTreeMap::new();
         for (id, rec) in collectors {
             let Ok(mut client) = self.clients.get(&rec.grpc_address).await else { continue };
-            match client.list_running(pb::ListRunningRequest {}).await {
-                Ok(r) => {
+            match tokio::time::timeout(LIST_TIMEOUT, client.list_running(pb::ListRunningRequest {})).await {
+                Ok(Ok(r)) => {
                     running.insert(id.clone(), r.into_inner().monitors);
                 }
-                Err(e) => tracing::warn!(collector = %id, "ListRunning failed: {}", e.message()),
+                Ok(Err(e)) => tracing::warn!(collector = %id, "ListRunning failed: {}", e.message()),
+                Err(_) => tracing::warn!(collector = %id, "ListRunning timed out"),
             }
         }
         let fencing = |generation, epoch| Some(pb::Fencing { generation, epoch, leader_term: token.term });

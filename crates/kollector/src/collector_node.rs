@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use kollector_collector::{CollectorNode, CollectorServiceImpl};
+use kollector_collector::{CollectGate, CollectorNode, CollectorServiceImpl};
 use kollector_coordination::membership::{CollectorRecord, Membership, MembershipConfig};
 use kollector_core::CollectorId;
 use kollector_kafka::ClientOptions;
@@ -71,7 +71,9 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     let http_addr = http_listener.local_addr()?;
 
     let options = ClientOptions::default();
-    let node = CollectorNode::start(options.clone()).context("starting the collector")?;
+    // Shut until registered: no collection without a live lease.
+    let gate = CollectGate::shut();
+    let node = CollectorNode::start_gated(options.clone(), gate.clone()).context("starting the collector")?;
     let service = CollectorServiceImpl::new(id.clone(), node.clone(), options);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -95,7 +97,7 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
         }
     });
 
-    let fence_node = node.clone();
+    let (fence_node, fence_gate) = (node.clone(), gate.clone());
     let membership = Membership::start(
         MembershipConfig {
             endpoints: args.etcd,
@@ -111,9 +113,13 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
             ttl: args.lease_ttl,
         },
         Box::new(move || {
-            let n = fence_node.clone();
-            Box::pin(async move { n.fence().await })
+            let (n, g) = (fence_node.clone(), fence_gate.clone());
+            Box::pin(async move {
+                g.close();
+                n.fence().await
+            })
         }),
+        Box::new(move |until| gate.open_until(until.into_std())),
     );
     eprintln!("kollector collector {id}: CollectorService on {grpc_addr}, metrics on http://{http_addr}/metrics");
     shutdown_signal().await;

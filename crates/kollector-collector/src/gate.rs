@@ -1,0 +1,67 @@
+//! The collect gate: may this node start a collection right now?
+//!
+//! In cluster mode a collector may act only while its lease is surely alive.
+//! Membership moves the gate's deadline to `last successful keepalive send +
+//! TTL − margin` on every renewal, and every monitor actor checks it before
+//! each collection. A process that was frozen (SIGSTOP, a long pause) past
+//! that deadline wakes with the gate already shut, before its fencing task
+//! has even run. In standalone mode the gate is always open.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct CollectGate {
+    base: Instant,
+    /// Nanoseconds after `base` until which collections may start; u64::MAX = always.
+    until_ns: Arc<AtomicU64>,
+}
+
+impl CollectGate {
+    /// Always open (standalone mode).
+    pub fn open() -> Self {
+        CollectGate { base: Instant::now(), until_ns: Arc::new(AtomicU64::new(u64::MAX)) }
+    }
+
+    /// Shut until the first `open_until` (cluster mode, before registering).
+    pub fn shut() -> Self {
+        CollectGate { base: Instant::now(), until_ns: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// Opens the gate until `deadline`.
+    pub fn open_until(&self, deadline: Instant) {
+        let ns = deadline.saturating_duration_since(self.base).as_nanos().min(u64::MAX as u128 - 1) as u64;
+        self.until_ns.store(ns, Ordering::SeqCst);
+    }
+
+    /// Shuts the gate now.
+    pub fn close(&self) {
+        self.until_ns.store(0, Ordering::SeqCst);
+    }
+
+    pub fn is_open(&self) -> bool {
+        let until = self.until_ns.load(Ordering::SeqCst);
+        until == u64::MAX || (self.base.elapsed().as_nanos() as u64) < until
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn deadline_semantics() {
+        assert!(CollectGate::open().is_open());
+        let g = CollectGate::shut();
+        assert!(!g.is_open());
+        g.open_until(Instant::now() + Duration::from_secs(60));
+        assert!(g.is_open());
+        g.open_until(Instant::now() - Duration::from_millis(1));
+        assert!(!g.is_open());
+        g.open_until(Instant::now() + Duration::from_secs(60));
+        g.close();
+        assert!(!g.is_open());
+    }
+}
