@@ -205,7 +205,7 @@ async fn sigkill_of_a_collector_moves_only_its_monitors_within_ttl_plus_five_sec
 /// still send is accepted.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_collector_paused_past_its_ttl_is_fenced_and_never_double_collects() {
-    let mut cluster = Cluster::start(3);
+    let cluster = Cluster::start(3);
     cluster.create_monitors(30).await;
     let before = cluster.settled(30, 60).await;
     let victim = "c2".to_string();
