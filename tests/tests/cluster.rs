@@ -267,7 +267,7 @@ async fn manager_leader_sigkill_standby_takes_over_without_moving_anything() {
     let collectors: BTreeMap<String, KollectorProcess> =
         ["c1", "c2"].iter().map(|id| (id.to_string(), KollectorProcess::collector(&etcd.endpoint(), id))).collect();
     let m2 = KollectorProcess::manager(&etcd.endpoint());
-    let mut cluster = Cluster { etcd, broker, manager: m2, collectors };
+    let cluster = Cluster { etcd, broker, manager: m2, collectors };
     cluster.create_monitors(10).await;
     cluster.settled(10, 60).await;
     let leader_of = |r: &pb::ListCollectorsResponse| r.leader_address.clone();
