@@ -8,6 +8,7 @@
 //! connections ([`net`]), parse `/metrics` ([`metrics`]) and poll for a
 //! condition with a deadline instead of sleeping ([`poll`]).
 
+pub mod cluster;
 pub mod etcd;
 pub mod kollector;
 pub mod metrics;

@@ -2,105 +2,14 @@
 //! a real tansu broker. Spread, join churn, SIGKILL failover.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use kollector_proto::v1 as pb;
-use kollector_proto::v1::collector_service_client::CollectorServiceClient;
+use kollector_tests::cluster::{latest, list_running, loads, unix_ms, Cluster, TTL};
 use kollector_tests::etcd::EtcdServer;
 use kollector_tests::kollector::KollectorProcess;
 use kollector_tests::poll::wait_for_async;
 use kollector_tests::tansu::TansuBroker;
-
-/// The lease TTL the harness gives collectors.
-const TTL: Duration = Duration::from_secs(3);
-
-struct Cluster {
-    etcd: EtcdServer,
-    broker: TansuBroker,
-    manager: KollectorProcess,
-    collectors: BTreeMap<String, KollectorProcess>,
-}
-
-impl Cluster {
-    fn start(collectors: usize) -> Cluster {
-        let etcd = EtcdServer::start();
-        let broker = TansuBroker::start("cluster-kafka");
-        let manager = KollectorProcess::manager(&etcd.endpoint());
-        let collectors = (1..=collectors)
-            .map(|i| (format!("c{i}"), KollectorProcess::collector(&etcd.endpoint(), &format!("c{i}"))))
-            .collect();
-        Cluster { etcd, broker, manager, collectors }
-    }
-
-    fn add_collector(&mut self, id: &str) {
-        self.collectors.insert(id.to_string(), KollectorProcess::collector(&self.etcd.endpoint(), id));
-    }
-
-    async fn create_monitors(&self, n: usize) {
-        let mut client = self.manager.client().await;
-        for i in 0..n {
-            let spec = pb::MonitorSpecInput {
-                id: format!("m{i:02}"),
-                bootstrap: vec![self.broker.bootstrap()],
-                interval: Some("1s".into()),
-                ..Default::default()
-            };
-            client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec) }).await.expect("create monitor");
-        }
-    }
-
-    /// monitor -> collectors running it, from every live collector's ListRunning.
-    async fn owners(&self) -> BTreeMap<String, Vec<String>> {
-        let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (id, c) in &self.collectors {
-            let Some(r) = list_running(c).await else { continue };
-            for m in r.monitors {
-                owners.entry(m.monitor_id).or_default().push(id.clone());
-            }
-        }
-        owners
-    }
-
-    /// Waits until exactly `n` monitors run, each on exactly one collector.
-    async fn settled(&self, n: usize, secs: u64) -> BTreeMap<String, String> {
-        wait_for_async(&format!("{n} monitors each on exactly one collector"), Duration::from_secs(secs), || async {
-            let owners = self.owners().await;
-            let dup: Vec<_> = owners.iter().filter(|(_, c)| c.len() > 1).collect();
-            if owners.len() == n && dup.is_empty() {
-                Ok(owners.into_iter().map(|(m, c)| (m, c[0].clone())).collect())
-            } else {
-                Err(format!("{} running, duplicates {dup:?}", owners.len()))
-            }
-        })
-        .await
-    }
-}
-
-/// A collector's ListRunning, or None if it does not answer within 1 s (frozen, dead).
-async fn list_running(c: &KollectorProcess) -> Option<pb::ListRunningResponse> {
-    let call = async {
-        let mut client = CollectorServiceClient::connect(c.grpc_url()).await.ok()?;
-        client.list_running(pb::ListRunningRequest {}).await.ok().map(|r| r.into_inner())
-    };
-    tokio::time::timeout(Duration::from_secs(1), call).await.ok().flatten()
-}
-
-async fn latest(manager: &KollectorProcess) -> Vec<pb::MonitorResult> {
-    let mut client = manager.client().await;
-    client.get_latest(pb::GetLatestRequest { monitor_id: String::new() }).await.unwrap().into_inner().results
-}
-
-fn loads(owner: &BTreeMap<String, String>) -> BTreeMap<String, usize> {
-    let mut l = BTreeMap::new();
-    for c in owner.values() {
-        *l.entry(c.clone()).or_default() += 1;
-    }
-    l
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn thirty_monitors_spread_over_three_collectors_and_a_fourth_takes_a_quarter() {

@@ -1,0 +1,105 @@
+//! A whole kollector cluster for tests and benchmarks: etcd, a tansu
+//! broker, a manager and collectors as real processes, with helpers to read
+//! who runs what.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kollector_proto::v1 as pb;
+use kollector_proto::v1::collector_service_client::CollectorServiceClient;
+
+use crate::etcd::EtcdServer;
+use crate::kollector::KollectorProcess;
+use crate::poll::wait_for_async;
+use crate::tansu::TansuBroker;
+
+/// The lease TTL the harness gives collectors.
+pub const TTL: Duration = Duration::from_secs(3);
+
+pub struct Cluster {
+    pub etcd: EtcdServer,
+    pub broker: TansuBroker,
+    pub manager: KollectorProcess,
+    pub collectors: BTreeMap<String, KollectorProcess>,
+}
+
+impl Cluster {
+    pub fn start(collectors: usize) -> Cluster {
+        let etcd = EtcdServer::start();
+        let broker = TansuBroker::start("cluster-kafka");
+        let manager = KollectorProcess::manager(&etcd.endpoint());
+        let collectors = (1..=collectors)
+            .map(|i| (format!("c{i}"), KollectorProcess::collector(&etcd.endpoint(), &format!("c{i}"))))
+            .collect();
+        Cluster { etcd, broker, manager, collectors }
+    }
+
+    pub fn add_collector(&mut self, id: &str) {
+        self.collectors.insert(id.to_string(), KollectorProcess::collector(&self.etcd.endpoint(), id));
+    }
+
+    pub async fn create_monitors(&self, n: usize) {
+        let mut client = self.manager.client().await;
+        for i in 0..n {
+            let spec = pb::MonitorSpecInput {
+                id: format!("m{i:02}"),
+                bootstrap: vec![self.broker.bootstrap()],
+                interval: Some("1s".into()),
+                ..Default::default()
+            };
+            client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec) }).await.expect("create monitor");
+        }
+    }
+
+    /// monitor -> collectors running it, from every live collector's ListRunning.
+    pub async fn owners(&self) -> BTreeMap<String, Vec<String>> {
+        let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (id, c) in &self.collectors {
+            let Some(r) = list_running(c).await else { continue };
+            for m in r.monitors {
+                owners.entry(m.monitor_id).or_default().push(id.clone());
+            }
+        }
+        owners
+    }
+
+    /// Waits until exactly `n` monitors run, each on exactly one collector.
+    pub async fn settled(&self, n: usize, secs: u64) -> BTreeMap<String, String> {
+        wait_for_async(&format!("{n} monitors each on exactly one collector"), Duration::from_secs(secs), || async {
+            let owners = self.owners().await;
+            let dup: Vec<_> = owners.iter().filter(|(_, c)| c.len() > 1).collect();
+            if owners.len() == n && dup.is_empty() {
+                Ok(owners.into_iter().map(|(m, c)| (m, c[0].clone())).collect())
+            } else {
+                Err(format!("{} running, duplicates {dup:?}", owners.len()))
+            }
+        })
+        .await
+    }
+}
+
+/// A collector's ListRunning, or None if it does not answer within 1 s (frozen, dead).
+pub async fn list_running(c: &KollectorProcess) -> Option<pb::ListRunningResponse> {
+    let call = async {
+        let mut client = CollectorServiceClient::connect(c.grpc_url()).await.ok()?;
+        client.list_running(pb::ListRunningRequest {}).await.ok().map(|r| r.into_inner())
+    };
+    tokio::time::timeout(Duration::from_secs(1), call).await.ok().flatten()
+}
+
+pub async fn latest(manager: &KollectorProcess) -> Vec<pb::MonitorResult> {
+    let mut client = manager.client().await;
+    client.get_latest(pb::GetLatestRequest { monitor_id: String::new() }).await.unwrap().into_inner().results
+}
+
+pub fn loads(owner: &BTreeMap<String, String>) -> BTreeMap<String, usize> {
+    let mut l = BTreeMap::new();
+    for c in owner.values() {
+        *l.entry(c.clone()).or_default() += 1;
+    }
+    l
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
