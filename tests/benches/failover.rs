@@ -28,7 +28,8 @@ async fn main() {
         for c in owners.values() {
             *load.entry(c).or_default() += 1;
         }
-        let (victim, _) = load.iter().max_by_key(|(c, n)| (**n, std::cmp::Reverse((*c).clone()))).expect("a collector");
+        let (victim, _) =
+            load.iter().max_by_key(|(c, n)| (**n, std::cmp::Reverse(String::clone(c)))).expect("a collector");
         let victim = (*victim).clone();
         let orphans: Vec<String> = owners.iter().filter(|(_, c)| **c == victim).map(|(m, _)| m.clone()).collect();
         let killed_ms = unix_ms();
