@@ -74,6 +74,11 @@ impl KollectorProcess {
 
     /// Starts `kollector collector --id id` against `etcd` with a 3 s lease.
     pub fn collector(etcd: &str, id: &str) -> KollectorProcess {
+        Self::collector_with(etcd, id, &[])
+    }
+
+    /// Like [`KollectorProcess::collector`], with extra flags (e.g. `--label`).
+    pub fn collector_with(etcd: &str, id: &str, extra: &[&str]) -> KollectorProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let (grpc_port, http_port) = (free_port(), free_port());
         let args = vec![
@@ -84,6 +89,7 @@ impl KollectorProcess {
             format!("--http-listen=127.0.0.1:{http_port}"),
             "--lease-ttl=3s".into(),
         ];
+        let args: Vec<String> = args.into_iter().chain(extra.iter().map(|s| s.to_string())).collect();
         let path = dir.path().to_path_buf();
         Self::spawn(dir, args, grpc_port, http_port, path)
     }

@@ -244,6 +244,9 @@ async fn reconfigure_through_the_manager_restarts_on_the_owner_before_answering(
         Some(running.monitors.len() as f64),
         "one client per monitor"
     );
+    let rtt = metrics.value("kollector_lease_keepalive_latency_seconds", &[]).expect("keepalive latency exported");
+    assert!(rtt > 0.0 && rtt < 1.0, "keepalive round trip {rtt}");
+    assert_eq!(metrics.value("kollector_lease_fences_total", &[]), Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -269,4 +272,75 @@ async fn etcd_restart_loses_no_monitor() {
     let mut client = cluster.manager.client().await;
     let list = client.list_monitors(pb::ListMonitorsRequest {}).await.unwrap().into_inner();
     assert_eq!(list.monitors.len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_moves_everything_off_a_collector_and_undo_lets_it_back() {
+    let cluster = Cluster::start(2);
+    cluster.create_monitors(6).await;
+    cluster.settled(6, 60).await;
+    let mut client = cluster.manager.client().await;
+    client.drain(pb::DrainRequest { collector_id: "c1".into(), undo: false }).await.expect("drain");
+    wait_for_async("c1 drained", Duration::from_secs(20), || async {
+        let owners = cluster.settled(6, 20).await;
+        let on_c1 = owners.values().filter(|c| *c == "c1").count();
+        if on_c1 == 0 {
+            Ok(())
+        } else {
+            Err(format!("c1 still runs {on_c1}"))
+        }
+    })
+    .await;
+    let list = client.list_collectors(pb::ListCollectorsRequest {}).await.unwrap().into_inner();
+    let c1 = list.collectors.iter().find(|c| c.id == "c1").expect("c1 still live");
+    assert!(c1.draining && c1.monitors == 0, "{c1:?}");
+    client.drain(pb::DrainRequest { collector_id: "c1".into(), undo: true }).await.expect("undo");
+    wait_for_async("c1 back to its share", Duration::from_secs(20), || async {
+        let owners = cluster.settled(6, 20).await;
+        let on_c1 = owners.values().filter(|c| *c == "c1").count();
+        if on_c1 == 3 {
+            Ok(())
+        } else {
+            Err(format!("c1 runs {on_c1}"))
+        }
+    })
+    .await;
+    let err = client.drain(pb::DrainRequest { collector_id: "nobody".into(), undo: false }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pinned_and_label_constrained_monitors_run_where_they_must() {
+    let etcd = EtcdServer::start();
+    let broker = TansuBroker::start("placement-kafka");
+    let manager = KollectorProcess::manager(&etcd.endpoint());
+    let mut collectors = BTreeMap::new();
+    collectors
+        .insert("c1".to_string(), KollectorProcess::collector_with(&etcd.endpoint(), "c1", &["--label=zone=dmz"]));
+    collectors.insert("c2".to_string(), KollectorProcess::collector(&etcd.endpoint(), "c2"));
+    let cluster = Cluster { etcd, broker, manager, collectors };
+    let mut client = cluster.manager.client().await;
+    let spec = |id: &str| pb::MonitorSpecInput {
+        id: id.into(),
+        bootstrap: vec![cluster.broker.bootstrap()],
+        interval: Some("1s".into()),
+        ..Default::default()
+    };
+    let mut pinned = spec("pinned-to-c2");
+    pinned.pinned_collector = Some("c2".into());
+    let mut dmz = spec("needs-dmz");
+    dmz.collector_labels.insert("zone".into(), "dmz".into());
+    let mut nowhere = spec("needs-moon");
+    nowhere.collector_labels.insert("zone".into(), "moon".into());
+    for s in [pinned, dmz, nowhere] {
+        client.create_monitor(pb::CreateMonitorRequest { spec: Some(s) }).await.expect("create");
+    }
+    let owners = cluster.settled(2, 30).await;
+    assert_eq!(owners["pinned-to-c2"], "c2");
+    assert_eq!(owners["needs-dmz"], "c1");
+    let a = client.get_assignments(pb::GetAssignmentsRequest {}).await.unwrap().into_inner();
+    assert!(a.unplaced.contains_key("needs-moon"), "{:?}", a.unplaced);
+    let got = client.get_monitor(pb::GetMonitorRequest { id: "pinned-to-c2".into() }).await.unwrap().into_inner();
+    assert_eq!(got.spec.unwrap().pinned_collector.as_deref(), Some("c2"));
+    assert_eq!(got.collector_id, "c2");
 }

@@ -56,7 +56,7 @@ async fn registers_under_a_lease_and_leaving_removes_the_key() {
     let etcd = EtcdServer::start();
     let cfg = config(&etcd, "c1");
     let key = cfg.key();
-    let m = Membership::start(cfg, Box::new(|| Box::pin(async {})), Box::new(|_| {}));
+    let m = Membership::start(cfg, Box::new(|| Box::pin(async {})), Box::new(|_, _| {}));
     let state = m.state();
     let s = wait_state(&state, "registered", 10, |s| matches!(s, MembershipState::Registered { .. })).await;
     let MembershipState::Registered { lease } = s else { unreachable!() };
@@ -105,7 +105,7 @@ async fn frozen_etcd_fences_before_the_lease_can_expire_then_registers_again() {
                 times.lock().unwrap().1 = Some(Instant::now());
             })
         }),
-        Box::new(|_| {}),
+        Box::new(|_, _| {}),
     );
     let state = m.state();
     let first = wait_state(&state, "registered", 10, |s| matches!(s, MembershipState::Registered { .. })).await;
@@ -165,7 +165,7 @@ async fn etcd_restart_is_survived() {
     let mut etcd = EtcdServer::start();
     let cfg = config(&etcd, "c3");
     let key = cfg.key();
-    let m = Membership::start(cfg, Box::new(|| Box::pin(async {})), Box::new(|_| {}));
+    let m = Membership::start(cfg, Box::new(|| Box::pin(async {})), Box::new(|_, _| {}));
     let state = m.state();
     wait_state(&state, "registered", 10, |s| matches!(s, MembershipState::Registered { .. })).await;
     etcd.kill();

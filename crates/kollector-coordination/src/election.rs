@@ -111,7 +111,7 @@ async fn run(config: ElectionConfig, state: watch::Sender<Leadership>, mut stop:
                     .map(|l| LeaderToken { key: l.key().to_vec(), term: l.rev() })
                     .ok_or_else(|| CoordinationError::Etcd("campaign returned no leader key".into()))
             }),
-            end = lease::keep_alive(&mut client, lease_id, granted, ttl, &mut stop, &|_| {}) => match end {
+            end = lease::keep_alive(&mut client, lease_id, granted, ttl, &mut stop, &|_, _| {}) => match end {
                 LeaseEnd::Stopped => {
                     lease::revoke(&mut client, lease_id, ttl).await;
                     let _ = state.send(Leadership::Stopped);
@@ -133,7 +133,7 @@ async fn run(config: ElectionConfig, state: watch::Sender<Leadership>, mut stop:
         // The lease was valid when the campaign's write landed but may be near
         // expiry: renew at once (the first keepalive must succeed within one call).
         let must_renew_by = Instant::now() - ttl + lease::margin(ttl) + lease::call_timeout(ttl);
-        match lease::keep_alive(&mut client, lease_id, must_renew_by, ttl, &mut stop, &|_| {}).await {
+        match lease::keep_alive(&mut client, lease_id, must_renew_by, ttl, &mut stop, &|_, _| {}).await {
             LeaseEnd::Stopped => {
                 let _ = timeout(
                     lease::call_timeout(ttl),

@@ -71,9 +71,10 @@ pub enum LeaseEnd {
     Stopped,
 }
 
-/// Called with the instant until which the lease is surely alive (the
-/// last successful renewal's send time + TTL − margin), after each renewal.
-pub type OnRenew = dyn Fn(Instant) + Send + Sync;
+/// Called after each renewal with the instant until which the lease is
+/// surely alive (the renewal's send time + TTL − margin) and the renewal's
+/// round-trip time.
+pub type OnRenew = dyn Fn(Instant, Duration) + Send + Sync;
 
 /// Keeps `lease` alive every `ttl/3` until it is lost or `stop` fires.
 /// `granted` is when the grant (or last renewal) was sent.
@@ -106,7 +107,7 @@ pub async fn keep_alive(
                 match timeout(limit, keep_alive_once(client, lease)).await {
                     Ok(Ok(left)) if left > 0 => {
                         last_ok = sent;
-                        on_renew(sent + ttl - margin(ttl));
+                        on_renew(sent + ttl - margin(ttl), sent.elapsed());
                     }
                     Ok(Ok(_)) => return LeaseEnd::Lost("the lease expired at etcd".into()),
                     Ok(Err(e)) => tracing::warn!(lease, "keepalive failed: {e}"),

@@ -80,8 +80,9 @@ pub enum MembershipState {
 /// Called to stop every monitor; resolves when their clients are closed.
 pub type FenceFn = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
-/// Called with the instant until which the lease is surely alive, at
-/// registration and after every renewal (see `CollectGate`).
+/// Called with the instant until which the lease is surely alive and the
+/// round-trip time, at registration and after every renewal (a collector
+/// feeds its collect gate and its keepalive-latency metric with it).
 pub type RenewFn = Box<lease::OnRenew>;
 
 /// A running membership; dropping it does not revoke the lease, `leave` does.
@@ -152,7 +153,7 @@ async fn run(
         };
         retry = Duration::from_millis(200);
         tracing::info!(collector = %config.id, lease = lease_id, "registered in etcd");
-        renewed(granted + ttl - lease::margin(ttl));
+        renewed(granted + ttl - lease::margin(ttl), granted.elapsed());
         let _ = state.send(MembershipState::Registered { lease: lease_id });
 
         match lease::keep_alive(&mut client, lease_id, granted, ttl, &mut stop, &*renewed).await {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Generation, MonitorId};
+use crate::ids::{CollectorId, Generation, MonitorId};
 
 /// Shortest allowed collection interval.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -210,6 +210,12 @@ pub struct MonitorSpec {
     pub expected_cluster_id: Option<String>,
     /// Free-form labels (owner, environment); shown in listings.
     pub labels: BTreeMap<String, String>,
+    /// Cluster mode: run only on this collector.
+    #[serde(default)]
+    pub pinned_collector: Option<CollectorId>,
+    /// Cluster mode: run only on collectors carrying all of these labels.
+    #[serde(default)]
+    pub collector_labels: BTreeMap<String, String>,
 }
 
 impl MonitorSpec {
@@ -249,6 +255,8 @@ impl MonitorSpec {
                 insecure_skip_verify: Some(t.insecure_skip_verify),
             }),
             labels: self.labels.clone(),
+            pinned_collector: self.pinned_collector.as_ref().map(|c| c.to_string()),
+            collector_labels: self.collector_labels.clone(),
         }
     }
 }
@@ -314,6 +322,11 @@ pub struct MonitorInput {
     pub tls: Option<TlsInput>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Cluster mode: run only on this collector (ignored in standalone mode).
+    pub pinned_collector: Option<String>,
+    /// Cluster mode: run only on collectors with all these labels (ignored in standalone mode).
+    #[serde(default)]
+    pub collector_labels: BTreeMap<String, String>,
 }
 
 /// One bad field: which one and what is wrong with it.
@@ -540,11 +553,20 @@ impl MonitorInput {
             })
         });
 
-        for k in self.labels.keys() {
-            if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                errors.push(format!("labels.{k}"), "label names use letters, digits and '_' only");
+        for (field, map) in [("labels", &self.labels), ("collector_labels", &self.collector_labels)] {
+            for k in map.keys() {
+                if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    errors.push(format!("{field}.{k}"), "label names use letters, digits and '_' only");
+                }
             }
         }
+        let pinned_collector = self.pinned_collector.as_ref().and_then(|c| match CollectorId::new(c.clone()) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                errors.push("pinned_collector", format!("{c:?} {e}"));
+                None
+            }
+        });
 
         if !errors.0.is_empty() {
             return Err(ValidationErrors(errors.0));
@@ -559,6 +581,8 @@ impl MonitorInput {
                 filters,
                 expected_cluster_id: self.expected_cluster_id.clone(),
                 labels: self.labels.clone(),
+                pinned_collector,
+                collector_labels: self.collector_labels.clone(),
             }),
             // Unreachable in practice: a missing piece always pushed an error above.
             _ => Err(ValidationErrors::single("monitor", "incomplete")),
@@ -649,6 +673,20 @@ mod tests {
                 "tls.key_file"
             ]
         );
+    }
+
+    #[test]
+    fn placement_fields_are_validated() {
+        let mut i = input();
+        i.pinned_collector = Some("bad id".into());
+        i.collector_labels.insert("zone-x".into(), "dmz".into());
+        assert_eq!(fields(i.validate(1)), ["collector_labels.zone-x", "pinned_collector"]);
+        let mut i = input();
+        i.pinned_collector = Some("c2".into());
+        i.collector_labels.insert("zone".into(), "dmz".into());
+        let spec = i.validate(1).unwrap();
+        assert_eq!(spec.pinned_collector.as_ref().map(|c| c.as_str()), Some("c2"));
+        assert_eq!(spec.to_input().validate(1).unwrap(), spec);
     }
 
     #[test]

@@ -121,8 +121,16 @@ impl Reconciler {
             .filter(|(id, _)| !draining.contains(*id))
             .map(|(id, r)| CollectorSlot { id: id.clone(), weight: r.weight, labels: r.labels.clone() })
             .collect();
-        let placements: BTreeMap<MonitorId, Placement> =
-            monitors.keys().map(|m| (m.clone(), Placement::default())).collect();
+        let placements: BTreeMap<MonitorId, Placement> = monitors
+            .iter()
+            .map(|(m, s)| {
+                let placement = Placement {
+                    pinned: s.spec.pinned_collector.clone(),
+                    required_labels: s.spec.collector_labels.clone(),
+                };
+                (m.clone(), placement)
+            })
+            .collect();
         let previous: BTreeMap<MonitorId, CollectorId> =
             assignments.iter().map(|(m, a)| (m.clone(), a.collector.clone())).collect();
         let plan = planner::plan(&placements, &slots, &previous);

@@ -31,6 +31,8 @@ pub fn input_from_proto(p: v1::MonitorSpecInput) -> core::MonitorInput {
             insecure_skip_verify: Some(t.insecure_skip_verify),
         }),
         labels: p.labels.into_iter().collect(),
+        pinned_collector: p.pinned_collector,
+        collector_labels: p.collector_labels.into_iter().collect(),
     }
 }
 
@@ -59,6 +61,8 @@ pub fn input_to_proto(i: &core::MonitorInput) -> v1::MonitorSpecInput {
             insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
         }),
         labels: i.labels.clone().into_iter().collect(),
+        pinned_collector: i.pinned_collector.clone(),
+        collector_labels: i.collector_labels.clone().into_iter().collect(),
     }
 }
 
@@ -89,6 +93,8 @@ pub fn monitor_view(s: &core::MonitorSpec) -> v1::MonitorView {
             insecure_skip_verify: t.insecure_skip_verify,
         }),
         labels: s.labels.clone().into_iter().collect(),
+        pinned_collector: s.pinned_collector.as_ref().map(|c| c.to_string()),
+        collector_labels: s.collector_labels.clone().into_iter().collect(),
     }
 }
 

@@ -8,10 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use kollector_collector::metrics::Extra;
 use kollector_collector::{CollectGate, CollectorNode, CollectorServiceImpl};
 use kollector_coordination::membership::{CollectorRecord, Membership, MembershipConfig};
 use kollector_core::CollectorId;
@@ -91,13 +94,33 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     });
     let http_stop = wait(stop_rx);
     let store = node.store().clone();
+    // Lease health for /metrics: last keepalive round trip and fences so far.
+    let keepalive_us = Arc::new(AtomicU64::new(0));
+    let fences = Arc::new(AtomicU64::new(0));
+    let (k, f) = (keepalive_us.clone(), fences.clone());
+    let extra: Arc<dyn Fn() -> Vec<Extra> + Send + Sync> = Arc::new(move || {
+        vec![
+            Extra {
+                name: "kollector_lease_keepalive_latency_seconds",
+                help: "Round trip of the latest successful etcd lease keepalive.",
+                value: k.load(Ordering::Relaxed) as f64 / 1e6,
+                counter: false,
+            },
+            Extra {
+                name: "kollector_lease_fences",
+                help: "Times this collector fenced itself (stopped every monitor) after losing its lease.",
+                value: f.load(Ordering::Relaxed) as f64,
+                counter: true,
+            },
+        ]
+    });
     let web = tokio::spawn(async move {
-        if let Err(e) = http::serve(http_listener, http::local(store), http_stop).await {
+        if let Err(e) = http::serve(http_listener, http::local_with(store, extra), http_stop).await {
             tracing::error!("HTTP server failed: {e}");
         }
     });
 
-    let (fence_node, fence_gate) = (node.clone(), gate.clone());
+    let (fence_node, fence_gate, fence_count) = (node.clone(), gate.clone(), fences.clone());
     let membership = Membership::start(
         MembershipConfig {
             endpoints: args.etcd,
@@ -114,12 +137,16 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
         },
         Box::new(move || {
             let (n, g) = (fence_node.clone(), fence_gate.clone());
+            fence_count.fetch_add(1, Ordering::Relaxed);
             Box::pin(async move {
                 g.close();
                 n.fence().await
             })
         }),
-        Box::new(move |until| gate.open_until(until.into_std())),
+        Box::new(move |until, rtt| {
+            gate.open_until(until.into_std());
+            keepalive_us.store(rtt.as_micros() as u64, Ordering::Relaxed);
+        }),
     );
     eprintln!("kollector collector {id}: CollectorService on {grpc_addr}, metrics on http://{http_addr}/metrics");
     shutdown_signal().await;

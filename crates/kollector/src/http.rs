@@ -16,9 +16,17 @@ pub type Render = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = String> + Send>> +
 
 /// `/metrics` of the monitors running in this process.
 pub fn local(store: ResultStore) -> Render {
+    local_with(store, Arc::new(Vec::new))
+}
+
+/// Like [`local`], plus process-level metrics computed at each scrape.
+pub fn local_with(
+    store: ResultStore,
+    extra: Arc<dyn Fn() -> kollector_collector::metrics::ExtraGauges + Send + Sync>,
+) -> Render {
     Arc::new(move || {
-        let store = store.clone();
-        Box::pin(async move { kollector_collector::metrics::render(&store, Vec::new()) })
+        let (store, extra) = (store.clone(), extra.clone());
+        Box::pin(async move { kollector_collector::metrics::render(&store, extra()) })
     })
 }
 

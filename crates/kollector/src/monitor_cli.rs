@@ -108,6 +108,12 @@ struct SpecArgs {
     /// Free-form label, key=value; repeatable.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// Cluster mode: run only on this collector.
+    #[arg(long)]
+    pin_collector: Option<String>,
+    /// Cluster mode: run only on collectors with this label, key=value; repeatable.
+    #[arg(long = "collector-label", value_parser = parse_label)]
+    collector_labels: Vec<(String, String)>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -156,6 +162,8 @@ impl SpecArgs {
             sasl,
             tls,
             labels: self.labels.into_iter().collect::<BTreeMap<_, _>>(),
+            pinned_collector: self.pin_collector,
+            collector_labels: self.collector_labels.into_iter().collect::<BTreeMap<_, _>>(),
         })
     }
 }
