@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use kollector_tests::cluster::{latest, unix_ms, Cluster, TTL};
+use kollector_tests::cluster::{fresh_elsewhere, latest, unix_ms, Cluster, TTL};
 use kollector_tests::kollector::KollectorProcess;
 use kollector_tests::poll::wait_for_async;
 
@@ -37,17 +37,7 @@ async fn main() {
         cluster.collectors.get_mut(&victim).expect("victim").kill();
         wait_for_async("orphans fresh elsewhere", Duration::from_secs(60), || async {
             let results = latest(&cluster.manager).await;
-            let fresh = orphans
-                .iter()
-                .filter(|m| {
-                    results.iter().any(|r| {
-                        &r.monitor_id == *m
-                            && r.collector_id != victim
-                            && r.attempted_at_ms > killed_ms
-                            && r.snapshot.is_some()
-                    })
-                })
-                .count();
+            let fresh = fresh_elsewhere(&results, &orphans, &victim, killed_ms);
             if fresh == orphans.len() {
                 Ok(())
             } else {

@@ -103,3 +103,19 @@ pub fn loads(owner: &BTreeMap<String, String>) -> BTreeMap<String, usize> {
 pub fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
+
+/// How many of `monitors` have a result with a snapshot from a collector
+/// other than `not_from`, attempted after `since_ms`.
+pub fn fresh_elsewhere(results: &[pb::MonitorResult], monitors: &[String], not_from: &str, since_ms: u64) -> usize {
+    monitors
+        .iter()
+        .filter(|m| {
+            results.iter().any(|r| {
+                &r.monitor_id == *m
+                    && r.collector_id != not_from
+                    && r.attempted_at_ms > since_ms
+                    && r.snapshot.is_some()
+            })
+        })
+        .count()
+}

@@ -62,20 +62,13 @@ impl EtcdServer {
         self.child.as_ref().map(|c| c.id()).expect("etcd running")
     }
 
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.pid() as i32, sig);
-        }
-    }
-
     /// Freezes etcd (SIGSTOP): connections stay open but nothing answers.
     pub fn pause(&self) {
-        self.signal(libc::SIGSTOP);
+        crate::send_signal(self.pid(), libc::SIGSTOP);
     }
 
     pub fn resume(&self) {
-        self.signal(libc::SIGCONT);
+        crate::send_signal(self.pid(), libc::SIGCONT);
     }
 
     /// SIGKILLs etcd and waits for it to be gone.

@@ -122,20 +122,13 @@ impl KollectorProcess {
         }
     }
 
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.pid() as i32, sig);
-        }
-    }
-
     /// Freezes the process (SIGSTOP), like a long GC pause.
     pub fn pause(&self) {
-        self.signal(libc::SIGSTOP);
+        crate::send_signal(self.pid(), libc::SIGSTOP);
     }
 
     pub fn resume(&self) {
-        self.signal(libc::SIGCONT);
+        crate::send_signal(self.pid(), libc::SIGCONT);
     }
 
     pub fn pid(&self) -> u32 {
@@ -176,10 +169,7 @@ impl KollectorProcess {
     /// Sends SIGTERM and waits for a clean exit; returns whether it exited 0.
     pub fn terminate(&mut self) -> bool {
         let Some(mut child) = self.child.take() else { return false };
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
+        crate::send_signal(child.id(), libc::SIGTERM);
         child.wait().map(|s| s.success()).unwrap_or(false)
     }
 }

@@ -17,3 +17,12 @@ pub mod poll;
 
 pub use kollector_devkit::fixtures as kafka_fixtures;
 pub use kollector_devkit::{find_executable, free_port, tansu};
+
+/// Sends `sig` to process `pid` (SIGSTOP/SIGCONT to freeze and thaw, SIGTERM
+/// for a clean stop).
+pub fn send_signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions; callers pass their own children's pids.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}

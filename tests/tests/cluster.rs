@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use kollector_proto::v1 as pb;
-use kollector_tests::cluster::{latest, list_running, loads, unix_ms, Cluster, TTL};
+use kollector_tests::cluster::{fresh_elsewhere, latest, list_running, loads, unix_ms, Cluster, TTL};
 use kollector_tests::etcd::EtcdServer;
 use kollector_tests::kollector::KollectorProcess;
 use kollector_tests::poll::wait_for_async;
@@ -78,17 +78,7 @@ async fn sigkill_of_a_collector_moves_only_its_monitors_within_ttl_plus_five_sec
             let mut client = cluster.manager.client().await;
             let latest =
                 client.get_latest(pb::GetLatestRequest { monitor_id: String::new() }).await.unwrap().into_inner();
-            let fresh = orphans
-                .iter()
-                .filter(|m| {
-                    latest.results.iter().any(|r| {
-                        &r.monitor_id == *m
-                            && r.collector_id != victim
-                            && r.attempted_at_ms > killed_ms
-                            && r.snapshot.is_some()
-                    })
-                })
-                .count();
+            let fresh = fresh_elsewhere(&latest.results, &orphans, &victim, killed_ms);
             if fresh == orphans.len() {
                 Ok(owners)
             } else {

@@ -19,6 +19,7 @@ use crate::catalog::{CatalogError, MonitorCatalog};
 use crate::cluster_store::ClusterStore;
 use crate::intake::Intake;
 use crate::reconciler::CollectorClients;
+use crate::service::{parse_id, required_spec};
 
 /// How long Update and Delete wait for the cluster to apply the change.
 const APPLY_WAIT: Duration = Duration::from_secs(30);
@@ -31,10 +32,6 @@ pub struct ClusterManagerService {
 
 fn etcd_status(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("etcd: {e}"))
-}
-
-fn parse_id(id: &str) -> Result<MonitorId, Status> {
-    MonitorId::new(id).map_err(|e| Status::invalid_argument(format!("id: {id:?} {e}")))
 }
 
 impl ClusterManagerService {
@@ -90,8 +87,7 @@ impl ManagerService for ClusterManagerService {
         &self,
         req: Request<pb::CreateMonitorRequest>,
     ) -> Result<Response<pb::MonitorInfo>, Status> {
-        let input =
-            req.into_inner().spec.map(input_from_proto).ok_or_else(|| Status::invalid_argument("spec: required"))?;
+        let input = required_spec(req.into_inner().spec)?;
         let spec = input.validate(1).map_err(|e| Status::invalid_argument(format!("invalid monitor spec: {e}")))?;
         if !self.store.create_monitor(&spec).await.map_err(etcd_status)? {
             return Err(Status::already_exists(format!("monitor {:?} already exists", spec.id.as_str())));
@@ -104,8 +100,7 @@ impl ManagerService for ClusterManagerService {
         &self,
         req: Request<pb::UpdateMonitorRequest>,
     ) -> Result<Response<pb::MonitorInfo>, Status> {
-        let input =
-            req.into_inner().spec.map(input_from_proto).ok_or_else(|| Status::invalid_argument("spec: required"))?;
+        let input = required_spec(req.into_inner().spec)?;
         let id = parse_id(&input.id)?;
         let stored = self
             .store

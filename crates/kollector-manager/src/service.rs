@@ -102,11 +102,11 @@ fn backend_status(e: BackendError) -> Status {
     }
 }
 
-fn parse_id(id: &str) -> Result<MonitorId, Status> {
+pub(crate) fn parse_id(id: &str) -> Result<MonitorId, Status> {
     MonitorId::new(id).map_err(|e| Status::invalid_argument(format!("id: {id:?} {e}")))
 }
 
-fn required_spec(spec: Option<pb::MonitorSpecInput>) -> Result<kollector_core::MonitorInput, Status> {
+pub(crate) fn required_spec(spec: Option<pb::MonitorSpecInput>) -> Result<kollector_core::MonitorInput, Status> {
     spec.map(input_from_proto).ok_or_else(|| Status::invalid_argument("spec: required"))
 }
 

@@ -22,14 +22,14 @@ use kollector_kafka::ClientOptions;
 use kollector_proto::v1::collector_service_server::CollectorServiceServer;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::etcd_args::EtcdArgs;
 use crate::http;
 use crate::standalone::shutdown_signal;
 
 #[derive(Args)]
 pub struct CollectorArgs {
-    /// etcd endpoints, comma-separated (e.g. http://10.0.0.1:2379).
-    #[arg(long, env = "KOLLECTOR_ETCD", value_delimiter = ',', required = true)]
-    etcd: Vec<String>,
+    #[command(flatten)]
+    cluster: EtcdArgs,
     /// This collector's id: stable across restarts (e.g. the host name).
     #[arg(long, env = "KOLLECTOR_COLLECTOR_ID")]
     id: String,
@@ -42,9 +42,6 @@ pub struct CollectorArgs {
     /// The gRPC address managers should dial, if not the listen address (e.g. behind NAT).
     #[arg(long)]
     advertise_grpc: Option<String>,
-    /// etcd key prefix shared by the cluster.
-    #[arg(long, default_value = kollector_coordination::keys::DEFAULT_PREFIX)]
-    prefix: String,
     /// Membership lease TTL: a dead collector's monitors move after about this long.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     lease_ttl: Duration,
@@ -123,8 +120,8 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     let (fence_node, fence_gate, fence_count) = (node.clone(), gate.clone(), fences.clone());
     let membership = Membership::start(
         MembershipConfig {
-            endpoints: args.etcd,
-            prefix: args.prefix,
+            endpoints: args.cluster.etcd,
+            prefix: args.cluster.prefix,
             id: id.clone(),
             record: CollectorRecord {
                 grpc_address: args.advertise_grpc.unwrap_or_else(|| grpc_addr.to_string()),

@@ -6,6 +6,7 @@
 mod cluster_cli;
 mod collector_node;
 mod demo;
+mod etcd_args;
 mod http;
 mod manager_node;
 mod monitor_cli;

@@ -25,14 +25,14 @@ use kollector_proto::v1::manager_service_server::ManagerServiceServer;
 use kollector_proto::{error_from_proto, snapshot_from_proto, status_from_proto};
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::etcd_args::EtcdArgs;
 use crate::http;
 use crate::standalone::shutdown_signal;
 
 #[derive(Args)]
 pub struct ManagerArgs {
-    /// etcd endpoints, comma-separated (e.g. http://10.0.0.1:2379).
-    #[arg(long, env = "KOLLECTOR_ETCD", value_delimiter = ',', required = true)]
-    etcd: Vec<String>,
+    #[command(flatten)]
+    cluster: EtcdArgs,
     /// Where to serve ManagerService (the CLI and users connect here).
     #[arg(long, default_value = "127.0.0.1:7070")]
     grpc_listen: SocketAddr,
@@ -42,9 +42,6 @@ pub struct ManagerArgs {
     /// The gRPC address to publish as leader, if not the listen address.
     #[arg(long)]
     advertise_grpc: Option<String>,
-    /// etcd key prefix shared by the cluster.
-    #[arg(long, default_value = kollector_coordination::keys::DEFAULT_PREFIX)]
-    prefix: String,
     /// Election lease TTL: a dead leader is replaced after about this long.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     election_ttl: Duration,
@@ -94,15 +91,15 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
-    let client = lease::connect(&args.etcd, args.election_ttl)
+    let client = lease::connect(&args.cluster.etcd, args.election_ttl)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach etcd at {}: {e}", args.etcd.join(",")))?;
-    let store = ClusterStore::new(client, Keys::new(&args.prefix));
+        .map_err(|e| anyhow::anyhow!("cannot reach etcd at {}: {e}", args.cluster.etcd.join(",")))?;
+    let store = ClusterStore::new(client, Keys::new(&args.cluster.prefix));
     let clients = CollectorClients::default();
     let (intake, intake_task) = Intake::start(store.clone(), clients.clone());
     let election = Election::start(ElectionConfig {
-        endpoints: args.etcd.clone(),
-        prefix: args.prefix.clone(),
+        endpoints: args.cluster.etcd.clone(),
+        prefix: args.cluster.prefix.clone(),
         address: args.advertise_grpc.unwrap_or_else(|| grpc_addr.to_string()),
         ttl: args.election_ttl,
     });
