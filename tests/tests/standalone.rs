@@ -361,3 +361,26 @@ fn cli_manages_monitors_end_to_end() {
     let (ok, _, err) = run_cli(&["monitor", "--server", "http://127.0.0.1:1", "list"]);
     assert!(!ok && err.contains("cannot reach kollector"), "{err}");
 }
+
+/// The README's first command runs `kollector demo`: it must start its
+/// brokers, show real lag and stop cleanly by itself.
+#[test]
+fn the_demo_runs_shows_lag_and_stops_cleanly() {
+    let (grpc, http) = (kollector_tests::free_port(), kollector_tests::free_port());
+    let (ok, _out, err) = run_cli(&[
+        "demo",
+        "--duration",
+        "12s",
+        "--interval",
+        "2s",
+        "--grpc-listen",
+        &format!("127.0.0.1:{grpc}"),
+        "--http-listen",
+        &format!("127.0.0.1:{http}"),
+    ]);
+    assert!(ok, "demo failed:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("cluster demo-orders") && err.contains("billing lag"), "{err}");
+    assert!(err.contains("cluster demo-payments") && err.contains("ledger lag"), "{err}");
+    assert!(err.contains("demo: stopping"), "{err}");
+}

@@ -31,16 +31,21 @@ fn kafka<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> DevError + '_ {
     move |e| DevError::Kafka(format!("{what}: {e}"))
 }
 
-/// Creates `topic` with `partitions` partitions (replication 1).
-pub fn try_create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), DevError> {
+/// Creates `topic` with `partitions` partitions (replication 1), from async code.
+pub async fn create_topic_async(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), DevError> {
     let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create().map_err(kafka("admin client"))?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT)).request_timeout(Some(TIMEOUT));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(kafka("runtime"))?;
-    for r in rt.block_on(admin.create_topics([&new], &opts)).map_err(kafka("create_topics"))? {
+    for r in admin.create_topics([&new], &opts).await.map_err(kafka("create_topics"))? {
         r.map_err(|(name, code)| DevError::Kafka(format!("create topic {name}: {code}")))?;
     }
     Ok(())
+}
+
+/// [`create_topic_async`] for synchronous code (not from inside an async runtime).
+pub fn try_create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), DevError> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(kafka("runtime"))?;
+    rt.block_on(create_topic_async(bootstrap, topic, partitions))
 }
 
 /// Produces `count` records to `topic`/`partition`, one request each, and

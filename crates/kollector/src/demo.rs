@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _};
 use clap::Args;
 use kollector_core::{MonitorInput, MonitorSpec};
-use kollector_devkit::fixtures::{client_config, try_create_topic};
+use kollector_devkit::fixtures::{client_config, create_topic_async};
 use kollector_devkit::free_port;
 use kollector_devkit::tansu::TansuBroker;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -105,7 +105,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let payments = TansuBroker::try_start(args.tansu, "demo-payments", free_port())?;
     for (broker, topic, partitions) in [(&orders, "orders", 3), (&orders, "orders-dlq", 1), (&payments, "payments", 2)]
     {
-        try_create_topic(&broker.bootstrap(), topic, partitions)?;
+        create_topic_async(&broker.bootstrap(), topic, partitions).await?;
     }
     eprintln!(
         "demo: tansu brokers up: demo-orders at {}, demo-payments at {}",
