@@ -166,15 +166,28 @@ async fn manager_leader_sigkill_standby_takes_over_without_moving_anything() {
     let collectors: BTreeMap<String, KollectorProcess> =
         ["c1", "c2"].iter().map(|id| (id.to_string(), KollectorProcess::collector(&etcd.endpoint(), id))).collect();
     let m2 = KollectorProcess::manager(&etcd.endpoint());
-    let cluster = Cluster { etcd, broker, manager: m2, collectors };
+    let mut cluster = Cluster { etcd, broker, manager: m2, collectors };
     cluster.create_monitors(10).await;
     cluster.settled(10, 60).await;
-    let leader_of = |r: &pb::ListCollectorsResponse| r.leader_address.clone();
+    // Whichever manager won the election is the one to kill; keep the
+    // standby as `cluster.manager` so the test talks to the survivor.
+    let leader_address = wait_for_async("a leader", Duration::from_secs(15), || async {
+        let mut client = cluster.manager.client().await;
+        let r = client.list_collectors(pb::ListCollectorsRequest {}).await.map_err(|e| e.to_string())?.into_inner();
+        if r.leader_address.is_empty() {
+            Err("no leader".to_string())
+        } else {
+            Ok(r.leader_address)
+        }
+    })
+    .await;
+    if leader_address == format!("127.0.0.1:{}", cluster.manager.grpc_port) {
+        std::mem::swap(&mut m1, &mut cluster.manager);
+    }
+    // Now m1 leads and cluster.manager is the standby.
+    assert_eq!(leader_address, format!("127.0.0.1:{}", m1.grpc_port));
+    let standby_addr = format!("127.0.0.1:{}", cluster.manager.grpc_port);
     let mut client = cluster.manager.client().await;
-    let view = client.list_collectors(pb::ListCollectorsRequest {}).await.unwrap().into_inner();
-    let m1_addr = format!("127.0.0.1:{}", m1.grpc_port);
-    let m2_addr = format!("127.0.0.1:{}", cluster.manager.grpc_port);
-    assert_eq!(leader_of(&view), m1_addr, "the first manager leads");
     let before = client.get_assignments(pb::GetAssignmentsRequest {}).await.unwrap().into_inner().assignments;
 
     let killed = Instant::now();
@@ -182,7 +195,7 @@ async fn manager_leader_sigkill_standby_takes_over_without_moving_anything() {
     wait_for_async("the standby to lead", Duration::from_secs(15), || async {
         let mut client = cluster.manager.client().await;
         let r = client.list_collectors(pb::ListCollectorsRequest {}).await.map_err(|e| e.to_string())?.into_inner();
-        if r.leader_address == m2_addr {
+        if r.leader_address == standby_addr {
             Ok(())
         } else {
             Err(format!("leader {:?}", r.leader_address))
