@@ -39,28 +39,34 @@ impl Cluster {
     }
 
     pub async fn create_monitors(&self, n: usize) {
-        let mut client = self.manager.client().await;
-        for i in 0..n {
-            let spec = pb::MonitorSpecInput {
-                id: format!("m{i:02}"),
-                bootstrap: vec![self.broker.bootstrap()],
-                interval: Some("1s".into()),
-                ..Default::default()
-            };
-            client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec) }).await.expect("create monitor");
+        self.create_monitors_with(n, "1s").await
+    }
+
+    /// Creates `m00`, `m01`, … with `interval`, 16 requests in flight at a time.
+    pub async fn create_monitors_with(&self, n: usize, interval: &str) {
+        let client = self.manager.client().await;
+        let width = if n > 100 { 4 } else { 2 };
+        let ids: Vec<String> = (0..n).map(|i| format!("m{i:0width$}")).collect();
+        for batch in ids.chunks(16) {
+            let calls = batch.iter().map(|id| {
+                let mut client = client.clone();
+                let spec = pb::MonitorSpecInput {
+                    id: id.clone(),
+                    bootstrap: vec![self.broker.bootstrap()],
+                    interval: Some(interval.into()),
+                    ..Default::default()
+                };
+                async move {
+                    client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec) }).await.expect("create monitor")
+                }
+            });
+            futures::future::join_all(calls).await;
         }
     }
 
     /// monitor -> collectors running it, from every live collector's ListRunning.
     pub async fn owners(&self) -> BTreeMap<String, Vec<String>> {
-        let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (id, c) in &self.collectors {
-            let Some(r) = list_running(c).await else { continue };
-            for m in r.monitors {
-                owners.entry(m.monitor_id).or_default().push(id.clone());
-            }
-        }
-        owners
+        owners_among(self.collectors.iter()).await
     }
 
     /// Waits until exactly `n` monitors run, each on exactly one collector.
@@ -78,13 +84,53 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Waits until `n` monitors run, each on exactly one collector, exactly
+    /// where the manager's records say, with no move still in progress.
+    pub async fn stable(&self, n: usize, secs: u64) -> BTreeMap<String, String> {
+        wait_for_async(&format!("{n} monitors settled where the records say"), Duration::from_secs(secs), || async {
+            let owners = self.settled(n, secs).await;
+            let mut client = self.manager.client().await;
+            let records = client
+                .get_assignments(pb::GetAssignmentsRequest {})
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .assignments;
+            let moving = records.iter().filter(|a| !a.releasing.is_empty()).count();
+            let differ = records.iter().filter(|a| owners.get(&a.monitor_id) != Some(&a.collector_id)).count();
+            if moving == 0 && differ == 0 && records.len() == n {
+                Ok(owners)
+            } else {
+                Err(format!("{moving} moves in progress, {differ} monitors not where recorded"))
+            }
+        })
+        .await
+    }
+}
+
 /// A collector's ListRunning, or None if it does not answer within 1 s (frozen, dead).
 pub async fn list_running(c: &KollectorProcess) -> Option<pb::ListRunningResponse> {
     let call = async {
         let mut client = CollectorServiceClient::connect(c.grpc_url()).await.ok()?;
-        client.list_running(pb::ListRunningRequest {}).await.ok().map(|r| r.into_inner())
+        client.list_running(pb::ListRunningRequest { leader_term: 0 }).await.ok().map(|r| r.into_inner())
     };
     tokio::time::timeout(Duration::from_secs(1), call).await.ok().flatten()
+}
+
+/// monitor → collectors that list it in ListRunning (stopping included),
+/// over the given collectors; a collector that does not answer lists nothing.
+pub async fn owners_among<'a>(
+    collectors: impl Iterator<Item = (&'a String, &'a KollectorProcess)>,
+) -> BTreeMap<String, Vec<String>> {
+    let calls = collectors.map(|(id, c)| async move { (id.clone(), list_running(c).await) });
+    let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (id, r) in futures::future::join_all(calls).await {
+        for m in r.map(|r| r.monitors).unwrap_or_default() {
+            owners.entry(m.monitor_id).or_default().push(id.clone());
+        }
+    }
+    owners
 }
 
 pub async fn latest(manager: &KollectorProcess) -> Vec<pb::MonitorResult> {

@@ -58,6 +58,11 @@ impl KollectorProcess {
 
     /// Starts `kollector manager` against `etcd` with a 3 s election TTL.
     pub fn manager(etcd: &str) -> KollectorProcess {
+        Self::manager_with(etcd, &[])
+    }
+
+    /// Like [`KollectorProcess::manager`], with extra flags.
+    pub fn manager_with(etcd: &str, extra: &[&str]) -> KollectorProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let (grpc_port, http_port) = (free_port(), free_port());
         let args = vec![
@@ -68,6 +73,7 @@ impl KollectorProcess {
             "--election-ttl=3s".into(),
             "--reconcile-period=500ms".into(),
         ];
+        let args: Vec<String> = args.into_iter().chain(extra.iter().map(|s| s.to_string())).collect();
         let path = dir.path().to_path_buf();
         Self::spawn(dir, args, grpc_port, http_port, path)
     }
@@ -131,6 +137,10 @@ impl KollectorProcess {
         crate::send_signal(self.pid(), libc::SIGCONT);
     }
 
+    fn pid_or_zero(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).expect("running")
     }
@@ -162,8 +172,33 @@ impl KollectorProcess {
         Metrics::parse(&text).expect("parse /metrics")
     }
 
+    /// A ManagerService client that accepts large answers (GetLatest of
+    /// many monitors, or of one very large cluster).
     pub async fn client(&self) -> ManagerServiceClient<Channel> {
-        ManagerServiceClient::connect(self.grpc_url()).await.expect("connect gRPC")
+        ManagerServiceClient::connect(self.grpc_url())
+            .await
+            .expect("connect gRPC")
+            .max_decoding_message_size(256 * 1024 * 1024)
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns whether it exited 0.
@@ -176,6 +211,12 @@ impl KollectorProcess {
 
 impl Drop for KollectorProcess {
     fn drop(&mut self) {
+        // KOLLECTOR_TEST_LOGS=DIR keeps every process's log for a post-mortem.
+        if let Some(dir) = std::env::var_os("KOLLECTOR_TEST_LOGS") {
+            let name = format!("{}-{}.log", self.pid_or_zero(), std::process::id());
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::copy(self._dir.path().join("kollector.log"), std::path::Path::new(&dir).join(name));
+        }
         if self.child.is_some() {
             self.resume();
         }

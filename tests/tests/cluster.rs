@@ -228,6 +228,8 @@ async fn reconfigure_through_the_manager_restarts_on_the_owner_before_answering(
     let owners = cluster.settled(4, 60).await;
     let owner = &cluster.collectors[&owners["m01"]];
     let mut client = cluster.manager.client().await;
+    let before = client.get_monitor(pb::GetMonitorRequest { id: "m01".into() }).await.unwrap().into_inner();
+    let before = before.spec.unwrap().generation;
     let spec = pb::MonitorSpecInput {
         id: "m01".into(),
         bootstrap: vec![cluster.broker.bootstrap()],
@@ -235,12 +237,14 @@ async fn reconfigure_through_the_manager_restarts_on_the_owner_before_answering(
         ..Default::default()
     };
     let info = client.update_monitor(pb::UpdateMonitorRequest { spec: Some(spec) }).await.unwrap().into_inner();
-    assert_eq!(info.spec.unwrap().generation, 2);
-    // When the update answers, the owner already runs generation 2 (its Assign
-    // answered after closing the generation-1 client).
+    // The generation is the etcd revision of the spec's write: it only grows.
+    let generation = info.spec.unwrap().generation;
+    assert!(generation > before, "generation {generation} after {before}");
+    // When the update answers, the owner already runs the new generation (its
+    // Assign answered after closing the old generation's client).
     let running = list_running(owner).await.expect("owner answers");
     let m01 = running.monitors.iter().find(|m| m.monitor_id == "m01").expect("m01 on its owner");
-    assert_eq!(m01.generation, 2);
+    assert_eq!(m01.generation, generation);
     let metrics = kollector_tests::metrics::Metrics::parse(&owner.http_get("/metrics").unwrap()).unwrap();
     assert_eq!(
         metrics.value("kollector_kafka_clients", &[]),

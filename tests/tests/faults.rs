@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use kollector_collector::{CollectorHandle, CollectorNode, MonitorEntry};
+use kollector_collector::{CollectorHandle, CollectorNode};
+use kollector_core::MonitorResult as MonitorEntry;
 use kollector_core::{ErrorKind, MonitorId, MonitorInput, MonitorSpec, MonitorState};
 use kollector_kafka::ClientOptions;
 use kollector_tests::kafka_fixtures::cluster_id;
@@ -48,7 +49,7 @@ impl Node {
             if ok(&e) {
                 Ok(e)
             } else {
-                Err(format!("state {:?} reason {:?} error {:?}", e.status.state, e.status.reason, e.last_error))
+                Err(format!("state {:?} reason {:?} error {:?}", e.status.state, e.status.reason, e.error))
             }
         })
     }
@@ -85,7 +86,7 @@ fn broker_down_reports_a_reason_and_recovers_when_it_returns() {
     let e = node.wait("mock", "a degraded snapshot or an error with a reason", 30, |e| {
         let degraded =
             e.current_snapshot().is_some_and(|s| s.warnings.iter().any(|w| w.contains("offsets unavailable")));
-        let failed = e.last_error.is_some() && e.status.reason.is_some();
+        let failed = e.error.is_some() && e.status.reason.is_some();
         degraded || failed
     });
     assert!(matches!(e.status.state, MonitorState::Degraded | MonitorState::Failing), "{:?}", e.status);
@@ -127,7 +128,7 @@ fn expected_cluster_id_mismatch_is_refused_from_the_first_cycle() {
     let node = Node::start();
     node.assign(spec("strict", &mock.bootstrap_servers(), Some("the-real-cluster")));
     let e = node.wait("strict", "identity mismatch", 30, |e| e.errors_total.contains_key(&ErrorKind::IdentityMismatch));
-    assert!(e.last_snapshot.is_none(), "a snapshot from the wrong cluster was stored");
+    assert!(e.snapshot.is_none(), "a snapshot from the wrong cluster was stored");
     assert_eq!(e.status.pinned_cluster_id.as_deref(), Some("the-real-cluster"));
     let text = kollector_collector::metrics::render(node.handle.store(), Vec::new());
     assert!(!text.contains("kafka_brokers{monitor=\"strict\""), "{text}");

@@ -46,6 +46,12 @@ impl FencingBook {
         Ok(())
     }
 
+    /// Notes a leader term seen on a read (ListRunning): older terms are
+    /// refused from now on.
+    pub fn observe_term(&mut self, term: i64) {
+        self.max_term = self.max_term.max(term);
+    }
+
     /// Records accepted tokens.
     pub fn record(&mut self, id: &MonitorId, tokens: Tokens) {
         self.max_term = self.max_term.max(tokens.leader_term);
@@ -83,6 +89,8 @@ mod tests {
         // The term is global: an old leader is refused for every monitor.
         assert!(book.check(&other, t(1, 50, 4)).is_err());
         assert_eq!(book.epoch(&id), 10);
+        book.observe_term(7);
+        assert!(book.check(&id, t(1, 12, 6)).is_err(), "a term seen on a read fences older leaders");
         assert_eq!(book.epoch(&other), 0);
     }
 }

@@ -7,7 +7,7 @@
 //! that deadline wakes with the gate already shut, before its fencing task
 //! has even run. In standalone mode the gate is always open.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -40,6 +40,21 @@ impl CollectGate {
         self.until_ns.store(0, Ordering::SeqCst);
     }
 
+    /// Until when collections may talk to Kafka: `None` if always open.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.until_ns.load(Ordering::SeqCst) {
+            u64::MAX => None,
+            ns => Some(self.base + std::time::Duration::from_nanos(ns)),
+        }
+    }
+
+    /// The gate as a collection fence (see `kollector_kafka::Deadline`),
+    /// also passed at once when `abandon` is set (the monitor is stopping).
+    pub fn fence(&self, abandon: Arc<AtomicBool>) -> kollector_kafka::Fence {
+        let gate = self.clone();
+        Arc::new(move || if abandon.load(Ordering::SeqCst) { Some(Instant::now()) } else { gate.deadline() })
+    }
+
     pub fn is_open(&self) -> bool {
         let until = self.until_ns.load(Ordering::SeqCst);
         until == u64::MAX || (self.base.elapsed().as_nanos() as u64) < until
@@ -63,5 +78,14 @@ mod tests {
         g.open_until(Instant::now() + Duration::from_secs(60));
         g.close();
         assert!(!g.is_open());
+        assert!(g.deadline().is_some_and(|d| d <= Instant::now()));
+        let abandon = Arc::new(AtomicBool::new(false));
+        let fence = g.fence(abandon.clone());
+        g.open_until(Instant::now() + Duration::from_secs(5));
+        assert!(fence().is_some_and(|d| d > Instant::now()), "the fence follows the gate");
+        abandon.store(true, Ordering::SeqCst);
+        assert!(fence().is_some_and(|d| d <= Instant::now()), "abandoning passes the fence at once");
+        assert!(CollectGate::open().fence(Arc::default())().is_none());
+        assert!(CollectGate::open().deadline().is_none());
     }
 }

@@ -12,10 +12,13 @@
 //! - `probe.rs`: a one-time collection with a temporary client.
 //! - `service.rs`, `fencing.rs`: cluster mode: the gRPC CollectorService the
 //!   manager drives, refusing stale commands by their fencing tokens.
+//! - `cluster_member.rs`: cluster mode: the etcd lease drives the collect
+//!   gate, the lease Assigns must name, and self-fencing.
 //! - `node.rs`: runs the actors on their own actix system thread and hands a
 //!   `Send` handle to the tokio side (gRPC, HTTP).
 
 mod backoff;
+mod cluster_member;
 pub mod fencing;
 mod gate;
 pub mod metrics;
@@ -26,10 +29,11 @@ mod registry;
 mod service;
 mod store;
 
+pub use cluster_member::ClusterMember;
 pub use gate::CollectGate;
 pub use monitor_actor::MonitorActor;
-pub use node::{CollectorHandle, CollectorNode};
+pub use node::{CollectorHandle, CollectorNode, MonitorTurn};
 pub use probe::probe;
 pub use registry::{AssignOutcome, MonitorRegistry, RegistryError, RunningMonitor};
-pub use service::CollectorServiceImpl;
-pub use store::{MonitorEntry, ResultStore};
+pub use service::{CollectorServiceImpl, CurrentLease};
+pub use store::ResultStore;

@@ -20,7 +20,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::store::{MonitorEntry, ResultStore};
+use kollector_core::MonitorResult;
+
+use crate::store::ResultStore;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -44,7 +46,7 @@ pub fn render(store: &ResultStore, extra: ExtraGauges) -> String {
 
 /// Renders given entries (the manager builds them from collectors' results).
 /// `local_clients` adds this process's open Kafka client count.
-pub fn render_entries(entries: Vec<MonitorEntry>, extra: ExtraGauges, local_clients: bool) -> String {
+pub fn render_entries(entries: Vec<MonitorResult>, extra: ExtraGauges, local_clients: bool) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(StoreCollector { entries, extra, local_clients }));
     let mut out = String::new();
@@ -57,7 +59,7 @@ pub fn render_entries(entries: Vec<MonitorEntry>, extra: ExtraGauges, local_clie
 
 #[derive(Debug)]
 struct StoreCollector {
-    entries: Vec<MonitorEntry>,
+    entries: Vec<MonitorResult>,
     extra: ExtraGauges,
     local_clients: bool,
 }
@@ -288,8 +290,8 @@ impl StoreCollector {
     }
 
     fn encode_self(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
-        let m = |e: &MonitorEntry| -> Labels { vec![("monitor", e.spec.id.to_string())] };
-        let per = |f: &dyn Fn(&MonitorEntry) -> Option<f64>| -> Vec<(Labels, f64)> {
+        let m = |e: &MonitorResult| -> Labels { vec![("monitor", e.monitor.to_string())] };
+        let per = |f: &dyn Fn(&MonitorResult) -> Option<f64>| -> Vec<(Labels, f64)> {
             self.entries.iter().filter_map(|e| f(e).map(|v| (m(e), v))).collect()
         };
         if self.local_clients {
@@ -336,7 +338,7 @@ impl StoreCollector {
             enc,
             "kollector_collection_duration_seconds",
             "Duration of the monitor's latest successful collection.",
-            per(&|e| e.last_snapshot.as_ref().map(|s| s.duration_ms as f64 / 1000.0)),
+            per(&|e| e.snapshot.as_ref().map(|s| s.duration_ms as f64 / 1000.0)),
         )?;
         gauges(
             enc,
@@ -348,7 +350,7 @@ impl StoreCollector {
             enc,
             "kollector_monitor_generation",
             "Generation of the monitor's spec that is running.",
-            per(&|e| Some(e.spec.generation as f64)),
+            per(&|e| Some(e.generation as f64)),
         )?;
         counters(
             enc,

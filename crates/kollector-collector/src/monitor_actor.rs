@@ -20,7 +20,18 @@
 //! Identity guard: the first successful snapshot pins the cluster id (or the
 //! spec's `expected_cluster_id` does from the start). A snapshot from another
 //! cluster is an `IdentityMismatch` error and is never published.
+//!
+//! Fence (cluster mode): a collection may talk to Kafka only until the
+//! collect gate's deadline (the lease's safe end). One that is still in
+//! flight then is abandoned within ~100 ms and its client is closed at once,
+//! so a frozen or cut-off collector has no Kafka connection left when its
+//! lease expires and the monitor starts elsewhere.
+//!
+//! Each result is stamped with the generation and the assignment epoch in
+//! force when its collection *started*, so the manager can refuse one that
+//! was collected under an assignment that is no longer current.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,6 +75,9 @@ type CycleOutcome = Result<(KafkaClient, Result<Snapshot, CollectError>), tokio:
 
 pub struct MonitorActor {
     spec: Arc<MonitorSpec>,
+    /// The assignment epoch, shared with the registry (a re-Assign of the
+    /// same spec under a newer epoch changes it without a restart).
+    epoch: Arc<AtomicU64>,
     options: ClientOptions,
     gate: CollectGate,
     store: ResultStore,
@@ -72,6 +86,10 @@ pub struct MonitorActor {
     /// Closes in progress (after failures); a stop waits for them too.
     closing: Vec<JoinHandle<()>>,
     stopping: bool,
+    /// Set on Stop: an in-flight collection gives up within ~100 ms instead
+    /// of running on to its timeout, so a stop (Unassign, reconfigure) of a
+    /// monitor whose brokers do not answer is quick.
+    abandon: Arc<AtomicBool>,
     stop_waiters: Vec<oneshot::Sender<()>>,
     /// Sequence number of the collection in flight, if any.
     in_flight: Option<u64>,
@@ -89,6 +107,7 @@ pub struct MonitorActor {
 impl MonitorActor {
     pub fn new(
         spec: Arc<MonitorSpec>,
+        epoch: Arc<AtomicU64>,
         options: ClientOptions,
         gate: CollectGate,
         store: ResultStore,
@@ -97,6 +116,7 @@ impl MonitorActor {
         MonitorActor {
             pinned_cluster_id: spec.expected_cluster_id.clone(),
             spec,
+            epoch,
             options,
             gate,
             store,
@@ -104,6 +124,7 @@ impl MonitorActor {
             client: ClientSlot::Empty,
             closing: Vec::new(),
             stopping: false,
+            abandon: Arc::new(AtomicBool::new(false)),
             stop_waiters: Vec::new(),
             in_flight: None,
             cycles: 0,
@@ -132,7 +153,7 @@ impl MonitorActor {
             match KafkaClient::connect(&self.spec, &self.options) {
                 Ok(c) => self.client = ClientSlot::Idle(c),
                 Err(e) => {
-                    self.on_failure(e, ctx);
+                    self.on_failure(e, self.epoch.load(Ordering::SeqCst), ctx);
                     return;
                 }
             }
@@ -144,12 +165,15 @@ impl MonitorActor {
         let seq = self.cycles;
         self.in_flight = Some(seq);
         let spec = self.spec.clone();
+        let fence = Some(self.gate.fence(self.abandon.clone()));
+        // Stamped now: the result belongs to the assignment it started under.
+        let epoch = self.epoch.load(Ordering::SeqCst);
         let task = tokio::task::spawn_blocking(move || {
-            let result = client.collect(&spec);
+            let result = client.collect_fenced(&spec, fence);
             (client, result)
         });
         ctx.spawn(actix::fut::wrap_future::<_, Self>(task).map(move |outcome, act, ctx| {
-            act.on_cycle_done(seq, outcome, ctx);
+            act.on_cycle_done(seq, epoch, outcome, ctx);
         }));
         let limit = self.spec.timeout + STUCK_GRACE;
         ctx.run_later(limit, move |act, _| {
@@ -162,7 +186,7 @@ impl MonitorActor {
         });
     }
 
-    fn on_cycle_done(&mut self, seq: u64, outcome: CycleOutcome, ctx: &mut Context<Self>) {
+    fn on_cycle_done(&mut self, seq: u64, epoch: u64, outcome: CycleOutcome, ctx: &mut Context<Self>) {
         if self.in_flight != Some(seq) {
             return;
         }
@@ -183,9 +207,32 @@ impl MonitorActor {
             return;
         }
         match result.and_then(|s| self.check_identity(s)) {
-            Ok(snapshot) => self.on_success(snapshot),
-            Err(e) => self.on_failure(e, ctx),
+            Ok(snapshot) => self.on_success(snapshot, epoch),
+            Err(e) if e.kind == ErrorKind::Fenced => self.on_fenced(e, epoch),
+            Err(e) => self.on_failure(e, epoch, ctx),
         }
+    }
+
+    /// The collection was abandoned at the fence: close the client now (its
+    /// connections must be gone before the lease can expire). Not a failure
+    /// of the monitor: no backoff, a new client is built once the gate opens.
+    fn on_fenced(&mut self, error: CollectError, epoch: u64) {
+        tracing::warn!(monitor = %self.spec.id, "{}; closing the Kafka client", error.message);
+        if let ClientSlot::Idle(client) = std::mem::replace(&mut self.client, ClientSlot::Empty) {
+            self.closing.retain(|h| !h.is_finished());
+            self.closing.push(tokio::task::spawn_blocking(move || drop(client)));
+        }
+        self.state = MonitorState::Failing;
+        let status = self.status(Some(error.message.clone()));
+        let now = unix_ms();
+        self.store.update(&self.spec.id, self.spec.generation, |e| {
+            e.status = status;
+            e.error = Some(error.clone());
+            e.epoch = epoch;
+            e.attempted_at_ms = now;
+            e.collections_total += 1;
+            *e.errors_total.entry(error.kind).or_default() += 1;
+        });
     }
 
     fn check_identity(&mut self, snapshot: Snapshot) -> Result<Snapshot, CollectError> {
@@ -212,7 +259,7 @@ impl MonitorActor {
         }
     }
 
-    fn on_success(&mut self, snapshot: Snapshot) {
+    fn on_success(&mut self, snapshot: Snapshot, epoch: u64) {
         self.consecutive_failures = 0;
         self.failures_since_rebuild = 0;
         self.rebuilds_since_success = 0;
@@ -222,15 +269,16 @@ impl MonitorActor {
         let now = unix_ms();
         self.store.update(&self.spec.id, self.spec.generation, |e| {
             e.status = status;
-            e.last_snapshot = Some(Arc::new(snapshot));
-            e.last_error = None;
+            e.snapshot = Some(Arc::new(snapshot));
+            e.error = None;
+            e.epoch = epoch;
             e.attempted_at_ms = now;
             e.last_success_ms = Some(now);
             e.collections_total += 1;
         });
     }
 
-    fn on_failure(&mut self, error: CollectError, ctx: &mut Context<Self>) {
+    fn on_failure(&mut self, error: CollectError, epoch: u64, ctx: &mut Context<Self>) {
         self.consecutive_failures += 1;
         self.failures_since_rebuild += 1;
         tracing::warn!(monitor = %self.spec.id, kind = error.kind.as_str(), "collection failed: {}", error.message);
@@ -247,7 +295,8 @@ impl MonitorActor {
         let now = unix_ms();
         self.store.update(&self.spec.id, self.spec.generation, |e| {
             e.status = status;
-            e.last_error = Some(error.clone());
+            e.error = Some(error.clone());
+            e.epoch = epoch;
             e.attempted_at_ms = now;
             e.collections_total += 1;
             *e.errors_total.entry(error.kind).or_default() += 1;
@@ -352,6 +401,7 @@ impl Handler<Stop> for MonitorActor {
         self.stop_waiters.push(tx);
         if !self.stopping {
             self.stopping = true;
+            self.abandon.store(true, Ordering::SeqCst);
             if self.in_flight.is_none() {
                 self.finish_stop(ctx);
             }

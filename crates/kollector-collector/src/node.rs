@@ -4,11 +4,17 @@
 //! multi-thread tokio runtime. The node runs an actix `System` on its own
 //! thread and hands out a [`CollectorHandle`] (an `Addr`, which is `Send`)
 //! that async code on any runtime can call.
+//!
+//! Commands for one monitor are serialized by its [`MonitorTurn`]: whoever
+//! changes a monitor (the CollectorService checking fencing tokens, the
+//! standalone manager) holds the turn from its check to its effect, and
+//! commands for other monitors never wait for it.
 
-use std::sync::mpsc;
+use std::collections::HashMap;
+use std::sync::{mpsc, Arc};
 
 use actix::prelude::*;
-use kollector_core::{MonitorId, MonitorSpec};
+use kollector_core::{Epoch, MonitorId, MonitorSpec};
 use kollector_kafka::ClientOptions;
 
 use crate::gate::CollectGate;
@@ -26,6 +32,20 @@ pub struct CollectorHandle {
     registry: Addr<MonitorRegistry>,
     store: ResultStore,
     system: System,
+    turns: Arc<std::sync::Mutex<HashMap<MonitorId, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// The exclusive right to change one monitor, held from a command's checks
+/// to its effect. Dropping it lets the next command for that monitor in.
+pub struct MonitorTurn {
+    id: MonitorId,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl MonitorTurn {
+    pub fn id(&self) -> &MonitorId {
+        &self.id
+    }
 }
 
 impl CollectorNode {
@@ -52,19 +72,53 @@ impl CollectorNode {
         })?;
         let (registry, system) =
             rx.recv().map_err(|_| std::io::Error::other("the actor system thread ended before starting"))?;
-        Ok(CollectorHandle { registry, store, system })
+        Ok(CollectorHandle { registry, store, system, turns: Arc::default() })
     }
 }
 
 impl CollectorHandle {
-    /// Starts or restarts a monitor; returns after any older client is closed.
-    pub async fn assign(&self, spec: MonitorSpec) -> Result<AssignOutcome, RegistryError> {
-        self.registry.send(Assign(spec)).await.map_err(|_| RegistryError::ShuttingDown)?
+    /// Waits for the turn to change monitor `id`.
+    pub async fn turn(&self, id: &MonitorId) -> MonitorTurn {
+        let lock = {
+            let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget turns nobody holds or waits for (ids come and go).
+            turns.retain(|_, m| Arc::strong_count(m) > 1);
+            turns.entry(id.clone()).or_default().clone()
+        };
+        MonitorTurn { id: id.clone(), _guard: lock.lock_owned().await }
     }
 
-    /// Stops a monitor; returns after its client is closed.
+    /// Starts or restarts a monitor (standalone: no epoch); returns after
+    /// any older client is closed. Takes the monitor's turn itself.
+    pub async fn assign(&self, spec: MonitorSpec) -> Result<AssignOutcome, RegistryError> {
+        let turn = self.turn(&spec.id).await;
+        self.assign_in_turn(&turn, spec, 0).await
+    }
+
+    /// Stops a monitor; returns after its client is closed. Takes its turn itself.
     pub async fn unassign(&self, id: MonitorId) -> Result<(), RegistryError> {
-        self.registry.send(Unassign(id)).await.map_err(|_| RegistryError::ShuttingDown)?
+        let turn = self.turn(&id).await;
+        self.unassign_in_turn(&turn).await
+    }
+
+    /// Starts or restarts a monitor under assignment `epoch`; returns after
+    /// any older client is closed. `turn` must be the monitor's.
+    pub async fn assign_in_turn(
+        &self,
+        turn: &MonitorTurn,
+        spec: MonitorSpec,
+        epoch: Epoch,
+    ) -> Result<AssignOutcome, RegistryError> {
+        debug_assert_eq!(turn.id(), &spec.id);
+        if turn.id() != &spec.id {
+            return Err(RegistryError::NotRunning(spec.id));
+        }
+        self.registry.send(Assign { spec, epoch }).await.map_err(|_| RegistryError::ShuttingDown)?
+    }
+
+    /// Stops a monitor; returns after its client is closed. `turn` must be its.
+    pub async fn unassign_in_turn(&self, turn: &MonitorTurn) -> Result<(), RegistryError> {
+        self.registry.send(Unassign(turn.id().clone())).await.map_err(|_| RegistryError::ShuttingDown)?
     }
 
     pub async fn list_running(&self) -> Vec<RunningMonitor> {

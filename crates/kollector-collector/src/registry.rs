@@ -3,17 +3,28 @@
 //! Every start and stop in the process goes through [`Assign`] and
 //! [`Unassign`]. Both are answered only after the old monitor's Kafka client
 //! is closed, so when a caller hears "done", no client of the old spec
-//! exists. The registry handles one request at a time (`AtomicResponse`):
-//! two concurrent updates of one monitor can never interleave into two live
-//! actors. It also supervises: a monitor actor that stops without being asked
-//! is restarted after a short delay.
+//! exists.
+//!
+//! Commands are serialized **per monitor, not per registry**: callers hold
+//! the monitor's [`MonitorTurn`] (see `node.rs`) across a command, and the
+//! registry itself never blocks on a stop. While one monitor waits for its
+//! client to close (a black-holed broker, a long timeout), every other
+//! monitor's commands and `ListRunning` are answered at once. A monitor
+//! being stopped is still listed (as `stopping`): until its client is closed
+//! it counts as running here, so the manager will not start it elsewhere.
+//!
+//! A fence or shutdown ([`StopAll`]) bumps `stop_seq`; an Assign that was
+//! waiting for an old client to close when that happened does not start its
+//! monitor afterwards. The registry also supervises: a monitor actor that
+//! stops without being asked is restarted after a short delay.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use kollector_core::{Generation, MonitorId, MonitorSpec};
+use kollector_core::{Epoch, Generation, MonitorId, MonitorSpec};
 use kollector_kafka::ClientOptions;
 
 use crate::gate::CollectGate;
@@ -31,6 +42,8 @@ pub enum RegistryError {
     NotRunning(MonitorId),
     #[error("the collector is shutting down")]
     ShuttingDown,
+    #[error("the collector fenced itself while starting monitor {0}; it was not started")]
+    Fenced(MonitorId),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,31 +52,45 @@ pub enum AssignOutcome {
     Started,
     /// An older generation was stopped (client closed), then the new one started.
     Restarted,
-    /// The same generation and spec already run: nothing was done.
+    /// The same generation and spec already run: nothing was done (the epoch is updated).
     Unchanged,
 }
 
-/// Start `spec`, replacing any other generation of the same monitor.
+impl AssignOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssignOutcome::Started => "started",
+            AssignOutcome::Restarted => "restarted",
+            AssignOutcome::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// Start `spec` under assignment `epoch`, replacing any other generation of
+/// the same monitor. Send only while holding the monitor's turn.
 #[derive(Message)]
 #[rtype(result = "Result<AssignOutcome, RegistryError>")]
-pub struct Assign(pub MonitorSpec);
+pub(crate) struct Assign {
+    pub spec: MonitorSpec,
+    pub epoch: Epoch,
+}
 
-/// Stop a monitor and close its client.
+/// Stop a monitor and close its client. Send only while holding its turn.
 #[derive(Message)]
 #[rtype(result = "Result<(), RegistryError>")]
-pub struct Unassign(pub MonitorId);
+pub(crate) struct Unassign(pub MonitorId);
 
-/// What runs here.
+/// What runs here, including monitors being stopped.
 #[derive(Message)]
 #[rtype(result = "Vec<RunningMonitor>")]
-pub struct ListRunning;
+pub(crate) struct ListRunning;
 
 /// Stop every monitor (closing every client). With `refuse_new`, later
 /// Assigns are refused (shutdown); without it (self-fencing) the node keeps
 /// accepting once the manager assigns again.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct StopAll {
+pub(crate) struct StopAll {
     pub refuse_new: bool,
 }
 
@@ -71,37 +98,73 @@ pub struct StopAll {
 pub struct RunningMonitor {
     pub id: MonitorId,
     pub generation: Generation,
+    pub epoch: Epoch,
+    /// Being stopped: its client is not closed yet.
+    pub stopping: bool,
 }
 
 struct Running {
     addr: Addr<MonitorActor>,
     spec: Arc<MonitorSpec>,
+    epoch: Arc<AtomicU64>,
 }
 
 pub struct MonitorRegistry {
     running: HashMap<MonitorId, Running>,
+    /// Monitors whose actor was asked to stop and whose client is not closed yet.
+    stopping: HashMap<MonitorId, RunningMonitor>,
     store: ResultStore,
     options: ClientOptions,
     gate: CollectGate,
     shutting_down: bool,
+    /// Bumped by every StopAll.
+    stop_seq: u64,
 }
 
 impl MonitorRegistry {
     pub fn new(store: ResultStore, options: ClientOptions, gate: CollectGate) -> Self {
-        MonitorRegistry { running: HashMap::new(), store, options, gate, shutting_down: false }
+        MonitorRegistry {
+            running: HashMap::new(),
+            stopping: HashMap::new(),
+            store,
+            options,
+            gate,
+            shutting_down: false,
+            stop_seq: 0,
+        }
     }
 
-    fn start_monitor(&mut self, spec: Arc<MonitorSpec>, ctx: &mut Context<Self>) {
-        self.store.open(spec.clone());
+    fn start_monitor(&mut self, spec: Arc<MonitorSpec>, epoch: Arc<AtomicU64>, ctx: &mut Context<Self>) {
+        self.store.open(&spec);
         let actor = MonitorActor::new(
             spec.clone(),
+            epoch.clone(),
             self.options.clone(),
             self.gate.clone(),
             self.store.clone(),
             Some(ctx.address().recipient()),
         );
         let addr = actor.start();
-        self.running.insert(spec.id.clone(), Running { addr, spec });
+        self.running.insert(spec.id.clone(), Running { addr, spec, epoch });
+    }
+
+    /// Takes a monitor out of `running`, lists it as stopping and returns
+    /// what to await for its client to close.
+    fn begin_stop(&mut self, id: &MonitorId) -> Option<impl std::future::Future<Output = ()>> {
+        let r = self.running.remove(id)?;
+        self.stopping.insert(
+            id.clone(),
+            RunningMonitor {
+                id: id.clone(),
+                generation: r.spec.generation,
+                epoch: r.epoch.load(Ordering::SeqCst),
+                stopping: true,
+            },
+        );
+        // A mailbox error means the actor is already gone, which is also "stopped".
+        Some(async move {
+            let _ = r.addr.send(Stop).await;
+        })
     }
 }
 
@@ -109,59 +172,67 @@ impl Actor for MonitorRegistry {
     type Context = Context<Self>;
 }
 
-/// Sends Stop and waits for the answer, which comes after the client closed.
-/// A mailbox error means the actor is already gone, which is also "stopped".
-async fn stop_actor(addr: Addr<MonitorActor>) {
-    let _ = addr.send(Stop).await;
-}
-
 impl Handler<Assign> for MonitorRegistry {
-    type Result = AtomicResponse<Self, Result<AssignOutcome, RegistryError>>;
+    type Result = ResponseActFuture<Self, Result<AssignOutcome, RegistryError>>;
 
-    fn handle(&mut self, Assign(spec): Assign, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Assign { spec, epoch }: Assign, _ctx: &mut Context<Self>) -> Self::Result {
         if self.shutting_down {
-            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(RegistryError::ShuttingDown))));
+            return Box::pin(actix::fut::ready(Err(RegistryError::ShuttingDown)));
         }
-        let old = match self.running.get(&spec.id) {
+        match self.running.get(&spec.id) {
             Some(r) if r.spec.generation > spec.generation => {
                 let err = RegistryError::StaleGeneration {
                     id: spec.id.clone(),
                     running: r.spec.generation,
                     offered: spec.generation,
                 };
-                return AtomicResponse::new(Box::pin(actix::fut::ready(Err(err))));
+                return Box::pin(actix::fut::ready(Err(err)));
             }
             Some(r) if *r.spec == spec => {
-                return AtomicResponse::new(Box::pin(actix::fut::ready(Ok(AssignOutcome::Unchanged))));
+                r.epoch.store(epoch, Ordering::SeqCst);
+                return Box::pin(actix::fut::ready(Ok(AssignOutcome::Unchanged)));
             }
-            Some(_) => self.running.remove(&spec.id),
-            None => None,
-        };
+            _ => {}
+        }
+        let seq = self.stop_seq;
+        let stop_old = self.begin_stop(&spec.id);
+        let outcome = if stop_old.is_some() { AssignOutcome::Restarted } else { AssignOutcome::Started };
         let spec = Arc::new(spec);
-        let outcome = if old.is_some() { AssignOutcome::Restarted } else { AssignOutcome::Started };
-        let stop_old = async move {
-            if let Some(old) = old {
-                stop_actor(old.addr).await;
+        let wait = async move {
+            if let Some(stop) = stop_old {
+                stop.await;
             }
         };
-        AtomicResponse::new(Box::pin(actix::fut::wrap_future::<_, Self>(stop_old).map(move |_, act, ctx| {
-            act.start_monitor(spec, ctx);
+        Box::pin(actix::fut::wrap_future::<_, Self>(wait).map(move |_, act, ctx| {
+            act.stopping.remove(&spec.id);
+            if act.shutting_down {
+                return Err(RegistryError::ShuttingDown);
+            }
+            if act.stop_seq != seq {
+                return Err(RegistryError::Fenced(spec.id.clone()));
+            }
+            act.start_monitor(spec, Arc::new(AtomicU64::new(epoch)), ctx);
             Ok(outcome)
-        })))
+        }))
     }
 }
 
 impl Handler<Unassign> for MonitorRegistry {
-    type Result = AtomicResponse<Self, Result<(), RegistryError>>;
+    type Result = ResponseActFuture<Self, Result<(), RegistryError>>;
 
     fn handle(&mut self, Unassign(id): Unassign, _ctx: &mut Context<Self>) -> Self::Result {
-        let Some(old) = self.running.remove(&id) else {
-            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(RegistryError::NotRunning(id)))));
+        let Some(stop) = self.begin_stop(&id) else {
+            return Box::pin(actix::fut::ready(Err(RegistryError::NotRunning(id))));
         };
-        AtomicResponse::new(Box::pin(actix::fut::wrap_future::<_, Self>(stop_actor(old.addr)).map(move |_, act, _| {
-            act.store.remove(&id);
+        Box::pin(actix::fut::wrap_future::<_, Self>(stop).map(move |_, act, _| {
+            act.stopping.remove(&id);
+            // A later Assign may have opened a new entry meanwhile only by
+            // holding the turn, which the caller holds: the entry is ours.
+            if !act.running.contains_key(&id) {
+                act.store.remove(&id);
+            }
             Ok(())
-        })))
+        }))
     }
 }
 
@@ -172,7 +243,13 @@ impl Handler<ListRunning> for MonitorRegistry {
         let mut v: Vec<RunningMonitor> = self
             .running
             .values()
-            .map(|r| RunningMonitor { id: r.spec.id.clone(), generation: r.spec.generation })
+            .map(|r| RunningMonitor {
+                id: r.spec.id.clone(),
+                generation: r.spec.generation,
+                epoch: r.epoch.load(Ordering::SeqCst),
+                stopping: false,
+            })
+            .chain(self.stopping.values().filter(|s| !self.running.contains_key(&s.id)).cloned())
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         MessageResult(v)
@@ -180,18 +257,21 @@ impl Handler<ListRunning> for MonitorRegistry {
 }
 
 impl Handler<StopAll> for MonitorRegistry {
-    type Result = AtomicResponse<Self, ()>;
+    type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, msg: StopAll, _: &mut Context<Self>) -> Self::Result {
         self.shutting_down |= msg.refuse_new;
-        let all: Vec<(MonitorId, Addr<MonitorActor>)> = self.running.drain().map(|(id, r)| (id, r.addr)).collect();
-        let ids: Vec<MonitorId> = all.iter().map(|(id, _)| id.clone()).collect();
-        let stops = futures::future::join_all(all.into_iter().map(|(_, addr)| stop_actor(addr)));
-        AtomicResponse::new(Box::pin(actix::fut::wrap_future::<_, Self>(stops).map(move |_, act, _| {
+        self.stop_seq += 1;
+        let ids: Vec<MonitorId> = self.running.keys().cloned().collect();
+        let stops: Vec<_> = ids.iter().filter_map(|id| self.begin_stop(id)).collect();
+        Box::pin(actix::fut::wrap_future::<_, Self>(futures::future::join_all(stops)).map(move |_, act, _| {
             for id in ids {
-                act.store.remove(&id);
+                act.stopping.remove(&id);
+                if !act.running.contains_key(&id) {
+                    act.store.remove(&id);
+                }
             }
-        })))
+        }))
     }
 }
 
@@ -199,11 +279,12 @@ impl Handler<MonitorExited> for MonitorRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: MonitorExited, ctx: &mut Context<Self>) {
-        let still_wanted = self
-            .running
-            .get(&msg.spec.id)
-            .is_some_and(|r| r.spec.generation == msg.spec.generation && !r.addr.connected());
-        if !still_wanted || self.shutting_down {
+        let still_wanted = |act: &Self| {
+            act.running
+                .get(&msg.spec.id)
+                .is_some_and(|r| r.spec.generation == msg.spec.generation && !r.addr.connected())
+        };
+        if !still_wanted(self) || self.shutting_down {
             return;
         }
         tracing::warn!(monitor = %msg.spec.id, "monitor actor exited unexpectedly; restarting in {RESTART_DELAY:?}");
@@ -213,7 +294,8 @@ impl Handler<MonitorExited> for MonitorRegistry {
                 .get(&msg.spec.id)
                 .is_some_and(|r| r.spec.generation == msg.spec.generation && !r.addr.connected());
             if still_wanted && !act.shutting_down {
-                act.start_monitor(msg.spec, ctx);
+                let epoch = act.running.get(&msg.spec.id).map(|r| r.epoch.clone()).unwrap_or_default();
+                act.start_monitor(msg.spec, epoch, ctx);
             }
         });
     }

@@ -1,63 +1,111 @@
 //! `CollectorService`: how the manager drives this collector (cluster mode).
 //!
-//! Commands are checked against the [`FencingBook`] and applied through the
-//! registry while holding the book, so checks and effects never interleave.
-//! `StreamResults` pushes every collection result with the epoch of the
-//! assignment it ran under; the manager drops any whose epoch is not current.
+//! A command is checked against the [`FencingBook`] and applied through the
+//! registry while holding the monitor's turn (see `node.rs`), so checks and
+//! effects of one monitor never interleave, and a slow stop of one monitor
+//! never delays another's commands. The book itself is locked only for the
+//! instant of a check or a record, never across an await.
+//!
+//! An Assign must name the etcd lease this collector holds now
+//! (`Fencing.collector_lease`): one addressed to an earlier incarnation (sent
+//! before this collector fenced itself and registered again) is refused, so
+//! it cannot start a monitor the cluster has given to someone else meanwhile.
+//!
+//! `StreamResults` pushes every result with the generation and epoch that
+//! were in force when its collection started; a result too large for the
+//! transport is replaced by an error result for that monitor and the stream
+//! goes on.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use kollector_core::{CollectorId, MonitorId};
+use kollector_core::{CollectError, CollectorId, ErrorKind, MonitorId, MonitorResult};
 use kollector_kafka::ClientOptions;
 use kollector_proto::v1::collector_service_server::CollectorService;
 use kollector_proto::v1::{self as pb};
 use kollector_proto::{input_from_proto, result_to_proto, snapshot_to_proto};
-use tokio::sync::{broadcast, mpsc, Mutex};
+use prost::Message as _;
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::fencing::{FencingBook, Tokens};
 use crate::node::CollectorHandle;
-use crate::registry::{AssignOutcome, RegistryError};
+use crate::registry::RegistryError;
 
+/// The lease this collector holds now (0: not registered), shared with the
+/// membership task that renews and loses it.
+#[derive(Clone, Debug, Default)]
+pub struct CurrentLease(Arc<AtomicI64>);
+
+impl CurrentLease {
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+    pub fn set(&self, lease: i64) {
+        self.0.store(lease, Ordering::SeqCst)
+    }
+}
+
+#[derive(Clone)]
 pub struct CollectorServiceImpl {
     id: CollectorId,
     node: CollectorHandle,
     options: ClientOptions,
     book: Arc<Mutex<FencingBook>>,
+    lease: CurrentLease,
+    max_message_bytes: usize,
 }
 
 impl CollectorServiceImpl {
-    pub fn new(id: CollectorId, node: CollectorHandle, options: ClientOptions) -> Self {
-        CollectorServiceImpl { id, node, options, book: Arc::default() }
+    pub fn new(
+        id: CollectorId,
+        node: CollectorHandle,
+        options: ClientOptions,
+        lease: CurrentLease,
+        max_message_bytes: usize,
+    ) -> Self {
+        CollectorServiceImpl { id, node, options, book: Arc::default(), lease, max_message_bytes }
     }
 
-    fn result(&self, id: &MonitorId, epoch: u64) -> Option<pb::MonitorResult> {
-        let e = self.node.store().get(id)?;
-        let mut r = result_to_proto(
-            id,
-            e.spec.generation,
-            &e.status,
-            e.last_snapshot.as_deref(),
-            e.last_error.as_ref(),
-            e.attempted_at_ms,
+    fn book(&self) -> std::sync::MutexGuard<'_, FencingBook> {
+        // Plain bookkeeping: a panic while holding it cannot leave it half-written.
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The wire form of `id`'s latest result, or an error result in its
+    /// place if it would not fit in one message.
+    fn result(&self, id: &MonitorId) -> Option<pb::MonitorResult> {
+        let mut r = self.node.store().get(id)?;
+        r.collector = Some(self.id.clone());
+        let wire = result_to_proto(&r);
+        // Leave room for framing and the stream's own overhead.
+        let limit = self.max_message_bytes.saturating_sub(1024);
+        if wire.encoded_len() <= limit {
+            return Some(wire);
+        }
+        let message = format!(
+            "result of {} bytes exceeds the gRPC message limit of {} bytes (raise --grpc-max-message-size or narrow topic_include)",
+            wire.encoded_len(),
+            self.max_message_bytes
         );
-        r.collector_id = self.id.to_string();
-        r.epoch = epoch;
-        Some(r)
+        tracing::warn!(monitor = %id, "{message}");
+        let too_large =
+            MonitorResult { snapshot: None, error: Some(CollectError::new(ErrorKind::ResultTooLarge, message)), ..r };
+        Some(result_to_proto(&too_large))
     }
 }
 
-fn tokens(f: Option<pb::Fencing>) -> Result<Tokens, Status> {
+fn tokens(f: Option<pb::Fencing>) -> Result<(Tokens, i64), Status> {
     let f = f.ok_or_else(|| Status::invalid_argument("fencing: required"))?;
-    Ok(Tokens { generation: f.generation, epoch: f.epoch, leader_term: f.leader_term })
+    Ok((Tokens { generation: f.generation, epoch: f.epoch, leader_term: f.leader_term }, f.collector_lease))
 }
 
 fn registry_status(e: RegistryError) -> Status {
     match e {
-        RegistryError::ShuttingDown => Status::unavailable(e.to_string()),
+        RegistryError::ShuttingDown | RegistryError::Fenced(_) => Status::unavailable(e.to_string()),
         RegistryError::StaleGeneration { .. } => Status::failed_precondition(e.to_string()),
         RegistryError::NotRunning(_) => Status::not_found(e.to_string()),
     }
@@ -69,57 +117,67 @@ type ResultStream = Pin<Box<dyn Stream<Item = Result<pb::MonitorResult, Status>>
 impl CollectorService for CollectorServiceImpl {
     async fn assign(&self, req: Request<pb::AssignRequest>) -> Result<Response<pb::AssignResponse>, Status> {
         let req = req.into_inner();
-        let tokens = tokens(req.fencing)?;
+        let (tokens, lease) = tokens(req.fencing)?;
         let input = req.spec.map(input_from_proto).ok_or_else(|| Status::invalid_argument("spec: required"))?;
         let spec = input
             .validate(tokens.generation)
             .map_err(|e| Status::invalid_argument(format!("invalid monitor spec: {e}")))?;
-        let mut book = self.book.lock().await;
-        book.check(&spec.id, tokens).map_err(|e| Status::failed_precondition(format!("stale command: {e}")))?;
+        let turn = self.node.turn(&spec.id).await;
+        let held = self.lease.get();
+        if held == 0 || lease != held {
+            return Err(Status::failed_precondition(format!(
+                "stale command: addressed to lease {lease}, this collector holds {}",
+                if held == 0 { "none (not registered)".to_string() } else { held.to_string() }
+            )));
+        }
+        self.book().check(&spec.id, tokens).map_err(|e| Status::failed_precondition(format!("stale command: {e}")))?;
         let id = spec.id.clone();
-        let outcome = self.node.assign(spec).await.map_err(registry_status)?;
-        book.record(&id, tokens);
-        let outcome = match outcome {
-            AssignOutcome::Started => "started",
-            AssignOutcome::Restarted => "restarted",
-            AssignOutcome::Unchanged => "unchanged",
-        };
-        tracing::info!(monitor = %id, epoch = tokens.epoch, term = tokens.leader_term, outcome, "assign");
-        Ok(Response::new(pb::AssignResponse { outcome: outcome.into() }))
+        let outcome = self.node.assign_in_turn(&turn, spec, tokens.epoch).await.map_err(registry_status)?;
+        self.book().record(&id, tokens);
+        tracing::info!(monitor = %id, epoch = tokens.epoch, term = tokens.leader_term, outcome = outcome.as_str(), "assign");
+        Ok(Response::new(pb::AssignResponse { outcome: outcome.as_str().into() }))
     }
 
     async fn unassign(&self, req: Request<pb::UnassignRequest>) -> Result<Response<pb::UnassignResponse>, Status> {
         let req = req.into_inner();
-        let tokens = tokens(req.fencing)?;
+        // Stopping is always safe, whichever incarnation it was addressed to.
+        let (tokens, _) = tokens(req.fencing)?;
         let id = MonitorId::new(req.monitor_id.clone())
             .map_err(|e| Status::invalid_argument(format!("monitor_id: {:?} {e}", req.monitor_id)))?;
-        let mut book = self.book.lock().await;
-        book.check(&id, tokens).map_err(|e| Status::failed_precondition(format!("stale command: {e}")))?;
-        let was_running = match self.node.unassign(id.clone()).await {
+        let turn = self.node.turn(&id).await;
+        self.book().check(&id, tokens).map_err(|e| Status::failed_precondition(format!("stale command: {e}")))?;
+        let was_running = match self.node.unassign_in_turn(&turn).await {
             Ok(()) => true,
             Err(RegistryError::NotRunning(_)) => false,
             Err(e) => return Err(registry_status(e)),
         };
-        book.record(&id, tokens);
+        self.book().record(&id, tokens);
         tracing::info!(monitor = %id, epoch = tokens.epoch, was_running, "unassign");
         Ok(Response::new(pb::UnassignResponse { was_running }))
     }
 
     async fn list_running(
         &self,
-        _: Request<pb::ListRunningRequest>,
+        req: Request<pb::ListRunningRequest>,
     ) -> Result<Response<pb::ListRunningResponse>, Status> {
-        let running = self.node.list_running().await;
-        let book = self.book.lock().await;
-        let monitors = running
+        self.book().observe_term(req.into_inner().leader_term);
+        let monitors = self
+            .node
+            .list_running()
+            .await
             .into_iter()
             .map(|r| pb::RunningMonitor {
-                epoch: book.epoch(&r.id),
+                epoch: r.epoch,
                 monitor_id: r.id.to_string(),
                 generation: r.generation,
+                stopping: r.stopping,
             })
             .collect();
-        Ok(Response::new(pb::ListRunningResponse { collector_id: self.id.to_string(), monitors }))
+        Ok(Response::new(pb::ListRunningResponse {
+            collector_id: self.id.to_string(),
+            monitors,
+            lease: self.lease.get(),
+        }))
     }
 
     async fn probe(&self, req: Request<pb::ProbeRequest>) -> Result<Response<pb::ProbeResponse>, Status> {
@@ -140,19 +198,13 @@ impl CollectorService for CollectorServiceImpl {
     async fn stream_results(&self, _: Request<pb::StreamResultsRequest>) -> Result<Response<ResultStream>, Status> {
         let (tx, rx) = mpsc::channel(256);
         let mut changes = self.node.store().subscribe();
-        let this = CollectorServiceImpl {
-            id: self.id.clone(),
-            node: self.node.clone(),
-            options: self.options.clone(),
-            book: self.book.clone(),
-        };
+        let this = self.clone();
         tokio::spawn(async move {
             // Everything current first, then each change as it happens.
-            let mut pending: Vec<MonitorId> = this.node.store().all().into_iter().map(|e| e.spec.id.clone()).collect();
+            let mut pending: Vec<MonitorId> = this.node.store().ids();
             loop {
                 for id in pending.drain(..) {
-                    let epoch = this.book.lock().await.epoch(&id);
-                    if let Some(r) = this.result(&id, epoch) {
+                    if let Some(r) = this.result(&id) {
                         if tx.send(Ok(r)).await.is_err() {
                             return; // the manager went away
                         }
@@ -160,9 +212,7 @@ impl CollectorService for CollectorServiceImpl {
                 }
                 match changes.recv().await {
                     Ok(id) => pending.push(id),
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        pending = this.node.store().all().into_iter().map(|e| e.spec.id.clone()).collect();
-                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => pending = this.node.store().ids(),
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
             }

@@ -6,48 +6,16 @@
 //! monitor with a new spec, and a late write from the old generation is
 //! refused, so a stopped monitor can never publish again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kollector_core::{
-    CollectError, ErrorKind, Generation, MonitorId, MonitorSpec, MonitorState, MonitorStatus, Snapshot,
-};
-
-/// What is known about one running monitor.
-#[derive(Clone, Debug)]
-pub struct MonitorEntry {
-    pub spec: Arc<MonitorSpec>,
-    pub status: MonitorStatus,
-    /// The last successful snapshot of this generation.
-    pub last_snapshot: Option<Arc<Snapshot>>,
-    /// The error of the latest attempt, if it failed.
-    pub last_error: Option<CollectError>,
-    /// Unix ms of the latest attempt (success or failure).
-    pub attempted_at_ms: u64,
-    /// Unix ms of the latest success.
-    pub last_success_ms: Option<u64>,
-    /// Counters kept across generations of the same monitor.
-    pub collections_total: u64,
-    pub errors_total: BTreeMap<ErrorKind, u64>,
-    pub restarts_total: u64,
-}
-
-impl MonitorEntry {
-    /// The snapshot to publish as current: only when the latest attempt succeeded.
-    pub fn current_snapshot(&self) -> Option<&Arc<Snapshot>> {
-        if self.last_error.is_none() {
-            self.last_snapshot.as_ref()
-        } else {
-            None
-        }
-    }
-}
+use kollector_core::{Generation, MonitorId, MonitorResult, MonitorSpec};
 
 /// Shared, cheaply cloneable handle to the results of all monitors.
 #[derive(Clone, Debug)]
 pub struct ResultStore {
-    inner: Arc<RwLock<HashMap<MonitorId, MonitorEntry>>>,
+    inner: Arc<RwLock<HashMap<MonitorId, MonitorResult>>>,
     /// Announces every change of an entry (for result streams).
     changes: tokio::sync::broadcast::Sender<MonitorId>,
 }
@@ -67,41 +35,25 @@ impl ResultStore {
         Self::default()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<MonitorId, MonitorEntry>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<MonitorId, MonitorResult>> {
         // A poisoned lock only means a writer panicked mid-update of plain data; keep serving.
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<MonitorId, MonitorEntry>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<MonitorId, MonitorResult>> {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Starts a fresh entry for `spec` (status Starting), keeping the
     /// counters of an earlier generation of the same monitor.
-    pub(crate) fn open(&self, spec: Arc<MonitorSpec>) {
+    pub(crate) fn open(&self, spec: &MonitorSpec) {
         let mut map = self.write();
-        let previous = map.remove(&spec.id);
-        let (collections_total, errors_total, restarts_total) =
-            previous.map(|p| (p.collections_total, p.errors_total, p.restarts_total)).unwrap_or_default();
-        map.insert(
-            spec.id.clone(),
-            MonitorEntry {
-                status: MonitorStatus {
-                    state: MonitorState::Starting,
-                    reason: None,
-                    consecutive_failures: 0,
-                    restarts: 0,
-                    pinned_cluster_id: spec.expected_cluster_id.clone(),
-                },
-                spec,
-                last_snapshot: None,
-                last_error: None,
-                attempted_at_ms: 0,
-                last_success_ms: None,
-                collections_total,
-                errors_total,
-                restarts_total,
-            },
-        );
+        let mut fresh = MonitorResult::starting(spec.id.clone(), spec.generation, spec.expected_cluster_id.clone());
+        if let Some(p) = map.remove(&spec.id) {
+            fresh.collections_total = p.collections_total;
+            fresh.errors_total = p.errors_total;
+            fresh.restarts_total = p.restarts_total;
+        }
+        map.insert(spec.id.clone(), fresh);
     }
 
     /// Removes a monitor's entry: its series disappear from `/metrics`.
@@ -111,11 +63,11 @@ impl ResultStore {
 
     /// Applies `f` to the entry of `id` if it still belongs to `generation`.
     /// Returns false (and changes nothing) for a stale writer.
-    pub(crate) fn update(&self, id: &MonitorId, generation: Generation, f: impl FnOnce(&mut MonitorEntry)) -> bool {
+    pub(crate) fn update(&self, id: &MonitorId, generation: Generation, f: impl FnOnce(&mut MonitorResult)) -> bool {
         let updated = {
             let mut map = self.write();
             match map.get_mut(id) {
-                Some(e) if e.spec.generation == generation => {
+                Some(e) if e.generation == generation => {
                     f(e);
                     true
                 }
@@ -134,14 +86,21 @@ impl ResultStore {
         self.changes.subscribe()
     }
 
-    pub fn get(&self, id: &MonitorId) -> Option<MonitorEntry> {
+    pub fn get(&self, id: &MonitorId) -> Option<MonitorResult> {
         self.read().get(id).cloned()
     }
 
     /// All entries, sorted by monitor id.
-    pub fn all(&self) -> Vec<MonitorEntry> {
-        let mut v: Vec<MonitorEntry> = self.read().values().cloned().collect();
-        v.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
+    pub fn all(&self) -> Vec<MonitorResult> {
+        let mut v: Vec<MonitorResult> = self.read().values().cloned().collect();
+        v.sort_by(|a, b| a.monitor.cmp(&b.monitor));
+        v
+    }
+
+    /// Ids of all entries, sorted.
+    pub fn ids(&self) -> Vec<MonitorId> {
+        let mut v: Vec<MonitorId> = self.read().keys().cloned().collect();
+        v.sort();
         v
     }
 

@@ -172,6 +172,13 @@ pub async fn guarded_txn(client: &mut Client, token: &LeaderToken, ops: Vec<TxnO
     Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
 }
 
+/// Whether `token`'s leader key still exists with its create revision (the
+/// reconciler asks before each batch of commands).
+pub async fn confirm_leader(client: &mut Client, token: &LeaderToken) -> Result<bool, CoordinationError> {
+    let resp = client.get(token.key.clone(), None).await?;
+    Ok(resp.kvs().first().is_some_and(|kv| kv.create_revision() == token.term))
+}
+
 /// The current leader's address and term, if there is a leader.
 pub async fn current_leader(client: &mut Client, keys: &Keys) -> Result<Option<(String, i64)>, CoordinationError> {
     match client.leader(keys.election()).await {

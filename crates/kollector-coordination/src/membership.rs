@@ -13,12 +13,21 @@
 //! stopped: two owners never collect at once (guarantee G5). Afterwards it
 //! registers again with a fresh lease and starts empty, waiting for the
 //! manager.
+//!
+//! Identity: registration is create-if-absent, bound to this process's own
+//! lease. If the key exists under a lease that is not ours, either an
+//! earlier incarnation crashed (its lease runs out within one TTL) or
+//! another live process uses the same id (it keeps renewing). So we retry
+//! for one TTL plus a call timeout; a key still held by a foreign lease after
+//! that belongs to a live duplicate, and membership ends with
+//! [`MembershipState::Failed`] (the collector exits non-zero) instead of two
+//! processes collecting under one id.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use etcd_client::{Client, PutOptions};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use kollector_core::CollectorId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -75,6 +84,10 @@ pub enum MembershipState {
         reason: String,
     },
     Stopped,
+    /// Gave up for good (another live process holds this collector id).
+    Failed {
+        reason: String,
+    },
 }
 
 /// Called to stop every monitor; resolves when their clients are closed.
@@ -112,15 +125,46 @@ impl Membership {
     }
 }
 
-/// Connects, grants a lease and writes the key on it.
-async fn register(config: &MembershipConfig) -> Result<(Client, i64, Instant), CoordinationError> {
+/// How one registration attempt ended.
+enum Registered {
+    Ok(Box<Client>, i64, Instant),
+    /// The key exists under another lease.
+    Taken {
+        holder: i64,
+    },
+}
+
+/// Connects, grants a lease and creates the key on it if it is absent.
+/// `previous` is this process's own earlier lease (after a fence): it is
+/// revoked first, since it may still hold the key.
+async fn register(config: &MembershipConfig, previous: Option<i64>) -> Result<Registered, CoordinationError> {
     let mut client = lease::connect(&config.endpoints, config.ttl).await?;
+    if let Some(old) = previous {
+        lease::revoke(&mut client, old, config.ttl).await;
+    }
     let (id, granted) = lease::grant(&mut client, config.ttl).await?;
     let value = serde_json::to_string(&config.record).map_err(|e| CoordinationError::Etcd(e.to_string()))?;
-    timeout(lease::call_timeout(config.ttl), client.put(config.key(), value, Some(PutOptions::new().with_lease(id))))
+    let key = config.key();
+    let txn = Txn::new()
+        .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(id)))])
+        .or_else([TxnOp::get(key, None)]);
+    let resp = timeout(lease::call_timeout(config.ttl), client.txn(txn))
         .await
-        .map_err(|_| CoordinationError::Timeout("put"))??;
-    Ok((client, id, granted))
+        .map_err(|_| CoordinationError::Timeout("register"))??;
+    if resp.succeeded() {
+        return Ok(Registered::Ok(Box::new(client), id, granted));
+    }
+    lease::revoke(&mut client, id, config.ttl).await;
+    let holder = resp
+        .op_responses()
+        .into_iter()
+        .find_map(|op| match op {
+            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.lease()),
+            _ => None,
+        })
+        .unwrap_or(0);
+    Ok(Registered::Taken { holder })
 }
 
 async fn run(
@@ -132,15 +176,41 @@ async fn run(
 ) {
     let ttl = config.ttl;
     let mut retry = Duration::from_millis(200);
+    let mut previous: Option<i64> = None;
     loop {
         // Register (again), retrying with backoff until etcd answers.
+        let mut taken_since: Option<Instant> = None;
         let (mut client, lease_id, granted) = loop {
             if *stop.borrow() {
                 let _ = state.send(MembershipState::Stopped);
                 return;
             }
-            match register(&config).await {
-                Ok(r) => break r,
+            match register(&config, previous).await {
+                Ok(Registered::Ok(client, id, granted)) => break (*client, id, granted),
+                Ok(Registered::Taken { holder }) => {
+                    let since = *taken_since.get_or_insert_with(Instant::now);
+                    // Our own earlier lease always runs out; a foreign one
+                    // still renewed after a whole TTL belongs to a live process.
+                    if Some(holder) != previous && since.elapsed() > ttl + lease::call_timeout(ttl) {
+                        let reason = format!(
+                            "collector id {:?} is held by another live process (etcd lease {holder:x} at {}); \
+                             give each collector its own --id",
+                            config.id.as_str(),
+                            config.key()
+                        );
+                        tracing::error!(collector = %config.id, "{reason}");
+                        let _ = state.send(MembershipState::Failed { reason });
+                        return;
+                    }
+                    tracing::warn!(
+                        collector = %config.id,
+                        "collector key is held by lease {holder:x}; waiting for it to expire (a crashed earlier run) or give up (another live process)"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(collector = %config.id, "registering in etcd failed: {e}; retrying in {retry:?}");
                     tokio::select! {
@@ -164,6 +234,7 @@ async fn run(
                 return;
             }
             LeaseEnd::Lost(reason) => {
+                previous = Some(lease_id);
                 tracing::warn!(collector = %config.id, "fencing: {reason}; stopping every monitor");
                 let _ = state.send(MembershipState::Fenced { reason });
                 fence().await;

@@ -9,12 +9,14 @@
 
 pub mod config;
 pub mod ids;
+pub mod result;
 pub mod snapshot;
 pub mod spec;
 pub mod status;
 
 pub use config::{ConfigError, ConfigFile, ConfigFileError};
 pub use ids::{CollectorId, Epoch, Generation, MonitorId};
+pub use result::MonitorResult;
 pub use snapshot::{compute_lag, Broker, GroupOffset, GroupSnapshot, PartitionSnapshot, Snapshot, TopicSnapshot};
 pub use spec::{
     FieldError, Filters, KafkaConnection, MonitorInput, MonitorSpec, SaslConfig, SaslInput, SaslMechanism, Secret,

@@ -65,16 +65,23 @@ pub enum ErrorKind {
     IdentityMismatch,
     /// The collection code panicked; contained and reported.
     Panic,
+    /// Abandoned at the collector's fence: its etcd lease may be lost, so it
+    /// stopped talking to Kafka and closed the client (cluster mode).
+    Fenced,
+    /// The result was too large to send to the manager (cluster mode).
+    ResultTooLarge,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::Client,
         ErrorKind::Connection,
         ErrorKind::Timeout,
         ErrorKind::Kafka,
         ErrorKind::IdentityMismatch,
         ErrorKind::Panic,
+        ErrorKind::Fenced,
+        ErrorKind::ResultTooLarge,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -84,6 +91,8 @@ impl ErrorKind {
             ErrorKind::Kafka => "kafka",
             ErrorKind::IdentityMismatch => "identity_mismatch",
             ErrorKind::Panic => "panic",
+            ErrorKind::Fenced => "fenced",
+            ErrorKind::ResultTooLarge => "result_too_large",
         }
     }
 }

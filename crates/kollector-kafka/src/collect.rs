@@ -5,7 +5,8 @@
 //! (librdkafka batches inside each call):
 //!   Metadata                       1
 //!   DescribeCluster                1 (skipped once the cluster says it lacks it)
-//!   ListOffsets                    2 per partition-leader broker (earliest, latest), ≤ 2B, independent of P
+//!   ListOffsets                    2 per partition-leader broker (earliest, latest), ≤ 2B, for up to
+//!                                  5,000 partitions; one more pair per further 5,000 (see below)
 //!   ListGroups                     1 per broker
 //!   DescribeGroups                 1 per group coordinator
 //!   OffsetFetch                    1 per group (librdkafka's ListConsumerGroupOffsets takes one group
@@ -24,20 +25,53 @@ use kollector_core::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::admin::{self, AdminError, OffsetSpec};
-use crate::client::KafkaClient;
 
-/// Time left before `deadline`, or a Timeout error naming the step that ran out.
-fn remaining(deadline: Instant, step: &str) -> Result<Duration, CollectError> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left < Duration::from_millis(10) {
-        return Err(CollectError::new(ErrorKind::Timeout, format!("collection timed out before {step}")));
+/// Partitions per ListOffsets call. librdkafka's ListOffsets costs grow with
+/// the square of the partitions in one call (measured against its mock
+/// cluster: 1,000 → 7 ms, 10,000 → 0.41 s, 50,000 → 13.5 s), so a 50,000-
+/// partition cluster would spend most of a collection's timeout there.
+/// Calls of 5,000 (~0.1 s each) bound that at a few requests more per cycle.
+const LIST_OFFSETS_CHUNK: usize = 5_000;
+use crate::client::KafkaClient;
+use crate::deadline::{Deadline, Fence, Stop};
+
+/// The error for a collection that ran out of time (or past its fence) before `step`.
+fn stopped(step: &str, why: Stop) -> CollectError {
+    match why {
+        Stop::TimedOut => CollectError::new(ErrorKind::Timeout, format!("collection timed out before {step}")),
+        Stop::Fenced => {
+            CollectError::new(ErrorKind::Fenced, format!("collection abandoned at the fence before {step}"))
+        }
     }
-    Ok(left)
+}
+
+/// The deadline for an admin call at `step`, or the error if none is left.
+fn check(deadline: &Deadline, step: &str) -> Result<Deadline, CollectError> {
+    deadline.slice().map(|_| deadline.clone()).map_err(|why| stopped(step, why))
+}
+
+/// Runs an uninterruptible librdkafka call bounded by the earlier of the
+/// timeout and the fence. While only the fence cut a slice short (the lease
+/// was renewed meanwhile) and the call merely timed out, it is issued again.
+fn sliced<T>(
+    deadline: &Deadline,
+    step: &str,
+    mut call: impl FnMut(Duration) -> Result<T, KafkaError>,
+    timed_out: impl Fn(&KafkaError) -> bool,
+) -> Result<Result<T, KafkaError>, CollectError> {
+    loop {
+        let (left, by) = deadline.slice().map_err(|why| stopped(step, why))?;
+        match call(left) {
+            Err(e) if by == Stop::Fenced && timed_out(&e) => continue,
+            other => return Ok(other),
+        }
+    }
 }
 
 fn admin_error(step: &str, e: AdminError) -> CollectError {
     let kind = match &e {
         AdminError::Timeout(_) => ErrorKind::Timeout,
+        AdminError::Fenced(_) => ErrorKind::Fenced,
         AdminError::Kafka { code, .. } if is_transport(*code) => ErrorKind::Connection,
         _ => ErrorKind::Kafka,
     };
@@ -74,10 +108,17 @@ impl KafkaClient {
     /// cluster lacks) give a snapshot with warnings; failures that leave
     /// nothing trustworthy (no metadata, no cluster id) give an error.
     pub fn collect(&self, spec: &MonitorSpec) -> Result<Snapshot, CollectError> {
+        self.collect_fenced(spec, None)
+    }
+
+    /// Like [`KafkaClient::collect`], and also abandoned as soon as `fence`
+    /// passes (see `deadline.rs`): the call then returns a `Fenced` error
+    /// within about 100 ms and the caller must close this client.
+    pub fn collect_fenced(&self, spec: &MonitorSpec, fence: Option<Fence>) -> Result<Snapshot, CollectError> {
         let started = Instant::now();
-        let deadline = started + spec.timeout;
+        let deadline = Deadline::after(spec.timeout).with_fence(fence);
         self.serve_main_queue();
-        let result = self.collect_within(spec, started, deadline);
+        let result = self.collect_within(spec, started, &deadline);
         self.serve_main_queue();
         result
     }
@@ -86,13 +127,19 @@ impl KafkaClient {
         &self,
         spec: &MonitorSpec,
         started: Instant,
-        deadline: Instant,
+        deadline: &Deadline,
     ) -> Result<Snapshot, CollectError> {
         let client = self.admin.inner();
         let mut warnings = Vec::new();
 
         // 1. Metadata: brokers, topics, partitions, leaders, replicas, ISR.
-        let metadata = client.fetch_metadata(None, remaining(deadline, "metadata")?).map_err(|e| {
+        let metadata = sliced(
+            deadline,
+            "metadata",
+            |t| client.fetch_metadata(None, t),
+            |e| matches!(e, KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut)),
+        )?
+        .map_err(|e| {
             let kind = match &e {
                 KafkaError::MetadataFetch(code) if is_transport(*code) => ErrorKind::Connection,
                 KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut) => ErrorKind::Connection,
@@ -110,8 +157,7 @@ impl KafkaClient {
             // DescribeCluster only adds racks to what metadata gave us, so it
             // gets a fifth of the budget: some clusters (librdkafka's mock)
             // never answer it rather than refusing it.
-            let budget =
-                remaining(deadline, "DescribeCluster")?.min((spec.timeout / 5).max(Duration::from_millis(200)));
+            let budget = check(deadline, "DescribeCluster")?.capped((spec.timeout / 5).max(Duration::from_millis(200)));
             match admin::describe_cluster(client, budget) {
                 Ok(desc) => {
                     cluster_id = desc.cluster_id;
@@ -122,6 +168,7 @@ impl KafkaClient {
                         }
                     }
                 }
+                Err(AdminError::Fenced(_)) => return Err(stopped("DescribeCluster", Stop::Fenced)),
                 Err(e @ (AdminError::Unsupported { .. } | AdminError::Timeout(_))) => {
                     // Not asked again by this client (a rebuilt client probes again).
                     tracing::debug!(monitor = %spec.id, "DescribeCluster unavailable, using metadata only: {e}");
@@ -131,7 +178,8 @@ impl KafkaClient {
             }
         }
         if cluster_id.is_none() {
-            cluster_id = client.fetch_cluster_id(remaining(deadline, "cluster id")?);
+            let (left, _) = deadline.slice().map_err(|why| stopped("cluster id", why))?;
+            cluster_id = client.fetch_cluster_id(left);
         }
         if controller_id.is_none() {
             // SAFETY: native_ptr is the live handle owned by `client`; the call only reads cached metadata.
@@ -203,8 +251,13 @@ impl KafkaClient {
                 OffsetSpec::Earliest => "ListOffsets(earliest)",
                 OffsetSpec::Latest => "ListOffsets(latest)",
             };
-            let results = admin::list_offsets(client, &with_leader, spec_kind, remaining(deadline, step)?)
-                .map_err(|e| admin_error(step, e))?;
+            let mut results = Vec::with_capacity(with_leader.len());
+            for chunk in with_leader.chunks(LIST_OFFSETS_CHUNK) {
+                results.extend(
+                    admin::list_offsets(client, chunk, spec_kind, check(deadline, step)?)
+                        .map_err(|e| admin_error(step, e))?,
+                );
+            }
             for r in results {
                 let entry = offsets.entry((r.topic, r.partition)).or_default();
                 match (r.result, spec_kind) {
@@ -264,11 +317,11 @@ impl KafkaClient {
         &self,
         spec: &MonitorSpec,
         topics: &[TopicSnapshot],
-        deadline: Instant,
+        deadline: &Deadline,
         warnings: &mut Vec<String>,
     ) -> Result<Vec<GroupSnapshot>, CollectError> {
         let client = self.admin.inner();
-        let listing = match admin::list_consumer_groups(client, remaining(deadline, "ListGroups")?) {
+        let listing = match admin::list_consumer_groups(client, check(deadline, "ListGroups")?) {
             Ok(l) => l,
             Err(e) if e.is_unsupported() => {
                 self.groups_unsupported.store(true, Ordering::Relaxed);
@@ -289,12 +342,12 @@ impl KafkaClient {
         }
 
         let mut described: HashMap<String, Result<admin::GroupDescription, admin::PartitionError>> =
-            admin::describe_consumer_groups(client, &ids, remaining(deadline, "DescribeGroups")?)
+            admin::describe_consumer_groups(client, &ids, check(deadline, "DescribeGroups")?)
                 .map_err(|e| admin_error("DescribeGroups", e))?
                 .into_iter()
                 .collect();
         let mut committed: HashMap<String, Result<Vec<admin::CommittedOffset>, admin::PartitionError>> =
-            admin::list_consumer_group_offsets(client, &ids, remaining(deadline, "OffsetFetch")?)
+            admin::list_consumer_group_offsets(client, &ids, check(deadline, "OffsetFetch")?)
                 .map_err(|e| admin_error("OffsetFetch", e))?
                 .into_iter()
                 .collect();

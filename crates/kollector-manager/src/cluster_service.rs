@@ -2,17 +2,21 @@
 //!
 //! Monitor CRUD writes desired state to etcd with compare-and-swap, so any
 //! manager (leader or standby) can take it; the leader's reconciler then
-//! moves the cluster. Update and Delete answer once the owning collector
-//! runs the new generation (or no collector runs the monitor), which the
-//! collector acknowledges only after the old Kafka client is closed.
+//! moves the cluster. Update and Delete answer once the change is applied
+//! (every collector that answers runs the new generation or nothing, and
+//! every live collector answered), which a collector acknowledges only after
+//! the old Kafka client is closed. If that does not happen within the apply
+//! timeout they answer DEADLINE_EXCEEDED, saying the change is stored and
+//! who has not applied it yet; never OK.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use kollector_coordination::election::current_leader;
-use kollector_core::{MonitorId, MonitorSpec};
+use kollector_core::{Generation, MonitorId, MonitorSpec};
 use kollector_proto::v1::manager_service_server::ManagerService;
 use kollector_proto::v1::{self as pb};
-use kollector_proto::{input_from_proto, monitor_view};
+use kollector_proto::{input_from_proto, monitor_view, status_to_proto};
 use tonic::{Request, Response, Status};
 
 use crate::catalog::{CatalogError, MonitorCatalog};
@@ -21,64 +25,115 @@ use crate::intake::Intake;
 use crate::reconciler::CollectorClients;
 use crate::service::{parse_id, required_spec};
 
-/// How long Update and Delete wait for the cluster to apply the change.
-const APPLY_WAIT: Duration = Duration::from_secs(30);
-
 pub struct ClusterManagerService {
     store: ClusterStore,
     intake: Intake,
     clients: CollectorClients,
+    apply_timeout: Duration,
 }
 
 fn etcd_status(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("etcd: {e}"))
 }
 
+/// What one live collector said about a monitor: `None` if it did not answer.
+type Seen = BTreeMap<String, Option<Option<Generation>>>;
+
 impl ClusterManagerService {
-    pub fn new(store: ClusterStore, intake: Intake, clients: CollectorClients) -> Self {
-        ClusterManagerService { store, intake, clients }
+    pub fn new(store: ClusterStore, intake: Intake, clients: CollectorClients, apply_timeout: Duration) -> Self {
+        ClusterManagerService { store, intake, clients, apply_timeout }
     }
 
     async fn info(&self, spec: &MonitorSpec) -> pb::MonitorInfo {
-        let latest = self.intake.latest(&spec.id);
-        let assignment = self.store.assignments().await.ok().and_then(|(a, _)| a.get(&spec.id).cloned());
+        let latest = self.intake.latest(&spec.id, spec.generation);
+        let record = self.store.assignments().await.ok().and_then(|(a, _)| a.get(&spec.id).cloned());
+        let owner = record.as_ref().and_then(|r| r.collector.clone());
         pb::MonitorInfo {
             spec: Some(monitor_view(spec)),
-            status: latest.as_ref().and_then(|l| l.status.clone()),
-            collector_id: assignment.as_ref().map(|a| a.collector.to_string()).unwrap_or_default(),
-            epoch: assignment.map(|a| a.epoch).unwrap_or(0),
+            status: latest.as_ref().map(|l| status_to_proto(&l.status)),
+            collector_id: owner.map(|c| c.to_string()).unwrap_or_default(),
+            epoch: record.map(|r| r.epoch).unwrap_or(0),
         }
     }
 
-    /// Which (collector, generation) pairs run `id` right now.
-    async fn running(&self, id: &MonitorId) -> Vec<(String, u64)> {
-        let mut out = Vec::new();
-        let Ok(collectors) = self.store.collectors().await else { return out };
-        for (cid, rec) in collectors {
-            let Ok(mut c) = self.clients.get(&rec.grpc_address).await else { continue };
-            let call = tokio::time::timeout(Duration::from_secs(2), c.list_running(pb::ListRunningRequest {}));
-            if let Ok(Ok(r)) = call.await {
-                for m in r.into_inner().monitors {
-                    if m.monitor_id == id.as_str() {
-                        out.push((cid.to_string(), m.generation));
+    /// For every live collector: the generation of `id` it runs (None: it
+    /// does not), or None if it did not answer.
+    async fn seen(&self, id: &MonitorId) -> Result<Seen, Status> {
+        let collectors = self.store.collectors().await.map_err(etcd_status)?;
+        let calls = collectors.into_iter().map(|(cid, c)| {
+            let client = self.clients.get(&c.record.grpc_address);
+            async move {
+                let Ok(mut client) = client else { return (cid.to_string(), None) };
+                let call = client.list_running(pb::ListRunningRequest { leader_term: 0 });
+                match tokio::time::timeout(Duration::from_secs(2), call).await {
+                    Ok(Ok(r)) => {
+                        let g = r
+                            .into_inner()
+                            .monitors
+                            .into_iter()
+                            .find(|m| m.monitor_id == id.as_str())
+                            .map(|m| m.generation);
+                        (cid.to_string(), Some(g))
                     }
+                    _ => (cid.to_string(), None),
                 }
             }
-        }
-        out
+        });
+        Ok(futures::future::join_all(calls).await.into_iter().collect())
     }
 
-    /// Waits until `done(running)` holds or APPLY_WAIT passes.
-    async fn wait_applied(&self, id: &MonitorId, done: impl Fn(&[(String, u64)]) -> bool) -> bool {
-        let deadline = Instant::now() + APPLY_WAIT;
-        while Instant::now() < deadline {
-            if done(&self.running(id).await) {
-                return true;
+    /// Waits until `pending(seen)` is empty or the apply timeout passes;
+    /// then DEADLINE_EXCEEDED naming what is still pending.
+    async fn wait_applied(
+        &self,
+        id: &MonitorId,
+        what: &str,
+        pending: impl Fn(&Seen) -> Vec<String>,
+    ) -> Result<(), Status> {
+        let deadline = Instant::now() + self.apply_timeout;
+        loop {
+            let waiting = pending(&self.seen(id).await?);
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Status::deadline_exceeded(format!(
+                    "{what} is stored but not applied after {:?}: {}; the cluster keeps applying it",
+                    self.apply_timeout,
+                    waiting.join("; ")
+                )));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        false
     }
+}
+
+/// Collectors that have not applied generation `g` of a monitor owned by `owner`.
+fn not_updated(seen: &Seen, g: Generation, owner: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (c, s) in seen {
+        match s {
+            None => out.push(format!("{c} does not answer")),
+            Some(Some(run)) if *run != g => out.push(format!("{c} still runs generation {run}")),
+            Some(None) if Some(c.as_str()) == owner => out.push(format!("{c} does not run it yet")),
+            _ => {}
+        }
+    }
+    if owner.is_some_and(|o| !seen.contains_key(o)) {
+        out.push(format!("owner {} is not live", owner.unwrap_or_default()));
+    }
+    out
+}
+
+/// Collectors that still run (or may run) a deleted monitor.
+fn not_stopped(seen: &Seen) -> Vec<String> {
+    seen.iter()
+        .filter_map(|(c, s)| match s {
+            None => Some(format!("{c} does not answer")),
+            Some(Some(g)) => Some(format!("{c} still runs generation {g}")),
+            Some(None) => None,
+        })
+        .collect()
 }
 
 #[tonic::async_trait]
@@ -88,11 +143,12 @@ impl ManagerService for ClusterManagerService {
         req: Request<pb::CreateMonitorRequest>,
     ) -> Result<Response<pb::MonitorInfo>, Status> {
         let input = required_spec(req.into_inner().spec)?;
-        let spec = input.validate(1).map_err(|e| Status::invalid_argument(format!("invalid monitor spec: {e}")))?;
-        if !self.store.create_monitor(&spec).await.map_err(etcd_status)? {
+        let mut spec = input.validate(1).map_err(|e| Status::invalid_argument(format!("invalid monitor spec: {e}")))?;
+        let Some(generation) = self.store.create_monitor(&spec).await.map_err(etcd_status)? else {
             return Err(Status::already_exists(format!("monitor {:?} already exists", spec.id.as_str())));
-        }
-        tracing::info!(monitor = %spec.id, "monitor created");
+        };
+        spec.generation = generation;
+        tracing::info!(monitor = %spec.id, generation, "monitor created");
         Ok(Response::new(self.info(&spec).await))
     }
 
@@ -111,18 +167,29 @@ impl ManagerService for ClusterManagerService {
         // The same merge and validation as standalone mode, over the stored spec.
         let mut catalog = MonitorCatalog::new();
         catalog.commit(stored.spec.clone());
-        let spec = match catalog.prepare_update(&input) {
+        let mut spec = match catalog.prepare_update(&input) {
             Ok(Some(spec)) => spec,
             Ok(None) => return Ok(Response::new(self.info(&stored.spec).await)),
             Err(e @ CatalogError::Invalid(_)) => return Err(Status::invalid_argument(e.to_string())),
             Err(e) => return Err(Status::failed_precondition(e.to_string())),
         };
-        if !self.store.update_monitor(&spec, stored.mod_revision).await.map_err(etcd_status)? {
+        let Some(generation) = self.store.update_monitor(&spec, stored.mod_revision).await.map_err(etcd_status)? else {
             return Err(Status::aborted("the monitor changed concurrently; read it again and retry"));
-        }
-        let generation = spec.generation;
-        let applied = self.wait_applied(&id, |r| !r.is_empty() && r.iter().all(|(_, g)| *g == generation)).await;
-        tracing::info!(monitor = %id, generation, applied, "monitor updated");
+        };
+        spec.generation = generation;
+        let what = format!("generation {generation} of monitor {:?}", id.as_str());
+        self.wait_applied(&id, &what, |seen| {
+            // Read the owner each round: a move may be in progress.
+            let owner =
+                seen.iter().find(|(_, s)| matches!(s, Some(Some(g)) if *g == generation)).map(|(c, _)| c.as_str());
+            let mut pending = not_updated(seen, generation, owner);
+            if owner.is_none() && !seen.is_empty() {
+                pending.push("no collector runs it yet".into());
+            }
+            pending
+        })
+        .await?;
+        tracing::info!(monitor = %id, generation, "monitor updated and applied");
         Ok(Response::new(self.info(&spec).await))
     }
 
@@ -134,8 +201,9 @@ impl ManagerService for ClusterManagerService {
         if !self.store.delete_monitor(&id).await.map_err(etcd_status)? {
             return Err(Status::not_found(format!("monitor {:?} does not exist", id.as_str())));
         }
-        let stopped = self.wait_applied(&id, |r| r.is_empty()).await;
-        tracing::info!(monitor = %id, stopped, "monitor deleted");
+        let what = format!("the deletion of monitor {:?}", id.as_str());
+        self.wait_applied(&id, &what, not_stopped).await?;
+        tracing::info!(monitor = %id, "monitor deleted and stopped everywhere");
         Ok(Response::new(pb::DeleteMonitorResponse {}))
     }
 
@@ -155,10 +223,20 @@ impl ManagerService for ClusterManagerService {
         _: Request<pb::ListMonitorsRequest>,
     ) -> Result<Response<pb::ListMonitorsResponse>, Status> {
         let monitors = self.store.monitors().await.map_err(etcd_status)?;
-        let mut out = Vec::with_capacity(monitors.len());
-        for m in monitors.values() {
-            out.push(self.info(&m.spec).await);
-        }
+        let (records, _) = self.store.assignments().await.map_err(etcd_status)?;
+        let out = monitors
+            .valid
+            .values()
+            .map(|m| {
+                let record = records.get(&m.spec.id);
+                pb::MonitorInfo {
+                    spec: Some(monitor_view(&m.spec)),
+                    status: self.intake.latest(&m.spec.id, m.spec.generation).map(|l| status_to_proto(&l.status)),
+                    collector_id: record.and_then(|r| r.collector.as_ref()).map(|c| c.to_string()).unwrap_or_default(),
+                    epoch: record.map(|r| r.epoch).unwrap_or(0),
+                }
+            })
+            .collect();
         Ok(Response::new(pb::ListMonitorsResponse { monitors: out }))
     }
 
@@ -168,22 +246,29 @@ impl ManagerService for ClusterManagerService {
         input.validate(0).map_err(|e| Status::invalid_argument(format!("invalid monitor spec: {e}")))?;
         // Probe from a collector: that is where the monitor would run.
         let collectors = self.store.collectors().await.map_err(etcd_status)?;
-        let (_, rec) =
+        let (_, live) =
             collectors.iter().next().ok_or_else(|| Status::unavailable("no live collector to probe from"))?;
-        let mut c = self.clients.get(&rec.grpc_address).await.map_err(Status::unavailable)?;
+        let mut c = self
+            .clients
+            .get(&live.record.grpc_address)
+            .map_err(|e| Status::unavailable(format!("collector {}: {e}", live.record.grpc_address)))?;
         c.probe(req).await
     }
 
     async fn get_latest(&self, req: Request<pb::GetLatestRequest>) -> Result<Response<pb::GetLatestResponse>, Status> {
         let wanted = req.into_inner().monitor_id;
         if wanted.is_empty() {
-            return Ok(Response::new(pb::GetLatestResponse { results: self.intake.all() }));
+            let generations = self.store.generations().await.map_err(etcd_status)?;
+            let results = self.intake.current(&generations).iter().map(kollector_proto::result_to_proto).collect();
+            return Ok(Response::new(pb::GetLatestResponse { results }));
         }
         let id = parse_id(&wanted)?;
-        if self.store.monitor(&id).await.map_err(etcd_status)?.is_none() {
+        let Some(stored) = self.store.monitor(&id).await.map_err(etcd_status)? else {
             return Err(Status::not_found(format!("monitor {wanted:?} does not exist")));
-        }
-        Ok(Response::new(pb::GetLatestResponse { results: self.intake.latest(&id).into_iter().collect() }))
+        };
+        let results =
+            self.intake.latest(&id, stored.spec.generation).iter().map(kollector_proto::result_to_proto).collect();
+        Ok(Response::new(pb::GetLatestResponse { results }))
     }
 
     async fn list_collectors(
@@ -197,15 +282,15 @@ impl ManagerService for ClusterManagerService {
         let leader = current_leader(&mut client, self.store.keys()).await.map_err(etcd_status)?;
         let collectors = collectors
             .into_iter()
-            .map(|(id, r)| pb::CollectorInfo {
-                monitors: assignments.values().filter(|a| a.collector == id).count() as u32,
+            .map(|(id, c)| pb::CollectorInfo {
+                monitors: assignments.values().filter(|a| a.collector.as_ref() == Some(&id)).count() as u32,
                 draining: draining.contains(&id),
                 id: id.to_string(),
-                grpc_address: r.grpc_address,
-                http_address: r.http_address,
-                labels: r.labels.into_iter().collect(),
-                weight: r.weight,
-                version: r.version,
+                grpc_address: c.record.grpc_address,
+                http_address: c.record.http_address,
+                labels: c.record.labels.into_iter().collect(),
+                weight: c.record.weight,
+                version: c.record.version,
             })
             .collect();
         let (leader_address, leader_term) = leader.unwrap_or_default();
@@ -217,21 +302,24 @@ impl ManagerService for ClusterManagerService {
         _: Request<pb::GetAssignmentsRequest>,
     ) -> Result<Response<pb::GetAssignmentsResponse>, Status> {
         let monitors = self.store.monitors().await.map_err(etcd_status)?;
-        let (assignments, _) = self.store.assignments().await.map_err(etcd_status)?;
+        let (assignments, bad_records) = self.store.assignments().await.map_err(etcd_status)?;
         let unplaced = monitors
+            .valid
             .keys()
-            .filter(|m| !assignments.contains_key(*m))
+            .filter(|m| assignments.get(*m).is_none_or(|a| a.collector.is_none()))
             .map(|m| (m.to_string(), "no live collector can take it yet".to_string()))
             .collect();
+        let invalid = monitors.invalid.into_iter().chain(bad_records).collect();
         let assignments = assignments
             .into_iter()
             .map(|(m, a)| pb::Assignment {
                 monitor_id: m.to_string(),
-                collector_id: a.collector.to_string(),
+                collector_id: a.collector.map(|c| c.to_string()).unwrap_or_default(),
                 epoch: a.epoch,
+                releasing: a.releasing.iter().map(|c| c.to_string()).collect(),
             })
             .collect();
-        Ok(Response::new(pb::GetAssignmentsResponse { assignments, unplaced }))
+        Ok(Response::new(pb::GetAssignmentsResponse { assignments, unplaced, invalid }))
     }
 
     async fn drain(&self, req: Request<pb::DrainRequest>) -> Result<Response<pb::DrainResponse>, Status> {

@@ -4,9 +4,14 @@
 //!
 //! Monitor writes are compare-and-swap (create only if absent, update only
 //! if unchanged since read), so two managers editing at once cannot lose an
-//! update. Assignment writes go through the leader guard. An assignment's
-//! **epoch** is the etcd revision at which it was last written (its key's
-//! mod revision): it grows with every move, which is what fencing needs.
+//! update. A monitor's **generation** is the etcd revision of its spec's
+//! latest write (its key's mod revision): it only grows, across updates and
+//! across a delete followed by a re-create of the same id, so a collector can
+//! never mistake a new spec for an old one.
+//!
+//! Assignment records (see `decisions.rs`) are written only by the leader,
+//! in chunks that fit etcd's transaction limits, each guarded by the leader
+//! key. A spec that does not decode is reported, never fatal to a read.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,25 +21,37 @@ use kollector_coordination::keys::Keys;
 use kollector_coordination::membership::CollectorRecord;
 use kollector_coordination::CoordinationError;
 use kollector_core::{CollectorId, Epoch, MonitorId, MonitorSpec};
-use serde::{Deserialize, Serialize};
 
-/// The value stored under `<prefix>/assignments/<monitor>`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct AssignmentValue {
-    collector: String,
-}
+use crate::decisions::{chunk_writes, AssignmentRecord, AssignmentValue, RecordWrite, TxnLimits};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Assignment {
-    pub collector: CollectorId,
-    pub epoch: Epoch,
-}
-
-/// A monitor as stored, with the revision to compare against on update.
+/// A monitor as stored; `spec.generation` is `mod_revision`.
 #[derive(Clone, Debug)]
 pub struct StoredMonitor {
     pub spec: MonitorSpec,
     pub mod_revision: i64,
+}
+
+/// Every monitor in etcd: those that decode, and why the others do not.
+#[derive(Clone, Debug, Default)]
+pub struct MonitorSet {
+    pub valid: BTreeMap<MonitorId, StoredMonitor>,
+    /// Monitor id (from the key) → why its value could not be read.
+    pub invalid: BTreeMap<String, String>,
+}
+
+/// A live collector: its record and the lease its key is bound to.
+#[derive(Clone, Debug)]
+pub struct LiveCollector {
+    pub record: CollectorRecord,
+    pub lease: i64,
+}
+
+/// The outcome of writing one chunk of assignment records.
+#[derive(Debug)]
+pub struct ChunkOutcome {
+    pub writes: Vec<RecordWrite>,
+    /// The revision of the write (the epoch of records it set), or why it failed.
+    pub result: Result<Epoch, CoordinationError>,
 }
 
 #[derive(Clone)]
@@ -60,21 +77,71 @@ impl ClusterStore {
         self.client.clone()
     }
 
+    /// Every key under `dir`, read in pages at one revision, so a large
+    /// directory never exceeds a response size limit and is still a
+    /// consistent snapshot. Returns the kvs and the revision read at.
     async fn list(&self, dir: &str) -> Result<(Vec<etcd_client::KeyValue>, i64), CoordinationError> {
+        const PAGE: i64 = 1000;
+        // The end of the prefix range: `dir` with its last byte incremented ('/' + 1 = '0').
+        let mut end = dir.as_bytes().to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
         let mut c = self.client.clone();
-        let resp = c.get(dir, Some(GetOptions::new().with_prefix())).await?;
-        let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
-        Ok((resp.kvs().to_vec(), rev))
+        let mut out = Vec::new();
+        let mut start = dir.as_bytes().to_vec();
+        let mut revision = 0;
+        loop {
+            let opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE).with_revision(revision);
+            let resp = c.get(start.clone(), Some(opts)).await?;
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+            }
+            let kvs = resp.kvs();
+            out.extend_from_slice(kvs);
+            match (resp.more(), kvs.last()) {
+                (true, Some(last)) => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok((out, revision)),
+            }
+        }
     }
 
-    pub async fn monitors(&self) -> Result<BTreeMap<MonitorId, StoredMonitor>, CoordinationError> {
-        let (kvs, _) = self.list(&self.keys.monitors()).await?;
-        let mut out = BTreeMap::new();
+    /// Reads one monitor's value; the generation is the key's mod revision.
+    fn decode(&self, kv: &etcd_client::KeyValue) -> Result<StoredMonitor, String> {
+        let mut spec: MonitorSpec = serde_json::from_slice(kv.value()).map_err(|e| e.to_string())?;
+        let key = String::from_utf8_lossy(kv.key());
+        if self.keys.id_in(&self.keys.monitors(), &key) != Some(spec.id.as_str()) {
+            return Err(format!("the value names monitor {:?}, not the key's", spec.id.as_str()));
+        }
+        spec.generation = kv.mod_revision() as u64;
+        Ok(StoredMonitor { spec, mod_revision: kv.mod_revision() })
+    }
+
+    pub async fn monitors(&self) -> Result<MonitorSet, CoordinationError> {
+        let dir = self.keys.monitors();
+        let (kvs, _) = self.list(&dir).await?;
+        let mut out = MonitorSet::default();
         for kv in kvs {
-            let spec: MonitorSpec = serde_json::from_slice(kv.value()).map_err(|e| bad(kv.key(), e))?;
-            out.insert(spec.id.clone(), StoredMonitor { spec, mod_revision: kv.mod_revision() });
+            match self.decode(&kv) {
+                Ok(m) => {
+                    out.valid.insert(m.spec.id.clone(), m);
+                }
+                Err(e) => {
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    let id = self.keys.id_in(&dir, &key).unwrap_or(&key).to_string();
+                    out.invalid.insert(id, e);
+                }
+            }
         }
         Ok(out)
+    }
+
+    /// Every readable monitor's current generation.
+    pub async fn generations(&self) -> Result<BTreeMap<MonitorId, u64>, CoordinationError> {
+        Ok(self.monitors().await?.valid.into_iter().map(|(m, s)| (m, s.spec.generation)).collect())
     }
 
     pub async fn monitor(&self, id: &MonitorId) -> Result<Option<StoredMonitor>, CoordinationError> {
@@ -82,33 +149,37 @@ impl ClusterStore {
         let resp = c.get(self.keys.monitor(id.as_str()), None).await?;
         match resp.kvs().first() {
             None => Ok(None),
-            Some(kv) => {
-                let spec: MonitorSpec = serde_json::from_slice(kv.value()).map_err(|e| bad(kv.key(), e))?;
-                Ok(Some(StoredMonitor { spec, mod_revision: kv.mod_revision() }))
-            }
+            Some(kv) => self.decode(kv).map(Some).map_err(|e| bad(kv.key(), e)),
         }
     }
 
-    /// Creates a monitor; false if the id is taken.
-    pub async fn create_monitor(&self, spec: &MonitorSpec) -> Result<bool, CoordinationError> {
+    /// Creates a monitor; its generation (the write's revision), or None if the id is taken.
+    pub async fn create_monitor(&self, spec: &MonitorSpec) -> Result<Option<u64>, CoordinationError> {
         let key = self.keys.monitor(spec.id.as_str());
         let value = serde_json::to_vec(spec).map_err(|e| bad(key.as_bytes(), e))?;
         let txn = Txn::new()
             .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, None)]);
         let mut c = self.client.clone();
-        Ok(c.txn(txn).await?.succeeded())
+        let resp = c.txn(txn).await?;
+        Ok(resp.succeeded().then(|| resp.header().map(|h| h.revision() as u64).unwrap_or_default()))
     }
 
-    /// Replaces a monitor if it is unchanged since `expected_revision`.
-    pub async fn update_monitor(&self, spec: &MonitorSpec, expected_revision: i64) -> Result<bool, CoordinationError> {
+    /// Replaces a monitor if it is unchanged since `expected_revision`; its
+    /// new generation, or None if it changed meanwhile.
+    pub async fn update_monitor(
+        &self,
+        spec: &MonitorSpec,
+        expected_revision: i64,
+    ) -> Result<Option<u64>, CoordinationError> {
         let key = self.keys.monitor(spec.id.as_str());
         let value = serde_json::to_vec(spec).map_err(|e| bad(key.as_bytes(), e))?;
         let txn = Txn::new()
             .when([Compare::mod_revision(key.clone(), CompareOp::Equal, expected_revision)])
             .and_then([TxnOp::put(key, value, None)]);
         let mut c = self.client.clone();
-        Ok(c.txn(txn).await?.succeeded())
+        let resp = c.txn(txn).await?;
+        Ok(resp.succeeded().then(|| resp.header().map(|h| h.revision() as u64).unwrap_or_default()))
     }
 
     /// Deletes a monitor; false if it did not exist.
@@ -117,8 +188,8 @@ impl ClusterStore {
         Ok(c.delete(self.keys.monitor(id.as_str()), None).await?.deleted() > 0)
     }
 
-    /// Live collectors (their lease-bound keys).
-    pub async fn collectors(&self) -> Result<BTreeMap<CollectorId, CollectorRecord>, CoordinationError> {
+    /// Live collectors (their lease-bound keys), with their leases.
+    pub async fn collectors(&self) -> Result<BTreeMap<CollectorId, LiveCollector>, CoordinationError> {
         let dir = self.keys.collectors();
         let (kvs, _) = self.list(&dir).await?;
         let mut out = BTreeMap::new();
@@ -126,8 +197,8 @@ impl ClusterStore {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let Some(id) = self.keys.id_in(&dir, &key).and_then(|id| CollectorId::new(id).ok()) else { continue };
             match serde_json::from_slice::<CollectorRecord>(kv.value()) {
-                Ok(rec) => {
-                    out.insert(id, rec);
+                Ok(record) => {
+                    out.insert(id, LiveCollector { record, lease: kv.lease() });
                 }
                 Err(e) => tracing::warn!("ignoring collector key {key}: {e}"),
             }
@@ -135,42 +206,69 @@ impl ClusterStore {
         Ok(out)
     }
 
-    /// Current assignments with their epochs, and the store revision read at.
-    pub async fn assignments(&self) -> Result<(BTreeMap<MonitorId, Assignment>, i64), CoordinationError> {
+    /// Assignment records with their epochs, and the ids of records that
+    /// do not decode (with why).
+    pub async fn assignments(
+        &self,
+    ) -> Result<(BTreeMap<MonitorId, AssignmentRecord>, BTreeMap<String, String>), CoordinationError> {
         let dir = self.keys.assignments();
-        let (kvs, rev) = self.list(&dir).await?;
+        let (kvs, _) = self.list(&dir).await?;
         let mut out = BTreeMap::new();
+        let mut invalid = BTreeMap::new();
         for kv in kvs {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let Some(id) = self.keys.id_in(&dir, &key).and_then(|id| MonitorId::new(id).ok()) else { continue };
-            let v: AssignmentValue = serde_json::from_slice(kv.value()).map_err(|e| bad(kv.key(), e))?;
-            let collector = CollectorId::new(v.collector).map_err(|e| bad(kv.key(), e))?;
-            out.insert(id, Assignment { collector, epoch: kv.mod_revision() as Epoch });
+            match serde_json::from_slice::<AssignmentValue>(kv.value()) {
+                Ok(v) => {
+                    out.insert(id, AssignmentRecord::written(&v, kv.mod_revision() as Epoch));
+                }
+                Err(e) => {
+                    invalid.insert(id.to_string(), e.to_string());
+                }
+            }
         }
-        Ok((out, rev))
+        Ok((out, invalid))
     }
 
-    /// Writes assignment changes (Some = assign, None = remove) in one
-    /// leader-guarded transaction. Returns its revision: the new epoch.
+    /// Writes assignment records in chunks that fit `limits`, each chunk in
+    /// its own transaction guarded by the leader key. A failed chunk does not
+    /// stop the others; a chunk refused because this manager no longer leads
+    /// stops the rest (they would be refused too).
     pub async fn write_assignments(
         &self,
         token: &LeaderToken,
-        changes: &[(MonitorId, Option<CollectorId>)],
-    ) -> Result<i64, CoordinationError> {
-        let mut ops = Vec::with_capacity(changes.len());
-        for (m, c) in changes {
-            let key = self.keys.assignment(m.as_str());
-            match c {
-                Some(c) => {
-                    let v = serde_json::to_vec(&AssignmentValue { collector: c.to_string() })
-                        .map_err(|e| bad(key.as_bytes(), e))?;
-                    ops.push(TxnOp::put(key, v, None));
-                }
-                None => ops.push(TxnOp::delete(key, None)),
+        writes: Vec<RecordWrite>,
+        limits: TxnLimits,
+    ) -> Vec<ChunkOutcome> {
+        let keys = &self.keys;
+        let encoded = |w: &RecordWrite| -> (String, Option<Vec<u8>>) {
+            let key = keys.assignment(w.monitor.as_str());
+            (key, w.value.as_ref().map(|v| serde_json::to_vec(v).unwrap_or_default()))
+        };
+        let size = |w: &RecordWrite| {
+            let (k, v) = encoded(w);
+            k.len() + v.map(|v| v.len()).unwrap_or(0)
+        };
+        let mut outcomes = Vec::new();
+        let mut deposed = false;
+        for chunk in chunk_writes(writes, size, limits) {
+            if deposed {
+                outcomes.push(ChunkOutcome { writes: chunk, result: Err(CoordinationError::NotLeader) });
+                continue;
             }
+            let ops = chunk
+                .iter()
+                .map(|w| match encoded(w) {
+                    (key, Some(value)) => TxnOp::put(key, value, None),
+                    (key, None) => TxnOp::delete(key, None),
+                })
+                .collect();
+            let mut c = self.client.clone();
+            let result = guarded_txn(&mut c, token, ops).await.map(|rev| rev as Epoch);
+            deposed = matches!(result, Err(CoordinationError::NotLeader));
+            outcomes.push(ChunkOutcome { writes: chunk, result });
         }
-        let mut c = self.client.clone();
-        guarded_txn(&mut c, token, ops).await
+        outcomes
     }
 
     fn drain_dir(&self) -> String {

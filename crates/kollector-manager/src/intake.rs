@@ -2,27 +2,46 @@
 //!
 //! Every manager (leader or standby) subscribes to every live collector's
 //! `StreamResults`, so any of them can answer GetLatest and serve the
-//! cluster-wide `/metrics`. A result is accepted only if it comes from the
-//! collector that currently owns the monitor, under the current assignment
-//! epoch; anything else (a fenced or paused former owner still talking) is
-//! dropped and counted.
+//! cluster-wide `/metrics`. A result is believed only if
+//! `decisions::accept_result` says so: it came **on the stream of** the
+//! collector that owns the monitor now (the collector id inside the message
+//! is ignored), and was collected under the current assignment epoch and the
+//! current spec generation. Anything else (a fenced or paused former owner
+//! still talking, an old spec's last cycle) is dropped and counted.
+//!
+//! Streams use the cluster's transport limits (message size, HTTP/2
+//! keepalive), so a half-open connection ends the stream instead of hanging
+//! it, and a stream that ends is followed again on the next round.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use kollector_core::{CollectorId, MonitorId};
+use kollector_core::{CollectorId, Generation, MonitorId, MonitorResult};
+use kollector_proto::result_from_proto;
 use kollector_proto::v1::{self as pb};
 use tokio::task::JoinHandle;
 
-use crate::cluster_store::{Assignment, ClusterStore};
+use crate::cluster_store::ClusterStore;
+use crate::decisions::{accept_result, AssignmentRecord};
 use crate::reconciler::CollectorClients;
+
+/// How often the intake re-reads assignments and collectors.
+const REFRESH: Duration = Duration::from_millis(500);
+
+/// What the intake judges results against.
+#[derive(Default)]
+struct Current {
+    records: BTreeMap<MonitorId, AssignmentRecord>,
+    generations: BTreeMap<MonitorId, Generation>,
+    read_at: Option<Instant>,
+}
 
 #[derive(Default)]
 struct Shared {
-    latest: RwLock<BTreeMap<MonitorId, pb::MonitorResult>>,
-    assignments: RwLock<BTreeMap<MonitorId, Assignment>>,
+    latest: RwLock<BTreeMap<MonitorId, MonitorResult>>,
+    current: RwLock<Current>,
     stale_dropped: AtomicU64,
 }
 
@@ -30,6 +49,18 @@ struct Shared {
 #[derive(Clone, Default)]
 pub struct Intake {
     shared: Arc<Shared>,
+}
+
+async fn refresh(store: &ClusterStore, shared: &Shared) {
+    let (Ok((records, _)), Ok(monitors)) = (store.assignments().await, store.monitors().await) else { return };
+    let generations = monitors.valid.iter().map(|(m, s)| (m.clone(), s.spec.generation)).collect();
+    if let Ok(mut latest) = shared.latest.write() {
+        // Forget results of monitors that no longer exist, or of older specs.
+        latest.retain(|m, r| monitors.valid.get(m).is_some_and(|s| s.spec.generation == r.generation));
+    }
+    if let Ok(mut cur) = shared.current.write() {
+        *cur = Current { records, generations, read_at: Some(Instant::now()) };
+    }
 }
 
 impl Intake {
@@ -40,51 +71,49 @@ impl Intake {
         let task = tokio::spawn(async move {
             let mut streams: HashMap<CollectorId, (String, JoinHandle<()>)> = HashMap::new();
             loop {
-                if let Ok((a, _)) = store.assignments().await {
-                    if let Ok(mut cur) = shared.assignments.write() {
-                        *cur = a;
-                    }
-                    // Forget results of monitors that no longer exist.
-                    let keep: Vec<MonitorId> =
-                        shared.assignments.read().map(|a| a.keys().cloned().collect()).unwrap_or_default();
-                    if let Ok(mut latest) = shared.latest.write() {
-                        latest.retain(|m, _| keep.contains(m));
-                    }
-                }
+                refresh(&store, &shared).await;
                 if let Ok(collectors) = store.collectors().await {
                     streams.retain(|id, (addr, task)| {
-                        let keep = collectors.get(id).is_some_and(|r| &r.grpc_address == addr) && !task.is_finished();
+                        let keep =
+                            collectors.get(id).is_some_and(|c| &c.record.grpc_address == addr) && !task.is_finished();
                         if !keep {
                             task.abort();
                         }
                         keep
                     });
-                    for (id, rec) in collectors {
+                    for (id, c) in collectors {
                         if streams.contains_key(&id) {
                             continue;
                         }
+                        let address = c.record.grpc_address;
                         let task = tokio::spawn(follow(
                             id.clone(),
-                            rec.grpc_address.clone(),
+                            address.clone(),
                             clients.clone(),
                             store.clone(),
                             shared.clone(),
                         ));
-                        streams.insert(id, (rec.grpc_address, task));
+                        streams.insert(id, (address, task));
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(REFRESH).await;
             }
         });
         (intake, task)
     }
 
-    pub fn latest(&self, id: &MonitorId) -> Option<pb::MonitorResult> {
-        self.shared.latest.read().ok()?.get(id).cloned()
+    /// The latest result of `id` if it belongs to `generation` (read from
+    /// etcd by the caller just now: a result of an older spec, e.g. of a
+    /// deleted monitor whose id was just re-created, is never served).
+    pub fn latest(&self, id: &MonitorId, generation: Generation) -> Option<MonitorResult> {
+        self.shared.latest.read().ok()?.get(id).filter(|r| r.generation == generation).cloned()
     }
 
-    pub fn all(&self) -> Vec<pb::MonitorResult> {
-        self.shared.latest.read().map(|l| l.values().cloned().collect()).unwrap_or_default()
+    /// The latest results of the monitors in `generations`, each only if it
+    /// belongs to the given generation.
+    pub fn current(&self, generations: &BTreeMap<MonitorId, Generation>) -> Vec<MonitorResult> {
+        let Ok(latest) = self.shared.latest.read() else { return Vec::new() };
+        latest.values().filter(|r| generations.get(&r.monitor) == Some(&r.generation)).cloned().collect()
     }
 
     pub fn stale_dropped(&self) -> u64 {
@@ -94,7 +123,7 @@ impl Intake {
 
 /// Follows one collector's result stream until it ends.
 async fn follow(id: CollectorId, address: String, clients: CollectorClients, store: ClusterStore, shared: Arc<Shared>) {
-    let Ok(mut client) = clients.get(&address).await else { return };
+    let Ok(mut client) = clients.get(&address) else { return };
     let mut stream = match client.stream_results(pb::StreamResultsRequest {}).await {
         Ok(s) => s.into_inner(),
         Err(e) => {
@@ -103,29 +132,55 @@ async fn follow(id: CollectorId, address: String, clients: CollectorClients, sto
             return;
         }
     };
-    while let Ok(Some(result)) = stream.message().await {
-        let Ok(monitor) = MonitorId::new(result.monitor_id.clone()) else { continue };
-        let cached = shared.assignments.read().ok().and_then(|a| a.get(&monitor).cloned());
-        let is_current = |a: &Option<Assignment>| {
-            a.as_ref().is_some_and(|a| a.collector.as_str() == result.collector_id && a.epoch == result.epoch)
+    loop {
+        let message = match stream.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(collector = %id, "results stream ended: {}", e.message());
+                return;
+            }
         };
-        let mut current = is_current(&cached);
-        if !current && cached.as_ref().is_none_or(|a| result.epoch > a.epoch) {
-            // The result may be newer than our cache: read the assignments again before judging.
-            if let Ok((fresh, _)) = store.assignments().await {
-                current = is_current(&fresh.get(&monitor).cloned());
-                if let Ok(mut cur) = shared.assignments.write() {
-                    *cur = fresh;
+        // The collector is the stream's, never the message's claim.
+        let result = match result_from_proto(message, Some(id.clone())) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(collector = %id, "dropped an unreadable result: {e}");
+                continue;
+            }
+        };
+        let judge = |shared: &Shared| {
+            let cur = shared.current.read().ok()?;
+            Some(accept_result(
+                &id,
+                result.epoch,
+                result.generation,
+                cur.records.get(&result.monitor),
+                cur.generations.get(&result.monitor).copied(),
+            ))
+        };
+        let mut verdict = judge(&shared);
+        // A result newer than what we read (a move or an update we have not
+        // seen yet): read again, at most once per refresh period, then judge.
+        let newer = shared.current.read().ok().is_some_and(|cur| {
+            cur.records.get(&result.monitor).is_none_or(|r| result.epoch > r.epoch)
+                || cur.generations.get(&result.monitor).is_none_or(|g| result.generation > *g)
+        });
+        let recently = shared.current.read().ok().and_then(|c| c.read_at).is_some_and(|t| t.elapsed() < REFRESH / 5);
+        if !matches!(verdict, Some(Ok(()))) && newer && !recently {
+            refresh(&store, &shared).await;
+            verdict = judge(&shared);
+        }
+        match verdict {
+            Some(Ok(())) => {
+                if let Ok(mut latest) = shared.latest.write() {
+                    latest.insert(result.monitor.clone(), result);
                 }
             }
-        }
-        if !current {
-            shared.stale_dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(monitor = %monitor, collector = %id, epoch = result.epoch, "dropped a result from a stale assignment");
-            continue;
-        }
-        if let Ok(mut latest) = shared.latest.write() {
-            latest.insert(monitor, result);
+            why => {
+                shared.stale_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(monitor = %result.monitor, collector = %id, epoch = result.epoch, generation = result.generation, "dropped a result: {why:?}");
+            }
         }
     }
 }

@@ -9,10 +9,15 @@
 //!   assignment reconciler.
 //! - `planner.rs`: which collector runs which monitor (cluster mode); a
 //!   pure function tested apart from any I/O.
+//! - `decisions.rs`: the reconciler's decisions (record writes and their
+//!   chunking, Unassigns, safe Assigns, which results to believe), pure.
+//! - `reconciler.rs`: the leader's executor of those decisions.
+//! - `intake.rs`: results from every collector, judged by `decisions.rs`.
 
 mod catalog;
 mod cluster_service;
 pub mod cluster_store;
+pub mod decisions;
 pub mod intake;
 pub mod planner;
 pub mod reconciler;
@@ -20,4 +25,4 @@ mod service;
 
 pub use catalog::{CatalogError, MonitorCatalog};
 pub use cluster_service::ClusterManagerService;
-pub use service::{BackendError, LatestResult, ManagerServiceImpl, MonitorBackend};
+pub use service::{BackendError, ManagerServiceImpl, MonitorBackend};

@@ -8,9 +8,8 @@
 //! the backend refused.
 
 use std::future::Future;
-use std::sync::Arc;
 
-use kollector_core::{CollectError, Generation, MonitorId, MonitorSpec, MonitorStatus, Snapshot};
+use kollector_core::{CollectError, MonitorId, MonitorResult, MonitorSpec, Snapshot};
 use kollector_proto::v1::manager_service_server::ManagerService;
 use kollector_proto::v1::{self as pb};
 use kollector_proto::{input_from_proto, monitor_view, result_to_proto, snapshot_to_proto, status_to_proto};
@@ -28,16 +27,6 @@ pub enum BackendError {
     Rejected(String),
 }
 
-/// The latest result of one monitor, as the backend knows it.
-#[derive(Debug, Clone)]
-pub struct LatestResult {
-    pub generation: Generation,
-    pub status: MonitorStatus,
-    pub snapshot: Option<Arc<Snapshot>>,
-    pub error: Option<CollectError>,
-    pub attempted_at_ms: u64,
-}
-
 /// What runs monitors for the manager.
 pub trait MonitorBackend: Send + Sync + 'static {
     /// Starts `spec`, replacing any other generation; resolves after the old client is closed.
@@ -45,7 +34,7 @@ pub trait MonitorBackend: Send + Sync + 'static {
     /// Stops a monitor; resolves after its client is closed.
     fn stop(&self, id: MonitorId) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// The latest result, if the monitor runs here.
-    fn latest(&self, id: &MonitorId) -> Option<LatestResult>;
+    fn latest(&self, id: &MonitorId) -> Option<MonitorResult>;
     /// One collection with a temporary client.
     fn probe(&self, spec: MonitorSpec) -> impl Future<Output = Result<Snapshot, CollectError>> + Send;
 }
@@ -212,21 +201,7 @@ impl<B: MonitorBackend> ManagerService for ManagerServiceImpl<B> {
             }
             vec![id]
         };
-        let results = ids
-            .iter()
-            .filter_map(|id| {
-                self.backend.latest(id).map(|l| {
-                    result_to_proto(
-                        id,
-                        l.generation,
-                        &l.status,
-                        l.snapshot.as_deref(),
-                        l.error.as_ref(),
-                        l.attempted_at_ms,
-                    )
-                })
-            })
-            .collect();
+        let results = ids.iter().filter_map(|id| self.backend.latest(id)).map(|l| result_to_proto(&l)).collect();
         Ok(Response::new(pb::GetLatestResponse { results }))
     }
 }

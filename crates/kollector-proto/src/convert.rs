@@ -279,24 +279,62 @@ pub fn snapshot_from_proto(p: v1::Snapshot) -> Result<core::Snapshot, core::ids:
 }
 
 /// One monitor's latest result onto the wire.
-pub fn result_to_proto(
-    monitor: &core::MonitorId,
-    generation: core::Generation,
-    status: &core::MonitorStatus,
-    snapshot: Option<&core::Snapshot>,
-    error: Option<&core::CollectError>,
-    attempted_at_ms: u64,
-) -> v1::MonitorResult {
+pub fn result_to_proto(r: &core::MonitorResult) -> v1::MonitorResult {
     v1::MonitorResult {
-        monitor_id: monitor.to_string(),
-        generation,
-        status: Some(status_to_proto(status)),
-        snapshot: snapshot.map(snapshot_to_proto),
-        error: error.map(|e| v1::CollectError { kind: e.kind.as_str().to_string(), message: e.message.clone() }),
-        attempted_at_ms,
-        collector_id: String::new(),
-        epoch: 0,
+        monitor_id: r.monitor.to_string(),
+        generation: r.generation,
+        status: Some(status_to_proto(&r.status)),
+        snapshot: r.snapshot.as_deref().map(snapshot_to_proto),
+        error: r
+            .error
+            .as_ref()
+            .map(|e| v1::CollectError { kind: e.kind.as_str().to_string(), message: e.message.clone() }),
+        attempted_at_ms: r.attempted_at_ms,
+        collector_id: r.collector.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+        epoch: r.epoch,
+        last_success_ms: r.last_success_ms.unwrap_or(0),
+        collections_total: r.collections_total,
+        errors_total: r.errors_total.iter().map(|(k, v)| (k.as_str().to_string(), *v)).collect(),
+        restarts_total: r.restarts_total,
     }
+}
+
+/// A result from the wire (the manager reading a collector's stream). The
+/// collector is *not* taken from the message: the caller passes the identity
+/// of the stream it came on.
+pub fn result_from_proto(
+    p: v1::MonitorResult,
+    collector: Option<core::CollectorId>,
+) -> Result<core::MonitorResult, core::ids::IdError> {
+    let monitor = core::MonitorId::new(p.monitor_id)?;
+    let status = p
+        .status
+        .as_ref()
+        .map(status_from_proto)
+        .unwrap_or_else(|| core::MonitorResult::starting(monitor.clone(), p.generation, None).status);
+    let snapshot = match p.snapshot {
+        Some(s) => Some(std::sync::Arc::new(snapshot_from_proto(s)?)),
+        None => None,
+    };
+    let errors_total = p
+        .errors_total
+        .iter()
+        .filter_map(|(k, v)| core::ErrorKind::ALL.into_iter().find(|e| e.as_str() == k).map(|e| (e, *v)))
+        .collect();
+    Ok(core::MonitorResult {
+        monitor,
+        generation: p.generation,
+        epoch: p.epoch,
+        collector,
+        status,
+        snapshot,
+        error: p.error.as_ref().map(error_from_proto),
+        attempted_at_ms: p.attempted_at_ms,
+        last_success_ms: (p.last_success_ms > 0).then_some(p.last_success_ms),
+        collections_total: p.collections_total,
+        errors_total,
+        restarts_total: p.restarts_total,
+    })
 }
 
 #[cfg(test)]

@@ -8,21 +8,18 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use kollector_collector::metrics::Extra;
-use kollector_collector::{CollectGate, CollectorNode, CollectorServiceImpl};
-use kollector_coordination::membership::{CollectorRecord, Membership, MembershipConfig};
+use kollector_collector::{ClusterMember, CollectGate, CollectorNode, CollectorServiceImpl, CurrentLease};
+use kollector_coordination::membership::{CollectorRecord, MembershipConfig};
 use kollector_core::CollectorId;
 use kollector_kafka::ClientOptions;
 use kollector_proto::v1::collector_service_server::CollectorServiceServer;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::etcd_args::EtcdArgs;
+use crate::etcd_args::{EtcdArgs, GrpcArgs};
 use crate::http;
 use crate::standalone::shutdown_signal;
 
@@ -30,6 +27,8 @@ use crate::standalone::shutdown_signal;
 pub struct CollectorArgs {
     #[command(flatten)]
     cluster: EtcdArgs,
+    #[command(flatten)]
+    grpc: GrpcArgs,
     /// This collector's id: stable across restarts (e.g. the host name).
     #[arg(long, env = "KOLLECTOR_COLLECTOR_ID")]
     id: String,
@@ -65,6 +64,7 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     if !(args.weight > 0.0 && args.weight.is_finite()) {
         anyhow::bail!("--weight must be a positive number");
     }
+    let limits = args.grpc.limits()?;
     let grpc_listener = http::bind(args.grpc_listen, "gRPC (CollectorService)").await?;
     let http_listener = http::bind(args.http_listen, "HTTP (/metrics)").await?;
     let grpc_addr = grpc_listener.local_addr()?;
@@ -73,52 +73,10 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     let options = ClientOptions::default();
     // Shut until registered: no collection without a live lease.
     let gate = CollectGate::shut();
+    let lease = CurrentLease::default();
     let node = CollectorNode::start_gated(options.clone(), gate.clone()).context("starting the collector")?;
-    let service = CollectorServiceImpl::new(id.clone(), node.clone(), options);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let grpc_stop = wait(stop_rx.clone());
-    let grpc = tokio::spawn(async move {
-        let r = tonic::transport::Server::builder()
-            .add_service(CollectorServiceServer::new(service))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_stop)
-            .await;
-        if let Err(e) = r {
-            tracing::error!("gRPC server failed: {e}");
-        }
-    });
-    let http_stop = wait(stop_rx);
-    let store = node.store().clone();
-    // Lease health for /metrics: last keepalive round trip and fences so far.
-    let keepalive_us = Arc::new(AtomicU64::new(0));
-    let fences = Arc::new(AtomicU64::new(0));
-    let (k, f) = (keepalive_us.clone(), fences.clone());
-    let extra: Arc<dyn Fn() -> Vec<Extra> + Send + Sync> = Arc::new(move || {
-        vec![
-            Extra {
-                name: "kollector_lease_keepalive_latency_seconds",
-                help: "Round trip of the latest successful etcd lease keepalive.",
-                value: k.load(Ordering::Relaxed) as f64 / 1e6,
-                counter: false,
-            },
-            Extra {
-                name: "kollector_lease_fences",
-                help: "Times this collector fenced itself (stopped every monitor) after losing its lease.",
-                value: f.load(Ordering::Relaxed) as f64,
-                counter: true,
-            },
-        ]
-    });
-    let web = tokio::spawn(async move {
-        if let Err(e) = http::serve(http_listener, http::local_with(store, extra), http_stop).await {
-            tracing::error!("HTTP server failed: {e}");
-        }
-    });
-
-    let (fence_node, fence_gate, fence_count) = (node.clone(), gate.clone(), fences.clone());
-    let membership = Membership::start(
+    let service = CollectorServiceImpl::new(id.clone(), node.clone(), options, lease.clone(), limits.max_message_bytes);
+    let member = ClusterMember::start(
         MembershipConfig {
             endpoints: args.cluster.etcd,
             prefix: args.cluster.prefix,
@@ -132,25 +90,48 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
             },
             ttl: args.lease_ttl,
         },
-        Box::new(move || {
-            let (n, g) = (fence_node.clone(), fence_gate.clone());
-            fence_count.fetch_add(1, Ordering::Relaxed);
-            Box::pin(async move {
-                g.close();
-                n.fence().await
-            })
-        }),
-        Box::new(move |until, rtt| {
-            gate.open_until(until.into_std());
-            keepalive_us.store(rtt.as_micros() as u64, Ordering::Relaxed);
-        }),
+        node.clone(),
+        gate,
+        lease,
     );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let grpc_stop = wait(stop_rx.clone());
+    let server = CollectorServiceServer::new(service)
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(limits.max_message_bytes);
+    let grpc = tokio::spawn(async move {
+        let r = limits
+            .server()
+            .add_service(server)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_stop)
+            .await;
+        if let Err(e) = r {
+            tracing::error!("gRPC server failed: {e}");
+        }
+    });
+    let http_stop = wait(stop_rx);
+    let store = node.store().clone();
+    let extra = member.metrics();
+    let web = tokio::spawn(async move {
+        if let Err(e) = http::serve(http_listener, http::local_with(store, extra), http_stop).await {
+            tracing::error!("HTTP server failed: {e}");
+        }
+    });
     eprintln!("kollector collector {id}: CollectorService on {grpc_addr}, metrics on http://{http_addr}/metrics");
-    shutdown_signal().await;
+    let failure = tokio::select! {
+        _ = shutdown_signal() => None,
+        reason = member.failed() => Some(reason),
+    };
     tracing::info!("shutting down: leaving the cluster, stopping monitors");
-    membership.leave().await;
+    member.leave().await;
     node.shutdown().await;
     let _ = stop_tx.send(true);
     let _ = tokio::join!(grpc, web);
-    Ok(())
+    match failure {
+        Some(reason) => Err(anyhow::anyhow!("{reason}")),
+        None => Ok(()),
+    }
 }

@@ -154,7 +154,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                             .collect();
                         eprintln!(
                             "demo: {:<9} cluster {:<14} {} partitions, {} records, {}",
-                            e.spec.id,
+                            e.monitor,
                             s.cluster_id,
                             s.partition_count(),
                             latest,
@@ -163,7 +163,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                     }
                     None => eprintln!(
                         "demo: {:<9} {}",
-                        e.spec.id,
+                        e.monitor,
                         e.status.reason.as_deref().unwrap_or(e.status.state.as_str())
                     ),
                 }

@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use kollector_collector::{CollectorHandle, CollectorNode, RegistryError};
-use kollector_core::{CollectError, ConfigFile, MonitorId, MonitorSpec, Snapshot};
+use kollector_core::{CollectError, ConfigFile, MonitorId, MonitorResult, MonitorSpec, Snapshot};
 use kollector_kafka::ClientOptions;
-use kollector_manager::{BackendError, LatestResult, ManagerServiceImpl, MonitorBackend};
+use kollector_manager::{BackendError, ManagerServiceImpl, MonitorBackend};
 use kollector_proto::v1::manager_service_server::ManagerServiceServer;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -51,14 +51,8 @@ impl MonitorBackend for LocalBackend {
         }
     }
 
-    fn latest(&self, id: &MonitorId) -> Option<LatestResult> {
-        self.node.store().get(id).map(|e| LatestResult {
-            generation: e.spec.generation,
-            status: e.status,
-            snapshot: e.last_snapshot,
-            error: e.last_error,
-            attempted_at_ms: e.attempted_at_ms,
-        })
+    fn latest(&self, id: &MonitorId) -> Option<MonitorResult> {
+        self.node.store().get(id)
     }
 
     async fn probe(&self, spec: MonitorSpec) -> Result<Snapshot, CollectError> {

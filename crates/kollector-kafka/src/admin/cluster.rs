@@ -1,11 +1,10 @@
 //! DescribeCluster: cluster id, controller and brokers with their racks.
 
-use std::time::Duration;
-
 use rdkafka::client::{Client, ClientContext};
 use rdkafka_sys::bindings as ffi;
 
 use super::{c_array, call, owned, owned_opt, AdminError};
+use crate::deadline::Deadline;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BrokerNode {
@@ -41,7 +40,7 @@ pub(crate) unsafe fn node(node: *const ffi::rd_kafka_Node_t) -> Option<BrokerNod
 /// One DescribeCluster request (to any broker).
 pub fn describe_cluster<C: ClientContext>(
     client: &Client<C>,
-    timeout: Duration,
+    deadline: impl Into<Deadline>,
 ) -> Result<ClusterDescription, AdminError> {
     const OP: &str = "DescribeCluster";
     let event = call(
@@ -49,7 +48,7 @@ pub fn describe_cluster<C: ClientContext>(
         OP,
         ffi::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBECLUSTER,
         ffi::RD_KAFKA_EVENT_DESCRIBECLUSTER_RESULT,
-        timeout,
+        deadline.into(),
         // SAFETY: live client handle, options and queue; librdkafka copies the options.
         |rk, options, queue| unsafe { ffi::rd_kafka_DescribeCluster(rk, options, queue) },
     )?;

@@ -12,6 +12,7 @@ use super::cluster::{node, BrokerNode};
 use super::{
     c_array, c_string, call, error_object, next_event, owned, resp_error, AdminError, Options, PartitionError, Queue,
 };
+use crate::deadline::Deadline;
 
 /// One result per requested group, in request order: (group id, outcome).
 pub type PerGroup<T> = Vec<(String, Result<T, PartitionError>)>;
@@ -116,7 +117,7 @@ unsafe fn read_partitions(
 /// Lists every consumer group (one ListGroups request per broker).
 pub fn list_consumer_groups<C: ClientContext>(
     client: &Client<C>,
-    timeout: Duration,
+    deadline: impl Into<Deadline>,
 ) -> Result<ListGroupsResult, AdminError> {
     const OP: &str = "ListGroups";
     let event = call(
@@ -124,7 +125,7 @@ pub fn list_consumer_groups<C: ClientContext>(
         OP,
         ffi::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPS,
         ffi::RD_KAFKA_EVENT_LISTCONSUMERGROUPS_RESULT,
-        timeout,
+        deadline.into(),
         // SAFETY: live client, options and queue.
         |rk, options, queue| unsafe { ffi::rd_kafka_ListConsumerGroups(rk, options, queue) },
     )?;
@@ -164,7 +165,7 @@ pub fn list_consumer_groups<C: ClientContext>(
 pub fn describe_consumer_groups<C: ClientContext>(
     client: &Client<C>,
     group_ids: &[String],
-    timeout: Duration,
+    deadline: impl Into<Deadline>,
 ) -> Result<PerGroup<GroupDescription>, AdminError> {
     const OP: &str = "DescribeGroups";
     if group_ids.is_empty() {
@@ -177,7 +178,7 @@ pub fn describe_consumer_groups<C: ClientContext>(
         OP,
         ffi::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS,
         ffi::RD_KAFKA_EVENT_DESCRIBECONSUMERGROUPS_RESULT,
-        timeout,
+        deadline.into(),
         // SAFETY: live client, options and queue; the name array outlives the call and is copied.
         |rk, options, queue| unsafe {
             ffi::rd_kafka_DescribeConsumerGroups(rk, ptrs.as_mut_ptr(), ptrs.len(), options, queue)
@@ -261,13 +262,16 @@ impl Drop for GroupOffsetsRequest {
 pub fn list_consumer_group_offsets<C: ClientContext>(
     client: &Client<C>,
     group_ids: &[String],
-    timeout: Duration,
+    deadline: impl Into<Deadline>,
 ) -> Result<PerGroup<Vec<CommittedOffset>>, AdminError> {
     const OP: &str = "OffsetFetch";
     if group_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let deadline = Instant::now() + timeout;
+    let deadline: Deadline = deadline.into();
+    if deadline.fenced() {
+        return Err(AdminError::Fenced(OP));
+    }
     let names: Vec<CString> = group_ids.iter().map(|g| c_string("group id", g)).collect::<Result<_, _>>()?;
     let queue = Queue::new(client);
     let mut pending: VecDeque<usize> = (0..group_ids.len()).collect();
@@ -277,7 +281,7 @@ pub fn list_consumer_group_offsets<C: ClientContext>(
     while results.len() < group_ids.len() {
         while in_flight < MAX_IN_FLIGHT {
             let Some(i) = pending.pop_front() else { break };
-            let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            let remaining = deadline.at().saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
             let options =
                 Options::new(client, ffi::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS, remaining);
             options.set_opaque(i);
@@ -299,7 +303,7 @@ pub fn list_consumer_group_offsets<C: ClientContext>(
             }
             in_flight += 1;
         }
-        let event = next_event(&queue, ffi::RD_KAFKA_EVENT_LISTCONSUMERGROUPOFFSETS_RESULT, OP, deadline)?;
+        let event = next_event(&queue, ffi::RD_KAFKA_EVENT_LISTCONSUMERGROUPOFFSETS_RESULT, OP, &deadline)?;
         in_flight -= 1;
         let index = event.opaque();
         if index >= group_ids.len() {

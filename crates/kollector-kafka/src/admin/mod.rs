@@ -27,6 +27,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka_sys::bindings as ffi;
 use rdkafka_sys::types::RDKafkaRespErr;
 
+use crate::deadline::Deadline;
+
 pub use cluster::{describe_cluster, BrokerNode, ClusterDescription};
 pub use groups::{
     describe_consumer_groups, list_consumer_group_offsets, list_consumer_groups, CommittedOffset, GroupDescription,
@@ -58,6 +60,8 @@ pub enum AdminError {
     Kafka { op: &'static str, code: RDKafkaErrorCode, message: String },
     #[error("{0}: no result before the deadline")]
     Timeout(&'static str),
+    #[error("{0}: abandoned at the collector's fence (its lease may be lost)")]
+    Fenced(&'static str),
     #[error("{op} is not supported by the cluster: {message}")]
     Unsupported { op: &'static str, message: String },
     #[error("invalid input: {0}")]
@@ -223,16 +227,21 @@ impl Drop for Event {
 /// than by our polling loop.
 const RESULT_GRACE: Duration = Duration::from_millis(500);
 
-/// Polls `queue` for the next event of type `expected` until `deadline` (+ grace).
+/// Polls `queue` for the next event of type `expected` until the deadline
+/// (+ grace), in slices of at most 100 ms so that a passed fence ends the
+/// wait promptly (the caller then closes the client, abandoning the request).
 pub(crate) fn next_event(
     queue: &Queue,
     expected: ffi::rd_kafka_event_type_t,
     op: &'static str,
-    deadline: Instant,
+    deadline: &Deadline,
 ) -> Result<Event, AdminError> {
-    let hard_deadline = deadline + RESULT_GRACE;
+    let hard_deadline = deadline.at() + RESULT_GRACE;
     loop {
         let now = Instant::now();
+        if deadline.fenced() {
+            return Err(AdminError::Fenced(op));
+        }
         if now >= hard_deadline {
             return Err(AdminError::Timeout(op));
         }
@@ -259,14 +268,17 @@ pub(crate) fn call<C: ClientContext>(
     op: &'static str,
     admin_op: ffi::rd_kafka_admin_op_t,
     expected: ffi::rd_kafka_event_type_t,
-    timeout: Duration,
+    deadline: Deadline,
     issue: impl FnOnce(*mut ffi::rd_kafka_t, *const ffi::rd_kafka_AdminOptions_t, *mut ffi::rd_kafka_queue_t),
 ) -> Result<Event, AdminError> {
-    let deadline = Instant::now() + timeout;
+    if deadline.fenced() {
+        return Err(AdminError::Fenced(op));
+    }
+    let timeout = deadline.at().saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     let queue = Queue::new(client);
     let options = Options::new(client, admin_op, timeout);
     issue(client.native_ptr(), options.ptr(), queue.ptr());
-    let event = next_event(&queue, expected, op, deadline)?;
+    let event = next_event(&queue, expected, op, &deadline)?;
     event.check(op)?;
     Ok(event)
 }

@@ -1,12 +1,11 @@
 //! ListOffsets: earliest or latest offsets of many partitions in one call,
 //! which librdkafka splits into one request per partition leader.
 
-use std::time::Duration;
-
 use rdkafka::client::{Client, ClientContext};
 use rdkafka_sys::bindings as ffi;
 
 use super::{c_array, c_string, call, owned, resp_error, AdminError, PartitionError};
+use crate::deadline::Deadline;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OffsetSpec {
@@ -38,7 +37,7 @@ pub fn list_offsets<C: ClientContext>(
     client: &Client<C>,
     partitions: &[(String, i32)],
     spec: OffsetSpec,
-    timeout: Duration,
+    deadline: impl Into<Deadline>,
 ) -> Result<Vec<PartitionOffset>, AdminError> {
     const OP: &str = "ListOffsets";
     if partitions.is_empty() {
@@ -68,7 +67,7 @@ pub fn list_offsets<C: ClientContext>(
         OP,
         ffi::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTOFFSETS,
         ffi::RD_KAFKA_EVENT_LISTOFFSETS_RESULT,
-        timeout,
+        deadline.into(),
         // SAFETY: live client, list, options and queue; librdkafka copies the list and options.
         |rk, options, queue| unsafe { ffi::rd_kafka_ListOffsets(rk, list.0, options, queue) },
     )?;
