@@ -21,21 +21,29 @@ pub struct Cluster {
     pub broker: TansuBroker,
     pub manager: KollectorProcess,
     pub collectors: BTreeMap<String, KollectorProcess>,
+    /// The collectors' lease TTL.
+    pub ttl: Duration,
 }
 
 impl Cluster {
     pub fn start(collectors: usize) -> Cluster {
+        Self::start_ttl(collectors, TTL)
+    }
+
+    /// A cluster whose collectors hold leases of `ttl`.
+    pub fn start_ttl(collectors: usize, ttl: Duration) -> Cluster {
         let etcd = EtcdServer::start();
         let broker = TansuBroker::start("cluster-kafka");
         let manager = KollectorProcess::manager(&etcd.endpoint());
         let collectors = (1..=collectors)
-            .map(|i| (format!("c{i}"), KollectorProcess::collector(&etcd.endpoint(), &format!("c{i}"))))
+            .map(|i| (format!("c{i}"), KollectorProcess::collector_ttl(&etcd.endpoint(), &format!("c{i}"), ttl, &[])))
             .collect();
-        Cluster { etcd, broker, manager, collectors }
+        Cluster { etcd, broker, manager, collectors, ttl }
     }
 
     pub fn add_collector(&mut self, id: &str) {
-        self.collectors.insert(id.to_string(), KollectorProcess::collector(&self.etcd.endpoint(), id));
+        let c = KollectorProcess::collector_ttl(&self.etcd.endpoint(), id, self.ttl, &[]);
+        self.collectors.insert(id.to_string(), c);
     }
 
     pub async fn create_monitors(&self, n: usize) {

@@ -85,6 +85,11 @@ impl KollectorProcess {
 
     /// Like [`KollectorProcess::collector`], with extra flags (e.g. `--label`).
     pub fn collector_with(etcd: &str, id: &str, extra: &[&str]) -> KollectorProcess {
+        Self::collector_ttl(etcd, id, Duration::from_secs(3), extra)
+    }
+
+    /// A collector with lease TTL `ttl` and extra flags.
+    pub fn collector_ttl(etcd: &str, id: &str, ttl: Duration, extra: &[&str]) -> KollectorProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let (grpc_port, http_port) = (free_port(), free_port());
         let args = vec![
@@ -93,7 +98,7 @@ impl KollectorProcess {
             format!("--id={id}"),
             format!("--grpc-listen=127.0.0.1:{grpc_port}"),
             format!("--http-listen=127.0.0.1:{http_port}"),
-            "--lease-ttl=3s".into(),
+            format!("--lease-ttl={}s", ttl.as_secs().max(2)),
         ];
         let args: Vec<String> = args.into_iter().chain(extra.iter().map(|s| s.to_string())).collect();
         let path = dir.path().to_path_buf();

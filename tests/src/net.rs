@@ -101,3 +101,128 @@ impl Drop for BlackHole {
         }
     }
 }
+
+/// A TCP proxy the test controls, to cut a process off from one peer (etcd,
+/// a broker) while everything else keeps working. `cut` makes it a network
+/// partition: connections stay open but nothing crosses any more, in either
+/// direction, and new connections are accepted and left silent. `restore`
+/// lets traffic through again (on new connections).
+pub struct TcpProxy {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TcpProxy {
+    pub fn start(target: &str) -> TcpProxy {
+        use std::sync::atomic::Ordering::SeqCst;
+        let target: std::net::SocketAddr = target.parse().expect("proxy target host:port");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("local addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut2, stop2) = (cut.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut silent = Vec::new();
+            while !stop2.load(SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                if cut2.load(SeqCst) {
+                    silent.push(client);
+                    continue;
+                }
+                let Ok(upstream) = std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(2))
+                else {
+                    continue;
+                };
+                for (from, to) in [(&client, &upstream), (&upstream, &client)] {
+                    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else { continue };
+                    let (cut, stop) = (cut2.clone(), stop2.clone());
+                    std::thread::spawn(move || pump(&mut from, &mut to, &cut, &stop));
+                }
+            }
+        });
+        TcpProxy { port, cut, stop, thread: Some(thread) }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies bytes until either side closes or the proxy stops; drops them while cut.
+fn pump(
+    from: &mut std::net::TcpStream,
+    to: &mut std::net::TcpStream,
+    cut: &std::sync::atomic::AtomicBool,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering::SeqCst;
+    let _ = from.set_read_timeout(Some(std::time::Duration::from_millis(100)));
+    let mut buf = [0u8; 16 * 1024];
+    while !stop.load(SeqCst) {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if !cut.load(SeqCst) && to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The remote ports of every ESTABLISHED TCP connection of each of `pids`,
+/// from one read of `/proc/net/tcp{,6}` (cheap enough to sample often).
+pub fn remote_ports_by_pid(pids: &[u32]) -> std::collections::HashMap<u32, HashSet<u16>> {
+    let inodes: Vec<(u32, HashSet<u64>)> = pids.iter().map(|p| (*p, socket_inodes(*p))).collect();
+    let mut by_inode: std::collections::HashMap<u64, u16> = std::collections::HashMap::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 10 || cols[3] != TCP_ESTABLISHED {
+                continue;
+            }
+            let port = cols[2].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if let (Some(port), Ok(inode)) = (port, cols[9].parse::<u64>()) {
+                by_inode.insert(inode, port);
+            }
+        }
+    }
+    inodes.into_iter().map(|(pid, set)| (pid, set.iter().filter_map(|i| by_inode.get(i).copied()).collect())).collect()
+}
+
+/// Whether `pid` is stopped (SIGSTOP), from `/proc/<pid>/stat`.
+pub fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
+        .unwrap_or(false)
+}

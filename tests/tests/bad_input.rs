@@ -112,6 +112,46 @@ fn sasl_password_is_never_returned_or_logged() {
     assert!(!k.http_get("/metrics").unwrap().contains("hunter2"));
 }
 
+#[test]
+fn the_cli_requires_an_id_for_every_change_and_takes_it_the_same_way_everywhere() {
+    let k = KollectorProcess::standalone("");
+    let server = k.grpc_url();
+    for args in [
+        vec!["add", "--bootstrap", "127.0.0.1:9"],
+        vec!["update", "--bootstrap", "127.0.0.1:9"],
+        vec!["rm"],
+        vec!["get"],
+    ] {
+        let full: Vec<&str> = ["monitor", "--server", &server].into_iter().chain(args.iter().copied()).collect();
+        let (ok, _, err) = run_cli(&full);
+        assert!(!ok && err.contains("--id"), "{args:?} without an id: {err}");
+    }
+    // Nothing was created: in particular no monitor named "probe".
+    let (ok, out, err) = run_cli(&["monitor", "--server", &server, "list", "--json"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "[]", "a failed add created something: {out}");
+    // --id works for every verb that names a monitor.
+    let (ok, _, err) = run_cli(&[
+        "monitor",
+        "--server",
+        &server,
+        "add",
+        "--id",
+        "x1",
+        "--bootstrap",
+        "127.0.0.1:9",
+        "--interval",
+        "1h",
+        "--timeout",
+        "1s",
+    ]);
+    assert!(ok, "{err}");
+    for verb in ["get", "show", "rm"] {
+        let (ok, _, err) = run_cli(&["monitor", "--server", &server, verb, "--id", "x1"]);
+        assert!(ok, "{verb} --id x1: {err}");
+    }
+}
+
 fn write_config(dir: &tempfile::TempDir, body: &str) -> String {
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, body).unwrap();

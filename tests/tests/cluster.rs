@@ -166,7 +166,7 @@ async fn manager_leader_sigkill_standby_takes_over_without_moving_anything() {
     let collectors: BTreeMap<String, KollectorProcess> =
         ["c1", "c2"].iter().map(|id| (id.to_string(), KollectorProcess::collector(&etcd.endpoint(), id))).collect();
     let m2 = KollectorProcess::manager(&etcd.endpoint());
-    let mut cluster = Cluster { etcd, broker, manager: m2, collectors };
+    let mut cluster = Cluster { etcd, broker, manager: m2, collectors, ttl: TTL };
     cluster.create_monitors(10).await;
     cluster.settled(10, 60).await;
     // Whichever manager won the election is the one to kill; keep the
@@ -325,7 +325,7 @@ async fn pinned_and_label_constrained_monitors_run_where_they_must() {
     collectors
         .insert("c1".to_string(), KollectorProcess::collector_with(&etcd.endpoint(), "c1", &["--label=zone=dmz"]));
     collectors.insert("c2".to_string(), KollectorProcess::collector(&etcd.endpoint(), "c2"));
-    let cluster = Cluster { etcd, broker, manager, collectors };
+    let cluster = Cluster { etcd, broker, manager, collectors, ttl: TTL };
     let mut client = cluster.manager.client().await;
     let spec = |id: &str| pb::MonitorSpecInput {
         id: id.into(),

@@ -14,7 +14,7 @@ use kollector_tests::cluster::{latest, list_running, Cluster, TTL};
 use kollector_tests::etcd::EtcdServer;
 use kollector_tests::kollector::KollectorProcess;
 use kollector_tests::metrics::Metrics;
-use kollector_tests::net::BlackHole;
+use kollector_tests::net::{established_connections_to, BlackHole, TcpProxy};
 use kollector_tests::poll::wait_for_async;
 use kollector_tests::tansu::TansuBroker;
 use rdkafka::mocking::MockCluster;
@@ -251,4 +251,139 @@ async fn delete_and_immediate_recreate_against_another_cluster_never_shows_the_o
             .await
             .expect("re-create");
     }
+}
+
+/// Whether etcd still has `id`'s membership key.
+async fn registered(etcd: &EtcdServer, id: &str) -> bool {
+    let Ok(mut c) = etcd_client::Client::connect([etcd.endpoint()], None).await else { return true };
+    c.get(format!("/kollector/collectors/{id}"), None).await.map(|r| !r.kvs().is_empty()).unwrap_or(true)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collector_cut_from_etcd_closes_its_kafka_connections_before_its_lease_expires() {
+    let hole = BlackHole::start();
+    let etcd = EtcdServer::start();
+    let proxy = TcpProxy::start(&format!("127.0.0.1:{}", etcd.client_port));
+    let manager = KollectorProcess::manager(&etcd.endpoint());
+    // c1 reaches etcd only through the proxy; Kafka (the black hole) directly.
+    let c1 = KollectorProcess::collector(&format!("http://{}", proxy.address()), "c1");
+    let mut client = manager.client().await;
+    let mut stuck = spec("stuck", &hole.address(), "30s");
+    stuck.timeout = Some("20s".into());
+    client.create_monitor(pb::CreateMonitorRequest { spec: Some(stuck) }).await.expect("create");
+    // Its collection hangs on the silent broker, connected.
+    wait_for_async("c1 connected to the silent broker", Duration::from_secs(20), || async {
+        let n = established_connections_to(c1.pid(), hole.port);
+        if n > 0 {
+            Ok(())
+        } else {
+            Err("no connection yet".to_string())
+        }
+    })
+    .await;
+    let c2 = KollectorProcess::collector(&etcd.endpoint(), "c2");
+
+    proxy.cut();
+    let cut = Instant::now();
+    let mut closed_at = None;
+    let mut expired_at = None;
+    while cut.elapsed() < TTL * 3 && (closed_at.is_none() || expired_at.is_none()) {
+        let on_c1 = established_connections_to(c1.pid(), hole.port);
+        let on_c2 = established_connections_to(c2.pid(), hole.port);
+        assert!(on_c1 == 0 || on_c2 == 0, "c1 and c2 both connected to the monitor's broker");
+        if on_c1 == 0 && closed_at.is_none() {
+            closed_at = Some(cut.elapsed());
+        }
+        if expired_at.is_none() && !registered(&etcd, "c1").await {
+            expired_at = Some(cut.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let closed_at = closed_at.expect("c1 never closed its Kafka connection");
+    let expired_at = expired_at.expect("c1's lease never expired");
+    assert!(closed_at < expired_at, "c1 still talked to Kafka at {closed_at:?}; its lease expired at {expired_at:?}");
+    // The monitor then runs on c2, and c1 (still cut off) never reconnects.
+    wait_for_async("the monitor on c2", Duration::from_secs(10), || async {
+        let on_c1 = established_connections_to(c1.pid(), hole.port);
+        assert_eq!(on_c1, 0, "the cut-off collector reconnected to Kafka");
+        let running = list_running(&c2).await.map(|r| r.monitors.len()).unwrap_or(0);
+        if running == 1 && established_connections_to(c2.pid(), hole.port) > 0 {
+            Ok(())
+        } else {
+            Err(format!("c2 runs {running}"))
+        }
+    })
+    .await;
+    eprintln!("cut off from etcd: Kafka connections closed after {closed_at:?}, lease expired after {expired_at:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spec_that_does_not_decode_is_reported_and_the_rest_reconcile() {
+    let cluster = Cluster::start(1);
+    let mut etcd = etcd_client::Client::connect([cluster.etcd.endpoint()], None).await.expect("etcd");
+    etcd.put("/kollector/monitors/broken", "{not json", None).await.expect("write junk");
+    cluster.create_monitors(3).await;
+    cluster.settled(3, 30).await;
+    let mut client = cluster.manager.client().await;
+    let a = client.get_assignments(pb::GetAssignmentsRequest {}).await.expect("assignments").into_inner();
+    assert!(a.invalid.contains_key("broken"), "the broken spec is reported: {:?}", a.invalid);
+    wait_for_async("the invalid-spec metric", Duration::from_secs(10), || async {
+        let m = Metrics::parse(&cluster.manager.http_get("/metrics").unwrap()).unwrap();
+        match m.value("kollector_invalid_specs", &[]) {
+            Some(1.0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let (ok, out, err) = kollector_tests::kollector::run_cli(&["status", "--server", &cluster.manager.grpc_url()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("broken") && out.contains("cannot be read"), "status shows the broken spec:\n{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn update_and_delete_that_cannot_be_applied_say_so_instead_of_ok() {
+    let etcd = EtcdServer::start();
+    let broker = TansuBroker::start("apply-kafka");
+    let manager = KollectorProcess::manager_with(&etcd.endpoint(), &["--apply-timeout=2s"]);
+    let collector = KollectorProcess::collector(&etcd.endpoint(), "c1");
+    let mut client = manager.client().await;
+    client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec("m", &broker.bootstrap(), "1s")) }).await.unwrap();
+    wait_for_async("m running", Duration::from_secs(20), || async {
+        let n = list_running(&collector).await.map(|r| r.monitors.len()).unwrap_or(0);
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(format!("{n} running"))
+        }
+    })
+    .await;
+    // A frozen collector (its lease still alive) cannot apply anything.
+    collector.pause();
+    let err = client
+        .update_monitor(pb::UpdateMonitorRequest { spec: Some(spec("m", &broker.bootstrap(), "2s")) })
+        .await
+        .expect_err("an update nobody applied must not answer OK");
+    collector.resume();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("stored but not applied") && err.message().contains("c1"), "{}", err.message());
+    // The change is stored, and applied once the collector is back.
+    let got = client.get_monitor(pb::GetMonitorRequest { id: "m".into() }).await.unwrap().into_inner();
+    assert_eq!(got.spec.unwrap().interval, "2s");
+
+    collector.pause();
+    let err = client
+        .delete_monitor(pb::DeleteMonitorRequest { id: "m".into() })
+        .await
+        .expect_err("a delete nobody applied must not answer OK");
+    collector.resume();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    wait_for_async("m stopped after the collector woke", Duration::from_secs(20), || async {
+        let n = list_running(&collector).await.map(|r| r.monitors.len());
+        if n == Some(0) {
+            Ok(())
+        } else {
+            Err(format!("{n:?} running"))
+        }
+    })
+    .await;
 }

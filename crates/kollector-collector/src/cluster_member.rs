@@ -9,7 +9,7 @@
 //! - losing it fences: the gate shuts, the lease reads 0, and every monitor
 //!   is stopped with its Kafka client closed before the lease can expire.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use kollector_coordination::membership::{Membership, MembershipConfig, MembershipState};
@@ -22,6 +22,10 @@ use crate::service::CurrentLease;
 
 pub struct ClusterMember {
     membership: Membership,
+    gate: CollectGate,
+    lease: CurrentLease,
+    /// Set when leaving: renewals no longer open the gate.
+    leaving: Arc<AtomicBool>,
     keepalive_us: Arc<AtomicU64>,
     fences: Arc<AtomicU64>,
     lease_task: tokio::task::JoinHandle<()>,
@@ -33,7 +37,10 @@ impl ClusterMember {
         let keepalive_us = Arc::new(AtomicU64::new(0));
         let fences = Arc::new(AtomicU64::new(0));
         let (fence_gate, fence_lease, fence_count) = (gate.clone(), lease.clone(), fences.clone());
+        let (own_gate, own_lease) = (gate.clone(), lease.clone());
         let renew_us = keepalive_us.clone();
+        let leaving = Arc::new(AtomicBool::new(false));
+        let renew_leaving = leaving.clone();
         let membership = Membership::start(
             config,
             Box::new(move || {
@@ -46,7 +53,9 @@ impl ClusterMember {
                 })
             }),
             Box::new(move |until, rtt| {
-                gate.open_until(until.into_std());
+                if !renew_leaving.load(Ordering::SeqCst) {
+                    gate.open_until(until.into_std());
+                }
                 renew_us.store(rtt.as_micros() as u64, Ordering::Relaxed);
             }),
         );
@@ -64,7 +73,15 @@ impl ClusterMember {
                 }
             }
         });
-        ClusterMember { membership, keepalive_us, fences, lease_task }
+        ClusterMember { membership, gate: own_gate, lease: own_lease, leaving, keepalive_us, fences, lease_task }
+    }
+
+    /// Before leaving: no new collection, no new Assign accepted.
+    pub async fn stop_collecting(&self) {
+        self.leaving.store(true, Ordering::SeqCst);
+        self.lease_task.abort();
+        self.lease.set(0);
+        self.gate.close();
     }
 
     pub fn state(&self) -> watch::Receiver<MembershipState> {

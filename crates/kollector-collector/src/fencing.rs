@@ -46,6 +46,13 @@ impl FencingBook {
         Ok(())
     }
 
+    /// Why an Unassign is stale, if it is: only the term and the epoch
+    /// matter (stopping is idempotent; a deleted monitor has no generation
+    /// to send).
+    pub fn check_unassign(&self, id: &MonitorId, tokens: Tokens) -> Result<(), String> {
+        self.check(id, Tokens { generation: Generation::MAX, ..tokens })
+    }
+
     /// Notes a leader term seen on a read (ListRunning): older terms are
     /// refused from now on.
     pub fn observe_term(&mut self, term: i64) {
@@ -55,7 +62,15 @@ impl FencingBook {
     /// Records accepted tokens.
     pub fn record(&mut self, id: &MonitorId, tokens: Tokens) {
         self.max_term = self.max_term.max(tokens.leader_term);
-        self.seen.insert(id.clone(), tokens);
+        // Never lower what was seen: an Unassign (any generation) must not
+        // let an older generation of the same epoch back in.
+        let seen = self.seen.entry(id.clone()).or_insert(tokens);
+        if (tokens.epoch, tokens.generation) > (seen.epoch, seen.generation) {
+            let generation =
+                if tokens.epoch == seen.epoch { tokens.generation.max(seen.generation) } else { tokens.generation };
+            *seen = Tokens { generation, ..tokens };
+        }
+        seen.leader_term = seen.leader_term.max(tokens.leader_term);
     }
 
     /// The epoch under which `id` was last assigned here.
@@ -89,6 +104,10 @@ mod tests {
         // The term is global: an old leader is refused for every monitor.
         assert!(book.check(&other, t(1, 50, 4)).is_err());
         assert_eq!(book.epoch(&id), 10);
+        assert!(book.check_unassign(&id, t(0, 10, 5)).is_ok(), "an Unassign needs no generation");
+        book.record(&id, t(0, 10, 5));
+        assert!(book.check(&id, t(2, 10, 5)).is_err(), "recording an Unassign does not lower the generation");
+        assert!(book.check_unassign(&id, t(0, 9, 5)).is_err());
         book.observe_term(7);
         assert!(book.check(&id, t(1, 12, 6)).is_err(), "a term seen on a read fences older leaders");
         assert_eq!(book.epoch(&other), 0);

@@ -92,7 +92,7 @@ impl CollectorHandle {
     /// any older client is closed. Takes the monitor's turn itself.
     pub async fn assign(&self, spec: MonitorSpec) -> Result<AssignOutcome, RegistryError> {
         let turn = self.turn(&spec.id).await;
-        self.assign_in_turn(&turn, spec, 0).await
+        self.assign_in_turn(&turn, spec, 0, None).await
     }
 
     /// Stops a monitor; returns after its client is closed. Takes its turn itself.
@@ -102,18 +102,21 @@ impl CollectorHandle {
     }
 
     /// Starts or restarts a monitor under assignment `epoch`; returns after
-    /// any older client is closed. `turn` must be the monitor's.
+    /// any older client is closed. `turn` must be the monitor's; `lease`
+    /// (cluster mode) is the lease the command was addressed to, which must
+    /// still be held when the monitor starts.
     pub async fn assign_in_turn(
         &self,
         turn: &MonitorTurn,
         spec: MonitorSpec,
         epoch: Epoch,
+        lease: Option<(crate::service::CurrentLease, i64)>,
     ) -> Result<AssignOutcome, RegistryError> {
         debug_assert_eq!(turn.id(), &spec.id);
         if turn.id() != &spec.id {
             return Err(RegistryError::NotRunning(spec.id));
         }
-        self.registry.send(Assign { spec, epoch }).await.map_err(|_| RegistryError::ShuttingDown)?
+        self.registry.send(Assign { spec, epoch, lease }).await.map_err(|_| RegistryError::ShuttingDown)?
     }
 
     /// Stops a monitor; returns after its client is closed. `turn` must be its.

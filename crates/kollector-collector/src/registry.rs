@@ -24,11 +24,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures::future::{BoxFuture, FutureExt as _, Shared};
 use kollector_core::{Epoch, Generation, MonitorId, MonitorSpec};
 use kollector_kafka::ClientOptions;
 
 use crate::gate::CollectGate;
 use crate::monitor_actor::{MonitorActor, MonitorExited, Stop};
+use crate::service::CurrentLease;
 use crate::store::ResultStore;
 
 /// Delay before restarting a monitor actor that stopped on its own.
@@ -68,11 +70,21 @@ impl AssignOutcome {
 
 /// Start `spec` under assignment `epoch`, replacing any other generation of
 /// the same monitor. Send only while holding the monitor's turn.
+///
+/// `lease` (cluster mode): the lease the command was addressed to. It is
+/// checked again when the registry handles the Assign and when the monitor
+/// starts, so a fence that happens between the service's check and the
+/// start (it sets the current lease to 0 before stopping everything) wins.
 #[derive(Message)]
 #[rtype(result = "Result<AssignOutcome, RegistryError>")]
 pub(crate) struct Assign {
     pub spec: MonitorSpec,
     pub epoch: Epoch,
+    pub lease: Option<(CurrentLease, i64)>,
+}
+
+fn lease_held(lease: &Option<(CurrentLease, i64)>) -> bool {
+    lease.as_ref().is_none_or(|(current, expected)| current.get() == *expected)
 }
 
 /// Stop a monitor and close its client. Send only while holding its turn.
@@ -111,8 +123,9 @@ struct Running {
 
 pub struct MonitorRegistry {
     running: HashMap<MonitorId, Running>,
-    /// Monitors whose actor was asked to stop and whose client is not closed yet.
-    stopping: HashMap<MonitorId, RunningMonitor>,
+    /// Monitors whose actor was asked to stop and whose client is not closed
+    /// yet, with that stop (shared, so anyone can wait for it).
+    stopping: HashMap<MonitorId, (RunningMonitor, Shared<BoxFuture<'static, ()>>)>,
     store: ResultStore,
     options: ClientOptions,
     gate: CollectGate,
@@ -150,21 +163,28 @@ impl MonitorRegistry {
 
     /// Takes a monitor out of `running`, lists it as stopping and returns
     /// what to await for its client to close.
-    fn begin_stop(&mut self, id: &MonitorId) -> Option<impl std::future::Future<Output = ()>> {
+    fn begin_stop(&mut self, id: &MonitorId) -> Option<Shared<BoxFuture<'static, ()>>> {
         let r = self.running.remove(id)?;
-        self.stopping.insert(
-            id.clone(),
-            RunningMonitor {
-                id: id.clone(),
-                generation: r.spec.generation,
-                epoch: r.epoch.load(Ordering::SeqCst),
-                stopping: true,
-            },
-        );
+        let listed = RunningMonitor {
+            id: id.clone(),
+            generation: r.spec.generation,
+            epoch: r.epoch.load(Ordering::SeqCst),
+            stopping: true,
+        };
         // A mailbox error means the actor is already gone, which is also "stopped".
-        Some(async move {
+        let stop: BoxFuture<'static, ()> = Box::pin(async move {
             let _ = r.addr.send(Stop).await;
-        })
+        });
+        let stop = stop.shared();
+        self.stopping.insert(id.clone(), (listed, stop.clone()));
+        Some(stop)
+    }
+
+    /// Forgets a finished stop (unless a newer one of the same id replaced it).
+    fn end_stop(&mut self, id: &MonitorId) {
+        if self.stopping.get(id).is_some_and(|(_, f)| f.peek().is_some()) {
+            self.stopping.remove(id);
+        }
     }
 }
 
@@ -175,9 +195,12 @@ impl Actor for MonitorRegistry {
 impl Handler<Assign> for MonitorRegistry {
     type Result = ResponseActFuture<Self, Result<AssignOutcome, RegistryError>>;
 
-    fn handle(&mut self, Assign { spec, epoch }: Assign, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Assign { spec, epoch, lease }: Assign, _ctx: &mut Context<Self>) -> Self::Result {
         if self.shutting_down {
             return Box::pin(actix::fut::ready(Err(RegistryError::ShuttingDown)));
+        }
+        if !lease_held(&lease) {
+            return Box::pin(actix::fut::ready(Err(RegistryError::Fenced(spec.id))));
         }
         match self.running.get(&spec.id) {
             Some(r) if r.spec.generation > spec.generation => {
@@ -204,11 +227,11 @@ impl Handler<Assign> for MonitorRegistry {
             }
         };
         Box::pin(actix::fut::wrap_future::<_, Self>(wait).map(move |_, act, ctx| {
-            act.stopping.remove(&spec.id);
+            act.end_stop(&spec.id);
             if act.shutting_down {
                 return Err(RegistryError::ShuttingDown);
             }
-            if act.stop_seq != seq {
+            if act.stop_seq != seq || !lease_held(&lease) {
                 return Err(RegistryError::Fenced(spec.id.clone()));
             }
             act.start_monitor(spec, Arc::new(AtomicU64::new(epoch)), ctx);
@@ -221,11 +244,17 @@ impl Handler<Unassign> for MonitorRegistry {
     type Result = ResponseActFuture<Self, Result<(), RegistryError>>;
 
     fn handle(&mut self, Unassign(id): Unassign, _ctx: &mut Context<Self>) -> Self::Result {
-        let Some(stop) = self.begin_stop(&id) else {
-            return Box::pin(actix::fut::ready(Err(RegistryError::NotRunning(id))));
+        // Running: stop it. Already stopping (a fence, a shutdown): wait for
+        // that stop, so the answer still comes after the client is closed.
+        let stop = match self.begin_stop(&id) {
+            Some(stop) => stop,
+            None => match self.stopping.get(&id) {
+                Some((_, stop)) => stop.clone(),
+                None => return Box::pin(actix::fut::ready(Err(RegistryError::NotRunning(id)))),
+            },
         };
         Box::pin(actix::fut::wrap_future::<_, Self>(stop).map(move |_, act, _| {
-            act.stopping.remove(&id);
+            act.end_stop(&id);
             // A later Assign may have opened a new entry meanwhile only by
             // holding the turn, which the caller holds: the entry is ours.
             if !act.running.contains_key(&id) {
@@ -249,7 +278,7 @@ impl Handler<ListRunning> for MonitorRegistry {
                 epoch: r.epoch.load(Ordering::SeqCst),
                 stopping: false,
             })
-            .chain(self.stopping.values().filter(|s| !self.running.contains_key(&s.id)).cloned())
+            .chain(self.stopping.values().map(|(s, _)| s).filter(|s| !self.running.contains_key(&s.id)).cloned())
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         MessageResult(v)
@@ -266,7 +295,7 @@ impl Handler<StopAll> for MonitorRegistry {
         let stops: Vec<_> = ids.iter().filter_map(|id| self.begin_stop(id)).collect();
         Box::pin(actix::fut::wrap_future::<_, Self>(futures::future::join_all(stops)).map(move |_, act, _| {
             for id in ids {
-                act.stopping.remove(&id);
+                act.end_stop(&id);
                 if !act.running.contains_key(&id) {
                     act.store.remove(&id);
                 }

@@ -132,7 +132,11 @@ impl CollectorService for CollectorServiceImpl {
         }
         self.book().check(&spec.id, tokens).map_err(|e| Status::failed_precondition(format!("stale command: {e}")))?;
         let id = spec.id.clone();
-        let outcome = self.node.assign_in_turn(&turn, spec, tokens.epoch).await.map_err(registry_status)?;
+        let outcome = self
+            .node
+            .assign_in_turn(&turn, spec, tokens.epoch, Some((self.lease.clone(), lease)))
+            .await
+            .map_err(registry_status)?;
         self.book().record(&id, tokens);
         tracing::info!(monitor = %id, epoch = tokens.epoch, term = tokens.leader_term, outcome = outcome.as_str(), "assign");
         Ok(Response::new(pb::AssignResponse { outcome: outcome.as_str().into() }))
@@ -140,12 +144,16 @@ impl CollectorService for CollectorServiceImpl {
 
     async fn unassign(&self, req: Request<pb::UnassignRequest>) -> Result<Response<pb::UnassignResponse>, Status> {
         let req = req.into_inner();
-        // Stopping is always safe, whichever incarnation it was addressed to.
-        let (tokens, _) = tokens(req.fencing)?;
+        // Stopping is always safe, whichever incarnation it was addressed to;
+        // but only the addressed incarnation may *confirm* it (the manager
+        // counts an OK as this collector's release of the monitor).
+        let (tokens, lease) = tokens(req.fencing)?;
         let id = MonitorId::new(req.monitor_id.clone())
             .map_err(|e| Status::invalid_argument(format!("monitor_id: {:?} {e}", req.monitor_id)))?;
         let turn = self.node.turn(&id).await;
-        self.book().check(&id, tokens).map_err(|e| Status::failed_precondition(format!("stale command: {e}")))?;
+        self.book()
+            .check_unassign(&id, tokens)
+            .map_err(|e| Status::failed_precondition(format!("stale command: {e}")))?;
         let was_running = match self.node.unassign_in_turn(&turn).await {
             Ok(()) => true,
             Err(RegistryError::NotRunning(_)) => false,
@@ -153,6 +161,12 @@ impl CollectorService for CollectorServiceImpl {
         };
         self.book().record(&id, tokens);
         tracing::info!(monitor = %id, epoch = tokens.epoch, was_running, "unassign");
+        let held = self.lease.get();
+        if lease != held {
+            return Err(Status::failed_precondition(format!(
+                "stopped, but addressed to lease {lease} while this collector holds {held}: not a confirmation"
+            )));
+        }
         Ok(Response::new(pb::UnassignResponse { was_running }))
     }
 
@@ -210,7 +224,12 @@ impl CollectorService for CollectorServiceImpl {
                         }
                     }
                 }
-                match changes.recv().await {
+                // Also end when the manager goes away while nothing changes.
+                let next = tokio::select! {
+                    next = changes.recv() => next,
+                    _ = tx.closed() => return,
+                };
+                match next {
                     Ok(id) => pending.push(id),
                     Err(broadcast::error::RecvError::Lagged(_)) => pending = this.node.store().ids(),
                     Err(broadcast::error::RecvError::Closed) => return,

@@ -46,8 +46,13 @@ pub async fn grant(client: &mut Client, ttl: Duration) -> Result<(i64, Instant),
 }
 
 /// Best-effort revoke (leaving cleanly makes others react at once).
-pub async fn revoke(client: &mut Client, lease: i64, ttl: Duration) {
-    let _ = timeout(call_timeout(ttl), client.lease_revoke(lease)).await;
+/// Returns whether the lease is surely gone (revoked, or already unknown).
+pub async fn revoke(client: &mut Client, lease: i64, ttl: Duration) -> bool {
+    match timeout(call_timeout(ttl), client.lease_revoke(lease)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => e.to_string().contains("not found"),
+        Err(_) => false,
+    }
 }
 
 /// One keepalive round trip on a fresh stream. Returns the TTL etcd reports

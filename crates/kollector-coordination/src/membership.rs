@@ -135,14 +135,23 @@ enum Registered {
 }
 
 /// Connects, grants a lease and creates the key on it if it is absent.
-/// `previous` is this process's own earlier lease (after a fence): it is
-/// revoked first, since it may still hold the key.
-async fn register(config: &MembershipConfig, previous: Option<i64>) -> Result<Registered, CoordinationError> {
+/// `own` holds this process's earlier leases (after a fence, or from an
+/// attempt whose answer was lost): they are revoked first, since one of them
+/// may still hold the key. The new lease is added to it until the key is ours.
+async fn register(config: &MembershipConfig, own: &mut Vec<i64>) -> Result<Registered, CoordinationError> {
     let mut client = lease::connect(&config.endpoints, config.ttl).await?;
-    if let Some(old) = previous {
-        lease::revoke(&mut client, old, config.ttl).await;
+    // Leases this process granted before (an earlier registration, or one
+    // whose answer was lost after it committed) may still hold the key.
+    // Forget one only once it is surely gone (etcd may be restarting).
+    let mut kept = Vec::new();
+    for old in own.drain(..) {
+        if !lease::revoke(&mut client, old, config.ttl).await {
+            kept.push(old);
+        }
     }
+    own.extend(kept);
     let (id, granted) = lease::grant(&mut client, config.ttl).await?;
+    own.push(id);
     let value = serde_json::to_string(&config.record).map_err(|e| CoordinationError::Etcd(e.to_string()))?;
     let key = config.key();
     let txn = Txn::new()
@@ -153,9 +162,11 @@ async fn register(config: &MembershipConfig, previous: Option<i64>) -> Result<Re
         .await
         .map_err(|_| CoordinationError::Timeout("register"))??;
     if resp.succeeded() {
+        own.retain(|l| *l != id);
         return Ok(Registered::Ok(Box::new(client), id, granted));
     }
     lease::revoke(&mut client, id, config.ttl).await;
+    own.retain(|l| *l != id);
     let holder = resp
         .op_responses()
         .into_iter()
@@ -176,7 +187,8 @@ async fn run(
 ) {
     let ttl = config.ttl;
     let mut retry = Duration::from_millis(200);
-    let mut previous: Option<i64> = None;
+    // Leases of this process that may still exist: revoked before the next attempt.
+    let mut own: Vec<i64> = Vec::new();
     loop {
         // Register (again), retrying with backoff until etcd answers.
         let mut taken_since: Option<Instant> = None;
@@ -185,13 +197,22 @@ async fn run(
                 let _ = state.send(MembershipState::Stopped);
                 return;
             }
-            match register(&config, previous).await {
+            let mine: Vec<i64> = own.clone();
+            match register(&config, &mut own).await {
                 Ok(Registered::Ok(client, id, granted)) => break (*client, id, granted),
+                Ok(Registered::Taken { holder }) if mine.contains(&holder) => {
+                    // Our own earlier lease (its revoke may have failed): it runs out.
+                    own.push(holder);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
                 Ok(Registered::Taken { holder }) => {
                     let since = *taken_since.get_or_insert_with(Instant::now);
-                    // Our own earlier lease always runs out; a foreign one
-                    // still renewed after a whole TTL belongs to a live process.
-                    if Some(holder) != previous && since.elapsed() > ttl + lease::call_timeout(ttl) {
+                    // A foreign lease still renewed after a whole TTL belongs
+                    // to a live process (a crashed one's runs out by then).
+                    if since.elapsed() > ttl + lease::call_timeout(ttl) {
                         let reason = format!(
                             "collector id {:?} is held by another live process (etcd lease {holder:x} at {}); \
                              give each collector its own --id",
@@ -234,7 +255,7 @@ async fn run(
                 return;
             }
             LeaseEnd::Lost(reason) => {
-                previous = Some(lease_id);
+                own.push(lease_id);
                 tracing::warn!(collector = %config.id, "fencing: {reason}; stopping every monitor");
                 let _ = state.send(MembershipState::Fenced { reason });
                 fence().await;

@@ -45,8 +45,8 @@ impl ClusterManagerService {
     }
 
     async fn info(&self, spec: &MonitorSpec) -> pb::MonitorInfo {
-        let latest = self.intake.latest(&spec.id, spec.generation);
         let record = self.store.assignments().await.ok().and_then(|(a, _)| a.get(&spec.id).cloned());
+        let latest = self.intake.latest(&spec.id, spec.generation, record.as_ref());
         let owner = record.as_ref().and_then(|r| r.collector.clone());
         pb::MonitorInfo {
             spec: Some(monitor_view(spec)),
@@ -231,7 +231,10 @@ impl ManagerService for ClusterManagerService {
                 let record = records.get(&m.spec.id);
                 pb::MonitorInfo {
                     spec: Some(monitor_view(&m.spec)),
-                    status: self.intake.latest(&m.spec.id, m.spec.generation).map(|l| status_to_proto(&l.status)),
+                    status: self
+                        .intake
+                        .latest(&m.spec.id, m.spec.generation, record)
+                        .map(|l| status_to_proto(&l.status)),
                     collector_id: record.and_then(|r| r.collector.as_ref()).map(|c| c.to_string()).unwrap_or_default(),
                     epoch: record.map(|r| r.epoch).unwrap_or(0),
                 }
@@ -259,15 +262,22 @@ impl ManagerService for ClusterManagerService {
         let wanted = req.into_inner().monitor_id;
         if wanted.is_empty() {
             let generations = self.store.generations().await.map_err(etcd_status)?;
-            let results = self.intake.current(&generations).iter().map(kollector_proto::result_to_proto).collect();
+            let (records, _) = self.store.assignments().await.map_err(etcd_status)?;
+            let results =
+                self.intake.current(&generations, &records).iter().map(kollector_proto::result_to_proto).collect();
             return Ok(Response::new(pb::GetLatestResponse { results }));
         }
         let id = parse_id(&wanted)?;
         let Some(stored) = self.store.monitor(&id).await.map_err(etcd_status)? else {
             return Err(Status::not_found(format!("monitor {wanted:?} does not exist")));
         };
-        let results =
-            self.intake.latest(&id, stored.spec.generation).iter().map(kollector_proto::result_to_proto).collect();
+        let (records, _) = self.store.assignments().await.map_err(etcd_status)?;
+        let results = self
+            .intake
+            .latest(&id, stored.spec.generation, records.get(&id))
+            .iter()
+            .map(kollector_proto::result_to_proto)
+            .collect();
         Ok(Response::new(pb::GetLatestResponse { results }))
     }
 

@@ -24,6 +24,9 @@ use kollector_core::{CollectorId, Epoch, MonitorId, MonitorSpec};
 
 use crate::decisions::{chunk_writes, AssignmentRecord, AssignmentValue, RecordWrite, TxnLimits};
 
+/// Largest etcd answer a read accepts (a page of specs).
+const MAX_READ_BYTES: usize = 256 * 1024 * 1024;
+
 /// A monitor as stored; `spec.generation` is `mod_revision`.
 #[derive(Clone, Debug)]
 pub struct StoredMonitor {
@@ -81,13 +84,15 @@ impl ClusterStore {
     /// directory never exceeds a response size limit and is still a
     /// consistent snapshot. Returns the kvs and the revision read at.
     async fn list(&self, dir: &str) -> Result<(Vec<etcd_client::KeyValue>, i64), CoordinationError> {
-        const PAGE: i64 = 1000;
+        const PAGE: i64 = 500;
         // The end of the prefix range: `dir` with its last byte incremented ('/' + 1 = '0').
         let mut end = dir.as_bytes().to_vec();
         if let Some(last) = end.last_mut() {
             *last += 1;
         }
-        let mut c = self.client.clone();
+        // etcd-client keeps tonic's 4 MiB default for answers; a page of
+        // large specs may exceed it, so reads get room (pages bound the rest).
+        let mut c = self.client.kv_client().max_decoding_message_size(MAX_READ_BYTES);
         let mut out = Vec::new();
         let mut start = dir.as_bytes().to_vec();
         let mut revision = 0;
@@ -145,7 +150,7 @@ impl ClusterStore {
     }
 
     pub async fn monitor(&self, id: &MonitorId) -> Result<Option<StoredMonitor>, CoordinationError> {
-        let mut c = self.client.clone();
+        let mut c = self.client.kv_client().max_decoding_message_size(MAX_READ_BYTES);
         let resp = c.get(self.keys.monitor(id.as_str()), None).await?;
         match resp.kvs().first() {
             None => Ok(None),
@@ -190,9 +195,19 @@ impl ClusterStore {
 
     /// Live collectors (their lease-bound keys), with their leases.
     pub async fn collectors(&self) -> Result<BTreeMap<CollectorId, LiveCollector>, CoordinationError> {
+        Ok(self.collectors_and_unreadable().await?.0)
+    }
+
+    /// Live collectors, and the ids of live collectors whose record does not
+    /// decode (alive all the same: they may run monitors, so the reconciler
+    /// treats them as silent, never as gone).
+    pub async fn collectors_and_unreadable(
+        &self,
+    ) -> Result<(BTreeMap<CollectorId, LiveCollector>, BTreeSet<CollectorId>), CoordinationError> {
         let dir = self.keys.collectors();
         let (kvs, _) = self.list(&dir).await?;
         let mut out = BTreeMap::new();
+        let mut unreadable = BTreeSet::new();
         for kv in kvs {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let Some(id) = self.keys.id_in(&dir, &key).and_then(|id| CollectorId::new(id).ok()) else { continue };
@@ -200,10 +215,13 @@ impl ClusterStore {
                 Ok(record) => {
                     out.insert(id, LiveCollector { record, lease: kv.lease() });
                 }
-                Err(e) => tracing::warn!("ignoring collector key {key}: {e}"),
+                Err(e) => {
+                    tracing::warn!("collector key {key} does not decode ({e}); treating it as alive but silent");
+                    unreadable.insert(id);
+                }
             }
         }
-        Ok(out)
+        Ok((out, unreadable))
     }
 
     /// Assignment records with their epochs, and the ids of records that

@@ -206,6 +206,8 @@ pub struct UnassignAction {
 /// it does not own, and every live collector still in a record's
 /// `releasing` set (it must confirm at the record's epoch, even if it seems
 /// idle: the confirmation is what makes it refuse a delayed, older Assign).
+/// Collectors that did not answer this pass get no command (it would only
+/// wait out its timeout); their releases wait for a pass they answer in.
 pub fn unassign_actions(
     records: &BTreeMap<MonitorId, AssignmentRecord>,
     generations: &BTreeMap<MonitorId, Generation>,
@@ -242,7 +244,7 @@ pub fn unassign_actions(
         for c in rec.releasing.iter().filter(|c| live.contains(*c)) {
             let reported = match reports.get(c) {
                 Some(Report::Answered(running)) => running.get(m),
-                _ => None,
+                _ => continue,
             };
             if reported.is_some_and(|r| r.stopping) {
                 continue; // already on its way out; confirm on a later pass
@@ -510,7 +512,7 @@ mod tests {
     }
 
     #[test]
-    fn a_silent_collector_blocks_only_what_it_may_run() {
+    fn a_silent_collector_gets_no_command_and_blocks_only_what_it_may_run() {
         let records = BTreeMap::from([
             (m("a"), rec(Some("c2"), &["c1"], 10)),
             (m("b"), rec(Some("c2"), &[], 11)),
@@ -519,6 +521,7 @@ mod tests {
         let generations = BTreeMap::from([(m("a"), 1), (m("b"), 1), (m("x"), 1)]);
         let live = set(&[c("c1"), c("c2")]);
         let reports = BTreeMap::from([(c("c1"), Report::Silent), (c("c2"), running(&[]))]);
+        assert!(unassign_actions(&records, &generations, &live, &reports, &BTreeSet::new()).is_empty());
         let (assigns, pending) =
             assign_actions(&records, &generations, &live, &reports, &Confirmed::new(), &BTreeSet::new());
         assert_eq!(assigns.iter().map(|a| a.monitor.as_str()).collect::<Vec<_>>(), vec!["b"]);

@@ -43,6 +43,8 @@ struct Shared {
     latest: RwLock<BTreeMap<MonitorId, MonitorResult>>,
     current: RwLock<Current>,
     stale_dropped: AtomicU64,
+    /// One refresh at a time: a slow one must not overwrite a newer one.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 /// A handle to the intake's results; cheap to clone.
@@ -51,12 +53,23 @@ pub struct Intake {
     shared: Arc<Shared>,
 }
 
+/// Whether an accepted result still belongs to the monitor's current owner,
+/// epoch and generation.
+fn still_current(r: &MonitorResult, record: Option<&AssignmentRecord>, generation: Option<Generation>) -> bool {
+    r.collector.as_ref().is_some_and(|c| accept_result(c, r.epoch, r.generation, record, generation).is_ok())
+}
+
 async fn refresh(store: &ClusterStore, shared: &Shared) {
+    let Ok(_one) = shared.refreshing.try_lock() else {
+        // Another refresh is reading now; its answer is at least as new.
+        let _wait = shared.refreshing.lock().await;
+        return;
+    };
     let (Ok((records, _)), Ok(monitors)) = (store.assignments().await, store.monitors().await) else { return };
     let generations = monitors.valid.iter().map(|(m, s)| (m.clone(), s.spec.generation)).collect();
     if let Ok(mut latest) = shared.latest.write() {
-        // Forget results of monitors that no longer exist, or of older specs.
-        latest.retain(|m, r| monitors.valid.get(m).is_some_and(|s| s.spec.generation == r.generation));
+        // Forget results of monitors that no longer exist, of older specs and of earlier owners.
+        latest.retain(|m, r| still_current(r, records.get(m), monitors.valid.get(m).map(|s| s.spec.generation)));
     }
     if let Ok(mut cur) = shared.current.write() {
         *cur = Current { records, generations, read_at: Some(Instant::now()) };
@@ -73,6 +86,8 @@ impl Intake {
             loop {
                 refresh(&store, &shared).await;
                 if let Ok(collectors) = store.collectors().await {
+                    // Followers run no reconciler: forget clients of collectors gone.
+                    clients.retain(&collectors.values().map(|c| c.record.grpc_address.clone()).collect());
                     streams.retain(|id, (addr, task)| {
                         let keep =
                             collectors.get(id).is_some_and(|c| &c.record.grpc_address == addr) && !task.is_finished();
@@ -102,18 +117,34 @@ impl Intake {
         (intake, task)
     }
 
-    /// The latest result of `id` if it belongs to `generation` (read from
-    /// etcd by the caller just now: a result of an older spec, e.g. of a
-    /// deleted monitor whose id was just re-created, is never served).
-    pub fn latest(&self, id: &MonitorId, generation: Generation) -> Option<MonitorResult> {
-        self.shared.latest.read().ok()?.get(id).filter(|r| r.generation == generation).cloned()
+    /// The latest result of `id` if it is still current against `record`
+    /// and `generation`, read from etcd by the caller just now: a result of
+    /// an older spec (e.g. of a deleted monitor whose id was re-created) or
+    /// of an earlier owner (the monitor moved; the new owner has not
+    /// reported yet) is never served.
+    pub fn latest(
+        &self,
+        id: &MonitorId,
+        generation: Generation,
+        record: Option<&AssignmentRecord>,
+    ) -> Option<MonitorResult> {
+        let latest = self.shared.latest.read().ok()?;
+        latest.get(id).filter(|r| still_current(r, record, Some(generation))).cloned()
     }
 
-    /// The latest results of the monitors in `generations`, each only if it
-    /// belongs to the given generation.
-    pub fn current(&self, generations: &BTreeMap<MonitorId, Generation>) -> Vec<MonitorResult> {
+    /// The latest results that are still current against the given
+    /// generations and records (see [`Intake::latest`]).
+    pub fn current(
+        &self,
+        generations: &BTreeMap<MonitorId, Generation>,
+        records: &BTreeMap<MonitorId, AssignmentRecord>,
+    ) -> Vec<MonitorResult> {
         let Ok(latest) = self.shared.latest.read() else { return Vec::new() };
-        latest.values().filter(|r| generations.get(&r.monitor) == Some(&r.generation)).cloned().collect()
+        latest
+            .values()
+            .filter(|r| still_current(r, records.get(&r.monitor), generations.get(&r.monitor).copied()))
+            .cloned()
+            .collect()
     }
 
     pub fn stale_dropped(&self) -> u64 {
@@ -141,7 +172,13 @@ async fn follow(id: CollectorId, address: String, clients: CollectorClients, sto
                 return;
             }
         };
-        // The collector is the stream's, never the message's claim.
+        // The collector is the stream's, never the message's claim; a message
+        // that claims another collector means another process answers at this
+        // address: stop following it.
+        if message.collector_id != id.as_str() {
+            tracing::warn!(collector = %id, answered = %message.collector_id, "results stream answered by another collector; dropped");
+            return;
+        }
         let result = match result_from_proto(message, Some(id.clone())) {
             Ok(r) => r,
             Err(e) => {
@@ -174,7 +211,10 @@ async fn follow(id: CollectorId, address: String, clients: CollectorClients, sto
         match verdict {
             Some(Ok(())) => {
                 if let Ok(mut latest) = shared.latest.write() {
-                    latest.insert(result.monitor.clone(), result);
+                    // Never replace a result of a later assignment with an earlier one.
+                    if latest.get(&result.monitor).is_none_or(|old| old.epoch <= result.epoch) {
+                        latest.insert(result.monitor.clone(), result);
+                    }
                 }
             }
             why => {

@@ -20,7 +20,7 @@
 //! one); a new leader simply asks again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -119,8 +119,10 @@ pub struct Reconciler {
     stats: Arc<ReconcilerStats>,
     period: Duration,
     limits: TxnLimits,
-    /// Releases confirmed by the previous pass, to write down in the next.
+    /// Releases confirmed by the previous pass, to write down in the next
+    /// (only under the same leader term: a new term starts afresh).
     confirmed: Confirmed,
+    confirmed_term: i64,
     orphaned_since: HashMap<MonitorId, Instant>,
 }
 
@@ -139,6 +141,7 @@ impl Reconciler {
             period,
             limits,
             confirmed: Confirmed::new(),
+            confirmed_term: 0,
             orphaned_since: HashMap::new(),
         }
     }
@@ -154,6 +157,11 @@ impl Reconciler {
             match token {
                 Some(token) => {
                     self.stats.leader_term.store(token.term, Ordering::Relaxed);
+                    if self.confirmed_term != token.term {
+                        self.confirmed.clear();
+                        self.orphaned_since.clear();
+                        self.confirmed_term = token.term;
+                    }
                     let started = Instant::now();
                     if let Err(e) = self.pass(&token, &leadership).await {
                         self.stats.failed_passes.fetch_add(1, Ordering::Relaxed);
@@ -193,7 +201,7 @@ impl Reconciler {
         leadership: &watch::Receiver<Leadership>,
     ) -> Result<(), PassError> {
         let monitors = self.store.monitors().await.map_err(PassError::Read)?;
-        let collectors = self.store.collectors().await.map_err(PassError::Read)?;
+        let (collectors, unreadable) = self.store.collectors_and_unreadable().await.map_err(PassError::Read)?;
         let draining = self.store.draining().await.map_err(PassError::Read)?;
         let (mut records, bad_records) = self.store.assignments().await.map_err(PassError::Read)?;
         self.clients.retain(&collectors.values().map(|c| c.record.grpc_address.clone()).collect());
@@ -210,8 +218,10 @@ impl Reconciler {
             .filter_map(|id| MonitorId::new(id.clone()).ok())
             .collect();
 
-        let live: BTreeSet<CollectorId> = collectors.keys().cloned().collect();
-        let reports = self.list_running(&collectors, token.term).await;
+        // Unreadable records are live collectors all the same: silent ones.
+        let live: BTreeSet<CollectorId> = collectors.keys().chain(&unreadable).cloned().collect();
+        let mut reports = self.list_running(&collectors, token.term).await;
+        reports.extend(unreadable.iter().map(|c| (c.clone(), Report::Silent)));
         let generations: BTreeMap<MonitorId, Generation> =
             monitors.valid.iter().map(|(m, s)| (m.clone(), s.spec.generation)).collect();
 
@@ -297,6 +307,13 @@ impl Reconciler {
                 match tokio::time::timeout(LIST_TIMEOUT, call).await {
                     Ok(Ok(r)) => {
                         let r = r.into_inner();
+                        // Only the incarnation etcd names may answer for this collector
+                        // (an address reused by another process, or a collector that
+                        // registered again since we read etcd, counts as silence).
+                        if r.collector_id != id.as_str() || r.lease != c.lease {
+                            tracing::warn!(collector = %id, answered = %r.collector_id, lease = r.lease, expected = c.lease, "ListRunning answered by another collector or incarnation; ignored");
+                            return (id.clone(), Report::Silent);
+                        }
                         let running = r
                             .monitors
                             .into_iter()
@@ -334,19 +351,25 @@ impl Reconciler {
             by_collector.entry(a.collector.clone()).or_default().push(a);
         }
         let calls = by_collector.into_iter().map(|(cid, actions)| {
-            let target = collectors.get(&cid).map(|c| self.clients.get(&c.record.grpc_address));
+            let target = collectors.get(&cid).map(|c| (self.clients.get(&c.record.grpc_address), c.lease));
             async move {
-                let Some(Ok(client)) = target else { return Vec::new() };
+                let Some((Ok(client), lease)) = target else { return Vec::new() };
+                let stuck = Arc::new(AtomicBool::new(false));
                 let one = |a: UnassignAction| {
-                    let (mut client, cid) = (client.clone(), cid.clone());
+                    let (mut client, cid, stuck) = (client.clone(), cid.clone(), stuck.clone());
                     async move {
+                        if stuck.load(Ordering::SeqCst) {
+                            return None;
+                        }
                         let req = pb::UnassignRequest {
                             monitor_id: a.monitor.to_string(),
                             fencing: Some(pb::Fencing {
                                 generation: a.generation,
                                 epoch: a.epoch,
                                 leader_term: term,
-                                collector_lease: 0,
+                                // The stop happens whatever the lease; it confirms a
+                                // release only if this incarnation answered.
+                                collector_lease: lease,
                             }),
                         };
                         match tokio::time::timeout(CALL_TIMEOUT, client.unassign(req)).await {
@@ -359,7 +382,8 @@ impl Reconciler {
                                 None
                             }
                             Err(_) => {
-                                tracing::warn!(monitor = %a.monitor, collector = %cid, "Unassign timed out");
+                                tracing::warn!(monitor = %a.monitor, collector = %cid, "Unassign timed out; no more commands to it this pass");
+                                stuck.store(true, Ordering::SeqCst);
                                 None
                             }
                         }
@@ -391,9 +415,13 @@ impl Reconciler {
             let target = collectors.get(&cid).map(|c| (self.clients.get(&c.record.grpc_address), c.lease));
             async move {
                 let Some((Ok(client), lease)) = target else { return Vec::new() };
+                let stuck = Arc::new(AtomicBool::new(false));
                 let one = |a: AssignAction| {
-                    let (mut client, cid) = (client.clone(), cid.clone());
+                    let (mut client, cid, stuck) = (client.clone(), cid.clone(), stuck.clone());
                     async move {
+                        if stuck.load(Ordering::SeqCst) {
+                            return None;
+                        }
                         let stored = monitors.get(&a.monitor)?;
                         let req = pb::AssignRequest {
                             spec: Some(input_to_proto(&stored.spec.to_input())),
@@ -414,7 +442,8 @@ impl Reconciler {
                                 None
                             }
                             Err(_) => {
-                                tracing::warn!(monitor = %a.monitor, collector = %cid, "Assign timed out");
+                                tracing::warn!(monitor = %a.monitor, collector = %cid, "Assign timed out; no more commands to it this pass");
+                                stuck.store(true, Ordering::SeqCst);
                                 None
                             }
                         }

@@ -89,8 +89,12 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         latest.results.iter().map(|r| (r.monitor_id.as_str(), r)).collect();
     println!();
     println!("{:<24} {:<20} {:>8} {:<10} {:<14} CLUSTER", "MONITOR", "COLLECTOR", "EPOCH", "STATE", "LAST RESULT");
-    let mut rows: Vec<(&str, &str, u64)> =
-        assignments.assignments.iter().map(|a| (a.monitor_id.as_str(), a.collector_id.as_str(), a.epoch)).collect();
+    let mut rows: Vec<(&str, &str, u64)> = assignments
+        .assignments
+        .iter()
+        .filter(|a| !a.collector_id.is_empty())
+        .map(|a| (a.monitor_id.as_str(), a.collector_id.as_str(), a.epoch))
+        .collect();
     rows.sort();
     for (m, c, epoch) in rows {
         let r = results.get(m);
@@ -106,6 +110,22 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     }
     for (m, why) in &assignments.unplaced {
         println!("{m:<24} {:<20} {:>8} {:<10} {why}", "-", "-", "waiting");
+    }
+    let moving: Vec<&pb::Assignment> = assignments.assignments.iter().filter(|a| !a.releasing.is_empty()).collect();
+    if !moving.is_empty() {
+        println!();
+        println!("moves waiting for an earlier owner to confirm it stopped ({}):", moving.len());
+        for a in moving {
+            let to = if a.collector_id.is_empty() { "(deleted)" } else { a.collector_id.as_str() };
+            println!("  {:<24} → {:<20} waiting for {}", a.monitor_id, to, a.releasing.join(", "));
+        }
+    }
+    if !assignments.invalid.is_empty() {
+        println!();
+        println!("monitors whose stored spec cannot be read (skipped until fixed or deleted):");
+        for (m, why) in &assignments.invalid {
+            println!("  {m:<24} {why}");
+        }
     }
     Ok(())
 }

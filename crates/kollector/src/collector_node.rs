@@ -125,9 +125,12 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
         _ = shutdown_signal() => None,
         reason = member.failed() => Some(reason),
     };
-    tracing::info!("shutting down: leaving the cluster, stopping monitors");
-    member.leave().await;
+    // Stop every monitor (closing its Kafka client) *before* giving up the
+    // lease: once the key is gone the manager starts them elsewhere at once.
+    tracing::info!("shutting down: stopping monitors, then leaving the cluster");
+    member.stop_collecting().await;
     node.shutdown().await;
+    member.leave().await;
     let _ = stop_tx.send(true);
     let _ = tokio::join!(grpc, web);
     match failure {

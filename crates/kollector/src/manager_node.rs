@@ -136,9 +136,9 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
                 Extra { name: "kollector_reconcile_failed_chunks", help: "Assignment write chunks etcd refused (the rest of the pass went on).", value: stats.failed_chunks.load(Ordering::Relaxed) as f64, counter: true },
             ];
             // Only results of the specs in force now (read at every scrape).
-            let results = match store.generations().await {
-                Ok(g) => intake.current(&g),
-                Err(e) => {
+            let results = match (store.generations().await, store.assignments().await) {
+                (Ok(g), Ok((records, _))) => intake.current(&g, &records),
+                (Err(e), _) | (_, Err(e)) => {
                     tracing::warn!("cannot read monitors for /metrics: {e}");
                     Vec::new()
                 }

@@ -26,15 +26,31 @@ pub struct MonitorArgs {
 #[derive(Subcommand)]
 enum MonitorCommand {
     /// Create a monitor.
-    Add(SpecArgs),
+    Add {
+        /// Monitor id: letters, digits, '.', '_' and '-' (required).
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
     /// Replace a monitor's spec (omitted secrets keep their stored values).
     /// Returns after the old Kafka client is closed.
-    Update(SpecArgs),
+    Update {
+        /// Id of the monitor to replace (required).
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
     /// Delete a monitor. Returns after its Kafka client is closed.
-    Rm { id: String },
+    Rm {
+        #[command(flatten)]
+        id: IdArg,
+    },
     /// Show a monitor's spec and status (secrets are never shown).
     Get {
-        id: String,
+        #[command(flatten)]
+        id: IdArg,
         #[arg(long)]
         json: bool,
     },
@@ -44,20 +60,44 @@ enum MonitorCommand {
         json: bool,
     },
     /// Run one collection with these settings and print it; stores nothing.
-    Probe(SpecArgs),
+    Probe {
+        /// Id to label the probe's output with.
+        #[arg(long, default_value = "probe")]
+        id: String,
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
     /// Show the latest collected data (all monitors, or one).
     Show {
+        /// Only this monitor (also accepted without --id).
+        #[arg(long = "id", value_name = "ID", conflicts_with = "id_pos")]
         id: Option<String>,
+        #[arg(value_name = "ID")]
+        id_pos: Option<String>,
         #[arg(long)]
         json: bool,
     },
 }
 
+/// A monitor id, as `--id ID` (like add and update) or just `ID`.
+#[derive(Args)]
+struct IdArg {
+    /// Monitor id.
+    #[arg(long = "id", value_name = "ID", conflicts_with = "id_pos", required_unless_present = "id_pos")]
+    id: Option<String>,
+    /// Monitor id (the same as --id).
+    #[arg(value_name = "ID")]
+    id_pos: Option<String>,
+}
+
+impl IdArg {
+    fn get(self) -> String {
+        self.id.or(self.id_pos).unwrap_or_default()
+    }
+}
+
 #[derive(Args)]
 struct SpecArgs {
-    /// Monitor id: letters, digits, '.', '_' and '-'.
-    #[arg(long, default_value = "probe")]
-    id: String,
     /// Bootstrap brokers, host:port, comma-separated or repeated.
     #[arg(long, value_delimiter = ',', required = true)]
     bootstrap: Vec<String>,
@@ -121,7 +161,7 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 }
 
 impl SpecArgs {
-    fn into_input(self) -> anyhow::Result<MonitorInput> {
+    fn into_input(self, id: String) -> anyhow::Result<MonitorInput> {
         let sasl = match (self.sasl_mechanism, self.sasl_username) {
             (Some(mechanism), Some(username)) => {
                 let password = match &self.sasl_password_env {
@@ -150,7 +190,7 @@ impl SpecArgs {
             insecure_skip_verify: Some(self.tls_insecure_skip_verify),
         });
         Ok(MonitorInput {
-            id: self.id,
+            id,
             bootstrap: self.bootstrap,
             interval: self.interval,
             timeout: self.timeout,
@@ -194,24 +234,26 @@ fn code_name(c: tonic::Code) -> &'static str {
 pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.server).await?;
     match args.command {
-        MonitorCommand::Add(spec) => {
-            let spec = input_to_proto(&spec.into_input()?);
+        MonitorCommand::Add { id, spec } => {
+            let spec = input_to_proto(&spec.into_input(id)?);
             let info =
                 client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec) }).await.map_err(status_error)?;
             print_info_line(&info.into_inner());
         }
-        MonitorCommand::Update(spec) => {
-            let spec = input_to_proto(&spec.into_input()?);
+        MonitorCommand::Update { id, spec } => {
+            let spec = input_to_proto(&spec.into_input(id)?);
             let info =
                 client.update_monitor(pb::UpdateMonitorRequest { spec: Some(spec) }).await.map_err(status_error)?;
             print_info_line(&info.into_inner());
         }
         MonitorCommand::Rm { id } => {
+            let id = id.get();
             client.delete_monitor(pb::DeleteMonitorRequest { id: id.clone() }).await.map_err(status_error)?;
             println!("deleted {id} (Kafka client closed)");
         }
         MonitorCommand::Get { id, json } => {
-            let info = client.get_monitor(pb::GetMonitorRequest { id }).await.map_err(status_error)?.into_inner();
+            let info =
+                client.get_monitor(pb::GetMonitorRequest { id: id.get() }).await.map_err(status_error)?.into_inner();
             if json {
                 println!("{}", serde_json::to_string_pretty(&info_json(&info))?);
             } else {
@@ -232,8 +274,8 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        MonitorCommand::Probe(spec) => {
-            let spec = input_to_proto(&spec.into_input()?);
+        MonitorCommand::Probe { id, spec } => {
+            let spec = input_to_proto(&spec.into_input(id)?);
             let r = client.probe(pb::ProbeRequest { spec: Some(spec) }).await.map_err(status_error)?.into_inner();
             match (r.snapshot, r.error) {
                 (Some(s), _) => print_snapshot(&s),
@@ -241,9 +283,9 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
                 (None, None) => bail!("probe returned nothing"),
             }
         }
-        MonitorCommand::Show { id, json } => {
+        MonitorCommand::Show { id, id_pos, json } => {
             let r = client
-                .get_latest(pb::GetLatestRequest { monitor_id: id.unwrap_or_default() })
+                .get_latest(pb::GetLatestRequest { monitor_id: id.or(id_pos).unwrap_or_default() })
                 .await
                 .map_err(status_error)?
                 .into_inner();
