@@ -35,6 +35,7 @@ pub fn run_cli(args: &[&str]) -> (bool, String, String) {
 
 pub struct KollectorProcess {
     child: Option<Child>,
+    args: Vec<String>,
     pub grpc_port: u16,
     pub http_port: u16,
     _dir: tempfile::TempDir,
@@ -106,23 +107,42 @@ impl KollectorProcess {
     }
 
     fn spawn(dir: tempfile::TempDir, args: Vec<String>, grpc_port: u16, http_port: u16, config_path: PathBuf) -> Self {
-        let log = std::fs::File::create(dir.path().join("kollector.log")).expect("log file");
+        let mut p = KollectorProcess { child: None, grpc_port, http_port, _dir: dir, config_path, args };
+        p.launch();
+        p
+    }
+
+    /// Starts the process (with this handle's arguments, ports and files)
+    /// and waits until `/healthz` answers.
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self._dir.path().join("kollector.log"))
+            .expect("log file");
         let child = Command::new(kollector_bin())
-            .args(&args)
+            .args(&self.args)
             .env("KOLLECTOR_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn kollector");
-        let mut p = KollectorProcess { child: Some(child), grpc_port, http_port, _dir: dir, config_path };
+        self.child = Some(child);
+        let args = self.args.clone();
         wait_for("kollector /healthz", Duration::from_secs(30), || {
-            if let Some(status) = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("kollector {args:?} exited early with {status}; log:\n{}", p.log());
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("kollector {args:?} exited early with {status}; log:\n{}", self.log());
             }
-            p.http_get("/healthz").map(|_| ())
+            self.http_get("/healthz").map(|_| ())
         });
-        p
+    }
+
+    /// Starts the same node again (same config, state file and ports), after
+    /// it stopped or was killed.
+    pub fn respawn(&mut self) {
+        self.kill();
+        self.launch();
     }
 
     /// SIGKILLs the process (a crash) and reaps it.

@@ -109,43 +109,145 @@ pub fn assignment_changes(
     confirmed: &Confirmed,
     skip: &BTreeSet<MonitorId>,
 ) -> Vec<RecordWrite> {
-    let ids: BTreeSet<&MonitorId> = plan.keys().chain(persisted.keys()).filter(|m| !skip.contains(*m)).collect();
     let mut writes = Vec::new();
-    for m in ids {
-        let old = persisted.get(m);
-        let owner = plan.get(m).cloned();
-        let mut releasing: BTreeSet<CollectorId> = old.map(|r| r.releasing.clone()).unwrap_or_default();
-        let old_owner = old.and_then(|r| r.collector.clone());
-        let owner_changed = old_owner != owner;
-        if owner_changed {
-            releasing.extend(old_owner.clone());
-        }
-        releasing.retain(|c| live.contains(c) && !confirmed.contains(&(c.clone(), m.clone())));
-        if let Some(o) = &owner {
-            releasing.remove(o);
-        }
-        if owner.is_none() && releasing.is_empty() {
-            if old.is_some() {
-                writes.push(RecordWrite { monitor: m.clone(), value: None, moved: false });
-            }
+    // Walk both sorted maps together: every id in either, once, no lookups.
+    let mut a = plan.iter().peekable();
+    let mut b = persisted.iter().peekable();
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(x), Some(y)) => x.0.cmp(y.0),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+        };
+        let (m, owner, old) = match order {
+            std::cmp::Ordering::Equal => match (a.next(), b.next()) {
+                (Some((m, c)), Some((_, r))) => (m, Some(c), Some(r)),
+                _ => break,
+            },
+            std::cmp::Ordering::Less => match a.next() {
+                Some((m, c)) => (m, Some(c), None),
+                None => break,
+            },
+            std::cmp::Ordering::Greater => match b.next() {
+                Some((m, r)) => (m, None, Some(r)),
+                None => break,
+            },
+        };
+        if skip.contains(m) {
             continue;
         }
-        if let Some(old) = old {
-            if !owner_changed && old.releasing == releasing {
-                continue;
-            }
+        if let Some(w) = record_change(m, owner, old, live, confirmed) {
+            writes.push(w);
         }
-        let epoch = match old {
-            Some(old) if !owner_changed => Some(old.epoch),
-            _ => None,
-        };
-        writes.push(RecordWrite {
-            monitor: m.clone(),
-            moved: owner_changed && old_owner.is_some() && owner.is_some(),
-            value: Some(AssignmentValue { collector: owner, releasing, epoch }),
-        });
     }
     writes
+}
+
+/// The write one monitor's record needs, if any.
+fn record_change(
+    m: &MonitorId,
+    owner: Option<&CollectorId>,
+    old: Option<&AssignmentRecord>,
+    live: &BTreeSet<CollectorId>,
+    confirmed: &Confirmed,
+) -> Option<RecordWrite> {
+    let old_owner = old.and_then(|r| r.collector.as_ref());
+    let owner_changed = old_owner != owner;
+    // The steady case: same owner, nobody releasing. No allocation.
+    if !owner_changed && old.is_some_and(|r| r.releasing.is_empty()) {
+        return None;
+    }
+    let mut releasing: BTreeSet<CollectorId> = old.map(|r| r.releasing.clone()).unwrap_or_default();
+    if owner_changed {
+        releasing.extend(old_owner.cloned());
+    }
+    releasing.retain(|c| live.contains(c) && !confirmed.contains(&(c.clone(), m.clone())));
+    if let Some(o) = owner {
+        releasing.remove(o);
+    }
+    if owner.is_none() && releasing.is_empty() {
+        return old.map(|_| RecordWrite { monitor: m.clone(), value: None, moved: false });
+    }
+    if let Some(old) = old {
+        if !owner_changed && old.releasing == releasing {
+            return None;
+        }
+    }
+    let epoch = match old {
+        Some(old) if !owner_changed => Some(old.epoch),
+        _ => None,
+    };
+    Some(RecordWrite {
+        monitor: m.clone(),
+        moved: owner_changed && old_owner.is_some() && owner.is_some(),
+        value: Some(AssignmentValue { collector: owner.cloned(), releasing, epoch }),
+    })
+}
+
+/// What a monitor's owner said about it this pass.
+#[derive(Clone, Copy)]
+enum OwnerView<'a> {
+    /// No owner, or an owner whose lease is gone.
+    Gone,
+    /// The owner did not answer.
+    Silent,
+    /// The owner answered: its entry for the monitor, if it runs it.
+    Answered(Option<&'a Running>),
+}
+
+/// One walk over the records and every report together (all sorted by
+/// monitor id, so each is read once, with a cursor per collector and no
+/// per-monitor lookups): what each record's owner runs, in record order, and
+/// the strays: monitors live collectors run although the records give them
+/// to someone else or to nobody.
+#[allow(clippy::type_complexity)]
+fn walk<'a>(
+    records: &'a BTreeMap<MonitorId, AssignmentRecord>,
+    live: &BTreeSet<CollectorId>,
+    reports: &'a BTreeMap<CollectorId, Report>,
+) -> (Vec<OwnerView<'a>>, Vec<(&'a MonitorId, &'a CollectorId, &'a Running)>) {
+    let mut cursors: BTreeMap<
+        &CollectorId,
+        std::iter::Peekable<std::collections::btree_map::Iter<'a, MonitorId, Running>>,
+    > = BTreeMap::new();
+    let mut silent: BTreeSet<&CollectorId> = BTreeSet::new();
+    for (c, report) in reports {
+        if !live.contains(c) {
+            continue;
+        }
+        match report {
+            Report::Answered(running) => {
+                cursors.insert(c, running.iter().peekable());
+            }
+            Report::Silent => {
+                silent.insert(c);
+            }
+        }
+    }
+    let mut owners = Vec::with_capacity(records.len());
+    let mut strays = Vec::new();
+    for (m, rec) in records {
+        let view = match &rec.collector {
+            Some(o) => match cursors.get_mut(o) {
+                Some(cursor) => {
+                    while let Some((sm, sr)) = cursor.next_if(|(k, _)| *k < m) {
+                        strays.push((sm, o, sr));
+                    }
+                    OwnerView::Answered(cursor.next_if(|(k, _)| *k == m).map(|(_, r)| r))
+                }
+                // Live but no answer (or no report at all): silent.
+                None if silent.contains(o) || live.contains(o) => OwnerView::Silent,
+                None => OwnerView::Gone,
+            },
+            None => OwnerView::Gone,
+        };
+        owners.push(view);
+    }
+    for (c, cursor) in cursors {
+        strays.extend(cursor.map(|(m, r)| (m, c, r)));
+    }
+    (owners, strays)
 }
 
 /// Limits of one etcd transaction.
@@ -221,24 +323,16 @@ pub fn unassign_actions(
         let generation = generations.get(m).copied().unwrap_or(0).max(reported.map(|r| r.generation).unwrap_or(0));
         (generation, epoch)
     };
-    for (c, report) in reports {
-        let Report::Answered(running) = report else { continue };
-        if !live.contains(c) {
+    let (_, strays) = walk(records, live, reports);
+    for (m, c, r) in strays {
+        if skip.contains(m) || r.stopping {
             continue;
         }
-        for (m, r) in running {
-            if skip.contains(m) || r.stopping {
-                continue;
-            }
-            if records.get(m).and_then(|rec| rec.collector.as_ref()) == Some(c) {
-                continue;
-            }
-            let (generation, epoch) = tokens(m, Some(r));
-            out.insert(UnassignAction { collector: c.clone(), monitor: m.clone(), generation, epoch });
-        }
+        let (generation, epoch) = tokens(m, Some(r));
+        out.insert(UnassignAction { collector: c.clone(), monitor: m.clone(), generation, epoch });
     }
     for (m, rec) in records {
-        if skip.contains(m) {
+        if rec.releasing.is_empty() || skip.contains(m) {
             continue;
         }
         for c in rec.releasing.iter().filter(|c| live.contains(*c)) {
@@ -307,30 +401,26 @@ pub fn assign_actions(
     confirmed: &Confirmed,
     skip: &BTreeSet<MonitorId>,
 ) -> (Vec<AssignAction>, Vec<Pending>) {
-    // Who else reports running each monitor (answered, live collectors).
-    let mut runners: BTreeMap<&MonitorId, Vec<(&CollectorId, &Running)>> = BTreeMap::new();
-    for (c, report) in reports {
-        if let Report::Answered(running) = report {
-            if live.contains(c) {
-                for (m, r) in running {
-                    runners.entry(m).or_default().push((c, r));
-                }
-            }
-        }
+    // Who else reports running a monitor: live collectors that are not its owner.
+    let (owners, strays) = walk(records, live, reports);
+    let mut runners: BTreeMap<&MonitorId, Vec<&CollectorId>> = BTreeMap::new();
+    for (m, c, _) in strays {
+        runners.entry(m).or_default().push(c);
     }
     let mut assigns = Vec::new();
     let mut pending = Vec::new();
-    for (m, rec) in records {
+    // Records and generations are both sorted by monitor: walk them together.
+    let mut gens = generations.iter().peekable();
+    for ((m, rec), view) in records.iter().zip(owners) {
+        while gens.next_if(|(gm, _)| *gm < m).is_some() {}
+        let generation = gens.next_if(|(gm, _)| *gm == m).map(|(_, g)| *g);
         if skip.contains(m) {
             continue;
         }
-        let (Some(owner), Some(&generation)) = (&rec.collector, generations.get(m)) else { continue };
-        if !live.contains(owner) {
-            continue; // the next plan moves it
-        }
-        let here = match reports.get(owner) {
-            Some(Report::Answered(running)) => running.get(m),
-            _ => {
+        let (Some(owner), Some(generation)) = (&rec.collector, generation) else { continue };
+        let here = match view {
+            OwnerView::Gone => continue, // the next plan moves it
+            OwnerView::Silent => {
                 pending.push(Pending {
                     monitor: m.clone(),
                     to: owner.clone(),
@@ -338,6 +428,7 @@ pub fn assign_actions(
                 });
                 continue;
             }
+            OwnerView::Answered(here) => here,
         };
         if here.is_some_and(|r| !r.stopping && r.generation == generation && r.epoch == rec.epoch) {
             continue; // runs as it should
@@ -350,7 +441,7 @@ pub fn assign_actions(
         for c in rec.releasing.iter().filter(|c| live.contains(*c) && *c != owner && !released(c)) {
             waits.insert(Wait::NotReleasedBy(c.clone()));
         }
-        for (c, _) in runners.get(m).into_iter().flatten() {
+        for c in runners.get(m).into_iter().flatten() {
             if *c != owner && !released(c) {
                 waits.insert(Wait::NotReleasedBy((*c).clone()));
             }

@@ -13,6 +13,8 @@
 //!   chunking, Unassigns, safe Assigns, which results to believe), pure.
 //! - `reconciler.rs`: the leader's executor of those decisions.
 //! - `intake.rs`: results from every collector, judged by `decisions.rs`.
+//! - `state_file.rs`: standalone mode's monitors on disk (atomic, durable
+//!   replace), so API changes survive restarts.
 
 mod catalog;
 mod cluster_service;
@@ -22,6 +24,7 @@ pub mod intake;
 pub mod planner;
 pub mod reconciler;
 mod service;
+pub mod state_file;
 
 pub use catalog::{CatalogError, MonitorCatalog};
 pub use cluster_service::ClusterManagerService;

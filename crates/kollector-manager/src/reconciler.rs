@@ -484,7 +484,6 @@ pub fn plan(
             (m.clone(), placement)
         })
         .collect();
-    let previous: BTreeMap<MonitorId, CollectorId> =
-        records.iter().filter_map(|(m, r)| r.collector.clone().map(|c| (m.clone(), c))).collect();
-    planner::plan(&placements, &slots, &previous).assignments
+    let previous = records.iter().filter_map(|(m, r)| r.collector.as_ref().map(|c| (m, c)));
+    planner::plan_from(&placements, &slots, previous).assignments
 }

@@ -2,10 +2,12 @@
 //!
 //! Requests are validated at this edge; invalid input gets INVALID_ARGUMENT
 //! naming every bad field, and nothing is stored or started. Mutations are
-//! serialized by one lock over the catalog: a change is applied to the
-//! backend first (which returns only after any old Kafka client is closed)
-//! and then committed to the catalog, so the catalog never names a monitor
-//! the backend refused.
+//! serialized by one lock over the catalog. A change is first saved to the
+//! state file (if the node has one: standalone mode keeps its monitors
+//! across restarts), then applied to the backend (which returns only after
+//! any old Kafka client is closed), then committed to the catalog. If the
+//! backend refuses, the saved state is put back, so neither the catalog nor
+//! the file ever names a monitor the backend refused.
 
 use std::future::Future;
 
@@ -17,6 +19,7 @@ use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
 use crate::catalog::{CatalogError, MonitorCatalog};
+use crate::state_file::StateFile;
 
 /// Why the backend could not apply a change.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -42,18 +45,58 @@ pub trait MonitorBackend: Send + Sync + 'static {
 pub struct ManagerServiceImpl<B> {
     catalog: Mutex<MonitorCatalog>,
     backend: B,
+    state: Option<StateFile>,
 }
 
 impl<B: MonitorBackend> ManagerServiceImpl<B> {
+    /// A service whose monitors live in memory only (the demo).
     pub fn new(backend: B) -> Self {
-        ManagerServiceImpl { catalog: Mutex::new(MonitorCatalog::new()), backend }
+        ManagerServiceImpl { catalog: Mutex::new(MonitorCatalog::new()), backend, state: None }
     }
 
-    /// Creates a monitor (config-file loading goes through here too).
+    /// A service that saves every change to `state` before answering.
+    pub fn with_state(backend: B, state: StateFile) -> Self {
+        ManagerServiceImpl { catalog: Mutex::new(MonitorCatalog::new()), backend, state: Some(state) }
+    }
+
+    /// Saves the catalog as it would be after `change`.
+    fn save(&self, catalog: &MonitorCatalog, change: impl FnOnce(&mut Vec<MonitorSpec>)) -> Result<(), Status> {
+        let Some(state) = &self.state else { return Ok(()) };
+        let mut specs: Vec<MonitorSpec> = catalog.list().cloned().collect();
+        change(&mut specs);
+        state.save(&specs).map_err(|e| {
+            tracing::error!("{e}");
+            Status::unavailable(format!("the change was not applied: {e}"))
+        })
+    }
+
+    /// Puts the saved state back to the catalog's (after the backend refused a change).
+    fn restore(&self, catalog: &MonitorCatalog) {
+        if let Err(e) = self.save(catalog, |_| {}) {
+            tracing::error!("could not restore the state file after a refused change: {}", e.message());
+        }
+    }
+
+    /// Starts `specs` (at start-up: the saved state merged with the config
+    /// file) and saves them once. Stops at the first refusal.
+    pub async fn load(&self, specs: Vec<MonitorSpec>) -> Result<(), Status> {
+        let mut catalog = self.catalog.lock().await;
+        for spec in specs {
+            self.backend.start(spec.clone()).await.map_err(backend_status)?;
+            catalog.commit(spec);
+        }
+        self.save(&catalog, |_| {})
+    }
+
+    /// Creates a monitor.
     pub async fn create(&self, input: kollector_core::MonitorInput) -> Result<MonitorSpec, Status> {
         let mut catalog = self.catalog.lock().await;
         let spec = catalog.prepare_create(&input).map_err(catalog_status)?;
-        self.backend.start(spec.clone()).await.map_err(backend_status)?;
+        self.save(&catalog, |all| all.push(spec.clone()))?;
+        if let Err(e) = self.backend.start(spec.clone()).await {
+            self.restore(&catalog);
+            return Err(backend_status(e));
+        }
         catalog.commit(spec.clone());
         tracing::info!(monitor = %spec.id, "monitor created");
         Ok(spec)
@@ -117,7 +160,14 @@ impl<B: MonitorBackend> ManagerService for ManagerServiceImpl<B> {
         let mut catalog = self.catalog.lock().await;
         let spec = match catalog.prepare_update(&input).map_err(catalog_status)? {
             Some(spec) => {
-                self.backend.start(spec.clone()).await.map_err(backend_status)?;
+                self.save(&catalog, |all| {
+                    all.retain(|s| s.id != spec.id);
+                    all.push(spec.clone());
+                })?;
+                if let Err(e) = self.backend.start(spec.clone()).await {
+                    self.restore(&catalog);
+                    return Err(backend_status(e));
+                }
                 catalog.commit(spec.clone());
                 tracing::info!(monitor = %spec.id, generation = spec.generation, "monitor updated");
                 spec
@@ -136,7 +186,11 @@ impl<B: MonitorBackend> ManagerService for ManagerServiceImpl<B> {
         if catalog.get(&id).is_none() {
             return Err(catalog_status(CatalogError::NotFound(id.to_string())));
         }
-        self.backend.stop(id.clone()).await.map_err(backend_status)?;
+        self.save(&catalog, |all| all.retain(|s| s.id != id))?;
+        if let Err(e) = self.backend.stop(id.clone()).await {
+            self.restore(&catalog);
+            return Err(backend_status(e));
+        }
         catalog.remove(&id);
         tracing::info!(monitor = %id, "monitor deleted");
         Ok(Response::new(pb::DeleteMonitorResponse {}))

@@ -128,7 +128,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         monitor("orders", &orders.bootstrap(), &args.interval)?,
         monitor("payments", &payments.bootstrap(), &args.interval)?,
     ];
-    let node = Standalone::start(args.grpc_listen, args.http_listen, monitors).await?;
+    let node = Standalone::start(args.grpc_listen, args.http_listen, monitors, None).await?;
     let server = format!("http://{}", node.grpc_addr);
     eprintln!("demo: kollector standalone is collecting every {}.", args.interval);
     eprintln!("demo:   metrics:  curl -s http://{}/metrics | grep -E '^kafka_(consumergroup_lag|topic_partition_current_offset)'", node.http_addr);

@@ -29,7 +29,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run manager logic and one collector in one process, without etcd.
-    /// Monitors come from the config file and the gRPC API; state is in memory.
+    /// Monitors come from the config file and the gRPC API; API changes are
+    /// kept in a state file and survive restarts.
     Standalone {
         /// TOML config file ([http], [grpc], [[monitors]]); see the README.
         #[arg(long, short = 'c', env = "KOLLECTOR_CONFIG")]
@@ -40,6 +41,11 @@ enum Command {
         /// Override [grpc].listen (serves ManagerService).
         #[arg(long)]
         grpc_listen: Option<SocketAddr>,
+        /// Where monitors created, changed or deleted through the API are kept
+        /// (written atomically; readable by the owner only). Default: next to
+        /// the config, e.g. kollector.toml -> kollector.state.json.
+        #[arg(long, env = "KOLLECTOR_STATE")]
+        state: Option<PathBuf>,
     },
     /// Cluster mode: run a manager (any number; one leads through etcd).
     Manager(Box<manager_node::ManagerArgs>),
@@ -80,8 +86,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Standalone { config, http_listen, grpc_listen } => {
-                standalone::run(standalone::Options { config, http_listen, grpc_listen }).await
+            Command::Standalone { config, http_listen, grpc_listen, state } => {
+                standalone::run(standalone::Options { config, http_listen, grpc_listen, state }).await
             }
             Command::Monitor(args) => monitor_cli::run(*args).await,
             Command::Manager(args) => manager_node::run(*args).await,

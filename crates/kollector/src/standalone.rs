@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use kollector_collector::{CollectorHandle, CollectorNode, RegistryError};
 use kollector_core::{CollectError, ConfigFile, MonitorId, MonitorResult, MonitorSpec, Snapshot};
 use kollector_kafka::ClientOptions;
+use kollector_manager::state_file::{seed, StateFile};
 use kollector_manager::{BackendError, ManagerServiceImpl, MonitorBackend};
 use kollector_proto::v1::manager_service_server::ManagerServiceServer;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -24,6 +25,8 @@ pub struct Options {
     pub config: PathBuf,
     pub http_listen: Option<SocketAddr>,
     pub grpc_listen: Option<SocketAddr>,
+    /// Where monitors are kept across restarts; default next to the config.
+    pub state: Option<PathBuf>,
 }
 
 /// The local collector as the manager's backend.
@@ -72,10 +75,13 @@ pub struct Standalone {
 
 impl Standalone {
     /// Binds both listeners, starts the collector and the servers, then the monitors.
+    /// `state`: the state file and what it held; `None` keeps monitors in
+    /// memory only (the demo).
     pub async fn start(
         grpc: SocketAddr,
         http_addr: SocketAddr,
         monitors: Vec<MonitorSpec>,
+        state: Option<(StateFile, Vec<MonitorSpec>)>,
     ) -> anyhow::Result<Standalone> {
         let grpc_listener = http::bind(grpc, "gRPC (ManagerService)").await?;
         let http_listener = http::bind(http_addr, "HTTP (/metrics)").await?;
@@ -84,7 +90,12 @@ impl Standalone {
 
         let options = ClientOptions::default();
         let node = CollectorNode::start(options.clone()).context("starting the collector")?;
-        let service = Arc::new(ManagerServiceImpl::new(LocalBackend { node: node.clone(), options }));
+        let backend = LocalBackend { node: node.clone(), options };
+        let (service, monitors) = match state {
+            Some((file, saved)) => (ManagerServiceImpl::with_state(backend, file), seed(monitors, saved)),
+            None => (ManagerServiceImpl::new(backend), monitors),
+        };
+        let service = Arc::new(service);
         let (shutdown, rx) = tokio::sync::watch::channel(false);
         let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
@@ -109,12 +120,7 @@ impl Standalone {
             }
         });
 
-        for spec in monitors {
-            service
-                .create(spec.to_input())
-                .await
-                .map_err(|s| anyhow::anyhow!("starting monitor {}: {}", spec.id, s.message()))?;
-        }
+        service.load(monitors).await.map_err(|s| anyhow::anyhow!("starting the monitors: {}", s.message()))?;
         tracing::info!(%grpc_addr, %http_addr, "kollector standalone ready");
         Ok(Standalone { node, service, grpc_addr, http_addr, shutdown, servers: vec![grpc_task, http_task] })
     }
@@ -156,17 +162,22 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&opts.config).with_context(|| format!("reading config file {path}"))?;
     let config = ConfigFile::parse(&path, &text, |var| std::env::var(var).ok())
         .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
+    // API changes live in the state file, next to the config by default.
+    let state_path = opts.state.unwrap_or_else(|| opts.config.with_extension("state.json"));
+    let state = StateFile::open(&state_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let node = Standalone::start(
         opts.grpc_listen.unwrap_or(config.grpc_listen),
         opts.http_listen.unwrap_or(config.http_listen),
         config.monitors,
+        Some(state),
     )
     .await?;
     eprintln!(
-        "kollector standalone: gRPC on {}, metrics on http://{}/metrics ({} monitor(s))",
+        "kollector standalone: gRPC on {}, metrics on http://{}/metrics ({} monitor(s)), state in {}",
         node.grpc_addr,
         node.http_addr,
-        node.node.store().len()
+        node.node.store().len(),
+        state_path.display()
     );
     shutdown_signal().await;
     tracing::info!("shutting down: stopping monitors and closing Kafka clients");
