@@ -86,6 +86,17 @@ fn new_mock() -> Mock {
     mock
 }
 
+/// The spec of monitor `id` watching `mock`.
+fn spec_for(id: &str, mock: &Mock) -> pb::MonitorSpecInput {
+    pb::MonitorSpecInput {
+        id: id.into(),
+        bootstrap: vec![mock.bootstrap_servers()],
+        interval: Some("5s".into()),
+        timeout: Some("2s".into()),
+        ..Default::default()
+    }
+}
+
 fn port_of(mock: &Mock) -> u16 {
     mock.bootstrap_servers().rsplit(':').next().and_then(|p| p.parse().ok()).expect("mock port")
 }
@@ -135,13 +146,7 @@ impl Chaos {
         let id = format!("m{:04}", self.next_id);
         self.next_id += 1;
         let mock = new_mock();
-        let spec = pb::MonitorSpecInput {
-            id: id.clone(),
-            bootstrap: vec![mock.bootstrap_servers()],
-            interval: Some("5s".into()),
-            timeout: Some("2s".into()),
-            ..Default::default()
-        };
+        let spec = spec_for(&id, &mock);
         self.shared().ports.insert(port_of(&mock), id.clone());
         self.mocks.push(mock);
         self.monitors.insert(id.clone(), self.mocks.len() - 1);
@@ -425,13 +430,7 @@ async fn seeded_chaos_keeps_one_owner_per_monitor_and_converges() {
                 // Re-create the same id against a new cluster, at once.
                 let mock = new_mock();
                 chaos.shared().ports.insert(port_of(&mock), id.clone());
-                let spec = pb::MonitorSpecInput {
-                    id: id.clone(),
-                    bootstrap: vec![mock.bootstrap_servers()],
-                    interval: Some("5s".into()),
-                    timeout: Some("2s".into()),
-                    ..Default::default()
-                };
+                let spec = spec_for(&id, &mock);
                 chaos.mocks.push(mock);
                 chaos.monitors.insert(id.clone(), chaos.mocks.len() - 1);
                 let mut c = chaos.client().await;

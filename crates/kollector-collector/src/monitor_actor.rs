@@ -223,16 +223,7 @@ impl MonitorActor {
             self.closing.push(tokio::task::spawn_blocking(move || drop(client)));
         }
         self.state = MonitorState::Failing;
-        let status = self.status(Some(error.message.clone()));
-        let now = unix_ms();
-        self.store.update(&self.spec.id, self.spec.generation, |e| {
-            e.status = status;
-            e.error = Some(error.clone());
-            e.epoch = epoch;
-            e.attempted_at_ms = now;
-            e.collections_total += 1;
-            *e.errors_total.entry(error.kind).or_default() += 1;
-        });
+        self.publish_failure(error, epoch);
     }
 
     fn check_identity(&mut self, snapshot: Snapshot) -> Result<Snapshot, CollectError> {
@@ -291,16 +282,7 @@ impl MonitorActor {
         } else {
             MonitorState::Failing
         };
-        let status = self.status(Some(error.message.clone()));
-        let now = unix_ms();
-        self.store.update(&self.spec.id, self.spec.generation, |e| {
-            e.status = status;
-            e.error = Some(error.clone());
-            e.epoch = epoch;
-            e.attempted_at_ms = now;
-            e.collections_total += 1;
-            *e.errors_total.entry(error.kind).or_default() += 1;
-        });
+        self.publish_failure(error, epoch);
     }
 
     /// Closes the current client (off the actor thread) and sets when the next may be built.
@@ -316,6 +298,20 @@ impl MonitorActor {
         tracing::info!(monitor = %self.spec.id, "rebuilding the Kafka client in {delay:?} (rebuild {})", self.restarts);
         self.rebuild_not_before = Some(Instant::now() + delay);
         self.store.update(&self.spec.id, self.spec.generation, |e| e.restarts_total += 1);
+    }
+
+    /// Publishes a failed attempt (the state is already set).
+    fn publish_failure(&self, error: CollectError, epoch: u64) {
+        let status = self.status(Some(error.message.clone()));
+        let now = unix_ms();
+        self.store.update(&self.spec.id, self.spec.generation, |e| {
+            e.status = status;
+            *e.errors_total.entry(error.kind).or_default() += 1;
+            e.error = Some(error);
+            e.epoch = epoch;
+            e.attempted_at_ms = now;
+            e.collections_total += 1;
+        });
     }
 
     fn status(&self, reason: Option<String>) -> kollector_core::MonitorStatus {

@@ -338,58 +338,119 @@ impl Reconciler {
         futures::future::join_all(calls).await.into_iter().collect()
     }
 
-    /// Sends Unassigns (one collector's in order, collectors in parallel);
-    /// returns the releases confirmed.
+    /// Sends Unassigns; returns the releases confirmed.
     async fn unassign(
         &self,
         collectors: &BTreeMap<CollectorId, LiveCollector>,
         actions: Vec<UnassignAction>,
         term: i64,
     ) -> Confirmed {
-        let mut by_collector: BTreeMap<CollectorId, Vec<UnassignAction>> = BTreeMap::new();
-        for a in actions {
-            by_collector.entry(a.collector.clone()).or_default().push(a);
+        let commands = actions
+            .into_iter()
+            .map(|a| {
+                let req = pb::UnassignRequest {
+                    monitor_id: a.monitor.to_string(),
+                    // The stop happens whatever the lease; it confirms a
+                    // release only if the addressed incarnation answered.
+                    fencing: Some(pb::Fencing {
+                        generation: a.generation,
+                        epoch: a.epoch,
+                        leader_term: term,
+                        collector_lease: 0,
+                    }),
+                };
+                (a.collector, a.monitor, Command::Unassign(req))
+            })
+            .collect();
+        self.send(collectors, commands).await.into_iter().collect()
+    }
+
+    /// Sends Assigns; notes failover times of the monitors started.
+    async fn assign(
+        &mut self,
+        collectors: &BTreeMap<CollectorId, LiveCollector>,
+        monitors: &BTreeMap<MonitorId, StoredMonitor>,
+        actions: Vec<AssignAction>,
+        term: i64,
+    ) {
+        let commands = actions
+            .into_iter()
+            .filter_map(|a| {
+                let stored = monitors.get(&a.monitor)?;
+                let req = pb::AssignRequest {
+                    spec: Some(input_to_proto(&stored.spec.to_input())),
+                    fencing: Some(pb::Fencing {
+                        generation: a.generation,
+                        epoch: a.epoch,
+                        leader_term: term,
+                        collector_lease: 0,
+                    }),
+                };
+                Some((a.collector, a.monitor, Command::Assign(Box::new(req))))
+            })
+            .collect();
+        for (_, m) in self.send(collectors, commands).await {
+            if let Some(since) = self.orphaned_since.remove(&m) {
+                self.stats.last_failover_ms.store(since.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
         }
-        let calls = by_collector.into_iter().map(|(cid, actions)| {
+    }
+
+    /// Sends commands: to one collector up to `IN_FLIGHT_PER_COLLECTOR` at a
+    /// time, to all collectors in parallel, each addressed to the lease etcd
+    /// names for its collector. A collector whose call times out gets no more
+    /// commands this pass. Returns the commands answered OK.
+    async fn send(
+        &self,
+        collectors: &BTreeMap<CollectorId, LiveCollector>,
+        commands: Vec<(CollectorId, MonitorId, Command)>,
+    ) -> Vec<(CollectorId, MonitorId)> {
+        let mut by_collector: BTreeMap<CollectorId, Vec<(MonitorId, Command)>> = BTreeMap::new();
+        for (c, m, command) in commands {
+            by_collector.entry(c).or_default().push((m, command));
+        }
+        let calls = by_collector.into_iter().map(|(cid, commands)| {
             let target = collectors.get(&cid).map(|c| (self.clients.get(&c.record.grpc_address), c.lease));
             async move {
                 let Some((Ok(client), lease)) = target else { return Vec::new() };
                 let stuck = Arc::new(AtomicBool::new(false));
-                let one = |a: UnassignAction| {
+                let one = |(m, command): (MonitorId, Command)| {
                     let (mut client, cid, stuck) = (client.clone(), cid.clone(), stuck.clone());
                     async move {
                         if stuck.load(Ordering::SeqCst) {
                             return None;
                         }
-                        let req = pb::UnassignRequest {
-                            monitor_id: a.monitor.to_string(),
-                            fencing: Some(pb::Fencing {
-                                generation: a.generation,
-                                epoch: a.epoch,
-                                leader_term: term,
-                                // The stop happens whatever the lease; it confirms a
-                                // release only if this incarnation answered.
-                                collector_lease: lease,
-                            }),
+                        let what = command.name();
+                        let call = async {
+                            match command {
+                                Command::Assign(mut req) => {
+                                    req.fencing.iter_mut().for_each(|f| f.collector_lease = lease);
+                                    client.assign(*req).await.map(|r| r.into_inner().outcome)
+                                }
+                                Command::Unassign(mut req) => {
+                                    req.fencing.iter_mut().for_each(|f| f.collector_lease = lease);
+                                    client.unassign(req).await.map(|r| format!("was running: {}", r.into_inner().was_running))
+                                }
+                            }
                         };
-                        match tokio::time::timeout(CALL_TIMEOUT, client.unassign(req)).await {
-                            Ok(Ok(r)) => {
-                                tracing::info!(monitor = %a.monitor, collector = %cid, was_running = r.into_inner().was_running, "unassigned");
-                                Some((cid, a.monitor))
+                        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                            Ok(Ok(outcome)) => {
+                                tracing::info!(monitor = %m, collector = %cid, %outcome, "{what} done");
+                                Some((cid, m))
                             }
                             Ok(Err(e)) => {
-                                tracing::warn!(monitor = %a.monitor, collector = %cid, "Unassign failed: {}", e.message());
+                                tracing::warn!(monitor = %m, collector = %cid, "{what} failed: {}", e.message());
                                 None
                             }
                             Err(_) => {
-                                tracing::warn!(monitor = %a.monitor, collector = %cid, "Unassign timed out; no more commands to it this pass");
+                                tracing::warn!(monitor = %m, collector = %cid, "{what} timed out; no more commands to it this pass");
                                 stuck.store(true, Ordering::SeqCst);
                                 None
                             }
                         }
                     }
                 };
-                futures::stream::iter(actions.into_iter().map(one))
+                futures::stream::iter(commands.into_iter().map(one))
                     .buffer_unordered(IN_FLIGHT_PER_COLLECTOR)
                     .filter_map(|x| async move { x })
                     .collect::<Vec<_>>()
@@ -398,68 +459,19 @@ impl Reconciler {
         });
         futures::future::join_all(calls).await.into_iter().flatten().collect()
     }
+}
 
-    /// Sends Assigns (one collector's in order, collectors in parallel).
-    async fn assign(
-        &mut self,
-        collectors: &BTreeMap<CollectorId, LiveCollector>,
-        monitors: &BTreeMap<MonitorId, StoredMonitor>,
-        actions: Vec<AssignAction>,
-        term: i64,
-    ) {
-        let mut by_collector: BTreeMap<CollectorId, Vec<AssignAction>> = BTreeMap::new();
-        for a in actions {
-            by_collector.entry(a.collector.clone()).or_default().push(a);
-        }
-        let calls = by_collector.into_iter().map(|(cid, actions)| {
-            let target = collectors.get(&cid).map(|c| (self.clients.get(&c.record.grpc_address), c.lease));
-            async move {
-                let Some((Ok(client), lease)) = target else { return Vec::new() };
-                let stuck = Arc::new(AtomicBool::new(false));
-                let one = |a: AssignAction| {
-                    let (mut client, cid, stuck) = (client.clone(), cid.clone(), stuck.clone());
-                    async move {
-                        if stuck.load(Ordering::SeqCst) {
-                            return None;
-                        }
-                        let stored = monitors.get(&a.monitor)?;
-                        let req = pb::AssignRequest {
-                            spec: Some(input_to_proto(&stored.spec.to_input())),
-                            fencing: Some(pb::Fencing {
-                                generation: a.generation,
-                                epoch: a.epoch,
-                                leader_term: term,
-                                collector_lease: lease,
-                            }),
-                        };
-                        match tokio::time::timeout(CALL_TIMEOUT, client.assign(req)).await {
-                            Ok(Ok(r)) => {
-                                tracing::info!(monitor = %a.monitor, collector = %cid, epoch = a.epoch, outcome = %r.into_inner().outcome, "assigned");
-                                Some(a.monitor)
-                            }
-                            Ok(Err(e)) => {
-                                tracing::warn!(monitor = %a.monitor, collector = %cid, "Assign failed: {}", e.message());
-                                None
-                            }
-                            Err(_) => {
-                                tracing::warn!(monitor = %a.monitor, collector = %cid, "Assign timed out; no more commands to it this pass");
-                                stuck.store(true, Ordering::SeqCst);
-                                None
-                            }
-                        }
-                    }
-                };
-                futures::stream::iter(actions.into_iter().map(one))
-                    .buffer_unordered(IN_FLIGHT_PER_COLLECTOR)
-                    .filter_map(|x| async move { x })
-                    .collect::<Vec<_>>()
-                    .await
-            }
-        });
-        for m in futures::future::join_all(calls).await.into_iter().flatten() {
-            if let Some(since) = self.orphaned_since.remove(&m) {
-                self.stats.last_failover_ms.store(since.elapsed().as_millis() as u64, Ordering::Relaxed);
-            }
+/// A command for one collector.
+enum Command {
+    Assign(Box<pb::AssignRequest>),
+    Unassign(pb::UnassignRequest),
+}
+
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Assign(_) => "Assign",
+            Command::Unassign(_) => "Unassign",
         }
     }
 }
