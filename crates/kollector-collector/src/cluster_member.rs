@@ -60,13 +60,18 @@ impl ClusterMember {
             }),
         );
         let mut state = membership.state();
+        let task_leaving = leaving.clone();
         let lease_task = tokio::spawn(async move {
             loop {
                 let held = match &*state.borrow_and_update() {
-                    MembershipState::Registered { lease } => *lease,
+                    MembershipState::Registered { lease } if !task_leaving.load(Ordering::SeqCst) => *lease,
                     _ => 0,
                 };
                 lease.set(held);
+                // Leaving may have begun between the read and the set above.
+                if task_leaving.load(Ordering::SeqCst) {
+                    lease.set(0);
+                }
                 if state.changed().await.is_err() {
                     lease.set(0);
                     return;

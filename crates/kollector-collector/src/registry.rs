@@ -218,7 +218,10 @@ impl Handler<Assign> for MonitorRegistry {
             _ => {}
         }
         let seq = self.stop_seq;
-        let stop_old = self.begin_stop(&spec.id);
+        // Running: stop it first. Already stopping (an Unassign whose caller
+        // went away, a fence): wait for that stop too, so the old client is
+        // closed before the new one exists.
+        let stop_old = self.begin_stop(&spec.id).or_else(|| self.stopping.get(&spec.id).map(|(_, f)| f.clone()));
         let outcome = if stop_old.is_some() { AssignOutcome::Restarted } else { AssignOutcome::Started };
         let spec = Arc::new(spec);
         let wait = async move {

@@ -202,7 +202,9 @@ async fn run(
                 Ok(Registered::Ok(client, id, granted)) => break (*client, id, granted),
                 Ok(Registered::Taken { holder }) if mine.contains(&holder) => {
                     // Our own earlier lease (its revoke may have failed): it runs out.
-                    own.push(holder);
+                    if !own.contains(&holder) {
+                        own.push(holder);
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                         _ = stop.changed() => {}

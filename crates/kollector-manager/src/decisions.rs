@@ -155,7 +155,7 @@ fn record_change(
     let old_owner = old.and_then(|r| r.collector.as_ref());
     let owner_changed = old_owner != owner;
     // The steady case: same owner, nobody releasing. No allocation.
-    if !owner_changed && old.is_some_and(|r| r.releasing.is_empty()) {
+    if !owner_changed && owner.is_some() && old.is_some_and(|r| r.releasing.is_empty()) {
         return None;
     }
     let mut releasing: BTreeSet<CollectorId> = old.map(|r| r.releasing.clone()).unwrap_or_default();

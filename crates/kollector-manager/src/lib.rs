@@ -1,31 +1,34 @@
-//! The manager side of kollector.
+//! The manager side of kollector: one control plane for both modes.
 //!
-//! - `catalog.rs`: [`MonitorCatalog`], the desired monitors and their
-//!   generations; create/update/delete validate first and change nothing on
-//!   error.
-//! - `service.rs`: [`ManagerServiceImpl`], the gRPC `ManagerService`, over a
-//!   [`MonitorBackend`] that actually runs monitors. In standalone mode the
-//!   backend is the local collector; in cluster mode it will be the
-//!   assignment reconciler.
-//! - `planner.rs`: which collector runs which monitor (cluster mode); a
-//!   pure function tested apart from any I/O.
+//! The gRPC `ManagerService` ([`ManagerServiceImpl`], `service.rs`) is
+//! written once, over two seams:
+//! - where desired state lives, [`DesiredState`] (`desired_state.rs`): the
+//!   [`EmbeddedStore`] in standalone mode (saved by `state_file.rs`, so API
+//!   changes survive restarts), etcd (`cluster_store.rs`) in cluster mode;
+//! - what runs it, [`Runner`] (`runner.rs`): the [`LocalRunner`] (the
+//!   collector in this process) or the [`ClusterRunner`] (the leader's
+//!   reconciler applies; it waits and reads).
+//!
+//! Standalone is cluster mode with local parts. The rest is cluster mode's:
+//! - `changes.rs`: validation and the merge of an update, pure.
+//! - `planner.rs`: which collector runs which monitor, pure.
 //! - `decisions.rs`: the reconciler's decisions (record writes and their
 //!   chunking, Unassigns, safe Assigns, which results to believe), pure.
 //! - `reconciler.rs`: the leader's executor of those decisions.
 //! - `intake.rs`: results from every collector, judged by `decisions.rs`.
-//! - `state_file.rs`: standalone mode's monitors on disk (atomic, durable
-//!   replace), so API changes survive restarts.
 
-mod catalog;
-mod cluster_service;
+mod changes;
 pub mod cluster_store;
 pub mod decisions;
+pub mod desired_state;
 pub mod intake;
 pub mod planner;
 pub mod reconciler;
+pub mod runner;
 mod service;
 pub mod state_file;
 
-pub use catalog::{CatalogError, MonitorCatalog};
-pub use cluster_service::ClusterManagerService;
-pub use service::{BackendError, ManagerServiceImpl, MonitorBackend};
+pub use changes::{prepare_create, prepare_update, CatalogError};
+pub use desired_state::{DesiredState, EmbeddedStore};
+pub use runner::{ClusterRunner, LocalRunner, Runner};
+pub use service::ManagerServiceImpl;

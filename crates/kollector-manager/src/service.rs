@@ -1,121 +1,71 @@
-//! The gRPC `ManagerService`.
+//! The gRPC `ManagerService`: one implementation for both modes, over two
+//! seams (see the crate docs): where desired state lives ([`DesiredState`]:
+//! the embedded store in standalone mode, etcd in cluster mode) and what
+//! runs it ([`Runner`]: the local collector, or the leader's reconciler).
 //!
 //! Requests are validated at this edge; invalid input gets INVALID_ARGUMENT
-//! naming every bad field, and nothing is stored or started. Mutations are
-//! serialized by one lock over the catalog. A change is first saved to the
-//! state file (if the node has one: standalone mode keeps its monitors
-//! across restarts), then applied to the backend (which returns only after
-//! any old Kafka client is closed), then committed to the catalog. If the
-//! backend refuses, the saved state is put back, so neither the catalog nor
-//! the file ever names a monitor the backend refused.
+//! naming every bad field, and nothing is stored or started. A change is
+//! computed in full (`changes.rs`), stored with compare-and-swap (a
+//! concurrent change gets ABORTED), then applied by the runner, which
+//! answers once the old Kafka client is closed and the new spec runs, or
+//! says why not (DEADLINE_EXCEEDED in cluster mode: stored, not applied yet;
+//! never OK). The store-and-apply sequence runs in a task of its own, so a
+//! client that goes away mid-call cannot leave it half done.
 
-use std::future::Future;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use kollector_core::{CollectError, MonitorId, MonitorResult, MonitorSpec, Snapshot};
+use kollector_core::{MonitorId, MonitorSpec};
 use kollector_proto::v1::manager_service_server::ManagerService;
 use kollector_proto::v1::{self as pb};
 use kollector_proto::{input_from_proto, monitor_view, result_to_proto, snapshot_to_proto, status_to_proto};
-use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
-use crate::catalog::{CatalogError, MonitorCatalog};
-use crate::state_file::StateFile;
+use crate::changes::{prepare_create, prepare_update, CatalogError};
+use crate::desired_state::{DesiredError, DesiredState};
+use crate::runner::{Change, Runner, View};
 
-/// Why the backend could not apply a change.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum BackendError {
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    #[error("rejected: {0}")]
-    Rejected(String),
+pub struct ManagerServiceImpl<D, R> {
+    desired: Arc<D>,
+    runner: Arc<R>,
 }
 
-/// What runs monitors for the manager.
-pub trait MonitorBackend: Send + Sync + 'static {
-    /// Starts `spec`, replacing any other generation; resolves after the old client is closed.
-    fn start(&self, spec: MonitorSpec) -> impl Future<Output = Result<(), BackendError>> + Send;
-    /// Stops a monitor; resolves after its client is closed.
-    fn stop(&self, id: MonitorId) -> impl Future<Output = Result<(), BackendError>> + Send;
-    /// The latest result, if the monitor runs here.
-    fn latest(&self, id: &MonitorId) -> Option<MonitorResult>;
-    /// One collection with a temporary client.
-    fn probe(&self, spec: MonitorSpec) -> impl Future<Output = Result<Snapshot, CollectError>> + Send;
+impl<D: DesiredState, R: Runner> ManagerServiceImpl<D, R> {
+    pub fn new(desired: Arc<D>, runner: Arc<R>) -> Self {
+        ManagerServiceImpl { desired, runner }
+    }
+
+    /// Applies every stored monitor (standalone start-up); stops at the first refusal.
+    pub async fn apply_all(&self) -> Result<(), Status> {
+        let set = self.desired.list().await.map_err(desired_status)?;
+        for (id, spec) in set.monitors {
+            self.runner.apply(&*self.desired, &id, Change::Created(spec.generation)).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` (store, then apply) in a task of its own: it completes even
+    /// if the caller goes away.
+    async fn detached<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Arc<D>, Arc<R>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, Status>> + Send>>,
+    ) -> Result<T, Status> {
+        let task = tokio::spawn(f(self.desired.clone(), self.runner.clone()));
+        task.await.map_err(|e| Status::internal(format!("the change did not complete: {e}")))?
+    }
+
+    async fn view(&self, specs: &BTreeMap<MonitorId, MonitorSpec>) -> Result<View, Status> {
+        self.runner.view(specs).await
+    }
 }
 
-pub struct ManagerServiceImpl<B> {
-    catalog: Mutex<MonitorCatalog>,
-    backend: B,
-    state: Option<StateFile>,
-}
-
-impl<B: MonitorBackend> ManagerServiceImpl<B> {
-    /// A service whose monitors live in memory only (the demo).
-    pub fn new(backend: B) -> Self {
-        ManagerServiceImpl { catalog: Mutex::new(MonitorCatalog::new()), backend, state: None }
-    }
-
-    /// A service that saves every change to `state` before answering.
-    pub fn with_state(backend: B, state: StateFile) -> Self {
-        ManagerServiceImpl { catalog: Mutex::new(MonitorCatalog::new()), backend, state: Some(state) }
-    }
-
-    /// Saves the catalog as it would be after `change`.
-    fn save(&self, catalog: &MonitorCatalog, change: impl FnOnce(&mut Vec<MonitorSpec>)) -> Result<(), Status> {
-        let Some(state) = &self.state else { return Ok(()) };
-        let mut specs: Vec<MonitorSpec> = catalog.list().cloned().collect();
-        change(&mut specs);
-        state.save(&specs).map_err(|e| {
-            tracing::error!("{e}");
-            Status::unavailable(format!("the change was not applied: {e}"))
-        })
-    }
-
-    /// Puts the saved state back to the catalog's (after the backend refused a change).
-    fn restore(&self, catalog: &MonitorCatalog) {
-        if let Err(e) = self.save(catalog, |_| {}) {
-            tracing::error!("could not restore the state file after a refused change: {}", e.message());
-        }
-    }
-
-    /// Starts `specs` (at start-up: the saved state merged with the config
-    /// file) and saves them once. Stops at the first refusal.
-    pub async fn load(&self, specs: Vec<MonitorSpec>) -> Result<(), Status> {
-        let mut catalog = self.catalog.lock().await;
-        for spec in specs {
-            self.backend.start(spec.clone()).await.map_err(backend_status)?;
-            catalog.commit(spec);
-        }
-        self.save(&catalog, |_| {})
-    }
-
-    /// Creates a monitor.
-    pub async fn create(&self, input: kollector_core::MonitorInput) -> Result<MonitorSpec, Status> {
-        let mut catalog = self.catalog.lock().await;
-        let spec = catalog.prepare_create(&input).map_err(catalog_status)?;
-        self.save(&catalog, |all| all.push(spec.clone()))?;
-        if let Err(e) = self.backend.start(spec.clone()).await {
-            self.restore(&catalog);
-            return Err(backend_status(e));
-        }
-        catalog.commit(spec.clone());
-        tracing::info!(monitor = %spec.id, "monitor created");
-        Ok(spec)
-    }
-
-    fn info(&self, spec: &MonitorSpec) -> pb::MonitorInfo {
-        let status = self.backend.latest(&spec.id).map(|l| status_to_proto(&l.status));
-        pb::MonitorInfo { spec: Some(monitor_view(spec)), status, collector_id: String::new(), epoch: 0 }
-    }
-
-    /// Stops every monitor; used on shutdown.
-    pub async fn stop_all(&self) {
-        let mut catalog = self.catalog.lock().await;
-        let ids: Vec<MonitorId> = catalog.list().map(|s| s.id.clone()).collect();
-        for id in ids {
-            if self.backend.stop(id.clone()).await.is_ok() {
-                catalog.remove(&id);
-            }
-        }
+fn info(spec: &MonitorSpec, view: &View) -> pb::MonitorInfo {
+    let placement = view.placement.get(&spec.id);
+    pb::MonitorInfo {
+        spec: Some(monitor_view(spec)),
+        status: view.results.get(&spec.id).map(|r| status_to_proto(&r.status)),
+        collector_id: placement.map(|(c, _)| c.to_string()).unwrap_or_default(),
+        epoch: placement.map(|(_, e)| *e).unwrap_or(0),
     }
 }
 
@@ -127,29 +77,44 @@ fn catalog_status(e: CatalogError) -> Status {
     }
 }
 
-fn backend_status(e: BackendError) -> Status {
-    match e {
-        BackendError::Unavailable(_) => Status::unavailable(e.to_string()),
-        BackendError::Rejected(_) => Status::failed_precondition(e.to_string()),
-    }
+fn desired_status(e: DesiredError) -> Status {
+    Status::unavailable(format!("the change was not stored: {e}"))
 }
 
 pub(crate) fn parse_id(id: &str) -> Result<MonitorId, Status> {
     MonitorId::new(id).map_err(|e| Status::invalid_argument(format!("id: {id:?} {e}")))
 }
 
-pub(crate) fn required_spec(spec: Option<pb::MonitorSpecInput>) -> Result<kollector_core::MonitorInput, Status> {
+fn required_spec(spec: Option<pb::MonitorSpecInput>) -> Result<kollector_core::MonitorInput, Status> {
     spec.map(input_from_proto).ok_or_else(|| Status::invalid_argument("spec: required"))
 }
 
+fn not_found(id: &MonitorId) -> Status {
+    catalog_status(CatalogError::NotFound(id.to_string()))
+}
+
 #[tonic::async_trait]
-impl<B: MonitorBackend> ManagerService for ManagerServiceImpl<B> {
+impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
     async fn create_monitor(
         &self,
         req: Request<pb::CreateMonitorRequest>,
     ) -> Result<Response<pb::MonitorInfo>, Status> {
-        let spec = self.create(required_spec(req.into_inner().spec)?).await?;
-        Ok(Response::new(self.info(&spec)))
+        let spec = prepare_create(&required_spec(req.into_inner().spec)?).map_err(catalog_status)?;
+        let spec = self
+            .detached(move |desired, runner| {
+                Box::pin(async move {
+                    let Some(generation) = desired.create(&spec).await.map_err(desired_status)? else {
+                        return Err(catalog_status(CatalogError::AlreadyExists(spec.id.to_string())));
+                    };
+                    let spec = MonitorSpec { generation, ..spec };
+                    runner.apply(&*desired, &spec.id, Change::Created(generation)).await?;
+                    tracing::info!(monitor = %spec.id, generation, "monitor created");
+                    Ok(spec)
+                })
+            })
+            .await?;
+        let view = self.view(&BTreeMap::from([(spec.id.clone(), spec.clone())])).await?;
+        Ok(Response::new(info(&spec, &view)))
     }
 
     async fn update_monitor(
@@ -157,24 +122,28 @@ impl<B: MonitorBackend> ManagerService for ManagerServiceImpl<B> {
         req: Request<pb::UpdateMonitorRequest>,
     ) -> Result<Response<pb::MonitorInfo>, Status> {
         let input = required_spec(req.into_inner().spec)?;
-        let mut catalog = self.catalog.lock().await;
-        let spec = match catalog.prepare_update(&input).map_err(catalog_status)? {
+        let id = parse_id(&input.id)?;
+        let current = self.desired.get(&id).await.map_err(desired_status)?.ok_or_else(|| not_found(&id))?;
+        let spec = match prepare_update(&current, &input).map_err(catalog_status)? {
+            None => current,
             Some(spec) => {
-                self.save(&catalog, |all| {
-                    all.retain(|s| s.id != spec.id);
-                    all.push(spec.clone());
-                })?;
-                if let Err(e) = self.backend.start(spec.clone()).await {
-                    self.restore(&catalog);
-                    return Err(backend_status(e));
-                }
-                catalog.commit(spec.clone());
-                tracing::info!(monitor = %spec.id, generation = spec.generation, "monitor updated");
-                spec
+                self.detached(move |desired, runner| {
+                    Box::pin(async move {
+                        let Some(generation) =
+                            desired.replace(&spec, current.generation).await.map_err(desired_status)?
+                        else {
+                            return Err(Status::aborted("the monitor changed concurrently; read it again and retry"));
+                        };
+                        runner.apply(&*desired, &spec.id, Change::Updated(generation)).await?;
+                        tracing::info!(monitor = %spec.id, generation, "monitor updated and applied");
+                        Ok(MonitorSpec { generation, ..spec })
+                    })
+                })
+                .await?
             }
-            None => catalog.get(&parse_id(&input.id)?).cloned().ok_or_else(|| Status::not_found("monitor vanished"))?,
         };
-        Ok(Response::new(self.info(&spec)))
+        let view = self.view(&BTreeMap::from([(spec.id.clone(), spec.clone())])).await?;
+        Ok(Response::new(info(&spec, &view)))
     }
 
     async fn delete_monitor(
@@ -182,40 +151,41 @@ impl<B: MonitorBackend> ManagerService for ManagerServiceImpl<B> {
         req: Request<pb::DeleteMonitorRequest>,
     ) -> Result<Response<pb::DeleteMonitorResponse>, Status> {
         let id = parse_id(&req.into_inner().id)?;
-        let mut catalog = self.catalog.lock().await;
-        if catalog.get(&id).is_none() {
-            return Err(catalog_status(CatalogError::NotFound(id.to_string())));
-        }
-        self.save(&catalog, |all| all.retain(|s| s.id != id))?;
-        if let Err(e) = self.backend.stop(id.clone()).await {
-            self.restore(&catalog);
-            return Err(backend_status(e));
-        }
-        catalog.remove(&id);
-        tracing::info!(monitor = %id, "monitor deleted");
+        self.detached(move |desired, runner| {
+            Box::pin(async move {
+                if !desired.delete(&id).await.map_err(desired_status)? {
+                    return Err(not_found(&id));
+                }
+                runner.apply(&*desired, &id, Change::Deleted).await?;
+                tracing::info!(monitor = %id, "monitor deleted and stopped everywhere");
+                Ok(())
+            })
+        })
+        .await?;
         Ok(Response::new(pb::DeleteMonitorResponse {}))
     }
 
     async fn get_monitor(&self, req: Request<pb::GetMonitorRequest>) -> Result<Response<pb::MonitorInfo>, Status> {
         let id = parse_id(&req.into_inner().id)?;
-        let catalog = self.catalog.lock().await;
-        let spec = catalog.get(&id).ok_or_else(|| catalog_status(CatalogError::NotFound(id.to_string())))?;
-        Ok(Response::new(self.info(spec)))
+        let spec = self.desired.get(&id).await.map_err(desired_status)?.ok_or_else(|| not_found(&id))?;
+        let view = self.view(&BTreeMap::from([(id, spec.clone())])).await?;
+        Ok(Response::new(info(&spec, &view)))
     }
 
     async fn list_monitors(
         &self,
         _: Request<pb::ListMonitorsRequest>,
     ) -> Result<Response<pb::ListMonitorsResponse>, Status> {
-        let catalog = self.catalog.lock().await;
-        let monitors = catalog.list().map(|s| self.info(s)).collect();
+        let set = self.desired.list().await.map_err(desired_status)?;
+        let view = self.view(&set.monitors).await?;
+        let monitors = set.monitors.values().map(|s| info(s, &view)).collect();
         Ok(Response::new(pb::ListMonitorsResponse { monitors }))
     }
 
     async fn probe(&self, req: Request<pb::ProbeRequest>) -> Result<Response<pb::ProbeResponse>, Status> {
         let input = required_spec(req.into_inner().spec)?;
         let spec = input.validate(0).map_err(|e| Status::invalid_argument(format!("invalid monitor spec: {e}")))?;
-        let response = match self.backend.probe(spec).await {
+        let response = match self.runner.probe(spec).await? {
             Ok(snapshot) => pb::ProbeResponse { snapshot: Some(snapshot_to_proto(&snapshot)), error: None },
             Err(e) => pb::ProbeResponse {
                 snapshot: None,
@@ -225,37 +195,38 @@ impl<B: MonitorBackend> ManagerService for ManagerServiceImpl<B> {
         Ok(Response::new(response))
     }
 
+    async fn get_latest(&self, req: Request<pb::GetLatestRequest>) -> Result<Response<pb::GetLatestResponse>, Status> {
+        let wanted = req.into_inner().monitor_id;
+        // Read the specs now: only results of the specs in force are served.
+        let specs = if wanted.is_empty() {
+            self.desired.list().await.map_err(desired_status)?.monitors
+        } else {
+            let id = parse_id(&wanted)?;
+            let spec = self.desired.get(&id).await.map_err(desired_status)?.ok_or_else(|| not_found(&id))?;
+            BTreeMap::from([(id, spec)])
+        };
+        let view = self.view(&specs).await?;
+        Ok(Response::new(pb::GetLatestResponse { results: view.results.values().map(result_to_proto).collect() }))
+    }
+
     async fn list_collectors(
         &self,
         _: Request<pb::ListCollectorsRequest>,
     ) -> Result<Response<pb::ListCollectorsResponse>, Status> {
-        Err(Status::failed_precondition("standalone mode has no collectors; ListCollectors is for cluster mode"))
+        Ok(Response::new(self.runner.list_collectors().await?))
     }
 
     async fn get_assignments(
         &self,
         _: Request<pb::GetAssignmentsRequest>,
     ) -> Result<Response<pb::GetAssignmentsResponse>, Status> {
-        Err(Status::failed_precondition("standalone mode has no assignments; GetAssignments is for cluster mode"))
+        let set = self.desired.list().await.map_err(desired_status)?;
+        Ok(Response::new(self.runner.get_assignments(&set).await?))
     }
 
-    async fn drain(&self, _: Request<pb::DrainRequest>) -> Result<Response<pb::DrainResponse>, Status> {
-        Err(Status::failed_precondition("standalone mode has no collectors to drain; Drain is for cluster mode"))
-    }
-
-    async fn get_latest(&self, req: Request<pb::GetLatestRequest>) -> Result<Response<pb::GetLatestResponse>, Status> {
-        let wanted = req.into_inner().monitor_id;
-        let catalog = self.catalog.lock().await;
-        let ids: Vec<MonitorId> = if wanted.is_empty() {
-            catalog.list().map(|s| s.id.clone()).collect()
-        } else {
-            let id = parse_id(&wanted)?;
-            if catalog.get(&id).is_none() {
-                return Err(catalog_status(CatalogError::NotFound(wanted)));
-            }
-            vec![id]
-        };
-        let results = ids.iter().filter_map(|id| self.backend.latest(id)).map(|l| result_to_proto(&l)).collect();
-        Ok(Response::new(pb::GetLatestResponse { results }))
+    async fn drain(&self, req: Request<pb::DrainRequest>) -> Result<Response<pb::DrainResponse>, Status> {
+        let req = req.into_inner();
+        self.runner.drain(&req.collector_id, req.undo).await?;
+        Ok(Response::new(pb::DrainResponse {}))
     }
 }

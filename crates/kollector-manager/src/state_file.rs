@@ -1,17 +1,21 @@
-//! The standalone node's desired state on disk: every monitor, so that
-//! monitors created, changed or deleted through the API survive a restart.
+//! The standalone node's desired state on disk: the monitors created or
+//! changed through the API, so that they survive a restart. (Monitors of the
+//! config file are not saved here: the config file manages them, and
+//! removing one from the file stops it at the next start.)
 //!
 //! Crash safety comes from never writing the file in place: the new state is
-//! written to a temporary file in the same directory, flushed to disk, and
-//! renamed over the old one (rename is atomic on POSIX file systems), then
-//! the directory is flushed so the rename itself is durable. A crash at any
-//! moment leaves either the previous file or the new one, never a torn mix.
-//! A write is acknowledged (the API call answers) only after that.
+//! written to a fresh temporary file in the same directory, flushed to disk,
+//! and renamed over the old one (rename is atomic on POSIX file systems),
+//! then the directory is flushed so the rename itself is durable. A crash at
+//! any moment leaves either the previous file or the new one, never a torn
+//! mix. A change is acknowledged (the API call answers) only after that.
 //!
-//! The file holds specs as the API validated them, secrets included (like
-//! etcd does in cluster mode), so it is created readable by its owner only.
-//! A file that exists but cannot be read is an error at start: it is never
-//! silently replaced by an empty state.
+//! One process at a time: the file's lock (`<file>.lock`, an exclusive
+//! `flock` held for the life of the process) refuses a second node started
+//! on the same state. The file holds specs as the API validated them,
+//! secrets included, so it is readable by its owner only. A file that
+//! exists but cannot be read is an error at start: it is never silently
+//! replaced by an empty state.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,96 +32,105 @@ pub enum StateError {
     Io { path: String, source: std::io::Error },
     #[error("state file {path} is not readable kollector state: {message}")]
     Corrupt { path: String, message: String },
+    #[error("state file {path} is in use by another kollector process (its lock {lock} is held)")]
+    InUse { path: String, lock: String },
 }
 
-#[derive(Serialize, Deserialize)]
-struct Saved {
+/// What the file holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Saved {
     format: u32,
-    monitors: Vec<MonitorSpec>,
+    /// The store's revision: generations given out so far (they only grow).
+    #[serde(default)]
+    pub revision: u64,
+    pub monitors: Vec<MonitorSpec>,
 }
 
-/// Where the standalone node keeps its monitors.
-#[derive(Debug, Clone)]
+/// Where the standalone node keeps its monitors; holds the file's lock.
+#[derive(Debug)]
 pub struct StateFile {
     path: PathBuf,
+    _lock: std::fs::File,
+}
+
+fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Takes an exclusive, non-blocking `flock` on `file`. Written with libc
+/// rather than a crate: one call, and the lock must live exactly as long as
+/// the open file (it is released when the process exits, even on a crash).
+fn lock_exclusive(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock(2) on a valid, open descriptor; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
 }
 
 impl StateFile {
-    /// Opens `path` and reads the monitors saved there (none if the file
-    /// does not exist yet).
-    pub fn open(path: impl Into<PathBuf>) -> Result<(StateFile, Vec<MonitorSpec>), StateError> {
+    /// Locks and opens `path`, and reads what is saved there (nothing if
+    /// the file does not exist yet).
+    pub fn open(path: impl Into<PathBuf>) -> Result<(StateFile, Saved), StateError> {
         let path = path.into();
         let shown = path.display().to_string();
-        let text = match std::fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((StateFile { path }, Vec::new())),
+        let io = |source| StateError::Io { path: shown.clone(), source };
+        let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+        let lock = std::fs::OpenOptions::new().create(true).append(true).open(&lock_path).map_err(io)?;
+        if !lock_exclusive(&lock).map_err(io)? {
+            return Err(StateError::InUse { path: shown, lock: lock_path.display().to_string() });
+        }
+        let saved = match std::fs::read(&path) {
+            Ok(text) => {
+                let saved: Saved = serde_json::from_slice(&text)
+                    .map_err(|e| StateError::Corrupt { path: shown.clone(), message: e.to_string() })?;
+                if saved.format != FORMAT {
+                    return Err(StateError::Corrupt {
+                        path: shown,
+                        message: format!("format {} (this kollector reads format {FORMAT})", saved.format),
+                    });
+                }
+                saved
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!("no state file at {shown} yet: starting from the config file alone");
+                Saved { format: FORMAT, ..Saved::default() }
+            }
             Err(source) => return Err(StateError::Io { path: shown, source }),
         };
-        let saved: Saved = serde_json::from_slice(&text)
-            .map_err(|e| StateError::Corrupt { path: shown.clone(), message: e.to_string() })?;
-        if saved.format != FORMAT {
-            return Err(StateError::Corrupt {
-                path: shown,
-                message: format!("format {} (this kollector reads format {FORMAT})", saved.format),
-            });
-        }
-        Ok((StateFile { path }, saved.monitors))
+        Ok((StateFile { path, _lock: lock }, saved))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Replaces the saved monitors with `monitors`, durably and atomically.
-    pub fn save(&self, monitors: &[MonitorSpec]) -> Result<(), StateError> {
+    /// Replaces what is saved, durably and atomically.
+    pub fn save(&self, revision: u64, monitors: &[MonitorSpec]) -> Result<(), StateError> {
         let shown = self.path.display().to_string();
         let io = |source| StateError::Io { path: shown.clone(), source };
-        let body = serde_json::to_vec_pretty(&Saved { format: FORMAT, monitors: monitors.to_vec() })
+        let body = serde_json::to_vec(&Saved { format: FORMAT, revision, monitors: monitors.to_vec() })
             .map_err(|e| StateError::Corrupt { path: shown.clone(), message: e.to_string() })?;
-        let dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "state".into());
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut f = options.open(&tmp).map_err(io)?;
-        f.write_all(&body).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        drop(f);
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        // Make the rename itself durable.
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
+        let dir = dir_of(&self.path);
+        // A fresh, uniquely named file (created 0600, never following a link).
+        let mut tmp = tempfile::Builder::new().prefix(".kollector-state").tempfile_in(&dir).map_err(io)?;
+        tmp.write_all(&body).map_err(io)?;
+        tmp.as_file().sync_all().map_err(io)?;
+        tmp.persist(&self.path).map_err(|e| io(e.error))?;
+        // Make the rename itself durable before the change is acknowledged.
+        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
         Ok(())
     }
-}
-
-/// The monitors a standalone node starts with: the saved ones, with the
-/// config file's on top. A monitor in the config file is (re)applied at
-/// every start: for its id the file wins (its generation moves on if the
-/// file changed it). Monitors created through the API are kept. So a config
-/// monitor deleted through the API comes back at the next start unless it is
-/// removed from the file too.
-pub fn seed(config: Vec<MonitorSpec>, saved: Vec<MonitorSpec>) -> Vec<MonitorSpec> {
-    let mut by_id: std::collections::BTreeMap<_, MonitorSpec> = saved.into_iter().map(|s| (s.id.clone(), s)).collect();
-    for mut spec in config {
-        match by_id.get(&spec.id) {
-            Some(old) if MonitorSpec { generation: old.generation, ..spec.clone() } == *old => {}
-            Some(old) => {
-                spec.generation = old.generation + 1;
-                by_id.insert(spec.id.clone(), spec);
-            }
-            None => {
-                by_id.insert(spec.id.clone(), spec);
-            }
-        }
-    }
-    by_id.into_values().collect()
 }
 
 #[cfg(test)]
@@ -130,34 +143,24 @@ mod tests {
     }
 
     #[test]
-    fn the_config_file_wins_for_its_ids_and_api_monitors_are_kept() {
-        let mut changed = spec("file");
-        changed.interval = std::time::Duration::from_secs(7);
-        let mut saved_file = spec("file");
-        saved_file.generation = 4;
-        let saved = vec![spec("api"), saved_file.clone()];
-        let same = seed(vec![spec("file")], saved.clone());
-        assert_eq!(same, saved, "an unchanged config entry keeps the saved generation (sorted by id)");
-        let moved = seed(vec![changed.clone()], saved);
-        let file = moved.iter().find(|s| s.id.as_str() == "file").unwrap();
-        assert_eq!((file.interval, file.generation), (changed.interval, 5));
-        assert!(moved.iter().any(|s| s.id.as_str() == "api"));
-    }
-
-    #[test]
-    fn saves_and_reads_back_and_refuses_a_broken_file() {
+    fn saves_and_reads_back_refuses_a_broken_file_and_a_second_user() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        let (state, none) = StateFile::open(&path).unwrap();
-        assert!(none.is_empty());
-        state.save(&[spec("a"), spec("b")]).unwrap();
-        let (_, back) = StateFile::open(&path).unwrap();
-        assert_eq!(back.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
-        #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            let (state, none) = StateFile::open(&path).unwrap();
+            assert!(none.monitors.is_empty());
+            assert!(matches!(StateFile::open(&path), Err(StateError::InUse { .. })), "one process at a time");
+            state.save(7, &[spec("a"), spec("b")]).unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            }
         }
+        let (_, back) = StateFile::open(&path).unwrap();
+        assert_eq!(back.revision, 7);
+        assert_eq!(back.monitors.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+        drop(back);
         std::fs::write(&path, b"{\"format\": 1, \"monitors\": [").unwrap();
         assert!(matches!(StateFile::open(&path), Err(StateError::Corrupt { .. })));
     }

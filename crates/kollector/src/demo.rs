@@ -128,7 +128,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         monitor("orders", &orders.bootstrap(), &args.interval)?,
         monitor("payments", &payments.bootstrap(), &args.interval)?,
     ];
-    let node = Standalone::start(args.grpc_listen, args.http_listen, monitors, None).await?;
+    let desired = kollector_manager::EmbeddedStore::in_memory(monitors);
+    let node = Standalone::start(args.grpc_listen, args.http_listen, desired).await?;
     let server = format!("http://{}", node.grpc_addr);
     eprintln!("demo: kollector standalone is collecting every {}.", args.interval);
     eprintln!("demo:   metrics:  curl -s http://{}/metrics | grep -E '^kafka_(consumergroup_lag|topic_partition_current_offset)'", node.http_addr);

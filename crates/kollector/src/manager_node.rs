@@ -19,7 +19,7 @@ use kollector_manager::cluster_store::ClusterStore;
 use kollector_manager::decisions::TxnLimits;
 use kollector_manager::intake::Intake;
 use kollector_manager::reconciler::{CollectorClients, Reconciler, ReconcilerStats};
-use kollector_manager::ClusterManagerService;
+use kollector_manager::{ClusterRunner, ManagerServiceImpl};
 use kollector_proto::v1::manager_service_server::ManagerServiceServer;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -99,14 +99,11 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let service = ManagerServiceServer::new(ClusterManagerService::new(
-        store.clone(),
-        intake.clone(),
-        clients,
-        args.apply_timeout,
-    ))
-    .max_decoding_message_size(limits.max_message_bytes)
-    .max_encoding_message_size(limits.max_message_bytes);
+    // The one ManagerService: desired state in etcd, run by the reconciler.
+    let runner = ClusterRunner::new(store.clone(), intake.clone(), clients, args.apply_timeout);
+    let service = ManagerServiceServer::new(ManagerServiceImpl::new(Arc::new(store.clone()), Arc::new(runner)))
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(limits.max_message_bytes);
     let grpc_stop = wait(stop_rx.clone());
     let grpc = tokio::spawn(async move {
         let r = limits

@@ -1,21 +1,24 @@
 //! Standalone mode: the manager API and one collector in one process, no etcd.
 //!
-//! Start-up is all-or-nothing: the config file is parsed and validated in
-//! full (every error reported with file, line and field) before anything
-//! starts, and both listeners are bound before monitors start. Shutdown
-//! (SIGINT/SIGTERM) stops every monitor and closes every Kafka client before
-//! the process exits.
+//! Standalone is cluster mode with local parts: the one ManagerService over
+//! the embedded store (the state file keeps API changes across restarts; the
+//! config file seeds it) and the local runner (the collector in this
+//! process). Start-up is all-or-nothing: the config file is parsed and
+//! validated in full (every error reported with file, line and field) before
+//! anything starts, and both listeners are bound before monitors start.
+//! Shutdown (SIGINT/SIGTERM) stops taking API calls, then stops every
+//! monitor and closes every Kafka client before the process exits.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use kollector_collector::{CollectorHandle, CollectorNode, RegistryError};
-use kollector_core::{CollectError, ConfigFile, MonitorId, MonitorResult, MonitorSpec, Snapshot};
+use kollector_collector::{CollectorHandle, CollectorNode};
+use kollector_core::ConfigFile;
 use kollector_kafka::ClientOptions;
-use kollector_manager::state_file::{seed, StateFile};
-use kollector_manager::{BackendError, ManagerServiceImpl, MonitorBackend};
+use kollector_manager::state_file::StateFile;
+use kollector_manager::{EmbeddedStore, LocalRunner, ManagerServiceImpl};
 use kollector_proto::v1::manager_service_server::ManagerServiceServer;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -29,60 +32,22 @@ pub struct Options {
     pub state: Option<PathBuf>,
 }
 
-/// The local collector as the manager's backend.
-pub struct LocalBackend {
-    node: CollectorHandle,
-    options: ClientOptions,
-}
-
-fn registry_error(e: RegistryError) -> BackendError {
-    match e {
-        RegistryError::ShuttingDown => BackendError::Unavailable(e.to_string()),
-        _ => BackendError::Rejected(e.to_string()),
-    }
-}
-
-impl MonitorBackend for LocalBackend {
-    async fn start(&self, spec: MonitorSpec) -> Result<(), BackendError> {
-        self.node.assign(spec).await.map(|_| ()).map_err(registry_error)
-    }
-
-    async fn stop(&self, id: MonitorId) -> Result<(), BackendError> {
-        match self.node.unassign(id).await {
-            Ok(()) | Err(RegistryError::NotRunning(_)) => Ok(()),
-            Err(e) => Err(registry_error(e)),
-        }
-    }
-
-    fn latest(&self, id: &MonitorId) -> Option<MonitorResult> {
-        self.node.store().get(id)
-    }
-
-    async fn probe(&self, spec: MonitorSpec) -> Result<Snapshot, CollectError> {
-        kollector_collector::probe(spec, self.options.clone()).await
-    }
-}
-
 /// A running standalone node, for `run` and the demo.
 pub struct Standalone {
     pub node: CollectorHandle,
-    pub service: Arc<ManagerServiceImpl<LocalBackend>>,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
-    shutdown: tokio::sync::watch::Sender<bool>,
-    servers: Vec<tokio::task::JoinHandle<()>>,
+    stop_grpc: tokio::sync::watch::Sender<bool>,
+    stop_http: tokio::sync::watch::Sender<bool>,
+    grpc: tokio::task::JoinHandle<()>,
+    http: tokio::task::JoinHandle<()>,
 }
 
 impl Standalone {
-    /// Binds both listeners, starts the collector and the servers, then the monitors.
-    /// `state`: the state file and what it held; `None` keeps monitors in
-    /// memory only (the demo).
-    pub async fn start(
-        grpc: SocketAddr,
-        http_addr: SocketAddr,
-        monitors: Vec<MonitorSpec>,
-        state: Option<(StateFile, Vec<MonitorSpec>)>,
-    ) -> anyhow::Result<Standalone> {
+    /// Binds both listeners, starts the collector, runs every monitor of
+    /// `desired`, then serves the API (requests wait in the listen backlog
+    /// until then).
+    pub async fn start(grpc: SocketAddr, http_addr: SocketAddr, desired: EmbeddedStore) -> anyhow::Result<Standalone> {
         let grpc_listener = http::bind(grpc, "gRPC (ManagerService)").await?;
         let http_listener = http::bind(http_addr, "HTTP (/metrics)").await?;
         let grpc_addr = grpc_listener.local_addr()?;
@@ -90,49 +55,45 @@ impl Standalone {
 
         let options = ClientOptions::default();
         let node = CollectorNode::start(options.clone()).context("starting the collector")?;
-        let backend = LocalBackend { node: node.clone(), options };
-        let (service, monitors) = match state {
-            Some((file, saved)) => (ManagerServiceImpl::with_state(backend, file), seed(monitors, saved)),
-            None => (ManagerServiceImpl::new(backend), monitors),
-        };
-        let service = Arc::new(service);
-        let (shutdown, rx) = tokio::sync::watch::channel(false);
+        let service = ManagerServiceImpl::new(Arc::new(desired), Arc::new(LocalRunner::new(node.clone(), options)));
         let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-
-        let grpc_service = ManagerServiceServer::from_arc(service.clone());
-        let grpc_shutdown = wait(rx.clone());
-        let grpc_task = tokio::spawn(async move {
+        let (stop_http, rx) = tokio::sync::watch::channel(false);
+        let store = node.store().clone();
+        let http_shutdown = wait(rx);
+        let http = tokio::spawn(async move {
+            if let Err(e) = http::serve(http_listener, http::local(store), http_shutdown).await {
+                tracing::error!("HTTP server failed: {e}");
+            }
+        });
+        if let Err(s) = service.apply_all().await {
+            node.shutdown().await;
+            anyhow::bail!("starting the monitors: {}", s.message());
+        }
+        let (stop_grpc, rx) = tokio::sync::watch::channel(false);
+        let grpc_shutdown = wait(rx);
+        let grpc = tokio::spawn(async move {
             let r = tonic::transport::Server::builder()
-                .add_service(grpc_service)
+                .add_service(ManagerServiceServer::new(service))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_shutdown)
                 .await;
             if let Err(e) = r {
                 tracing::error!("gRPC server failed: {e}");
             }
         });
-        let store = node.store().clone();
-        let http_shutdown = wait(rx);
-        let http_task = tokio::spawn(async move {
-            if let Err(e) = http::serve(http_listener, http::local(store), http_shutdown).await {
-                tracing::error!("HTTP server failed: {e}");
-            }
-        });
-
-        service.load(monitors).await.map_err(|s| anyhow::anyhow!("starting the monitors: {}", s.message()))?;
         tracing::info!(%grpc_addr, %http_addr, "kollector standalone ready");
-        Ok(Standalone { node, service, grpc_addr, http_addr, shutdown, servers: vec![grpc_task, http_task] })
+        Ok(Standalone { node, grpc_addr, http_addr, stop_grpc, stop_http, grpc, http })
     }
 
-    /// Stops every monitor (closing its client), the servers and the actors.
+    /// Stops taking API calls (the desired state stays as it is), then stops
+    /// every monitor (closing its client), then the HTTP server and the actors.
     pub async fn stop(self) {
-        self.service.stop_all().await;
+        let _ = self.stop_grpc.send(true);
+        let _ = self.grpc.await;
         self.node.shutdown().await;
-        let _ = self.shutdown.send(true);
-        for s in self.servers {
-            let _ = s.await;
-        }
+        let _ = self.stop_http.send(true);
+        let _ = self.http.await;
     }
 }
 
@@ -164,12 +125,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
     // API changes live in the state file, next to the config by default.
     let state_path = opts.state.unwrap_or_else(|| opts.config.with_extension("state.json"));
-    let state = StateFile::open(&state_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (file, saved) = StateFile::open(&state_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let desired = EmbeddedStore::open(config.monitors, file, saved).map_err(|e| {
+        anyhow::anyhow!("{e} (set --state to a writable path for the monitors created through the API)")
+    })?;
     let node = Standalone::start(
         opts.grpc_listen.unwrap_or(config.grpc_listen),
         opts.http_listen.unwrap_or(config.http_listen),
-        config.monitors,
-        Some(state),
+        desired,
     )
     .await?;
     eprintln!(

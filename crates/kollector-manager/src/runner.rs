@@ -1,0 +1,331 @@
+//! What runs the desired state: the second of the ManagerService's seams.
+//!
+//! - [`LocalRunner`] (standalone): the collector in this process. A change is
+//!   applied at once, level-triggered: under the monitor's turn it reads the
+//!   monitor's desired state *now* and makes the registry run exactly that
+//!   (or nothing), so concurrent changes converge on the latest.
+//! - [`ClusterRunner`] (cluster): the leader's reconciler moves the cluster;
+//!   this runner only waits until the owning collector applied a change
+//!   (every live collector answering ListRunning), reads results from the
+//!   intake, and serves the cluster-only views.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use kollector_collector::{CollectorHandle, RegistryError};
+use kollector_coordination::election::current_leader;
+use kollector_core::{CollectError, CollectorId, Epoch, Generation, MonitorId, MonitorResult, MonitorSpec, Snapshot};
+use kollector_kafka::ClientOptions;
+use kollector_proto::v1::{self as pb};
+use kollector_proto::{error_from_proto, snapshot_from_proto};
+use tonic::Status;
+
+use crate::cluster_store::ClusterStore;
+use crate::desired_state::{DesiredSet, DesiredState};
+use crate::intake::Intake;
+use crate::reconciler::CollectorClients;
+
+/// A change just stored, for the runner to apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Created(Generation),
+    Updated(Generation),
+    Deleted,
+}
+
+/// What the runner knows about monitors: results still current, and where
+/// each runs (cluster mode).
+#[derive(Debug, Default)]
+pub struct View {
+    pub results: BTreeMap<MonitorId, MonitorResult>,
+    pub placement: BTreeMap<MonitorId, (CollectorId, Epoch)>,
+}
+
+fn cluster_only(what: &str) -> Status {
+    Status::failed_precondition(format!("standalone mode has no collectors; {what} is for cluster mode"))
+}
+
+pub trait Runner: Send + Sync + 'static {
+    /// Applies a change stored for `id`; returns once it is applied, or a
+    /// status saying why not (DEADLINE_EXCEEDED: stored, not applied yet).
+    fn apply<D: DesiredState>(
+        &self,
+        desired: &D,
+        id: &MonitorId,
+        change: Change,
+    ) -> impl Future<Output = Result<(), Status>> + Send;
+
+    /// Results still current for `specs` (their generation), and placements.
+    fn view(&self, specs: &BTreeMap<MonitorId, MonitorSpec>) -> impl Future<Output = Result<View, Status>> + Send;
+
+    /// One collection with a temporary client, where monitors run.
+    fn probe(&self, spec: MonitorSpec) -> impl Future<Output = Result<Result<Snapshot, CollectError>, Status>> + Send;
+
+    fn list_collectors(&self) -> impl Future<Output = Result<pb::ListCollectorsResponse, Status>> + Send {
+        async { Err(cluster_only("ListCollectors")) }
+    }
+
+    fn get_assignments(
+        &self,
+        _desired: &DesiredSet,
+    ) -> impl Future<Output = Result<pb::GetAssignmentsResponse, Status>> + Send {
+        async { Err(cluster_only("GetAssignments")) }
+    }
+
+    fn drain(&self, _collector: &str, _undo: bool) -> impl Future<Output = Result<(), Status>> + Send {
+        async { Err(cluster_only("Drain")) }
+    }
+}
+
+/// Standalone: the collector in this process.
+pub struct LocalRunner {
+    node: CollectorHandle,
+    options: ClientOptions,
+}
+
+impl LocalRunner {
+    pub fn new(node: CollectorHandle, options: ClientOptions) -> Self {
+        LocalRunner { node, options }
+    }
+}
+
+fn registry_status(e: RegistryError) -> Status {
+    match e {
+        RegistryError::ShuttingDown | RegistryError::Fenced(_) => Status::unavailable(e.to_string()),
+        _ => Status::failed_precondition(e.to_string()),
+    }
+}
+
+impl Runner for LocalRunner {
+    async fn apply<D: DesiredState>(&self, desired: &D, id: &MonitorId, _change: Change) -> Result<(), Status> {
+        let turn = self.node.turn(id).await;
+        // Level-triggered: whatever is desired now, under the turn.
+        let now = desired.get(id).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        match now {
+            Some(spec) => self.node.assign_in_turn(&turn, spec, 0, None).await.map(|_| ()).map_err(registry_status),
+            None => match self.node.unassign_in_turn(&turn).await {
+                Ok(()) | Err(RegistryError::NotRunning(_)) => Ok(()),
+                Err(e) => Err(registry_status(e)),
+            },
+        }
+    }
+
+    async fn view(&self, specs: &BTreeMap<MonitorId, MonitorSpec>) -> Result<View, Status> {
+        let results = specs
+            .values()
+            .filter_map(|s| self.node.store().get(&s.id).filter(|r| r.generation == s.generation))
+            .map(|r| (r.monitor.clone(), r))
+            .collect();
+        Ok(View { results, placement: BTreeMap::new() })
+    }
+
+    async fn probe(&self, spec: MonitorSpec) -> Result<Result<Snapshot, CollectError>, Status> {
+        Ok(kollector_collector::probe(spec, self.options.clone()).await)
+    }
+}
+
+/// Cluster: the leader's reconciler applies; this waits and reads.
+pub struct ClusterRunner {
+    store: ClusterStore,
+    intake: Intake,
+    clients: CollectorClients,
+    apply_timeout: Duration,
+}
+
+/// What each live collector said about a monitor: `None` if it did not answer.
+type Seen = BTreeMap<String, Option<Option<Generation>>>;
+
+fn etcd_status(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("etcd: {e}"))
+}
+
+impl ClusterRunner {
+    pub fn new(store: ClusterStore, intake: Intake, clients: CollectorClients, apply_timeout: Duration) -> Self {
+        ClusterRunner { store, intake, clients, apply_timeout }
+    }
+
+    /// For every live collector: the generation of `id` it runs (None: it
+    /// does not), or None if it did not answer.
+    async fn seen(&self, id: &MonitorId) -> Result<Seen, Status> {
+        let collectors = self.store.collectors().await.map_err(etcd_status)?;
+        let calls = collectors.into_iter().map(|(cid, c)| {
+            let client = self.clients.get(&c.record.grpc_address);
+            async move {
+                let Ok(mut client) = client else { return (cid.to_string(), None) };
+                let call = client.list_running(pb::ListRunningRequest { leader_term: 0 });
+                match tokio::time::timeout(Duration::from_secs(2), call).await {
+                    Ok(Ok(r)) => {
+                        let g = r
+                            .into_inner()
+                            .monitors
+                            .into_iter()
+                            .find(|m| m.monitor_id == id.as_str())
+                            .map(|m| m.generation);
+                        (cid.to_string(), Some(g))
+                    }
+                    _ => (cid.to_string(), None),
+                }
+            }
+        });
+        Ok(futures::future::join_all(calls).await.into_iter().collect())
+    }
+
+    /// Waits until `pending(seen)` is empty or the apply timeout passes;
+    /// then DEADLINE_EXCEEDED naming what is still pending.
+    async fn wait_applied(
+        &self,
+        id: &MonitorId,
+        what: &str,
+        pending: impl Fn(&Seen) -> Vec<String>,
+    ) -> Result<(), Status> {
+        let deadline = Instant::now() + self.apply_timeout;
+        loop {
+            let waiting = pending(&self.seen(id).await?);
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Status::deadline_exceeded(format!(
+                    "{what} is stored but not applied after {:?}: {}; the cluster keeps applying it",
+                    self.apply_timeout,
+                    waiting.join("; ")
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Collectors that have not applied generation `g` (the owner is whoever runs it).
+fn not_updated(seen: &Seen, g: Generation) -> Vec<String> {
+    let mut out = Vec::new();
+    let runs_it = seen.values().any(|s| matches!(s, Some(Some(run)) if *run == g));
+    for (c, s) in seen {
+        match s {
+            None => out.push(format!("{c} does not answer")),
+            Some(Some(run)) if *run != g => out.push(format!("{c} still runs generation {run}")),
+            _ => {}
+        }
+    }
+    if !runs_it && !seen.is_empty() {
+        out.push("no collector runs it yet".into());
+    }
+    out
+}
+
+/// Collectors that still run (or may run) a deleted monitor.
+fn not_stopped(seen: &Seen) -> Vec<String> {
+    seen.iter()
+        .filter_map(|(c, s)| match s {
+            None => Some(format!("{c} does not answer")),
+            Some(Some(g)) => Some(format!("{c} still runs generation {g}")),
+            Some(None) => None,
+        })
+        .collect()
+}
+
+impl Runner for ClusterRunner {
+    async fn apply<D: DesiredState>(&self, _desired: &D, id: &MonitorId, change: Change) -> Result<(), Status> {
+        match change {
+            // The reconciler places it; a new monitor has nothing to replace.
+            Change::Created(_) => Ok(()),
+            Change::Updated(g) => {
+                let what = format!("generation {g} of monitor {:?}", id.as_str());
+                self.wait_applied(id, &what, |seen| not_updated(seen, g)).await
+            }
+            Change::Deleted => {
+                let what = format!("the deletion of monitor {:?}", id.as_str());
+                self.wait_applied(id, &what, not_stopped).await
+            }
+        }
+    }
+
+    async fn view(&self, specs: &BTreeMap<MonitorId, MonitorSpec>) -> Result<View, Status> {
+        let (records, _) = self.store.assignments().await.map_err(etcd_status)?;
+        let generations = specs.iter().map(|(m, s)| (m.clone(), s.generation)).collect();
+        let results = self.intake.current(&generations, &records).into_iter().map(|r| (r.monitor.clone(), r)).collect();
+        let placement = records
+            .into_iter()
+            .filter(|(m, _)| specs.contains_key(m))
+            .filter_map(|(m, r)| r.collector.map(|c| (m, (c, r.epoch))))
+            .collect();
+        Ok(View { results, placement })
+    }
+
+    async fn probe(&self, spec: MonitorSpec) -> Result<Result<Snapshot, CollectError>, Status> {
+        // Probe from a collector: that is where the monitor would run.
+        let collectors = self.store.collectors().await.map_err(etcd_status)?;
+        let (_, live) =
+            collectors.iter().next().ok_or_else(|| Status::unavailable("no live collector to probe from"))?;
+        let mut c = self
+            .clients
+            .get(&live.record.grpc_address)
+            .map_err(|e| Status::unavailable(format!("collector {}: {e}", live.record.grpc_address)))?;
+        let req = pb::ProbeRequest { spec: Some(kollector_proto::input_to_proto(&spec.to_input())) };
+        let r = c.probe(req).await?.into_inner();
+        Ok(match (r.snapshot, r.error) {
+            (Some(s), _) => {
+                Ok(snapshot_from_proto(s)
+                    .map_err(|e| Status::internal(format!("collector sent a bad snapshot: {e}")))?)
+            }
+            (None, Some(e)) => Err(error_from_proto(&e)),
+            (None, None) => Err(CollectError::new(kollector_core::ErrorKind::Kafka, "the probe returned nothing")),
+        })
+    }
+
+    async fn list_collectors(&self) -> Result<pb::ListCollectorsResponse, Status> {
+        let collectors = self.store.collectors().await.map_err(etcd_status)?;
+        let (assignments, _) = self.store.assignments().await.map_err(etcd_status)?;
+        let draining = self.store.draining().await.map_err(etcd_status)?;
+        let mut client = self.store.client();
+        let leader = current_leader(&mut client, self.store.keys()).await.map_err(etcd_status)?;
+        let collectors = collectors
+            .into_iter()
+            .map(|(id, c)| pb::CollectorInfo {
+                monitors: assignments.values().filter(|a| a.collector.as_ref() == Some(&id)).count() as u32,
+                draining: draining.contains(&id),
+                id: id.to_string(),
+                grpc_address: c.record.grpc_address,
+                http_address: c.record.http_address,
+                labels: c.record.labels.into_iter().collect(),
+                weight: c.record.weight,
+                version: c.record.version,
+            })
+            .collect();
+        let (leader_address, leader_term) = leader.unwrap_or_default();
+        Ok(pb::ListCollectorsResponse { collectors, leader_address, leader_term })
+    }
+
+    async fn get_assignments(&self, desired: &DesiredSet) -> Result<pb::GetAssignmentsResponse, Status> {
+        let (assignments, bad_records) = self.store.assignments().await.map_err(etcd_status)?;
+        let unplaced = desired
+            .monitors
+            .keys()
+            .filter(|m| assignments.get(*m).is_none_or(|a| a.collector.is_none()))
+            .map(|m| (m.to_string(), "no live collector can take it yet".to_string()))
+            .collect();
+        let invalid = desired.invalid.clone().into_iter().chain(bad_records).collect();
+        let assignments = assignments
+            .into_iter()
+            .map(|(m, a)| pb::Assignment {
+                monitor_id: m.to_string(),
+                collector_id: a.collector.map(|c| c.to_string()).unwrap_or_default(),
+                epoch: a.epoch,
+                releasing: a.releasing.iter().map(|c| c.to_string()).collect(),
+            })
+            .collect();
+        Ok(pb::GetAssignmentsResponse { assignments, unplaced, invalid })
+    }
+
+    async fn drain(&self, collector: &str, undo: bool) -> Result<(), Status> {
+        let id = CollectorId::new(collector.to_string())
+            .map_err(|e| Status::invalid_argument(format!("collector_id: {collector:?} {e}")))?;
+        if !undo && !self.store.collectors().await.map_err(etcd_status)?.contains_key(&id) {
+            return Err(Status::not_found(format!("collector {:?} is not live", id.as_str())));
+        }
+        self.store.set_draining(&id, !undo).await.map_err(etcd_status)?;
+        tracing::info!(collector = %id, undo, "drain");
+        Ok(())
+    }
+}
