@@ -16,12 +16,15 @@
 //!   chunking, Unassigns, safe Assigns, which results to believe), pure.
 //! - `reconciler.rs`: the leader's executor of those decisions.
 //! - `intake.rs`: results from every collector, judged by `decisions.rs`.
+//! - `node.rs`: a manager node: intake, election, reconciler, the service
+//!   and its `/metrics`, started and stopped in one place.
 
 mod changes;
 pub mod cluster_store;
 pub mod decisions;
 pub mod desired_state;
 pub mod intake;
+pub mod node;
 pub mod planner;
 pub mod reconciler;
 pub mod runner;

@@ -1,0 +1,214 @@
+//! A manager node (cluster mode): everything one manager runs, started and
+//! stopped in one place.
+//!
+//! - the results intake (follows every collector's result stream);
+//! - its candidacy in the leader election, and the reconciler, which runs
+//!   passes only while this manager leads;
+//! - the one ManagerService over etcd (desired state) and the reconciler
+//!   (runner), served on the given listener;
+//! - the `/metrics` body: every monitor's current result (only from its
+//!   owner, for the spec in force) and the manager's own metrics.
+//!
+//! Stopping resigns leadership at once (a standby takes over without
+//! waiting for the election lease), then stops serving.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kollector_collector::metrics::{render_entries, Extra};
+use kollector_coordination::election::{Election, ElectionConfig, Leadership};
+use kollector_coordination::keys::Keys;
+use kollector_coordination::{lease, CoordinationError};
+use kollector_proto::v1::manager_service_server::ManagerServiceServer;
+use kollector_proto::GrpcLimits;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::cluster_store::ClusterStore;
+use crate::decisions::TxnLimits;
+use crate::intake::Intake;
+use crate::reconciler::{CollectorClients, Reconciler, ReconcilerStats};
+use crate::runner::ClusterRunner;
+use crate::service::ManagerServiceImpl;
+
+/// How a manager node runs.
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    pub etcd: Vec<String>,
+    pub prefix: String,
+    /// The gRPC address published as leader.
+    pub advertise_grpc: String,
+    pub election_ttl: Duration,
+    pub reconcile_period: Duration,
+    pub apply_timeout: Duration,
+    pub txn_limits: TxnLimits,
+    pub grpc: GrpcLimits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot reach etcd at {endpoints}: {source}")]
+    Etcd { endpoints: String, source: CoordinationError },
+}
+
+impl ManagerConfig {
+    /// Refuses settings etcd or the reconciler cannot work with.
+    pub fn validate(&self) -> Result<(), NodeError> {
+        if self.election_ttl < Duration::from_secs(2) {
+            return Err(NodeError::Invalid("--election-ttl must be at least 2s (etcd's minimum lease)".into()));
+        }
+        if self.txn_limits.max_ops == 0 {
+            return Err(NodeError::Invalid("--etcd-max-txn-ops must be at least 1".into()));
+        }
+        if self.txn_limits.max_request_bytes < 64 * 1024 {
+            return Err(NodeError::Invalid("--etcd-max-request-bytes must be at least 65536".into()));
+        }
+        if self.reconcile_period < Duration::from_millis(50) {
+            return Err(NodeError::Invalid("--reconcile-period must be at least 50ms".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What `/metrics` is rendered from; cheap to clone.
+#[derive(Clone)]
+pub struct ManagerMetrics {
+    store: ClusterStore,
+    intake: Intake,
+    stats: Arc<ReconcilerStats>,
+    leadership: watch::Receiver<Leadership>,
+}
+
+impl ManagerMetrics {
+    /// The `/metrics` body now.
+    pub async fn render(&self) -> String {
+        let stats = &self.stats;
+        let leader = matches!(&*self.leadership.borrow(), Leadership::Leader(_));
+        let gauge = |name, help, value| Extra { name, help, value, counter: false };
+        let counter = |name, help, value| Extra { name, help, value, counter: true };
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+        let extra = vec![
+            gauge("kollector_manager_is_leader", "1 if this manager is the leader.", leader as u8 as f64),
+            gauge(
+                "kollector_leader_term",
+                "Term of the leader (the leader key's create revision), as last seen while leading.",
+                stats.leader_term.load(Ordering::Relaxed) as f64,
+            ),
+            gauge("kollector_assignments", "Monitors assigned to a collector (leader's view).", load(&stats.assignments)),
+            counter("kollector_rebalance_moves", "Monitors moved from one collector to another.", load(&stats.rebalance_moves)),
+            gauge(
+                "kollector_failover_seconds",
+                "Time from noticing a monitor's collector gone to its Assign on a live collector, for the latest failover.",
+                load(&stats.last_failover_ms) / 1000.0,
+            ),
+            counter(
+                "kollector_stale_results_dropped",
+                "Results refused because their collector, epoch or generation was not the current assignment's.",
+                self.intake.stale_dropped() as f64,
+            ),
+            gauge(
+                "kollector_pending_moves",
+                "Monitors waiting for an earlier owner to confirm it stopped them before they start elsewhere (leader's view).",
+                load(&stats.pending_moves),
+            ),
+            gauge(
+                "kollector_invalid_specs",
+                "Monitor specs in etcd that do not decode and are skipped (leader's view; see kollector status).",
+                load(&stats.invalid_specs),
+            ),
+            gauge(
+                "kollector_reconcile_pass_seconds",
+                "Duration of the leader's latest reconcile pass.",
+                load(&stats.last_pass_ms) / 1000.0,
+            ),
+            counter(
+                "kollector_reconcile_failed_chunks",
+                "Assignment write chunks etcd refused (the rest of the pass went on).",
+                load(&stats.failed_chunks),
+            ),
+        ];
+        // Only results of the specs in force now, from their owners (read at every scrape).
+        let results = match (self.store.generations().await, self.store.assignments().await) {
+            (Ok(g), Ok((records, _))) => self.intake.current(&g, &records),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("cannot read monitors for /metrics: {e}");
+                Vec::new()
+            }
+        };
+        render_entries(results, extra, false)
+    }
+}
+
+/// A running manager.
+pub struct ManagerNode {
+    election: Election,
+    reconciler: JoinHandle<()>,
+    intake_task: JoinHandle<()>,
+    grpc: JoinHandle<()>,
+    stop_grpc: watch::Sender<bool>,
+    metrics: ManagerMetrics,
+}
+
+impl ManagerNode {
+    /// Connects to etcd, starts the intake, the election, the reconciler and
+    /// the ManagerService on `grpc_listener`.
+    pub async fn start(config: ManagerConfig, grpc_listener: tokio::net::TcpListener) -> Result<Self, NodeError> {
+        config.validate()?;
+        let client = lease::connect(&config.etcd, config.election_ttl)
+            .await
+            .map_err(|source| NodeError::Etcd { endpoints: config.etcd.join(","), source })?;
+        let store = ClusterStore::new(client, Keys::new(&config.prefix));
+        let clients = CollectorClients::new(config.grpc);
+        let (intake, intake_task) = Intake::start(store.clone(), clients.clone());
+        let election = Election::start(ElectionConfig {
+            endpoints: config.etcd.clone(),
+            prefix: config.prefix.clone(),
+            address: config.advertise_grpc.clone(),
+            ttl: config.election_ttl,
+        });
+        let stats = Arc::new(ReconcilerStats::default());
+        let reconciler = tokio::spawn(
+            Reconciler::new(store.clone(), clients.clone(), stats.clone(), config.reconcile_period, config.txn_limits)
+                .run(election.state()),
+        );
+        // The one ManagerService: desired state in etcd, run by the reconciler.
+        let runner = ClusterRunner::new(store.clone(), intake.clone(), clients, config.apply_timeout);
+        let service = ManagerServiceServer::new(ManagerServiceImpl::new(Arc::new(store.clone()), Arc::new(runner)))
+            .max_decoding_message_size(config.grpc.max_message_bytes)
+            .max_encoding_message_size(config.grpc.max_message_bytes);
+        let (stop_grpc, mut stop_rx) = watch::channel(false);
+        let limits = config.grpc;
+        let grpc = tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            };
+            let r = limits
+                .server()
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped)
+                .await;
+            if let Err(e) = r {
+                tracing::error!("gRPC server failed: {e}");
+            }
+        });
+        let metrics = ManagerMetrics { store, intake, stats, leadership: election.state() };
+        Ok(ManagerNode { election, reconciler, intake_task, grpc, stop_grpc, metrics })
+    }
+
+    pub fn metrics(&self) -> ManagerMetrics {
+        self.metrics.clone()
+    }
+
+    /// Resigns leadership at once, stops the reconciler, the intake and the API.
+    pub async fn stop(self) {
+        self.election.leave().await;
+        let _ = self.reconciler.await;
+        self.intake_task.abort();
+        let _ = self.stop_grpc.send(true);
+        let _ = self.grpc.await;
+    }
+}
