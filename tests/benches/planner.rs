@@ -16,9 +16,9 @@ use std::collections::BTreeSet;
 
 use kollector_core::{CollectorId, Generation, MonitorId};
 use kollector_manager::decisions::{
-    assign_actions, assignment_changes, unassign_actions, AssignmentRecord, Confirmed, Report, Running,
+    assign_actions_in, assignment_changes, survey, unassign_actions_in, AssignmentRecord, Confirmed, Report, Running,
 };
-use kollector_manager::planner::{plan, plan_from, CollectorSlot, Placement, Plan};
+use kollector_manager::planner::{plan, plan_borrowed, CollectorSlot, Placement, Plan};
 
 /// One pass's decisions, as the reconciler makes them (the records are
 /// updated in place with the writes); returns (writes, unassigns, assigns,
@@ -32,9 +32,9 @@ fn decide(
     generations: &BTreeMap<MonitorId, Generation>,
 ) -> (usize, usize, usize, usize) {
     let previous = records.iter().filter_map(|(m, r)| r.collector.as_ref().map(|c| (m, c)));
-    let planned = plan_from(monitors, slots, previous).assignments;
+    let (planned, _) = plan_borrowed(monitors, slots, previous);
     let none = BTreeSet::new();
-    let writes = assignment_changes(&planned, records, live, &Confirmed::new(), &none);
+    let writes = assignment_changes(planned, records, live, &Confirmed::new(), &none);
     for w in &writes {
         match &w.value {
             Some(v) => {
@@ -45,9 +45,10 @@ fn decide(
             }
         }
     }
-    let unassigns = unassign_actions(records, generations, live, reports, &none);
+    let survey = survey(records, live, reports);
+    let unassigns = unassign_actions_in(&survey, records, generations, live, reports, &none);
     let confirmed: Confirmed = unassigns.iter().map(|u| (u.collector.clone(), u.monitor.clone())).collect();
-    let (assigns, pending) = assign_actions(records, generations, live, reports, &confirmed, &none);
+    let (assigns, pending) = assign_actions_in(&survey, records, generations, live, &confirmed, &none);
     (writes.len(), unassigns.len(), assigns.len(), pending.len())
 }
 

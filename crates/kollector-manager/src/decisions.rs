@@ -99,19 +99,20 @@ pub type Confirmed = BTreeSet<(CollectorId, MonitorId)>;
 
 /// Decides the record writes of a pass.
 ///
-/// `plan` is the planner's answer; `live` the collectors whose lease is
+/// `plan` is the planner's answer, **sorted by monitor id** (a map's
+/// iteration, or the planner's borrowed form); `live` the collectors whose lease is
 /// alive; `confirmed` the releases confirmed since the records were written;
 /// `skip` monitors whose spec could not be read (left exactly as they are).
-pub fn assignment_changes(
-    plan: &BTreeMap<MonitorId, CollectorId>,
+pub fn assignment_changes<'a>(
+    plan: impl IntoIterator<Item = (&'a MonitorId, &'a CollectorId)>,
     persisted: &BTreeMap<MonitorId, AssignmentRecord>,
     live: &BTreeSet<CollectorId>,
     confirmed: &Confirmed,
     skip: &BTreeSet<MonitorId>,
 ) -> Vec<RecordWrite> {
     let mut writes = Vec::new();
-    // Walk both sorted maps together: every id in either, once, no lookups.
-    let mut a = plan.iter().peekable();
+    // Walk both sorted sequences together: every id in either, once, no lookups.
+    let mut a = plan.into_iter().peekable();
     let mut b = persisted.iter().peekable();
     loop {
         let order = match (a.peek(), b.peek()) {
@@ -194,6 +195,24 @@ enum OwnerView<'a> {
     Silent,
     /// The owner answered: its entry for the monitor, if it runs it.
     Answered(Option<&'a Running>),
+}
+
+/// What one pass learned from the records and the reports together, shared
+/// by [`unassign_actions_in`] and [`assign_actions_in`] (at 100,000 monitors
+/// the walk is most of their cost: take it once).
+pub struct Survey<'a> {
+    owners: Vec<OwnerView<'a>>,
+    strays: Vec<(&'a MonitorId, &'a CollectorId, &'a Running)>,
+}
+
+/// Surveys `records` against `reports` (see [`Survey`]).
+pub fn survey<'a>(
+    records: &'a BTreeMap<MonitorId, AssignmentRecord>,
+    live: &BTreeSet<CollectorId>,
+    reports: &'a BTreeMap<CollectorId, Report>,
+) -> Survey<'a> {
+    let (owners, strays) = walk(records, live, reports);
+    Survey { owners, strays }
 }
 
 /// One walk over the records and every report together (all sorted by
@@ -317,14 +336,25 @@ pub fn unassign_actions(
     reports: &BTreeMap<CollectorId, Report>,
     skip: &BTreeSet<MonitorId>,
 ) -> Vec<UnassignAction> {
+    unassign_actions_in(&survey(records, live, reports), records, generations, live, reports, skip)
+}
+
+/// [`unassign_actions`] over a survey already taken.
+pub fn unassign_actions_in(
+    survey: &Survey<'_>,
+    records: &BTreeMap<MonitorId, AssignmentRecord>,
+    generations: &BTreeMap<MonitorId, Generation>,
+    live: &BTreeSet<CollectorId>,
+    reports: &BTreeMap<CollectorId, Report>,
+    skip: &BTreeSet<MonitorId>,
+) -> Vec<UnassignAction> {
     let mut out: BTreeSet<UnassignAction> = BTreeSet::new();
     let tokens = |m: &MonitorId, reported: Option<&Running>| {
         let epoch = records.get(m).map(|r| r.epoch).unwrap_or(0).max(reported.map(|r| r.epoch).unwrap_or(0));
         let generation = generations.get(m).copied().unwrap_or(0).max(reported.map(|r| r.generation).unwrap_or(0));
         (generation, epoch)
     };
-    let (_, strays) = walk(records, live, reports);
-    for (m, c, r) in strays {
+    for &(m, c, r) in &survey.strays {
         if skip.contains(m) || r.stopping {
             continue;
         }
@@ -401,16 +431,29 @@ pub fn assign_actions(
     confirmed: &Confirmed,
     skip: &BTreeSet<MonitorId>,
 ) -> (Vec<AssignAction>, Vec<Pending>) {
+    assign_actions_in(&survey(records, live, reports), records, generations, live, confirmed, skip)
+}
+
+/// [`assign_actions`] over a survey already taken (of the same records).
+pub fn assign_actions_in(
+    survey: &Survey<'_>,
+    records: &BTreeMap<MonitorId, AssignmentRecord>,
+    generations: &BTreeMap<MonitorId, Generation>,
+    live: &BTreeSet<CollectorId>,
+    confirmed: &Confirmed,
+    skip: &BTreeSet<MonitorId>,
+) -> (Vec<AssignAction>, Vec<Pending>) {
     // Who else reports running a monitor: live collectors that are not its owner.
-    let (owners, strays) = walk(records, live, reports);
     let mut runners: BTreeMap<&MonitorId, Vec<&CollectorId>> = BTreeMap::new();
-    for (m, c, _) in strays {
+    for &(m, c, _) in &survey.strays {
         runners.entry(m).or_default().push(c);
     }
+    let owners = survey.owners.iter().copied();
     let mut assigns = Vec::new();
     let mut pending = Vec::new();
     // Records and generations are both sorted by monitor: walk them together.
     let mut gens = generations.iter().peekable();
+    debug_assert_eq!(survey.owners.len(), records.len(), "a survey of other records");
     for ((m, rec), view) in records.iter().zip(owners) {
         while gens.next_if(|(gm, _)| *gm < m).is_some() {}
         let generation = gens.next_if(|(gm, _)| *gm == m).map(|(_, g)| *g);

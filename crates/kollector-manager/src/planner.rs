@@ -162,12 +162,24 @@ pub fn plan_from<'a>(
     collectors: &[CollectorSlot],
     previous: impl Iterator<Item = (&'a MonitorId, &'a CollectorId)>,
 ) -> Plan {
+    let (placed, unplaced) = plan_borrowed(monitors, collectors, previous);
+    Plan { assignments: placed.into_iter().map(|(m, c)| (m.clone(), c.clone())).collect(), unplaced }
+}
+
+/// [`plan_from`] without copying ids: every placed monitor with its
+/// collector, **sorted by monitor id** (what the reconciler walks once), and
+/// the unplaced ones.
+pub fn plan_borrowed<'m, 'c, 'p>(
+    monitors: &'m BTreeMap<MonitorId, Placement>,
+    collectors: &'c [CollectorSlot],
+    previous: impl Iterator<Item = (&'p MonitorId, &'p CollectorId)>,
+) -> (Vec<(&'m MonitorId, &'c CollectorId)>, BTreeMap<MonitorId, Unplaced>) {
     let mut out = Plan::default();
     if collectors.is_empty() {
         for m in monitors.keys() {
             out.unplaced.insert(m.clone(), Unplaced::NoCollectors);
         }
-        return out;
+        return (Vec::new(), out.unplaced);
     }
     let index: HashMap<&CollectorId, usize> = collectors.iter().enumerate().map(|(i, c)| (&c.id, i)).collect();
     let quota_by_id = quotas(collectors, monitors.len());
@@ -250,10 +262,8 @@ pub fn plan_from<'a>(
         load[chosen] += 1;
         placed.push((m, chosen));
     }
-    // Sorted input lets the map be built in one pass.
     placed.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    out.assignments = placed.into_iter().map(|(m, c)| (m.clone(), collectors[c].id.clone())).collect();
-    out
+    (placed.into_iter().map(|(m, c)| (m, &collectors[c].id)).collect(), out.unplaced)
 }
 
 #[cfg(test)]

@@ -37,8 +37,8 @@ use tonic::transport::Channel;
 
 use crate::cluster_store::{ClusterStore, LiveCollector, StoredMonitor};
 use crate::decisions::{
-    assign_actions, assignment_changes, unassign_actions, AssignAction, AssignmentRecord, Confirmed, Pending, Report,
-    Running, TxnLimits, UnassignAction,
+    assign_actions_in, assignment_changes, survey, unassign_actions_in, AssignAction, AssignmentRecord, Confirmed,
+    Pending, Report, Running, TxnLimits, UnassignAction,
 };
 use crate::planner::{self, CollectorSlot, Placement};
 
@@ -226,14 +226,17 @@ impl Reconciler {
             monitors.valid.iter().map(|(m, s)| (m.clone(), s.spec.generation)).collect();
 
         // Plan, decide the writes, write them in chunks.
-        let plan = plan(&monitors.valid, &collectors, &draining, &records);
+        let slots = slots(&collectors, &draining);
+        let placements = placements(&monitors.valid);
+        let previous = records.iter().filter_map(|(m, r)| r.collector.as_ref().map(|c| (m, c)));
+        let (plan, _) = planner::plan_borrowed(&placements, &slots, previous);
         let now = Instant::now();
         for (m, r) in &records {
             if r.collector.as_ref().is_some_and(|c| !live.contains(c)) {
                 self.orphaned_since.entry(m.clone()).or_insert(now);
             }
         }
-        let writes = assignment_changes(&plan, &records, &live, &self.confirmed, &skip);
+        let writes = assignment_changes(plan, &records, &live, &self.confirmed, &skip);
         if !writes.is_empty() {
             let moves = writes.iter().filter(|w| w.moved).count() as u64;
             let total = writes.len();
@@ -269,14 +272,15 @@ impl Reconciler {
         if !self.still_leader(token, leadership).await {
             return Err(PassError::Deposed("unassigning"));
         }
-        let unassigns = unassign_actions(&records, &generations, &live, &reports, &skip);
+        let survey = survey(&records, &live, &reports);
+        let unassigns = unassign_actions_in(&survey, &records, &generations, &live, &reports, &skip);
         let confirmed = self.unassign(&collectors, unassigns, token.term).await;
 
         // Start what is safe to start now.
         if !self.still_leader(token, leadership).await {
             return Err(PassError::Deposed("assigning"));
         }
-        let (assigns, pending) = assign_actions(&records, &generations, &live, &reports, &confirmed, &skip);
+        let (assigns, pending) = assign_actions_in(&survey, &records, &generations, &live, &confirmed, &skip);
         self.assign(&collectors, &monitors.valid, assigns, token.term).await;
         if !pending.is_empty() {
             tracing::info!(
@@ -476,26 +480,26 @@ impl Command {
     }
 }
 
-/// The planner's inputs from what etcd holds, and its answer.
-pub fn plan(
-    monitors: &BTreeMap<MonitorId, StoredMonitor>,
+/// The planner's collectors: the live ones that are not draining.
+pub fn slots(
     collectors: &BTreeMap<CollectorId, LiveCollector>,
     draining: &BTreeSet<CollectorId>,
-    records: &BTreeMap<MonitorId, AssignmentRecord>,
-) -> BTreeMap<MonitorId, CollectorId> {
-    let slots: Vec<CollectorSlot> = collectors
+) -> Vec<CollectorSlot> {
+    collectors
         .iter()
         .filter(|(id, _)| !draining.contains(*id))
         .map(|(id, c)| CollectorSlot { id: id.clone(), weight: c.record.weight, labels: c.record.labels.clone() })
-        .collect();
-    let placements: BTreeMap<MonitorId, Placement> = monitors
+        .collect()
+}
+
+/// The planner's monitors: each one's placement constraints.
+pub fn placements(monitors: &BTreeMap<MonitorId, StoredMonitor>) -> BTreeMap<MonitorId, Placement> {
+    monitors
         .iter()
         .map(|(m, s)| {
             let placement =
                 Placement { pinned: s.spec.pinned_collector.clone(), required_labels: s.spec.collector_labels.clone() };
             (m.clone(), placement)
         })
-        .collect();
-    let previous = records.iter().filter_map(|(m, r)| r.collector.as_ref().map(|c| (m, c)));
-    planner::plan_from(&placements, &slots, previous).assignments
+        .collect()
 }
