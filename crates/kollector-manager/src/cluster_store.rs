@@ -187,10 +187,15 @@ impl ClusterStore {
         Ok(resp.succeeded().then(|| resp.header().map(|h| h.revision() as u64).unwrap_or_default()))
     }
 
-    /// Deletes a monitor; false if it did not exist.
-    pub async fn delete_monitor(&self, id: &MonitorId) -> Result<bool, CoordinationError> {
+    /// Deletes a monitor; the generation it had, or None if it did not exist.
+    pub async fn delete_monitor(&self, id: &MonitorId) -> Result<Option<u64>, CoordinationError> {
         let mut c = self.client.clone();
-        Ok(c.delete(self.keys.monitor(id.as_str()), None).await?.deleted() > 0)
+        let resp =
+            c.delete(self.keys.monitor(id.as_str()), Some(etcd_client::DeleteOptions::new().with_prev_key())).await?;
+        if resp.deleted() == 0 {
+            return Ok(None);
+        }
+        Ok(Some(resp.prev_kvs().first().map(|kv| kv.mod_revision() as u64).unwrap_or(u64::MAX)))
     }
 
     /// Live collectors (their lease-bound keys), with their leases.

@@ -50,8 +50,8 @@ pub trait DesiredState: Send + Sync + 'static {
         spec: &MonitorSpec,
         expected: Generation,
     ) -> impl Future<Output = Result<Option<Generation>, DesiredError>> + Send;
-    /// Deletes a monitor; false if it did not exist.
-    fn delete(&self, id: &MonitorId) -> impl Future<Output = Result<bool, DesiredError>> + Send;
+    /// Deletes a monitor; the generation it had, or None if it did not exist.
+    fn delete(&self, id: &MonitorId) -> impl Future<Output = Result<Option<Generation>, DesiredError>> + Send;
 }
 
 /// Standalone mode's desired state: in memory, saved to a state file (if
@@ -134,7 +134,15 @@ impl EmbeddedStore {
             from_config: inner.from_config.clone(),
         };
         let Some(out) = change(&mut next.monitors, &mut next.from_config, next.revision) else { return Ok(None) };
-        self.persist(&next)?;
+        // The save flushes to disk: on a multi-thread runtime, tell tokio so
+        // that other tasks move off this worker meanwhile.
+        let save = || self.persist(&next);
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(save)
+            }
+            _ => save(),
+        }?;
         *inner = next;
         Ok(Some(out))
     }
@@ -171,8 +179,8 @@ impl DesiredState for EmbeddedStore {
         })
     }
 
-    async fn delete(&self, id: &MonitorId) -> Result<bool, DesiredError> {
-        Ok(self.write(|all, _, _| all.remove(id).map(|_| ()))?.is_some())
+    async fn delete(&self, id: &MonitorId) -> Result<Option<Generation>, DesiredError> {
+        self.write(|all, _, _| all.remove(id).map(|s| s.generation))
     }
 }
 
@@ -194,7 +202,7 @@ impl DesiredState for crate::cluster_store::ClusterStore {
         Ok(self.update_monitor(spec, expected as i64).await?)
     }
 
-    async fn delete(&self, id: &MonitorId) -> Result<bool, DesiredError> {
+    async fn delete(&self, id: &MonitorId) -> Result<Option<Generation>, DesiredError> {
         Ok(self.delete_monitor(id).await?)
     }
 }
@@ -217,8 +225,8 @@ mod tests {
         let g2 = store.replace(&a, g1).await.unwrap().unwrap();
         assert!(g2 > g1);
         assert_eq!(store.replace(&a, g1).await.unwrap(), None, "a stale expected generation is refused");
-        assert!(store.delete(&a.id).await.unwrap());
-        assert!(!store.delete(&a.id).await.unwrap());
+        assert_eq!(store.delete(&a.id).await.unwrap(), Some(g2));
+        assert_eq!(store.delete(&a.id).await.unwrap(), None);
         let g3 = store.create(&a).await.unwrap().unwrap();
         assert!(g3 > g2, "a re-created id never goes back to an older generation");
         assert_eq!(store.get(&a.id).await.unwrap().unwrap().generation, g3);

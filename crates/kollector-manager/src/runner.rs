@@ -31,7 +31,8 @@ use crate::reconciler::CollectorClients;
 pub enum Change {
     Created(Generation),
     Updated(Generation),
-    Deleted,
+    /// Deleted at this generation (a later re-create has a higher one).
+    Deleted(Generation),
 }
 
 /// What the runner knows about monitors: results still current, and where
@@ -47,14 +48,22 @@ fn cluster_only(what: &str) -> Status {
 }
 
 pub trait Runner: Send + Sync + 'static {
-    /// Applies a change stored for `id`; returns once it is applied, or a
-    /// status saying why not (DEADLINE_EXCEEDED: stored, not applied yet).
+    /// Carries out a change just stored for `id`, if this runner does the
+    /// work itself (the local collector). Runs to completion even if the
+    /// caller goes away.
     fn apply<D: DesiredState>(
         &self,
         desired: &D,
         id: &MonitorId,
         change: Change,
     ) -> impl Future<Output = Result<(), Status>> + Send;
+
+    /// Waits until a stored change is applied by others (the cluster), or
+    /// says why not (DEADLINE_EXCEEDED: stored, not applied yet). Ends with
+    /// the request that waits.
+    fn wait_applied(&self, _id: &MonitorId, _change: Change) -> impl Future<Output = Result<(), Status>> + Send {
+        async { Ok(()) }
+    }
 
     /// Results still current for `specs` (their generation), and placements.
     fn view(&self, specs: &BTreeMap<MonitorId, MonitorSpec>) -> impl Future<Output = Result<View, Status>> + Send;
@@ -92,7 +101,9 @@ impl LocalRunner {
 
 fn registry_status(e: RegistryError) -> Status {
     match e {
-        RegistryError::ShuttingDown | RegistryError::Fenced(_) => Status::unavailable(e.to_string()),
+        RegistryError::ShuttingDown | RegistryError::Fenced(_) => {
+            Status::unavailable(format!("{e}: the change is stored and applies at the next start"))
+        }
         _ => Status::failed_precondition(e.to_string()),
     }
 }
@@ -131,7 +142,12 @@ pub struct ClusterRunner {
     intake: Intake,
     clients: CollectorClients,
     apply_timeout: Duration,
+    /// Update/Delete waits polling collectors at once.
+    waits: tokio::sync::Semaphore,
 }
+
+/// Most Update/Delete waits at once (each polls every collector every 200 ms).
+const MAX_WAITS: usize = 32;
 
 /// What each live collector said about a monitor: `None` if it did not answer.
 type Seen = BTreeMap<String, Option<Option<Generation>>>;
@@ -142,7 +158,7 @@ fn etcd_status(e: impl std::fmt::Display) -> Status {
 
 impl ClusterRunner {
     pub fn new(store: ClusterStore, intake: Intake, clients: CollectorClients, apply_timeout: Duration) -> Self {
-        ClusterRunner { store, intake, clients, apply_timeout }
+        ClusterRunner { store, intake, clients, apply_timeout, waits: tokio::sync::Semaphore::new(MAX_WAITS) }
     }
 
     /// For every live collector: the generation of `id` it runs (None: it
@@ -172,16 +188,17 @@ impl ClusterRunner {
     }
 
     /// Waits until `pending(seen)` is empty or the apply timeout passes;
-    /// then DEADLINE_EXCEEDED naming what is still pending.
-    async fn wait_applied(
-        &self,
-        id: &MonitorId,
-        what: &str,
-        pending: impl Fn(&Seen) -> Vec<String>,
-    ) -> Result<(), Status> {
+    /// then DEADLINE_EXCEEDED naming what is still pending. A round whose
+    /// reading fails (etcd) counts as pending: the change is stored either way.
+    async fn wait(&self, id: &MonitorId, what: &str, pending: impl Fn(&Seen) -> Vec<String>) -> Result<(), Status> {
+        // Each wait polls every collector: a bounded number at once.
+        let _permit = self.waits.acquire().await.map_err(|_| Status::unavailable("the manager is shutting down"))?;
         let deadline = Instant::now() + self.apply_timeout;
         loop {
-            let waiting = pending(&self.seen(id).await?);
+            let waiting = match self.seen(id).await {
+                Ok(seen) => pending(&seen),
+                Err(e) => vec![format!("cannot read the cluster ({})", e.message())],
+            };
             if waiting.is_empty() {
                 return Ok(());
             }
@@ -197,46 +214,57 @@ impl ClusterRunner {
     }
 }
 
-/// Collectors that have not applied generation `g` (the owner is whoever runs it).
+/// Why generation `g` is not applied yet: a collector runs an older one or
+/// does not answer, or nobody runs it (a later generation running instead
+/// supersedes this change and counts as applied).
 fn not_updated(seen: &Seen, g: Generation) -> Vec<String> {
     let mut out = Vec::new();
-    let runs_it = seen.values().any(|s| matches!(s, Some(Some(run)) if *run == g));
+    let runs_it = seen.values().any(|s| matches!(s, Some(Some(run)) if *run >= g));
     for (c, s) in seen {
         match s {
             None => out.push(format!("{c} does not answer")),
-            Some(Some(run)) if *run != g => out.push(format!("{c} still runs generation {run}")),
+            Some(Some(run)) if *run < g => out.push(format!("{c} still runs generation {run}")),
             _ => {}
         }
     }
-    if !runs_it && !seen.is_empty() {
+    if seen.is_empty() {
+        out.push("no live collector".into());
+    } else if !runs_it {
         out.push("no collector runs it yet".into());
     }
     out
 }
 
-/// Collectors that still run (or may run) a deleted monitor.
-fn not_stopped(seen: &Seen) -> Vec<String> {
+/// Collectors that still run (or may run) the monitor deleted at generation
+/// `g` (one running a later generation runs a re-created monitor).
+fn not_stopped(seen: &Seen, g: Generation) -> Vec<String> {
     seen.iter()
         .filter_map(|(c, s)| match s {
             None => Some(format!("{c} does not answer")),
-            Some(Some(g)) => Some(format!("{c} still runs generation {g}")),
-            Some(None) => None,
+            Some(Some(run)) if *run <= g => Some(format!("{c} still runs generation {run}")),
+            _ => None,
         })
         .collect()
 }
 
 impl Runner for ClusterRunner {
-    async fn apply<D: DesiredState>(&self, _desired: &D, id: &MonitorId, change: Change) -> Result<(), Status> {
+    /// The leader's reconciler does the work.
+    async fn apply<D: DesiredState>(&self, _desired: &D, _id: &MonitorId, _change: Change) -> Result<(), Status> {
+        Ok(())
+    }
+
+    async fn wait_applied(&self, id: &MonitorId, change: Change) -> Result<(), Status> {
         match change {
-            // The reconciler places it; a new monitor has nothing to replace.
+            // Create answers once stored: the reconciler places it (if a
+            // collector can take it; `kollector status` says why not).
             Change::Created(_) => Ok(()),
             Change::Updated(g) => {
                 let what = format!("generation {g} of monitor {:?}", id.as_str());
-                self.wait_applied(id, &what, |seen| not_updated(seen, g)).await
+                self.wait(id, &what, |seen| not_updated(seen, g)).await
             }
-            Change::Deleted => {
+            Change::Deleted(g) => {
                 let what = format!("the deletion of monitor {:?}", id.as_str());
-                self.wait_applied(id, &what, not_stopped).await
+                self.wait(id, &what, |seen| not_stopped(seen, g)).await
             }
         }
     }
@@ -327,5 +355,32 @@ impl Runner for ClusterRunner {
         self.store.set_draining(&id, !undo).await.map_err(etcd_status)?;
         tracing::info!(collector = %id, undo, "drain");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(list: &[(&str, Option<Option<Generation>>)]) -> Seen {
+        list.iter().map(|(c, s)| (c.to_string(), *s)).collect()
+    }
+
+    #[test]
+    fn an_update_is_applied_when_its_generation_or_a_later_one_runs_and_nobody_is_silent() {
+        assert!(not_updated(&seen(&[("c1", Some(Some(7))), ("c2", Some(None))]), 7).is_empty());
+        assert!(not_updated(&seen(&[("c1", Some(Some(9)))]), 7).is_empty(), "superseded by a later change");
+        assert!(!not_updated(&seen(&[("c1", Some(Some(5)))]), 7).is_empty(), "an older generation still runs");
+        assert!(!not_updated(&seen(&[("c1", Some(Some(7))), ("c2", None)]), 7).is_empty(), "c2 is silent");
+        assert!(!not_updated(&seen(&[("c1", Some(None))]), 7).is_empty(), "nobody runs it");
+        assert!(!not_updated(&seen(&[]), 7).is_empty(), "no live collector");
+    }
+
+    #[test]
+    fn a_delete_is_applied_when_nothing_older_runs_anywhere() {
+        assert!(not_stopped(&seen(&[("c1", Some(None))]), 7).is_empty());
+        assert!(not_stopped(&seen(&[("c1", Some(Some(9)))]), 7).is_empty(), "a re-created monitor runs");
+        assert!(!not_stopped(&seen(&[("c1", Some(Some(7)))]), 7).is_empty());
+        assert!(!not_stopped(&seen(&[("c1", None)]), 7).is_empty(), "silent: it may still run it");
     }
 }

@@ -9,8 +9,11 @@
 //! concurrent change gets ABORTED), then applied by the runner, which
 //! answers once the old Kafka client is closed and the new spec runs, or
 //! says why not (DEADLINE_EXCEEDED in cluster mode: stored, not applied yet;
-//! never OK). The store-and-apply sequence runs in a task of its own, so a
-//! client that goes away mid-call cannot leave it half done.
+//! never OK). In cluster mode Create answers once stored: the reconciler
+//! places the monitor when a collector can take it (`kollector status`).
+//! The store step and a local apply run in a task of their own, so a client
+//! that goes away mid-call cannot leave them half done; waiting for the
+//! cluster ends with the request.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,7 +40,7 @@ impl<D: DesiredState, R: Runner> ManagerServiceImpl<D, R> {
 
     /// Applies every stored monitor (standalone start-up); stops at the first refusal.
     pub async fn apply_all(&self) -> Result<(), Status> {
-        let set = self.desired.list().await.map_err(desired_status)?;
+        let set = self.desired.list().await.map_err(read_status)?;
         for (id, spec) in set.monitors {
             self.runner.apply(&*self.desired, &id, Change::Created(spec.generation)).await?;
         }
@@ -51,7 +54,14 @@ impl<D: DesiredState, R: Runner> ManagerServiceImpl<D, R> {
         f: impl FnOnce(Arc<D>, Arc<R>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, Status>> + Send>>,
     ) -> Result<T, Status> {
         let task = tokio::spawn(f(self.desired.clone(), self.runner.clone()));
-        task.await.map_err(|e| Status::internal(format!("the change did not complete: {e}")))?
+        task.await.map_err(|e| Status::internal(format!("the change did not complete (it may be stored): {e}")))?
+    }
+
+    /// After a change succeeded: status and placement if they can be read,
+    /// never an error (the change is done).
+    async fn info_after(&self, spec: &MonitorSpec) -> pb::MonitorInfo {
+        let view = self.view(&BTreeMap::from([(spec.id.clone(), spec.clone())])).await.unwrap_or_default();
+        info(spec, &view)
     }
 
     async fn view(&self, specs: &BTreeMap<MonitorId, MonitorSpec>) -> Result<View, Status> {
@@ -77,8 +87,19 @@ fn catalog_status(e: CatalogError) -> Status {
     }
 }
 
+/// A failed read.
+fn read_status(e: DesiredError) -> Status {
+    match e {
+        DesiredError::Etcd(kollector_coordination::CoordinationError::BadData { .. }) => {
+            Status::failed_precondition(format!("a stored monitor cannot be read: {e}"))
+        }
+        e => Status::unavailable(format!("cannot read the monitors: {e}")),
+    }
+}
+
+/// A failed write: it may or may not have been stored (etcd did not answer).
 fn desired_status(e: DesiredError) -> Status {
-    Status::unavailable(format!("the change was not stored: {e}"))
+    Status::unavailable(format!("the change may not be stored (read the monitor again before retrying): {e}"))
 }
 
 pub(crate) fn parse_id(id: &str) -> Result<MonitorId, Status> {
@@ -113,8 +134,8 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
                 })
             })
             .await?;
-        let view = self.view(&BTreeMap::from([(spec.id.clone(), spec.clone())])).await?;
-        Ok(Response::new(info(&spec, &view)))
+        self.runner.wait_applied(&spec.id, Change::Created(spec.generation)).await?;
+        Ok(Response::new(self.info_after(&spec).await))
     }
 
     async fn update_monitor(
@@ -123,27 +144,33 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
     ) -> Result<Response<pb::MonitorInfo>, Status> {
         let input = required_spec(req.into_inner().spec)?;
         let id = parse_id(&input.id)?;
-        let current = self.desired.get(&id).await.map_err(desired_status)?.ok_or_else(|| not_found(&id))?;
+        let current = self.desired.get(&id).await.map_err(read_status)?.ok_or_else(|| not_found(&id))?;
         let spec = match prepare_update(&current, &input).map_err(catalog_status)? {
             None => current,
             Some(spec) => {
-                self.detached(move |desired, runner| {
-                    Box::pin(async move {
-                        let Some(generation) =
-                            desired.replace(&spec, current.generation).await.map_err(desired_status)?
-                        else {
-                            return Err(Status::aborted("the monitor changed concurrently; read it again and retry"));
-                        };
-                        runner.apply(&*desired, &spec.id, Change::Updated(generation)).await?;
-                        tracing::info!(monitor = %spec.id, generation, "monitor updated and applied");
-                        Ok(MonitorSpec { generation, ..spec })
+                let spec = self
+                    .detached(move |desired, runner| {
+                        Box::pin(async move {
+                            let Some(generation) =
+                                desired.replace(&spec, current.generation).await.map_err(desired_status)?
+                            else {
+                                // Deleted meanwhile, or changed by someone else.
+                                return Err(match desired.get(&spec.id).await {
+                                    Ok(None) => not_found(&spec.id),
+                                    _ => Status::aborted("the monitor changed concurrently; read it again and retry"),
+                                });
+                            };
+                            runner.apply(&*desired, &spec.id, Change::Updated(generation)).await?;
+                            Ok(MonitorSpec { generation, ..spec })
+                        })
                     })
-                })
-                .await?
+                    .await?;
+                self.runner.wait_applied(&spec.id, Change::Updated(spec.generation)).await?;
+                tracing::info!(monitor = %spec.id, generation = spec.generation, "monitor updated and applied");
+                spec
             }
         };
-        let view = self.view(&BTreeMap::from([(spec.id.clone(), spec.clone())])).await?;
-        Ok(Response::new(info(&spec, &view)))
+        Ok(Response::new(self.info_after(&spec).await))
     }
 
     async fn delete_monitor(
@@ -151,23 +178,26 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
         req: Request<pb::DeleteMonitorRequest>,
     ) -> Result<Response<pb::DeleteMonitorResponse>, Status> {
         let id = parse_id(&req.into_inner().id)?;
-        self.detached(move |desired, runner| {
-            Box::pin(async move {
-                if !desired.delete(&id).await.map_err(desired_status)? {
-                    return Err(not_found(&id));
-                }
-                runner.apply(&*desired, &id, Change::Deleted).await?;
-                tracing::info!(monitor = %id, "monitor deleted and stopped everywhere");
-                Ok(())
+        let target = id.clone();
+        let generation = self
+            .detached(move |desired, runner| {
+                Box::pin(async move {
+                    let Some(generation) = desired.delete(&target).await.map_err(desired_status)? else {
+                        return Err(not_found(&target));
+                    };
+                    runner.apply(&*desired, &target, Change::Deleted(generation)).await?;
+                    Ok(generation)
+                })
             })
-        })
-        .await?;
+            .await?;
+        self.runner.wait_applied(&id, Change::Deleted(generation)).await?;
+        tracing::info!(monitor = %id, "monitor deleted and stopped everywhere");
         Ok(Response::new(pb::DeleteMonitorResponse {}))
     }
 
     async fn get_monitor(&self, req: Request<pb::GetMonitorRequest>) -> Result<Response<pb::MonitorInfo>, Status> {
         let id = parse_id(&req.into_inner().id)?;
-        let spec = self.desired.get(&id).await.map_err(desired_status)?.ok_or_else(|| not_found(&id))?;
+        let spec = self.desired.get(&id).await.map_err(read_status)?.ok_or_else(|| not_found(&id))?;
         let view = self.view(&BTreeMap::from([(id, spec.clone())])).await?;
         Ok(Response::new(info(&spec, &view)))
     }
@@ -176,7 +206,7 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
         &self,
         _: Request<pb::ListMonitorsRequest>,
     ) -> Result<Response<pb::ListMonitorsResponse>, Status> {
-        let set = self.desired.list().await.map_err(desired_status)?;
+        let set = self.desired.list().await.map_err(read_status)?;
         let view = self.view(&set.monitors).await?;
         let monitors = set.monitors.values().map(|s| info(s, &view)).collect();
         Ok(Response::new(pb::ListMonitorsResponse { monitors }))
@@ -199,10 +229,10 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
         let wanted = req.into_inner().monitor_id;
         // Read the specs now: only results of the specs in force are served.
         let specs = if wanted.is_empty() {
-            self.desired.list().await.map_err(desired_status)?.monitors
+            self.desired.list().await.map_err(read_status)?.monitors
         } else {
             let id = parse_id(&wanted)?;
-            let spec = self.desired.get(&id).await.map_err(desired_status)?.ok_or_else(|| not_found(&id))?;
+            let spec = self.desired.get(&id).await.map_err(read_status)?.ok_or_else(|| not_found(&id))?;
             BTreeMap::from([(id, spec)])
         };
         let view = self.view(&specs).await?;
@@ -220,7 +250,7 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
         &self,
         _: Request<pb::GetAssignmentsRequest>,
     ) -> Result<Response<pb::GetAssignmentsResponse>, Status> {
-        let set = self.desired.list().await.map_err(desired_status)?;
+        let set = self.desired.list().await.map_err(read_status)?;
         Ok(Response::new(self.runner.get_assignments(&set).await?))
     }
 

@@ -128,7 +128,11 @@ impl StateFile {
         tmp.as_file().sync_all().map_err(io)?;
         tmp.persist(&self.path).map_err(|e| io(e.error))?;
         // Make the rename itself durable before the change is acknowledged.
-        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
+        // The new file is in place whatever happens here, so a failure is
+        // logged, not reported as "not stored".
+        if let Err(e) = std::fs::File::open(&dir).and_then(|d| d.sync_all()) {
+            tracing::warn!("state file {shown}: flushing its directory failed: {e}");
+        }
         Ok(())
     }
 }

@@ -69,6 +69,8 @@ impl Standalone {
         });
         if let Err(s) = service.apply_all().await {
             node.shutdown().await;
+            let _ = stop_http.send(true);
+            let _ = http.await;
             anyhow::bail!("starting the monitors: {}", s.message());
         }
         let (stop_grpc, rx) = tokio::sync::watch::channel(false);
