@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 
 use kollector_core::{CollectorId, Generation, MonitorId};
 use kollector_manager::decisions::{
-    assign_actions_in, assignment_changes, survey, unassign_actions_in, AssignmentRecord, Confirmed, Report, Running,
+    assign_actions, assignment_changes, survey, unassign_actions, AssignmentRecord, Confirmed, Report, Running,
 };
 use kollector_manager::planner::{plan, plan_borrowed, CollectorSlot, Placement, Plan};
 
@@ -46,9 +46,9 @@ fn decide(
         }
     }
     let survey = survey(records, live, reports);
-    let unassigns = unassign_actions_in(&survey, records, generations, live, reports, &none);
+    let unassigns = unassign_actions(&survey, generations, &none);
     let confirmed: Confirmed = unassigns.iter().map(|u| (u.collector.clone(), u.monitor.clone())).collect();
-    let (assigns, pending) = assign_actions_in(&survey, records, generations, live, &confirmed, &none);
+    let (assigns, pending) = assign_actions(&survey, generations, &confirmed, &none);
     (writes.len(), unassigns.len(), assigns.len(), pending.len())
 }
 

@@ -180,6 +180,14 @@ impl MonitorRegistry {
         Some(stop)
     }
 
+    /// If `spec`'s actor exited on its own and is still wanted (same
+    /// generation registered, not shutting down): the epoch to restart under.
+    fn restart_epoch(&self, spec: &MonitorSpec) -> Option<Arc<AtomicU64>> {
+        let r = self.running.get(&spec.id)?;
+        let wanted = r.spec.generation == spec.generation && !r.addr.connected() && !self.shutting_down;
+        wanted.then(|| r.epoch.clone())
+    }
+
     /// Forgets a finished stop (unless a newer one of the same id replaced it).
     fn end_stop(&mut self, id: &MonitorId) {
         if self.stopping.get(id).is_some_and(|(_, f)| f.peek().is_some()) {
@@ -311,22 +319,13 @@ impl Handler<MonitorExited> for MonitorRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: MonitorExited, ctx: &mut Context<Self>) {
-        let still_wanted = |act: &Self| {
-            act.running
-                .get(&msg.spec.id)
-                .is_some_and(|r| r.spec.generation == msg.spec.generation && !r.addr.connected())
-        };
-        if !still_wanted(self) || self.shutting_down {
+        if self.restart_epoch(&msg.spec).is_none() {
             return;
         }
         tracing::warn!(monitor = %msg.spec.id, "monitor actor exited unexpectedly; restarting in {RESTART_DELAY:?}");
         ctx.run_later(RESTART_DELAY, move |act, ctx| {
-            let still_wanted = act
-                .running
-                .get(&msg.spec.id)
-                .is_some_and(|r| r.spec.generation == msg.spec.generation && !r.addr.connected());
-            if still_wanted && !act.shutting_down {
-                let epoch = act.running.get(&msg.spec.id).map(|r| r.epoch.clone()).unwrap_or_default();
+            // Asked again: it may have been stopped or replaced meanwhile.
+            if let Some(epoch) = act.restart_epoch(&msg.spec) {
                 act.start_monitor(msg.spec, epoch, ctx);
             }
         });

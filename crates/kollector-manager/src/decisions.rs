@@ -198,9 +198,13 @@ enum OwnerView<'a> {
 }
 
 /// What one pass learned from the records and the reports together, shared
-/// by [`unassign_actions_in`] and [`assign_actions_in`] (at 100,000 monitors
-/// the walk is most of their cost: take it once).
+/// by [`unassign_actions`] and [`assign_actions`] (at 100,000 monitors the
+/// walk is most of their cost: take it once). It keeps what it was taken
+/// of, so both steps see the same records, live set and reports.
 pub struct Survey<'a> {
+    records: &'a BTreeMap<MonitorId, AssignmentRecord>,
+    live: &'a BTreeSet<CollectorId>,
+    reports: &'a BTreeMap<CollectorId, Report>,
     owners: Vec<OwnerView<'a>>,
     strays: Vec<(&'a MonitorId, &'a CollectorId, &'a Running)>,
 }
@@ -208,11 +212,11 @@ pub struct Survey<'a> {
 /// Surveys `records` against `reports` (see [`Survey`]).
 pub fn survey<'a>(
     records: &'a BTreeMap<MonitorId, AssignmentRecord>,
-    live: &BTreeSet<CollectorId>,
+    live: &'a BTreeSet<CollectorId>,
     reports: &'a BTreeMap<CollectorId, Report>,
 ) -> Survey<'a> {
     let (owners, strays) = walk(records, live, reports);
-    Survey { owners, strays }
+    Survey { records, live, reports, owners, strays }
 }
 
 /// One walk over the records and every report together (all sorted by
@@ -330,24 +334,11 @@ pub struct UnassignAction {
 /// Collectors that did not answer this pass get no command (it would only
 /// wait out its timeout); their releases wait for a pass they answer in.
 pub fn unassign_actions(
-    records: &BTreeMap<MonitorId, AssignmentRecord>,
-    generations: &BTreeMap<MonitorId, Generation>,
-    live: &BTreeSet<CollectorId>,
-    reports: &BTreeMap<CollectorId, Report>,
-    skip: &BTreeSet<MonitorId>,
-) -> Vec<UnassignAction> {
-    unassign_actions_in(&survey(records, live, reports), records, generations, live, reports, skip)
-}
-
-/// [`unassign_actions`] over a survey already taken.
-pub fn unassign_actions_in(
     survey: &Survey<'_>,
-    records: &BTreeMap<MonitorId, AssignmentRecord>,
     generations: &BTreeMap<MonitorId, Generation>,
-    live: &BTreeSet<CollectorId>,
-    reports: &BTreeMap<CollectorId, Report>,
     skip: &BTreeSet<MonitorId>,
 ) -> Vec<UnassignAction> {
+    let (records, live, reports) = (survey.records, survey.live, survey.reports);
     let mut out: BTreeSet<UnassignAction> = BTreeSet::new();
     let tokens = |m: &MonitorId, reported: Option<&Running>| {
         let epoch = records.get(m).map(|r| r.epoch).unwrap_or(0).max(reported.map(|r| r.epoch).unwrap_or(0));
@@ -424,25 +415,12 @@ pub struct Pending {
 /// answered); a monitor starts on its owner only if no other live collector
 /// may still run it.
 pub fn assign_actions(
-    records: &BTreeMap<MonitorId, AssignmentRecord>,
-    generations: &BTreeMap<MonitorId, Generation>,
-    live: &BTreeSet<CollectorId>,
-    reports: &BTreeMap<CollectorId, Report>,
-    confirmed: &Confirmed,
-    skip: &BTreeSet<MonitorId>,
-) -> (Vec<AssignAction>, Vec<Pending>) {
-    assign_actions_in(&survey(records, live, reports), records, generations, live, confirmed, skip)
-}
-
-/// [`assign_actions`] over a survey already taken (of the same records).
-pub fn assign_actions_in(
     survey: &Survey<'_>,
-    records: &BTreeMap<MonitorId, AssignmentRecord>,
     generations: &BTreeMap<MonitorId, Generation>,
-    live: &BTreeSet<CollectorId>,
     confirmed: &Confirmed,
     skip: &BTreeSet<MonitorId>,
 ) -> (Vec<AssignAction>, Vec<Pending>) {
+    let (records, live) = (survey.records, survey.live);
     // Who else reports running a monitor: live collectors that are not its owner.
     let mut runners: BTreeMap<&MonitorId, Vec<&CollectorId>> = BTreeMap::new();
     for &(m, c, _) in &survey.strays {
@@ -453,7 +431,6 @@ pub fn assign_actions_in(
     let mut pending = Vec::new();
     // Records and generations are both sorted by monitor: walk them together.
     let mut gens = generations.iter().peekable();
-    debug_assert_eq!(survey.owners.len(), records.len(), "a survey of other records");
     for ((m, rec), view) in records.iter().zip(owners) {
         while gens.next_if(|(gm, _)| *gm < m).is_some() {}
         let generation = gens.next_if(|(gm, _)| *gm == m).map(|(_, g)| *g);
@@ -633,14 +610,15 @@ mod tests {
         let generations = BTreeMap::from([(m("a"), 4)]);
         let live = set(&[c("c1"), c("c2")]);
         let reports = BTreeMap::from([(c("c1"), running(&[("a", 4, 3)])), (c("c2"), running(&[]))]);
-        let un = unassign_actions(&records, &generations, &live, &reports, &BTreeSet::new());
+        let un = unassign_actions(&survey(&records, &live, &reports), &generations, &BTreeSet::new());
         assert_eq!(un, vec![UnassignAction { collector: c("c1"), monitor: m("a"), generation: 4, epoch: 10 }]);
         let (assigns, pending) =
-            assign_actions(&records, &generations, &live, &reports, &Confirmed::new(), &BTreeSet::new());
+            assign_actions(&survey(&records, &live, &reports), &generations, &Confirmed::new(), &BTreeSet::new());
         assert!(assigns.is_empty());
         assert_eq!(pending[0].waiting_for, vec![Wait::NotReleasedBy(c("c1"))]);
         let confirmed = set(&[(c("c1"), m("a"))]);
-        let (assigns, pending) = assign_actions(&records, &generations, &live, &reports, &confirmed, &BTreeSet::new());
+        let (assigns, pending) =
+            assign_actions(&survey(&records, &live, &reports), &generations, &confirmed, &BTreeSet::new());
         assert_eq!(assigns, vec![AssignAction { collector: c("c2"), monitor: m("a"), generation: 4, epoch: 10 }]);
         assert!(pending.is_empty());
     }
@@ -655,9 +633,9 @@ mod tests {
         let generations = BTreeMap::from([(m("a"), 1), (m("b"), 1), (m("x"), 1)]);
         let live = set(&[c("c1"), c("c2")]);
         let reports = BTreeMap::from([(c("c1"), Report::Silent), (c("c2"), running(&[]))]);
-        assert!(unassign_actions(&records, &generations, &live, &reports, &BTreeSet::new()).is_empty());
+        assert!(unassign_actions(&survey(&records, &live, &reports), &generations, &BTreeSet::new()).is_empty());
         let (assigns, pending) =
-            assign_actions(&records, &generations, &live, &reports, &Confirmed::new(), &BTreeSet::new());
+            assign_actions(&survey(&records, &live, &reports), &generations, &Confirmed::new(), &BTreeSet::new());
         assert_eq!(assigns.iter().map(|a| a.monitor.as_str()).collect::<Vec<_>>(), vec!["b"]);
         let waits: BTreeMap<&str, Vec<Wait>> =
             pending.iter().map(|p| (p.monitor.as_str(), p.waiting_for.clone())).collect();
@@ -671,9 +649,10 @@ mod tests {
         let generations = BTreeMap::from([(m("a"), 2)]);
         let live = set(&[c("c1"), c("c2")]);
         let reports = BTreeMap::from([(c("c1"), running(&[])), (c("c2"), running(&[("a", 1, 4)]))]);
-        let un = unassign_actions(&records, &generations, &live, &reports, &BTreeSet::new());
+        let un = unassign_actions(&survey(&records, &live, &reports), &generations, &BTreeSet::new());
         assert_eq!(un, vec![UnassignAction { collector: c("c2"), monitor: m("a"), generation: 2, epoch: 10 }]);
-        let (assigns, _) = assign_actions(&records, &generations, &live, &reports, &Confirmed::new(), &BTreeSet::new());
+        let (assigns, _) =
+            assign_actions(&survey(&records, &live, &reports), &generations, &Confirmed::new(), &BTreeSet::new());
         assert!(assigns.is_empty());
     }
 
@@ -684,7 +663,7 @@ mod tests {
         let live = set(&[c("c1")]);
         let reports = BTreeMap::from([(c("c1"), running(&[("a", 1, 10), ("b", 1, 11)]))]);
         let (assigns, pending) =
-            assign_actions(&records, &generations, &live, &reports, &Confirmed::new(), &BTreeSet::new());
+            assign_actions(&survey(&records, &live, &reports), &generations, &Confirmed::new(), &BTreeSet::new());
         assert_eq!(assigns.len(), 1);
         assert_eq!((assigns[0].monitor.as_str(), assigns[0].generation), ("a", 2));
         assert!(pending.is_empty());
@@ -762,7 +741,7 @@ mod tests {
                     })
                     .collect();
                 confirmed.clear();
-                for u in unassign_actions(&records, &generations, &live, &reports, &BTreeSet::new()) {
+                for u in unassign_actions(&survey(&records, &live, &reports), &generations, &BTreeSet::new()) {
                     // Some Unassigns are lost (the collector is slow): no confirmation.
                     if matches!(reports.get(&u.collector), Some(Report::Silent)) || rng.gen_bool(0.2) {
                         continue;
@@ -771,7 +750,7 @@ mod tests {
                     confirmed.insert((u.collector, u.monitor));
                 }
                 let (assigns, _) =
-                    assign_actions(&records, &generations, &live, &reports, &confirmed, &BTreeSet::new());
+                    assign_actions(&survey(&records, &live, &reports), &generations, &confirmed, &BTreeSet::new());
                 for a in assigns {
                     let others: Vec<&CollectorId> = runs
                         .iter()

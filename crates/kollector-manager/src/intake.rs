@@ -117,23 +117,11 @@ impl Intake {
         (intake, task)
     }
 
-    /// The latest result of `id` if it is still current against `record`
-    /// and `generation`, read from etcd by the caller just now: a result of
-    /// an older spec (e.g. of a deleted monitor whose id was re-created) or
-    /// of an earlier owner (the monitor moved; the new owner has not
-    /// reported yet) is never served.
-    pub fn latest(
-        &self,
-        id: &MonitorId,
-        generation: Generation,
-        record: Option<&AssignmentRecord>,
-    ) -> Option<MonitorResult> {
-        let latest = self.shared.latest.read().ok()?;
-        latest.get(id).filter(|r| still_current(r, record, Some(generation))).cloned()
-    }
-
     /// The latest results that are still current against the given
-    /// generations and records (see [`Intake::latest`]).
+    /// generations and records, read from etcd by the caller just now: a
+    /// result of an older spec (e.g. of a deleted monitor whose id was
+    /// re-created) or of an earlier owner (the monitor moved; the new owner
+    /// has not reported yet) is never served.
     pub fn current(
         &self,
         generations: &BTreeMap<MonitorId, Generation>,

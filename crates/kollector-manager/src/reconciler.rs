@@ -37,8 +37,8 @@ use tonic::transport::Channel;
 
 use crate::cluster_store::{ClusterStore, LiveCollector, StoredMonitor};
 use crate::decisions::{
-    assign_actions_in, assignment_changes, survey, unassign_actions_in, AssignAction, AssignmentRecord, Confirmed,
-    Pending, Report, Running, TxnLimits, UnassignAction,
+    assign_actions, assignment_changes, survey, unassign_actions, AssignAction, AssignmentRecord, Confirmed, Pending,
+    Report, Running, TxnLimits, UnassignAction,
 };
 use crate::planner::{self, CollectorSlot, Placement};
 
@@ -273,14 +273,14 @@ impl Reconciler {
             return Err(PassError::Deposed("unassigning"));
         }
         let survey = survey(&records, &live, &reports);
-        let unassigns = unassign_actions_in(&survey, &records, &generations, &live, &reports, &skip);
+        let unassigns = unassign_actions(&survey, &generations, &skip);
         let confirmed = self.unassign(&collectors, unassigns, token.term).await;
 
         // Start what is safe to start now.
         if !self.still_leader(token, leadership).await {
             return Err(PassError::Deposed("assigning"));
         }
-        let (assigns, pending) = assign_actions_in(&survey, &records, &generations, &live, &confirmed, &skip);
+        let (assigns, pending) = assign_actions(&survey, &generations, &confirmed, &skip);
         self.assign(&collectors, &monitors.valid, assigns, token.term).await;
         if !pending.is_empty() {
             tracing::info!(

@@ -111,10 +111,6 @@ impl StateFile {
         Ok((StateFile { path, _lock: lock }, saved))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Replaces what is saved, durably and atomically.
     pub fn save(&self, revision: u64, monitors: &[MonitorSpec]) -> Result<(), StateError> {
         let shown = self.path.display().to_string();
