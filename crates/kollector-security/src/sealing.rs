@@ -1,0 +1,300 @@
+//! Secrets sealed at rest: SASL passwords and key passphrases are stored in
+//! etcd and in the standalone state file only as ChaCha20-Poly1305
+//! ciphertexts (ring's AEAD), never in clear.
+//!
+//! A sealed value reads `kollector-sealed:v1:<key id>:<base64 nonce+ciphertext>`.
+//! The associated data is the monitor id and the field, so a ciphertext
+//! copied into another monitor's record (or another field) does not open:
+//! whoever can write etcd still cannot make monitor B use monitor A's password.
+//!
+//! The key file holds one key per line, `<key id> <base64 32 bytes>`; the
+//! first line seals, every line opens. Rotation: put a new key first on every
+//! manager, restart them, then re-save monitors (any update re-seals) and drop
+//! the old line. Values written before sealing existed are read as they are
+//! and sealed on their next write.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use kollector_core::{MonitorSpec, Secret};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
+use ring::rand::{SecureRandom as _, SystemRandom};
+
+pub const SEALED_PREFIX: &str = "kollector-sealed:v1:";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("cannot read secret key file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("secret key file {path}: {message}")]
+    BadKeyFile { path: String, message: String },
+    #[error("a sealed secret names key {0:?}, which is not in the secret key file")]
+    UnknownKey(String),
+    #[error("a sealed secret does not open with its key (wrong key, or the value was moved or altered)")]
+    DoesNotOpen,
+    #[error("a sealed secret is malformed")]
+    Malformed,
+    #[error("the monitor has a secret, but this node has no secret key to seal it with (--secret-key-file)")]
+    NoKey,
+    #[error("the system random source failed")]
+    Random,
+}
+
+struct Key {
+    id: String,
+    key: LessSafeKey,
+}
+
+/// The keys a node seals and opens secrets with. Debug shows key ids only.
+pub struct Keyring {
+    keys: Vec<Key>,
+    random: SystemRandom,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring").field("key_ids", &self.keys.iter().map(|k| &k.id).collect::<Vec<_>>()).finish()
+    }
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+/// A new key-file line: `<id> <base64 key>`.
+pub fn new_key_line(id: &str) -> Result<String, SealError> {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new().fill(&mut bytes).map_err(|_| SealError::Random)?;
+    Ok(format!("{id} {}", b64().encode(bytes)))
+}
+
+/// Whether a stored value is a sealed one.
+pub fn is_sealed(value: &str) -> bool {
+    value.starts_with(SEALED_PREFIX)
+}
+
+impl Keyring {
+    pub fn parse(path: &str, text: &str) -> Result<Keyring, SealError> {
+        let bad = |message: String| SealError::BadKeyFile { path: path.to_string(), message };
+        let mut keys: Vec<Key> = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (id, material) =
+                line.split_once(char::is_whitespace).ok_or_else(|| bad(format!("line {}: want \"<id> <key>\"", n + 1)))?;
+            if id.is_empty() || id.contains(':') || keys.iter().any(|k| k.id == id) {
+                return Err(bad(format!("line {}: key ids must be unique and contain no ':'", n + 1)));
+            }
+            let raw = b64()
+                .decode(material.trim())
+                .ok()
+                .filter(|k| k.len() == 32)
+                .ok_or_else(|| bad(format!("line {}: the key must be 32 bytes of base64", n + 1)))?;
+            let key = UnboundKey::new(&CHACHA20_POLY1305, &raw).map_err(|_| bad(format!("line {}: bad key", n + 1)))?;
+            keys.push(Key { id: id.to_string(), key: LessSafeKey::new(key) });
+        }
+        if keys.is_empty() {
+            return Err(bad("no key in the file (make one with `kollector secret-key new`)".into()));
+        }
+        Ok(Keyring { keys, random: SystemRandom::new() })
+    }
+
+    /// Reads a key file, warning when others may read it.
+    pub fn load(path: &Path) -> Result<Keyring, SealError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| SealError::Read { path: shown.clone(), source })?;
+        #[cfg(unix)]
+        if let Ok(meta) = std::fs::metadata(path) {
+            use std::os::unix::fs::PermissionsExt as _;
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(path = %shown, "the secret key file is readable by other users; chmod 600 it");
+            }
+        }
+        Keyring::parse(&shown, &text)
+    }
+
+    /// Seals `plain`, bound to `context` (monitor id and field).
+    pub fn seal(&self, context: &str, plain: &str) -> Result<String, SealError> {
+        let key = &self.keys[0];
+        let mut nonce = [0u8; NONCE_LEN];
+        self.random.fill(&mut nonce).map_err(|_| SealError::Random)?;
+        let mut data = plain.as_bytes().to_vec();
+        key.key
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context.as_bytes()), &mut data)
+            .map_err(|_| SealError::Random)?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        Ok(format!("{SEALED_PREFIX}{}:{}", key.id, b64().encode(out)))
+    }
+
+    /// Opens a value sealed for `context`.
+    pub fn open(&self, context: &str, sealed: &str) -> Result<String, SealError> {
+        let rest = sealed.strip_prefix(SEALED_PREFIX).ok_or(SealError::Malformed)?;
+        let (id, body) = rest.split_once(':').ok_or(SealError::Malformed)?;
+        let key = self.keys.iter().find(|k| k.id == id).ok_or_else(|| SealError::UnknownKey(id.to_string()))?;
+        let mut data = b64().decode(body).map_err(|_| SealError::Malformed)?;
+        if data.len() < NONCE_LEN + CHACHA20_POLY1305.tag_len() {
+            return Err(SealError::Malformed);
+        }
+        let mut ciphertext = data.split_off(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(&data).map_err(|_| SealError::Malformed)?;
+        let plain = key
+            .key
+            .open_in_place(nonce, Aad::from(context.as_bytes()), &mut ciphertext)
+            .map_err(|_| SealError::DoesNotOpen)?;
+        String::from_utf8(plain.to_vec()).map_err(|_| SealError::Malformed)
+    }
+}
+
+fn context(spec: &MonitorSpec, field: &str) -> String {
+    format!("{}/{field}", spec.id)
+}
+
+/// Whether a spec carries any secret that would need sealing.
+pub fn has_secrets(spec: &MonitorSpec) -> bool {
+    spec.connection.sasl.is_some() || spec.connection.tls.as_ref().is_some_and(|t| t.key_password.is_some())
+}
+
+/// The spec as it may be stored: every secret sealed. Without a keyring a
+/// spec with secrets cannot be stored at all ([`SealError::NoKey`]).
+pub fn seal_spec(keys: Option<&Keyring>, spec: &MonitorSpec) -> Result<MonitorSpec, SealError> {
+    let mut out = spec.clone();
+    if !has_secrets(spec) {
+        return Ok(out);
+    }
+    let keys = keys.ok_or(SealError::NoKey)?;
+    if let Some(s) = out.connection.sasl.as_mut() {
+        s.password = Secret::new(keys.seal(&context(spec, "sasl.password"), s.password.expose())?);
+    }
+    if let Some(p) = out.connection.tls.as_mut().and_then(|t| t.key_password.as_mut()) {
+        *p = Secret::new(keys.seal(&context(spec, "tls.key_password"), p.expose())?);
+    }
+    Ok(out)
+}
+
+/// A stored spec with its secrets opened. Values stored before sealing
+/// existed (not sealed) are taken as they are.
+pub fn open_spec(keys: Option<&Keyring>, mut spec: MonitorSpec) -> Result<MonitorSpec, SealError> {
+    let ctx_sasl = context(&spec, "sasl.password");
+    let ctx_tls = context(&spec, "tls.key_password");
+    let open = |ctx: &str, s: &mut Secret| -> Result<(), SealError> {
+        if is_sealed(s.expose()) {
+            *s = Secret::new(keys.ok_or(SealError::NoKey)?.open(ctx, s.expose())?);
+        }
+        Ok(())
+    };
+    if let Some(s) = spec.connection.sasl.as_mut() {
+        open(&ctx_sasl, &mut s.password)?;
+    }
+    if let Some(p) = spec.connection.tls.as_mut().and_then(|t| t.key_password.as_mut()) {
+        open(&ctx_tls, p)?;
+    }
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use kollector_core::{MonitorInput, SaslInput, TlsInput};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn ring(ids: &[&str]) -> Keyring {
+        let text: Vec<String> = ids.iter().map(|id| new_key_line(id).unwrap()).collect();
+        Keyring::parse("k", &text.join("\n")).unwrap()
+    }
+
+    fn spec(id: &str, password: &str) -> MonitorSpec {
+        MonitorInput {
+            id: id.into(),
+            bootstrap: vec!["k:9092".into()],
+            sasl: Some(SaslInput {
+                mechanism: "PLAIN".into(),
+                username: "u".into(),
+                password: Some(Secret::new(password)),
+                password_env: None,
+            }),
+            tls: Some(TlsInput { key_password: Some(Secret::new("kp")), ..Default::default() }),
+            ..Default::default()
+        }
+        .validate(1)
+        .unwrap()
+    }
+
+    #[test]
+    fn a_sealed_spec_has_no_clear_secret_and_opens_back() {
+        let keys = ring(&["k1"]);
+        let s = spec("m1", "hunter2-secret");
+        let sealed = seal_spec(Some(&keys), &s).unwrap();
+        let json = serde_json::to_string(&sealed).unwrap();
+        assert!(!json.contains("hunter2-secret") && !json.contains("\"kp\""), "{json}");
+        assert_eq!(json.matches(SEALED_PREFIX).count(), 2);
+        assert_eq!(open_spec(Some(&keys), sealed.clone()).unwrap(), s);
+        // Without the key it neither opens nor stores.
+        assert!(matches!(open_spec(None, sealed.clone()), Err(SealError::NoKey)));
+        assert!(matches!(seal_spec(None, &s), Err(SealError::NoKey)));
+        assert!(matches!(open_spec(Some(&ring(&["k1"])), sealed), Err(SealError::DoesNotOpen)));
+    }
+
+    #[test]
+    fn a_ciphertext_moved_to_another_monitor_does_not_open() {
+        let keys = ring(&["k1"]);
+        let a = seal_spec(Some(&keys), &spec("a", "pa")).unwrap();
+        let mut b = seal_spec(Some(&keys), &spec("b", "pb")).unwrap();
+        b.connection.sasl = a.connection.sasl.clone();
+        assert!(matches!(open_spec(Some(&keys), b), Err(SealError::DoesNotOpen)));
+    }
+
+    #[test]
+    fn rotation_opens_old_values_and_seals_with_the_first_key() {
+        let (line_old, line_new) = (new_key_line("old").unwrap(), new_key_line("new").unwrap());
+        let old = Keyring::parse("k", &line_old).unwrap();
+        let only_new = Keyring::parse("k", &line_new).unwrap();
+        let both = Keyring::parse("k", &format!("{line_new}\n# previous key\n{line_old}\n")).unwrap();
+        let sealed = seal_spec(Some(&old), &spec("m", "p")).unwrap();
+        assert!(matches!(open_spec(Some(&only_new), sealed.clone()), Err(SealError::UnknownKey(id)) if id == "old"));
+        assert_eq!(open_spec(Some(&both), sealed).unwrap(), spec("m", "p"));
+        let resealed = seal_spec(Some(&both), &spec("m", "p")).unwrap();
+        assert!(resealed.connection.sasl.unwrap().password.expose().starts_with("kollector-sealed:v1:new:"));
+    }
+
+    #[test]
+    fn key_files_are_checked() {
+        for (text, want) in [
+            ("", "no key"),
+            ("k1 notbase64!!", "32 bytes"),
+            ("k1 AAAA", "32 bytes"),
+            ("onlyid", "want"),
+            ("a:b AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "unique"),
+        ] {
+            let e = Keyring::parse("f", text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        let dup = format!("{}\n{}", new_key_line("x").unwrap(), new_key_line("x").unwrap());
+        assert!(Keyring::parse("f", &dup).is_err());
+        assert!(!format!("{:?}", ring(&["visible-id"])).contains("AAAA"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+        /// Any string seals and opens back; any tampering with a sealed value
+        /// is refused, never a panic.
+        #[test]
+        fn seal_open_round_trips_and_tampering_fails(plain in ".{0,200}", flip in 0usize..400, garbage in ".{0,80}") {
+            let keys = ring(&["k"]);
+            let sealed = keys.seal("m/f", &plain).unwrap();
+            prop_assert_eq!(keys.open("m/f", &sealed).unwrap(), plain.clone());
+            prop_assert!(!sealed.contains(&plain) || plain.is_empty() || plain.len() < 4);
+            let mut bytes = sealed.clone().into_bytes();
+            let i = SEALED_PREFIX.len() + 2 + flip % (bytes.len() - SEALED_PREFIX.len() - 2);
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            if let Ok(t) = String::from_utf8(bytes) {
+                prop_assert!(keys.open("m/f", &t).is_err());
+            }
+            let _ = keys.open("m/f", &format!("{SEALED_PREFIX}k:{garbage}"));
+            let _ = keys.open("m/f", &garbage);
+        }
+    }
+}
