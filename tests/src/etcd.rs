@@ -4,6 +4,7 @@
 //! data, and is killed on drop.
 
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -14,22 +15,42 @@ pub struct EtcdServer {
     pub client_port: u16,
     peer_port: u16,
     data: tempfile::TempDir,
+    /// (CA, certificate, key): serve clients over TLS and require a client
+    /// certificate signed by the CA (`--client-cert-auth`).
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl EtcdServer {
     /// Starts etcd and waits until it accepts client connections.
     pub fn start() -> EtcdServer {
         let data = tempfile::tempdir().expect("etcd data dir");
-        let mut server = EtcdServer { child: None, client_port: free_port(), peer_port: free_port(), data };
+        let mut server = EtcdServer { child: None, client_port: free_port(), peer_port: free_port(), data, tls: None };
+        server.spawn();
+        server
+    }
+
+    /// Starts etcd serving clients over mutual TLS only.
+    pub fn start_tls(ca: &Path, cert: &Path, key: &Path) -> EtcdServer {
+        let data = tempfile::tempdir().expect("etcd data dir");
+        let tls = Some((ca.to_path_buf(), cert.to_path_buf(), key.to_path_buf()));
+        let mut server = EtcdServer { child: None, client_port: free_port(), peer_port: free_port(), data, tls };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
         let bin = find_executable("etcd").unwrap_or_else(|| panic!("etcd not found: run scripts/install-test-deps.sh"));
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        if let Some((ca, cert, key)) = &self.tls {
+            command
+                .arg(format!("--trusted-ca-file={}", ca.display()))
+                .arg(format!("--cert-file={}", cert.display()))
+                .arg(format!("--key-file={}", key.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name=test")
             .arg(format!("--data-dir={}", self.data.path().join("etcd").display()))
             .arg(format!("--listen-client-urls={client}"))
@@ -53,9 +74,10 @@ impl EtcdServer {
         });
     }
 
-    /// `http://127.0.0.1:PORT`, as the `--etcd` flag takes it.
+    /// `http(s)://127.0.0.1:PORT`, as the `--etcd` flag takes it.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     pub fn pid(&self) -> u32 {

@@ -42,6 +42,16 @@ pub struct KollectorProcess {
     pub config_path: PathBuf,
 }
 
+/// The extra flags, plus `--insecure` unless they set up TLS (`--tls-ca…`):
+/// most tests exercise coordination, not transport security.
+fn insecure_unless_tls(extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    if !extra.iter().any(|a| a.starts_with("--tls-ca")) {
+        v.push("--insecure".into());
+    }
+    v
+}
+
 impl KollectorProcess {
     /// Starts `kollector standalone` with a config file holding `monitors_toml`
     /// (zero or more `[[monitors]]` tables) and waits until `/healthz` answers.
@@ -74,7 +84,7 @@ impl KollectorProcess {
             "--election-ttl=3s".into(),
             "--reconcile-period=500ms".into(),
         ];
-        let args: Vec<String> = args.into_iter().chain(extra.iter().map(|s| s.to_string())).collect();
+        let args: Vec<String> = args.into_iter().chain(insecure_unless_tls(extra)).collect();
         let path = dir.path().to_path_buf();
         Self::spawn(dir, args, grpc_port, http_port, path)
     }
@@ -101,7 +111,7 @@ impl KollectorProcess {
             format!("--http-listen=127.0.0.1:{http_port}"),
             format!("--lease-ttl={}s", ttl.as_secs().max(2)),
         ];
-        let args: Vec<String> = args.into_iter().chain(extra.iter().map(|s| s.to_string())).collect();
+        let args: Vec<String> = args.into_iter().chain(insecure_unless_tls(extra)).collect();
         let path = dir.path().to_path_buf();
         Self::spawn(dir, args, grpc_port, http_port, path)
     }

@@ -17,7 +17,7 @@ const TTL: Duration = Duration::from_secs(3);
 
 fn candidate(etcd: &EtcdServer, address: &str) -> Election {
     Election::start(ElectionConfig {
-        endpoints: vec![etcd.endpoint()],
+        etcd: kollector_coordination::lease::EtcdAccess::plain(vec![etcd.endpoint()]),
         prefix: "/kollector".into(),
         address: address.into(),
         ttl: TTL,

@@ -17,7 +17,7 @@ const TTL: Duration = Duration::from_secs(3);
 
 fn config(etcd: &EtcdServer, id: &str) -> MembershipConfig {
     MembershipConfig {
-        endpoints: vec![etcd.endpoint()],
+        etcd: kollector_coordination::lease::EtcdAccess::plain(vec![etcd.endpoint()]),
         prefix: "/kollector".into(),
         id: CollectorId::new(id).unwrap(),
         record: CollectorRecord {

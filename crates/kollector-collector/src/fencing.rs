@@ -53,6 +53,11 @@ impl FencingBook {
         self.check(id, Tokens { generation: Generation::MAX, ..tokens })
     }
 
+    /// The highest leader term believed so far.
+    pub fn max_term(&self) -> i64 {
+        self.max_term
+    }
+
     /// Notes a leader term seen on a read (ListRunning): older terms are
     /// refused from now on.
     pub fn observe_term(&mut self, term: i64) {

@@ -35,5 +35,5 @@ pub use monitor_actor::MonitorActor;
 pub use node::{CollectorHandle, CollectorNode, MonitorTurn};
 pub use probe::probe;
 pub use registry::{AssignOutcome, MonitorRegistry, RegistryError, RunningMonitor};
-pub use service::{CollectorServiceImpl, CurrentLease};
+pub use service::{CollectorServiceImpl, CurrentLease, TermSource};
 pub use store::ResultStore;

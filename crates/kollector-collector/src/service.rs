@@ -11,6 +11,13 @@
 //! before this collector fenced itself and registered again) is refused, so
 //! it cannot start a monitor the cluster has given to someone else meanwhile.
 //!
+//! A leader term higher than any seen is believed only once etcd confirms it
+//! is the current leader's (see [`TermSource`]): otherwise one forged
+//! command with `leader_term = i64::MAX` would make this collector refuse
+//! every real manager until it restarted. With mutual TLS only a node of the
+//! cluster can send commands at all; this check also holds against a
+//! misbehaving node and in `--insecure` clusters.
+//!
 //! `StreamResults` pushes every result with the generation and epoch that
 //! were in force when its collection started; a result too large for the
 //! transport is replaced by an error result for that monitor and the stream
@@ -49,8 +56,14 @@ impl CurrentLease {
     }
 }
 
+/// Reads the current leader's term from where leaders are elected (etcd);
+/// `Ok(None)`: no leader now.
+pub type TermSource =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<Option<i64>, String>> + Send + Sync>;
+
 #[derive(Clone)]
 pub struct CollectorServiceImpl {
+    terms: Option<TermSource>,
     id: CollectorId,
     node: CollectorHandle,
     options: ClientOptions,
@@ -67,7 +80,33 @@ impl CollectorServiceImpl {
         lease: CurrentLease,
         max_message_bytes: usize,
     ) -> Self {
-        CollectorServiceImpl { id, node, options, book: Arc::default(), lease, max_message_bytes }
+        CollectorServiceImpl { terms: None, id, node, options, book: Arc::default(), lease, max_message_bytes }
+    }
+
+    /// Check every new leader term against `source` before believing it.
+    pub fn with_term_source(self, source: TermSource) -> Self {
+        CollectorServiceImpl { terms: Some(source), ..self }
+    }
+
+    /// Refuses a term higher than any seen unless it is the current
+    /// leader's. Terms already seen (or older: the book refuses those) need
+    /// no etcd read, so this costs one read per leader change.
+    async fn believe_term(&self, term: i64) -> Result<(), Status> {
+        let Some(source) = &self.terms else { return Ok(()) };
+        if term <= self.book().max_term() {
+            return Ok(());
+        }
+        match source().await {
+            Ok(Some(current)) if current == term => Ok(()),
+            Ok(current) => {
+                tracing::warn!(term, current = ?current, "refused a command whose leader term is not the current one");
+                Err(Status::failed_precondition(format!(
+                    "leader term {term} is not the current leader's ({}); command refused",
+                    current.map_or("no leader".to_string(), |c| c.to_string())
+                )))
+            }
+            Err(e) => Err(Status::unavailable(format!("cannot check leader term {term} against etcd: {e}"))),
+        }
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, FencingBook> {
@@ -119,6 +158,7 @@ impl CollectorService for CollectorServiceImpl {
         let req = req.into_inner();
         let (tokens, lease) = tokens(req.fencing)?;
         let input = req.spec.map(input_from_proto).ok_or_else(|| Status::invalid_argument("spec: required"))?;
+        self.believe_term(tokens.leader_term).await?;
         let spec = input
             .validate(tokens.generation)
             .map_err(|e| Status::invalid_argument(format!("invalid monitor spec: {e}")))?;
@@ -150,6 +190,7 @@ impl CollectorService for CollectorServiceImpl {
         let (tokens, lease) = tokens(req.fencing)?;
         let id = MonitorId::new(req.monitor_id.clone())
             .map_err(|e| Status::invalid_argument(format!("monitor_id: {:?} {e}", req.monitor_id)))?;
+        self.believe_term(tokens.leader_term).await?;
         let turn = self.node.turn(&id).await;
         self.book()
             .check_unassign(&id, tokens)
@@ -174,7 +215,9 @@ impl CollectorService for CollectorServiceImpl {
         &self,
         req: Request<pb::ListRunningRequest>,
     ) -> Result<Response<pb::ListRunningResponse>, Status> {
-        self.book().observe_term(req.into_inner().leader_term);
+        let term = req.into_inner().leader_term;
+        self.believe_term(term).await?;
+        self.book().observe_term(term);
         let monitors = self
             .node
             .list_running()

@@ -20,7 +20,7 @@ use crate::CoordinationError;
 
 #[derive(Clone, Debug)]
 pub struct ElectionConfig {
-    pub endpoints: Vec<String>,
+    pub etcd: crate::lease::EtcdAccess,
     pub prefix: String,
     /// Published as the election value: where the leader serves gRPC.
     pub address: String,
@@ -84,7 +84,7 @@ async fn run(config: ElectionConfig, state: watch::Sender<Leadership>, mut stop:
             return;
         }
         let session = async {
-            let mut client = lease::connect(&config.endpoints, ttl).await?;
+            let mut client = lease::connect(&config.etcd, ttl).await?;
             let (id, granted) = lease::grant(&mut client, ttl).await?;
             Ok::<_, CoordinationError>((client, id, granted))
         };

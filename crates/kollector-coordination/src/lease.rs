@@ -25,11 +25,43 @@ pub fn margin(ttl: Duration) -> Duration {
     (ttl / 5).max(Duration::from_secs(1)).min(ttl / 2)
 }
 
+/// How to reach etcd: endpoints, and optionally TLS (CA, client
+/// certificate) and a user. Debug never shows the password.
+#[derive(Clone, Default)]
+pub struct EtcdAccess {
+    pub endpoints: Vec<String>,
+    pub tls: Option<etcd_client::TlsOptions>,
+    pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAccess")
+            .field("endpoints", &self.endpoints)
+            .field("tls", &self.tls.is_some())
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
+impl EtcdAccess {
+    /// Plaintext, no user (tests, `--insecure`).
+    pub fn plain(endpoints: Vec<String>) -> EtcdAccess {
+        EtcdAccess { endpoints, ..EtcdAccess::default() }
+    }
+}
+
 /// Connects to etcd with bounded connect and request times.
-pub async fn connect(endpoints: &[String], ttl: Duration) -> Result<Client, CoordinationError> {
+pub async fn connect(etcd: &EtcdAccess, ttl: Duration) -> Result<Client, CoordinationError> {
     let t = call_timeout(ttl);
-    let options = ConnectOptions::new().with_connect_timeout(t).with_timeout(t).with_keep_alive(t, t);
-    timeout(t * 2, Client::connect(endpoints, Some(options)))
+    let mut options = ConnectOptions::new().with_connect_timeout(t).with_timeout(t).with_keep_alive(t, t);
+    if let Some(tls) = &etcd.tls {
+        options = options.with_tls(tls.clone());
+    }
+    if let Some((user, password)) = &etcd.user {
+        options = options.with_user(user.clone(), password.clone());
+    }
+    timeout(t * 2, Client::connect(&etcd.endpoints, Some(options)))
         .await
         .map_err(|_| CoordinationError::Timeout("connect"))?
         .map_err(CoordinationError::from)

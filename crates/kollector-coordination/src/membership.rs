@@ -51,7 +51,7 @@ pub struct CollectorRecord {
 
 #[derive(Clone, Debug)]
 pub struct MembershipConfig {
-    pub endpoints: Vec<String>,
+    pub etcd: crate::lease::EtcdAccess,
     /// Key prefix, default `/kollector`.
     pub prefix: String,
     pub id: CollectorId,
@@ -139,7 +139,7 @@ enum Registered {
 /// attempt whose answer was lost): they are revoked first, since one of them
 /// may still hold the key. The new lease is added to it until the key is ours.
 async fn register(config: &MembershipConfig, own: &mut Vec<i64>) -> Result<Registered, CoordinationError> {
-    let mut client = lease::connect(&config.endpoints, config.ttl).await?;
+    let mut client = lease::connect(&config.etcd, config.ttl).await?;
     // Leases this process granted before (an earlier registration, or one
     // whose answer was lost after it committed) may still hold the key.
     // Forget one only once it is surely gone (etcd may be restarting).

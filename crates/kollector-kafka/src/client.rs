@@ -27,6 +27,10 @@ pub struct ClientOptions {
     /// Emit librdkafka statistics at this interval, so [`KafkaClient::request_counts`]
     /// reports requests sent per API. Off by default (it costs a JSON parse per interval).
     pub statistics_interval: Option<Duration>,
+    /// Where a spec's TLS files may come from (the node's `--kafka-tls-dir`).
+    /// A spec arrives over the network, so the binary always sets this; None
+    /// (no restriction) is for tests.
+    pub tls_files: Option<kollector_security::FilePolicy>,
 }
 
 /// Requests sent by one client, per Kafka API, summed over brokers
@@ -97,6 +101,9 @@ impl KafkaClient {
     /// Builds the client for `spec`. Does not block on the network: brokers
     /// are contacted by the first collection.
     pub fn connect(spec: &MonitorSpec, options: &ClientOptions) -> Result<KafkaClient, CollectError> {
+        if let Some(policy) = &options.tls_files {
+            policy.check_spec(spec).map_err(|m| CollectError::new(ErrorKind::Client, m))?;
+        }
         let config = client_config(spec, options);
         let context = MonitorContext {
             monitor: spec.id.to_string(),

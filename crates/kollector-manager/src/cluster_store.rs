@@ -12,8 +12,10 @@
 //! Assignment records (see `decisions.rs`) are written only by the leader,
 //! in chunks that fit etcd's transaction limits, each guarded by the leader
 //! key. A spec that does not decode is reported, never fatal to a read.
+//! Secrets in specs are sealed before they reach etcd and opened when read.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use kollector_coordination::election::{guarded_txn, LeaderToken};
@@ -21,13 +23,15 @@ use kollector_coordination::keys::Keys;
 use kollector_coordination::membership::CollectorRecord;
 use kollector_coordination::CoordinationError;
 use kollector_core::{CollectorId, Epoch, MonitorId, MonitorSpec};
+use kollector_security::sealing::{open_spec, seal_spec};
+use kollector_security::{Keyring, SealError};
 
 use crate::decisions::{chunk_writes, AssignmentRecord, AssignmentValue, RecordWrite, TxnLimits};
 
 /// Largest etcd answer a read accepts (a page of specs).
 const MAX_READ_BYTES: usize = 256 * 1024 * 1024;
 
-/// A monitor as stored; `spec.generation` is `mod_revision`.
+/// A monitor as read; `spec.generation` is `mod_revision`; secrets opened.
 #[derive(Clone, Debug)]
 pub struct StoredMonitor {
     pub spec: MonitorSpec,
@@ -61,6 +65,8 @@ pub struct ChunkOutcome {
 pub struct ClusterStore {
     client: Client,
     keys: Keys,
+    /// Opens the sealed secrets of specs read (see `kollector_security::sealing`).
+    secrets: Option<Arc<Keyring>>,
 }
 
 fn bad(key: &[u8], e: impl std::fmt::Display) -> CoordinationError {
@@ -69,7 +75,19 @@ fn bad(key: &[u8], e: impl std::fmt::Display) -> CoordinationError {
 
 impl ClusterStore {
     pub fn new(client: Client, keys: Keys) -> Self {
-        ClusterStore { client, keys }
+        ClusterStore { client, keys, secrets: None }
+    }
+
+    /// The key ring secrets are sealed with before they are written and
+    /// opened with when read. Without one, a spec with a secret cannot be
+    /// stored.
+    pub fn with_secrets(self, secrets: Option<Arc<Keyring>>) -> Self {
+        ClusterStore { secrets, ..self }
+    }
+
+    /// A spec in the form it may be written in: secrets sealed.
+    pub fn seal(&self, spec: &MonitorSpec) -> Result<MonitorSpec, SealError> {
+        seal_spec(self.secrets.as_deref(), spec)
     }
 
     pub fn keys(&self) -> &Keys {
@@ -122,6 +140,7 @@ impl ClusterStore {
             return Err(format!("the value names monitor {:?}, not the key's", spec.id.as_str()));
         }
         spec.generation = kv.mod_revision() as u64;
+        let spec = open_spec(self.secrets.as_deref(), spec).map_err(|e| e.to_string())?;
         Ok(StoredMonitor { spec, mod_revision: kv.mod_revision() })
     }
 
@@ -158,7 +177,8 @@ impl ClusterStore {
         }
     }
 
-    /// Creates a monitor; its generation (the write's revision), or None if the id is taken.
+    /// Creates a monitor; its generation (the write's revision), or None if
+    /// the id is taken. `spec` must come from [`Self::seal`].
     pub async fn create_monitor(&self, spec: &MonitorSpec) -> Result<Option<u64>, CoordinationError> {
         let key = self.keys.monitor(spec.id.as_str());
         let value = serde_json::to_vec(spec).map_err(|e| bad(key.as_bytes(), e))?;
@@ -171,7 +191,8 @@ impl ClusterStore {
     }
 
     /// Replaces a monitor if it is unchanged since `expected_revision`; its
-    /// new generation, or None if it changed meanwhile.
+    /// new generation, or None if it changed meanwhile. `spec` must come
+    /// from [`Self::seal`].
     pub async fn update_monitor(
         &self,
         spec: &MonitorSpec,

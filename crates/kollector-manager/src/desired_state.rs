@@ -26,6 +26,8 @@ pub enum DesiredError {
     Etcd(#[from] CoordinationError),
     #[error("{0}")]
     State(#[from] StateError),
+    #[error("{0}")]
+    Secret(#[from] kollector_security::SealError),
 }
 
 /// Every monitor: those that can be read, and why the others cannot.
@@ -195,11 +197,11 @@ impl DesiredState for crate::cluster_store::ClusterStore {
     }
 
     async fn create(&self, spec: &MonitorSpec) -> Result<Option<Generation>, DesiredError> {
-        Ok(self.create_monitor(spec).await?)
+        Ok(self.create_monitor(&self.seal(spec)?).await?)
     }
 
     async fn replace(&self, spec: &MonitorSpec, expected: Generation) -> Result<Option<Generation>, DesiredError> {
-        Ok(self.update_monitor(spec, expected as i64).await?)
+        Ok(self.update_monitor(&self.seal(spec)?, expected as i64).await?)
     }
 
     async fn delete(&self, id: &MonitorId) -> Result<Option<Generation>, DesiredError> {
@@ -236,7 +238,7 @@ mod tests {
     async fn only_api_monitors_are_saved_and_the_config_wins_for_its_ids() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
-        let (file, saved) = StateFile::open(&path).unwrap();
+        let (file, saved) = StateFile::open(&path, None).unwrap();
         let store = EmbeddedStore::open(vec![spec("file")], file, saved).unwrap();
         store.create(&spec("api")).await.unwrap().unwrap();
         let mut changed = spec("file");
@@ -244,7 +246,7 @@ mod tests {
         let g = store.get(&changed.id).await.unwrap().unwrap().generation;
         store.replace(&changed, g).await.unwrap().unwrap();
         drop(store);
-        let (file, saved) = StateFile::open(&path).unwrap();
+        let (file, saved) = StateFile::open(&path, None).unwrap();
         assert_eq!(saved.monitors.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), vec!["api"]);
         let before = saved.revision;
         // The next start: the config file without "file" stops it; "api" stays.

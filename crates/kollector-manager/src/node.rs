@@ -13,15 +13,19 @@
 //! waiting for the election lease), then stops serving.
 
 use std::sync::atomic::Ordering;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kollector_collector::metrics::{render_entries, Extra};
 use kollector_coordination::election::{Election, ElectionConfig, Leadership};
 use kollector_coordination::keys::Keys;
+use kollector_coordination::lease::EtcdAccess;
 use kollector_coordination::{lease, CoordinationError};
 use kollector_proto::v1::manager_service_server::ManagerServiceServer;
+use kollector_proto::transport::MAX_API_REQUEST_BYTES;
 use kollector_proto::GrpcLimits;
+use kollector_security::{Access, ApiGuard, Keyring, NodeTls, TokenFile};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -36,7 +40,17 @@ use crate::service::ManagerServiceImpl;
 /// How a manager node runs.
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {
-    pub etcd: Vec<String>,
+    pub etcd: EtcdAccess,
+    /// Node TLS: the API is served over TLS and collectors are called with
+    /// mutual TLS. None only with `--insecure`.
+    pub tls: Option<NodeTls>,
+    /// Bearer tokens the API accepts; None: every caller is admin (`--insecure`).
+    pub tokens_file: Option<PathBuf>,
+    /// Key that seals secrets before they are written to etcd; without it a
+    /// monitor with a secret is refused.
+    pub secret_key_file: Option<PathBuf>,
+    /// Probes this manager starts per minute.
+    pub probes_per_minute: u32,
     pub prefix: String,
     /// The gRPC address published as leader.
     pub advertise_grpc: String,
@@ -53,6 +67,8 @@ pub enum NodeError {
     Invalid(String),
     #[error("cannot reach etcd at {endpoints}: {source}")]
     Etcd { endpoints: String, source: CoordinationError },
+    #[error("{0}")]
+    Security(String),
 }
 
 impl ManagerConfig {
@@ -158,14 +174,23 @@ impl ManagerNode {
     /// the ManagerService on `grpc_listener`.
     pub async fn start(config: ManagerConfig, grpc_listener: tokio::net::TcpListener) -> Result<Self, NodeError> {
         config.validate()?;
+        let security = |e: &dyn std::fmt::Display| NodeError::Security(e.to_string());
+        let access = match &config.tokens_file {
+            Some(path) => Access::Tokens(TokenFile::load(path).map_err(|e| security(&e))?),
+            None => Access::Open,
+        };
+        let secrets = match &config.secret_key_file {
+            Some(path) => Some(Arc::new(Keyring::load(path).map_err(|e| security(&e))?)),
+            None => None,
+        };
         let client = lease::connect(&config.etcd, config.election_ttl)
             .await
-            .map_err(|source| NodeError::Etcd { endpoints: config.etcd.join(","), source })?;
-        let store = ClusterStore::new(client, Keys::new(&config.prefix));
-        let clients = CollectorClients::new(config.grpc);
+            .map_err(|source| NodeError::Etcd { endpoints: config.etcd.endpoints.join(","), source })?;
+        let store = ClusterStore::new(client, Keys::new(&config.prefix)).with_secrets(secrets);
+        let clients = CollectorClients::new(config.grpc, config.tls.as_ref().map(NodeTls::client));
         let (intake, intake_task) = Intake::start(store.clone(), clients.clone());
         let election = Election::start(ElectionConfig {
-            endpoints: config.etcd.clone(),
+            etcd: config.etcd.clone(),
             prefix: config.prefix.clone(),
             address: config.advertise_grpc.clone(),
             ttl: config.election_ttl,
@@ -177,17 +202,19 @@ impl ManagerNode {
         );
         // The one ManagerService: desired state in etcd, run by the reconciler.
         let runner = ClusterRunner::new(store.clone(), intake.clone(), clients, config.apply_timeout);
-        let service = ManagerServiceServer::new(ManagerServiceImpl::new(Arc::new(store.clone()), Arc::new(runner)))
-            .max_decoding_message_size(config.grpc.max_message_bytes)
-            .max_encoding_message_size(config.grpc.max_message_bytes);
+        let guard = ApiGuard::new(access, config.probes_per_minute);
+        let service = ManagerServiceServer::new(
+            ManagerServiceImpl::new(Arc::new(store.clone()), Arc::new(runner)).with_guard(guard),
+        )
+        .max_decoding_message_size(MAX_API_REQUEST_BYTES)
+        .max_encoding_message_size(config.grpc.max_message_bytes);
+        let mut server = config.grpc.server(config.tls.as_ref().map(NodeTls::server)).map_err(|e| security(&e))?;
         let (stop_grpc, mut stop_rx) = watch::channel(false);
-        let limits = config.grpc;
         let grpc = tokio::spawn(async move {
             let stopped = async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             };
-            let r = limits
-                .server()
+            let r = server
                 .add_service(service)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped)
                 .await;

@@ -33,7 +33,7 @@ use kollector_proto::v1::collector_service_client::CollectorServiceClient;
 use kollector_proto::v1::{self as pb};
 use kollector_proto::GrpcLimits;
 use tokio::sync::watch;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::cluster_store::{ClusterStore, LiveCollector, StoredMonitor};
 use crate::decisions::{
@@ -82,16 +82,19 @@ pub struct ReconcilerStats {
     pub pending: Mutex<Vec<Pending>>,
 }
 
-/// gRPC clients to collectors, by address, with the cluster's transport limits.
+/// gRPC clients to collectors, by address, with the cluster's transport
+/// limits and, in a secure cluster, mutual TLS (this manager's node
+/// certificate; the collector's verified against the cluster CA).
 #[derive(Clone, Default)]
 pub struct CollectorClients {
     limits: GrpcLimits,
+    tls: Option<ClientTlsConfig>,
     clients: Arc<Mutex<HashMap<String, CollectorServiceClient<Channel>>>>,
 }
 
 impl CollectorClients {
-    pub fn new(limits: GrpcLimits) -> Self {
-        CollectorClients { limits, clients: Arc::default() }
+    pub fn new(limits: GrpcLimits, tls: Option<ClientTlsConfig>) -> Self {
+        CollectorClients { limits, tls, clients: Arc::default() }
     }
 
     pub fn get(&self, address: &str) -> Result<CollectorServiceClient<Channel>, tonic::transport::Error> {
@@ -99,7 +102,7 @@ impl CollectorClients {
         if let Some(c) = map.get(address) {
             return Ok(c.clone());
         }
-        let channel = self.limits.endpoint(address, Duration::from_secs(2), None)?.connect_lazy();
+        let channel = self.limits.endpoint(address, self.tls.as_ref(), Duration::from_secs(2), None)?.connect_lazy();
         let client = CollectorServiceClient::new(channel)
             .max_decoding_message_size(self.limits.max_message_bytes)
             .max_encoding_message_size(self.limits.max_message_bytes);

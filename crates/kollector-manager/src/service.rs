@@ -22,20 +22,29 @@ use kollector_core::{MonitorId, MonitorSpec};
 use kollector_proto::v1::manager_service_server::ManagerService;
 use kollector_proto::v1::{self as pb};
 use kollector_proto::{input_from_proto, monitor_view, result_to_proto, snapshot_to_proto, status_to_proto};
+use kollector_security::{ApiGuard, Role};
 use tonic::{Request, Response, Status};
 
 use crate::changes::{prepare_create, prepare_update, CatalogError};
 use crate::desired_state::{DesiredError, DesiredState};
 use crate::runner::{Change, Runner, View};
+use crate::state_file::StateError;
 
 pub struct ManagerServiceImpl<D, R> {
     desired: Arc<D>,
     runner: Arc<R>,
+    guard: ApiGuard,
 }
 
 impl<D: DesiredState, R: Runner> ManagerServiceImpl<D, R> {
+    /// A service open to every caller; see [`Self::with_guard`].
     pub fn new(desired: Arc<D>, runner: Arc<R>) -> Self {
-        ManagerServiceImpl { desired, runner }
+        ManagerServiceImpl { desired, runner, guard: ApiGuard::default() }
+    }
+
+    /// Who may call what, and the probe rate limit.
+    pub fn with_guard(self, guard: ApiGuard) -> Self {
+        ManagerServiceImpl { guard, ..self }
     }
 
     /// Applies every stored monitor (standalone start-up); stops at the first refusal.
@@ -84,6 +93,7 @@ fn catalog_status(e: CatalogError) -> Status {
         CatalogError::Invalid(_) => Status::invalid_argument(e.to_string()),
         CatalogError::AlreadyExists(_) => Status::already_exists(e.to_string()),
         CatalogError::NotFound(_) => Status::not_found(e.to_string()),
+        CatalogError::SecretRequired { .. } => Status::invalid_argument(e.to_string()),
     }
 }
 
@@ -97,8 +107,12 @@ fn read_status(e: DesiredError) -> Status {
     }
 }
 
-/// A failed write: it may or may not have been stored (etcd did not answer).
+/// A failed write: refused before writing (a secret that cannot be sealed),
+/// or it may or may not have been stored (etcd did not answer).
 fn desired_status(e: DesiredError) -> Status {
+    if matches!(e, DesiredError::Secret(_) | DesiredError::State(StateError::Secret { .. })) {
+        return Status::failed_precondition(format!("not stored: {e}"));
+    }
     Status::unavailable(format!("the change may not be stored (read the monitor again before retrying): {e}"))
 }
 
@@ -120,6 +134,7 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
         &self,
         req: Request<pb::CreateMonitorRequest>,
     ) -> Result<Response<pb::MonitorInfo>, Status> {
+        self.guard.check(&req, Role::Admin, "create_monitor")?;
         let spec = prepare_create(&required_spec(req.into_inner().spec)?).map_err(catalog_status)?;
         let spec = self
             .detached(move |desired, runner| {
@@ -142,6 +157,7 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
         &self,
         req: Request<pb::UpdateMonitorRequest>,
     ) -> Result<Response<pb::MonitorInfo>, Status> {
+        self.guard.check(&req, Role::Admin, "update_monitor")?;
         let input = required_spec(req.into_inner().spec)?;
         let id = parse_id(&input.id)?;
         let current = self.desired.get(&id).await.map_err(read_status)?.ok_or_else(|| not_found(&id))?;
@@ -177,6 +193,7 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
         &self,
         req: Request<pb::DeleteMonitorRequest>,
     ) -> Result<Response<pb::DeleteMonitorResponse>, Status> {
+        self.guard.check(&req, Role::Admin, "delete_monitor")?;
         let id = parse_id(&req.into_inner().id)?;
         let target = id.clone();
         let generation = self
@@ -196,6 +213,7 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
     }
 
     async fn get_monitor(&self, req: Request<pb::GetMonitorRequest>) -> Result<Response<pb::MonitorInfo>, Status> {
+        self.guard.check(&req, Role::Viewer, "get_monitor")?;
         let id = parse_id(&req.into_inner().id)?;
         let spec = self.desired.get(&id).await.map_err(read_status)?.ok_or_else(|| not_found(&id))?;
         let view = self.view(&BTreeMap::from([(id, spec.clone())])).await?;
@@ -204,8 +222,9 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
 
     async fn list_monitors(
         &self,
-        _: Request<pb::ListMonitorsRequest>,
+        req: Request<pb::ListMonitorsRequest>,
     ) -> Result<Response<pb::ListMonitorsResponse>, Status> {
+        self.guard.check(&req, Role::Viewer, "list_monitors")?;
         let set = self.desired.list().await.map_err(read_status)?;
         let view = self.view(&set.monitors).await?;
         let monitors = set.monitors.values().map(|s| info(s, &view)).collect();
@@ -213,6 +232,8 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
     }
 
     async fn probe(&self, req: Request<pb::ProbeRequest>) -> Result<Response<pb::ProbeResponse>, Status> {
+        self.guard.check(&req, Role::Admin, "probe")?;
+        self.guard.probe_slot()?;
         let input = required_spec(req.into_inner().spec)?;
         let spec = input.validate(0).map_err(|e| Status::invalid_argument(format!("invalid monitor spec: {e}")))?;
         let response = match self.runner.probe(spec).await? {
@@ -226,6 +247,7 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
     }
 
     async fn get_latest(&self, req: Request<pb::GetLatestRequest>) -> Result<Response<pb::GetLatestResponse>, Status> {
+        self.guard.check(&req, Role::Viewer, "get_latest")?;
         let wanted = req.into_inner().monitor_id;
         // Read the specs now: only results of the specs in force are served.
         let specs = if wanted.is_empty() {
@@ -241,20 +263,23 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
 
     async fn list_collectors(
         &self,
-        _: Request<pb::ListCollectorsRequest>,
+        req: Request<pb::ListCollectorsRequest>,
     ) -> Result<Response<pb::ListCollectorsResponse>, Status> {
+        self.guard.check(&req, Role::Viewer, "list_collectors")?;
         Ok(Response::new(self.runner.list_collectors().await?))
     }
 
     async fn get_assignments(
         &self,
-        _: Request<pb::GetAssignmentsRequest>,
+        req: Request<pb::GetAssignmentsRequest>,
     ) -> Result<Response<pb::GetAssignmentsResponse>, Status> {
+        self.guard.check(&req, Role::Viewer, "get_assignments")?;
         let set = self.desired.list().await.map_err(read_status)?;
         Ok(Response::new(self.runner.get_assignments(&set).await?))
     }
 
     async fn drain(&self, req: Request<pb::DrainRequest>) -> Result<Response<pb::DrainResponse>, Status> {
+        self.guard.check(&req, Role::Admin, "drain")?;
         let req = req.into_inner();
         self.runner.drain(&req.collector_id, req.undo).await?;
         Ok(Response::new(pb::DrainResponse {}))

@@ -12,8 +12,9 @@
 //!
 //! One process at a time: the file's lock (`<file>.lock`, an exclusive
 //! `flock` held for the life of the process) refuses a second node started
-//! on the same state. The file holds specs as the API validated them,
-//! secrets included, so it is readable by its owner only. A file that
+//! on the same state. The file holds specs as the API validated them, with
+//! every secret sealed by the node's secret key (`kollector_security::sealing`),
+//! and is readable by its owner only. A file that
 //! exists but cannot be read is an error at start: it is never silently
 //! replaced by an empty state.
 
@@ -21,6 +22,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use kollector_core::MonitorSpec;
+use kollector_security::sealing::{open_spec, seal_spec};
+use kollector_security::{Keyring, SealError};
+use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 /// Bumped when the layout changes incompatibly.
@@ -34,6 +38,8 @@ pub enum StateError {
     Corrupt { path: String, message: String },
     #[error("state file {path} is in use by another kollector process (its lock {lock} is held)")]
     InUse { path: String, lock: String },
+    #[error("state file {path}: {source}")]
+    Secret { path: String, source: SealError },
 }
 
 /// What the file holds.
@@ -51,6 +57,7 @@ pub struct Saved {
 pub struct StateFile {
     path: PathBuf,
     _lock: std::fs::File,
+    secrets: Option<Arc<Keyring>>,
 }
 
 fn dir_of(path: &Path) -> PathBuf {
@@ -81,7 +88,8 @@ fn lock_exclusive(file: &std::fs::File) -> std::io::Result<bool> {
 impl StateFile {
     /// Locks and opens `path`, and reads what is saved there (nothing if
     /// the file does not exist yet).
-    pub fn open(path: impl Into<PathBuf>) -> Result<(StateFile, Saved), StateError> {
+    /// `secrets` seals the secrets saved and opens those read.
+    pub fn open(path: impl Into<PathBuf>, secrets: Option<Arc<Keyring>>) -> Result<(StateFile, Saved), StateError> {
         let path = path.into();
         let shown = path.display().to_string();
         let io = |source| StateError::Io { path: shown.clone(), source };
@@ -100,7 +108,13 @@ impl StateFile {
                         message: format!("format {} (this kollector reads format {FORMAT})", saved.format),
                     });
                 }
-                saved
+                let monitors = saved
+                    .monitors
+                    .into_iter()
+                    .map(|m| open_spec(secrets.as_deref(), m))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|source| StateError::Secret { path: shown.clone(), source })?;
+                Saved { monitors, ..saved }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::info!("no state file at {shown} yet: starting from the config file alone");
@@ -108,14 +122,19 @@ impl StateFile {
             }
             Err(source) => return Err(StateError::Io { path: shown, source }),
         };
-        Ok((StateFile { path, _lock: lock }, saved))
+        Ok((StateFile { path, _lock: lock, secrets }, saved))
     }
 
     /// Replaces what is saved, durably and atomically.
     pub fn save(&self, revision: u64, monitors: &[MonitorSpec]) -> Result<(), StateError> {
         let shown = self.path.display().to_string();
         let io = |source| StateError::Io { path: shown.clone(), source };
-        let body = serde_json::to_vec(&Saved { format: FORMAT, revision, monitors: monitors.to_vec() })
+        let monitors = monitors
+            .iter()
+            .map(|m| seal_spec(self.secrets.as_deref(), m))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| StateError::Secret { path: shown.clone(), source })?;
+        let body = serde_json::to_vec(&Saved { format: FORMAT, revision, monitors })
             .map_err(|e| StateError::Corrupt { path: shown.clone(), message: e.to_string() })?;
         let dir = dir_of(&self.path);
         // A fresh, uniquely named file (created 0600, never following a link).
@@ -147,9 +166,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         {
-            let (state, none) = StateFile::open(&path).unwrap();
+            let (state, none) = StateFile::open(&path, None).unwrap();
             assert!(none.monitors.is_empty());
-            assert!(matches!(StateFile::open(&path), Err(StateError::InUse { .. })), "one process at a time");
+            assert!(matches!(StateFile::open(&path, None), Err(StateError::InUse { .. })), "one process at a time");
             state.save(7, &[spec("a"), spec("b")]).unwrap();
             #[cfg(unix)]
             {
@@ -157,11 +176,42 @@ mod tests {
                 assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
             }
         }
-        let (_, back) = StateFile::open(&path).unwrap();
+        let (_, back) = StateFile::open(&path, None).unwrap();
         assert_eq!(back.revision, 7);
         assert_eq!(back.monitors.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
         drop(back);
         std::fs::write(&path, b"{\"format\": 1, \"monitors\": [").unwrap();
-        assert!(matches!(StateFile::open(&path), Err(StateError::Corrupt { .. })));
+        assert!(matches!(StateFile::open(&path, None), Err(StateError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn secrets_are_sealed_on_disk_and_open_only_with_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let keys = Arc::new(Keyring::parse("k", &kollector_security::sealing::new_key_line("k1").unwrap()).unwrap());
+        let mut input = MonitorInput { id: "s".into(), bootstrap: vec!["h:1".into()], ..Default::default() };
+        input.sasl = Some(kollector_core::SaslInput {
+            mechanism: "PLAIN".into(),
+            username: "u".into(),
+            password: Some(kollector_core::Secret::new("pa55-in-clear?")),
+            password_env: None,
+        });
+        let secret_spec = input.validate(1).unwrap();
+        {
+            let (state, _) = StateFile::open(&path, Some(keys.clone())).unwrap();
+            state.save(1, &[secret_spec.clone()]).unwrap();
+        }
+        let raw = std::fs::read_to_string(&path).unwrap();
+        assert!(!raw.contains("pa55-in-clear?") && raw.contains("kollector-sealed:v1:k1:"), "{raw}");
+        {
+            let (_, back) = StateFile::open(&path, Some(keys)).unwrap();
+            assert_eq!(back.monitors, vec![secret_spec.clone()]);
+        }
+        assert!(matches!(StateFile::open(&path, None), Err(StateError::Secret { .. })));
+        // Without a key a secret is never written in clear: the save is refused.
+        std::fs::remove_file(&path).unwrap();
+        let (state, _) = StateFile::open(&path, None).unwrap();
+        assert!(matches!(state.save(2, &[secret_spec]), Err(StateError::Secret { .. })));
+        assert!(!path.exists());
     }
 }

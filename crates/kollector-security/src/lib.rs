@@ -6,12 +6,14 @@
 //! ([`rate`]). The services decide *where* these apply; this crate decides
 //! *how*.
 
+pub mod access;
 pub mod certs;
 pub mod rate;
 pub mod sealing;
 pub mod tls;
 pub mod tokens;
 
+pub use access::{Access, ApiGuard, TokenFile};
 pub use certs::{generate as generate_certs, CertError, CertRequest};
 pub use rate::RateLimit;
 pub use sealing::{open_spec, seal_spec, Keyring, SealError};

@@ -5,13 +5,12 @@ use std::collections::BTreeMap;
 use clap::{Args, Subcommand};
 use kollector_proto::v1::{self as pb};
 
-use crate::monitor_cli::{ago, connect, state_name, status_error, DEFAULT_SERVER};
+use crate::monitor_cli::{ago, connect, state_name, status_error, ClientArgs};
 
 #[derive(Args)]
 pub struct CollectorsArgs {
-    /// ManagerService address of any manager.
-    #[arg(long, global = true, env = "KOLLECTOR_SERVER", default_value = DEFAULT_SERVER)]
-    server: String,
+    #[command(flatten)]
+    client: ClientArgs,
     #[command(subcommand)]
     command: CollectorsCommand,
 }
@@ -30,13 +29,12 @@ enum CollectorsCommand {
 
 #[derive(Args)]
 pub struct StatusArgs {
-    /// ManagerService address of any manager.
-    #[arg(long, env = "KOLLECTOR_SERVER", default_value = DEFAULT_SERVER)]
-    server: String,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 pub async fn collectors(args: CollectorsArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.server).await?;
+    let mut client = connect(&args.client).await?;
     match args.command {
         CollectorsCommand::List => {
             let r = client.list_collectors(pb::ListCollectorsRequest {}).await.map_err(status_error)?.into_inner();
@@ -79,7 +77,7 @@ fn print_collectors(r: &pb::ListCollectorsResponse) {
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.server).await?;
+    let mut client = connect(&args.client).await?;
     let collectors = client.list_collectors(pb::ListCollectorsRequest {}).await.map_err(status_error)?.into_inner();
     print_collectors(&collectors);
     let assignments = client.get_assignments(pb::GetAssignmentsRequest {}).await.map_err(status_error)?.into_inner();

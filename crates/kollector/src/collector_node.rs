@@ -8,11 +8,16 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use kollector_collector::{ClusterMember, CollectGate, CollectorNode, CollectorServiceImpl, CurrentLease};
+use kollector_collector::{ClusterMember, CollectGate, CollectorNode, CollectorServiceImpl, CurrentLease, TermSource};
+use kollector_coordination::keys::Keys;
+use kollector_coordination::lease::{self, EtcdAccess};
+use kollector_coordination::election;
+use kollector_security::NodeTls;
 use kollector_coordination::membership::{CollectorRecord, MembershipConfig};
 use kollector_core::CollectorId;
 use kollector_kafka::ClientOptions;
@@ -20,6 +25,7 @@ use kollector_proto::v1::collector_service_server::CollectorServiceServer;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::etcd_args::{EtcdArgs, GrpcArgs};
+use crate::security_args::{KafkaTlsDirArgs, NodeTlsArgs};
 use crate::http;
 use crate::standalone::shutdown_signal;
 
@@ -29,6 +35,10 @@ pub struct CollectorArgs {
     cluster: EtcdArgs,
     #[command(flatten)]
     grpc: GrpcArgs,
+    #[command(flatten)]
+    tls: NodeTlsArgs,
+    #[command(flatten)]
+    kafka_tls: KafkaTlsDirArgs,
     /// This collector's id: stable across restarts (e.g. the host name).
     #[arg(long, env = "KOLLECTOR_COLLECTOR_ID")]
     id: String,
@@ -52,6 +62,30 @@ pub struct CollectorArgs {
     weight: f64,
 }
 
+/// Reads the current leader term from etcd (one connection, made on first
+/// use and kept), for the collector's check of new terms.
+fn term_source(etcd: EtcdAccess, prefix: String, ttl: Duration) -> TermSource {
+    let client: Arc<tokio::sync::Mutex<Option<etcd_client::Client>>> = Arc::default();
+    let keys = Keys::new(&prefix);
+    Arc::new(move || {
+        let (etcd, keys, client) = (etcd.clone(), keys.clone(), client.clone());
+        Box::pin(async move {
+            let mut slot = client.lock().await;
+            if slot.is_none() {
+                *slot = Some(lease::connect(&etcd, ttl).await.map_err(|e| e.to_string())?);
+            }
+            let Some(c) = slot.as_mut() else { return Err("no etcd client".to_string()) };
+            match election::current_leader(c, &keys).await {
+                Ok(leader) => Ok(leader.map(|(_, term)| term)),
+                Err(e) => {
+                    *slot = None;
+                    Err(e.to_string())
+                }
+            }
+        })
+    })
+}
+
 fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not key=value"))
 }
@@ -65,20 +99,23 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
         anyhow::bail!("--weight must be a positive number");
     }
     let limits = args.grpc.limits()?;
+    let tls = args.tls.load("this collector")?;
+    let etcd = args.cluster.access(args.tls.insecure)?;
     let grpc_listener = http::bind(args.grpc_listen, "gRPC (CollectorService)").await?;
     let http_listener = http::bind(args.http_listen, "HTTP (/metrics)").await?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
-    let options = ClientOptions::default();
+    let options = ClientOptions { tls_files: Some(args.kafka_tls.policy()), ..ClientOptions::default() };
     // Shut until registered: no collection without a live lease.
     let gate = CollectGate::shut();
     let lease = CurrentLease::default();
     let node = CollectorNode::start_gated(options.clone(), gate.clone()).context("starting the collector")?;
-    let service = CollectorServiceImpl::new(id.clone(), node.clone(), options, lease.clone(), limits.max_message_bytes);
+    let service = CollectorServiceImpl::new(id.clone(), node.clone(), options, lease.clone(), limits.max_message_bytes)
+        .with_term_source(term_source(etcd.clone(), args.cluster.prefix.clone(), args.lease_ttl));
     let member = ClusterMember::start(
         MembershipConfig {
-            endpoints: args.cluster.etcd,
+            etcd,
             prefix: args.cluster.prefix,
             id: id.clone(),
             record: CollectorRecord {
@@ -102,9 +139,11 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     let server = CollectorServiceServer::new(service)
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(limits.max_message_bytes);
+    // Mutual TLS: only a holder of a cluster certificate (a manager) gets
+    // past the handshake to send commands or read results.
+    let mut grpc_server = limits.server(tls.as_ref().map(NodeTls::server_mutual))?;
     let grpc = tokio::spawn(async move {
-        let r = limits
-            .server()
+        let r = grpc_server
             .add_service(server)
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_stop)
             .await;

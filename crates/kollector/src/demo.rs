@@ -21,7 +21,7 @@ use kollector_devkit::tansu::TansuBroker;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-use crate::standalone::{shutdown_signal, Standalone};
+use crate::standalone::{shutdown_signal, ApiSecurity, Standalone};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -129,7 +129,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         monitor("payments", &payments.bootstrap(), &args.interval)?,
     ];
     let desired = kollector_manager::EmbeddedStore::in_memory(monitors);
-    let node = Standalone::start(args.grpc_listen, args.http_listen, desired).await?;
+    if !args.grpc_listen.ip().is_loopback() {
+        anyhow::bail!("the demo serves an open API: --grpc-listen must be a loopback address");
+    }
+    let node = Standalone::start(args.grpc_listen, args.http_listen, desired, ApiSecurity::loopback_demo()).await?;
     let server = format!("http://{}", node.grpc_addr);
     eprintln!("demo: kollector standalone is collecting every {}.", args.interval);
     eprintln!("demo:   metrics:  curl -s http://{}/metrics | grep -E '^kafka_(consumergroup_lag|topic_partition_current_offset)'", node.http_addr);

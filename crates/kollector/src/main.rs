@@ -10,6 +10,8 @@ mod etcd_args;
 mod http;
 mod manager_node;
 mod monitor_cli;
+mod security_args;
+mod security_cli;
 mod standalone;
 
 use std::net::SocketAddr;
@@ -46,6 +48,8 @@ enum Command {
         /// the config, e.g. kollector.toml -> kollector.state.json.
         #[arg(long, env = "KOLLECTOR_STATE")]
         state: Option<PathBuf>,
+        #[command(flatten)]
+        security: standalone::StandaloneSecurityArgs,
     },
     /// Cluster mode: run a manager (any number; one leads through etcd).
     Manager(Box<manager_node::ManagerArgs>),
@@ -57,6 +61,12 @@ enum Command {
     Collectors(cluster_cli::CollectorsArgs),
     /// Cluster mode: leader, collectors with their load, monitors with owner, epoch and health.
     Status(cluster_cli::StatusArgs),
+    /// Make a cluster CA and node certificates for a test or small cluster.
+    Certs(security_cli::CertsArgs),
+    /// Make API tokens (stored hashed in a tokens file).
+    Token(security_cli::TokenArgs),
+    /// Make or rotate the key that seals secrets at rest.
+    SecretKey(security_cli::SecretKeyArgs),
     /// Start two local tansu Kafka brokers with live traffic and a lagging
     /// consumer group, and run standalone mode against them.
     Demo(demo::DemoArgs),
@@ -86,9 +96,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Standalone { config, http_listen, grpc_listen, state } => {
-                standalone::run(standalone::Options { config, http_listen, grpc_listen, state }).await
+            Command::Standalone { config, http_listen, grpc_listen, state, security } => {
+                standalone::run(standalone::Options { config, http_listen, grpc_listen, state, security }).await
             }
+            Command::Certs(args) => security_cli::certs(args),
+            Command::Token(args) => security_cli::token(args),
+            Command::SecretKey(args) => security_cli::secret_key(args),
             Command::Monitor(args) => monitor_cli::run(*args).await,
             Command::Manager(args) => manager_node::run(*args).await,
             Command::Collector(args) => collector_node::run(*args).await,

@@ -15,6 +15,7 @@ use kollector_manager::decisions::TxnLimits;
 use kollector_manager::node::{ManagerConfig, ManagerNode};
 
 use crate::etcd_args::{EtcdArgs, GrpcArgs};
+use crate::security_args::{ApiAccessArgs, NodeTlsArgs};
 use crate::http;
 use crate::standalone::shutdown_signal;
 
@@ -24,6 +25,15 @@ pub struct ManagerArgs {
     cluster: EtcdArgs,
     #[command(flatten)]
     grpc: GrpcArgs,
+    #[command(flatten)]
+    tls: NodeTlsArgs,
+    #[command(flatten)]
+    access: ApiAccessArgs,
+    /// Key file that seals SASL and key passwords before they are written to
+    /// etcd (`kollector secret-key new`); the same file on every manager.
+    /// Without it, monitors with secrets are refused.
+    #[arg(long, env = "KOLLECTOR_SECRET_KEY_FILE")]
+    secret_key_file: Option<std::path::PathBuf>,
     /// Where to serve ManagerService (the CLI and users connect here).
     #[arg(long, default_value = "127.0.0.1:7070")]
     grpc_listen: SocketAddr,
@@ -53,12 +63,24 @@ pub struct ManagerArgs {
 
 pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     let grpc = args.grpc.limits()?;
+    let tls = args.tls.load("this manager")?;
+    let etcd = args.cluster.access(args.tls.insecure)?;
+    if args.access.tokens_file.is_none() {
+        if !args.tls.insecure {
+            anyhow::bail!("a manager needs --tokens-file (make tokens with `kollector token add`), or --insecure to let anyone call the API");
+        }
+        tracing::warn!("ManagerService accepts every caller as admin (--insecure, no --tokens-file)");
+    }
     let grpc_listener = http::bind(args.grpc_listen, "gRPC (ManagerService)").await?;
     let http_listener = http::bind(args.http_listen, "HTTP (/metrics)").await?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
     let config = ManagerConfig {
-        etcd: args.cluster.etcd,
+        etcd,
+        tls,
+        tokens_file: args.access.tokens_file,
+        secret_key_file: args.secret_key_file,
+        probes_per_minute: args.access.probe_rate,
         prefix: args.cluster.prefix,
         advertise_grpc: args.advertise_grpc.unwrap_or_else(|| grpc_addr.to_string()),
         election_ttl: args.election_ttl,

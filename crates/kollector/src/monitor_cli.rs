@@ -14,11 +14,25 @@ use tonic::transport::Channel;
 /// Default ManagerService address when neither --server nor KOLLECTOR_SERVER is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 
+/// How the CLI reaches a node: address, TLS and token.
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    /// ManagerService address of the node to talk to (https://… for TLS).
+    #[arg(long, global = true, env = "KOLLECTOR_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// CA certificate (PEM) to verify the node's TLS certificate with; turns TLS on.
+    #[arg(long, global = true, env = "KOLLECTOR_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// File holding the API token (`kollector token add`). The token may also
+    /// come from KOLLECTOR_TOKEN; it is never taken as an argument.
+    #[arg(long, global = true, env = "KOLLECTOR_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
 #[derive(Args)]
 pub struct MonitorArgs {
-    /// ManagerService address of the node to talk to.
-    #[arg(long, global = true, env = "KOLLECTOR_SERVER", default_value = DEFAULT_SERVER)]
-    server: String,
+    #[command(flatten)]
+    client: ClientArgs,
     #[command(subcommand)]
     command: MonitorCommand,
 }
@@ -208,12 +222,52 @@ impl SpecArgs {
     }
 }
 
-pub(crate) async fn connect(server: &str) -> anyhow::Result<ManagerServiceClient<Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Client = ManagerServiceClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
+
+fn read_token(args: &ClientArgs) -> anyhow::Result<Option<String>> {
+    let token = match &args.token_file {
+        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading --token-file {}", p.display()))?),
+        None => std::env::var("KOLLECTOR_TOKEN").ok(),
+    };
+    Ok(token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
+}
+
+pub(crate) async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
+    let server = &args.server;
+    let tls = match &args.ca_file {
+        Some(ca) => Some(kollector_security::tls::client_with_ca(ca)?),
+        None if server.starts_with("https://") => bail!("an https:// --server needs --ca-file (the cluster CA)"),
+        None => None,
+    };
+    let bare = server.trim_start_matches("http://").trim_start_matches("https://");
+    let url = if tls.is_some() { format!("https://{bare}") } else { format!("http://{bare}") };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url)
         .map_err(|e| anyhow!("--server {server:?} is not a valid URL: {e}"))?
         .connect_timeout(std::time::Duration::from_secs(5));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(|e| anyhow!("TLS settings: {e}"))?;
+    }
     let channel = endpoint.connect().await.map_err(|e| anyhow!("cannot reach kollector at {server}: {e}"))?;
-    Ok(ManagerServiceClient::new(channel))
+    let header = match read_token(args)? {
+        Some(t) => Some(
+            format!("Bearer {t}").parse().map_err(|_| anyhow!("the token holds characters a header cannot carry"))?,
+        ),
+        None => None,
+    };
+    Ok(ManagerServiceClient::with_interceptor(channel, BearerToken(header)))
 }
 
 pub(crate) fn status_error(s: tonic::Status) -> anyhow::Error {
@@ -227,12 +281,15 @@ fn code_name(c: tonic::Code) -> &'static str {
         tonic::Code::AlreadyExists => "already exists",
         tonic::Code::Unavailable => "unavailable",
         tonic::Code::FailedPrecondition => "failed precondition",
+        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::PermissionDenied => "permission denied",
+        tonic::Code::ResourceExhausted => "resource exhausted",
         _ => "error",
     }
 }
 
 pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.server).await?;
+    let mut client = connect(&args.client).await?;
     match args.command {
         MonitorCommand::Add { id, spec } => {
             let spec = input_to_proto(&spec.into_input(id)?);

@@ -23,6 +23,11 @@ use kollector_proto::v1::manager_service_server::ManagerServiceServer;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::http;
+use crate::security_args::{check_standalone_exposure, secret_keys, ApiAccessArgs, KafkaTlsDirArgs};
+use kollector_proto::transport::MAX_API_REQUEST_BYTES;
+use kollector_proto::GrpcLimits;
+use kollector_security::{Access, ApiGuard, FilePolicy, TokenFile};
+use tonic::transport::{Identity, ServerTlsConfig};
 
 pub struct Options {
     pub config: PathBuf,
@@ -30,6 +35,48 @@ pub struct Options {
     pub grpc_listen: Option<SocketAddr>,
     /// Where monitors are kept across restarts; default next to the config.
     pub state: Option<PathBuf>,
+    pub security: StandaloneSecurityArgs,
+}
+
+/// A standalone node's security flags.
+#[derive(clap::Args)]
+pub struct StandaloneSecurityArgs {
+    /// Serve the API over TLS with this certificate (PEM).
+    #[arg(long, env = "KOLLECTOR_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "KOLLECTOR_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub access: ApiAccessArgs,
+    /// Key file that seals secrets in the state file; created (mode 0600) if
+    /// absent. Default: next to the state file, `<state>.key`. Keep a copy
+    /// elsewhere: without it the saved secrets cannot be read back.
+    #[arg(long, env = "KOLLECTOR_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub kafka_tls: KafkaTlsDirArgs,
+    /// Allow serving the API off loopback without TLS or tokens.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// What `Standalone::start` needs to protect its API.
+pub struct ApiSecurity {
+    pub tls: Option<ServerTlsConfig>,
+    pub guard: ApiGuard,
+    pub tls_files: FilePolicy,
+}
+
+impl ApiSecurity {
+    /// Loopback demo: open API, plaintext, Kafka TLS files from the default directory.
+    pub fn loopback_demo() -> ApiSecurity {
+        ApiSecurity {
+            tls: None,
+            guard: ApiGuard::default(),
+            tls_files: FilePolicy::new(vec![PathBuf::from(crate::security_args::DEFAULT_KAFKA_TLS_DIR)]),
+        }
+    }
 }
 
 /// A running standalone node, for `run` and the demo.
@@ -47,15 +94,22 @@ impl Standalone {
     /// Binds both listeners, starts the collector, runs every monitor of
     /// `desired`, then serves the API (requests wait in the listen backlog
     /// until then).
-    pub async fn start(grpc: SocketAddr, http_addr: SocketAddr, desired: EmbeddedStore) -> anyhow::Result<Standalone> {
+    pub async fn start(
+        grpc: SocketAddr,
+        http_addr: SocketAddr,
+        desired: EmbeddedStore,
+        security: ApiSecurity,
+    ) -> anyhow::Result<Standalone> {
         let grpc_listener = http::bind(grpc, "gRPC (ManagerService)").await?;
         let http_listener = http::bind(http_addr, "HTTP (/metrics)").await?;
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
 
-        let options = ClientOptions::default();
+        let options = ClientOptions { tls_files: Some(security.tls_files), ..ClientOptions::default() };
         let node = CollectorNode::start(options.clone()).context("starting the collector")?;
-        let service = ManagerServiceImpl::new(Arc::new(desired), Arc::new(LocalRunner::new(node.clone(), options)));
+        let service = ManagerServiceImpl::new(Arc::new(desired), Arc::new(LocalRunner::new(node.clone(), options)))
+            .with_guard(security.guard);
+        let mut server = GrpcLimits::default().server(security.tls)?;
         let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
@@ -76,8 +130,8 @@ impl Standalone {
         let (stop_grpc, rx) = tokio::sync::watch::channel(false);
         let grpc_shutdown = wait(rx);
         let grpc = tokio::spawn(async move {
-            let r = tonic::transport::Server::builder()
-                .add_service(ManagerServiceServer::new(service))
+            let r = server
+                .add_service(ManagerServiceServer::new(service).max_decoding_message_size(MAX_API_REQUEST_BYTES))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_shutdown)
                 .await;
             if let Err(e) = r {
@@ -127,16 +181,29 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
     // API changes live in the state file, next to the config by default.
     let state_path = opts.state.unwrap_or_else(|| opts.config.with_extension("state.json"));
-    let (file, saved) = StateFile::open(&state_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sec = opts.security;
+    let key_path = sec.secret_key_file.clone().unwrap_or_else(|| PathBuf::from(format!("{}.key", state_path.display())));
+    let keys = Arc::new(secret_keys(&key_path, true)?);
+    let (file, saved) = StateFile::open(&state_path, Some(keys)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let grpc_listen = opts.grpc_listen.unwrap_or(config.grpc_listen);
+    check_standalone_exposure(grpc_listen, sec.tls_cert.is_some(), sec.access.tokens_file.is_some(), sec.insecure)?;
+    let tls = match (&sec.tls_cert, &sec.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+            Some(ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?)))
+        }
+        _ => None,
+    };
+    let access = match &sec.access.tokens_file {
+        Some(p) => Access::Tokens(TokenFile::load(p)?),
+        None => Access::Open,
+    };
+    let security =
+        ApiSecurity { tls, guard: ApiGuard::new(access, sec.access.probe_rate), tls_files: sec.kafka_tls.policy() };
     let desired = EmbeddedStore::open(config.monitors, file, saved).map_err(|e| {
         anyhow::anyhow!("{e} (set --state to a writable path for the monitors created through the API)")
     })?;
-    let node = Standalone::start(
-        opts.grpc_listen.unwrap_or(config.grpc_listen),
-        opts.http_listen.unwrap_or(config.http_listen),
-        desired,
-    )
-    .await?;
+    let node = Standalone::start(grpc_listen, opts.http_listen.unwrap_or(config.http_listen), desired, security).await?;
     eprintln!(
         "kollector standalone: gRPC on {}, metrics on http://{}/metrics ({} monitor(s)), state in {}",
         node.grpc_addr,
