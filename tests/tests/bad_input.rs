@@ -41,6 +41,28 @@ fn bad_specs() -> Vec<(&'static str, pb::MonitorSpecInput, &'static str)> {
         "sasl.mechanism",
     );
     with("bad id", &|s| s.id = "has space".into(), "id");
+    // Hostile sizes, ranges and characters.
+    with("1 MB id", &|s| s.id = "a".repeat(1 << 20), "id");
+    with("10,000 bootstrap entries", &|s| s.bootstrap = (0..10_000).map(|i| format!("h{i}:9092")).collect(), "bootstrap");
+    with("a 100 KB bootstrap entry", &|s| s.bootstrap = vec![format!("{}:9092", "h".repeat(100_000))], "bootstrap");
+    with("negative interval", &|s| s.interval = Some("-5s".into()), "interval");
+    with("enormous interval", &|s| s.interval = Some("99999999999999999999h".into()), "interval");
+    with("negative timeout", &|s| s.timeout = Some("-1ms".into()), "timeout");
+    with("look-alike host (Cyrillic a)", &|s| s.bootstrap = vec!["k\u{0430}fka:9092".into()], "bootstrap[0]");
+    with("zero-width space in host", &|s| s.bootstrap = vec!["kafka\u{200b}:9092".into()], "bootstrap[0]");
+    with("look-alike id", &|s| s.id = "orders\u{2010}prod".into(), "id");
+    with("path in id", &|s| s.id = "../../etc/passwd".into(), "id");
+    with("NUL in id", &|s| s.id = "a\u{0}b".into(), "id");
+    with("a 1 MB regex", &|s| s.topic_include = Some("a".repeat(1 << 20)), "topic_include");
+    with("a regex that compiles too large", &|s| s.topic_include = Some("(\\w{100}){100}".into()), "topic_include");
+    with(
+        "NUL in a TLS path",
+        &|s| s.tls = Some(pb::TlsInput { ca_file: Some("/etc/ca\u{0}.pem".into()), ..Default::default() }),
+        "tls.ca_file",
+    );
+    with("1,000 labels", &|s| s.labels = (0..1000).map(|i| (format!("k{i}"), "v".into())).collect(), "labels");
+    with("a control character in a label", &|s| s.labels = [("team".to_string(), "a\u{1b}[31m".to_string())].into(), "labels.team");
+    with("a bad pinned collector", &|s| s.pinned_collector = Some("c1/../c2".into()), "pinned_collector");
     cases
 }
 
@@ -82,6 +104,28 @@ fn grpc_rejects_each_rule_with_invalid_argument_and_stores_nothing() {
         assert_eq!(e.code(), Code::InvalidArgument);
         let m = k.metrics();
         assert_eq!(m.value("kollector_kafka_clients", &[]), Some(1.0), "only the valid monitor has a client");
+
+        // A request over the API's 4 MiB cap is refused before it is decoded.
+        let mut huge = base();
+        huge.id = "huge".into();
+        huge.labels = [("blob".to_string(), "x".repeat(5 << 20))].into();
+        let e = client.create_monitor(pb::CreateMonitorRequest { spec: Some(huge) }).await.unwrap_err();
+        assert!(matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument), "{e:?}");
+        let list = client.list_monitors(pb::ListMonitorsRequest {}).await.unwrap().into_inner();
+        assert_eq!(list.monitors.len(), 1, "nothing more is stored");
+        // Probes are rate-limited: a burst is served, then RESOURCE_EXHAUSTED.
+        let codes: Vec<Code> = futures::future::join_all((0..40).map(|_| {
+            let mut c = client.clone();
+            async move {
+                let mut s = base();
+                s.id = "p".into();
+                s.timeout = Some("200ms".into());
+                c.probe(pb::ProbeRequest { spec: Some(s) }).await.map(|_| Code::Ok).unwrap_or_else(|e| e.code())
+            }
+        }))
+        .await;
+        assert!(codes.contains(&Code::ResourceExhausted), "{codes:?}");
+        assert!(codes.iter().filter(|c| **c == Code::Ok).count() >= 1, "{codes:?}");
     });
 }
 

@@ -189,7 +189,7 @@ impl CollectorService for CollectorServiceImpl {
         // counts an OK as this collector's release of the monitor).
         let (tokens, lease) = tokens(req.fencing)?;
         let id = MonitorId::new(req.monitor_id.clone())
-            .map_err(|e| Status::invalid_argument(format!("monitor_id: {:?} {e}", req.monitor_id)))?;
+            .map_err(|e| Status::invalid_argument(format!("monitor_id: {} {e}", kollector_core::ids::shown(&req.monitor_id))))?;
         self.believe_term(tokens.leader_term).await?;
         let turn = self.node.turn(&id).await;
         self.book()

@@ -295,4 +295,32 @@ mod deploy_example {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.monitors.len(), 2);
     }
+
+    mod hostile {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+            cases: 512,
+            failure_persistence: None,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x6b6f6c6c),
+            ..ProptestConfig::default()
+        })]
+            /// Any text, TOML-like or not, parses or is refused with an
+            /// error naming the file. Never a panic.
+            #[test]
+            fn any_config_text_parses_or_is_refused(
+                text in prop_oneof![
+                    ".{0,200}",
+                    "(\\[\\[monitors\\]\\]\n|\\[http\\]\n|\\[grpc\\]\n|id = \"[a-z]{0,5}\"\n|bootstrap = \\[\"[a-z:0-9]{0,8}\"\\]\n|interval = \"[0-9a-z]{0,4}\"\n|listen = \"[0-9.:]{0,12}\"\n|sasl = \\{ mechanism = \"PLAIN\", username = \"u\", password_env = \"[A-Z]{0,3}\" \\}\n){0,12}",
+                ],
+            ) {
+                if let Err(e) = ConfigFile::parse("k.toml", &text, |_| None) {
+                    prop_assert!(e.to_string().contains("k.toml"));
+                }
+            }
+        }
+    }
 }

@@ -11,6 +11,18 @@ use serde::{Deserialize, Serialize};
 
 /// Identifies a monitor: 1–128 characters of `[A-Za-z0-9._-]`, starting with
 /// a letter or digit.
+
+/// A user-given value as error messages echo it: quoted, and cut to 80
+/// characters, so a 1 MB id does not come back as a 1 MB error (gRPC sends
+/// the message in a header, which has its own size limit).
+pub fn shown(value: &str) -> String {
+    const MAX: usize = 80;
+    match value.char_indices().nth(MAX) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct MonitorId(String);

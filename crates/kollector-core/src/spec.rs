@@ -26,6 +26,18 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 /// Upper bound on the default timeout (the default is 80% of the interval, capped here).
 pub const DEFAULT_TIMEOUT_CAP: Duration = Duration::from_secs(20);
 
+/// Size limits on untrusted input: a spec is a few KiB; these bound the
+/// work validation does (the duplicate check is quadratic in the bootstrap
+/// list) and the size of what is stored and echoed in errors.
+pub const MAX_BOOTSTRAP: usize = 64;
+/// Longest free-text field (host:port, username, cluster id, label value, path).
+pub const MAX_TEXT: usize = 1024;
+/// Longest regular expression, and the compiled size the regex engine may use.
+pub const MAX_PATTERN: usize = 1024;
+const MAX_REGEX_BYTES: usize = 1 << 20;
+/// Most labels (and most collector labels) on one monitor.
+pub const MAX_LABELS: usize = 32;
+
 /// A secret string (SASL password, key passphrase). Its `Debug` and `Display`
 /// never show the value, so it cannot leak through logs or error messages.
 /// It serializes in clear because specs are persisted (etcd, cluster mode);
@@ -170,7 +182,78 @@ fn allowed(include: &Option<Regex>, exclude: &Option<Regex>, name: &str) -> bool
 /// Anchors a user pattern so `orders` means the whole name `orders`, as in
 /// kafka_exporter's filters; users write `orders.*` for a prefix.
 fn compile_anchored(pattern: &str) -> Result<Regex, regex::Error> {
-    Regex::new(&format!("^(?:{pattern})$"))
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$")).size_limit(MAX_REGEX_BYTES).build()
+}
+
+/// Checks sizes and characters of every free-text field before anything
+/// else looks at them; true when the input is small enough to validate.
+fn check_limits(i: &MonitorInput, errors: &mut Errors) -> bool {
+    fn text(errors: &mut Errors, field: String, v: &str) {
+        if v.len() > MAX_TEXT {
+            errors.push(field, format!("is {} bytes long; at most {MAX_TEXT} are allowed", v.len()));
+        } else if v.chars().any(char::is_control) {
+            errors.push(field, "contains control characters");
+        }
+    }
+    for (name, v) in [("expected_cluster_id", &i.expected_cluster_id), ("pinned_collector", &i.pinned_collector)] {
+        if let Some(v) = v {
+            text(errors, name.to_string(), v);
+        }
+    }
+    if let Some(s) = &i.sasl {
+        text(errors, "sasl.username".into(), &s.username);
+        text(errors, "sasl.mechanism".into(), &s.mechanism);
+        if let Some(p) = &s.password {
+            text(errors, "sasl.password".into(), p.expose());
+        }
+    }
+    if let Some(t) = &i.tls {
+        for (name, v) in [("tls.ca_file", &t.ca_file), ("tls.cert_file", &t.cert_file), ("tls.key_file", &t.key_file)] {
+            if let Some(v) = v {
+                text(errors, name.to_string(), v);
+            }
+        }
+    }
+    for (name, labels) in [("labels", &i.labels), ("collector_labels", &i.collector_labels)] {
+        if labels.len() > MAX_LABELS {
+            errors.push(name, format!("has {} entries; at most {MAX_LABELS} are allowed", labels.len()));
+            continue;
+        }
+        for (k, v) in labels {
+            let key_ok = !k.is_empty()
+                && k.len() <= 63
+                && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'));
+            if !key_ok {
+                errors.push(format!("{name}.{}", k.chars().take(63).collect::<String>()), "keys are 1-63 characters: ASCII letters, digits, '_', '-', '.', '/'");
+            }
+            text(errors, format!("{name}.{}", k.chars().take(63).collect::<String>()), v);
+        }
+    }
+    for (name, p) in [
+        ("topic_include", &i.topic_include),
+        ("topic_exclude", &i.topic_exclude),
+        ("group_include", &i.group_include),
+        ("group_exclude", &i.group_exclude),
+    ] {
+        if let Some(p) = p {
+            if p.len() > MAX_PATTERN {
+                errors.push(name, format!("is {} bytes long; at most {MAX_PATTERN} are allowed", p.len()));
+            }
+        }
+    }
+    let mut small = true;
+    if i.bootstrap.len() > MAX_BOOTSTRAP {
+        errors.push("bootstrap", format!("lists {} entries; at most {MAX_BOOTSTRAP} are allowed", i.bootstrap.len()));
+        small = false;
+    }
+    if i.bootstrap.iter().any(|b| b.len() > 261) {
+        errors.push("bootstrap", "an entry is longer than a host name and port can be (261 bytes)");
+        small = false;
+    }
+    // A huge pattern is not compiled at all.
+    small && [&i.topic_include, &i.topic_exclude, &i.group_include, &i.group_exclude]
+        .iter()
+        .all(|p| p.as_ref().is_none_or(|p| p.len() <= MAX_PATTERN))
 }
 
 mod opt_regex {
@@ -359,8 +442,16 @@ impl ValidationErrors {
 
 struct Errors(Vec<FieldError>);
 impl Errors {
+    /// Messages echo user input: each is cut to a bounded length.
     fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError { field: field.into(), message: message.into() });
+        let (mut field, mut message) = (field.into(), message.into());
+        for (s, max) in [(&mut field, 100), (&mut message, 400)] {
+            if let Some((cut, _)) = s.char_indices().nth(max) {
+                s.truncate(cut);
+                s.push('…');
+            }
+        }
+        self.0.push(FieldError { field, message });
     }
 }
 
@@ -388,8 +479,10 @@ fn check_bootstrap_entry(entry: &str) -> Result<(), String> {
     if host.contains(':') && !entry.starts_with('[') {
         return Err(format!("{entry:?}: write IPv6 addresses as [addr]:port"));
     }
-    if host.chars().any(|c| c.is_whitespace() || c == '/') {
-        return Err(format!("{entry:?} has an invalid host"));
+    // ASCII only: a look-alike (Cyrillic 'а' for 'a') would name another host
+    // than the one a reader sees. Internationalised names go in punycode.
+    if host.chars().any(|c| !c.is_ascii() || c.is_ascii_whitespace() || c.is_ascii_control() || c == '/' || c == '\\') {
+        return Err(format!("{entry:?} has an invalid host (ASCII letters, digits, '.', '-' or an IP address; punycode for other names)"));
     }
     match port.parse::<u16>() {
         Ok(p) if p > 0 => Ok(()),
@@ -420,11 +513,14 @@ impl MonitorInput {
         let id = match MonitorId::new(self.id.clone()) {
             Ok(id) => Some(id),
             Err(e) => {
-                errors.push("id", format!("{:?} {e}", self.id));
+                errors.push("id", format!("{} {e}", crate::ids::shown(&self.id)));
                 None
             }
         };
 
+        if !check_limits(self, &mut errors) {
+            return Err(ValidationErrors(errors.0));
+        }
         if self.bootstrap.is_empty() {
             errors.push("bootstrap", "must list at least one host:port");
         }
@@ -729,5 +825,89 @@ mod tests {
         let json = serde_json::to_string(&spec).unwrap();
         let back: MonitorSpec = serde_json::from_str(&json).unwrap();
         assert_eq!(back, spec);
+    }
+
+    mod hostile {
+        use proptest::collection::{btree_map, vec};
+        use proptest::option;
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn any_text() -> impl Strategy<Value = String> {
+            prop_oneof![".{0,40}", "[a-z0-9.:\\[\\]-]{0,30}", "[0-9]{1,6}(ms|s|m|h|d)?", "\\PC{0,8}"]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+            cases: 512,
+            failure_persistence: None,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x6b6f6c6c),
+            ..ProptestConfig::default()
+        })]
+            /// Any input either validates into a spec that round-trips
+            /// (through its input form and through JSON), or is refused
+            /// with named fields. Never a panic.
+            #[test]
+            fn validation_never_panics_and_accepted_specs_round_trip(
+                id in any_text(),
+                bootstrap in vec(any_text(), 0..4),
+                interval in option::of(any_text()),
+                timeout in option::of(any_text()),
+                pattern in option::of(any_text()),
+                labels in btree_map(any_text(), any_text(), 0..3),
+                mechanism in option::of(any_text()),
+                path in option::of(any_text()),
+            ) {
+                let input = MonitorInput {
+                    id,
+                    bootstrap,
+                    interval,
+                    timeout,
+                    topic_include: pattern.clone(),
+                    group_exclude: pattern,
+                    labels,
+                    sasl: mechanism.map(|m| SaslInput { mechanism: m, username: "u".into(), password: Some(Secret::new("p")), password_env: None }),
+                    tls: path.map(|p| TlsInput { ca_file: Some(p), ..Default::default() }),
+                    ..Default::default()
+                };
+                match input.validate(3) {
+                    Ok(spec) => {
+                        prop_assert_eq!(spec.to_input().validate(3).unwrap(), spec.clone());
+                        let json = serde_json::to_string(&spec).unwrap();
+                        prop_assert_eq!(serde_json::from_str::<MonitorSpec>(&json).unwrap(), spec);
+                    }
+                    Err(e) => prop_assert!(!e.0.is_empty() && e.0.iter().all(|f| !f.field.is_empty())),
+                }
+            }
+
+            /// Oversized input is refused by size, cheaply: huge bootstrap
+            /// lists, huge patterns, huge ids, many labels.
+            #[test]
+            fn oversized_input_is_refused(n in 65usize..5000, len in 1025usize..100_000) {
+                let big = "a".repeat(len);
+                let cases = [
+                    MonitorInput { id: "m".into(), bootstrap: (0..n).map(|i| format!("h{i}:9092")).collect(), ..Default::default() },
+                    MonitorInput { id: "m".into(), bootstrap: vec!["h:1".into()], topic_include: Some(big.clone()), ..Default::default() },
+                    MonitorInput { id: big.clone(), bootstrap: vec!["h:1".into()], ..Default::default() },
+                    MonitorInput { id: "m".into(), bootstrap: vec![format!("{big}:1")], ..Default::default() },
+                    MonitorInput { id: "m".into(), bootstrap: vec!["h:1".into()], labels: (0..n).map(|i| (format!("k{i}"), "v".into())).collect(), ..Default::default() },
+                ];
+                for c in cases {
+                    prop_assert!(c.validate(1).is_err());
+                }
+            }
+        }
+
+        #[test]
+        fn look_alike_hosts_and_control_characters_are_refused() {
+            for entry in ["k\u{0430}fka:9092", "kafka\u{200b}:9092", "kafka\n:9092", "ka\\fka:9092"] {
+                let i = MonitorInput { id: "m".into(), bootstrap: vec![entry.into()], ..Default::default() };
+                assert!(i.validate(1).is_err(), "{entry:?}");
+            }
+            let mut i = MonitorInput { id: "m".into(), bootstrap: vec!["h:1".into()], ..Default::default() };
+            i.labels.insert("team".into(), "a\u{0}b".into());
+            assert!(i.validate(1).is_err());
+        }
     }
 }

@@ -117,7 +117,7 @@ fn desired_status(e: DesiredError) -> Status {
 }
 
 pub(crate) fn parse_id(id: &str) -> Result<MonitorId, Status> {
-    MonitorId::new(id).map_err(|e| Status::invalid_argument(format!("id: {id:?} {e}")))
+    MonitorId::new(id).map_err(|e| Status::invalid_argument(format!("id: {} {e}", kollector_core::ids::shown(id))))
 }
 
 fn required_spec(spec: Option<pb::MonitorSpecInput>) -> Result<kollector_core::MonitorInput, Status> {
@@ -233,9 +233,10 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
 
     async fn probe(&self, req: Request<pb::ProbeRequest>) -> Result<Response<pb::ProbeResponse>, Status> {
         self.guard.check(&req, Role::Admin, "probe")?;
-        self.guard.probe_slot()?;
         let input = required_spec(req.into_inner().spec)?;
         let spec = input.validate(0).map_err(|e| Status::invalid_argument(format!("invalid monitor spec: {e}")))?;
+        // Only a probe that will open a Kafka client counts against the limit.
+        self.guard.probe_slot()?;
         let response = match self.runner.probe(spec).await? {
             Ok(snapshot) => pb::ProbeResponse { snapshot: Some(snapshot_to_proto(&snapshot)), error: None },
             Err(e) => pb::ProbeResponse {

@@ -374,4 +374,43 @@ mod tests {
         let back = input_from_proto(input_to_proto(&input));
         assert_eq!(back.validate(1).unwrap(), input.validate(1).unwrap());
     }
+
+    mod hostile {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use prost::Message as _;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+            cases: 512,
+            failure_persistence: None,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x6b6f6c6c),
+            ..ProptestConfig::default()
+        })]
+            /// Arbitrary bytes on a results stream or in a request decode or
+            /// are refused, and whatever decodes converts or is refused:
+            /// never a panic.
+            #[test]
+            fn arbitrary_wire_bytes_never_panic(bytes in vec(any::<u8>(), 0..512)) {
+                if let Ok(r) = v1::MonitorResult::decode(&bytes[..]) {
+                    let _ = result_from_proto(r, None);
+                }
+                if let Ok(spec) = v1::MonitorSpecInput::decode(&bytes[..]) {
+                    let _ = input_from_proto(spec).validate(1);
+                }
+                if let Ok(s) = v1::Snapshot::decode(&bytes[..]) {
+                    let _ = snapshot_from_proto(s);
+                }
+            }
+
+            /// A spec input survives the trip to the wire and back.
+            #[test]
+            fn spec_inputs_round_trip(id in ".{0,20}", hosts in vec(".{0,20}", 0..3), interval in proptest::option::of(".{0,6}")) {
+                let input = core::MonitorInput { id, bootstrap: hosts, interval, ..Default::default() };
+                prop_assert_eq!(input_from_proto(input_to_proto(&input)), input);
+            }
+        }
+    }
 }

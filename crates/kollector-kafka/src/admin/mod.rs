@@ -294,3 +294,38 @@ pub(crate) unsafe fn c_array<'a, T>(array: *mut *const T, cnt: usize) -> &'a [*c
         std::slice::from_raw_parts(array, cnt)
     }
 }
+
+#[cfg(test)]
+mod hostile {
+    use std::ffi::CString;
+
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 512,
+            failure_persistence: None,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x6b6f6c6c),
+            ..ProptestConfig::default()
+        })]
+        /// What librdkafka hands back (names, messages: any bytes, not
+        /// necessarily UTF-8) becomes a String without a panic; strings we
+        /// hand to it with a NUL are refused, not truncated.
+        #[test]
+        fn c_strings_from_and_to_librdkafka_never_panic(bytes in vec(1u8..=255, 0..300)) {
+            let c = CString::new(bytes.clone()).unwrap();
+            // SAFETY: a valid NUL-terminated string for the call.
+            let s = unsafe { owned(c.as_ptr()) };
+            prop_assert_eq!(s, String::from_utf8_lossy(&bytes).into_owned());
+            // SAFETY: null is allowed.
+            prop_assert_eq!(unsafe { owned_opt(std::ptr::null()) }, None);
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let with_nul = format!("{text}\0x");
+            prop_assert!(c_string("group", &with_nul).is_err());
+            prop_assert!(c_string("group", &text).is_ok());
+        }
+    }
+}
