@@ -56,6 +56,11 @@ impl KollectorProcess {
     /// Starts `kollector standalone` with a config file holding `monitors_toml`
     /// (zero or more `[[monitors]]` tables) and waits until `/healthz` answers.
     pub fn standalone(monitors_toml: &str) -> KollectorProcess {
+        Self::standalone_with(monitors_toml, &[])
+    }
+
+    /// Like [`KollectorProcess::standalone`], with extra flags.
+    pub fn standalone_with(monitors_toml: &str, extra: &[&str]) -> KollectorProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let (grpc_port, http_port) = (free_port(), free_port());
         let config = format!(
@@ -63,7 +68,8 @@ impl KollectorProcess {
         );
         let config_path = dir.path().join("kollector.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let args = vec!["standalone".to_string(), "--config".into(), config_path.display().to_string()];
+        let mut args = vec!["standalone".to_string(), "--config".into(), config_path.display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
         Self::spawn(dir, args, grpc_port, http_port, config_path)
     }
 

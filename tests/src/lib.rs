@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod etcd;
 pub mod kollector;
 pub mod metrics;
+pub mod kafka_security;
 pub mod net;
 pub mod poll;
 

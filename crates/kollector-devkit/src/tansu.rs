@@ -35,13 +35,32 @@ impl TansuBroker {
     /// Starts `tansu` (found on PATH or in ~/.cargo/bin unless given) and
     /// waits until it accepts TCP connections.
     pub fn try_start(tansu: Option<PathBuf>, cluster_id: &str, port: u16) -> Result<TansuBroker, DevError> {
+        Self::try_start_advertising(tansu, cluster_id, port, port)
+    }
+
+    /// A broker listening on `port` that tells clients to connect to
+    /// `advertised` instead: for a TLS or SASL proxy in front of it, so every
+    /// connection a client makes after bootstrap goes through the proxy too.
+    pub fn start_advertising(cluster_id: &str, port: u16, advertised: u16) -> TansuBroker {
+        match Self::try_start_advertising(None, cluster_id, port, advertised) {
+            Ok(b) => b,
+            Err(e) => panic!("tansu {cluster_id} on port {port}: {e}"),
+        }
+    }
+
+    fn try_start_advertising(
+        tansu: Option<PathBuf>,
+        cluster_id: &str,
+        port: u16,
+        advertised: u16,
+    ) -> Result<TansuBroker, DevError> {
         let bin = tansu.or_else(|| find_executable("tansu")).ok_or(DevError::TansuNotInstalled)?;
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&bin)
             .arg("broker")
             .arg(format!("--cluster-id={cluster_id}"))
             .arg(format!("--listener-url={url}"))
-            .arg(format!("--advertised-listener-url={url}"))
+            .arg(format!("--advertised-listener-url=tcp://127.0.0.1:{advertised}"))
             .arg("--storage-engine=memory://tansu/")
             // tansu loads any .env it finds; run it where there is none.
             .current_dir(std::env::temp_dir())

@@ -1,0 +1,389 @@
+//! Kafka-side security in front of a real broker, for tests. tansu 0.6.0
+//! cannot serve SASL or TLS itself (see `shared/reference/kafka-test-brokers.md`),
+//! and librdkafka's mock cluster has neither, so the client's real
+//! handshakes are answered here and the connection is then handed to tansu:
+//!
+//! - [`TlsTerminator`]: TLS (rustls), optionally requiring a client
+//!   certificate from a given CA, then a byte pipe to the broker;
+//! - [`SaslProxy`]: answers SaslHandshake and SaslAuthenticate itself (PLAIN,
+//!   SCRAM-SHA-256, SCRAM-SHA-512, with a server-side SCRAM written here on
+//!   ring's PBKDF2/HMAC: no maintained crate offers a SCRAM-SHA-512 server),
+//!   forwards ApiVersions, refuses anything else before authentication, then
+//!   pipes the connection to the broker.
+//!
+//! Each counts the connections it let through, so a test can tell that the
+//! client really passed the handshake.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use ring::rand::SecureRandom as _;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls;
+
+/// A listener bound now (so its port can be advertised by the broker
+/// before the broker starts) that serves once [`TlsTerminator::serve`] or
+/// [`SaslProxy::serve`] is called.
+pub fn bind() -> (std::net::TcpListener, u16) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    l.set_nonblocking(true).expect("nonblocking");
+    let port = l.local_addr().expect("addr").port();
+    (l, port)
+}
+
+pub struct TlsTerminator {
+    pub passed: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsTerminator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TlsTerminator {
+    /// Serves TLS with `cert`/`key` on `listener`; with `client_ca`, only
+    /// clients presenting a certificate signed by it get through.
+    pub fn serve(
+        listener: std::net::TcpListener,
+        upstream: u16,
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+    ) -> TlsTerminator {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(cert).expect("cert file").map(|c| c.expect("cert")).collect();
+        let key = PrivateKeyDer::from_pem_file(key).expect("key file");
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions");
+        let config = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_file_iter(ca).expect("ca file") {
+                    roots.add(c.expect("ca cert")).expect("add ca");
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .expect("client verifier");
+                builder.with_client_cert_verifier(verifier)
+            }
+        }
+        .with_single_cert(certs, key)
+        .expect("server cert");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let passed = Arc::new(AtomicU64::new(0));
+        let count = passed.clone();
+        let listener = TcpListener::from_std(listener).expect("tokio listener");
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, count) = (acceptor.clone(), count.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                    }
+                });
+            }
+        });
+        TlsTerminator { passed, task }
+    }
+}
+
+/// SASL users: name → password.
+pub type Users = BTreeMap<String, String>;
+
+pub struct SaslProxy {
+    /// Successful authentications, by mechanism.
+    pub passed: Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
+    /// Failed authentications.
+    pub failed: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SaslProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const API_VERSIONS: i16 = 18;
+const SASL_HANDSHAKE: i16 = 17;
+const SASL_AUTHENTICATE: i16 = 36;
+const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+const SASL_AUTHENTICATION_FAILED: i16 = 58;
+const MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Option<Vec<u8>> {
+    let len = r.read_i32().await.ok()?;
+    if !(0..=16 << 20).contains(&len) {
+        return None;
+    }
+    let mut buf = vec![0u8; len as usize];
+    r.read_exact(&mut buf).await.ok()?;
+    Some(buf)
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> Option<()> {
+    w.write_i32(body.len() as i32).await.ok()?;
+    w.write_all(body).await.ok()?;
+    w.flush().await.ok()
+}
+
+/// A cursor over a request body.
+struct Reader<'a>(&'a [u8]);
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn i16(&mut self) -> Option<i16> {
+        self.take(2).map(|b| i16::from_be_bytes([b[0], b[1]]))
+    }
+    fn i32(&mut self) -> Option<i32> {
+        self.take(4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn string(&mut self) -> Option<String> {
+        let n = self.i16()?;
+        if n < 0 {
+            return Some(String::new());
+        }
+        self.take(n as usize).map(|b| String::from_utf8_lossy(b).into_owned())
+    }
+    fn bytes(&mut self) -> Option<Vec<u8>> {
+        let n = self.i32()?;
+        self.take(usize::try_from(n).ok()?).map(<[u8]>::to_vec)
+    }
+}
+
+fn put_string(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        None => out.extend((-1i16).to_be_bytes()),
+        Some(s) => {
+            out.extend((s.len() as i16).to_be_bytes());
+            out.extend(s.as_bytes());
+        }
+    }
+}
+
+/// Server side of one SCRAM exchange (RFC 5802), for SHA-256 or SHA-512.
+struct Scram {
+    hmac: ring::hmac::Algorithm,
+    pbkdf2: ring::pbkdf2::Algorithm,
+    digest: &'static ring::digest::Algorithm,
+    first_bare: String,
+    server_first: String,
+    salted: Vec<u8>,
+}
+
+const SCRAM_ITERATIONS: u32 = 4096;
+
+impl Scram {
+    fn new(mechanism: &str) -> Option<Scram> {
+        match mechanism {
+            "SCRAM-SHA-256" => Some(Scram {
+                hmac: ring::hmac::HMAC_SHA256,
+                pbkdf2: ring::pbkdf2::PBKDF2_HMAC_SHA256,
+                digest: &ring::digest::SHA256,
+                first_bare: String::new(),
+                server_first: String::new(),
+                salted: Vec::new(),
+            }),
+            "SCRAM-SHA-512" => Some(Scram {
+                hmac: ring::hmac::HMAC_SHA512,
+                pbkdf2: ring::pbkdf2::PBKDF2_HMAC_SHA512,
+                digest: &ring::digest::SHA512,
+                first_bare: String::new(),
+                server_first: String::new(),
+                salted: Vec::new(),
+            }),
+            _ => None,
+        }
+    }
+
+    fn mac(&self, key: &[u8], msg: &[u8]) -> Vec<u8> {
+        ring::hmac::sign(&ring::hmac::Key::new(self.hmac, key), msg).as_ref().to_vec()
+    }
+
+    /// client-first → server-first, or None for an unknown user.
+    fn first(&mut self, users: &Users, client_first: &str) -> Option<String> {
+        let bare = client_first.strip_prefix("n,,")?;
+        let mut user = None;
+        let mut nonce = None;
+        for part in bare.split(',') {
+            if let Some(u) = part.strip_prefix("n=") {
+                user = Some(u.replace("=2C", ",").replace("=3D", "="));
+            } else if let Some(r) = part.strip_prefix("r=") {
+                nonce = Some(r.to_string());
+            }
+        }
+        let password = users.get(&user?)?;
+        let mut salt = [0u8; 16];
+        let mut server_nonce = [0u8; 18];
+        let rng = ring::rand::SystemRandom::new();
+        rng.fill(&mut salt).ok()?;
+        rng.fill(&mut server_nonce).ok()?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        self.salted = vec![0u8; self.digest.output_len()];
+        ring::pbkdf2::derive(
+            self.pbkdf2,
+            std::num::NonZeroU32::new(SCRAM_ITERATIONS)?,
+            &salt,
+            password.as_bytes(),
+            &mut self.salted,
+        );
+        self.first_bare = bare.to_string();
+        self.server_first = format!("r={}{},s={},i={SCRAM_ITERATIONS}", nonce?, b64.encode(server_nonce), b64.encode(salt));
+        Some(self.server_first.clone())
+    }
+
+    /// client-final → server-final when the proof is right.
+    fn last(&self, client_final: &str) -> Option<String> {
+        let (without_proof, proof) = client_final.rsplit_once(",p=")?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let proof = b64.decode(proof).ok()?;
+        let auth_message = format!("{},{},{}", self.first_bare, self.server_first, without_proof);
+        let client_key = self.mac(&self.salted, b"Client Key");
+        let stored_key = ring::digest::digest(self.digest, &client_key);
+        let signature = self.mac(stored_key.as_ref(), auth_message.as_bytes());
+        if proof.len() != signature.len() {
+            return None;
+        }
+        let recovered: Vec<u8> = proof.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
+        if ring::digest::digest(self.digest, &recovered).as_ref() != stored_key.as_ref() {
+            return None;
+        }
+        let server_key = self.mac(&self.salted, b"Server Key");
+        Some(format!("v={}", b64.encode(self.mac(&server_key, auth_message.as_bytes()))))
+    }
+}
+
+impl SaslProxy {
+    pub fn serve(listener: std::net::TcpListener, upstream: u16, users: Users) -> SaslProxy {
+        let passed: Arc<std::sync::Mutex<BTreeMap<String, u64>>> = Arc::default();
+        let failed = Arc::new(AtomicU64::new(0));
+        let (p, f) = (passed.clone(), failed.clone());
+        let users = Arc::new(users);
+        let listener = TcpListener::from_std(listener).expect("tokio listener");
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, peer)) = listener.accept().await {
+                let (p, f, users) = (p.clone(), f.clone(), users.clone());
+                tokio::spawn(async move {
+                    match Self::session(tcp, peer, upstream, &users).await {
+                        Some(Ok((m, mut client, mut up))) => {
+                            *p.lock().unwrap_or_else(|e| e.into_inner()).entry(m).or_default() += 1;
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                        }
+                        Some(Err(())) => {
+                            f.fetch_add(1, Ordering::SeqCst);
+                        }
+                        None => {}
+                    }
+                });
+            }
+        });
+        SaslProxy { passed, failed, task }
+    }
+
+    /// One client connection's SASL exchange: Some(Ok((mechanism, client,
+    /// broker))) when it authenticated, Some(Err) when it failed, None when
+    /// it ended before.
+    #[allow(clippy::type_complexity)]
+    async fn session(
+        mut client: TcpStream,
+        _peer: SocketAddr,
+        upstream: u16,
+        users: &Users,
+    ) -> Option<Result<(String, TcpStream, TcpStream), ()>> {
+        let mut up = TcpStream::connect(("127.0.0.1", upstream)).await.ok()?;
+        let mut mechanism: Option<String> = None;
+        let mut scram: Option<Scram> = None;
+        loop {
+            let frame = read_frame(&mut client).await?;
+            let mut r = Reader(&frame);
+            let (key, version, correlation) = (r.i16()?, r.i16()?, r.i32()?);
+            let _client_id = r.string()?;
+            let mut out = correlation.to_be_bytes().to_vec();
+            match key {
+                API_VERSIONS => {
+                    write_frame(&mut up, &frame).await?;
+                    let answer = read_frame(&mut up).await?;
+                    write_frame(&mut client, &answer).await?;
+                }
+                SASL_HANDSHAKE => {
+                    let asked = r.string()?;
+                    let known = MECHANISMS.contains(&asked.as_str());
+                    out.extend(if known { 0i16 } else { UNSUPPORTED_SASL_MECHANISM }.to_be_bytes());
+                    out.extend((MECHANISMS.len() as i32).to_be_bytes());
+                    for m in MECHANISMS {
+                        put_string(&mut out, Some(m));
+                    }
+                    write_frame(&mut client, &out).await?;
+                    if !known {
+                        return Some(Err(()));
+                    }
+                    scram = Scram::new(&asked);
+                    mechanism = Some(asked);
+                }
+                SASL_AUTHENTICATE if version <= 1 => {
+                    let auth = r.bytes()?;
+                    let m = mechanism.clone()?;
+                    let (reply, done): (Option<Vec<u8>>, bool) = match (m.as_str(), scram.as_mut()) {
+                        ("PLAIN", _) => {
+                            let parts: Vec<&[u8]> = auth.split(|b| *b == 0).collect();
+                            let ok = parts.len() == 3
+                                && users.get(&*String::from_utf8_lossy(parts[1])).map(String::as_bytes) == Some(parts[2]);
+                            (ok.then(Vec::new), true)
+                        }
+                        (_, Some(s)) if s.server_first.is_empty() => {
+                            (s.first(users, &String::from_utf8_lossy(&auth)).map(String::into_bytes), false)
+                        }
+                        (_, Some(s)) => (s.last(&String::from_utf8_lossy(&auth)).map(String::into_bytes), true),
+                        _ => (None, true),
+                    };
+                    match &reply {
+                        Some(bytes) => {
+                            out.extend(0i16.to_be_bytes());
+                            put_string(&mut out, None);
+                            out.extend((bytes.len() as i32).to_be_bytes());
+                            out.extend(bytes);
+                        }
+                        None => {
+                            out.extend(SASL_AUTHENTICATION_FAILED.to_be_bytes());
+                            put_string(&mut out, Some("Authentication failed: invalid credentials"));
+                            out.extend(0i32.to_be_bytes());
+                        }
+                    }
+                    if version >= 1 {
+                        out.extend(0i64.to_be_bytes());
+                    }
+                    write_frame(&mut client, &out).await?;
+                    if reply.is_none() {
+                        return Some(Err(()));
+                    }
+                    if done {
+                        return Some(Ok((m, client, up)));
+                    }
+                }
+                // Anything else before authentication: the connection is closed,
+                // as a broker with SASL required would.
+                _ => return Some(Err(())),
+            }
+        }
+    }
+}
