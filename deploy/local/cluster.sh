@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # A local kollector cluster on one machine: etcd, two managers, three
-# collectors, on fixed loopback ports. For trying cluster mode and for
-# failover drills (kill a collector or the leading manager and watch
-# `kollector status`).
+# collectors, on fixed loopback ports, secured the way a real one is: a
+# cluster CA and node certificates (`kollector certs`), mutual TLS between
+# nodes and to etcd, an admin token (`kollector token add`) and a secret key
+# sealing passwords in etcd (`kollector secret-key new`), all made on the
+# first start in $STATE_DIR/pki. For trying cluster mode and for failover
+# drills (kill a collector or the leading manager and watch `kollector status`).
 #
 #   deploy/local/cluster.sh start     # builds kollector if needed, starts everything
 #   deploy/local/cluster.sh status    # kollector status against manager 1
@@ -20,7 +23,10 @@ LEASE_TTL="${LEASE_TTL:-10s}"
 ELECTION_TTL="${ELECTION_TTL:-10s}"
 ETCD_CLIENT=23790
 ETCD_PEER=23800
-ETCD="http://127.0.0.1:${ETCD_CLIENT}"
+ETCD="https://127.0.0.1:${ETCD_CLIENT}"
+PKI="$STATE_DIR/pki"
+# What the CLI needs to reach a manager: TLS against the cluster CA and a token.
+export KOLLECTOR_SERVER="https://127.0.0.1:7070" KOLLECTOR_CA_FILE="$PKI/ca.pem" KOLLECTOR_TOKEN_FILE="$PKI/admin.token"
 
 start_bg() { # name, command...
   local name="$1"; shift
@@ -45,17 +51,31 @@ start() {
     cargo build -p kollector
   fi
   command -v etcd >/dev/null || bash scripts/install-test-deps.sh
+  if [ ! -f "$PKI/ca.pem" ]; then
+    "$KOLLECTOR" certs --dir "$PKI" --node etcd --node manager1 --node manager2 \
+      --node collector1 --node collector2 --node collector3 >/dev/null
+    "$KOLLECTOR" secret-key new --file "$PKI/secret.key" >/dev/null
+    "$KOLLECTOR" token add --tokens-file "$PKI/tokens.toml" --name local-admin --role admin --out "$PKI/admin.token" >/dev/null
+    echo "made a CA, node certificates, a secret key and an admin token in $PKI"
+  fi
+  tls() { # node name -> its TLS flags, to peers and to etcd
+    echo "--tls-ca=$PKI/ca.pem --tls-cert=$PKI/$1.pem --tls-key=$PKI/$1.key --etcd-ca=$PKI/ca.pem --etcd-cert=$PKI/$1.pem --etcd-key=$PKI/$1.key"
+  }
   start_bg etcd etcd --name=local --data-dir="$STATE_DIR/etcd" \
     --listen-client-urls="$ETCD" --advertise-client-urls="$ETCD" \
+    --trusted-ca-file="$PKI/ca.pem" --cert-file="$PKI/etcd.pem" --key-file="$PKI/etcd.key" --client-cert-auth \
     --listen-peer-urls="http://127.0.0.1:${ETCD_PEER}" --initial-advertise-peer-urls="http://127.0.0.1:${ETCD_PEER}" \
     --initial-cluster="local=http://127.0.0.1:${ETCD_PEER}" --log-level=error
   wait_port "$ETCD_CLIENT"
   for i in 1 2; do
-    start_bg "manager$i" "$KOLLECTOR" manager --etcd="$ETCD" \
+    # shellcheck disable=SC2046
+    start_bg "manager$i" "$KOLLECTOR" manager --etcd="$ETCD" $(tls "manager$i") \
+      --tokens-file="$PKI/tokens.toml" --secret-key-file="$PKI/secret.key" \
       --grpc-listen="127.0.0.1:$((7069 + i))" --http-listen="127.0.0.1:$((9463 + i))" --election-ttl="$ELECTION_TTL"
   done
   for i in 1 2 3; do
-    start_bg "collector$i" "$KOLLECTOR" collector --etcd="$ETCD" --id="collector$i" \
+    # shellcheck disable=SC2046
+    start_bg "collector$i" "$KOLLECTOR" collector --etcd="$ETCD" --id="collector$i" $(tls "collector$i") \
       --grpc-listen="127.0.0.1:$((7170 + i))" --http-listen="127.0.0.1:$((9470 + i))" --lease-ttl="$LEASE_TTL"
   done
   wait_port 7070
@@ -63,8 +83,10 @@ start() {
 
 kollector cluster is up. Managers: 127.0.0.1:7070 and 127.0.0.1:7071 (metrics on :9464, :9465).
 Collectors: collector1..3 (gRPC :7171-7173, metrics :9471-9473). etcd: $ETCD.
-  $KOLLECTOR monitor --server http://127.0.0.1:7070 add --id orders --bootstrap HOST:9092 --interval 15s
-  $KOLLECTOR status --server http://127.0.0.1:7070
+Every hop is TLS; the CLI needs the CA and the admin token:
+  export KOLLECTOR_SERVER=$KOLLECTOR_SERVER KOLLECTOR_CA_FILE=$KOLLECTOR_CA_FILE KOLLECTOR_TOKEN_FILE=$KOLLECTOR_TOKEN_FILE
+  $KOLLECTOR monitor add --id orders --bootstrap HOST:9092 --interval 15s
+  $KOLLECTOR status
   kill -9 \$(cat $STATE_DIR/collector2.pid)   # watch its monitors fail over
 MSG
 }
@@ -81,6 +103,6 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  status) "$KOLLECTOR" status --server http://127.0.0.1:7070 ;;
+  status) "$KOLLECTOR" status ;;
   *) echo "usage: $0 start|status|stop" >&2; exit 2 ;;
 esac

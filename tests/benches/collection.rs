@@ -43,7 +43,7 @@ fn diff(after: &RequestCounts, before: &RequestCounts, cycles: i64) -> Vec<(Stri
 
 /// Requests per cycle: warm up (connections, ApiVersions), then count K cycles.
 fn requests_per_cycle(bootstrap: &str) -> (Vec<(String, f64)>, Duration) {
-    let options = ClientOptions { statistics_interval: Some(Duration::from_millis(50)) };
+    let options = ClientOptions { statistics_interval: Some(Duration::from_millis(50)), ..ClientOptions::default() };
     let spec = spec("bench", bootstrap);
     let client = KafkaClient::connect(&spec, &options).expect("client");
     client.collect(&spec).expect("warm-up collection");

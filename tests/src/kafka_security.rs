@@ -248,7 +248,8 @@ impl Scram {
             &mut self.salted,
         );
         self.first_bare = bare.to_string();
-        self.server_first = format!("r={}{},s={},i={SCRAM_ITERATIONS}", nonce?, b64.encode(server_nonce), b64.encode(salt));
+        self.server_first =
+            format!("r={}{},s={},i={SCRAM_ITERATIONS}", nonce?, b64.encode(server_nonce), b64.encode(salt));
         Some(self.server_first.clone())
     }
 
@@ -347,7 +348,8 @@ impl SaslProxy {
                         ("PLAIN", _) => {
                             let parts: Vec<&[u8]> = auth.split(|b| *b == 0).collect();
                             let ok = parts.len() == 3
-                                && users.get(&*String::from_utf8_lossy(parts[1])).map(String::as_bytes) == Some(parts[2]);
+                                && users.get(&*String::from_utf8_lossy(parts[1])).map(String::as_bytes)
+                                    == Some(parts[2]);
                             (ok.then(Vec::new), true)
                         }
                         (_, Some(s)) if s.server_first.is_empty() => {

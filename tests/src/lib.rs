@@ -10,9 +10,9 @@
 
 pub mod cluster;
 pub mod etcd;
+pub mod kafka_security;
 pub mod kollector;
 pub mod metrics;
-pub mod kafka_security;
 pub mod net;
 pub mod poll;
 

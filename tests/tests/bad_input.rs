@@ -43,7 +43,11 @@ fn bad_specs() -> Vec<(&'static str, pb::MonitorSpecInput, &'static str)> {
     with("bad id", &|s| s.id = "has space".into(), "id");
     // Hostile sizes, ranges and characters.
     with("1 MB id", &|s| s.id = "a".repeat(1 << 20), "id");
-    with("10,000 bootstrap entries", &|s| s.bootstrap = (0..10_000).map(|i| format!("h{i}:9092")).collect(), "bootstrap");
+    with(
+        "10,000 bootstrap entries",
+        &|s| s.bootstrap = (0..10_000).map(|i| format!("h{i}:9092")).collect(),
+        "bootstrap",
+    );
     with("a 100 KB bootstrap entry", &|s| s.bootstrap = vec![format!("{}:9092", "h".repeat(100_000))], "bootstrap");
     with("negative interval", &|s| s.interval = Some("-5s".into()), "interval");
     with("enormous interval", &|s| s.interval = Some("99999999999999999999h".into()), "interval");
@@ -61,7 +65,11 @@ fn bad_specs() -> Vec<(&'static str, pb::MonitorSpecInput, &'static str)> {
         "tls.ca_file",
     );
     with("1,000 labels", &|s| s.labels = (0..1000).map(|i| (format!("k{i}"), "v".into())).collect(), "labels");
-    with("a control character in a label", &|s| s.labels = [("team".to_string(), "a\u{1b}[31m".to_string())].into(), "labels.team");
+    with(
+        "a control character in a label",
+        &|s| s.labels = [("team".to_string(), "a\u{1b}[31m".to_string())].into(),
+        "labels.team",
+    );
     with("a bad pinned collector", &|s| s.pinned_collector = Some("c1/../c2".into()), "pinned_collector");
     cases
 }

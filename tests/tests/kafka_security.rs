@@ -36,7 +36,8 @@ async fn tls_mutual_tls_plain_and_scram_authenticate_for_real() {
     let tls_broker = TansuBroker::start_advertising("tls-kafka", kollector_devkit::free_port(), tls_port);
     let mtls_broker = TansuBroker::start_advertising("mtls-kafka", kollector_devkit::free_port(), mtls_port);
     let sasl_broker = TansuBroker::start_advertising("sasl-kafka", kollector_devkit::free_port(), sasl_port);
-    let tls = TlsTerminator::serve(tls_listener, tls_broker.port(), &pki.join("kafka.pem"), &pki.join("kafka.key"), None);
+    let tls =
+        TlsTerminator::serve(tls_listener, tls_broker.port(), &pki.join("kafka.pem"), &pki.join("kafka.key"), None);
     let mtls = TlsTerminator::serve(
         mtls_listener,
         mtls_broker.port(),
@@ -91,12 +92,18 @@ async fn tls_mutual_tls_plain_and_scram_authenticate_for_real() {
     let results = wait_for_async("every monitor to succeed or fail as it should", Duration::from_secs(60), || {
         let mut client = client.clone();
         async move {
-            let latest = client.get_latest(pb::GetLatestRequest::default()).await.map_err(|e| e.to_string())?.into_inner();
+            let latest =
+                client.get_latest(pb::GetLatestRequest::default()).await.map_err(|e| e.to_string())?.into_inner();
             let by_id: BTreeMap<String, pb::MonitorResult> =
                 latest.results.into_iter().map(|r| (r.monitor_id.clone(), r)).collect();
             let ok = want_ok.iter().all(|id| by_id.get(*id).is_some_and(|r| r.snapshot.is_some()));
             let err = want_err.iter().all(|id| by_id.get(*id).is_some_and(|r| r.error.is_some()));
-            (ok && err).then_some(by_id.clone()).ok_or_else(|| format!("{:#?}", by_id.values().map(|r| (&r.monitor_id, r.snapshot.is_some(), &r.error)).collect::<Vec<_>>()))
+            (ok && err).then_some(by_id.clone()).ok_or_else(|| {
+                format!(
+                    "{:#?}",
+                    by_id.values().map(|r| (&r.monitor_id, r.snapshot.is_some(), &r.error)).collect::<Vec<_>>()
+                )
+            })
         }
     })
     .await;

@@ -110,13 +110,22 @@ fn with_token<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
 }
 
 /// Calls every ManagerService method once with `token`; method → code.
-async fn call_every_method(client: &mut ManagerServiceClient<Channel>, token: Option<&str>) -> BTreeMap<&'static str, Code> {
-    let spec = pb::MonitorSpecInput { id: "intruder".into(), bootstrap: vec!["127.0.0.1:1".into()], ..Default::default() };
+async fn call_every_method(
+    client: &mut ManagerServiceClient<Channel>,
+    token: Option<&str>,
+) -> BTreeMap<&'static str, Code> {
+    let spec =
+        pb::MonitorSpecInput { id: "intruder".into(), bootstrap: vec!["127.0.0.1:1".into()], ..Default::default() };
     let code = |r: Result<(), tonic::Status>| r.map(|_| Code::Ok).unwrap_or_else(|s| s.code());
     let mut out = BTreeMap::new();
     out.insert(
         "create_monitor",
-        code(client.create_monitor(with_token(pb::CreateMonitorRequest { spec: Some(spec.clone()) }, token)).await.map(|_| ())),
+        code(
+            client
+                .create_monitor(with_token(pb::CreateMonitorRequest { spec: Some(spec.clone()) }, token))
+                .await
+                .map(|_| ()),
+        ),
     );
     out.insert(
         "update_monitor",
@@ -134,7 +143,9 @@ async fn call_every_method(client: &mut ManagerServiceClient<Channel>, token: Op
     );
     out.insert(
         "delete_monitor",
-        code(client.delete_monitor(with_token(pb::DeleteMonitorRequest { id: "plain".into() }, token)).await.map(|_| ())),
+        code(
+            client.delete_monitor(with_token(pb::DeleteMonitorRequest { id: "plain".into() }, token)).await.map(|_| ()),
+        ),
     );
     out.insert(
         "probe",
@@ -225,10 +236,8 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
         full.extend(&args[1..]);
         cli(&full, env)
     };
-    let (ok, out, err) = as_admin(
-        &["monitor", "add", "--id", "plain", "--bootstrap", &broker.bootstrap(), "--interval", "1s"],
-        &[],
-    );
+    let (ok, out, err) =
+        as_admin(&["monitor", "add", "--id", "plain", "--bootstrap", &broker.bootstrap(), "--interval", "1s"], &[]);
     assert!(ok, "add plain: {out}{err}");
     let (ok, out, err) = as_admin(
         &[
@@ -253,9 +262,10 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     let mut outputs = vec![out, err];
 
     // Results reach the manager over mutual TLS: the plain monitor collects.
-    let channel = tls_channel(&server, ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pki.read("ca.pem"))))
-        .await
-        .expect("TLS to the manager");
+    let channel =
+        tls_channel(&server, ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pki.read("ca.pem"))))
+            .await
+            .expect("TLS to the manager");
     let mut api = ManagerServiceClient::new(channel.clone());
     wait_for_async("the plain monitor collected through the secure cluster", Duration::from_secs(60), || {
         let mut api = api.clone();
@@ -272,7 +282,8 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
         let mut api = api.clone();
         let admin = admin.clone();
         async move {
-            let r = api.get_latest(with_token(pb::GetLatestRequest { monitor_id: "secret".into() }, Some(&admin))).await;
+            let r =
+                api.get_latest(with_token(pb::GetLatestRequest { monitor_id: "secret".into() }, Some(&admin))).await;
             let r = r.map_err(|e| e.to_string())?.into_inner();
             (!r.results.is_empty()).then_some(()).ok_or("none yet".to_string())
         }
@@ -282,17 +293,17 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     let etcd_tls = etcd_client::TlsOptions::new()
         .ca_certificate(Certificate::from_pem(pki.read("ca.pem")))
         .identity(Identity::from_pem(pki.read("manager.pem"), pki.read("manager.key")));
-    let mut etcd_client = etcd_client::Client::connect(
-        [etcd.endpoint()],
-        Some(etcd_client::ConnectOptions::new().with_tls(etcd_tls)),
-    )
-    .await
-    .expect("etcd over TLS");
+    let mut etcd_client =
+        etcd_client::Client::connect([etcd.endpoint()], Some(etcd_client::ConnectOptions::new().with_tls(etcd_tls)))
+            .await
+            .expect("etcd over TLS");
 
     // --- Refusals: nothing changes. ---
     let before = etcd_state(&mut etcd_client).await;
     let mut plain_api = api.clone();
-    for (who, token) in [("no token", None), ("a forged token", Some(forged.as_str())), ("an expired token", Some(expired.as_str()))] {
+    for (who, token) in
+        [("no token", None), ("a forged token", Some(forged.as_str())), ("an expired token", Some(expired.as_str()))]
+    {
         let codes = call_every_method(&mut plain_api, token).await;
         assert!(codes.values().all(|c| *c == Code::Unauthenticated), "{who}: {codes:?}");
     }
@@ -316,12 +327,17 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     let trust_ca = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pki.read("ca.pem")));
     let attempts = [
         ("no client certificate", trust_ca.clone()),
-        ("another CA's certificate", trust_ca.clone().identity(Identity::from_pem(rogue.read("manager.pem"), rogue.read("manager.key")))),
+        (
+            "another CA's certificate",
+            trust_ca.clone().identity(Identity::from_pem(rogue.read("manager.pem"), rogue.read("manager.key"))),
+        ),
     ];
     for (what, tls) in attempts {
         let refused = match tls_channel(&collector_url("c1"), tls).await {
             Err(_) => true,
-            Ok(ch) => CollectorServiceClient::new(ch).list_running(pb::ListRunningRequest { leader_term: 0 }).await.is_err(),
+            Ok(ch) => {
+                CollectorServiceClient::new(ch).list_running(pb::ListRunningRequest { leader_term: 0 }).await.is_err()
+            }
         };
         assert!(refused, "a collector answered a caller with {what}");
     }
@@ -329,14 +345,29 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     let rogue_flags: Vec<String> = rogue
         .node_flags("c3")
         .into_iter()
-        .map(|f| if f.starts_with("--tls-ca=") || f.starts_with("--etcd-ca=") { f.replace(&rogue.path("ca.pem"), &pki.path("ca.pem")) } else { f })
+        .map(|f| {
+            if f.starts_with("--tls-ca=") || f.starts_with("--etcd-ca=") {
+                f.replace(&rogue.path("ca.pem"), &pki.path("ca.pem"))
+            } else {
+                f
+            }
+        })
         .collect();
-    let mut rogue_collector = KollectorProcess::collector_with(&etcd.endpoint(), "c3", &rogue_flags.iter().map(String::as_str).collect::<Vec<_>>());
-    kollector_tests::poll::wait_for("the rogue collector's etcd connection to be refused", Duration::from_secs(30), || {
-        let log = rogue_collector.log();
-        (log.contains("etcd") && (log.contains("WARN") || log.contains("ERROR"))).then_some(()).ok_or(log)
-    });
-    let listed = api.list_collectors(with_token(pb::ListCollectorsRequest {}, Some(&viewer))).await.unwrap().into_inner();
+    let mut rogue_collector = KollectorProcess::collector_with(
+        &etcd.endpoint(),
+        "c3",
+        &rogue_flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    kollector_tests::poll::wait_for(
+        "the rogue collector's etcd connection to be refused",
+        Duration::from_secs(30),
+        || {
+            let log = rogue_collector.log();
+            (log.contains("etcd") && (log.contains("WARN") || log.contains("ERROR"))).then_some(()).ok_or(log)
+        },
+    );
+    let listed =
+        api.list_collectors(with_token(pb::ListCollectorsRequest {}, Some(&viewer))).await.unwrap().into_inner();
     assert!(listed.collectors.iter().all(|c| c.id != "c3"), "the rogue collector registered: {listed:?}");
     rogue_collector.kill();
     assert_eq!(etcd_state(&mut etcd_client).await, before, "a refused call changed etcd");
@@ -346,7 +377,11 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     let mut c1 = CollectorServiceClient::new(tls_channel(&collector_url("c1"), node_tls).await.expect("mTLS to c1"));
     let running = c1.list_running(pb::ListRunningRequest { leader_term: 0 }).await.expect("list running").into_inner();
     let forged_assign = pb::AssignRequest {
-        spec: Some(pb::MonitorSpecInput { id: "forged".into(), bootstrap: vec!["127.0.0.1:1".into()], ..Default::default() }),
+        spec: Some(pb::MonitorSpecInput {
+            id: "forged".into(),
+            bootstrap: vec!["127.0.0.1:1".into()],
+            ..Default::default()
+        }),
         fencing: Some(pb::Fencing { generation: 1, epoch: 1, leader_term: i64::MAX, collector_lease: running.lease }),
     };
     let e = c1.assign(forged_assign).await.expect_err("a forged term was accepted");
@@ -357,18 +392,30 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     let e = c1
         .unassign(pb::UnassignRequest {
             monitor_id: "plain".into(),
-            fencing: Some(pb::Fencing { generation: u64::MAX, epoch: u64::MAX, leader_term: i64::MAX, collector_lease: running.lease }),
+            fencing: Some(pb::Fencing {
+                generation: u64::MAX,
+                epoch: u64::MAX,
+                leader_term: i64::MAX,
+                collector_lease: running.lease,
+            }),
         })
         .await
         .expect_err("forged unassign");
     assert_eq!(e.code(), Code::FailedPrecondition);
     // The real manager still commands c1 and c2: a new monitor gets placed and runs.
-    let (ok, out, err) = as_admin(&["monitor", "add", "--id", "after-forgery", "--bootstrap", &broker.bootstrap(), "--pin-collector", "c1"], &[]);
+    let (ok, out, err) = as_admin(
+        &["monitor", "add", "--id", "after-forgery", "--bootstrap", &broker.bootstrap(), "--pin-collector", "c1"],
+        &[],
+    );
     assert!(ok, "{out}{err}");
     wait_for_async("the real manager's Assign reaches c1 after the forgery", Duration::from_secs(30), || {
         let mut c1 = c1.clone();
         async move {
-            let r = c1.list_running(pb::ListRunningRequest { leader_term: 0 }).await.map_err(|e| e.to_string())?.into_inner();
+            let r = c1
+                .list_running(pb::ListRunningRequest { leader_term: 0 })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
             r.monitors.iter().any(|m| m.monitor_id == "after-forgery").then_some(()).ok_or(format!("{r:?}"))
         }
     })
@@ -376,7 +423,21 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
 
     // --- The stored password cannot be redirected. ---
     let before = etcd_state(&mut etcd_client).await;
-    let (ok, out, err) = as_admin(&["monitor", "update", "--id", "secret", "--bootstrap", "127.0.0.1:9", "--sasl-mechanism", "PLAIN", "--sasl-username", "svc"], &[]);
+    let (ok, out, err) = as_admin(
+        &[
+            "monitor",
+            "update",
+            "--id",
+            "secret",
+            "--bootstrap",
+            "127.0.0.1:9",
+            "--sasl-mechanism",
+            "PLAIN",
+            "--sasl-username",
+            "svc",
+        ],
+        &[],
+    );
     assert!(!ok, "the redirect was accepted: {out}");
     assert!(err.contains("invalid argument") && err.contains("send it again"), "{err}");
     assert_eq!(etcd_state(&mut etcd_client).await, before, "a refused update changed etcd");
@@ -403,7 +464,10 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
         outputs.extend([out, err]);
     }
     let a = Some(admin.as_str());
-    outputs.push(format!("{:?}", api.get_monitor(with_token(pb::GetMonitorRequest { id: "secret".into() }, a)).await.unwrap()));
+    outputs.push(format!(
+        "{:?}",
+        api.get_monitor(with_token(pb::GetMonitorRequest { id: "secret".into() }, a)).await.unwrap()
+    ));
     outputs.push(format!("{:?}", api.list_monitors(with_token(pb::ListMonitorsRequest {}, a)).await.unwrap()));
     outputs.push(format!("{:?}", api.get_latest(with_token(pb::GetLatestRequest::default(), a)).await.unwrap()));
     outputs.push(format!("{:?}", api.get_assignments(with_token(pb::GetAssignmentsRequest {}, a)).await.unwrap()));
@@ -419,7 +483,10 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     assert!(hits.is_empty(), "the secret appeared in outputs {hits:?}");
     // The search would have found it: the secret did reach the collector's
     // Kafka client (its SASL attempt against a broker without SASL failed).
-    let latest = format!("{:?}", api.get_latest(with_token(pb::GetLatestRequest { monitor_id: "secret".into() }, a)).await.unwrap());
+    let latest = format!(
+        "{:?}",
+        api.get_latest(with_token(pb::GetLatestRequest { monitor_id: "secret".into() }, a)).await.unwrap()
+    );
     assert!(latest.contains("error"), "{latest}");
     drop(channel);
 }

@@ -58,8 +58,7 @@ impl CurrentLease {
 
 /// Reads the current leader's term from where leaders are elected (etcd);
 /// `Ok(None)`: no leader now.
-pub type TermSource =
-    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<Option<i64>, String>> + Send + Sync>;
+pub type TermSource = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<Option<i64>, String>> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct CollectorServiceImpl {
@@ -188,8 +187,9 @@ impl CollectorService for CollectorServiceImpl {
         // but only the addressed incarnation may *confirm* it (the manager
         // counts an OK as this collector's release of the monitor).
         let (tokens, lease) = tokens(req.fencing)?;
-        let id = MonitorId::new(req.monitor_id.clone())
-            .map_err(|e| Status::invalid_argument(format!("monitor_id: {} {e}", kollector_core::ids::shown(&req.monitor_id))))?;
+        let id = MonitorId::new(req.monitor_id.clone()).map_err(|e| {
+            Status::invalid_argument(format!("monitor_id: {} {e}", kollector_core::ids::shown(&req.monitor_id)))
+        })?;
         self.believe_term(tokens.leader_term).await?;
         let turn = self.node.turn(&id).await;
         self.book()

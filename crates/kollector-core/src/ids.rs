@@ -9,9 +9,6 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Identifies a monitor: 1–128 characters of `[A-Za-z0-9._-]`, starting with
-/// a letter or digit.
-
 /// A user-given value as error messages echo it: quoted, and cut to 80
 /// characters, so a 1 MB id does not come back as a 1 MB error (gRPC sends
 /// the message in a header, which has its own size limit).
@@ -23,6 +20,8 @@ pub fn shown(value: &str) -> String {
     }
 }
 
+/// Identifies a monitor: 1–128 characters of `[A-Za-z0-9._-]`, starting with
+/// a letter or digit.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct MonitorId(String);

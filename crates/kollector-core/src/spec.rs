@@ -224,7 +224,10 @@ fn check_limits(i: &MonitorInput, errors: &mut Errors) -> bool {
                 && k.len() <= 63
                 && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'));
             if !key_ok {
-                errors.push(format!("{name}.{}", k.chars().take(63).collect::<String>()), "keys are 1-63 characters: ASCII letters, digits, '_', '-', '.', '/'");
+                errors.push(
+                    format!("{name}.{}", k.chars().take(63).collect::<String>()),
+                    "keys are 1-63 characters: ASCII letters, digits, '_', '-', '.', '/'",
+                );
             }
             text(errors, format!("{name}.{}", k.chars().take(63).collect::<String>()), v);
         }
@@ -251,9 +254,10 @@ fn check_limits(i: &MonitorInput, errors: &mut Errors) -> bool {
         small = false;
     }
     // A huge pattern is not compiled at all.
-    small && [&i.topic_include, &i.topic_exclude, &i.group_include, &i.group_exclude]
-        .iter()
-        .all(|p| p.as_ref().is_none_or(|p| p.len() <= MAX_PATTERN))
+    small
+        && [&i.topic_include, &i.topic_exclude, &i.group_include, &i.group_exclude]
+            .iter()
+            .all(|p| p.as_ref().is_none_or(|p| p.len() <= MAX_PATTERN))
 }
 
 mod opt_regex {

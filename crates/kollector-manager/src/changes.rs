@@ -137,7 +137,8 @@ mod tests {
             f(&mut u);
             u
         };
-        let cases: Vec<(&dyn Fn(&mut MonitorInput), &str)> = vec![
+        type Change<'a> = &'a dyn Fn(&mut MonitorInput);
+        let cases: Vec<(Change, &str)> = vec![
             (&|u| u.bootstrap = vec!["attacker:9092".into()], "bootstrap"),
             (&|u| u.bootstrap.push("attacker:9092".into()), "bootstrap"),
             (&|u| u.sasl.as_mut().unwrap().mechanism = "PLAIN".into(), "SASL mechanism"),

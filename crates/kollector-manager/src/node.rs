@@ -12,8 +12,8 @@
 //! Stopping resigns leadership at once (a standby takes over without
 //! waiting for the election lease), then stops serving.
 
-use std::sync::atomic::Ordering;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +22,8 @@ use kollector_coordination::election::{Election, ElectionConfig, Leadership};
 use kollector_coordination::keys::Keys;
 use kollector_coordination::lease::EtcdAccess;
 use kollector_coordination::{lease, CoordinationError};
-use kollector_proto::v1::manager_service_server::ManagerServiceServer;
 use kollector_proto::transport::MAX_API_REQUEST_BYTES;
+use kollector_proto::v1::manager_service_server::ManagerServiceServer;
 use kollector_proto::GrpcLimits;
 use kollector_security::{Access, ApiGuard, Keyring, NodeTls, TokenFile};
 use tokio::sync::watch;

@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use kollector_core::MonitorSpec;
 use kollector_security::sealing::{open_spec, seal_spec};
 use kollector_security::{Keyring, SealError};
-use std::sync::Arc;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Bumped when the layout changes incompatibly.
 const FORMAT: u32 = 1;
@@ -199,7 +199,7 @@ mod tests {
         let secret_spec = input.validate(1).unwrap();
         {
             let (state, _) = StateFile::open(&path, Some(keys.clone())).unwrap();
-            state.save(1, &[secret_spec.clone()]).unwrap();
+            state.save(1, std::slice::from_ref(&secret_spec)).unwrap();
         }
         let raw = std::fs::read_to_string(&path).unwrap();
         assert!(!raw.contains("pa55-in-clear?") && raw.contains("kollector-sealed:v1:k1:"), "{raw}");

@@ -94,7 +94,10 @@ impl ApiGuard {
     pub fn probe_slot(&self) -> Result<(), Status> {
         let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
         probes.try_take(Instant::now()).map_err(|wait| {
-            Status::resource_exhausted(format!("too many probes; try again in {}s (--probe-rate)", wait.as_secs().max(1)))
+            Status::resource_exhausted(format!(
+                "too many probes; try again in {}s (--probe-rate)",
+                wait.as_secs().max(1)
+            ))
         })
     }
 }

@@ -62,17 +62,20 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
 /// Writes a file that must not exist yet, with `mode`.
 fn write_new(path: &Path, body: &str, mode: u32) -> Result<(), CertError> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { CertError::Exists(path.display().to_string()) } else { io(path)(e) })?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            CertError::Exists(path.display().to_string())
+        } else {
+            io(path)(e)
+        }
+    })?;
     f.write_all(body.as_bytes()).and_then(|_| f.sync_all()).map_err(io(path))
 }
 
 fn valid_name(n: &str) -> bool {
-    !n.is_empty() && n.len() <= 63 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    !n.is_empty()
+        && n.len() <= 63
+        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 /// Makes the CA (unless `ca.pem` and `ca.key` exist) and one certificate per

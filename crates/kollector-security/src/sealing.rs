@@ -82,8 +82,9 @@ impl Keyring {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (id, material) =
-                line.split_once(char::is_whitespace).ok_or_else(|| bad(format!("line {}: want \"<id> <key>\"", n + 1)))?;
+            let (id, material) = line
+                .split_once(char::is_whitespace)
+                .ok_or_else(|| bad(format!("line {}: want \"<id> <key>\"", n + 1)))?;
             if id.is_empty() || id.contains(':') || keys.iter().any(|k| k.id == id) {
                 return Err(bad(format!("line {}: key ids must be unique and contain no ':'", n + 1)));
             }

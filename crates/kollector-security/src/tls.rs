@@ -118,7 +118,9 @@ impl FilePolicy {
     /// resolved, so a link out of the directory does not pass).
     pub fn check(&self, field: &str, path: &str) -> Result<PathBuf, String> {
         let shown = self.roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ");
-        let outside = || format!("{field} {path:?} is not in a directory this node allows Kafka TLS files from ({shown}; see --kafka-tls-dir)");
+        let outside = || {
+            format!("{field} {path:?} is not in a directory this node allows Kafka TLS files from ({shown}; see --kafka-tls-dir)")
+        };
         if path.contains('\0') {
             return Err(outside());
         }
@@ -134,7 +136,9 @@ impl FilePolicy {
     /// Checks every file a spec's TLS settings name.
     pub fn check_spec(&self, spec: &kollector_core::MonitorSpec) -> Result<(), String> {
         let Some(tls) = &spec.connection.tls else { return Ok(()) };
-        for (field, p) in [("tls.ca_file", &tls.ca_file), ("tls.cert_file", &tls.cert_file), ("tls.key_file", &tls.key_file)] {
+        for (field, p) in
+            [("tls.ca_file", &tls.ca_file), ("tls.cert_file", &tls.cert_file), ("tls.key_file", &tls.key_file)]
+        {
             if let Some(p) = p {
                 self.check(field, p)?;
             }
@@ -157,7 +161,11 @@ mod tests {
         let p = FilePolicy::new(vec![allowed.path().to_path_buf()]);
         let inside = allowed.path().join("ca.pem");
         assert!(p.check("tls.ca_file", inside.to_str().unwrap()).is_ok());
-        let dotdot = format!("{}/../{}/secret.key", allowed.path().display(), other.path().file_name().unwrap().to_str().unwrap());
+        let dotdot = format!(
+            "{}/../{}/secret.key",
+            allowed.path().display(),
+            other.path().file_name().unwrap().to_str().unwrap()
+        );
         for bad in [
             other.path().join("secret.key").to_str().unwrap().to_string(),
             allowed.path().join("link.pem").to_str().unwrap().to_string(),

@@ -119,8 +119,14 @@ pub enum Refusal {
     Missing,
     /// A header that is not a bearer token of ours, or a token not in the book.
     Unknown,
-    Expired { name: String },
-    Forbidden { name: String, role: Role, needed: Role },
+    Expired {
+        name: String,
+    },
+    Forbidden {
+        name: String,
+        role: Role,
+        needed: Role,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -245,7 +251,11 @@ mod tests {
             (Some(bearer(&o2)), Refusal::Expired { name: "old".into() }),
             (Some(bearer(&v2)), Refusal::Expired { name: "grafana".into() }),
         ] {
-            let at = if want == (Refusal::Expired { name: "grafana".into() }) { now + Duration::from_secs(3600) } else { now };
+            let at = if want == (Refusal::Expired { name: "grafana".into() }) {
+                now + Duration::from_secs(3600)
+            } else {
+                now
+            };
             let got = b2.check(header.as_deref(), Role::Viewer, at).unwrap_err();
             assert_eq!(got, want);
             assert_eq!(got.status().code(), tonic::Code::Unauthenticated);

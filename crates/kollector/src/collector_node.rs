@@ -14,19 +14,19 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use kollector_collector::{ClusterMember, CollectGate, CollectorNode, CollectorServiceImpl, CurrentLease, TermSource};
+use kollector_coordination::election;
 use kollector_coordination::keys::Keys;
 use kollector_coordination::lease::{self, EtcdAccess};
-use kollector_coordination::election;
-use kollector_security::NodeTls;
 use kollector_coordination::membership::{CollectorRecord, MembershipConfig};
 use kollector_core::CollectorId;
 use kollector_kafka::ClientOptions;
 use kollector_proto::v1::collector_service_server::CollectorServiceServer;
+use kollector_security::NodeTls;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::etcd_args::{EtcdArgs, GrpcArgs};
-use crate::security_args::{KafkaTlsDirArgs, NodeTlsArgs};
 use crate::http;
+use crate::security_args::{KafkaTlsDirArgs, NodeTlsArgs};
 use crate::standalone::shutdown_signal;
 
 #[derive(Args)]

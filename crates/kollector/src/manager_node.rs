@@ -15,8 +15,8 @@ use kollector_manager::decisions::TxnLimits;
 use kollector_manager::node::{ManagerConfig, ManagerNode};
 
 use crate::etcd_args::{EtcdArgs, GrpcArgs};
-use crate::security_args::{ApiAccessArgs, NodeTlsArgs};
 use crate::http;
+use crate::security_args::{ApiAccessArgs, NodeTlsArgs};
 use crate::standalone::shutdown_signal;
 
 #[derive(Args)]

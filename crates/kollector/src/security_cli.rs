@@ -99,7 +99,12 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
                 .open(&tokens_file)
                 .with_context(|| format!("opening {}", tokens_file.display()))?;
             f.write_all(format!("\n{entry}").as_bytes()).and_then(|_| f.sync_all())?;
-            println!("token {name:?} ({}) written to {}; its hash added to {}", role.as_str(), out.display(), tokens_file.display());
+            println!(
+                "token {name:?} ({}) written to {}; its hash added to {}",
+                role.as_str(),
+                out.display(),
+                tokens_file.display()
+            );
             Ok(())
         }
     }

@@ -182,7 +182,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // API changes live in the state file, next to the config by default.
     let state_path = opts.state.unwrap_or_else(|| opts.config.with_extension("state.json"));
     let sec = opts.security;
-    let key_path = sec.secret_key_file.clone().unwrap_or_else(|| PathBuf::from(format!("{}.key", state_path.display())));
+    let key_path =
+        sec.secret_key_file.clone().unwrap_or_else(|| PathBuf::from(format!("{}.key", state_path.display())));
     let keys = Arc::new(secret_keys(&key_path, true)?);
     let (file, saved) = StateFile::open(&state_path, Some(keys)).map_err(|e| anyhow::anyhow!("{e}"))?;
     let grpc_listen = opts.grpc_listen.unwrap_or(config.grpc_listen);
@@ -203,7 +204,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let desired = EmbeddedStore::open(config.monitors, file, saved).map_err(|e| {
         anyhow::anyhow!("{e} (set --state to a writable path for the monitors created through the API)")
     })?;
-    let node = Standalone::start(grpc_listen, opts.http_listen.unwrap_or(config.http_listen), desired, security).await?;
+    let node =
+        Standalone::start(grpc_listen, opts.http_listen.unwrap_or(config.http_listen), desired, security).await?;
     eprintln!(
         "kollector standalone: gRPC on {}, metrics on http://{}/metrics ({} monitor(s)), state in {}",
         node.grpc_addr,
