@@ -133,6 +133,12 @@ fn grpc_rejects_each_rule_with_invalid_argument_and_stores_nothing() {
         }))
         .await;
         assert!(codes.contains(&Code::ResourceExhausted), "{codes:?}");
+        // A probe may not hold a client (and a thread) for long.
+        let mut long = base();
+        long.interval = Some("10m".into());
+        long.timeout = Some("5m".into());
+        let e = client.probe(pb::ProbeRequest { spec: Some(long) }).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         assert!(codes.iter().filter(|c| **c == Code::Ok).count() >= 1, "{codes:?}");
     });
 }

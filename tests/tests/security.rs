@@ -315,6 +315,9 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
             assert_eq!(*code, Code::Ok, "viewer calling {method}");
         }
     }
+    // The CLI will not send a token in clear to another machine.
+    let (ok, _, err) = cli(&["status", "--server", "http://192.0.2.1:7070", "--token-file", &admin_file], &[]);
+    assert!(!ok && err.contains("refusing to send the token"), "{err}");
     // A plaintext client cannot even reach the API.
     let plain = Endpoint::from_shared(format!("http://127.0.0.1:{}", manager.grpc_port)).unwrap().connect().await;
     if let Ok(ch) = plain {

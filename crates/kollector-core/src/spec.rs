@@ -213,6 +213,9 @@ fn check_limits(i: &MonitorInput, errors: &mut Errors) -> bool {
                 text(errors, name.to_string(), v);
             }
         }
+        if let Some(p) = &t.key_password {
+            text(errors, "tls.key_password".into(), p.expose());
+        }
     }
     for (name, labels) in [("labels", &i.labels), ("collector_labels", &i.collector_labels)] {
         if labels.len() > MAX_LABELS {

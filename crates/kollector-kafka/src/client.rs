@@ -97,22 +97,40 @@ impl std::fmt::Debug for KafkaClient {
     }
 }
 
+/// A client-building error without the value librdkafka refused: its
+/// Display quotes the value, which may be a password.
+fn config_error(e: &rdkafka::error::KafkaError) -> String {
+    match e {
+        rdkafka::error::KafkaError::ClientConfig(_, description, key, _value) => {
+            format!("{description} (setting {key})")
+        }
+        other => other.to_string(),
+    }
+}
+
 impl KafkaClient {
     /// Builds the client for `spec`. Does not block on the network: brokers
     /// are contacted by the first collection.
     pub fn connect(spec: &MonitorSpec, options: &ClientOptions) -> Result<KafkaClient, CollectError> {
-        if let Some(policy) = &options.tls_files {
-            policy.check_spec(spec).map_err(|m| CollectError::new(ErrorKind::Client, m))?;
-        }
+        // librdkafka gets the files' resolved paths, not the names the spec
+        // gave: a link swapped in after the check cannot redirect it.
+        let resolved;
+        let spec = match &options.tls_files {
+            Some(policy) => {
+                resolved = policy.resolve_spec(spec).map_err(|m| CollectError::new(ErrorKind::Client, m))?;
+                &resolved
+            }
+            None => spec,
+        };
         let config = client_config(spec, options);
         let context = MonitorContext {
             monitor: spec.id.to_string(),
             requests: Mutex::new(RequestCounts::new()),
             stats_seen: AtomicBool::new(false),
         };
-        let admin: AdminClient<MonitorContext> = config
-            .create_with_context(context)
-            .map_err(|e| CollectError::new(ErrorKind::Client, format!("cannot build Kafka client: {e}")))?;
+        let admin: AdminClient<MonitorContext> = config.create_with_context(context).map_err(|e| {
+            CollectError::new(ErrorKind::Client, format!("cannot build Kafka client: {}", config_error(&e)))
+        })?;
         let context = admin.inner().context().clone();
         LIVE_CLIENTS.fetch_add(1, Ordering::SeqCst);
         Ok(KafkaClient {

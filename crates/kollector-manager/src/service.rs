@@ -22,6 +22,7 @@ use kollector_core::{MonitorId, MonitorSpec};
 use kollector_proto::v1::manager_service_server::ManagerService;
 use kollector_proto::v1::{self as pb};
 use kollector_proto::{input_from_proto, monitor_view, result_to_proto, snapshot_to_proto, status_to_proto};
+use kollector_security::access::MAX_PROBE_TIMEOUT;
 use kollector_security::{ApiGuard, Role};
 use tonic::{Request, Response, Status};
 
@@ -235,8 +236,14 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
         self.guard.check(&req, Role::Admin, "probe")?;
         let input = required_spec(req.into_inner().spec)?;
         let spec = input.validate(0).map_err(|e| Status::invalid_argument(format!("invalid monitor spec: {e}")))?;
-        // Only a probe that will open a Kafka client counts against the limit.
-        self.guard.probe_slot()?;
+        if spec.timeout > MAX_PROBE_TIMEOUT {
+            return Err(Status::invalid_argument(format!(
+                "timeout: a probe may take at most {}s",
+                MAX_PROBE_TIMEOUT.as_secs()
+            )));
+        }
+        // Only a probe that will open a Kafka client counts against the limits.
+        let _slot = self.guard.probe_slot()?;
         let response = match self.runner.probe(spec).await? {
             Ok(snapshot) => pb::ProbeResponse { snapshot: Some(snapshot_to_proto(&snapshot)), error: None },
             Err(e) => pb::ProbeResponse {

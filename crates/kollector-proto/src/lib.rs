@@ -8,6 +8,28 @@
 
 pub mod v1 {
     tonic::include_proto!("kollector.v1");
+
+    // Debug for the messages that carry passwords: every field but those.
+    impl std::fmt::Debug for SaslInput {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SaslInput")
+                .field("mechanism", &self.mechanism)
+                .field("username", &self.username)
+                .field("password", &if self.password.is_empty() { "" } else { "<redacted>" })
+                .finish()
+        }
+    }
+    impl std::fmt::Debug for TlsInput {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("TlsInput")
+                .field("ca_file", &self.ca_file)
+                .field("cert_file", &self.cert_file)
+                .field("key_file", &self.key_file)
+                .field("key_password", &if self.key_password.is_empty() { "" } else { "<redacted>" })
+                .field("insecure_skip_verify", &self.insecure_skip_verify)
+                .finish()
+        }
+    }
 }
 
 mod convert;
@@ -18,3 +40,21 @@ pub use convert::{
     snapshot_from_proto, snapshot_to_proto, status_from_proto, status_to_proto,
 };
 pub use transport::{GrpcLimits, DEFAULT_MAX_MESSAGE_BYTES};
+
+#[cfg(test)]
+mod debug_tests {
+    #[test]
+    fn debug_output_never_shows_a_password() {
+        let s = super::v1::MonitorSpecInput {
+            sasl: Some(super::v1::SaslInput {
+                mechanism: "PLAIN".into(),
+                username: "u".into(),
+                password: "hunter2".into(),
+            }),
+            tls: Some(super::v1::TlsInput { key_password: "keypass".into(), ..Default::default() }),
+            ..Default::default()
+        };
+        let text = format!("{s:?} {:#?}", super::v1::CreateMonitorRequest { spec: Some(s.clone()) });
+        assert!(!text.contains("hunter2") && !text.contains("keypass") && text.contains("<redacted>"), "{text}");
+    }
+}

@@ -3,9 +3,13 @@
 //! ciphertexts (ring's AEAD), never in clear.
 //!
 //! A sealed value reads `kollector-sealed:v1:<key id>:<base64 nonce+ciphertext>`.
-//! The associated data is the monitor id and the field, so a ciphertext
-//! copied into another monitor's record (or another field) does not open:
-//! whoever can write etcd still cannot make monitor B use monitor A's password.
+//! The associated data is the monitor id, the field and a digest of where
+//! the monitor sends the secret (bootstrap servers, SASL mechanism and user,
+//! every TLS setting). So a ciphertext copied into another monitor's record
+//! or field does not open, and neither does one left in place when someone
+//! edits the record in etcd to point the monitor at their own broker: the
+//! API's rule against credential redirection (`changes.rs`) holds even
+//! against a writer of etcd.
 //!
 //! The key file holds one key per line, `<key id> <base64 32 bytes>`; the
 //! first line seals, every line opens. Rotation: put a new key first on every
@@ -28,7 +32,7 @@ pub enum SealError {
     Read { path: String, source: std::io::Error },
     #[error("secret key file {path}: {message}")]
     BadKeyFile { path: String, message: String },
-    #[error("a sealed secret names key {0:?}, which is not in the secret key file")]
+    #[error("a sealed secret names key {0}, which is not in the secret key file")]
     UnknownKey(String),
     #[error("a sealed secret does not open with its key (wrong key, or the value was moved or altered)")]
     DoesNotOpen,
@@ -102,7 +106,7 @@ impl Keyring {
         Ok(Keyring { keys, random: SystemRandom::new() })
     }
 
-    /// Reads a key file, warning when others may read it.
+    /// Reads a key file; refuses one that other users may read.
     pub fn load(path: &Path) -> Result<Keyring, SealError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| SealError::Read { path: shown.clone(), source })?;
@@ -110,7 +114,10 @@ impl Keyring {
         if let Ok(meta) = std::fs::metadata(path) {
             use std::os::unix::fs::PermissionsExt as _;
             if meta.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(path = %shown, "the secret key file is readable by other users; chmod 600 it");
+                return Err(SealError::BadKeyFile {
+                    path: shown,
+                    message: "other users may read it; chmod 600 it".into(),
+                });
             }
         }
         Keyring::parse(&shown, &text)
@@ -134,7 +141,11 @@ impl Keyring {
     pub fn open(&self, context: &str, sealed: &str) -> Result<String, SealError> {
         let rest = sealed.strip_prefix(SEALED_PREFIX).ok_or(SealError::Malformed)?;
         let (id, body) = rest.split_once(':').ok_or(SealError::Malformed)?;
-        let key = self.keys.iter().find(|k| k.id == id).ok_or_else(|| SealError::UnknownKey(id.to_string()))?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == id)
+            .ok_or_else(|| SealError::UnknownKey(kollector_core::ids::shown(id)))?;
         let mut data = b64().decode(body).map_err(|_| SealError::Malformed)?;
         if data.len() < NONCE_LEN + CHACHA20_POLY1305.tag_len() {
             return Err(SealError::Malformed);
@@ -149,8 +160,21 @@ impl Keyring {
     }
 }
 
+/// What a sealed secret is bound to: the monitor, the field, and where the
+/// monitor would send it.
 fn context(spec: &MonitorSpec, field: &str) -> String {
-    format!("{}/{field}", spec.id)
+    let c = &spec.connection;
+    let mut bootstrap: Vec<String> = c.bootstrap.iter().map(|b| b.to_ascii_lowercase()).collect();
+    bootstrap.sort();
+    let destination = format!(
+        "{:?}|{:?}|{:?}",
+        bootstrap,
+        c.sasl.as_ref().map(|s| (s.mechanism.as_str(), &s.username)),
+        c.tls.as_ref().map(|t| (&t.ca_file, &t.cert_file, &t.key_file, t.insecure_skip_verify)),
+    );
+    let digest = ring::digest::digest(&ring::digest::SHA256, destination.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}/{field}/{hex}", spec.id)
 }
 
 /// Whether a spec carries any secret that would need sealing.
@@ -249,13 +273,36 @@ mod tests {
     }
 
     #[test]
+    fn a_sealed_secret_does_not_follow_an_edit_of_its_destination_in_etcd() {
+        let keys = ring(&["k1"]);
+        let sealed = seal_spec(Some(&keys), &spec("m", "pw")).unwrap();
+        let edits: [&dyn Fn(&mut MonitorSpec); 4] = [
+            &|s| s.connection.bootstrap = vec!["attacker:9092".into()],
+            &|s| s.connection.tls = None,
+            &|s| s.connection.tls.as_mut().unwrap().insecure_skip_verify = true,
+            &|s| s.connection.sasl.as_mut().unwrap().mechanism = kollector_core::spec::SaslMechanism::ScramSha256,
+        ];
+        for edit in edits {
+            let mut tampered = sealed.clone();
+            edit(&mut tampered);
+            assert!(matches!(open_spec(Some(&keys), tampered), Err(SealError::DoesNotOpen)));
+        }
+        // Other changes (interval, labels) leave it readable.
+        let mut other = sealed.clone();
+        other.interval = std::time::Duration::from_secs(5);
+        assert!(open_spec(Some(&keys), other).is_ok());
+    }
+
+    #[test]
     fn rotation_opens_old_values_and_seals_with_the_first_key() {
         let (line_old, line_new) = (new_key_line("old").unwrap(), new_key_line("new").unwrap());
         let old = Keyring::parse("k", &line_old).unwrap();
         let only_new = Keyring::parse("k", &line_new).unwrap();
         let both = Keyring::parse("k", &format!("{line_new}\n# previous key\n{line_old}\n")).unwrap();
         let sealed = seal_spec(Some(&old), &spec("m", "p")).unwrap();
-        assert!(matches!(open_spec(Some(&only_new), sealed.clone()), Err(SealError::UnknownKey(id)) if id == "old"));
+        assert!(
+            matches!(open_spec(Some(&only_new), sealed.clone()), Err(SealError::UnknownKey(id)) if id == "\"old\"")
+        );
         assert_eq!(open_spec(Some(&both), sealed).unwrap(), spec("m", "p"));
         let resealed = seal_spec(Some(&both), &spec("m", "p")).unwrap();
         assert!(resealed.connection.sasl.unwrap().password.expose().starts_with("kollector-sealed:v1:new:"));

@@ -124,7 +124,9 @@ impl FilePolicy {
         if path.contains('\0') {
             return Err(outside());
         }
-        let real = std::fs::canonicalize(path).map_err(|e| format!("{field} {path:?}: {e}"))?;
+        // The same answer whether or not the file exists, so the check is no
+        // oracle for which files a node has.
+        let real = std::fs::canonicalize(path).map_err(|_| outside())?;
         let allowed = self.roots.iter().filter_map(|r| std::fs::canonicalize(r).ok()).any(|r| real.starts_with(r));
         if allowed {
             Ok(real)
@@ -133,17 +135,21 @@ impl FilePolicy {
         }
     }
 
-    /// Checks every file a spec's TLS settings name.
-    pub fn check_spec(&self, spec: &kollector_core::MonitorSpec) -> Result<(), String> {
-        let Some(tls) = &spec.connection.tls else { return Ok(()) };
-        for (field, p) in
-            [("tls.ca_file", &tls.ca_file), ("tls.cert_file", &tls.cert_file), ("tls.key_file", &tls.key_file)]
-        {
+    /// The spec with every TLS file it names checked and replaced by its
+    /// resolved path.
+    pub fn resolve_spec(&self, spec: &kollector_core::MonitorSpec) -> Result<kollector_core::MonitorSpec, String> {
+        let mut out = spec.clone();
+        let Some(tls) = out.connection.tls.as_mut() else { return Ok(out) };
+        for (field, p) in [
+            ("tls.ca_file", &mut tls.ca_file),
+            ("tls.cert_file", &mut tls.cert_file),
+            ("tls.key_file", &mut tls.key_file),
+        ] {
             if let Some(p) = p {
-                self.check(field, p)?;
+                *p = self.check(field, p)?.display().to_string();
             }
         }
-        Ok(())
+        Ok(out)
     }
 }
 

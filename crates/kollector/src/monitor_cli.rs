@@ -245,6 +245,12 @@ fn read_token(args: &ClientArgs) -> anyhow::Result<Option<String>> {
     Ok(token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
 }
 
+/// Whether `host:port` (or `[v6]:port`, or `localhost:port`) is on this machine.
+fn is_loopback(host_port: &str) -> bool {
+    let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 pub(crate) async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
     let server = &args.server;
     let tls = match &args.ca_file {
@@ -257,11 +263,16 @@ pub(crate) async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
     let mut endpoint = tonic::transport::Endpoint::from_shared(url)
         .map_err(|e| anyhow!("--server {server:?} is not a valid URL: {e}"))?
         .connect_timeout(std::time::Duration::from_secs(5));
+    let tls_on = tls.is_some();
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls).map_err(|e| anyhow!("TLS settings: {e}"))?;
     }
+    let token = read_token(args)?;
+    if token.is_some() && !tls_on && !is_loopback(bare) {
+        bail!("refusing to send the token to {server} without TLS: give --ca-file (https) or use a loopback address");
+    }
     let channel = endpoint.connect().await.map_err(|e| anyhow!("cannot reach kollector at {server}: {e}"))?;
-    let header = match read_token(args)? {
+    let header = match token {
         Some(t) => Some(
             format!("Bearer {t}").parse().map_err(|_| anyhow!("the token holds characters a header cannot carry"))?,
         ),
