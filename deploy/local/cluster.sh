@@ -52,7 +52,7 @@ start() {
   fi
   command -v etcd >/dev/null || bash scripts/install-test-deps.sh
   if [ ! -f "$PKI/ca.pem" ]; then
-    "$KOLLECTOR" certs --dir "$PKI" --node etcd --node manager1 --node manager2 \
+    "$KOLLECTOR" certs --dir "$PKI" --node etcd --manager manager1 --manager manager2 \
       --node collector1 --node collector2 --node collector3 >/dev/null
     "$KOLLECTOR" secret-key new --file "$PKI/secret.key" >/dev/null
     "$KOLLECTOR" token add --tokens-file "$PKI/tokens.toml" --name local-admin --role admin --out "$PKI/admin.token" >/dev/null

@@ -8,8 +8,9 @@
 //! - every ManagerService method is called without a token, with a forged
 //!   and an expired token, and admin methods with a viewer token: each is
 //!   refused with its code and etcd's monitors and assignments are unchanged;
-//! - collectors are called without a certificate and with one from another
-//!   CA, and a collector with another CA's certificate tries to join;
+//! - collectors are called without a certificate, with one from another CA
+//!   and with another collector's, and a collector with another CA's
+//!   certificate tries to join;
 //! - a cluster node sends a forged-term Assign; an admin tries to redirect
 //!   the stored password to another broker.
 
@@ -66,8 +67,11 @@ fn cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
-fn make_pki(dir: &Path, nodes: &[&str]) -> Pki {
+fn make_pki(dir: &Path, managers: &[&str], nodes: &[&str]) -> Pki {
     let mut args = vec!["certs", "--dir", dir.to_str().unwrap()];
+    for m in managers {
+        args.extend(["--manager", m]);
+    }
     for n in nodes {
         args.extend(["--node", n]);
     }
@@ -188,8 +192,8 @@ const ADMIN_METHODS: [&str; 5] = ["create_monitor", "update_monitor", "delete_mo
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     let work = tempfile::tempdir().unwrap();
-    let pki = make_pki(&work.path().join("pki"), &["etcd", "manager", "c1", "c2"]);
-    let rogue = make_pki(&work.path().join("rogue"), &["c3", "manager"]);
+    let pki = make_pki(&work.path().join("pki"), &["manager"], &["etcd", "c1", "c2"]);
+    let rogue = make_pki(&work.path().join("rogue"), &["manager"], &["c3"]);
     let (ok, _, err) = cli(&["secret-key", "new", "--file", &pki.path("secret.key")], &[]);
     assert!(ok, "{err}");
     let tokens = pki.path("tokens.toml");
@@ -344,6 +348,20 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
         };
         assert!(refused, "a collector answered a caller with {what}");
     }
+    // A collector's own certificate (cluster CA, but not a manager's) may
+    // not command another collector or read its results.
+    let c2_tls = trust_ca.clone().identity(Identity::from_pem(pki.read("c2.pem"), pki.read("c2.key")));
+    let mut as_c2 = CollectorServiceClient::new(tls_channel(&collector_url("c1"), c2_tls).await.expect("TLS as c2"));
+    let e = as_c2.list_running(pb::ListRunningRequest { leader_term: 0 }).await.expect_err("c2 read c1");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = as_c2
+        .unassign(pb::UnassignRequest {
+            monitor_id: "plain".into(),
+            fencing: Some(pb::Fencing { generation: 1, epoch: 1, leader_term: 1, collector_lease: 0 }),
+        })
+        .await
+        .expect_err("c2 commanded c1");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     // A collector whose certificate comes from another CA cannot join.
     let rogue_flags: Vec<String> = rogue
         .node_flags("c3")

@@ -39,6 +39,9 @@ pub struct CertRequest {
     pub dir: PathBuf,
     /// Node names; each becomes `<dir>/<name>.pem` and `<dir>/<name>.key`.
     pub nodes: Vec<String>,
+    /// Manager names: like nodes, and the certificate also names
+    /// [`crate::tls::MANAGER_ROLE_NAME`], which collectors require of callers.
+    pub managers: Vec<String>,
     /// DNS names and IP addresses every node certificate is valid for.
     pub hosts: Vec<String>,
     /// Validity of node certificates.
@@ -81,14 +84,16 @@ fn valid_name(n: &str) -> bool {
 /// Makes the CA (unless `ca.pem` and `ca.key` exist) and one certificate per
 /// node. Returns the files written.
 pub fn generate(req: &CertRequest) -> Result<Vec<PathBuf>, CertError> {
-    if req.nodes.is_empty() {
-        return Err(CertError::Invalid("name at least one node (--node NAME)".into()));
+    let all: Vec<(&String, bool)> =
+        req.managers.iter().map(|m| (m, true)).chain(req.nodes.iter().map(|n| (n, false))).collect();
+    if all.is_empty() {
+        return Err(CertError::Invalid("name at least one node (--manager NAME or --node NAME)".into()));
     }
-    if let Some(bad) = req.nodes.iter().find(|n| !valid_name(n)) {
+    if let Some((bad, _)) = all.iter().find(|(n, _)| !valid_name(n)) {
         return Err(CertError::Invalid(format!("node name {bad:?}: letters, digits, '.', '_' and '-' only")));
     }
     // Check every target first so a clash writes nothing.
-    for n in &req.nodes {
+    for (n, _) in &all {
         for ext in ["pem", "key"] {
             let p = req.dir.join(format!("{n}.{ext}"));
             if p.exists() {
@@ -115,9 +120,12 @@ pub fn generate(req: &CertRequest) -> Result<Vec<PathBuf>, CertError> {
         key
     };
     let issuer = Issuer::new(ca_params(), ca_keypair);
-    for n in &req.nodes {
+    for (n, manager) in all {
         let mut names = vec![n.clone()];
         names.extend(req.hosts.iter().cloned());
+        if manager {
+            names.push(crate::tls::MANAGER_ROLE_NAME.to_string());
+        }
         names.dedup();
         let mut params = CertificateParams::new(names)?;
         let mut dn = DistinguishedName::new();
@@ -148,6 +156,7 @@ mod tests {
         let req = |nodes: &[&str]| CertRequest {
             dir: dir.path().to_path_buf(),
             nodes: nodes.iter().map(|s| s.to_string()).collect(),
+            managers: vec![],
             hosts: vec!["127.0.0.1".into(), "localhost".into()],
             valid_for: Duration::from_secs(86400),
         };
@@ -160,6 +169,15 @@ mod tests {
         assert!(matches!(generate(&req(&["c3", "c1"])), Err(CertError::Exists(_))));
         assert!(!dir.path().join("c3.pem").exists(), "a clash writes nothing");
         assert!(matches!(generate(&req(&["../x"])), Err(CertError::Invalid(_))));
+        // Only a manager's certificate carries the manager role.
+        let mut m = req(&[]);
+        m.managers = vec!["m1".into()];
+        generate(&m).unwrap();
+        use rustls_pki_types::pem::PemObject as _;
+        let cert = |f: &str| rustls_pki_types::CertificateDer::from_pem_file(dir.path().join(f)).unwrap();
+        assert!(crate::tls::is_manager_cert(&cert("m1.pem")));
+        assert!(!crate::tls::is_manager_cert(&cert("c1.pem")));
+        assert!(!crate::tls::is_manager_cert(&cert("manager.pem")), "a node merely named manager has no role");
         use std::os::unix::fs::PermissionsExt as _;
         for k in ["ca.key", "c1.key", "c2.key"] {
             assert_eq!(std::fs::metadata(dir.path().join(k)).unwrap().permissions().mode() & 0o777, 0o600);

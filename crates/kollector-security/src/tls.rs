@@ -6,10 +6,41 @@
 //! Unassign, Probe or read results. Managers serve the public
 //! ManagerService with server-side TLS (callers prove themselves with
 //! tokens) and present their node certificate when they call collectors.
+//!
+//! Roles: a certificate made for a manager (`kollector certs --manager`)
+//! also names [`MANAGER_ROLE_NAME`]. Collectors answer only peers whose
+//! certificate carries it ([`require_manager`]), so a collector's own
+//! certificate (or an etcd server's) cannot be used to command another
+//! collector or read its results.
 
 use std::path::{Path, PathBuf};
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+/// The DNS name a manager's certificate carries besides its host names. The
+/// `.invalid` top-level domain is reserved: no real host can have it.
+pub const MANAGER_ROLE_NAME: &str = "manager.role.kollector.invalid";
+
+/// Whether a (CA-verified) certificate was issued to a manager.
+pub fn is_manager_cert(der: &rustls_pki_types::CertificateDer<'_>) -> bool {
+    let Ok(name) = rustls_pki_types::ServerName::try_from(MANAGER_ROLE_NAME) else { return false };
+    webpki::EndEntityCert::try_from(der).is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+}
+
+/// A collector's gate for every call: over TLS the peer's certificate (the
+/// handshake has already checked it against the cluster CA) must be a
+/// manager's; without TLS (`--insecure`) there is nothing to check.
+#[allow(clippy::result_large_err)] // tonic's interceptor signature
+pub fn require_manager(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    match req.peer_certs() {
+        None => Ok(req),
+        Some(certs) if certs.first().is_some_and(is_manager_cert) => Ok(req),
+        Some(_) => {
+            tracing::warn!("refused a call from a cluster certificate that is not a manager's");
+            Err(tonic::Status::permission_denied("only a manager's certificate may call a collector"))
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

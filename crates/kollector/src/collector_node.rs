@@ -136,9 +136,12 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let grpc_stop = wait(stop_rx.clone());
-    let server = CollectorServiceServer::new(service)
-        .max_decoding_message_size(limits.max_message_bytes)
-        .max_encoding_message_size(limits.max_message_bytes);
+    let server = tonic::service::interceptor::InterceptedService::new(
+        CollectorServiceServer::new(service)
+            .max_decoding_message_size(limits.max_message_bytes)
+            .max_encoding_message_size(limits.max_message_bytes),
+        kollector_security::tls::require_manager,
+    );
     // Mutual TLS: only a holder of a cluster certificate (a manager) gets
     // past the handshake to send commands or read results.
     let mut grpc_server = limits.server(tls.as_ref().map(NodeTls::server_mutual))?;

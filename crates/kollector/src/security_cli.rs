@@ -19,8 +19,12 @@ pub struct CertsArgs {
     /// CA there is reused, so run again to add nodes.
     #[arg(long, default_value = "kollector-pki")]
     dir: PathBuf,
-    /// Node to make a certificate for (manager, collector, etcd); repeatable.
-    #[arg(long = "node", required = true)]
+    /// Manager to make a certificate for; it also carries the manager role,
+    /// which collectors require of every caller. Repeatable.
+    #[arg(long = "manager")]
+    managers: Vec<String>,
+    /// Other node to make a certificate for (collector, etcd); repeatable.
+    #[arg(long = "node")]
     nodes: Vec<String>,
     /// Host name or IP address the node certificates are valid for; repeatable.
     #[arg(long = "host", default_values_t = ["127.0.0.1".to_string(), "localhost".to_string()])]
@@ -34,6 +38,7 @@ pub fn certs(args: CertsArgs) -> anyhow::Result<()> {
     let written = kollector_security::generate_certs(&CertRequest {
         dir: args.dir,
         nodes: args.nodes,
+        managers: args.managers,
         hosts: args.hosts,
         valid_for: args.valid_for,
     })?;
