@@ -19,6 +19,7 @@
 
 mod backoff;
 mod cluster_member;
+pub mod discovery;
 pub mod fencing;
 mod gate;
 pub mod metrics;

@@ -44,6 +44,11 @@ pub fn render(store: &ResultStore, extra: ExtraGauges) -> String {
     render_entries(store.all(), extra, true)
 }
 
+/// One monitor's series alone (its scrape target's body), if it runs here.
+pub fn render_monitor(store: &ResultStore, id: &kollector_core::MonitorId) -> Option<String> {
+    store.get(id).map(|r| render_entries(vec![r], Vec::new(), false))
+}
+
 /// Renders given entries (the manager builds them from collectors' results).
 /// `local_clients` adds this process's open Kafka client count.
 pub fn render_entries(entries: Vec<MonitorResult>, extra: ExtraGauges, local_clients: bool) -> String {

@@ -147,15 +147,45 @@ impl ManagerMetrics {
                 load(&stats.failed_chunks),
             ),
         ];
-        // Only results of the specs in force now, from their owners (read at every scrape).
-        let results = match (self.store.generations().await, self.store.assignments().await) {
-            (Ok(g), Ok((records, _))) => self.intake.current(&g, &records),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!("cannot read monitors for /metrics: {e}");
-                Vec::new()
-            }
+        render_entries(self.current().await.unwrap_or_default(), extra, false)
+    }
+
+    /// Results of the specs in force now, from their owners (read at every scrape).
+    async fn current(&self) -> Result<Vec<kollector_core::MonitorResult>, CoordinationError> {
+        let generations = self.store.generations().await?;
+        let (records, _) = self.store.assignments().await?;
+        Ok(self.intake.current(&generations, &records))
+    }
+
+    /// One monitor's series alone, if it has a current result.
+    pub async fn render_monitor(&self, id: &kollector_core::MonitorId) -> Option<String> {
+        let r = self.current().await.ok()?.into_iter().find(|r| &r.monitor == id)?;
+        Some(render_entries(vec![r], Vec::new(), false))
+    }
+
+    /// Discovery: one target per monitor with a current result, at the HTTP
+    /// address of the collector that owns it now.
+    pub async fn targets(&self) -> Vec<kollector_collector::discovery::SdTarget> {
+        let (Ok(results), Ok(collectors)) = (self.current().await, self.store.collectors().await) else {
+            return Vec::new();
         };
-        render_entries(results, extra, false)
+        results
+            .iter()
+            .filter_map(|r| {
+                let owner = collectors.get(r.collector.as_ref()?)?;
+                Some(kollector_collector::discovery::target(&owner.record.http_address, r))
+            })
+            .collect()
+    }
+
+    /// Ready: etcd answers, and, while leading, the latest pass did not fail.
+    pub async fn ready(&self) -> Result<(), String> {
+        self.store.generations().await.map_err(|e| format!("etcd: {e}"))?;
+        let leading = matches!(&*self.leadership.borrow(), Leadership::Leader(_));
+        if leading && self.stats.last_pass_failed.load(Ordering::Relaxed) {
+            return Err("leading, but the latest reconcile pass failed".into());
+        }
+        Ok(())
     }
 }
 

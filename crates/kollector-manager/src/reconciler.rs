@@ -68,6 +68,8 @@ pub struct ReconcilerStats {
     pub rebalance_moves: AtomicU64,
     pub passes: AtomicU64,
     pub failed_passes: AtomicU64,
+    /// Whether the latest pass failed (readiness of the leader).
+    pub last_pass_failed: std::sync::atomic::AtomicBool,
     pub failed_chunks: AtomicU64,
     pub leader_term: AtomicI64,
     /// Milliseconds from noticing a monitor's collector gone to its Assign on a live one.
@@ -166,7 +168,9 @@ impl Reconciler {
                         self.confirmed_term = token.term;
                     }
                     let started = Instant::now();
-                    if let Err(e) = self.pass(&token, &leadership).await {
+                    let result = self.pass(&token, &leadership).await;
+                    self.stats.last_pass_failed.store(result.is_err(), Ordering::Relaxed);
+                    if let Err(e) = result {
                         self.stats.failed_passes.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!("reconcile pass failed: {e}");
                     }

@@ -51,6 +51,10 @@ pub struct CollectorArgs {
     /// The gRPC address managers should dial, if not the listen address (e.g. behind NAT).
     #[arg(long)]
     advertise_grpc: Option<String>,
+    /// The HTTP address scrapers should use for this collector's monitors
+    /// (published in etcd; managers' /sd points here), if not the listen address.
+    #[arg(long)]
+    advertise_http: Option<String>,
     /// Membership lease TTL: a dead collector's monitors move after about this long.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     lease_ttl: Duration,
@@ -106,10 +110,12 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
+    let http_address = args.advertise_http.clone().unwrap_or_else(|| http_addr.to_string());
     let options = ClientOptions { tls_files: Some(args.kafka_tls.policy()), ..ClientOptions::default() };
     // Shut until registered: no collection without a live lease.
     let gate = CollectGate::shut();
     let lease = CurrentLease::default();
+    let lease_view = lease.clone();
     let node = CollectorNode::start_gated(options.clone(), gate.clone()).context("starting the collector")?;
     let service = CollectorServiceImpl::new(id.clone(), node.clone(), options, lease.clone(), limits.max_message_bytes)
         .with_term_source(term_source(etcd.clone(), args.cluster.prefix.clone(), args.lease_ttl));
@@ -120,7 +126,7 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
             id: id.clone(),
             record: CollectorRecord {
                 grpc_address: args.advertise_grpc.unwrap_or_else(|| grpc_addr.to_string()),
-                http_address: http_addr.to_string(),
+                http_address: http_address.clone(),
                 labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
                 weight: args.weight,
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -155,10 +161,20 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
         }
     });
     let http_stop = wait(stop_rx);
+    // Ready while it holds a lease: registered, not fenced, not leaving.
+    let held = lease_view.clone();
+    let ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync> = Arc::new(move || {
+        if held.get() != 0 {
+            Ok(())
+        } else {
+            Err("no etcd lease held (registering, fenced or leaving)".into())
+        }
+    });
     let store = node.store().clone();
     let extra = member.metrics();
     let web = tokio::spawn(async move {
-        if let Err(e) = http::serve(http_listener, http::local_with(store, extra), http_stop).await {
+        let views = http::local(store, extra, http_address, ready);
+        if let Err(e) = http::serve(http_listener, views, http_stop).await {
             tracing::error!("HTTP server failed: {e}");
         }
     });

@@ -91,16 +91,31 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     };
     let node = ManagerNode::start(config, grpc_listener).await?;
     let metrics = node.metrics();
-    let render: http::Render = Arc::new(move || {
-        let metrics = metrics.clone();
-        Box::pin(async move { metrics.render().await })
-    });
+    let (m1, m2, m3, m4) = (metrics.clone(), metrics.clone(), metrics.clone(), metrics);
+    let views = http::Views {
+        metrics: Arc::new(move || {
+            let m = m1.clone();
+            Box::pin(async move { m.render().await })
+        }),
+        monitor: Arc::new(move |id| {
+            let m = m2.clone();
+            Box::pin(async move { m.render_monitor(&id).await })
+        }),
+        targets: Arc::new(move || {
+            let m = m3.clone();
+            Box::pin(async move { m.targets().await })
+        }),
+        ready: Arc::new(move || {
+            let m = m4.clone();
+            Box::pin(async move { m.ready().await })
+        }),
+    };
     let (stop_http, mut stop_rx) = tokio::sync::watch::channel(false);
     let web = tokio::spawn(async move {
         let stopped = async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         };
-        if let Err(e) = http::serve(http_listener, render, stopped).await {
+        if let Err(e) = http::serve(http_listener, views, stopped).await {
             tracing::error!("HTTP server failed: {e}");
         }
     });

@@ -116,8 +116,19 @@ impl Standalone {
         let (stop_http, rx) = tokio::sync::watch::channel(false);
         let store = node.store().clone();
         let http_shutdown = wait(rx);
+        // Ready once every monitor of the store has been started.
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let started_view = started.clone();
+        let ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync> = Arc::new(move || {
+            if started_view.load(std::sync::atomic::Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("starting the monitors".into())
+            }
+        });
+        let views = http::local(store, Arc::new(Vec::new), http_addr.to_string(), ready);
         let http = tokio::spawn(async move {
-            if let Err(e) = http::serve(http_listener, http::local(store), http_shutdown).await {
+            if let Err(e) = http::serve(http_listener, views, http_shutdown).await {
                 tracing::error!("HTTP server failed: {e}");
             }
         });
@@ -127,6 +138,7 @@ impl Standalone {
             let _ = http.await;
             anyhow::bail!("starting the monitors: {}", s.message());
         }
+        started.store(true, std::sync::atomic::Ordering::SeqCst);
         let (stop_grpc, rx) = tokio::sync::watch::channel(false);
         let grpc_shutdown = wait(rx);
         let grpc = tokio::spawn(async move {
