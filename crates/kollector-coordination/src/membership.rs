@@ -267,3 +267,23 @@ async fn run(
         }
     }
 }
+
+/// Marks collector `id` draining under `lease` (so the mark goes with the
+/// lease when the collector leaves), unless a drain mark already exists (an
+/// operator's lasting `kollector collectors drain` is never replaced by a
+/// lease-bound one). Returns whether this call wrote the mark.
+pub async fn mark_draining(
+    client: &mut etcd_client::Client,
+    keys: &crate::keys::Keys,
+    id: &kollector_core::CollectorId,
+    lease: i64,
+) -> Result<bool, CoordinationError> {
+    use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+    let key = format!("{}{id}", keys.draining());
+    let txn = Txn::new().when([Compare::version(key.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
+        key,
+        "leaving",
+        Some(PutOptions::new().with_lease(lease)),
+    )]);
+    Ok(client.txn(txn).await?.succeeded())
+}

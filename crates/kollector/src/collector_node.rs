@@ -61,9 +61,53 @@ pub struct CollectorArgs {
     /// Label for placement constraints, key=value; repeatable.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// On SIGTERM, how long to wait for this collector's monitors to move to
+    /// other collectors (it marks itself draining) before stopping them; 0
+    /// stops them at once.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
     /// Relative capacity for the planner (1.0 = typical).
     #[arg(long, default_value_t = 1.0)]
     weight: f64,
+}
+
+/// Marks this collector draining (bound to its lease) and waits until it
+/// runs no monitor, or `timeout`. Errors only shorten the wait: the monitors
+/// are stopped and the lease revoked right after in any case.
+async fn drain_before_leaving(
+    node: &kollector_collector::CollectorHandle,
+    etcd: &EtcdAccess,
+    prefix: &str,
+    id: &CollectorId,
+    lease: i64,
+    timeout: Duration,
+    ttl: Duration,
+) {
+    if lease == 0 || node.list_running().await.is_empty() {
+        return;
+    }
+    let marked = async {
+        let mut client = lease::connect(etcd, ttl).await?;
+        kollector_coordination::membership::mark_draining(&mut client, &Keys::new(prefix), id, lease).await
+    };
+    if let Err(e) = marked.await {
+        tracing::warn!("cannot mark this collector draining ({e}); stopping its monitors now");
+        return;
+    }
+    tracing::info!(timeout = ?timeout, "draining: waiting for the monitors to move to other collectors");
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = node.list_running().await.len();
+        if left == 0 {
+            tracing::info!("drained: every monitor runs elsewhere");
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(left, "drain timeout: stopping the monitors that did not move");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Reads the current leader term from etcd (one connection, made on first
@@ -111,6 +155,8 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     let http_addr = http_listener.local_addr()?;
 
     let http_address = args.advertise_http.clone().unwrap_or_else(|| http_addr.to_string());
+    let (etcd_for_drain, prefix, drain_timeout, args_ttl) =
+        (etcd.clone(), args.cluster.prefix.clone(), args.drain_timeout, args.lease_ttl);
     let options = ClientOptions { tls_files: Some(args.kafka_tls.policy()), ..ClientOptions::default() };
     // Shut until registered: no collection without a live lease.
     let gate = CollectGate::shut();
@@ -183,6 +229,12 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
         _ = shutdown_signal() => None,
         reason = member.failed() => Some(reason),
     };
+    // Graceful: mark this collector draining so the leader moves its
+    // monitors elsewhere one by one (each stops here only once the move is
+    // under way), and wait for that, bounded.
+    if failure.is_none() && !drain_timeout.is_zero() {
+        drain_before_leaving(&node, &etcd_for_drain, &prefix, &id, lease_view.get(), drain_timeout, args_ttl).await;
+    }
     // Stop every monitor (closing its Kafka client) *before* giving up the
     // lease: once the key is gone the manager starts them elsewhere at once.
     tracing::info!("shutting down: stopping monitors, then leaving the cluster");
