@@ -3,6 +3,8 @@
 # everything in place and returns in a second or two.
 #
 #   - etcd-server (Debian package): the real etcd the cluster-mode tests start.
+#   - prometheus (Debian package, with promtool): checks and unit-tests the
+#     alert rules, and a real Prometheus scrapes kollector in the deploy tests.
 #   - tansu 0.6.0 (crates.io, memory storage engine): a real Kafka-protocol
 #     broker the tests start on free loopback ports. Built once (~8 minutes on
 #     2 cores) into ~/.cargo/bin and reused afterwards.
@@ -22,6 +24,9 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need_apt=()
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+# Prometheus and promtool: the deploy tests check the rule files and run a
+# real Prometheus against kollector's discovery endpoint.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
 command -v perl >/dev/null 2>&1 || need_apt+=(perl)
@@ -38,6 +43,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   # Debian's package starts an etcd service on :2379; the tests start their own
   # on free ports, so stop the system one if a service manager started it.
   if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true; fi
+  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
 else
   log "etcd, make, g++ present"
 fi

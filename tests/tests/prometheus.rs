@@ -1,0 +1,151 @@
+//! The Prometheus files in `deploy/prometheus/`, against a real Prometheus
+//! (Debian's package): `promtool` checks the config and the rules and runs
+//! the rules' unit tests; then Prometheus discovers a running kollector's
+//! monitors through `/sd`, scrapes each as its own `instance`, evaluates
+//! every rule expression, and the lag and monitor-down alerts fire for real
+//! when a consumer group lags and the broker stops.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kollector_devkit::tansu::TansuBroker;
+use kollector_tests::kafka_fixtures::{commit_offsets, create_topic, produce_records};
+use kollector_tests::kollector::{monitor_toml, KollectorProcess};
+use kollector_tests::poll::wait_for;
+
+fn deploy() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus")
+}
+
+fn promtool(args: &[&str]) -> (bool, String) {
+    let out =
+        Command::new("promtool").args(args).current_dir(deploy()).output().expect("promtool (install-test-deps.sh)");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn promtool_accepts_the_config_and_rules_and_their_unit_tests_pass() {
+    for args in [
+        vec!["check", "config", "prometheus.yml"],
+        vec!["check", "rules", "kollector-rules.yml"],
+        vec!["test", "rules", "kollector-rules.test.yml"],
+    ] {
+        let (ok, out) = promtool(&args);
+        assert!(ok, "promtool {args:?}:\n{out}");
+    }
+}
+
+/// The `expr:` of every rule in a rules file.
+fn rule_exprs(text: &str) -> Vec<String> {
+    text.lines().filter_map(|l| l.trim().strip_prefix("expr:")).map(|e| e.trim().to_string()).collect()
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn get(port: u16, path: &str) -> Result<serde_json::Value, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).ok_or("no body")?;
+    serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))
+}
+
+fn query(port: u16, q: &str) -> Result<serde_json::Value, String> {
+    get(port, &format!("/api/v1/query?query={}", encode(q)))
+}
+
+fn firing(port: u16, alert: &str) -> Result<(), String> {
+    let v = get(port, "/api/v1/alerts")?;
+    let alerts = v["data"]["alerts"].as_array().cloned().unwrap_or_default();
+    alerts
+        .iter()
+        .any(|a| a["labels"]["alertname"] == alert && a["state"] == "firing")
+        .then_some(())
+        .ok_or(format!("{alert} not firing: {alerts:?}"))
+}
+
+struct Prometheus(Child);
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_real_prometheus_discovers_scrapes_and_alerts() {
+    let mut broker = TansuBroker::start("prom-kafka");
+    let bs = broker.bootstrap();
+    create_topic(&bs, "events", 1);
+    produce_records(&bs, "events", 0, 30);
+    commit_offsets(&bs, "billing", &[("events", 0, 0)]);
+    let k = KollectorProcess::standalone(&monitor_toml("orders", &bs, "1s"));
+
+    // The shipped rules, with every `for:` cut so alerts fire within the
+    // test, and the lag threshold (1000) lowered to 20: the test broker takes
+    // one produce request per record, about 0.1 s each.
+    let dir = tempfile::tempdir().unwrap();
+    let rules = std::fs::read_to_string(deploy().join("kollector-rules.yml")).unwrap();
+    assert!(rules.contains("(kafka_consumergroup_lag) > 1000"), "the lag rule changed; update this test");
+    let fast: String = rules
+        .lines()
+        .map(|l| if l.trim_start().starts_with("for:") { "" } else { l })
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("(kafka_consumergroup_lag) > 1000", "(kafka_consumergroup_lag) > 20");
+    std::fs::write(dir.path().join("rules.yml"), &fast).unwrap();
+    let port = kollector_devkit::free_port();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [rules.yml]\nscrape_configs:\n  - job_name: kafka\n    http_sd_configs:\n      - url: http://127.0.0.1:{}/sd\n        refresh_interval: 1s\n",
+        k.http_port
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (install-test-deps.sh)");
+    let _prometheus = Prometheus(child);
+
+    // Discovered through /sd, scraped as its own instance.
+    wait_for("Prometheus to scrape the orders target", Duration::from_secs(60), || {
+        let v = get(port, "/api/v1/targets")?;
+        let active = v["data"]["activeTargets"].as_array().cloned().unwrap_or_default();
+        active
+            .iter()
+            .any(|t| t["labels"]["instance"] == "orders" && t["health"] == "up")
+            .then_some(())
+            .ok_or(format!("{active:?}"))
+    });
+    // A kafka_exporter-style query, per instance.
+    wait_for("lag of billing on instance orders", Duration::from_secs(30), || {
+        let v = query(port, r#"sum by (consumergroup) (kafka_consumergroup_lag{instance="orders"})"#)?;
+        let r = v["data"]["result"].as_array().cloned().unwrap_or_default();
+        (r.len() == 1 && r[0]["value"][1] == "30").then_some(()).ok_or(format!("{v}"))
+    });
+    // Every rule expression parses and evaluates.
+    for expr in rule_exprs(&rules) {
+        let v = query(port, &expr).unwrap();
+        assert_eq!(v["status"], "success", "{expr}: {v}");
+    }
+    wait_for("KafkaConsumerGroupLagHigh to fire", Duration::from_secs(30), || {
+        firing(port, "KafkaConsumerGroupLagHigh")
+    });
+    broker.kill();
+    wait_for("KafkaMonitorDown to fire", Duration::from_secs(60), || firing(port, "KafkaMonitorDown"));
+}
