@@ -143,6 +143,29 @@ fn a_real_prometheus_discovers_scrapes_and_alerts() {
         let v = query(port, &expr).unwrap();
         assert_eq!(v["status"], "success", "{expr}: {v}");
     }
+    // Every dashboard query parses; every Kafka panel has data (the cluster
+    // dashboard's kollector_* panels need cluster mode: parsed only).
+    for (file, need_data) in [("kafka.json", true), ("kollector-cluster.json", false)] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana").join(file);
+        let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let panels = dashboard["panels"].as_array().unwrap();
+        assert!(!panels.is_empty(), "{file}");
+        for p in panels {
+            for t in p["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap().replace("$monitor", ".*").replace("$__rate_interval", "1m");
+                let title = p["title"].as_str().unwrap_or_default().to_string();
+                let v = wait_for(&format!("{file} panel {title:?}"), Duration::from_secs(20), || {
+                    let v = query(port, &expr)?;
+                    let empty = v["data"]["result"].as_array().is_none_or(|r| r.is_empty());
+                    if v["status"] != "success" || (need_data && empty) {
+                        return Err(format!("{expr}: {v}"));
+                    }
+                    Ok(v)
+                });
+                assert_eq!(v["status"], "success");
+            }
+        }
+    }
     wait_for("KafkaConsumerGroupLagHigh to fire", Duration::from_secs(30), || {
         firing(port, "KafkaConsumerGroupLagHigh")
     });
