@@ -43,7 +43,7 @@ fn standalone_serves_one_target_per_monitor_with_only_its_series() {
     let a = TansuBroker::start("sd-a");
     let b = TansuBroker::start("sd-b");
     let k = KollectorProcess::standalone(&format!(
-        "{}\n{}",
+        "{}labels = {{ team = \"payments\", part_of = \"shop\" }}\n{}",
         monitor_toml("mon-a", &a.bootstrap(), "1s"),
         monitor_toml("mon-b", &b.bootstrap(), "1s")
     ));
@@ -67,6 +67,9 @@ fn standalone_serves_one_target_per_monitor_with_only_its_series() {
             m.samples.iter().filter(|s| s.labels.get("monitor").is_some_and(|x| x != monitor)).cloned().collect();
         assert!(others.is_empty(), "{monitor}'s target carries other monitors' series: {others:?}");
     }
+    // The monitor's own labels, as Prometheus label names.
+    assert_eq!(found["mon-a"].2.get("team").map(String::as_str), Some("payments"));
+    assert_eq!(found["mon-a"].2.get("part_of").map(String::as_str), Some("shop"));
     assert_eq!(get(&http, "/monitors/nope/metrics").unwrap().0, 404);
     assert_eq!(get(&http, "/monitors/..%2Fetc/metrics").unwrap().0, 404);
 }

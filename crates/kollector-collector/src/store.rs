@@ -16,13 +16,15 @@ use kollector_core::{Generation, MonitorId, MonitorResult, MonitorSpec};
 #[derive(Clone, Debug)]
 pub struct ResultStore {
     inner: Arc<RwLock<HashMap<MonitorId, MonitorResult>>>,
+    /// The labels of each running monitor's spec (for discovery targets).
+    labels: Arc<RwLock<HashMap<MonitorId, std::collections::BTreeMap<String, String>>>>,
     /// Announces every change of an entry (for result streams).
     changes: tokio::sync::broadcast::Sender<MonitorId>,
 }
 
 impl Default for ResultStore {
     fn default() -> Self {
-        ResultStore { inner: Arc::default(), changes: tokio::sync::broadcast::channel(1024).0 }
+        ResultStore { inner: Arc::default(), labels: Arc::default(), changes: tokio::sync::broadcast::channel(1024).0 }
     }
 }
 
@@ -54,11 +56,19 @@ impl ResultStore {
             fresh.restarts_total = p.restarts_total;
         }
         map.insert(spec.id.clone(), fresh);
+        drop(map);
+        self.labels.write().unwrap_or_else(|p| p.into_inner()).insert(spec.id.clone(), spec.labels.clone());
+    }
+
+    /// The labels of `id`'s spec (empty if it does not run here).
+    pub fn labels(&self, id: &MonitorId) -> std::collections::BTreeMap<String, String> {
+        self.labels.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned().unwrap_or_default()
     }
 
     /// Removes a monitor's entry: its series disappear from `/metrics`.
     pub(crate) fn remove(&self, id: &MonitorId) {
         self.write().remove(id);
+        self.labels.write().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
     /// Applies `f` to the entry of `id` if it still belongs to `generation`.

@@ -223,15 +223,6 @@ fn check_limits(i: &MonitorInput, errors: &mut Errors) -> bool {
             continue;
         }
         for (k, v) in labels {
-            let key_ok = !k.is_empty()
-                && k.len() <= 63
-                && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'));
-            if !key_ok {
-                errors.push(
-                    format!("{name}.{}", k.chars().take(63).collect::<String>()),
-                    "keys are 1-63 characters: ASCII letters, digits, '_', '-', '.', '/'",
-                );
-            }
             text(errors, format!("{name}.{}", k.chars().take(63).collect::<String>()), v);
         }
     }

@@ -166,14 +166,18 @@ impl ManagerMetrics {
     /// Discovery: one target per monitor with a current result, at the HTTP
     /// address of the collector that owns it now.
     pub async fn targets(&self) -> Vec<kollector_collector::discovery::SdTarget> {
-        let (Ok(results), Ok(collectors)) = (self.current().await, self.store.collectors().await) else {
+        let (Ok(results), Ok(collectors), Ok(specs)) =
+            (self.current().await, self.store.collectors().await, self.store.monitors().await)
+        else {
             return Vec::new();
         };
+        let no_labels = std::collections::BTreeMap::new();
         results
             .iter()
             .filter_map(|r| {
                 let owner = collectors.get(r.collector.as_ref()?)?;
-                Some(kollector_collector::discovery::target(&owner.record.http_address, r))
+                let labels = specs.valid.get(&r.monitor).map_or(&no_labels, |m| &m.spec.labels);
+                Some(kollector_collector::discovery::target(&owner.record.http_address, r, labels))
             })
             .collect()
     }

@@ -57,7 +57,9 @@ pub fn local(
         }),
         targets: Arc::new(move || {
             let (store, address) = (s3.clone(), address.clone());
-            Box::pin(async move { store.all().iter().map(|r| discovery::target(&address, r)).collect() })
+            Box::pin(async move {
+                store.all().iter().map(|r| discovery::target(&address, r, &store.labels(&r.monitor))).collect()
+            })
         }),
         ready: Arc::new(move || {
             let r = ready();
