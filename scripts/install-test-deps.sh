@@ -86,4 +86,16 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
   log "installing cargo-nextest"
   cargo install cargo-nextest --locked
 fi
+# kubernetes-validate (PyPI) checks the Kubernetes manifests against the
+# Kubernetes schemas; in a private virtualenv, made once.
+VENV="${KOLLECTOR_TEST_VENV:-$HOME/.cache/kollector-tests/venv}"
+if [ -x "$VENV/bin/kubernetes-validate" ]; then
+  log "kubernetes-validate present in $VENV"
+else
+  log "installing kubernetes-validate into $VENV"
+  command -v python3 >/dev/null 2>&1 || { log "python3 missing"; exit 1; }
+  python3 -m venv "$VENV" 2>/dev/null || { $SUDO apt-get install -y -qq --no-install-recommends python3-venv && python3 -m venv "$VENV"; }
+  "$VENV/bin/pip" install -q kubernetes-validate
+fi
+
 log "done: etcd=$(command -v etcd) tansu=$(command -v tansu) protoc=$(command -v protoc)"

@@ -61,8 +61,61 @@ fn uses(line: &str) -> Vec<(String, String)> {
         for flag in words[i + 2..].iter().take_while(|w| !end(w)) {
             if let Some(f) = flag.strip_prefix("--") {
                 let name = f.split('=').next().unwrap_or_default();
-                if !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
+                if !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
                     out.push((sub.to_string(), format!("--{name}")));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// (subcommand, flag) from YAML where the entrypoint is kollector: a
+/// Kubernetes `args:` list whose first item is a subcommand, or a Compose
+/// `command:` (inline or a folded block) that starts with one.
+fn yaml_uses(text: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let t = line.trim_start();
+        let words: Vec<String> = if t == "args:" {
+            let base = indent(line);
+            let mut items = Vec::new();
+            i += 1;
+            while i < lines.len() && indent(lines[i]) >= base && lines[i].trim_start().starts_with("- ") {
+                items.push(lines[i].trim_start()[2..].trim().to_string());
+                i += 1;
+            }
+            items
+        } else if let Some(rest) = t.strip_prefix("command:") {
+            let base = indent(line);
+            let mut text = String::new();
+            if !matches!(rest.trim(), ">-" | ">" | "|" | "|-") {
+                text.push_str(rest);
+            }
+            i += 1;
+            while matches!(rest.trim(), ">-" | ">" | "|" | "|-") && i < lines.len() && indent(lines[i]) > base {
+                text.push(' ');
+                text.push_str(lines[i].trim());
+                i += 1;
+            }
+            text.split_whitespace().map(str::to_string).collect()
+        } else {
+            i += 1;
+            continue;
+        };
+        if let Some(sub) = words.first().filter(|w| SUBCOMMANDS.contains(&w.as_str())) {
+            for w in &words[1..] {
+                if let Some(f) = w.strip_prefix("--") {
+                    let name = f.split('=').next().unwrap_or_default();
+                    if !name.is_empty()
+                        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    {
+                        out.push((sub.clone(), format!("--{name}")));
+                    }
                 }
             }
         }
@@ -94,8 +147,13 @@ fn every_flag_in_deploy_files_exists() {
     let mut missing = Vec::new();
     for p in &paths {
         let Ok(text) = std::fs::read_to_string(p) else { continue };
-        for line in logical_lines(&text) {
-            for (sub, flag) in uses(&line) {
+        let is_yaml = p.extension().is_some_and(|e| e == "yaml" || e == "yml");
+        let mut found: Vec<(String, String)> = logical_lines(&text).iter().flat_map(|l| uses(l)).collect();
+        if is_yaml {
+            found.extend(yaml_uses(&text));
+        }
+        {
+            for (sub, flag) in found {
                 if !checked.insert((sub.clone(), flag.clone())) {
                     continue;
                 }
@@ -110,6 +168,77 @@ fn every_flag_in_deploy_files_exists() {
     }
     assert!(checked.len() > 30, "too few flags found to trust the scan: {checked:?}");
     assert!(missing.is_empty(), "flags that kollector does not have:\n{}", missing.join("\n"));
+}
+
+#[test]
+fn the_kubernetes_manifests_validate_against_the_kubernetes_schemas() {
+    let venv = std::env::var("KOLLECTOR_TEST_VENV").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/kollector-tests/venv")
+    });
+    let mut manifests = Vec::new();
+    files(&repo().join("deploy/kubernetes"), &mut manifests);
+    manifests.retain(|p| p.extension().is_some_and(|e| e == "yaml"));
+    assert!(manifests.len() >= 8, "{manifests:?}");
+    let out = Command::new(venv.join("bin/kubernetes-validate"))
+        .arg("--strict")
+        .args(&manifests)
+        .output()
+        .expect("kubernetes-validate (scripts/install-test-deps.sh installs it)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && !text.contains("ERROR"), "{text}");
+    // Every Kubernetes object was checked; only kustomize's own files and
+    // the Prometheus Operator's CRD have no schema.
+    for line in text.lines().filter(|l| l.starts_with("WARN")) {
+        assert!(line.contains("Kustomization") || line.contains("ServiceMonitor"), "{line}");
+    }
+    for kind in [
+        "deployment/manager",
+        "statefulset/collector",
+        "service/kollector-collector",
+        "poddisruptionbudget/collector",
+        "statefulset/etcd",
+    ] {
+        assert!(text.contains(&format!("passed for resource {kind}")), "{kind} not validated:\n{text}");
+    }
+    // The probes use the endpoints kollector serves.
+    for m in ["base/manager.yaml", "base/collector.yaml"] {
+        let t = std::fs::read_to_string(repo().join("deploy/kubernetes").join(m)).unwrap();
+        assert!(t.contains("path: /healthz") && t.contains("path: /readyz"), "{m}");
+    }
+}
+
+#[test]
+fn the_compose_file_runs_the_whole_stack_and_its_prometheus_config_checks() {
+    let dir = repo().join("deploy/compose");
+    let compose = std::fs::read_to_string(dir.join("compose.yaml")).unwrap();
+    for service in [
+        "pki",
+        "etcd",
+        "manager-1",
+        "manager-2",
+        "collector-1",
+        "collector-2",
+        "collector-3",
+        "kafka",
+        "traffic",
+        "setup",
+        "prometheus",
+        "grafana",
+    ] {
+        assert!(compose.contains(&format!("\n  {service}:")), "service {service} missing");
+    }
+    assert!(compose.contains("../grafana:/var/lib/grafana/dashboards/kollector"), "dashboards provisioned");
+    // promtool checks the Compose Prometheus config with the shipped rules beside it.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join("prometheus.yml"), tmp.path().join("prometheus.yml")).unwrap();
+    std::fs::copy(repo().join("deploy/prometheus/kollector-rules.yml"), tmp.path().join("kollector-rules.yml"))
+        .unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "config", "prometheus.yml"])
+        .current_dir(tmp.path())
+        .output()
+        .expect("promtool");
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

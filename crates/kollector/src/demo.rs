@@ -40,6 +40,11 @@ pub struct DemoArgs {
     /// Stop by itself after this long (e.g. "60s"); runs until Ctrl-C when absent.
     #[arg(long)]
     duration: Option<String>,
+    /// Only make traffic against this existing broker (topic `orders` with a
+    /// producer and a lagging group `billing`): no tansu, no kollector. For
+    /// the Compose file and other setups that run kollector elsewhere.
+    #[arg(long, value_name = "HOST:PORT")]
+    traffic_only: Option<String>,
 }
 
 /// Produces one record per request (tansu reports the high watermark per
@@ -100,7 +105,32 @@ fn monitor(id: &str, bootstrap: &str, interval: &str) -> anyhow::Result<MonitorS
     .map_err(|e| anyhow!("demo monitor {id}: {e}"))
 }
 
+/// `--traffic-only`: the producer and the lagging group against `bootstrap`.
+async fn traffic_only(bootstrap: String, duration: Option<String>) -> anyhow::Result<()> {
+    create_topic_async(&bootstrap, "orders", 3).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s1, s2, b2) = (stop.clone(), stop.clone(), bootstrap.clone());
+    let producer = std::thread::spawn(move || traffic(bootstrap, vec![("orders", 3)], Duration::from_millis(200), s1));
+    let consumer = std::thread::spawn(move || slow_consumer(b2, "billing", "orders", Duration::from_millis(500), s2));
+    eprintln!("demo: producing to topic orders; group billing consumes slower and lags. Ctrl-C stops.");
+    let limit = duration.map(|d| humantime::parse_duration(&d)).transpose().context("--duration")?;
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = async { match limit { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {}
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in [producer, consumer] {
+        if let Ok(Err(e)) = w.join() {
+            eprintln!("demo: worker ended with: {e:#}");
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if let Some(bootstrap) = args.traffic_only {
+        return traffic_only(bootstrap, args.duration).await;
+    }
     let orders = TansuBroker::try_start(args.tansu.clone(), "demo-orders", free_port())?;
     let payments = TansuBroker::try_start(args.tansu, "demo-payments", free_port())?;
     for (broker, topic, partitions) in [(&orders, "orders", 3), (&orders, "orders-dlq", 1), (&payments, "payments", 2)]
