@@ -79,6 +79,38 @@ start() {
       --grpc-listen="127.0.0.1:$((7170 + i))" --http-listen="127.0.0.1:$((9470 + i))" --lease-ttl="$LEASE_TTL"
   done
   wait_port 7070
+  # Something to watch: a tansu broker with a producer and a lagging group,
+  # and a monitor for it (when tansu is installed: scripts/install-test-deps.sh).
+  if command -v tansu >/dev/null 2>&1; then
+    start_bg kafka tansu broker --cluster-id=local-kafka --listener-url=tcp://127.0.0.1:19092 \
+      --advertised-listener-url=tcp://127.0.0.1:19092 --storage-engine=memory://tansu/
+    wait_port 19092
+    start_bg traffic "$KOLLECTOR" demo --traffic-only 127.0.0.1:19092
+    for _ in $(seq 1 50); do
+      "$KOLLECTOR" monitor add --id local-kafka --bootstrap 127.0.0.1:19092 --interval 5s >/dev/null 2>&1 && break
+      sleep 0.2
+    done
+  fi
+  # A Prometheus discovering one target per monitor through the managers'
+  # /sd, with the shipped alert rules (when Debian's prometheus is installed).
+  if command -v prometheus >/dev/null 2>&1; then
+    cp deploy/prometheus/kollector-rules.yml "$STATE_DIR/kollector-rules.yml"
+    cat >"$STATE_DIR/prometheus.yml" <<PROM
+global: {scrape_interval: 5s, evaluation_interval: 5s}
+rule_files: [kollector-rules.yml]
+scrape_configs:
+  - job_name: kafka
+    http_sd_configs: [{url: "http://127.0.0.1:9464/sd", refresh_interval: 10s}]
+  - job_name: kollector-managers
+    static_configs: [{targets: ["127.0.0.1:9464", "127.0.0.1:9465"]}]
+    metric_relabel_configs: [{source_labels: [monitor], regex: .+, action: drop}]
+  - job_name: kollector-collectors
+    static_configs: [{targets: ["127.0.0.1:9471", "127.0.0.1:9472", "127.0.0.1:9473"]}]
+    metric_relabel_configs: [{source_labels: [monitor], regex: .+, action: drop}]
+PROM
+    start_bg prometheus prometheus --config.file="$STATE_DIR/prometheus.yml" \
+      --storage.tsdb.path="$STATE_DIR/prometheus" --web.listen-address=127.0.0.1:9090
+  fi
   cat <<MSG
 
 kollector cluster is up. Managers: 127.0.0.1:7070 and 127.0.0.1:7071 (metrics on :9464, :9465).
@@ -88,11 +120,13 @@ Every hop is TLS; the CLI needs the CA and the admin token:
   $KOLLECTOR monitor add --id orders --bootstrap HOST:9092 --interval 15s
   $KOLLECTOR status
   kill -9 \$(cat $STATE_DIR/collector2.pid)   # watch its monitors fail over
+Prometheus (if installed): http://127.0.0.1:9090/graph?g0.expr=kafka_consumergroup_lag
 MSG
 }
 
 stop() {
-  for f in "$STATE_DIR"/collector*.pid "$STATE_DIR"/manager*.pid "$STATE_DIR"/etcd.pid; do
+  for f in "$STATE_DIR"/prometheus.pid "$STATE_DIR"/traffic.pid "$STATE_DIR"/kafka.pid \
+    "$STATE_DIR"/collector*.pid "$STATE_DIR"/manager*.pid "$STATE_DIR"/etcd.pid; do
     [ -f "$f" ] || continue
     kill "$(cat "$f")" 2>/dev/null || true
     rm -f "$f"
