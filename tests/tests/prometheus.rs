@@ -1,9 +1,11 @@
-//! The Prometheus files in `deploy/prometheus/`, against a real Prometheus
-//! (Debian's package): `promtool` checks the config and the rules and runs
-//! the rules' unit tests; then Prometheus discovers a running kollector's
-//! monitors through `/sd`, scrapes each as its own `instance`, evaluates
-//! every rule expression, and the lag and monitor-down alerts fire for real
-//! when a consumer group lags and the broker stops.
+//! The Prometheus files in `deploy/prometheus/` and the dashboards in
+//! `deploy/grafana/`, against a real Prometheus (Debian's package):
+//! `promtool` checks the config and the rules and runs the rules' unit
+//! tests; then Prometheus discovers a running kollector cluster's monitors
+//! through a manager's `/sd`, scrapes each as its own `instance` (and the
+//! nodes for their own metrics), evaluates every rule expression and every
+//! dashboard query, which all return data, and the lag and monitor-down
+//! alerts fire for real when a consumer group lags and the broker stops.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -11,9 +13,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use kollector_devkit::tansu::TansuBroker;
+use kollector_proto::v1 as pb;
+use kollector_tests::cluster::Cluster;
 use kollector_tests::kafka_fixtures::{commit_offsets, create_topic, produce_records};
-use kollector_tests::kollector::{monitor_toml, KollectorProcess};
 use kollector_tests::poll::wait_for;
 
 fn deploy() -> std::path::PathBuf {
@@ -84,14 +86,28 @@ impl Drop for Prometheus {
     }
 }
 
-#[test]
-fn a_real_prometheus_discovers_scrapes_and_alerts() {
-    let mut broker = TansuBroker::start("prom-kafka");
-    let bs = broker.bootstrap();
-    create_topic(&bs, "events", 1);
-    produce_records(&bs, "events", 0, 30);
-    commit_offsets(&bs, "billing", &[("events", 0, 0)]);
-    let k = KollectorProcess::standalone(&monitor_toml("orders", &bs, "1s"));
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_prometheus_discovers_scrapes_and_alerts() {
+    let mut cluster = Cluster::start(2);
+    let bs = cluster.broker.bootstrap();
+    let fixture = bs.clone();
+    tokio::task::spawn_blocking(move || {
+        create_topic(&fixture, "events", 1);
+        produce_records(&fixture, "events", 0, 30);
+        commit_offsets(&fixture, "billing", &[("events", 0, 0)]);
+    })
+    .await
+    .unwrap();
+    let spec = pb::MonitorSpecInput {
+        id: "orders".into(),
+        bootstrap: vec![bs.clone()],
+        interval: Some("1s".into()),
+        ..Default::default()
+    };
+    cluster.manager.client().await.create_monitor(pb::CreateMonitorRequest { spec: Some(spec) }).await.unwrap();
+    cluster.settled(1, 60).await;
+    let nodes = |ports: Vec<u16>| ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect::<Vec<_>>().join(", ");
+    let collectors = nodes(cluster.collectors.values().map(|c| c.http_port).collect());
 
     // The shipped rules, with every `for:` cut so alerts fire within the
     // test, and the lag threshold (1000) lowered to 20: the test broker takes
@@ -107,9 +123,11 @@ fn a_real_prometheus_discovers_scrapes_and_alerts() {
         .replace("(kafka_consumergroup_lag) > 1000", "(kafka_consumergroup_lag) > 20");
     std::fs::write(dir.path().join("rules.yml"), &fast).unwrap();
     let port = kollector_devkit::free_port();
+    let drop_monitors = "    metric_relabel_configs: [{source_labels: [monitor], regex: .+, action: drop}]\n";
     let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [rules.yml]\nscrape_configs:\n  - job_name: kafka\n    http_sd_configs:\n      - url: http://127.0.0.1:{}/sd\n        refresh_interval: 1s\n",
-        k.http_port
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [rules.yml]\nscrape_configs:\n  - job_name: kafka\n    http_sd_configs:\n      - url: http://127.0.0.1:{}/sd\n        refresh_interval: 1s\n  - job_name: kollector-managers\n    static_configs: [{{targets: [{}]}}]\n{drop_monitors}  - job_name: kollector-collectors\n    static_configs: [{{targets: [{collectors}]}}]\n{drop_monitors}",
+        cluster.manager.http_port,
+        nodes(vec![cluster.manager.http_port]),
     );
     std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
     let child = Command::new("prometheus")
@@ -143,9 +161,8 @@ fn a_real_prometheus_discovers_scrapes_and_alerts() {
         let v = query(port, &expr).unwrap();
         assert_eq!(v["status"], "success", "{expr}: {v}");
     }
-    // Every dashboard query parses; every Kafka panel has data (the cluster
-    // dashboard's kollector_* panels need cluster mode: parsed only).
-    for (file, need_data) in [("kafka.json", true), ("kollector-cluster.json", false)] {
+    // Every dashboard query parses and has data.
+    for (file, need_data) in [("kafka.json", true), ("kollector-cluster.json", true)] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana").join(file);
         let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let panels = dashboard["panels"].as_array().unwrap();
@@ -169,6 +186,6 @@ fn a_real_prometheus_discovers_scrapes_and_alerts() {
     wait_for("KafkaConsumerGroupLagHigh to fire", Duration::from_secs(30), || {
         firing(port, "KafkaConsumerGroupLagHigh")
     });
-    broker.kill();
+    cluster.broker.kill();
     wait_for("KafkaMonitorDown to fire", Duration::from_secs(60), || firing(port, "KafkaMonitorDown"));
 }
