@@ -103,10 +103,10 @@ scrape_configs:
     http_sd_configs: [{url: "http://127.0.0.1:9464/sd", refresh_interval: 10s}]
   - job_name: kollector-managers
     static_configs: [{targets: ["127.0.0.1:9464", "127.0.0.1:9465"]}]
-    metric_relabel_configs: [{source_labels: [monitor], regex: .+, action: drop}]
+    metrics_path: /metrics/self
   - job_name: kollector-collectors
     static_configs: [{targets: ["127.0.0.1:9471", "127.0.0.1:9472", "127.0.0.1:9473"]}]
-    metric_relabel_configs: [{source_labels: [monitor], regex: .+, action: drop}]
+    metrics_path: /metrics/self
 PROM
     start_bg prometheus prometheus --config.file="$STATE_DIR/prometheus.yml" \
       --storage.tsdb.path="$STATE_DIR/prometheus" --web.listen-address=127.0.0.1:9090

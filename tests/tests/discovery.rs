@@ -70,6 +70,12 @@ fn standalone_serves_one_target_per_monitor_with_only_its_series() {
     // The monitor's own labels, as Prometheus label names.
     assert_eq!(found["mon-a"].2.get("team").map(String::as_str), Some("payments"));
     assert_eq!(found["mon-a"].2.get("part_of").map(String::as_str), Some("shop"));
+    // The node's own series alone, for node scrape jobs.
+    let (code, body) = get(&http, "/metrics/self").unwrap();
+    let own = Metrics::parse(&body).unwrap();
+    assert_eq!(code, 200);
+    assert!(own.value("kollector_kafka_clients", &[]).is_some(), "{body}");
+    assert!(own.samples.iter().all(|s| !s.labels.contains_key("monitor")), "{body}");
     assert_eq!(get(&http, "/monitors/nope/metrics").unwrap().0, 404);
     assert_eq!(get(&http, "/monitors/..%2Fetc/metrics").unwrap().0, 404);
 }

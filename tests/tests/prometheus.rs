@@ -123,9 +123,9 @@ async fn a_real_prometheus_discovers_scrapes_and_alerts() {
         .replace("(kafka_consumergroup_lag) > 1000", "(kafka_consumergroup_lag) > 20");
     std::fs::write(dir.path().join("rules.yml"), &fast).unwrap();
     let port = kollector_devkit::free_port();
-    let drop_monitors = "    metric_relabel_configs: [{source_labels: [monitor], regex: .+, action: drop}]\n";
+    let node_path = "    metrics_path: /metrics/self\n";
     let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [rules.yml]\nscrape_configs:\n  - job_name: kafka\n    http_sd_configs:\n      - url: http://127.0.0.1:{}/sd\n        refresh_interval: 1s\n  - job_name: kollector-managers\n    static_configs: [{{targets: [{}]}}]\n{drop_monitors}  - job_name: kollector-collectors\n    static_configs: [{{targets: [{collectors}]}}]\n{drop_monitors}",
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [rules.yml]\nscrape_configs:\n  - job_name: kafka\n    http_sd_configs:\n      - url: http://127.0.0.1:{}/sd\n        refresh_interval: 1s\n  - job_name: kollector-managers\n    static_configs: [{{targets: [{}]}}]\n{node_path}  - job_name: kollector-collectors\n    static_configs: [{{targets: [{collectors}]}}]\n{node_path}",
         cluster.manager.http_port,
         nodes(vec![cluster.manager.http_port]),
     );

@@ -31,13 +31,17 @@ fn kafka<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> DevError + '_ {
     move |e| DevError::Kafka(format!("{what}: {e}"))
 }
 
-/// Creates `topic` with `partitions` partitions (replication 1), from async code.
+/// Creates `topic` with `partitions` partitions (replication 1), from async
+/// code. A topic that exists already is fine.
 pub async fn create_topic_async(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), DevError> {
     let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create().map_err(kafka("admin client"))?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT)).request_timeout(Some(TIMEOUT));
     for r in admin.create_topics([&new], &opts).await.map_err(kafka("create_topics"))? {
-        r.map_err(|(name, code)| DevError::Kafka(format!("create topic {name}: {code}")))?;
+        match r {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => return Err(DevError::Kafka(format!("create topic {name}: {code}"))),
+        }
     }
     Ok(())
 }

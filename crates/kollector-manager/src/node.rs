@@ -102,6 +102,15 @@ pub struct ManagerMetrics {
 impl ManagerMetrics {
     /// The `/metrics` body now.
     pub async fn render(&self) -> String {
+        render_entries(self.current().await.unwrap_or_default(), self.own_metrics(), false)
+    }
+
+    /// Only the manager's own series (no monitor's).
+    pub fn render_self(&self) -> String {
+        render_entries(Vec::new(), self.own_metrics(), false)
+    }
+
+    fn own_metrics(&self) -> Vec<Extra> {
         let stats = &self.stats;
         let leader = matches!(&*self.leadership.borrow(), Leadership::Leader(_));
         let gauge = |name, help, value| Extra { name, help, value, counter: false };
@@ -147,7 +156,7 @@ impl ManagerMetrics {
                 load(&stats.failed_chunks),
             ),
         ];
-        render_entries(self.current().await.unwrap_or_default(), extra, false)
+        extra
     }
 
     /// Results of the specs in force now, from their owners (read at every scrape).

@@ -106,17 +106,18 @@ impl Keyring {
         Ok(Keyring { keys, random: SystemRandom::new() })
     }
 
-    /// Reads a key file; refuses one that other users may read.
+    /// Reads a key file; refuses one that any user may read (group access is
+    /// allowed: Kubernetes hands Secrets to a pod through its fsGroup).
     pub fn load(path: &Path) -> Result<Keyring, SealError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| SealError::Read { path: shown.clone(), source })?;
         #[cfg(unix)]
         if let Ok(meta) = std::fs::metadata(path) {
             use std::os::unix::fs::PermissionsExt as _;
-            if meta.permissions().mode() & 0o077 != 0 {
+            if meta.permissions().mode() & 0o007 != 0 {
                 return Err(SealError::BadKeyFile {
                     path: shown,
-                    message: "other users may read it; chmod 600 it".into(),
+                    message: "every user may read it; chmod 600 (or 640) it".into(),
                 });
             }
         }

@@ -1,5 +1,7 @@
 //! The HTTP side of every node:
 //! - `/metrics`: every series this node serves;
+//! - `/metrics/self`: only the node's own series (no monitor's), for node
+//!   scrape jobs next to the per-monitor targets, so nothing is scraped twice;
 //! - `/monitors/<id>/metrics`: one monitor's series alone (its scrape target);
 //! - `/sd`: Prometheus HTTP service discovery, one target per monitor (see
 //!   `kollector_collector::discovery`);
@@ -29,6 +31,8 @@ pub type Render = Arc<dyn Fn() -> Fut<String> + Send + Sync>;
 #[derive(Clone)]
 pub struct Views {
     pub metrics: Render,
+    /// The node's own series only.
+    pub node: Render,
     /// One monitor's series, or None if this node does not serve it.
     pub monitor: Arc<dyn Fn(MonitorId) -> Fut<Option<String>> + Send + Sync>,
     /// The discovery targets.
@@ -46,10 +50,15 @@ pub fn local(
     ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
 ) -> Views {
     let (s1, s2, s3) = (store.clone(), store.clone(), store);
+    let extra_node = extra.clone();
     Views {
         metrics: Arc::new(move || {
             let (store, extra) = (s1.clone(), extra.clone());
             Box::pin(async move { kollector_collector::metrics::render(&store, extra()) })
+        }),
+        node: Arc::new(move || {
+            let extra = extra_node.clone();
+            Box::pin(async move { kollector_collector::metrics::render_entries(Vec::new(), extra(), true) })
         }),
         monitor: Arc::new(move |id| {
             let store = s2.clone();
@@ -76,8 +85,16 @@ pub async fn serve(
     views: Views,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (v1, v2, v3, v4) = (views.clone(), views.clone(), views.clone(), views);
+    let (v1, v2, v3, v4) = (views.clone(), views.clone(), views.clone(), views.clone());
+    let v5 = views;
     let app = Router::new()
+        .route(
+            "/metrics/self",
+            get(move || {
+                let render = v5.node.clone();
+                async move { ([(header::CONTENT_TYPE, TEXT)], render().await).into_response() }
+            }),
+        )
         .route(
             "/metrics",
             get(move || {

@@ -91,11 +91,15 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     };
     let node = ManagerNode::start(config, grpc_listener).await?;
     let metrics = node.metrics();
-    let (m1, m2, m3, m4) = (metrics.clone(), metrics.clone(), metrics.clone(), metrics);
+    let (m1, m2, m3, m4, m5) = (metrics.clone(), metrics.clone(), metrics.clone(), metrics.clone(), metrics);
     let views = http::Views {
         metrics: Arc::new(move || {
             let m = m1.clone();
             Box::pin(async move { m.render().await })
+        }),
+        node: Arc::new(move || {
+            let m = m5.clone();
+            Box::pin(async move { m.render_self() })
         }),
         monitor: Arc::new(move |id| {
             let m = m2.clone();
