@@ -27,6 +27,8 @@ command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 # Prometheus and promtool: the deploy tests check the rule files and run a
 # real Prometheus against kollector's discovery endpoint.
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# systemd-analyze verifies the systemd units in deploy/.
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
 command -v perl >/dev/null 2>&1 || need_apt+=(perl)

@@ -242,6 +242,31 @@ fn the_compose_file_runs_the_whole_stack_and_its_prometheus_config_checks() {
 }
 
 #[test]
+fn the_systemd_units_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut units = Vec::new();
+    files(&repo().join("deploy/systemd"), &mut units);
+    assert_eq!(units.len(), 3, "{units:?}");
+    for unit in units {
+        // Point ExecStart at the built binary: verify checks it is executable.
+        let text = std::fs::read_to_string(&unit)
+            .unwrap()
+            .replace("/usr/local/bin/kollector", kollector_bin().to_str().unwrap());
+        let name = unit.file_name().unwrap();
+        std::fs::write(dir.path().join(name), text).unwrap();
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(name)
+            .current_dir(dir.path())
+            .env("SYSTEMD_LOG_LEVEL", "warning")
+            .output()
+            .expect("systemd-analyze (scripts/install-test-deps.sh installs systemd)");
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && said.trim().is_empty(), "{}: {said}", unit.display());
+    }
+}
+
+#[test]
 fn the_container_image_is_multi_stage_unprivileged_and_shell_free_at_run_time() {
     let text = std::fs::read_to_string(repo().join("deploy/container/Dockerfile")).unwrap();
     let stages: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("FROM ")).collect();
