@@ -1,0 +1,480 @@
+//! What a monitor remembers between cycles, and the two answers it gives:
+//! how many seconds a consumer group is behind, and Burrow-style verdicts.
+//! Pure: callers pass observations and the time; nothing here talks to
+//! Kafka, so every rule is unit- and property-tested.
+//!
+//! **Lag in seconds.** Each cycle already reads every partition's latest
+//! offset; [`LogHistory`] keeps (latest offset, time) points, bounded by a
+//! point count and an age. The lag of a committed offset `o` is *now* minus
+//! the time the log reached `o`, interpolated between the last point below
+//! `o` and the first point at or above it. A flat run (no new records) keeps
+//! only its first and last point, so an idle partition costs two points and
+//! its caught-up consumer reads 0, not NaN. A committed offset older than
+//! the whole history is never extrapolated (kafka-lag-exporter's users saw
+//! 75 hours from one spike that way): it is reported as *at least* the
+//! history's age, flagged. Fewer than two points: no answer.
+//!
+//! **Verdicts** follow Burrow's evaluator over a window of the last N
+//! observations (committed offset, latest offset, time), one per cycle:
+//! 1. lag 0 now → OK;
+//! 2. committed unchanged across the window and for longer than the window
+//!    spans, lag > 0: STALL if the log moved meanwhile (the consumer is
+//!    stuck while records arrive), STOP if it did not (the consumer stopped);
+//! 3. committed went backwards and did not get back → REWIND;
+//! 4. if no observation in the window had lag 0: WARN when lag never fell
+//!    and grew from first to last;
+//! 5. otherwise OK.
+//!
+//! Burrow sees every commit (it reads `__consumer_offsets`); a poller sees
+//! one observation per cycle, so it cannot tell "no commits" from "the same
+//! offset committed again": STOP and STALL are told apart by whether the log
+//! moved, and a verdict needs a full window except OK and REWIND.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+/// One log-end observation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Point {
+    pub offset: i64,
+    pub at_ms: u64,
+}
+
+/// A partition's log end over time, bounded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogHistory {
+    points: VecDeque<Point>,
+}
+
+/// How far back history goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryLimits {
+    pub max_points: usize,
+    pub max_age_ms: u64,
+}
+
+impl HistoryLimits {
+    /// At least `window` of history at `interval`, and 2 points at the least.
+    pub fn covering(window: std::time::Duration, interval: std::time::Duration) -> HistoryLimits {
+        let per = interval.as_millis().max(1);
+        let points = (window.as_millis() / per) as usize + 2;
+        HistoryLimits { max_points: points.max(2), max_age_ms: window.as_millis() as u64 }
+    }
+}
+
+/// A lag in seconds, or a lower bound when the committed offset is older
+/// than the history.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LagSeconds {
+    Exact(f64),
+    AtLeast(f64),
+}
+
+impl LagSeconds {
+    pub fn seconds(self) -> f64 {
+        match self {
+            LagSeconds::Exact(s) | LagSeconds::AtLeast(s) => s,
+        }
+    }
+    pub fn is_lower_bound(self) -> bool {
+        matches!(self, LagSeconds::AtLeast(_))
+    }
+}
+
+impl LogHistory {
+    pub fn points(&self) -> impl Iterator<Item = &Point> {
+        self.points.iter()
+    }
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    /// Adds an observation. A time not after the last point's is ignored; an
+    /// offset below the last point's means the log was recreated or
+    /// truncated: history restarts from this point.
+    pub fn record(&mut self, offset: i64, at_ms: u64, limits: HistoryLimits) {
+        if let Some(last) = self.points.back() {
+            if at_ms <= last.at_ms {
+                return;
+            }
+            if offset < last.offset {
+                self.points.clear();
+            }
+        }
+        let n = self.points.len();
+        // A flat run keeps its first and last points: move the last one.
+        if n >= 2 && self.points[n - 1].offset == offset && self.points[n - 2].offset == offset {
+            self.points[n - 1].at_ms = at_ms;
+        } else {
+            self.points.push_back(Point { offset, at_ms });
+        }
+        let oldest_allowed = at_ms.saturating_sub(limits.max_age_ms);
+        // Keep one point at or before the window's start, so the window is
+        // covered, but nothing older than that.
+        while self.points.len() > 2 && self.points[1].at_ms <= oldest_allowed {
+            self.points.pop_front();
+        }
+        while self.points.len() > limits.max_points.max(2) {
+            self.points.pop_front();
+        }
+    }
+
+    /// Drops points older than `oldest_ms` (e.g. history received from
+    /// another collector after a long gap), keeping the newest.
+    pub fn drop_older_than(&mut self, oldest_ms: u64) {
+        while self.points.len() > 1 && self.points[0].at_ms < oldest_ms {
+            self.points.pop_front();
+        }
+    }
+
+    /// How long ago the log reached `committed`, as of `now_ms`.
+    pub fn lag_seconds(&self, committed: i64, now_ms: u64) -> Option<LagSeconds> {
+        let newest = *self.points.back()?;
+        if committed >= newest.offset {
+            return Some(LagSeconds::Exact(0.0));
+        }
+        if self.points.len() < 2 {
+            return None;
+        }
+        let age = |t: u64| now_ms.saturating_sub(t) as f64 / 1000.0;
+        let oldest = self.points[0];
+        if committed < oldest.offset {
+            return Some(LagSeconds::AtLeast(age(oldest.at_ms)));
+        }
+        // The first point at or above `committed`, and the one before it.
+        let i = self.points.iter().position(|p| p.offset >= committed)?;
+        let r = self.points[i];
+        if i == 0 || r.offset == committed {
+            // Reached exactly at a point (or at the oldest one): the earliest
+            // point of a flat run at that offset is when it was reached.
+            let first = self.points.iter().find(|p| p.offset == r.offset).copied().unwrap_or(r);
+            return Some(LagSeconds::Exact(age(first.at_ms)));
+        }
+        let l = self.points[i - 1];
+        let span = (r.offset - l.offset) as f64;
+        let reached = l.at_ms as f64 + (committed - l.offset) as f64 * (r.at_ms - l.at_ms) as f64 / span;
+        Some(LagSeconds::Exact((now_ms as f64 - reached).max(0.0) / 1000.0))
+    }
+}
+
+/// Burrow's partition statuses, with its numeric codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Verdict {
+    Ok,
+    Warn,
+    Stop,
+    Stall,
+    Rewind,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 5] = [Verdict::Ok, Verdict::Warn, Verdict::Stop, Verdict::Stall, Verdict::Rewind];
+
+    /// Burrow's partition code: 1 OK, 2 WARN, 4 STOP, 5 STALL, 6 REWIND.
+    pub fn code(self) -> u8 {
+        match self {
+            Verdict::Ok => 1,
+            Verdict::Warn => 2,
+            Verdict::Stop => 4,
+            Verdict::Stall => 5,
+            Verdict::Rewind => 6,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Ok => "OK",
+            Verdict::Warn => "WARN",
+            Verdict::Stop => "STOP",
+            Verdict::Stall => "STALL",
+            Verdict::Rewind => "REWIND",
+        }
+    }
+    /// How bad, for the group's worst: REWIND and STOP/STALL above WARN.
+    fn severity(self) -> u8 {
+        match self {
+            Verdict::Ok => 0,
+            Verdict::Warn => 1,
+            Verdict::Stall => 2,
+            Verdict::Stop => 3,
+            Verdict::Rewind => 4,
+        }
+    }
+}
+
+/// Burrow's group status: 1 OK, 2 WARN, 3 ERR (any partition worse than WARN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupVerdict {
+    Ok,
+    Warn,
+    Err,
+}
+
+impl GroupVerdict {
+    pub fn code(self) -> u8 {
+        match self {
+            GroupVerdict::Ok => 1,
+            GroupVerdict::Warn => 2,
+            GroupVerdict::Err => 3,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupVerdict::Ok => "OK",
+            GroupVerdict::Warn => "WARN",
+            GroupVerdict::Err => "ERR",
+        }
+    }
+    /// The group's status from its partitions' verdicts (OK for none).
+    pub fn of(verdicts: impl IntoIterator<Item = Verdict>) -> GroupVerdict {
+        match verdicts.into_iter().max_by_key(|v| v.severity()) {
+            None | Some(Verdict::Ok) => GroupVerdict::Ok,
+            Some(Verdict::Warn) => GroupVerdict::Warn,
+            Some(_) => GroupVerdict::Err,
+        }
+    }
+}
+
+/// One cycle's view of a group's partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observation {
+    pub committed: i64,
+    pub latest: i64,
+    pub at_ms: u64,
+}
+
+impl Observation {
+    pub fn lag(&self) -> i64 {
+        (self.latest - self.committed).max(0)
+    }
+}
+
+/// The last `window` observations of a group's partition, and since when
+/// its committed offset has had its current value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitWindow {
+    observations: VecDeque<Observation>,
+    committed_since_ms: u64,
+}
+
+impl CommitWindow {
+    pub fn observations(&self) -> impl Iterator<Item = &Observation> {
+        self.observations.iter()
+    }
+
+    pub fn record(&mut self, o: Observation, window: usize) {
+        if self.observations.back().is_some_and(|last| o.at_ms <= last.at_ms) {
+            return;
+        }
+        if self.observations.back().is_none_or(|last| last.committed != o.committed) {
+            self.committed_since_ms = o.at_ms;
+        }
+        self.observations.push_back(o);
+        while self.observations.len() > window.max(2) {
+            self.observations.pop_front();
+        }
+    }
+
+    /// The verdict over the window, as of the latest observation; None until
+    /// there is one.
+    pub fn verdict(&self, window: usize) -> Option<Verdict> {
+        let last = *self.observations.back()?;
+        if last.lag() == 0 {
+            return Some(Verdict::Ok);
+        }
+        let obs: Vec<Observation> = self.observations.iter().copied().collect();
+        // REWIND: a drop that no later observation recovered from.
+        let rewound = obs
+            .windows(2)
+            .enumerate()
+            .any(|(i, w)| w[1].committed < w[0].committed && obs[i + 1..].iter().all(|o| o.committed < w[0].committed));
+        if rewound {
+            return Some(Verdict::Rewind);
+        }
+        if obs.len() < window.max(2) {
+            return Some(Verdict::Ok);
+        }
+        let first = obs[0];
+        let span = last.at_ms - first.at_ms;
+        let unchanged = obs.iter().all(|o| o.committed == last.committed);
+        if unchanged && last.at_ms.saturating_sub(self.committed_since_ms) >= span {
+            let log_moved = obs.iter().any(|o| o.latest != first.latest);
+            return Some(if log_moved { Verdict::Stall } else { Verdict::Stop });
+        }
+        if obs.iter().any(|o| o.lag() == 0) {
+            return Some(Verdict::Ok);
+        }
+        let never_fell = obs.windows(2).all(|w| w[1].lag() >= w[0].lag());
+        if never_fell && last.lag() > first.lag() {
+            return Some(Verdict::Warn);
+        }
+        Some(Verdict::Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const HOUR: HistoryLimits = HistoryLimits { max_points: 1000, max_age_ms: 3_600_000 };
+
+    fn history(points: &[(i64, u64)]) -> LogHistory {
+        let mut h = LogHistory::default();
+        for &(o, t) in points {
+            h.record(o, t, HOUR);
+        }
+        h
+    }
+
+    #[test]
+    fn lag_seconds_interpolates_between_the_points_around_the_committed_offset() {
+        // 10 records per second from t=0.
+        let h = history(&[(0, 0), (100, 10_000), (200, 20_000), (300, 30_000)]);
+        assert_eq!(h.lag_seconds(300, 30_000), Some(LagSeconds::Exact(0.0)));
+        assert_eq!(h.lag_seconds(150, 30_000), Some(LagSeconds::Exact(15.0)));
+        assert_eq!(h.lag_seconds(200, 31_000), Some(LagSeconds::Exact(11.0)));
+        assert_eq!(h.lag_seconds(0, 30_000), Some(LagSeconds::Exact(30.0)));
+        // Older than the history: a lower bound, never an extrapolation.
+        let h2 = history(&[(1000, 0), (1100, 10_000)]);
+        assert_eq!(h2.lag_seconds(10, 10_000), Some(LagSeconds::AtLeast(10.0)));
+        // One point: nothing to say unless caught up.
+        let one = history(&[(5, 0)]);
+        assert_eq!(one.lag_seconds(5, 1000), Some(LagSeconds::Exact(0.0)));
+        assert_eq!(one.lag_seconds(4, 1000), None);
+        assert_eq!(LogHistory::default().lag_seconds(0, 0), None);
+    }
+
+    #[test]
+    fn an_idle_partition_keeps_two_points_and_a_caught_up_group_reads_zero() {
+        let mut h = LogHistory::default();
+        for t in 0..100u64 {
+            h.record(42, t * 1000, HOUR);
+        }
+        assert_eq!(h.len(), 2);
+        assert_eq!(h.lag_seconds(42, 200_000), Some(LagSeconds::Exact(0.0)));
+        // The records before the flat run were reached when the run began.
+        let mut h = history(&[(0, 0), (42, 10_000)]);
+        for t in 11..100u64 {
+            h.record(42, t * 1000, HOUR);
+        }
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.lag_seconds(21, 100_000), Some(LagSeconds::Exact(95.0)));
+    }
+
+    #[test]
+    fn history_is_bounded_by_age_and_count_and_restarts_after_truncation() {
+        let limits = HistoryLimits { max_points: 5, max_age_ms: 60_000 };
+        let mut h = LogHistory::default();
+        for t in 0..100u64 {
+            h.record(t as i64 * 10, t * 1000, limits);
+        }
+        assert_eq!(h.len(), 5);
+        let mut h = LogHistory::default();
+        for t in 0..100u64 {
+            h.record(t as i64 * 10, t * 10_000, HistoryLimits { max_points: 1000, max_age_ms: 60_000 });
+        }
+        assert!(h.points().next().unwrap().at_ms >= 990_000 - 70_000, "{h:?}");
+        h.record(5, 2_000_000, HOUR);
+        assert_eq!(h.len(), 1, "a lower offset restarts history");
+        assert_eq!(
+            HistoryLimits::covering(std::time::Duration::from_secs(3600), std::time::Duration::from_secs(30))
+                .max_points,
+            122
+        );
+    }
+
+    fn window(obs: &[(i64, i64)], every_ms: u64) -> CommitWindow {
+        let mut w = CommitWindow::default();
+        for (i, &(committed, latest)) in obs.iter().enumerate() {
+            w.record(Observation { committed, latest, at_ms: i as u64 * every_ms }, 5);
+        }
+        w
+    }
+
+    #[test]
+    fn each_burrow_verdict_from_a_scripted_consumer() {
+        // Caught up now.
+        assert_eq!(window(&[(0, 10), (5, 10), (10, 10)], 1000).verdict(5), Some(Verdict::Ok));
+        // Committing and keeping up (lag 0 at some point in the window).
+        assert_eq!(window(&[(0, 5), (5, 10), (10, 10), (12, 15), (15, 16)], 1000).verdict(5), Some(Verdict::Ok));
+        // Stopped: nothing moves, lag stays.
+        assert_eq!(window(&[(10, 20); 6], 1000).verdict(5), Some(Verdict::Stop));
+        // Stalled: committed stuck while records arrive.
+        assert_eq!(
+            window(&[(10, 20), (10, 25), (10, 30), (10, 35), (10, 40), (10, 45)], 1000).verdict(5),
+            Some(Verdict::Stall)
+        );
+        // Rewound and not recovered.
+        assert_eq!(window(&[(50, 60), (55, 60), (20, 60), (25, 60)], 1000).verdict(5), Some(Verdict::Rewind));
+        // ...recovered: not REWIND any more.
+        assert_ne!(window(&[(50, 60), (20, 60), (55, 70), (60, 80), (65, 90)], 1000).verdict(5), Some(Verdict::Rewind));
+        // Falling behind: committing, but lag grows across the window.
+        assert_eq!(window(&[(0, 10), (5, 20), (10, 30), (15, 40), (20, 50)], 1000).verdict(5), Some(Verdict::Warn));
+        // Behind but catching up: OK.
+        assert_eq!(window(&[(0, 50), (10, 52), (20, 54), (30, 56), (40, 58)], 1000).verdict(5), Some(Verdict::Ok));
+        // Not enough observations to judge anything but OK and REWIND.
+        assert_eq!(window(&[(10, 20), (10, 20)], 1000).verdict(5), Some(Verdict::Ok));
+        assert_eq!(CommitWindow::default().verdict(5), None);
+    }
+
+    #[test]
+    fn a_verdict_is_left_when_the_behaviour_changes() {
+        let mut w = window(&[(10, 20); 6], 1000);
+        assert_eq!(w.verdict(5), Some(Verdict::Stop));
+        w.record(Observation { committed: 20, latest: 20, at_ms: 10_000 }, 5);
+        assert_eq!(w.verdict(5), Some(Verdict::Ok));
+    }
+
+    #[test]
+    fn group_status_is_the_worst_partition_with_burrows_codes() {
+        assert_eq!(GroupVerdict::of([]), GroupVerdict::Ok);
+        assert_eq!(GroupVerdict::of([Verdict::Ok, Verdict::Warn]).code(), 2);
+        assert_eq!(GroupVerdict::of([Verdict::Warn, Verdict::Stall]), GroupVerdict::Err);
+        assert_eq!(Verdict::ALL.map(Verdict::code), [1, 2, 4, 5, 6]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 512,
+            failure_persistence: None,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x6b6f6c6c),
+            ..ProptestConfig::default()
+        })]
+        /// For any growing log, the lag of a committed offset is never
+        /// negative, never more than the history's age unless flagged as a
+        /// bound, 0 when caught up, and grows as the committed offset falls.
+        #[test]
+        fn lag_seconds_is_sane_for_any_history(
+            steps in proptest::collection::vec((0i64..50, 1u64..5000), 1..80),
+            probe in 0i64..5000,
+        ) {
+            let mut h = LogHistory::default();
+            let (mut offset, mut t) = (0i64, 0u64);
+            for (d, dt) in steps {
+                offset += d;
+                t += dt;
+                h.record(offset, t, HOUR);
+            }
+            let now = t + 1000;
+            let oldest = h.points().next().unwrap().at_ms;
+            let committed = probe.min(offset);
+            if let Some(l) = h.lag_seconds(committed, now) {
+                prop_assert!(l.seconds() >= 0.0);
+                if !l.is_lower_bound() {
+                    prop_assert!(l.seconds() <= (now - oldest) as f64 / 1000.0 + 1e-9);
+                }
+                if committed >= offset {
+                    prop_assert_eq!(l, LagSeconds::Exact(0.0));
+                }
+                if let Some(less) = h.lag_seconds(committed - 1, now) {
+                    prop_assert!(less.seconds() + 1e-9 >= l.seconds());
+                }
+            }
+        }
+    }
+}
