@@ -243,6 +243,126 @@ impl StoreCollector {
             "1 if a group's committed offset is below the partition's oldest offset (records deleted unread).",
             group_partition(&|o| Some(o.data_loss as i64)),
         )?;
+        // Lag in seconds, verdicts and retention margin (kollector_core::history).
+        let partition_labels = |b: &Labels, g: &kollector_core::GroupSnapshot, o: &kollector_core::GroupOffset| {
+            with(
+                b,
+                &[
+                    ("consumergroup", g.group_id.clone()),
+                    ("topic", o.topic.clone()),
+                    ("partition", o.partition.to_string()),
+                ],
+            )
+        };
+        gauges(
+            enc,
+            "kafka_consumergroup_lag_seconds",
+            "Seconds since the partition's log reached the group's committed offset (interpolated from kollector's offset history; a lower bound when kafka_consumergroup_lag_seconds_lower_bound is 1).",
+            family!(self, |b, s| s
+                .groups
+                .iter()
+                .flat_map(|g| g.offsets.iter().map(move |o| (g, o)))
+                .filter_map(|(g, o)| o.lag_ms.map(|ms| (partition_labels(&b, g, o), ms as f64 / 1000.0)))
+                .collect::<Vec<_>>()),
+        )?;
+        gauges(
+            enc,
+            "kafka_consumergroup_lag_seconds_lower_bound",
+            "1 when the committed offset is older than kollector's offset history, so kafka_consumergroup_lag_seconds is only a lower bound.",
+            family!(self, |b, s| s
+                .groups
+                .iter()
+                .flat_map(|g| g.offsets.iter().map(move |o| (g, o)))
+                .filter(|(_, o)| o.lag_ms.is_some())
+                .map(|(g, o)| (partition_labels(&b, g, o), o.lag_ms_is_lower_bound as i64))
+                .collect::<Vec<_>>()),
+        )?;
+        gauges(
+            enc,
+            "kafka_consumergroup_max_lag_seconds",
+            "Largest kafka_consumergroup_lag_seconds of a group on a topic.",
+            family!(self, |b, s| s
+                .groups
+                .iter()
+                .flat_map(|g| {
+                    let mut max: std::collections::BTreeMap<&str, u64> = Default::default();
+                    for o in &g.offsets {
+                        if let Some(ms) = o.lag_ms {
+                            let e = max.entry(o.topic.as_str()).or_default();
+                            *e = (*e).max(ms);
+                        }
+                    }
+                    let b = b.clone();
+                    max.into_iter().map(move |(t, ms)| {
+                        (
+                            with(&b, &[("consumergroup", g.group_id.clone()), ("topic", t.to_string())]),
+                            ms as f64 / 1000.0,
+                        )
+                    })
+                })
+                .collect::<Vec<_>>()),
+        )?;
+        gauges(
+            enc,
+            "kafka_consumergroup_partition_status",
+            "Burrow-style verdict of a group on a partition, as Burrow's code: 1 OK, 2 WARN, 4 STOP, 5 STALL, 6 REWIND.",
+            family!(self, |b, s| s
+                .groups
+                .iter()
+                .flat_map(|g| g.offsets.iter().map(move |o| (g, o)))
+                .filter_map(|(g, o)| o.verdict.map(|v| (partition_labels(&b, g, o), v.code() as i64)))
+                .collect::<Vec<_>>()),
+        )?;
+        gauges(
+            enc,
+            "kafka_consumergroup_partition_verdict",
+            "1 for the current verdict of a group on a partition (label verdict: OK, WARN, STOP, STALL, REWIND).",
+            family!(self, |b, s| s
+                .groups
+                .iter()
+                .flat_map(|g| g.offsets.iter().map(move |o| (g, o)))
+                .filter_map(|(g, o)| {
+                    o.verdict.map(|v| {
+                        let mut l = partition_labels(&b, g, o);
+                        l.push(("verdict", v.as_str().to_string()));
+                        (l, 1i64)
+                    })
+                })
+                .collect::<Vec<_>>()),
+        )?;
+        gauges(
+            enc,
+            "kafka_consumergroup_status",
+            "Burrow-style group status, the worst of its partitions: 1 OK, 2 WARN, 3 ERR.",
+            family!(self, |b, s| s
+                .groups
+                .iter()
+                .filter_map(|g| g
+                    .verdict
+                    .map(|v| (with(&b, &[("consumergroup", g.group_id.clone())]), v.code() as i64)))
+                .collect::<Vec<_>>()),
+        )?;
+        gauges(
+            enc,
+            "kafka_consumergroup_retention_margin",
+            "Records between a group's committed offset and the partition's oldest offset: how far the group is from losing records to retention (0 when it already has).",
+            family!(self, |b, s| {
+                let earliest: std::collections::HashMap<(&str, i32), i64> = s
+                    .topics
+                    .iter()
+                    .flat_map(|t| t.partitions.iter().filter_map(move |p| p.earliest.map(|e| ((t.name.as_str(), p.partition), e))))
+                    .collect();
+                s.groups
+                    .iter()
+                    .flat_map(|g| g.offsets.iter().map(move |o| (g, o)))
+                    .filter_map(|(g, o)| {
+                        earliest
+                            .get(&(o.topic.as_str(), o.partition))
+                            .map(|e| (partition_labels(&b, g, o), (o.committed - e).max(0)))
+                    })
+                    .collect::<Vec<_>>()
+            }),
+        )?;
         let group_topic = |value: &dyn Fn(&kollector_core::GroupSnapshot, &str) -> Option<i64>| {
             family!(self, |b, s| s
                 .groups

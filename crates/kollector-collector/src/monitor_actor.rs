@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use kollector_core::history::{HistoryLimits, MonitorHistory, DEFAULT_WINDOW};
 use kollector_core::{CollectError, ErrorKind, MonitorSpec, MonitorState, Snapshot};
 use kollector_kafka::{ClientOptions, KafkaClient};
 use tokio::sync::oneshot;
@@ -73,6 +74,9 @@ pub struct MonitorExited {
 /// panicked) and what it collected.
 type CycleOutcome = Result<(KafkaClient, Result<Snapshot, CollectError>), tokio::task::JoinError>;
 
+/// How far back a monitor's log history reaches, at the least.
+const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+
 pub struct MonitorActor {
     spec: Arc<MonitorSpec>,
     /// The assignment epoch, shared with the registry (a re-Assign of the
@@ -102,6 +106,9 @@ pub struct MonitorActor {
     restarts: u32,
     rebuild_not_before: Option<Instant>,
     pinned_cluster_id: Option<String>,
+    /// Log histories and commit windows: lag in seconds and verdicts come
+    /// from these, not from extra Kafka requests.
+    history: MonitorHistory,
 }
 
 impl MonitorActor {
@@ -134,6 +141,7 @@ impl MonitorActor {
             rebuilds_since_success: 0,
             restarts: 0,
             rebuild_not_before: None,
+            history: MonitorHistory::default(),
         }
     }
 
@@ -250,7 +258,12 @@ impl MonitorActor {
         }
     }
 
-    fn on_success(&mut self, snapshot: Snapshot, epoch: u64) {
+    fn on_success(&mut self, mut snapshot: Snapshot, epoch: u64) {
+        // History covers an hour, or 10 observations, whichever is longer.
+        let window = HOUR.max(self.spec.interval * DEFAULT_WINDOW as u32);
+        let limits = HistoryLimits::covering(window, self.spec.interval);
+        let at = snapshot.collected_at_ms;
+        self.history.observe(&mut snapshot, at, limits, DEFAULT_WINDOW);
         self.consecutive_failures = 0;
         self.failures_since_rebuild = 0;
         self.rebuilds_since_success = 0;

@@ -5,9 +5,12 @@
 //!
 //! **Lag in seconds.** Each cycle already reads every partition's latest
 //! offset; [`LogHistory`] keeps (latest offset, time) points, bounded by a
-//! point count and an age. The lag of a committed offset `o` is *now* minus
-//! the time the log reached `o`, interpolated between the last point below
-//! `o` and the first point at or above it. A flat run (no new records) keeps
+//! point count and an age. The lag of a committed offset `o` is the age of
+//! the first record not consumed (offset `o`): *now* minus the time the log
+//! end passed `o`, interpolated between the last point at or below `o` and
+//! the first point above it. (kafka-lag-exporter takes the time the log end
+//! *equalled* `o`, which makes a consumer one record behind on an idle topic
+//! read anywhere between 0 and a whole poll interval.) A flat run (no new records) keeps
 //! only its first and last point, so an idle partition costs two points and
 //! its caught-up consumer reads 0, not NaN. A committed offset older than
 //! the whole history is never extrapolated (kafka-lag-exporter's users saw
@@ -30,7 +33,7 @@
 //! offset committed again": STOP and STALL are told apart by whether the log
 //! moved, and a verdict needs a full window except OK and REWIND.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -141,23 +144,18 @@ impl LogHistory {
             return None;
         }
         let age = |t: u64| now_ms.saturating_sub(t) as f64 / 1000.0;
+        // The first record the group has not consumed is `committed`; it was
+        // written when the log end passed `committed`: between the last point
+        // at or below it and the first point above it.
         let oldest = self.points[0];
-        if committed < oldest.offset {
+        if oldest.offset > committed {
             return Some(LagSeconds::AtLeast(age(oldest.at_ms)));
         }
-        // The first point at or above `committed`, and the one before it.
-        let i = self.points.iter().position(|p| p.offset >= committed)?;
-        let r = self.points[i];
-        if i == 0 || r.offset == committed {
-            // Reached exactly at a point (or at the oldest one): the earliest
-            // point of a flat run at that offset is when it was reached.
-            let first = self.points.iter().find(|p| p.offset == r.offset).copied().unwrap_or(r);
-            return Some(LagSeconds::Exact(age(first.at_ms)));
-        }
-        let l = self.points[i - 1];
-        let span = (r.offset - l.offset) as f64;
-        let reached = l.at_ms as f64 + (committed - l.offset) as f64 * (r.at_ms - l.at_ms) as f64 / span;
-        Some(LagSeconds::Exact((now_ms as f64 - reached).max(0.0) / 1000.0))
+        let i = self.points.iter().position(|p| p.offset > committed)?;
+        let (l, r) = (self.points[i - 1], self.points[i]);
+        let fraction = ((committed + 1 - l.offset) as f64 / (r.offset - l.offset) as f64).min(1.0);
+        let written = l.at_ms as f64 + fraction * (r.at_ms - l.at_ms) as f64;
+        Some(LagSeconds::Exact((now_ms as f64 - written).max(0.0) / 1000.0))
     }
 }
 
@@ -193,6 +191,9 @@ impl Verdict {
             Verdict::Rewind => "REWIND",
         }
     }
+    pub fn parse(s: &str) -> Option<Verdict> {
+        Verdict::ALL.into_iter().find(|v| v.as_str() == s)
+    }
     /// How bad, for the group's worst: REWIND and STOP/STALL above WARN.
     fn severity(self) -> u8 {
         match self {
@@ -227,6 +228,9 @@ impl GroupVerdict {
             GroupVerdict::Warn => "WARN",
             GroupVerdict::Err => "ERR",
         }
+    }
+    pub fn parse(s: &str) -> Option<GroupVerdict> {
+        [GroupVerdict::Ok, GroupVerdict::Warn, GroupVerdict::Err].into_iter().find(|v| v.as_str() == s)
     }
     /// The group's status from its partitions' verdicts (OK for none).
     pub fn of(verdicts: impl IntoIterator<Item = Verdict>) -> GroupVerdict {
@@ -315,6 +319,68 @@ impl CommitWindow {
     }
 }
 
+/// Observations per partition a verdict looks at (Burrow's default).
+pub const DEFAULT_WINDOW: usize = 10;
+
+/// Everything a monitor remembers between cycles: each partition's log
+/// history and each group partition's commit window. Bounded: partitions
+/// and groups absent from a cycle are forgotten, each history by its limits.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorHistory {
+    /// topic → partition → log history.
+    logs: BTreeMap<String, BTreeMap<i32, LogHistory>>,
+    /// group → topic → partition → commit window.
+    commits: BTreeMap<String, BTreeMap<String, BTreeMap<i32, CommitWindow>>>,
+}
+
+impl MonitorHistory {
+    /// Points held, over all partitions (for the memory figures).
+    pub fn points(&self) -> usize {
+        self.logs.values().flat_map(|p| p.values()).map(LogHistory::len).sum()
+    }
+
+    /// Records one cycle's snapshot taken at `now_ms` and fills in its
+    /// derived values: lag in seconds and verdicts.
+    pub fn observe(&mut self, snapshot: &mut crate::Snapshot, now_ms: u64, limits: HistoryLimits, window: usize) {
+        let mut logs: BTreeMap<String, BTreeMap<i32, LogHistory>> = BTreeMap::new();
+        for t in &snapshot.topics {
+            let old = self.logs.remove(&t.name).unwrap_or_default();
+            let mut kept = BTreeMap::new();
+            let mut old = old;
+            for p in &t.partitions {
+                let mut h = old.remove(&p.partition).unwrap_or_default();
+                if let Some(latest) = p.latest {
+                    h.record(latest, now_ms, limits);
+                }
+                kept.insert(p.partition, h);
+            }
+            logs.insert(t.name.clone(), kept);
+        }
+        self.logs = logs;
+        let mut commits: BTreeMap<String, BTreeMap<String, BTreeMap<i32, CommitWindow>>> = BTreeMap::new();
+        for g in &mut snapshot.groups {
+            let mut old = self.commits.remove(&g.group_id).unwrap_or_default();
+            let mut kept: BTreeMap<String, BTreeMap<i32, CommitWindow>> = BTreeMap::new();
+            for o in &mut g.offsets {
+                let mut w = old.get_mut(&o.topic).and_then(|m| m.remove(&o.partition)).unwrap_or_default();
+                if let Some(lag) = o.lag {
+                    w.record(Observation { committed: o.committed, latest: o.committed + lag, at_ms: now_ms }, window);
+                    o.verdict = w.verdict(window);
+                    let log = self.logs.get(&o.topic).and_then(|m| m.get(&o.partition));
+                    if let Some(l) = log.and_then(|h| h.lag_seconds(o.committed, now_ms)) {
+                        o.lag_ms = Some((l.seconds() * 1000.0).round() as u64);
+                        o.lag_ms_is_lower_bound = l.is_lower_bound();
+                    }
+                }
+                kept.entry(o.topic.clone()).or_default().insert(o.partition, w);
+            }
+            g.verdict = Some(GroupVerdict::of(g.offsets.iter().filter_map(|o| o.verdict)));
+            commits.insert(g.group_id.clone(), kept);
+        }
+        self.commits = commits;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -336,9 +402,10 @@ mod tests {
         // 10 records per second from t=0.
         let h = history(&[(0, 0), (100, 10_000), (200, 20_000), (300, 30_000)]);
         assert_eq!(h.lag_seconds(300, 30_000), Some(LagSeconds::Exact(0.0)));
-        assert_eq!(h.lag_seconds(150, 30_000), Some(LagSeconds::Exact(15.0)));
-        assert_eq!(h.lag_seconds(200, 31_000), Some(LagSeconds::Exact(11.0)));
-        assert_eq!(h.lag_seconds(0, 30_000), Some(LagSeconds::Exact(30.0)));
+        // Offset 150 was written when the log end passed it: 15.1 s in.
+        assert_eq!(h.lag_seconds(150, 30_000), Some(LagSeconds::Exact(14.9)));
+        assert_eq!(h.lag_seconds(200, 31_000), Some(LagSeconds::Exact(10.9)));
+        assert_eq!(h.lag_seconds(0, 30_000), Some(LagSeconds::Exact(29.9)));
         // Older than the history: a lower bound, never an extrapolation.
         let h2 = history(&[(1000, 0), (1100, 10_000)]);
         assert_eq!(h2.lag_seconds(10, 10_000), Some(LagSeconds::AtLeast(10.0)));
@@ -357,13 +424,18 @@ mod tests {
         }
         assert_eq!(h.len(), 2);
         assert_eq!(h.lag_seconds(42, 200_000), Some(LagSeconds::Exact(0.0)));
-        // The records before the flat run were reached when the run began.
+        // Records written before a flat run keep their age during it.
         let mut h = history(&[(0, 0), (42, 10_000)]);
         for t in 11..100u64 {
             h.record(42, t * 1000, HOUR);
         }
         assert_eq!(h.len(), 3);
-        assert_eq!(h.lag_seconds(21, 100_000), Some(LagSeconds::Exact(95.0)));
+        let l = h.lag_seconds(21, 100_000).unwrap().seconds();
+        assert!((l - (100.0 - 22.0 / 42.0 * 10.0)).abs() < 1e-9, "{l}");
+        // One record behind after a flat run: its age, not the whole run's.
+        h.record(43, 101_000, HOUR);
+        let l = h.lag_seconds(42, 101_500).unwrap().seconds();
+        assert!((0.5..=2.5).contains(&l), "{l}");
     }
 
     #[test]
@@ -436,6 +508,86 @@ mod tests {
         assert_eq!(GroupVerdict::of([Verdict::Ok, Verdict::Warn]).code(), 2);
         assert_eq!(GroupVerdict::of([Verdict::Warn, Verdict::Stall]), GroupVerdict::Err);
         assert_eq!(Verdict::ALL.map(Verdict::code), [1, 2, 4, 5, 6]);
+    }
+
+    fn empty() -> crate::Snapshot {
+        crate::Snapshot {
+            monitor: crate::MonitorId::new("m").unwrap(),
+            generation: 1,
+            cluster_id: "c".into(),
+            controller_id: None,
+            brokers: vec![],
+            topics: vec![],
+            groups: vec![],
+            collected_at_ms: 0,
+            duration_ms: 0,
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn a_monitor_history_fills_lag_seconds_and_verdicts_into_each_snapshot() {
+        use crate::{GroupOffset, GroupSnapshot, PartitionSnapshot, Snapshot, TopicSnapshot};
+        let snap = |latest: i64, committed: i64| Snapshot {
+            topics: vec![TopicSnapshot {
+                name: "orders".into(),
+                partitions: vec![PartitionSnapshot {
+                    partition: 0,
+                    leader: Some(1),
+                    replicas: vec![1],
+                    isr: vec![1],
+                    earliest: Some(0),
+                    latest: Some(latest),
+                    error: None,
+                }],
+            }],
+            groups: vec![GroupSnapshot {
+                group_id: "billing".into(),
+                state: "Stable".into(),
+                members: 1,
+                coordinator: Some(1),
+                offsets: vec![GroupOffset {
+                    topic: "orders".into(),
+                    partition: 0,
+                    committed,
+                    lag: Some((latest - committed).max(0)),
+                    data_loss: false,
+                    lag_ms: None,
+                    lag_ms_is_lower_bound: false,
+                    verdict: None,
+                }],
+                error: None,
+                verdict: None,
+            }],
+            ..empty()
+        };
+        let mut h = MonitorHistory::default();
+        // 10 records a second; the group stays 30 records (3 s) behind.
+        let mut last = None;
+        for cycle in 0..12u64 {
+            let latest = 100 + cycle as i64 * 10;
+            let mut s = snap(latest, latest - 30);
+            h.observe(&mut s, cycle * 1000, HOUR, 5);
+            last = Some(s);
+        }
+        let s = last.unwrap();
+        let o = &s.groups[0].offsets[0];
+        assert_eq!(o.lag_ms, Some(2900));
+        assert!(!o.lag_ms_is_lower_bound);
+        assert_eq!(o.verdict, Some(Verdict::Ok), "lag is steady, not growing");
+        assert_eq!(s.groups[0].verdict, Some(GroupVerdict::Ok));
+        // The consumer stops while records keep coming: STALL, and the group is ERR.
+        let mut s = snap(0, 0);
+        for cycle in 12..20u64 {
+            s = snap(100 + cycle as i64 * 10, 180);
+            h.observe(&mut s, cycle * 1000, HOUR, 5);
+        }
+        assert_eq!(s.groups[0].offsets[0].verdict, Some(Verdict::Stall));
+        assert_eq!(s.groups[0].verdict, Some(GroupVerdict::Err));
+        // A group and a topic that disappear are forgotten.
+        let mut none = empty();
+        h.observe(&mut none, 30_000, HOUR, 5);
+        assert_eq!(h, MonitorHistory::default());
     }
 
     proptest! {

@@ -57,6 +57,16 @@ pub struct GroupOffset {
     pub lag: Option<i64>,
     /// The committed offset is below the log start: records were deleted before being consumed.
     pub data_loss: bool,
+    /// How long ago the log reached the committed offset, in milliseconds
+    /// (see `history`); None without enough history.
+    #[serde(default)]
+    pub lag_ms: Option<u64>,
+    /// `lag_ms` is only a lower bound: the committed offset is older than the history.
+    #[serde(default)]
+    pub lag_ms_is_lower_bound: bool,
+    /// Burrow-style verdict over the last observations; None before the first.
+    #[serde(default)]
+    pub verdict: Option<crate::history::Verdict>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +79,9 @@ pub struct GroupSnapshot {
     /// Only partitions that have a commit. A partition with no commit has no entry (no lag series).
     pub offsets: Vec<GroupOffset>,
     pub error: Option<String>,
+    /// The worst of its partitions' verdicts, Burrow-style; None before the first.
+    #[serde(default)]
+    pub verdict: Option<crate::history::GroupVerdict>,
 }
 
 impl GroupSnapshot {
@@ -150,7 +163,16 @@ mod tests {
 
     #[test]
     fn lag_by_topic_sums_known_lag_only() {
-        let o = |t: &str, p, lag| GroupOffset { topic: t.into(), partition: p, committed: 0, lag, data_loss: false };
+        let o = |t: &str, p, lag| GroupOffset {
+            topic: t.into(),
+            partition: p,
+            committed: 0,
+            lag,
+            data_loss: false,
+            lag_ms: None,
+            lag_ms_is_lower_bound: false,
+            verdict: None,
+        };
         let g = GroupSnapshot {
             group_id: "g".into(),
             state: "Stable".into(),
@@ -158,6 +180,7 @@ mod tests {
             coordinator: Some(1),
             offsets: vec![o("a", 0, Some(2)), o("a", 1, Some(3)), o("b", 0, None)],
             error: None,
+            verdict: None,
         };
         assert_eq!(g.lag_by_topic(), vec![("a".to_string(), 5)]);
     }

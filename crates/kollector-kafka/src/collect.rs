@@ -390,7 +390,17 @@ impl KafkaClient {
                             continue;
                         };
                         let (lag, data_loss) = compute_lag(committed, p.earliest, p.latest);
-                        offsets.push(GroupOffset { topic, partition, committed, lag, data_loss });
+                        offsets.push(GroupOffset {
+                            topic,
+                            partition,
+                            committed,
+                            lag,
+                            data_loss,
+                            // Filled by the monitor's history (kollector_core::history).
+                            lag_ms: None,
+                            lag_ms_is_lower_bound: false,
+                            verdict: None,
+                        });
                     }
                 }
                 Some(Err(e)) => errors.push(format!("OffsetFetch: {e}")),
@@ -406,6 +416,7 @@ impl KafkaClient {
                 coordinator,
                 offsets,
                 error: (!errors.is_empty()).then(|| errors.join("; ")),
+                verdict: None,
             });
         }
         if group_errors > 0 {

@@ -206,9 +206,13 @@ pub fn snapshot_to_proto(s: &core::Snapshot) -> v1::Snapshot {
                         committed: o.committed,
                         lag: o.lag,
                         data_loss: o.data_loss,
+                        lag_ms: o.lag_ms,
+                        lag_ms_is_lower_bound: o.lag_ms_is_lower_bound,
+                        verdict: o.verdict.map(|v| v.as_str().to_string()).unwrap_or_default(),
                     })
                     .collect(),
                 error: g.error.clone(),
+                verdict: g.verdict.map(|v| v.as_str().to_string()).unwrap_or_default(),
             })
             .collect(),
         collected_at_ms: s.collected_at_ms,
@@ -267,9 +271,13 @@ pub fn snapshot_from_proto(p: v1::Snapshot) -> Result<core::Snapshot, core::ids:
                         committed: o.committed,
                         lag: o.lag,
                         data_loss: o.data_loss,
+                        lag_ms: o.lag_ms,
+                        lag_ms_is_lower_bound: o.lag_ms_is_lower_bound,
+                        verdict: core::history::Verdict::parse(&o.verdict),
                     })
                     .collect(),
                 error: g.error,
+                verdict: core::history::GroupVerdict::parse(&g.verdict),
             })
             .collect(),
         collected_at_ms: p.collected_at_ms,

@@ -543,18 +543,64 @@ fn print_snapshot(s: &pb::Snapshot) {
         }
     }
     if !s.groups.is_empty() {
-        println!("   {:<32} {:<20} {:>7} {:<32} {:>10}", "GROUP", "STATE", "MEMBERS", "TOPIC", "LAG");
+        println!(
+            "   {:<32} {:<20} {:>7} {:<32} {:>10} {:>12} {:<7}",
+            "GROUP", "STATE", "MEMBERS", "TOPIC", "LAG", "LAG TIME", "VERDICT"
+        );
         for g in &s.groups {
-            let mut by_topic: BTreeMap<&str, i64> = BTreeMap::new();
+            // Per topic: summed lag, the largest lag in seconds (">=" when it
+            // is only a lower bound), and the worst partition verdict.
+            let mut by_topic: BTreeMap<&str, TopicRow> = BTreeMap::new();
             for o in &g.offsets {
-                *by_topic.entry(&o.topic).or_default() += o.lag.unwrap_or(0);
+                let e = by_topic.entry(&o.topic).or_insert((0, None, ""));
+                e.0 += o.lag.unwrap_or(0);
+                if let Some(ms) = o.lag_ms {
+                    if e.1.is_none_or(|(m, _)| ms > m) {
+                        e.1 = Some((ms, o.lag_ms_is_lower_bound));
+                    }
+                }
+                if verdict_rank(&o.verdict) > verdict_rank(e.2) {
+                    e.2 = &o.verdict;
+                }
             }
+            let group_verdict = if g.verdict.is_empty() { "-" } else { g.verdict.as_str() };
             if by_topic.is_empty() {
-                println!("   {:<32} {:<20} {:>7} {:<32} {:>10}", g.group_id, g.state, g.members, "-", "-");
+                println!(
+                    "   {:<32} {:<20} {:>7} {:<32} {:>10} {:>12} {:<7}",
+                    g.group_id, g.state, g.members, "-", "-", "-", group_verdict
+                );
             }
-            for (topic, lag) in by_topic {
-                println!("   {:<32} {:<20} {:>7} {:<32} {:>10}", g.group_id, g.state, g.members, topic, lag);
+            for (topic, (lag, time, verdict)) in by_topic {
+                let time = match time {
+                    None => "-".to_string(),
+                    Some((ms, bound)) => format!(
+                        "{}{}",
+                        if bound { ">=" } else { "" },
+                        humantime::format_duration(std::time::Duration::from_secs(ms.div_ceil(1000)))
+                    ),
+                };
+                let verdict = if verdict.is_empty() { "-" } else { verdict };
+                println!(
+                    "   {:<32} {:<20} {:>7} {:<32} {:>10} {:>12} {:<7}",
+                    g.group_id, g.state, g.members, topic, lag, time, verdict
+                );
             }
         }
+    }
+}
+
+/// A group's row per topic: summed lag, largest lag time in ms (and whether
+/// it is a lower bound), worst verdict.
+type TopicRow<'a> = (i64, Option<(u64, bool)>, &'a str);
+
+/// Order of Burrow's partition verdicts, worst last.
+fn verdict_rank(v: &str) -> u8 {
+    match v {
+        "OK" => 1,
+        "WARN" => 2,
+        "STALL" => 3,
+        "STOP" => 4,
+        "REWIND" => 5,
+        _ => 0,
     }
 }

@@ -1,0 +1,79 @@
+//! Lag in seconds and verdicts from a real broker and real commits, with no
+//! extra Kafka request: the monitor's own offset history.
+
+use std::time::{Duration, Instant};
+
+use kollector_devkit::tansu::TansuBroker;
+use kollector_tests::kafka_fixtures::{commit_offsets, create_topic, produce_records};
+use kollector_tests::kollector::{monitor_toml, KollectorProcess};
+use kollector_tests::poll::wait_for;
+
+#[test]
+fn lag_seconds_tracks_the_age_of_the_committed_offset_and_verdicts_follow_the_consumer() {
+    let broker = TansuBroker::start("lagsec-kafka");
+    let bs = broker.bootstrap();
+    create_topic(&bs, "events", 1);
+    produce_records(&bs, "events", 0, 5);
+    commit_offsets(&bs, "billing", &[("events", 0, 5)]);
+    let k = KollectorProcess::standalone(&monitor_toml("lagsec", &bs, "1s"));
+    let series = |name: &str| -> Option<f64> {
+        k.metrics().value(
+            name,
+            &[("monitor", "lagsec"), ("consumergroup", "billing"), ("topic", "events"), ("partition", "0")],
+        )
+    };
+    // Caught up: 0 seconds, OK.
+    wait_for("lag seconds 0 while caught up", Duration::from_secs(30), || {
+        (series("kafka_consumergroup_lag_seconds") == Some(0.0)
+            && series("kafka_consumergroup_partition_status") == Some(1.0))
+        .then_some(())
+        .ok_or(format!(
+            "{:?} {:?}",
+            series("kafka_consumergroup_lag_seconds"),
+            series("kafka_consumergroup_partition_status")
+        ))
+    });
+    // New records the group does not consume: lag seconds is their age.
+    wait_for("a few cycles of history", Duration::from_secs(10), || {
+        k.metrics()
+            .value("kollector_collections_total", &[("monitor", "lagsec")])
+            .filter(|c| *c >= 3.0)
+            .map(|_| ())
+            .ok_or(String::new())
+    });
+    produce_records(&bs, "events", 0, 5);
+    let produced = Instant::now();
+    let mut checked = 0;
+    while checked < 5 {
+        std::thread::sleep(Duration::from_millis(700));
+        let Some(lag) = series("kafka_consumergroup_lag_seconds") else { continue };
+        if lag == 0.0 {
+            continue; // the first cycle after the produce has not run yet
+        }
+        let age = produced.elapsed().as_secs_f64();
+        // The history samples once per cycle (1 s): the reach time of the
+        // committed offset is known to within one interval.
+        assert!(lag <= age + 1.5 && lag >= age - 2.5, "lag {lag} s for records {age:.1} s old");
+        assert_eq!(series("kafka_consumergroup_lag_seconds_lower_bound"), Some(0.0));
+        checked += 1;
+    }
+    // Nothing moves for a whole window (10 cycles): the consumer is stopped.
+    wait_for("STOP", Duration::from_secs(30), || {
+        (series("kafka_consumergroup_partition_status") == Some(4.0))
+            .then_some(())
+            .ok_or(format!("{:?}", series("kafka_consumergroup_partition_status")))
+    });
+    assert_eq!(
+        k.metrics().value("kafka_consumergroup_status", &[("monitor", "lagsec"), ("consumergroup", "billing")]),
+        Some(3.0)
+    );
+    // It catches up: OK again, 0 seconds.
+    commit_offsets(&bs, "billing", &[("events", 0, 10)]);
+    wait_for("OK after catching up", Duration::from_secs(30), || {
+        (series("kafka_consumergroup_partition_status") == Some(1.0)
+            && series("kafka_consumergroup_lag_seconds") == Some(0.0))
+        .then_some(())
+        .ok_or(String::new())
+    });
+    assert_eq!(series("kafka_consumergroup_retention_margin"), Some(10.0));
+}
