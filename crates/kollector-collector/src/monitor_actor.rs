@@ -377,12 +377,18 @@ impl Actor for MonitorActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(history) = self.store.take_history(&self.spec.id) {
+            self.history = history;
+        }
         tracing::info!(monitor = %self.spec.id, generation = self.spec.generation, "monitor started");
         ctx.notify(Tick);
         ctx.run_interval(self.spec.interval, |act, ctx| act.tick(ctx));
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        // The next actor for this monitor (a restart, a new generation, the
+        // next process through the standalone history file) continues it.
+        self.store.put_history(&self.spec.id, std::mem::take(&mut self.history));
         if !self.stopping {
             // Stopped without a Stop request: the registry decides whether to restart.
             if let Some(exited) = &self.exited {

@@ -270,6 +270,8 @@ impl Handler<Unassign> for MonitorRegistry {
             // holding the turn, which the caller holds: the entry is ours.
             if !act.running.contains_key(&id) {
                 act.store.remove(&id);
+                // Deleted or moved away: its history goes too.
+                act.store.forget_history(&id);
             }
             Ok(())
         }))

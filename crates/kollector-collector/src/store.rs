@@ -16,6 +16,9 @@ use kollector_core::{Generation, MonitorId, MonitorResult, MonitorSpec};
 #[derive(Clone, Debug)]
 pub struct ResultStore {
     inner: Arc<RwLock<HashMap<MonitorId, MonitorResult>>>,
+    /// Histories of monitors not running now (between a stop and a start,
+    /// or loaded from disk): a new actor for the monitor continues them.
+    histories: Arc<RwLock<HashMap<MonitorId, kollector_core::history::MonitorHistory>>>,
     /// The labels of each running monitor's spec (for discovery targets).
     labels: Arc<RwLock<HashMap<MonitorId, std::collections::BTreeMap<String, String>>>>,
     /// Announces every change of an entry (for result streams).
@@ -24,7 +27,12 @@ pub struct ResultStore {
 
 impl Default for ResultStore {
     fn default() -> Self {
-        ResultStore { inner: Arc::default(), labels: Arc::default(), changes: tokio::sync::broadcast::channel(1024).0 }
+        ResultStore {
+            inner: Arc::default(),
+            histories: Arc::default(),
+            labels: Arc::default(),
+            changes: tokio::sync::broadcast::channel(1024).0,
+        }
     }
 }
 
@@ -58,6 +66,26 @@ impl ResultStore {
         map.insert(spec.id.clone(), fresh);
         drop(map);
         self.labels.write().unwrap_or_else(|p| p.into_inner()).insert(spec.id.clone(), spec.labels.clone());
+    }
+
+    /// Keeps `id`'s history until its next actor starts (or to be saved).
+    pub fn put_history(&self, id: &MonitorId, history: kollector_core::history::MonitorHistory) {
+        self.histories.write().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), history);
+    }
+
+    /// Hands `id`'s kept history to its new actor.
+    pub fn take_history(&self, id: &MonitorId) -> Option<kollector_core::history::MonitorHistory> {
+        self.histories.write().unwrap_or_else(|p| p.into_inner()).remove(id)
+    }
+
+    /// Forgets `id`'s history (the monitor was deleted or moved away).
+    pub fn forget_history(&self, id: &MonitorId) {
+        self.histories.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// Every kept history (after a shutdown: every monitor's).
+    pub fn histories(&self) -> Vec<(MonitorId, kollector_core::history::MonitorHistory)> {
+        self.histories.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     /// The labels of `id`'s spec (empty if it does not run here).

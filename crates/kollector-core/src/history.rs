@@ -327,6 +327,10 @@ pub const DEFAULT_WINDOW: usize = 10;
 /// and groups absent from a cycle are forgotten, each history by its limits.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MonitorHistory {
+    /// The cluster the history was taken from: a snapshot of another
+    /// cluster (the monitor now points elsewhere) starts it afresh.
+    #[serde(default)]
+    cluster_id: Option<String>,
     /// topic → partition → log history.
     logs: BTreeMap<String, BTreeMap<i32, LogHistory>>,
     /// group → topic → partition → commit window.
@@ -342,6 +346,11 @@ impl MonitorHistory {
     /// Records one cycle's snapshot taken at `now_ms` and fills in its
     /// derived values: lag in seconds and verdicts.
     pub fn observe(&mut self, snapshot: &mut crate::Snapshot, now_ms: u64, limits: HistoryLimits, window: usize) {
+        if self.cluster_id.as_deref().is_some_and(|c| c != snapshot.cluster_id) {
+            *self = MonitorHistory::default();
+        }
+        self.cluster_id = Some(snapshot.cluster_id.clone());
+        let stale_before = now_ms.saturating_sub(limits.max_age_ms);
         let mut logs: BTreeMap<String, BTreeMap<i32, LogHistory>> = BTreeMap::new();
         for t in &snapshot.topics {
             let old = self.logs.remove(&t.name).unwrap_or_default();
@@ -363,6 +372,11 @@ impl MonitorHistory {
             let mut kept: BTreeMap<String, BTreeMap<i32, CommitWindow>> = BTreeMap::new();
             for o in &mut g.offsets {
                 let mut w = old.get_mut(&o.topic).and_then(|m| m.remove(&o.partition)).unwrap_or_default();
+                // Observations from before a long gap (a restart after a
+                // while) say nothing about the consumer now.
+                if w.observations().last().is_some_and(|last| last.at_ms < stale_before) {
+                    w = CommitWindow::default();
+                }
                 if let Some(lag) = o.lag {
                     w.record(Observation { committed: o.committed, latest: o.committed + lag, at_ms: now_ms }, window);
                     o.verdict = w.verdict(window);
@@ -587,7 +601,19 @@ mod tests {
         // A group and a topic that disappear are forgotten.
         let mut none = empty();
         h.observe(&mut none, 30_000, HOUR, 5);
-        assert_eq!(h, MonitorHistory::default());
+        assert_eq!(h.points(), 0);
+        // History survives a round trip through JSON (the standalone file).
+        let mut h = MonitorHistory::default();
+        for cycle in 0..5u64 {
+            h.observe(&mut snap(100 + cycle as i64 * 10, 100), cycle * 1000, HOUR, 5);
+        }
+        let back: MonitorHistory = serde_json::from_str(&serde_json::to_string(&h).unwrap()).unwrap();
+        assert_eq!(back, h);
+        // Another cluster's snapshot starts it afresh.
+        let mut other = snap(1, 1);
+        other.cluster_id = "another".into();
+        h.observe(&mut other, 6000, HOUR, 5);
+        assert_eq!(h.points(), 1);
     }
 
     proptest! {

@@ -136,19 +136,62 @@ impl StateFile {
             .map_err(|source| StateError::Secret { path: shown.clone(), source })?;
         let body = serde_json::to_vec(&Saved { format: FORMAT, revision, monitors })
             .map_err(|e| StateError::Corrupt { path: shown.clone(), message: e.to_string() })?;
-        let dir = dir_of(&self.path);
-        // A fresh, uniquely named file (created 0600, never following a link).
-        let mut tmp = tempfile::Builder::new().prefix(".kollector-state").tempfile_in(&dir).map_err(io)?;
-        tmp.write_all(&body).map_err(io)?;
-        tmp.as_file().sync_all().map_err(io)?;
-        tmp.persist(&self.path).map_err(|e| io(e.error))?;
-        // Make the rename itself durable before the change is acknowledged.
-        // The new file is in place whatever happens here, so a failure is
-        // logged, not reported as "not stored".
-        if let Err(e) = std::fs::File::open(&dir).and_then(|d| d.sync_all()) {
-            tracing::warn!("state file {shown}: flushing its directory failed: {e}");
+        write_atomically(&self.path, &body).map_err(io)
+    }
+}
+
+/// Replaces `path` with `body`: a fresh file in the same directory (0600,
+/// never following a link), flushed, renamed over the old one; then the
+/// directory is flushed (a failure there is logged: the new file is in
+/// place whatever happens).
+pub fn write_atomically(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let dir = dir_of(path);
+    let mut tmp = tempfile::Builder::new().prefix(".kollector-state").tempfile_in(&dir)?;
+    tmp.write_all(body)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    if let Err(e) = std::fs::File::open(&dir).and_then(|d| d.sync_all()) {
+        tracing::warn!("{}: flushing its directory failed: {e}", path.display());
+    }
+    Ok(())
+}
+
+/// The standalone node's offset histories (lag in seconds and verdicts
+/// continue across a restart): written at shutdown, read at start. Not
+/// secret, not vital: a file that cannot be read is logged and ignored.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SavedHistories {
+    format: u32,
+    pub monitors: std::collections::BTreeMap<kollector_core::MonitorId, kollector_core::history::MonitorHistory>,
+}
+
+impl SavedHistories {
+    pub fn new(
+        monitors: std::collections::BTreeMap<kollector_core::MonitorId, kollector_core::history::MonitorHistory>,
+    ) -> Self {
+        SavedHistories { format: FORMAT, monitors }
+    }
+
+    pub fn load(path: &Path) -> SavedHistories {
+        match std::fs::read(path) {
+            Ok(bytes) => match serde_json::from_slice::<SavedHistories>(&bytes) {
+                Ok(h) if h.format == FORMAT => h,
+                Ok(h) => {
+                    tracing::warn!("history file {} has format {}; starting without history", path.display(), h.format);
+                    SavedHistories::default()
+                }
+                Err(e) => {
+                    tracing::warn!("history file {} is unreadable ({e}); starting without history", path.display());
+                    SavedHistories::default()
+                }
+            },
+            Err(_) => SavedHistories::default(),
         }
-        Ok(())
+    }
+
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let body = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        write_atomically(path, &body)
     }
 }
 

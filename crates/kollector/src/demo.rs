@@ -162,7 +162,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if !args.grpc_listen.ip().is_loopback() {
         anyhow::bail!("the demo serves an open API: --grpc-listen must be a loopback address");
     }
-    let node = Standalone::start(args.grpc_listen, args.http_listen, desired, ApiSecurity::loopback_demo()).await?;
+    let node = Standalone::start(args.grpc_listen, args.http_listen, desired, ApiSecurity::loopback_demo(), Vec::new())
+        .await?;
     let server = format!("http://{}", node.grpc_addr);
     eprintln!("demo: kollector standalone is collecting every {}.", args.interval);
     eprintln!("demo:   metrics:  curl -s http://{}/metrics | grep -E '^kafka_(consumergroup_lag|topic_partition_current_offset)'", node.http_addr);

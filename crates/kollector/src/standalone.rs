@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use kollector_collector::{CollectorHandle, CollectorNode};
 use kollector_core::ConfigFile;
 use kollector_kafka::ClientOptions;
-use kollector_manager::state_file::StateFile;
+use kollector_manager::state_file::{SavedHistories, StateFile};
 use kollector_manager::{EmbeddedStore, LocalRunner, ManagerServiceImpl};
 use kollector_proto::v1::manager_service_server::ManagerServiceServer;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -99,6 +99,7 @@ impl Standalone {
         http_addr: SocketAddr,
         desired: EmbeddedStore,
         security: ApiSecurity,
+        histories: Vec<(kollector_core::MonitorId, kollector_core::history::MonitorHistory)>,
     ) -> anyhow::Result<Standalone> {
         let grpc_listener = http::bind(grpc, "gRPC (ManagerService)").await?;
         let http_listener = http::bind(http_addr, "HTTP (/metrics)").await?;
@@ -107,6 +108,10 @@ impl Standalone {
 
         let options = ClientOptions { tls_files: Some(security.tls_files), ..ClientOptions::default() };
         let node = CollectorNode::start(options.clone()).context("starting the collector")?;
+        // Offset histories saved at the last stop: monitors continue them.
+        for (id, history) in histories {
+            node.store().put_history(&id, history);
+        }
         let service = ManagerServiceImpl::new(Arc::new(desired), Arc::new(LocalRunner::new(node.clone(), options)))
             .with_guard(security.guard);
         let mut server = GrpcLimits::default().server(security.tls)?;
@@ -216,8 +221,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let desired = EmbeddedStore::open(config.monitors, file, saved).map_err(|e| {
         anyhow::anyhow!("{e} (set --state to a writable path for the monitors created through the API)")
     })?;
+    // Lag-in-seconds history, kept next to the state file across restarts.
+    let history_path = PathBuf::from(format!("{}.history", state_path.display()));
+    let histories = SavedHistories::load(&history_path).monitors.into_iter().collect();
     let node =
-        Standalone::start(grpc_listen, opts.http_listen.unwrap_or(config.http_listen), desired, security).await?;
+        Standalone::start(grpc_listen, opts.http_listen.unwrap_or(config.http_listen), desired, security, histories)
+            .await?;
     eprintln!(
         "kollector standalone: gRPC on {}, metrics on http://{}/metrics ({} monitor(s)), state in {}",
         node.grpc_addr,
@@ -227,6 +236,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
     shutdown_signal().await;
     tracing::info!("shutting down: stopping monitors and closing Kafka clients");
+    let store = node.node.store().clone();
     node.stop().await;
+    // Every monitor's history is in the store once its actor stopped.
+    let saved = SavedHistories::new(store.histories().into_iter().collect());
+    if let Err(e) = saved.save(&history_path) {
+        tracing::warn!("cannot save offset histories to {}: {e}", history_path.display());
+    }
     Ok(())
 }
