@@ -8,6 +8,17 @@ use kollector_tests::kafka_fixtures::{commit_offsets, create_topic, produce_reco
 use kollector_tests::kollector::{monitor_toml, KollectorProcess};
 use kollector_tests::poll::wait_for;
 
+/// Waits until `monitor` has collected at least `n` times (its history has points).
+fn wait_cycles(k: &KollectorProcess, monitor: &str, n: f64) {
+    wait_for("a few cycles of history", Duration::from_secs(20), || {
+        k.metrics()
+            .value("kollector_collections_total", &[("monitor", monitor)])
+            .filter(|c| *c >= n)
+            .map(|_| ())
+            .ok_or(String::new())
+    });
+}
+
 #[test]
 fn lag_seconds_tracks_the_age_of_the_committed_offset_and_verdicts_follow_the_consumer() {
     let broker = TansuBroker::start("lagsec-kafka");
@@ -34,13 +45,7 @@ fn lag_seconds_tracks_the_age_of_the_committed_offset_and_verdicts_follow_the_co
         ))
     });
     // New records the group does not consume: lag seconds is their age.
-    wait_for("a few cycles of history", Duration::from_secs(10), || {
-        k.metrics()
-            .value("kollector_collections_total", &[("monitor", "lagsec")])
-            .filter(|c| *c >= 3.0)
-            .map(|_| ())
-            .ok_or(String::new())
-    });
+    wait_cycles(&k, "lagsec", 3.0);
     produce_records(&bs, "events", 0, 5);
     let produced = Instant::now();
     let mut checked = 0;
@@ -87,13 +92,7 @@ fn lag_history_survives_a_standalone_restart() {
     commit_offsets(&bs, "billing", &[("events", 0, 5)]);
     let mut k = KollectorProcess::standalone(&monitor_toml("lagsec", &bs, "1s"));
     let labels = [("monitor", "lagsec"), ("consumergroup", "billing"), ("topic", "events"), ("partition", "0")];
-    wait_for("a few cycles of history", Duration::from_secs(20), || {
-        k.metrics()
-            .value("kollector_collections_total", &[("monitor", "lagsec")])
-            .filter(|c| *c >= 3.0)
-            .map(|_| ())
-            .ok_or(String::new())
-    });
+    wait_cycles(&k, "lagsec", 3.0);
     produce_records(&bs, "events", 0, 5);
     let produced = Instant::now();
     wait_for("lag seconds before the restart", Duration::from_secs(20), || {

@@ -302,12 +302,7 @@ mod deploy_example {
         use super::super::*;
 
         proptest! {
-            #![proptest_config(ProptestConfig {
-            cases: 512,
-            failure_persistence: None,
-            rng_seed: proptest::test_runner::RngSeed::Fixed(0x6b6f6c6c),
-            ..ProptestConfig::default()
-        })]
+            #![proptest_config(crate::testing::proptest_config())]
             /// Any text, TOML-like or not, parses or is refused with an
             /// error naming the file. Never a panic.
             #[test]

@@ -617,12 +617,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig {
-            cases: 512,
-            failure_persistence: None,
-            rng_seed: proptest::test_runner::RngSeed::Fixed(0x6b6f6c6c),
-            ..ProptestConfig::default()
-        })]
+        #![proptest_config(crate::testing::proptest_config())]
         /// For any growing log, the lag of a committed offset is never
         /// negative, never more than the history's age unless flagged as a
         /// bound, 0 when caught up, and grows as the committed offset falls.

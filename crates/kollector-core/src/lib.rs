@@ -14,6 +14,8 @@ pub mod result;
 pub mod snapshot;
 pub mod spec;
 pub mod status;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use config::{ConfigError, ConfigFile, ConfigFileError};
 pub use ids::{CollectorId, Epoch, Generation, MonitorId};

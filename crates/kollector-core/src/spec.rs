@@ -837,12 +837,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig {
-            cases: 512,
-            failure_persistence: None,
-            rng_seed: proptest::test_runner::RngSeed::Fixed(0x6b6f6c6c),
-            ..ProptestConfig::default()
-        })]
+            #![proptest_config(crate::testing::proptest_config())]
             /// Any input either validates into a spec that round-trips
             /// (through its input form and through JSON), or is refused
             /// with named fields. Never a panic.

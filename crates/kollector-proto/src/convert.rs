@@ -391,12 +391,7 @@ mod tests {
         use super::super::*;
 
         proptest! {
-            #![proptest_config(ProptestConfig {
-            cases: 512,
-            failure_persistence: None,
-            rng_seed: proptest::test_runner::RngSeed::Fixed(0x6b6f6c6c),
-            ..ProptestConfig::default()
-        })]
+            #![proptest_config(kollector_core::testing::proptest_config())]
             /// Arbitrary bytes on a results stream or in a request decode or
             /// are refused, and whatever decodes converts or is refused:
             /// never a panic.

@@ -327,7 +327,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+        #![proptest_config(kollector_core::testing::proptest_config())]
         /// Any string seals and opens back; any tampering with a sealed value
         /// is refused, never a panic.
         #[test]

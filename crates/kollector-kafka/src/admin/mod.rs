@@ -305,12 +305,7 @@ mod hostile {
     use super::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig {
-            cases: 512,
-            failure_persistence: None,
-            rng_seed: proptest::test_runner::RngSeed::Fixed(0x6b6f6c6c),
-            ..ProptestConfig::default()
-        })]
+        #![proptest_config(kollector_core::testing::proptest_config())]
         /// What librdkafka hands back (names, messages: any bytes, not
         /// necessarily UTF-8) becomes a String without a panic; strings we
         /// hand to it with a NUL are refused, not truncated.
