@@ -23,10 +23,25 @@ pub enum DevError {
     Kafka(String),
 }
 
-/// A free TCP port on 127.0.0.1: bind port 0, read the port the OS chose,
-/// release it. The small race with another process taking it is acceptable
-/// here; the broker's start-up check fails loudly if it happens.
+/// A free TCP port on 127.0.0.1 for a server a test starts.
+///
+/// Picked at random below Linux's ephemeral range (32768-60999) and checked
+/// by binding it: a port the OS hands out for `bind(0)` or an outgoing
+/// connection, which every concurrently running test makes by the hundred,
+/// can then never be the one a test is about to listen on. (Taking a port
+/// from `bind(0)` and releasing it lost that race now and then: another
+/// test's process got the same port back before the server bound it.) Two
+/// tests picking the same port at random remains possible, at about 1 in
+/// 12,000 per pair; the server's start-up check fails loudly if it happens.
 pub fn free_port() -> u16 {
+    use rand::Rng as _;
+    let mut rng = rand::thread_rng();
+    for _ in 0..200 {
+        let port = rng.gen_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
