@@ -120,3 +120,61 @@ fn lag_history_survives_a_standalone_restart() {
     assert_eq!(bound, 0.0, "the history was lost: lag {lag} is only a lower bound");
     assert!(lag <= age + 1.5 && lag >= age - 2.5, "lag {lag} s for records {age:.1} s old");
 }
+
+/// Scripted consumers for the verdicts that need a moving log, side by side
+/// on one broker while records keep arriving: one commits the same offset
+/// (STALL), one keeps committing but falls further behind (WARN), one jumps
+/// back and stays there (REWIND), one keeps up (OK).
+#[test]
+fn scripted_consumers_reach_stall_warn_rewind_and_ok() {
+    let broker = TansuBroker::start("verdict-kafka");
+    let bs = broker.bootstrap();
+    create_topic(&bs, "events", 1);
+    produce_records(&bs, "events", 0, 40);
+    commit_offsets(&bs, "stalled", &[("events", 0, 10)]);
+    commit_offsets(&bs, "rewound", &[("events", 0, 30)]);
+    let k = KollectorProcess::standalone(&monitor_toml("verdicts", &bs, "1s"));
+    let status = |group: &str| {
+        k.metrics().value(
+            "kafka_consumergroup_partition_status",
+            &[("monitor", "verdicts"), ("consumergroup", group), ("topic", "events"), ("partition", "0")],
+        )
+    };
+    wait_cycles(&k, "verdicts", 2.0);
+    commit_offsets(&bs, "rewound", &[("events", 0, 5)]);
+    // Records keep arriving, 3 per cycle; "behind" commits 1 per cycle, "keeping-up" commits all.
+    let mut produced = 40i64;
+    let mut behind = 20i64;
+    // Each group must show its verdict at some point (REWIND lasts only while
+    // the drop is in the window; STALL and WARN need a full window first).
+    let want = [("stalled", 5.0), ("behind", 2.0), ("rewound", 6.0), ("keeping-up", 1.0)];
+    let mut reached = std::collections::BTreeSet::new();
+    let mut seen = std::collections::BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut caught_up = false;
+    while Instant::now() < deadline {
+        produce_records(&bs, "events", 0, 3);
+        produced += 3;
+        behind += 1;
+        commit_offsets(&bs, "behind", &[("events", 0, behind)]);
+        commit_offsets(&bs, "keeping-up", &[("events", 0, produced)]);
+        // Once stalled has shown STALL it catches up: the verdict must leave STALL for OK.
+        let stalled_at = if caught_up { produced } else { 10 };
+        commit_offsets(&bs, "stalled", &[("events", 0, stalled_at)]);
+        for (group, code) in want {
+            let now = status(group);
+            if now == Some(code) {
+                reached.insert(group);
+            }
+            seen.insert(group, now);
+        }
+        if reached.contains("stalled") {
+            caught_up = true;
+        }
+        if reached.len() == want.len() && caught_up && seen["stalled"] == Some(1.0) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    panic!("verdicts not reached within 60 s: reached {reached:?}, now {seen:?} (want stalled 5 STALL then 1 OK, behind 2 WARN, rewound 6 REWIND, keeping-up 1 OK)");
+}
