@@ -203,26 +203,22 @@ impl StoreCollector {
         }
 
         // Consumer groups.
+        let partition_labels = |b: &Labels, g: &kollector_core::GroupSnapshot, o: &kollector_core::GroupOffset| {
+            with(
+                b,
+                &[
+                    ("consumergroup", g.group_id.clone()),
+                    ("topic", o.topic.clone()),
+                    ("partition", o.partition.to_string()),
+                ],
+            )
+        };
         let group_partition = |value: &dyn Fn(&kollector_core::GroupOffset) -> Option<i64>| {
             family!(self, |b, s| s
                 .groups
                 .iter()
                 .flat_map(|g| g.offsets.iter().map(move |o| (g, o)))
-                .filter_map(|(g, o)| {
-                    value(o).map(|v| {
-                        (
-                            with(
-                                &b,
-                                &[
-                                    ("consumergroup", g.group_id.clone()),
-                                    ("topic", o.topic.clone()),
-                                    ("partition", o.partition.to_string()),
-                                ],
-                            ),
-                            v,
-                        )
-                    })
-                })
+                .filter_map(|(g, o)| value(o).map(|v| (partition_labels(&b, g, o), v)))
                 .collect::<Vec<_>>())
         };
         gauges(
@@ -244,16 +240,6 @@ impl StoreCollector {
             group_partition(&|o| Some(o.data_loss as i64)),
         )?;
         // Lag in seconds, verdicts and retention margin (kollector_core::history).
-        let partition_labels = |b: &Labels, g: &kollector_core::GroupSnapshot, o: &kollector_core::GroupOffset| {
-            with(
-                b,
-                &[
-                    ("consumergroup", g.group_id.clone()),
-                    ("topic", o.topic.clone()),
-                    ("partition", o.partition.to_string()),
-                ],
-            )
-        };
         gauges(
             enc,
             "kafka_consumergroup_lag_seconds",
@@ -269,13 +255,7 @@ impl StoreCollector {
             enc,
             "kafka_consumergroup_lag_seconds_lower_bound",
             "1 when the committed offset is older than kollector's offset history, so kafka_consumergroup_lag_seconds is only a lower bound.",
-            family!(self, |b, s| s
-                .groups
-                .iter()
-                .flat_map(|g| g.offsets.iter().map(move |o| (g, o)))
-                .filter(|(_, o)| o.lag_ms.is_some())
-                .map(|(g, o)| (partition_labels(&b, g, o), o.lag_ms_is_lower_bound as i64))
-                .collect::<Vec<_>>()),
+            group_partition(&|o| o.lag_ms.map(|_| o.lag_ms_is_lower_bound as i64)),
         )?;
         gauges(
             enc,
@@ -306,12 +286,7 @@ impl StoreCollector {
             enc,
             "kafka_consumergroup_partition_status",
             "Burrow-style verdict of a group on a partition, as Burrow's code: 1 OK, 2 WARN, 4 STOP, 5 STALL, 6 REWIND.",
-            family!(self, |b, s| s
-                .groups
-                .iter()
-                .flat_map(|g| g.offsets.iter().map(move |o| (g, o)))
-                .filter_map(|(g, o)| o.verdict.map(|v| (partition_labels(&b, g, o), v.code() as i64)))
-                .collect::<Vec<_>>()),
+            group_partition(&|o| o.verdict.map(|v| v.code() as i64)),
         )?;
         gauges(
             enc,

@@ -126,14 +126,6 @@ impl LogHistory {
         }
     }
 
-    /// Drops points older than `oldest_ms` (e.g. history received from
-    /// another collector after a long gap), keeping the newest.
-    pub fn drop_older_than(&mut self, oldest_ms: u64) {
-        while self.points.len() > 1 && self.points[0].at_ms < oldest_ms {
-            self.points.pop_front();
-        }
-    }
-
     /// How long ago the log reached `committed`, as of `now_ms`.
     pub fn lag_seconds(&self, committed: i64, now_ms: u64) -> Option<LagSeconds> {
         let newest = *self.points.back()?;

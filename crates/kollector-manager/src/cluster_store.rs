@@ -163,9 +163,12 @@ impl ClusterStore {
         Ok(out)
     }
 
-    /// Every readable monitor's current generation.
-    pub async fn generations(&self) -> Result<BTreeMap<MonitorId, u64>, CoordinationError> {
-        Ok(self.monitors().await?.valid.into_iter().map(|(m, s)| (m, s.spec.generation)).collect())
+    /// Whether etcd answers: one key at most, no value (a readiness probe
+    /// runs this every few seconds; reading every spec would not scale).
+    pub async fn ping(&self) -> Result<(), CoordinationError> {
+        let mut c = self.client.clone();
+        c.get(self.keys.election(), Some(GetOptions::new().with_prefix().with_keys_only().with_limit(1))).await?;
+        Ok(())
     }
 
     pub async fn monitor(&self, id: &MonitorId) -> Result<Option<StoredMonitor>, CoordinationError> {

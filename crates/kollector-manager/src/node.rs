@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::cluster_store::ClusterStore;
+use crate::cluster_store::{ClusterStore, MonitorSet};
 use crate::decisions::TxnLimits;
 use crate::intake::Intake;
 use crate::reconciler::{CollectorClients, Reconciler, ReconcilerStats};
@@ -161,7 +161,12 @@ impl ManagerMetrics {
 
     /// Results of the specs in force now, from their owners (read at every scrape).
     async fn current(&self) -> Result<Vec<kollector_core::MonitorResult>, CoordinationError> {
-        let generations = self.store.generations().await?;
+        self.current_of(&self.store.monitors().await?).await
+    }
+
+    /// [`Self::current`] for monitors already read.
+    async fn current_of(&self, specs: &MonitorSet) -> Result<Vec<kollector_core::MonitorResult>, CoordinationError> {
+        let generations = specs.valid.iter().map(|(m, s)| (m.clone(), s.spec.generation)).collect();
         let (records, _) = self.store.assignments().await?;
         Ok(self.intake.current(&generations, &records))
     }
@@ -175,9 +180,9 @@ impl ManagerMetrics {
     /// Discovery: one target per monitor with a current result, at the HTTP
     /// address of the collector that owns it now.
     pub async fn targets(&self) -> Vec<kollector_collector::discovery::SdTarget> {
-        let (Ok(results), Ok(collectors), Ok(specs)) =
-            (self.current().await, self.store.collectors().await, self.store.monitors().await)
-        else {
+        // The specs are read once: for the results in force and for their labels.
+        let Ok(specs) = self.store.monitors().await else { return Vec::new() };
+        let (Ok(results), Ok(collectors)) = (self.current_of(&specs).await, self.store.collectors().await) else {
             return Vec::new();
         };
         let no_labels = std::collections::BTreeMap::new();
@@ -193,7 +198,7 @@ impl ManagerMetrics {
 
     /// Ready: etcd answers, and, while leading, the latest pass did not fail.
     pub async fn ready(&self) -> Result<(), String> {
-        self.store.generations().await.map_err(|e| format!("etcd: {e}"))?;
+        self.store.ping().await.map_err(|e| format!("etcd: {e}"))?;
         let leading = matches!(&*self.leadership.borrow(), Leadership::Leader(_));
         if leading && self.stats.last_pass_failed.load(Ordering::Relaxed) {
             return Err("leading, but the latest reconcile pass failed".into());

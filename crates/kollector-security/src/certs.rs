@@ -9,7 +9,6 @@
 //! nothing is overwritten: an existing node file is an error, so a half-done
 //! run can be finished by naming only the missing nodes.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -64,15 +63,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
 
 /// Writes a file that must not exist yet, with `mode`.
 fn write_new(path: &Path, body: &str, mode: u32) -> Result<(), CertError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|e| {
+    crate::files::create_new(path, body, mode).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             CertError::Exists(path.display().to_string())
         } else {
             io(path)(e)
         }
-    })?;
-    f.write_all(body.as_bytes()).and_then(|_| f.sync_all()).map_err(io(path))
+    })
 }
 
 fn valid_name(n: &str) -> bool {

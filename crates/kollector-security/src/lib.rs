@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod certs;
+pub mod files;
 pub mod rate;
 pub mod sealing;
 pub mod tls;

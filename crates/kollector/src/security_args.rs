@@ -81,24 +81,22 @@ pub struct ApiAccessArgs {
 /// the first time.
 pub fn secret_keys(path: &Path, create: bool) -> anyhow::Result<Keyring> {
     if create && !path.exists() {
-        let line = kollector_security::sealing::new_key_line("k1")?;
-        write_private(path, &format!("# kollector secret key: seals SASL and key passwords at rest\n{line}\n"))?;
+        new_secret_key_file(path)?;
         tracing::info!(path = %path.display(), "created a secret key for sealing stored secrets");
     }
     Ok(Keyring::load(path)?)
 }
 
+/// Makes a secret key file with one key (`kollector secret-key new`, and
+/// standalone's first start).
+pub fn new_secret_key_file(path: &Path) -> anyhow::Result<()> {
+    let line = kollector_security::sealing::new_key_line("k1")?;
+    write_private(path, &format!("# kollector secret key: seals SASL and key passwords at rest\n{line}\n"))
+}
+
 /// Writes a new file readable by its owner only; refuses to replace one.
 pub fn write_private(path: &Path, body: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(body.as_bytes()).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", path.display()))
+    kollector_security::files::create_new(path, body, 0o600).with_context(|| format!("creating {}", path.display()))
 }
 
 /// Standalone without TLS or tokens is allowed on loopback (with a

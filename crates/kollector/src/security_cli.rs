@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use kollector_security::tokens::{entry_toml, hash_token, new_token};
 use kollector_security::{CertRequest, Role};
 
-use crate::security_args::write_private;
+use crate::security_args::{new_secret_key_file, write_private};
 
 #[derive(Args)]
 pub struct CertsArgs {
@@ -139,8 +139,7 @@ enum SecretKeyCommand {
 pub fn secret_key(args: SecretKeyArgs) -> anyhow::Result<()> {
     match args.command {
         SecretKeyCommand::New { file } => {
-            let line = kollector_security::sealing::new_key_line("k1")?;
-            write_private(&file, &format!("# kollector secret key: seals SASL and key passwords at rest\n{line}\n"))?;
+            new_secret_key_file(&file)?;
             println!("secret key written to {}", file.display());
         }
         SecretKeyCommand::Rotate { file } => {
