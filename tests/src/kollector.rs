@@ -29,8 +29,34 @@ pub fn kollector_bin() -> PathBuf {
 
 /// Runs `kollector` with `args` to completion and returns (success, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(kollector_bin()).args(args).env("KOLLECTOR_LOG", "warn").output().expect("run kollector");
+    run_cli_with_env(args, &[])
+}
+
+/// Like [`run_cli`], with environment variables set (and no
+/// `KOLLECTOR_TOKEN` inherited from the caller's environment).
+pub fn run_cli_with_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(kollector_bin())
+        .args(args)
+        .env("KOLLECTOR_LOG", "warn")
+        .env_remove("KOLLECTOR_TOKEN")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kollector");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// A plain HTTP/1.0 GET of `path` on `address` (host:port): the status code
+/// and the body. Enough for `/metrics`, `/sd` and Prometheus' API.
+pub fn http_get(address: &str, path: &str) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(address).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP header")?;
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no HTTP status")?;
+    Ok((code, body.to_string()))
 }
 
 pub struct KollectorProcess {
@@ -196,16 +222,10 @@ impl KollectorProcess {
 
     /// A plain HTTP/1.0 GET, enough for `/metrics` and `/healthz`.
     pub fn http_get(&self, path: &str) -> Result<String, String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.http_port)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| e.to_string())?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).map_err(|e| e.to_string())?;
-        let (head, body) = body.split_once("\r\n\r\n").ok_or("no HTTP header")?;
-        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-            return Err(format!("unexpected response: {head}"));
+        match http_get(&format!("127.0.0.1:{}", self.http_port), path)? {
+            (200, body) => Ok(body),
+            (code, body) => Err(format!("unexpected response {code}: {body}")),
         }
-        Ok(body.to_string())
     }
 
     pub fn metrics(&self) -> Metrics {

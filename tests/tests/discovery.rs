@@ -4,27 +4,13 @@
 //! the targets, scrape each at its address and path.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use kollector_devkit::tansu::TansuBroker;
 use kollector_tests::cluster::Cluster;
-use kollector_tests::kollector::{monitor_toml, KollectorProcess};
+use kollector_tests::kollector::{http_get, monitor_toml, KollectorProcess};
 use kollector_tests::metrics::Metrics;
 use kollector_tests::poll::{wait_for, wait_for_async};
-
-/// GET `path` on `address` (host:port): status code and body.
-fn get(address: &str, path: &str) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect(address).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("no header")?;
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no status")?;
-    Ok((code, body.to_string()))
-}
 
 /// monitor → (address, path, labels), from an `/sd` body.
 fn targets(body: &str) -> BTreeMap<String, (String, String, BTreeMap<String, String>)> {
@@ -48,9 +34,9 @@ fn standalone_serves_one_target_per_monitor_with_only_its_series() {
         monitor_toml("mon-b", &b.bootstrap(), "1s")
     ));
     let http = format!("127.0.0.1:{}", k.http_port);
-    assert_eq!(get(&http, "/readyz").unwrap().0, 200);
+    assert_eq!(http_get(&http, "/readyz").unwrap().0, 200);
     let found = wait_for("both targets with their cluster ids", Duration::from_secs(30), || {
-        let t = targets(&get(&http, "/sd")?.1);
+        let t = targets(&http_get(&http, "/sd")?.1);
         let ready = ["mon-a", "mon-b"].iter().all(|m| t.get(*m).is_some_and(|(_, _, l)| l.contains_key("cluster_id")));
         ready.then_some(t.clone()).ok_or(format!("{t:?}"))
     });
@@ -59,7 +45,7 @@ fn standalone_serves_one_target_per_monitor_with_only_its_series() {
         assert_eq!(address, &http);
         assert_eq!(labels["instance"], monitor, "one instance per Kafka cluster");
         assert_eq!(labels["cluster_id"], cluster);
-        let (code, body) = get(address, path).unwrap();
+        let (code, body) = http_get(address, path).unwrap();
         assert_eq!(code, 200, "{body}");
         let m = Metrics::parse(&body).expect("Prometheus text");
         assert!(!m.find("kafka_brokers", &[("monitor", monitor)]).is_empty(), "{body}");
@@ -71,13 +57,13 @@ fn standalone_serves_one_target_per_monitor_with_only_its_series() {
     assert_eq!(found["mon-a"].2.get("team").map(String::as_str), Some("payments"));
     assert_eq!(found["mon-a"].2.get("part_of").map(String::as_str), Some("shop"));
     // The node's own series alone, for node scrape jobs.
-    let (code, body) = get(&http, "/metrics/self").unwrap();
+    let (code, body) = http_get(&http, "/metrics/self").unwrap();
     let own = Metrics::parse(&body).unwrap();
     assert_eq!(code, 200);
     assert!(own.value("kollector_kafka_clients", &[]).is_some(), "{body}");
     assert!(own.samples.iter().all(|s| !s.labels.contains_key("monitor")), "{body}");
-    assert_eq!(get(&http, "/monitors/nope/metrics").unwrap().0, 404);
-    assert_eq!(get(&http, "/monitors/..%2Fetc/metrics").unwrap().0, 404);
+    assert_eq!(http_get(&http, "/monitors/nope/metrics").unwrap().0, 404);
+    assert_eq!(http_get(&http, "/monitors/..%2Fetc/metrics").unwrap().0, 404);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -87,15 +73,15 @@ async fn a_managers_discovery_follows_a_monitor_to_its_new_owner() {
     let owners = cluster.settled(4, 60).await;
     let manager_http = format!("127.0.0.1:{}", cluster.manager.http_port);
     for c in cluster.collectors.values() {
-        assert_eq!(get(&format!("127.0.0.1:{}", c.http_port), "/readyz").unwrap().0, 200);
+        assert_eq!(http_get(&format!("127.0.0.1:{}", c.http_port), "/readyz").unwrap().0, 200);
     }
-    assert_eq!(get(&manager_http, "/readyz").unwrap().0, 200);
+    assert_eq!(http_get(&manager_http, "/readyz").unwrap().0, 200);
     let http_of = |id: &str, cluster: &Cluster| format!("127.0.0.1:{}", cluster.collectors[id].http_port);
     let monitor = "m00".to_string();
     let first_owner = owners[&monitor].clone();
     let want = http_of(&first_owner, &cluster);
     wait_for("the manager's /sd to point m0 at its owner", Duration::from_secs(30), || {
-        let t = targets(&get(&manager_http, "/sd")?.1);
+        let t = targets(&http_get(&manager_http, "/sd")?.1);
         match t.get(&monitor) {
             Some((address, _, labels)) if *address == want && labels["collector"] == first_owner => Ok(()),
             other => Err(format!("{other:?}")),
@@ -107,13 +93,13 @@ async fn a_managers_discovery_follows_a_monitor_to_its_new_owner() {
     wait_for_async("m0's target to move to the surviving collector", Duration::from_secs(60), || {
         let (manager_http, monitor, new_address) = (manager_http.clone(), monitor.clone(), new_address.clone());
         async move {
-            let t = targets(&get(&manager_http, "/sd")?.1);
+            let t = targets(&http_get(&manager_http, "/sd")?.1);
             let (address, path, _) = t.get(&monitor).ok_or("no target")?.clone();
             if address != new_address {
                 return Err(format!("still at {address}"));
             }
             // And its series continue there.
-            let (code, body) = get(&address, &path)?;
+            let (code, body) = http_get(&address, &path)?;
             let m = Metrics::parse(&body).map_err(|e| e.to_string())?;
             (code == 200 && !m.find("kafka_brokers", &[("monitor", &monitor)]).is_empty())
                 .then_some(())

@@ -7,8 +7,6 @@
 //! dashboard query, which all return data, and the lag and monitor-down
 //! alerts fire for real when a consumer group lags and the broker stops.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -16,6 +14,7 @@ use std::time::Duration;
 use kollector_proto::v1 as pb;
 use kollector_tests::cluster::Cluster;
 use kollector_tests::kafka_fixtures::{commit_offsets, create_topic, produce_records};
+use kollector_tests::kollector::http_get;
 use kollector_tests::poll::wait_for;
 
 fn deploy() -> std::path::PathBuf {
@@ -54,14 +53,10 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
+/// A Prometheus API answer, as JSON.
 fn get(port: u16, path: &str) -> Result<serde_json::Value, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).ok_or("no body")?;
-    serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))
+    let (_, body) = http_get(&format!("127.0.0.1:{port}"), path)?;
+    serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
 }
 
 fn query(port: u16, q: &str) -> Result<serde_json::Value, String> {

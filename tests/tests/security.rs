@@ -16,7 +16,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use kollector_devkit::tansu::TansuBroker;
@@ -26,7 +25,7 @@ use kollector_proto::v1::{self as pb};
 use kollector_security::tokens::{entry_toml, hash_token, new_token};
 use kollector_security::Role;
 use kollector_tests::etcd::EtcdServer;
-use kollector_tests::kollector::{kollector_bin, KollectorProcess};
+use kollector_tests::kollector::{run_cli_with_env as cli, KollectorProcess};
 use kollector_tests::poll::wait_for_async;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
@@ -53,18 +52,6 @@ impl Pki {
             format!("--etcd-key={}", self.path(&format!("{node}.key"))),
         ]
     }
-}
-
-/// Runs the kollector CLI with `env`; (success, stdout, stderr).
-fn cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = Command::new(kollector_bin())
-        .args(args)
-        .envs(env.iter().copied())
-        .env_remove("KOLLECTOR_TOKEN")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kollector");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
 fn make_pki(dir: &Path, managers: &[&str], nodes: &[&str]) -> Pki {
