@@ -178,3 +178,86 @@ fn scripted_consumers_reach_stall_warn_rewind_and_ok() {
     }
     panic!("verdicts not reached within 60 s: reached {reached:?}, now {seen:?} (want stalled 5 STALL then 1 OK, behind 2 WARN, rewound 6 REWIND, keeping-up 1 OK)");
 }
+
+/// Cluster mode: the owner's history travels with its results to the
+/// manager, and the next owner receives it with the Assign. After a SIGKILL
+/// the new owner's first results already give the exact age of the records
+/// the group has not consumed, though it never saw them arrive itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn lag_history_survives_a_collector_sigkill() {
+    use kollector_proto::v1 as pb;
+    use kollector_tests::cluster::{latest, Cluster};
+    use kollector_tests::poll::wait_for_async;
+
+    // The fixtures run their own runtime: off this one's threads.
+    async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        tokio::task::spawn_blocking(f).await.expect("fixture")
+    }
+    let mut cluster = Cluster::start(2);
+    let bs = cluster.broker.bootstrap();
+    let b = bs.clone();
+    blocking(move || {
+        create_topic(&b, "events", 1);
+        produce_records(&b, "events", 0, 5);
+        commit_offsets(&b, "billing", &[("events", 0, 5)]);
+    })
+    .await;
+    let mut client = cluster.manager.client().await;
+    let spec = pb::MonitorSpecInput {
+        id: "lagsec".into(),
+        bootstrap: vec![bs.clone()],
+        interval: Some("1s".into()),
+        ..Default::default()
+    };
+    client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec) }).await.expect("create monitor");
+    let owner = cluster.settled(1, 30).await["lagsec"].clone();
+    let offsets = |r: &pb::MonitorResult| {
+        r.snapshot.as_ref()?.groups.iter().find(|g| g.group_id == "billing")?.offsets.first().cloned()
+    };
+    // Records the group will not consume, written while `owner` watches.
+    wait_for_async("a few cycles before the records", Duration::from_secs(20), || async {
+        let r = latest(&cluster.manager).await;
+        r.iter().find(|r| r.monitor_id == "lagsec" && r.collections_total >= 3).map(|_| ()).ok_or(String::new())
+    })
+    .await;
+    let b = bs.clone();
+    blocking(move || produce_records(&b, "events", 0, 5)).await;
+    let produced = Instant::now();
+    // Enough cycles that a handover copy holding the arrival went out (every
+    // 5 cycles from the second): 7 cycles after the records.
+    let seen = latest(&cluster.manager).await.iter().find(|r| r.monitor_id == "lagsec").map(|r| r.collections_total);
+    let seen = seen.unwrap_or(0);
+    wait_for_async("7 cycles after the records", Duration::from_secs(30), || async {
+        let r = latest(&cluster.manager).await;
+        r.iter()
+            .find(|r| r.monitor_id == "lagsec" && r.collections_total >= seen + 7)
+            .and_then(offsets)
+            .filter(|o| o.lag_ms.is_some_and(|l| l > 0) && !o.lag_ms_is_lower_bound)
+            .map(|_| ())
+            .ok_or(String::new())
+    })
+    .await;
+
+    cluster.collectors.get_mut(&owner).unwrap().kill();
+    cluster.collectors.remove(&owner);
+    // The new owner's first result: it has seen the log end only at 10, so
+    // on its own it could give a lower bound at most.
+    let (first, at) = wait_for_async("the new owner's first result", Duration::from_secs(30), || async {
+        let r = latest(&cluster.manager).await;
+        r.into_iter()
+            .find(|r| r.monitor_id == "lagsec" && r.collector_id != owner && r.snapshot.is_some())
+            .map(|r| (r, Instant::now()))
+            .ok_or(String::new())
+    })
+    .await;
+    let o = offsets(&first).expect("the group's offsets");
+    let age = at.duration_since(produced).as_secs_f64();
+    let lag = o.lag_ms.expect("lag seconds in the new owner's first results") as f64 / 1000.0;
+    assert!(!o.lag_ms_is_lower_bound, "the history was lost: {lag} s is only a lower bound");
+    // One interval of sampling on each side, and the poll's own delay.
+    assert!(lag <= age + 1.5 && lag >= age - 3.0, "lag {lag} s for records {age:.1} s old");
+    eprintln!(
+        "first result on {} after the SIGKILL (cycle {}): lag {lag:.1} s for records {age:.1} s old",
+        first.collector_id, first.collections_total
+    );
+}

@@ -391,6 +391,7 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
             ..Default::default()
         }),
         fencing: Some(pb::Fencing { generation: 1, epoch: 1, leader_term: i64::MAX, collector_lease: running.lease }),
+        history: None,
     };
     let e = c1.assign(forged_assign).await.expect_err("a forged term was accepted");
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");

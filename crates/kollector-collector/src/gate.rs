@@ -55,6 +55,11 @@ impl CollectGate {
         Arc::new(move || if abandon.load(Ordering::SeqCst) { Some(Instant::now()) } else { gate.deadline() })
     }
 
+    /// Standalone mode: no lease guards this node.
+    pub fn is_always_open(&self) -> bool {
+        self.until_ns.load(Ordering::SeqCst) == u64::MAX
+    }
+
     pub fn is_open(&self) -> bool {
         let until = self.until_ns.load(Ordering::SeqCst);
         until == u64::MAX || (self.base.elapsed().as_nanos() as u64) < until

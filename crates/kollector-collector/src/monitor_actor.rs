@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use kollector_core::history::{HistoryLimits, MonitorHistory, DEFAULT_WINDOW};
+use kollector_core::history::{HistoryLimits, MonitorHistory, DEFAULT_WINDOW, HANDOVER_MAX_POINTS};
 use kollector_core::{CollectError, ErrorKind, MonitorSpec, MonitorState, Snapshot};
 use kollector_kafka::{ClientOptions, KafkaClient};
 use tokio::sync::oneshot;
@@ -74,8 +74,12 @@ pub struct MonitorExited {
 /// panicked) and what it collected.
 type CycleOutcome = Result<(KafkaClient, Result<Snapshot, CollectError>), tokio::task::JoinError>;
 
-/// How far back a monitor's log history reaches, at the least.
-const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Cluster mode: every this many successful cycles (from the second on), a
+/// copy of the history goes out with the result, so a manager can hand it
+/// to the next owner if this collector dies. Each copy costs a few bytes per
+/// point on the wire; five cycles keep that small while a new owner starts
+/// with history at most five cycles old.
+const HANDOVER_EVERY: u64 = 5;
 
 pub struct MonitorActor {
     spec: Arc<MonitorSpec>,
@@ -109,6 +113,8 @@ pub struct MonitorActor {
     /// Log histories and commit windows: lag in seconds and verdicts come
     /// from these, not from extra Kafka requests.
     history: MonitorHistory,
+    /// Successful cycles of this actor (paces history handovers).
+    successes: u64,
 }
 
 impl MonitorActor {
@@ -142,6 +148,7 @@ impl MonitorActor {
             restarts: 0,
             rebuild_not_before: None,
             history: MonitorHistory::default(),
+            successes: 0,
         }
     }
 
@@ -259,11 +266,14 @@ impl MonitorActor {
     }
 
     fn on_success(&mut self, mut snapshot: Snapshot, epoch: u64) {
-        // History covers an hour, or 10 observations, whichever is longer.
-        let window = HOUR.max(self.spec.interval * DEFAULT_WINDOW as u32);
-        let limits = HistoryLimits::covering(window, self.spec.interval);
+        let limits = HistoryLimits::for_monitor(self.spec.lag_history, self.spec.interval);
         let at = snapshot.collected_at_ms;
         self.history.observe(&mut snapshot, at, limits, DEFAULT_WINDOW);
+        self.successes += 1;
+        if !self.gate.is_always_open() && self.successes % HANDOVER_EVERY == 2 {
+            // Before the update below, so the result it announces carries it.
+            self.store.offer_handover(&self.spec.id, self.history.for_handover(HANDOVER_MAX_POINTS));
+        }
         self.consecutive_failures = 0;
         self.failures_since_rebuild = 0;
         self.rebuilds_since_success = 0;

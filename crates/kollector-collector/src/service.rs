@@ -23,15 +23,17 @@
 //! transport is replaced by an error result for that monitor and the stream
 //! goes on.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use kollector_core::history::{HistoryLimits, DEFAULT_WINDOW};
 use kollector_core::{CollectError, CollectorId, ErrorKind, MonitorId, MonitorResult};
 use kollector_kafka::ClientOptions;
 use kollector_proto::v1::collector_service_server::CollectorService;
 use kollector_proto::v1::{self as pb};
-use kollector_proto::{input_from_proto, result_to_proto, snapshot_to_proto};
+use kollector_proto::{history_from_proto, history_to_proto, input_from_proto, result_to_proto, snapshot_to_proto};
 use prost::Message as _;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -171,6 +173,16 @@ impl CollectorService for CollectorServiceImpl {
         }
         self.book().check(&spec.id, tokens).map_err(|e| Status::failed_precondition(format!("stale command: {e}")))?;
         let id = spec.id.clone();
+        if let Some(history) = req.history {
+            // The previous owner's history, as a manager last heard it. A
+            // history kept here (the monitor ran here, or runs) is newer.
+            let limits = HistoryLimits::for_monitor(spec.lag_history, spec.interval);
+            let received = history_from_proto(history, limits, DEFAULT_WINDOW);
+            let running_here = self.node.list_running().await.iter().any(|m| m.id == id);
+            if !running_here {
+                self.node.store().offer_history(&id, received);
+            }
+        }
         let outcome = self
             .node
             .assign_in_turn(&turn, spec, tokens.epoch, Some((self.lease.clone(), lease)))
@@ -259,9 +271,22 @@ impl CollectorService for CollectorServiceImpl {
         tokio::spawn(async move {
             // Everything current first, then each change as it happens.
             let mut pending: Vec<MonitorId> = this.node.store().ids();
+            // The handover history last sent on this stream, per monitor: a
+            // copy goes out once, with the next result after it changed.
+            let mut sent_history: HashMap<MonitorId, u64> = HashMap::new();
             loop {
                 for id in pending.drain(..) {
-                    if let Some(r) = this.result(&id) {
+                    if let Some(mut r) = this.result(&id) {
+                        if let Some((seq, history)) = this.node.store().handover(&id) {
+                            if sent_history.get(&id) != Some(&seq) {
+                                let wire = history_to_proto(&history);
+                                // Never push a result past the message limit for it.
+                                if r.encoded_len() + wire.encoded_len() + 1024 <= this.max_message_bytes {
+                                    r.history = Some(wire);
+                                }
+                                sent_history.insert(id.clone(), seq);
+                            }
+                        }
                         if tx.send(Ok(r)).await.is_err() {
                             return; // the manager went away
                         }

@@ -19,6 +19,9 @@ pub struct ResultStore {
     /// Histories of monitors not running now (between a stop and a start,
     /// or loaded from disk): a new actor for the monitor continues them.
     histories: Arc<RwLock<HashMap<MonitorId, kollector_core::history::MonitorHistory>>>,
+    /// A recent copy of each running monitor's history, with a sequence
+    /// number, for collectors' result streams to hand to the managers.
+    handover: Arc<RwLock<HashMap<MonitorId, (u64, Arc<kollector_core::history::MonitorHistory>)>>>,
     /// The labels of each running monitor's spec (for discovery targets).
     labels: Arc<RwLock<HashMap<MonitorId, std::collections::BTreeMap<String, String>>>>,
     /// Announces every change of an entry (for result streams).
@@ -30,6 +33,7 @@ impl Default for ResultStore {
         ResultStore {
             inner: Arc::default(),
             histories: Arc::default(),
+            handover: Arc::default(),
             labels: Arc::default(),
             changes: tokio::sync::broadcast::channel(1024).0,
         }
@@ -73,6 +77,12 @@ impl ResultStore {
         self.histories.write().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), history);
     }
 
+    /// Keeps `history` for `id`'s next actor unless one is kept already
+    /// (a history kept here is this node's own, and newer).
+    pub fn offer_history(&self, id: &MonitorId, history: kollector_core::history::MonitorHistory) {
+        self.histories.write().unwrap_or_else(|p| p.into_inner()).entry(id.clone()).or_insert(history);
+    }
+
     /// Hands `id`'s kept history to its new actor.
     pub fn take_history(&self, id: &MonitorId) -> Option<kollector_core::history::MonitorHistory> {
         self.histories.write().unwrap_or_else(|p| p.into_inner()).remove(id)
@@ -88,6 +98,19 @@ impl ResultStore {
         self.histories.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
+    /// Publishes a copy of `id`'s history for handover (cluster mode);
+    /// result streams send it once with the monitor's next result.
+    pub fn offer_handover(&self, id: &MonitorId, history: kollector_core::history::MonitorHistory) {
+        let mut map = self.handover.write().unwrap_or_else(|p| p.into_inner());
+        let seq = map.get(id).map_or(1, |(s, _)| s + 1);
+        map.insert(id.clone(), (seq, Arc::new(history)));
+    }
+
+    /// `id`'s latest history for handover and its sequence number.
+    pub fn handover(&self, id: &MonitorId) -> Option<(u64, Arc<kollector_core::history::MonitorHistory>)> {
+        self.handover.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
     /// The labels of `id`'s spec (empty if it does not run here).
     pub fn labels(&self, id: &MonitorId) -> std::collections::BTreeMap<String, String> {
         self.labels.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned().unwrap_or_default()
@@ -96,6 +119,7 @@ impl ResultStore {
     /// Removes a monitor's entry: its series disappear from `/metrics`.
     pub(crate) fn remove(&self, id: &MonitorId) {
         self.write().remove(id);
+        self.handover.write().unwrap_or_else(|p| p.into_inner()).remove(id);
         self.labels.write().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 

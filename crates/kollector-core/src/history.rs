@@ -57,7 +57,22 @@ pub struct HistoryLimits {
     pub max_age_ms: u64,
 }
 
+/// How far back a monitor's history reaches unless its spec says otherwise
+/// (`lag_history`).
+pub const DEFAULT_HISTORY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Most log points and commit observations, together, that one monitor's
+/// history may carry when it is handed to another collector: about 2 MiB
+/// on the wire (points are delta-encoded), whatever the cluster's size.
+pub const HANDOVER_MAX_POINTS: usize = 200_000;
+
 impl HistoryLimits {
+    /// A monitor's limits: `history` back, and never less than a verdict
+    /// window of cycles.
+    pub fn for_monitor(history: std::time::Duration, interval: std::time::Duration) -> HistoryLimits {
+        HistoryLimits::covering(history.max(interval * DEFAULT_WINDOW as u32), interval)
+    }
+
     /// At least `window` of history at `interval`, and 2 points at the least.
     pub fn covering(window: std::time::Duration, interval: std::time::Duration) -> HistoryLimits {
         let per = interval.as_millis().max(1);
@@ -124,6 +139,18 @@ impl LogHistory {
         while self.points.len() > limits.max_points.max(2) {
             self.points.pop_front();
         }
+    }
+
+    /// Keeps at most `n` (at least 2) points: the first, the last, and
+    /// evenly spaced ones between.
+    fn thin_to(&mut self, n: usize) {
+        let len = self.points.len();
+        let n = n.max(2);
+        if len <= n {
+            return;
+        }
+        let kept: VecDeque<Point> = (0..n).map(|i| self.points[i * (len - 1) / (n - 1)]).collect();
+        self.points = kept;
     }
 
     /// How long ago the log reached `committed`, as of `now_ms`.
@@ -261,6 +288,11 @@ impl CommitWindow {
         self.observations.iter()
     }
 
+    /// Unix ms since which the committed offset has had its current value.
+    pub fn committed_since_ms(&self) -> u64 {
+        self.committed_since_ms
+    }
+
     pub fn record(&mut self, o: Observation, window: usize) {
         if self.observations.back().is_some_and(|last| o.at_ms <= last.at_ms) {
             return;
@@ -350,6 +382,11 @@ impl MonitorHistory {
             let mut old = old;
             for p in &t.partitions {
                 let mut h = old.remove(&p.partition).unwrap_or_default();
+                // A history that ends before the window (a monitor back after
+                // a long pause) would interpolate across the gap: start afresh.
+                if h.points().last().is_some_and(|last| last.at_ms < stale_before) {
+                    h = LogHistory::default();
+                }
                 if let Some(latest) = p.latest {
                     h.record(latest, now_ms, limits);
                 }
@@ -384,6 +421,104 @@ impl MonitorHistory {
             commits.insert(g.group_id.clone(), kept);
         }
         self.commits = commits;
+    }
+
+    /// The cluster the history was taken from, if any.
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.cluster_id.as_deref()
+    }
+
+    /// Each partition's log history: (topic, partition, history).
+    pub fn logs(&self) -> impl Iterator<Item = (&str, i32, &LogHistory)> {
+        self.logs.iter().flat_map(|(t, ps)| ps.iter().map(move |(p, h)| (t.as_str(), *p, h)))
+    }
+
+    /// Each group partition's commit window: (group, topic, partition, window).
+    pub fn commits(&self) -> impl Iterator<Item = (&str, &str, i32, &CommitWindow)> {
+        self.commits.iter().flat_map(|(g, ts)| {
+            ts.iter().flat_map(move |(t, ps)| ps.iter().map(move |(p, w)| (g.as_str(), t.as_str(), *p, w)))
+        })
+    }
+
+    /// Observations held in commit windows, over all group partitions.
+    pub fn observations(&self) -> usize {
+        self.commits().map(|(_, _, _, w)| w.observations.len()).sum()
+    }
+
+    /// A copy to hand to the monitor's next owner, holding at most
+    /// `max_points` log points and observations together. Over the budget,
+    /// log histories are thinned first (evenly, keeping each one's first and
+    /// last point: lag in seconds gets coarser, never wrong), down to two
+    /// points each; then commit windows keep only their newest observations
+    /// (verdicts wait for the window to fill again).
+    pub fn for_handover(&self, max_points: usize) -> MonitorHistory {
+        let mut h = self.clone();
+        let observations = h.observations();
+        if h.points() + observations <= max_points {
+            return h;
+        }
+        let partitions = h.logs().count().max(1);
+        let per_log = (max_points.saturating_sub(observations) / partitions).max(2);
+        for ps in h.logs.values_mut() {
+            for log in ps.values_mut() {
+                log.thin_to(per_log);
+            }
+        }
+        let room = max_points.saturating_sub(h.points());
+        if observations > room {
+            let windows = h.commits().count().max(1);
+            let per_window = room / windows;
+            for ts in h.commits.values_mut() {
+                for w in ts.values_mut().flat_map(|ps| ps.values_mut()) {
+                    while w.observations.len() > per_window {
+                        w.observations.pop_front();
+                    }
+                }
+            }
+        }
+        h
+    }
+
+    /// Rebuilds a history received from elsewhere (a manager's Assign),
+    /// enforcing what [`MonitorHistory::observe`] would have: points in time
+    /// order, a log that went backwards restarts, windows of at most
+    /// `window` observations. Anything out of order is dropped, never trusted.
+    pub fn from_parts(
+        cluster_id: Option<String>,
+        logs: impl IntoIterator<Item = (String, i32, Vec<Point>)>,
+        commits: impl IntoIterator<Item = (String, String, i32, u64, Vec<Observation>)>,
+        limits: HistoryLimits,
+        window: usize,
+    ) -> MonitorHistory {
+        let mut h = MonitorHistory { cluster_id, ..MonitorHistory::default() };
+        // Whatever the sender claims, no more than a handover's worth is kept.
+        let mut room = HANDOVER_MAX_POINTS;
+        for (topic, partition, points) in logs {
+            let mut log = LogHistory::default();
+            for p in points.into_iter().take(room) {
+                log.record(p.offset, p.at_ms, limits);
+            }
+            room = room.saturating_sub(log.len());
+            if !log.is_empty() {
+                h.logs.entry(topic).or_default().insert(partition, log);
+            }
+        }
+        for (group, topic, partition, committed_since_ms, observations) in commits {
+            let mut w = CommitWindow::default();
+            for o in observations.into_iter().take(room) {
+                w.record(o, window);
+            }
+            room = room.saturating_sub(w.observations.len());
+            if let Some(last) = w.observations.back() {
+                // Since when the committed offset has had its value: not
+                // after the first observation that shows it, as received.
+                let first_with = w.observations.iter().rev().take_while(|o| o.committed == last.committed).last();
+                let bound = first_with.map_or(last.at_ms, |o| o.at_ms);
+                w.committed_since_ms = committed_since_ms.min(bound);
+                h.commits.entry(group).or_default().entry(topic).or_default().insert(partition, w);
+            }
+        }
+        h
     }
 }
 
@@ -605,6 +740,145 @@ mod tests {
         let mut other = snap(1, 1);
         other.cluster_id = "another".into();
         h.observe(&mut other, 6000, HOUR, 5);
+        assert_eq!(h.points(), 1);
+    }
+
+    /// Topic "t" with the given (partition, latest offset) pairs.
+    fn topic(partitions: impl IntoIterator<Item = (i32, i64)>) -> crate::snapshot::TopicSnapshot {
+        crate::snapshot::TopicSnapshot {
+            name: "t".into(),
+            partitions: partitions
+                .into_iter()
+                .map(|(partition, latest)| crate::snapshot::PartitionSnapshot {
+                    partition,
+                    leader: Some(1),
+                    replicas: vec![1],
+                    isr: vec![1],
+                    earliest: Some(0),
+                    latest: Some(latest),
+                    error: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// A monitor's history after `cycles` cycles of `partitions` partitions
+    /// growing 10 records a second, each with a group 30 records behind.
+    fn busy(partitions: i32, cycles: u64) -> MonitorHistory {
+        let mut h = MonitorHistory::default();
+        for cycle in 0..cycles {
+            let latest = 100 + cycle as i64 * 10;
+            let mut s = crate::Snapshot {
+                topics: vec![topic((0..partitions).map(|p| (p, latest)))],
+                groups: vec![crate::snapshot::GroupSnapshot {
+                    group_id: "g".into(),
+                    state: "Stable".into(),
+                    members: 1,
+                    coordinator: Some(1),
+                    offsets: (0..partitions)
+                        .map(|p| crate::snapshot::GroupOffset {
+                            topic: "t".into(),
+                            partition: p,
+                            committed: latest - 30,
+                            lag: Some(30),
+                            data_loss: false,
+                            lag_ms: None,
+                            lag_ms_is_lower_bound: false,
+                            verdict: None,
+                        })
+                        .collect(),
+                    error: None,
+                    verdict: None,
+                }],
+                ..empty()
+            };
+            h.observe(&mut s, cycle * 1000, HOUR, 5);
+        }
+        h
+    }
+
+    #[test]
+    fn a_handover_copy_is_bounded_and_keeps_the_ends_of_each_history() {
+        let h = busy(50, 100);
+        assert_eq!(h.points(), 50 * 100);
+        assert_eq!(h.observations(), 50 * 5);
+        // Within the budget: the copy is the history.
+        assert_eq!(h.for_handover(10_000), h);
+        // Over it: each log thinned evenly, ends kept, windows whole.
+        let small = h.for_handover(50 * 10 + 250);
+        assert!(small.points() + small.observations() <= 750, "{}", small.points());
+        assert_eq!(small.observations(), 250);
+        for ((_, _, full), (_, _, thin)) in h.logs().zip(small.logs()) {
+            let (f, t): (Vec<Point>, Vec<Point>) = (full.points().copied().collect(), thin.points().copied().collect());
+            assert_eq!((t.first(), t.last()), (f.first(), f.last()));
+            assert!(t.iter().all(|p| f.contains(p)), "only points that were observed");
+            // A steady rate: the coarser history gives the same answer.
+            let exact = full.lag_seconds(500, 99_000).unwrap();
+            let coarse = thin.lag_seconds(500, 99_000).unwrap();
+            assert!((exact.seconds() - coarse.seconds()).abs() < 0.2, "{exact:?} {coarse:?}");
+        }
+        // Far over it: two points per log, then the newest observations only.
+        let tiny = h.for_handover(150);
+        assert_eq!(tiny.points(), 100);
+        assert_eq!(tiny.observations(), 50);
+        assert!(tiny.commits().all(|(_, _, _, w)| w.observations().last()
+            == Some(&Observation { committed: 100 + 99 * 10 - 30, latest: 100 + 99 * 10, at_ms: 99_000 })));
+    }
+
+    #[test]
+    fn a_received_history_is_rebuilt_under_the_monitors_own_rules() {
+        let h = busy(3, 20);
+        let parts = |h: &MonitorHistory| {
+            let logs: Vec<_> =
+                h.logs().map(|(t, p, l)| (t.to_string(), p, l.points().copied().collect::<Vec<_>>())).collect();
+            let commits: Vec<_> = h
+                .commits()
+                .map(|(g, t, p, w)| {
+                    (
+                        g.to_string(),
+                        t.to_string(),
+                        p,
+                        w.committed_since_ms(),
+                        w.observations().copied().collect::<Vec<_>>(),
+                    )
+                })
+                .collect();
+            (logs, commits)
+        };
+        let (logs, commits) = parts(&h);
+        let back = MonitorHistory::from_parts(Some("c".into()), logs.clone(), commits.clone(), HOUR, 5);
+        assert_eq!(back, h, "a faithful copy comes back as it was");
+        // Out of order, going backwards, too long: the rules apply again.
+        let mut shuffled = logs.clone();
+        shuffled[0].2.reverse();
+        let mut long = commits.clone();
+        long[0].4 = (0..50).map(|i| Observation { committed: i, latest: i + 1, at_ms: i as u64 }).collect();
+        long[0].3 = u64::MAX;
+        let back = MonitorHistory::from_parts(None, shuffled, long, HOUR, 5);
+        let first = back.logs().next().unwrap().2;
+        assert_eq!(first.len(), 1, "a history received newest first keeps only what is in order");
+        let w = back.commits().next().unwrap().3;
+        assert_eq!(w.observations().count(), 5);
+        assert_eq!(w.committed_since_ms(), 49, "never later than the observations show");
+        // However much is sent, at most a handover's worth is kept.
+        let flood = (0..3).map(|p| {
+            (
+                format!("t{p}"),
+                0,
+                (0..HANDOVER_MAX_POINTS as i64).map(|i| Point { offset: i, at_ms: i as u64 }).collect(),
+            )
+        });
+        let limits = HistoryLimits { max_points: usize::MAX, max_age_ms: u64::MAX };
+        let kept = MonitorHistory::from_parts(None, flood, Vec::new(), limits, 5);
+        assert_eq!(kept.points(), HANDOVER_MAX_POINTS);
+    }
+
+    #[test]
+    fn a_history_that_ended_before_the_window_starts_afresh() {
+        let mut h = busy(1, 10);
+        let mut s = crate::Snapshot { topics: vec![topic([(0, 100_000)])], ..empty() };
+        // Two hours later: interpolating across the gap would guess.
+        h.observe(&mut s, 7_200_000, HOUR, 5);
         assert_eq!(h.points(), 1);
     }
 

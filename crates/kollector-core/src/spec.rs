@@ -25,6 +25,12 @@ pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 /// Upper bound on the default timeout (the default is 80% of the interval, capped here).
 pub const DEFAULT_TIMEOUT_CAP: Duration = Duration::from_secs(20);
+/// Shortest and longest offset history a monitor may keep (lag in seconds).
+pub const MIN_LAG_HISTORY: Duration = Duration::from_secs(600);
+pub const MAX_LAG_HISTORY: Duration = Duration::from_secs(24 * 3600);
+/// Most cycles a history may span: it costs up to one point per cycle and
+/// partition (16 bytes each), so this bounds its memory.
+pub const MAX_LAG_HISTORY_CYCLES: u32 = 3600;
 
 /// Size limits on untrusted input: a spec is a few KiB; these bound the
 /// work validation does (the duplicate check is quadratic in the bootstrap
@@ -195,7 +201,13 @@ fn check_limits(i: &MonitorInput, errors: &mut Errors) -> bool {
             errors.push(field, "contains control characters");
         }
     }
-    for (name, v) in [("expected_cluster_id", &i.expected_cluster_id), ("pinned_collector", &i.pinned_collector)] {
+    for (name, v) in [
+        ("expected_cluster_id", &i.expected_cluster_id),
+        ("pinned_collector", &i.pinned_collector),
+        ("interval", &i.interval),
+        ("timeout", &i.timeout),
+        ("lag_history", &i.lag_history),
+    ] {
         if let Some(v) = v {
             text(errors, name.to_string(), v);
         }
@@ -286,6 +298,9 @@ pub struct MonitorSpec {
     pub interval: Duration,
     #[serde(with = "humantime_serde_compat")]
     pub timeout: Duration,
+    /// How far back the offset history for lag in seconds reaches.
+    #[serde(with = "humantime_serde_compat", default = "default_lag_history")]
+    pub lag_history: Duration,
     pub filters: Filters,
     /// When set, the monitor refuses data from any other cluster from the first cycle on.
     pub expected_cluster_id: Option<String>,
@@ -316,6 +331,7 @@ impl MonitorSpec {
             bootstrap: self.connection.bootstrap.clone(),
             interval: Some(humantime::format_duration(self.interval).to_string()),
             timeout: Some(humantime::format_duration(self.timeout).to_string()),
+            lag_history: Some(humantime::format_duration(self.lag_history).to_string()),
             topic_include: ti,
             topic_exclude: te,
             group_include: gi,
@@ -340,6 +356,10 @@ impl MonitorSpec {
             collector_labels: self.collector_labels.clone(),
         }
     }
+}
+
+fn default_lag_history() -> Duration {
+    crate::history::DEFAULT_HISTORY
 }
 
 mod humantime_serde_compat {
@@ -394,6 +414,8 @@ pub struct MonitorInput {
     pub interval: Option<String>,
     /// e.g. "10s"; default 80% of the interval, at most 20s; must be below the interval.
     pub timeout: Option<String>,
+    /// e.g. "2h"; default 1h; 10m..=24h and at most 3,600 intervals.
+    pub lag_history: Option<String>,
     pub topic_include: Option<String>,
     pub topic_exclude: Option<String>,
     pub group_include: Option<String>,
@@ -492,7 +514,10 @@ fn parse_duration(field: &str, value: &str, errors: &mut Errors) -> Option<Durat
     match humantime::parse_duration(value.trim()) {
         Ok(d) => Some(d),
         Err(e) => {
-            errors.push(field, format!("{value:?} is not a duration ({e}); write e.g. \"15s\" or \"1m\""));
+            errors.push(
+                field,
+                format!("{} is not a duration ({e}); write e.g. \"15s\" or \"1m\"", crate::ids::shown(value)),
+            );
             None
         }
     }
@@ -572,6 +597,33 @@ impl MonitorInput {
                 errors.push("timeout", format!("{} is below the minimum {}", fmt_d(t), fmt_d(MIN_TIMEOUT)));
             }
         }
+
+        let lag_history = match &self.lag_history {
+            None => Some(crate::history::DEFAULT_HISTORY),
+            Some(v) => parse_duration("lag_history", v, &mut errors),
+        };
+        let lag_history = lag_history.and_then(|h| {
+            if h < MIN_LAG_HISTORY || h > MAX_LAG_HISTORY {
+                let range = format!("{}..={}", fmt_d(MIN_LAG_HISTORY), fmt_d(MAX_LAG_HISTORY));
+                errors.push("lag_history", format!("{} is outside the allowed range {range}", fmt_d(h)));
+                return None;
+            }
+            if let Some(i) = interval {
+                if h > i * MAX_LAG_HISTORY_CYCLES {
+                    errors.push(
+                        "lag_history",
+                        format!(
+                            "{} at an interval of {} spans more than {MAX_LAG_HISTORY_CYCLES} cycles; \
+                             shorten it or raise the interval",
+                            fmt_d(h),
+                            fmt_d(i)
+                        ),
+                    );
+                    return None;
+                }
+            }
+            Some(h)
+        });
 
         let mut regex = |field: &str, pattern: &Option<String>| -> Option<Regex> {
             let p = pattern.as_ref()?;
@@ -665,13 +717,14 @@ impl MonitorInput {
         if !errors.0.is_empty() {
             return Err(ValidationErrors(errors.0));
         }
-        match (id, interval, timeout) {
-            (Some(id), Some(interval), Some(timeout)) => Ok(MonitorSpec {
+        match (id, interval, timeout, lag_history) {
+            (Some(id), Some(interval), Some(timeout), Some(lag_history)) => Ok(MonitorSpec {
                 id,
                 generation,
                 connection: KafkaConnection { bootstrap: self.bootstrap.clone(), sasl, tls },
                 interval,
                 timeout,
+                lag_history,
                 filters,
                 expected_cluster_id: self.expected_cluster_id.clone(),
                 labels: self.labels.clone(),
@@ -727,6 +780,39 @@ mod tests {
         let mut i = input();
         i.bootstrap = vec!["[::1]:9092".into(), "h:1".into(), "h:1".into()];
         assert_eq!(fields(i.validate(1)), ["bootstrap[2]"]);
+    }
+
+    #[test]
+    fn lag_history_rules() {
+        assert_eq!(input().validate(1).unwrap().lag_history, crate::history::DEFAULT_HISTORY);
+        for (interval, history, bad) in [
+            ("30s", "2h", vec![]),
+            ("1s", "1h", vec![]),
+            ("1s", "2h", vec!["lag_history"]),
+            ("30s", "5m", vec!["lag_history"]),
+            ("30s", "25h", vec!["lag_history"]),
+            ("30s", "soon", vec!["lag_history"]),
+        ] {
+            let mut i = input();
+            i.interval = Some(interval.into());
+            i.lag_history = Some(history.into());
+            if bad.is_empty() {
+                assert!(i.validate(1).is_ok(), "{interval} {history}");
+            } else {
+                assert_eq!(fields(i.validate(1)), bad, "{interval} {history}");
+            }
+        }
+        // Stored specs from before the field read with the default.
+        let spec = input().validate(1).unwrap();
+        let mut stored = serde_json::to_value(&spec).unwrap();
+        stored.as_object_mut().unwrap().remove("lag_history");
+        let old: MonitorSpec = serde_json::from_value(stored).unwrap();
+        assert_eq!(old.lag_history, crate::history::DEFAULT_HISTORY);
+        // A long value is refused without being echoed whole.
+        let mut i = input();
+        i.lag_history = Some("x".repeat(5000));
+        let e = i.validate(1).unwrap_err().to_string();
+        assert!(e.len() < 600, "{e}");
     }
 
     #[test]

@@ -41,6 +41,10 @@ struct Current {
 #[derive(Default)]
 struct Shared {
     latest: RwLock<BTreeMap<MonitorId, MonitorResult>>,
+    /// The latest offset history each monitor's owner sent (every few
+    /// cycles), kept across owners: the reconciler hands it to the next
+    /// owner with the Assign. Passed through as it came, never interpreted.
+    histories: RwLock<BTreeMap<MonitorId, Arc<pb::MonitorHistory>>>,
     current: RwLock<Current>,
     stale_dropped: AtomicU64,
     /// One refresh at a time: a slow one must not overwrite a newer one.
@@ -70,6 +74,9 @@ async fn refresh(store: &ClusterStore, shared: &Shared) {
     if let Ok(mut latest) = shared.latest.write() {
         // Forget results of monitors that no longer exist, of older specs and of earlier owners.
         latest.retain(|m, r| still_current(r, records.get(m), monitors.valid.get(m).map(|s| s.spec.generation)));
+    }
+    if let Ok(mut histories) = shared.histories.write() {
+        histories.retain(|m, _| monitors.valid.contains_key(m));
     }
     if let Ok(mut cur) = shared.current.write() {
         *cur = Current { records, generations, read_at: Some(Instant::now()) };
@@ -135,6 +142,11 @@ impl Intake {
             .collect()
     }
 
+    /// The latest offset history `monitor`'s owner sent, for its next owner.
+    pub fn history(&self, monitor: &MonitorId) -> Option<Arc<pb::MonitorHistory>> {
+        self.shared.histories.read().ok()?.get(monitor).cloned()
+    }
+
     pub fn stale_dropped(&self) -> u64 {
         self.shared.stale_dropped.load(Ordering::Relaxed)
     }
@@ -167,6 +179,8 @@ async fn follow(id: CollectorId, address: String, clients: CollectorClients, sto
             tracing::warn!(collector = %id, answered = %message.collector_id, "results stream answered by another collector; dropped");
             return;
         }
+        let mut message = message;
+        let history = message.history.take();
         let result = match result_from_proto(message, Some(id.clone())) {
             Ok(r) => r,
             Err(e) => {
@@ -198,6 +212,10 @@ async fn follow(id: CollectorId, address: String, clients: CollectorClients, sto
         }
         match verdict {
             Some(Ok(())) => {
+                // Only the current owner's history is believed, like its results.
+                if let (Some(h), Ok(mut histories)) = (history, shared.histories.write()) {
+                    histories.insert(result.monitor.clone(), Arc::new(h));
+                }
                 if let Ok(mut latest) = shared.latest.write() {
                     // Never replace a result of a later assignment with an earlier one.
                     if latest.get(&result.monitor).is_none_or(|old| old.epoch <= result.epoch) {

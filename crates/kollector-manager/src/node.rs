@@ -245,8 +245,15 @@ impl ManagerNode {
         });
         let stats = Arc::new(ReconcilerStats::default());
         let reconciler = tokio::spawn(
-            Reconciler::new(store.clone(), clients.clone(), stats.clone(), config.reconcile_period, config.txn_limits)
-                .run(election.state()),
+            Reconciler::new(
+                store.clone(),
+                clients.clone(),
+                stats.clone(),
+                config.reconcile_period,
+                config.txn_limits,
+                intake.clone(),
+            )
+            .run(election.state()),
         );
         // The one ManagerService: desired state in etcd, run by the reconciler.
         let runner = ClusterRunner::new(store.clone(), intake.clone(), clients, config.apply_timeout);

@@ -40,6 +40,7 @@ use crate::decisions::{
     assign_actions, assignment_changes, survey, unassign_actions, AssignAction, AssignmentRecord, Confirmed, Pending,
     Report, Running, TxnLimits, UnassignAction,
 };
+use crate::intake::Intake;
 use crate::planner::{self, CollectorSlot, Placement};
 
 /// Bound on one Assign or Unassign (the collector answers once the old
@@ -121,6 +122,8 @@ impl CollectorClients {
 pub struct Reconciler {
     store: ClusterStore,
     clients: CollectorClients,
+    /// Where the monitors' offset histories come from, for Assigns.
+    histories: Intake,
     stats: Arc<ReconcilerStats>,
     period: Duration,
     limits: TxnLimits,
@@ -138,10 +141,12 @@ impl Reconciler {
         stats: Arc<ReconcilerStats>,
         period: Duration,
         limits: TxnLimits,
+        histories: Intake,
     ) -> Self {
         Reconciler {
             store,
             clients,
+            histories,
             stats,
             period,
             limits,
@@ -389,6 +394,7 @@ impl Reconciler {
             .filter_map(|a| {
                 let stored = monitors.get(&a.monitor)?;
                 let req = pb::AssignRequest {
+                    history: self.histories.history(&a.monitor).map(|h| (*h).clone()),
                     spec: Some(input_to_proto(&stored.spec.to_input())),
                     fencing: Some(pb::Fencing {
                         generation: a.generation,

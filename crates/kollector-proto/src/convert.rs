@@ -11,6 +11,7 @@ pub fn input_from_proto(p: v1::MonitorSpecInput) -> core::MonitorInput {
         bootstrap: p.bootstrap,
         interval: p.interval,
         timeout: p.timeout,
+        lag_history: p.lag_history,
         topic_include: p.topic_include,
         topic_exclude: p.topic_exclude,
         group_include: p.group_include,
@@ -43,6 +44,7 @@ pub fn input_to_proto(i: &core::MonitorInput) -> v1::MonitorSpecInput {
         bootstrap: i.bootstrap.clone(),
         interval: i.interval.clone(),
         timeout: i.timeout.clone(),
+        lag_history: i.lag_history.clone(),
         topic_include: i.topic_include.clone(),
         topic_exclude: i.topic_exclude.clone(),
         group_include: i.group_include.clone(),
@@ -75,6 +77,7 @@ pub fn monitor_view(s: &core::MonitorSpec) -> v1::MonitorView {
         bootstrap: s.connection.bootstrap.clone(),
         interval: humantime_fmt(s.interval),
         timeout: humantime_fmt(s.timeout),
+        lag_history: humantime_fmt(s.lag_history),
         topic_include: ti,
         topic_exclude: te,
         group_include: gi,
@@ -304,7 +307,95 @@ pub fn result_to_proto(r: &core::MonitorResult) -> v1::MonitorResult {
         collections_total: r.collections_total,
         errors_total: r.errors_total.iter().map(|(k, v)| (k.as_str().to_string(), *v)).collect(),
         restarts_total: r.restarts_total,
+        // Only collectors' result streams carry it (`history_to_proto`).
+        history: None,
     }
+}
+
+/// Delta-encodes a list of values (the first from 0).
+fn deltas(values: impl Iterator<Item = i64>) -> Vec<i64> {
+    let mut previous = 0i64;
+    values
+        .map(|v| {
+            let d = v.wrapping_sub(previous);
+            previous = v;
+            d
+        })
+        .collect()
+}
+
+/// Decodes `deltas` (wrapping, like the encoding: any input decodes, and
+/// `MonitorHistory::from_parts` judges the values).
+fn undeltas(deltas: &[i64]) -> Vec<i64> {
+    let mut acc = 0i64;
+    deltas
+        .iter()
+        .map(|d| {
+            acc = acc.wrapping_add(*d);
+            acc
+        })
+        .collect()
+}
+
+/// A monitor's history onto the wire, for handover to its next owner.
+pub fn history_to_proto(h: &core::history::MonitorHistory) -> v1::MonitorHistory {
+    // Times as their bits: the deltas wrap, so every u64 comes back.
+    let ms = |t: u64| t as i64;
+    v1::MonitorHistory {
+        cluster_id: h.cluster_id().unwrap_or_default().to_string(),
+        logs: h
+            .logs()
+            .map(|(topic, partition, log)| v1::PartitionLog {
+                topic: topic.to_string(),
+                partition,
+                offset_deltas: deltas(log.points().map(|p| p.offset)),
+                at_ms_deltas: deltas(log.points().map(|p| ms(p.at_ms))),
+            })
+            .collect(),
+        commits: h
+            .commits()
+            .map(|(group, topic, partition, w)| v1::PartitionCommits {
+                group_id: group.to_string(),
+                topic: topic.to_string(),
+                partition,
+                committed_since_ms: w.committed_since_ms(),
+                committed_deltas: deltas(w.observations().map(|o| o.committed)),
+                latest_deltas: deltas(w.observations().map(|o| o.latest)),
+                at_ms_deltas: deltas(w.observations().map(|o| ms(o.at_ms))),
+            })
+            .collect(),
+    }
+}
+
+/// A history from the wire (a manager's Assign). Untrusted:
+/// `MonitorHistory::from_parts` re-applies
+/// every rule a monitor's own history follows, within `limits`.
+pub fn history_from_proto(
+    p: v1::MonitorHistory,
+    limits: core::history::HistoryLimits,
+    window: usize,
+) -> core::history::MonitorHistory {
+    use core::history::{MonitorHistory, Observation, Point};
+    let time = |t: i64| t as u64;
+    let logs = p.logs.into_iter().map(|l| {
+        let points = undeltas(&l.offset_deltas)
+            .into_iter()
+            .zip(undeltas(&l.at_ms_deltas))
+            .map(|(offset, t)| Point { offset, at_ms: time(t) })
+            .collect();
+        (l.topic, l.partition, points)
+    });
+    let commits = p.commits.into_iter().map(|c| {
+        let observations = undeltas(&c.committed_deltas)
+            .into_iter()
+            .zip(undeltas(&c.latest_deltas))
+            .zip(undeltas(&c.at_ms_deltas))
+            .map(|((committed, latest), t)| Observation { committed, latest, at_ms: time(t) })
+            .collect();
+        (c.group_id, c.topic, c.partition, c.committed_since_ms, observations)
+    });
+    let cluster_id = (!p.cluster_id.is_empty()).then_some(p.cluster_id);
+    MonitorHistory::from_parts(cluster_id, logs, commits, limits, window)
 }
 
 /// A result from the wire (the manager reading a collector's stream). The
@@ -390,6 +481,9 @@ mod tests {
 
         use super::super::*;
 
+        const HOUR: core::history::HistoryLimits =
+            core::history::HistoryLimits { max_points: 122, max_age_ms: 3_600_000 };
+
         proptest! {
             #![proptest_config(kollector_core::testing::proptest_config())]
             /// Arbitrary bytes on a results stream or in a request decode or
@@ -406,6 +500,35 @@ mod tests {
                 if let Ok(s) = v1::Snapshot::decode(&bytes[..]) {
                     let _ = snapshot_from_proto(s);
                 }
+                if let Ok(h) = v1::MonitorHistory::decode(&bytes[..]) {
+                    let _ = history_from_proto(h, HOUR, 10);
+                }
+            }
+
+            /// Any history a monitor builds survives the trip to a manager
+            /// and on to the next owner unchanged, whatever its offsets and
+            /// times (deltas wrap, never overflow).
+            #[test]
+            fn histories_round_trip(
+                logs in vec((0i32..4, vec((proptest::num::i64::ANY, proptest::num::u64::ANY), 0..30)), 0..4),
+                commits in vec((0i32..4, proptest::num::u64::ANY, vec((proptest::num::i64::ANY, proptest::num::i64::ANY, proptest::num::u64::ANY), 0..12)), 0..4),
+            ) {
+                use kollector_core::history::{MonitorHistory, Observation, Point};
+                // Whatever a monitor could hold: any values, put in order by its own rules.
+                let sorted = |mut v: Vec<(i64, u64)>| { v.sort_by_key(|p| p.1); v };
+                let h = MonitorHistory::from_parts(
+                    Some("cluster".into()),
+                    logs.into_iter().map(|(p, pts)| ("t".to_string(), p, sorted(pts).into_iter().map(|(offset, at_ms)| Point { offset, at_ms }).collect())),
+                    commits.into_iter().map(|(p, since, mut obs)| {
+                        obs.sort_by_key(|o| o.2);
+                        ("g".to_string(), "t".to_string(), p, since, obs.into_iter().map(|(committed, latest, at_ms)| Observation { committed, latest, at_ms }).collect())
+                    }),
+                    HOUR,
+                    10,
+                );
+                let wire = history_to_proto(&h);
+                let back = history_from_proto(v1::MonitorHistory::decode(&wire.encode_to_vec()[..]).unwrap(), HOUR, 10);
+                prop_assert_eq!(back, h);
             }
 
             /// A spec input survives the trip to the wire and back.

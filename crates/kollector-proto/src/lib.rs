@@ -36,8 +36,8 @@ mod convert;
 pub mod transport;
 
 pub use convert::{
-    error_from_proto, input_from_proto, input_to_proto, monitor_view, result_from_proto, result_to_proto,
-    snapshot_from_proto, snapshot_to_proto, status_from_proto, status_to_proto,
+    error_from_proto, history_from_proto, history_to_proto, input_from_proto, input_to_proto, monitor_view,
+    result_from_proto, result_to_proto, snapshot_from_proto, snapshot_to_proto, status_from_proto, status_to_proto,
 };
 pub use transport::{GrpcLimits, DEFAULT_MAX_MESSAGE_BYTES};
 

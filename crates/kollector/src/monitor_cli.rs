@@ -121,6 +121,10 @@ struct SpecArgs {
     /// Collection timeout, below the interval. Default 80% of the interval, at most 20s.
     #[arg(long)]
     timeout: Option<String>,
+    /// How far back the offset history behind lag in seconds reaches (10m..24h, at
+    /// most 3,600 intervals; never less than 10 intervals). Default 1h.
+    #[arg(long)]
+    lag_history: Option<String>,
     /// Only topics matching this regex (whole name).
     #[arg(long)]
     topic_include: Option<String>,
@@ -208,6 +212,7 @@ impl SpecArgs {
             bootstrap: self.bootstrap,
             interval: self.interval,
             timeout: self.timeout,
+            lag_history: self.lag_history,
             topic_include: self.topic_include,
             topic_exclude: self.topic_exclude,
             group_include: self.group_include,
@@ -405,7 +410,7 @@ fn print_info_detail(m: &pb::MonitorInfo) {
     println!("id:          {}", s.id);
     println!("generation:  {}", s.generation);
     println!("bootstrap:   {}", s.bootstrap.join(", "));
-    println!("interval:    {}   timeout: {}", s.interval, s.timeout);
+    println!("interval:    {}   timeout: {}   lag history: {}", s.interval, s.timeout, s.lag_history);
     for (name, v) in [
         ("topics in", &s.topic_include),
         ("topics out", &s.topic_exclude),
@@ -444,6 +449,7 @@ fn info_json(m: &pb::MonitorInfo) -> serde_json::Value {
     let s = m.spec.clone().unwrap_or_default();
     serde_json::json!({
         "id": s.id, "generation": s.generation, "bootstrap": s.bootstrap, "interval": s.interval, "timeout": s.timeout,
+        "lag_history": s.lag_history,
         "topic_include": s.topic_include, "topic_exclude": s.topic_exclude,
         "group_include": s.group_include, "group_exclude": s.group_exclude,
         "expected_cluster_id": s.expected_cluster_id,
