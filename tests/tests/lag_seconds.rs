@@ -261,3 +261,119 @@ async fn lag_history_survives_a_collector_sigkill() {
         first.collector_id, first.collections_total
     );
 }
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Records with known write times: a steady topic (a record every 500 ms), a
+/// bursty one (10 records at once every 4 s) and an idle one (10 records,
+/// then nothing). Groups commit scripted offsets; at every checkpoint the
+/// reported lag in seconds is the true age of the record at the committed
+/// offset, within one collection interval (1 s, plus 0.5 s for a late
+/// cycle), and never a lower bound.
+#[test]
+fn lag_seconds_match_the_true_age_on_steady_bursty_and_idle_topics() {
+    use std::sync::{Arc, Mutex};
+    let broker = TansuBroker::start("lagsec-accuracy");
+    let bs = broker.bootstrap();
+    for t in ["steady", "bursty", "idle"] {
+        create_topic(&bs, t, 1);
+    }
+    let k = KollectorProcess::standalone(&monitor_toml("accuracy", &bs, "1s"));
+    wait_cycles(&k, "accuracy", 2.0);
+    // (topic, offset) → (before the produce, after its delivery), in unix ms.
+    type Written = std::collections::BTreeMap<(String, i64), (i64, i64)>;
+    let written: Arc<Mutex<Written>> = Arc::default();
+    let produce = |bs: &str, written: &Mutex<Written>, topic: &str, next: &mut i64, n: usize| {
+        for _ in 0..n {
+            let t0 = unix_ms();
+            produce_records(bs, topic, 0, 1);
+            written.lock().unwrap().insert((topic.to_string(), *next), (t0, unix_ms()));
+            *next += 1;
+        }
+    };
+    let mut idle_next = 0;
+    produce(&bs, &written, "idle", &mut idle_next, 10);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = {
+        let (bs, written, stop) = (bs.clone(), written.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut steady, mut bursty, mut tick) = (0i64, 0i64, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                produce(&bs, &written, "steady", &mut steady, 1);
+                if tick % 8 == 0 {
+                    produce(&bs, &written, "bursty", &mut bursty, 10);
+                }
+                tick += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(5));
+    let labels = |g: &'static str, t: &'static str| {
+        [("monitor", "accuracy"), ("consumergroup", g), ("topic", t), ("partition", "0")]
+    };
+    let groups = [("steady-g", "steady"), ("bursty-g", "bursty"), ("idle-behind", "idle"), ("idle-caught", "idle")];
+    let mut worst = 0.0f64;
+    for checkpoint in 0..6 {
+        // Commit a record written 1.5-3 s ago on steady, one in the middle of
+        // the last complete burst on bursty; the idle groups keep theirs.
+        let (steady_c, bursty_c) = {
+            let w = written.lock().unwrap();
+            let now = unix_ms();
+            let steady = w.iter().rev().find(|((t, _), (_, t1))| t == "steady" && now - t1 >= 1500).unwrap().0 .1;
+            let last_burst = w.keys().filter(|(t, _)| t == "bursty").map(|(_, o)| *o).max().unwrap();
+            (steady, (last_burst / 10 - 1).max(0) * 10 + 5)
+        };
+        let commits = [steady_c, bursty_c, 5, 10];
+        for ((g, t), c) in groups.iter().zip(commits) {
+            commit_offsets(&bs, g, &[(t, 0, c)]);
+        }
+        // The first scrape whose snapshot has every commit, and when that
+        // snapshot was taken.
+        let (m, taken_at) = wait_for("a snapshot with the commits", Duration::from_secs(10), || {
+            let m = k.metrics();
+            let all = groups
+                .iter()
+                .zip(commits)
+                .all(|((g, t), c)| m.value("kafka_consumergroup_current_offset", &labels(g, t)) == Some(c as f64));
+            let at = m.value("kollector_last_success_timestamp_seconds", &[("monitor", "accuracy")]);
+            match (all, at) {
+                (true, Some(at)) => Ok((m, (at * 1000.0) as i64)),
+                _ => Err(String::new()),
+            }
+        });
+        let w = written.lock().unwrap();
+        for ((g, t), c) in groups.iter().zip(commits) {
+            let lag = m.value("kafka_consumergroup_lag_seconds", &labels(g, t)).expect("lag seconds");
+            assert_eq!(m.value("kafka_consumergroup_lag_seconds_lower_bound", &labels(g, t)), Some(0.0), "{g}");
+            let Some(&(t0, t1)) = w.get(&(t.to_string(), c)) else {
+                assert_eq!(lag, 0.0, "{g} is caught up: 0, not NaN");
+                continue;
+            };
+            // The true age of record c when the snapshot was taken.
+            let (young, old) = ((taken_at - t1) as f64 / 1000.0, (taken_at - t0) as f64 / 1000.0);
+            let error = if lag < young {
+                young - lag
+            } else if lag > old {
+                lag - old
+            } else {
+                0.0
+            };
+            worst = worst.max(error);
+            // One interval between history points, and 0.5 s for a cycle
+            // that starts late on a loaded machine.
+            assert!(
+                error <= 1.5,
+                "checkpoint {checkpoint}: {g} reports {lag} s; record {c} was {young:.2}..{old:.2} s old"
+            );
+        }
+        drop(w);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    producer.join().unwrap();
+    eprintln!("lag seconds vs the true age, steady/bursty/idle, 6 checkpoints: worst error {worst:.2} s (allowed 1 s + 0.5 s)");
+}

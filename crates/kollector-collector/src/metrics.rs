@@ -338,6 +338,17 @@ impl StoreCollector {
                     .collect::<Vec<_>>()
             }),
         )?;
+        gauges(
+            enc,
+            "kafka_consumergroup_retention_margin_seconds",
+            "Estimated seconds until retention deletes the group's committed offset: kafka_consumergroup_retention_margin divided by the partition's write rate over kollector's offset history (absent when nothing was written during it).",
+            family!(self, |b, s| s
+                .groups
+                .iter()
+                .flat_map(|g| g.offsets.iter().map(move |o| (g, o)))
+                .filter_map(|(g, o)| o.retention_margin_ms.map(|ms| (partition_labels(&b, g, o), ms as f64 / 1000.0)))
+                .collect::<Vec<_>>()),
+        )?;
         let group_topic = |value: &dyn Fn(&kollector_core::GroupSnapshot, &str) -> Option<i64>| {
             family!(self, |b, s| s
                 .groups

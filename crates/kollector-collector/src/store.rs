@@ -12,6 +12,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use kollector_core::{Generation, MonitorId, MonitorResult, MonitorSpec};
 
+/// A history copy for handover, with its sequence number.
+type Handover = (u64, Arc<kollector_core::history::MonitorHistory>);
+
 /// Shared, cheaply cloneable handle to the results of all monitors.
 #[derive(Clone, Debug)]
 pub struct ResultStore {
@@ -21,7 +24,7 @@ pub struct ResultStore {
     histories: Arc<RwLock<HashMap<MonitorId, kollector_core::history::MonitorHistory>>>,
     /// A recent copy of each running monitor's history, with a sequence
     /// number, for collectors' result streams to hand to the managers.
-    handover: Arc<RwLock<HashMap<MonitorId, (u64, Arc<kollector_core::history::MonitorHistory>)>>>,
+    handover: Arc<RwLock<HashMap<MonitorId, Handover>>>,
     /// The labels of each running monitor's spec (for discovery targets).
     labels: Arc<RwLock<HashMap<MonitorId, std::collections::BTreeMap<String, String>>>>,
     /// Announces every change of an entry (for result streams).
@@ -107,7 +110,7 @@ impl ResultStore {
     }
 
     /// `id`'s latest history for handover and its sequence number.
-    pub fn handover(&self, id: &MonitorId) -> Option<(u64, Arc<kollector_core::history::MonitorHistory>)> {
+    pub fn handover(&self, id: &MonitorId) -> Option<Handover> {
         self.handover.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 

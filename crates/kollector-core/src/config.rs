@@ -240,6 +240,17 @@ sasl = { mechanism = "SCRAM-SHA-512", username = "svc", password_env = "PAY_PW" 
     }
 
     #[test]
+    fn the_readmes_example_parses_as_written() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n[http]").expect("the README's config example") + "```toml\n".len();
+        let text = &readme[start..start + readme[start..].find("```").unwrap()];
+        let cfg = ConfigFile::parse("README.md", text, |_| Some("s3cret".into())).unwrap();
+        assert_eq!(cfg.monitors.len(), 2);
+        assert_eq!(cfg.monitors[1].lag_history, std::time::Duration::from_secs(6 * 3600));
+        assert_eq!(cfg.monitors[0].lag_history, crate::history::DEFAULT_HISTORY);
+    }
+
+    #[test]
     fn empty_file_uses_defaults() {
         let cfg = ConfigFile::parse("k.toml", "", no_env).unwrap();
         assert_eq!(cfg.grpc_listen.to_string(), DEFAULT_GRPC_LISTEN);

@@ -17,6 +17,13 @@
 //! 75 hours from one spike that way): it is reported as *at least* the
 //! history's age, flagged. Fewer than two points: no answer.
 //!
+//! **Retention margin** in seconds: (committed − the partition's oldest
+//! offset) ÷ its write rate over the history. Under steady time- or
+//! size-based retention the log start advances as fast as records are
+//! written, so this is about when retention reaches the committed offset;
+//! no answer when nothing was written during the history (nothing pushes
+//! the log start, and there is no rate to divide by).
+//!
 //! **Verdicts** follow Burrow's evaluator over a window of the last N
 //! observations (committed offset, latest offset, time), one per cycle:
 //! 1. lag 0 now → OK;
@@ -139,6 +146,14 @@ impl LogHistory {
         while self.points.len() > limits.max_points.max(2) {
             self.points.pop_front();
         }
+    }
+
+    /// Records written per second over the whole history; None when
+    /// nothing was written (or fewer than two points).
+    pub fn write_rate(&self) -> Option<f64> {
+        let (first, last) = (self.points.front()?, self.points.back()?);
+        let (records, ms) = (last.offset - first.offset, last.at_ms.saturating_sub(first.at_ms));
+        (records > 0 && ms > 0).then(|| records as f64 * 1000.0 / ms as f64)
     }
 
     /// Keeps at most `n` (at least 2) points: the first, the last, and
@@ -395,6 +410,11 @@ impl MonitorHistory {
             logs.insert(t.name.clone(), kept);
         }
         self.logs = logs;
+        let earliest: BTreeMap<(&str, i32), i64> = snapshot
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().filter_map(move |p| Some(((t.name.as_str(), p.partition), p.earliest?))))
+            .collect();
         let mut commits: BTreeMap<String, BTreeMap<String, BTreeMap<i32, CommitWindow>>> = BTreeMap::new();
         for g in &mut snapshot.groups {
             let mut old = self.commits.remove(&g.group_id).unwrap_or_default();
@@ -413,6 +433,14 @@ impl MonitorHistory {
                     if let Some(l) = log.and_then(|h| h.lag_seconds(o.committed, now_ms)) {
                         o.lag_ms = Some((l.seconds() * 1000.0).round() as u64);
                         o.lag_ms_is_lower_bound = l.is_lower_bound();
+                    }
+                    // Retention advances the log start about as fast as records
+                    // are written (steady time- or size-based retention): the
+                    // records before the committed offset last that long.
+                    let start = earliest.get(&(o.topic.as_str(), o.partition));
+                    if let (Some(start), Some(rate)) = (start, log.and_then(LogHistory::write_rate)) {
+                        let ahead = (o.committed - start).max(0) as f64;
+                        o.retention_margin_ms = Some((ahead / rate * 1000.0).round() as u64);
                     }
                 }
                 kept.entry(o.topic.clone()).or_default().insert(o.partition, w);
@@ -695,6 +723,7 @@ mod tests {
                     data_loss: false,
                     lag_ms: None,
                     lag_ms_is_lower_bound: false,
+                    retention_margin_ms: None,
                     verdict: None,
                 }],
                 error: None,
@@ -715,6 +744,8 @@ mod tests {
         let o = &s.groups[0].offsets[0];
         assert_eq!(o.lag_ms, Some(2900));
         assert!(!o.lag_ms_is_lower_bound);
+        // 180 records ahead of the log start, written at 10 a second: 18 s.
+        assert_eq!(o.retention_margin_ms, Some(18_000));
         assert_eq!(o.verdict, Some(Verdict::Ok), "lag is steady, not growing");
         assert_eq!(s.groups[0].verdict, Some(GroupVerdict::Ok));
         // The consumer stops while records keep coming: STALL, and the group is ERR.
@@ -725,6 +756,13 @@ mod tests {
         }
         assert_eq!(s.groups[0].offsets[0].verdict, Some(Verdict::Stall));
         assert_eq!(s.groups[0].verdict, Some(GroupVerdict::Err));
+        // An idle partition: nothing pushes the log start, no margin in seconds.
+        let mut idle = MonitorHistory::default();
+        for cycle in 0..5u64 {
+            let mut s = snap(50, 20);
+            idle.observe(&mut s, cycle * 1000, HOUR, 5);
+            assert_eq!(s.groups[0].offsets[0].retention_margin_ms, None);
+        }
         // A group and a topic that disappear are forgotten.
         let mut none = empty();
         h.observe(&mut none, 30_000, HOUR, 5);
@@ -784,6 +822,7 @@ mod tests {
                             data_loss: false,
                             lag_ms: None,
                             lag_ms_is_lower_bound: false,
+                            retention_margin_ms: None,
                             verdict: None,
                         })
                         .collect(),

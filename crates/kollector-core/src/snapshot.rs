@@ -64,6 +64,10 @@ pub struct GroupOffset {
     /// `lag_ms` is only a lower bound: the committed offset is older than the history.
     #[serde(default)]
     pub lag_ms_is_lower_bound: bool,
+    /// Estimated milliseconds until retention deletes the committed offset
+    /// (see `history`); None when the partition had no writes in the history.
+    #[serde(default)]
+    pub retention_margin_ms: Option<u64>,
     /// Burrow-style verdict over the last observations; None before the first.
     #[serde(default)]
     pub verdict: Option<crate::history::Verdict>,
@@ -171,6 +175,7 @@ mod tests {
             data_loss: false,
             lag_ms: None,
             lag_ms_is_lower_bound: false,
+            retention_margin_ms: None,
             verdict: None,
         };
         let g = GroupSnapshot {

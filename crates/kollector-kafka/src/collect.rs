@@ -399,6 +399,7 @@ impl KafkaClient {
                             // Filled by the monitor's history (kollector_core::history).
                             lag_ms: None,
                             lag_ms_is_lower_bound: false,
+                            retention_margin_ms: None,
                             verdict: None,
                         });
                     }

@@ -211,6 +211,7 @@ pub fn snapshot_to_proto(s: &core::Snapshot) -> v1::Snapshot {
                         data_loss: o.data_loss,
                         lag_ms: o.lag_ms,
                         lag_ms_is_lower_bound: o.lag_ms_is_lower_bound,
+                        retention_margin_ms: o.retention_margin_ms,
                         verdict: o.verdict.map(|v| v.as_str().to_string()).unwrap_or_default(),
                     })
                     .collect(),
@@ -276,6 +277,7 @@ pub fn snapshot_from_proto(p: v1::Snapshot) -> Result<core::Snapshot, core::ids:
                         data_loss: o.data_loss,
                         lag_ms: o.lag_ms,
                         lag_ms_is_lower_bound: o.lag_ms_is_lower_bound,
+                        retention_margin_ms: o.retention_margin_ms,
                         verdict: core::history::Verdict::parse(&o.verdict),
                     })
                     .collect(),

@@ -1,0 +1,154 @@
+//! Memory and time cost of the offset history behind lag in seconds and
+//! verdicts (prints figures; recorded in BENCHMARKS.md):
+//!
+//!   cargo bench -p kollector-tests --bench history
+//!
+//! Heap bytes are counted by a counting global allocator around the system
+//! one, so the figures are exact for the history's own data structures.
+//! For P partitions (one group committing on each) at the default 1-hour
+//! history and a 30 s interval: the history when every partition is busy
+//! (a new offset every cycle: 122 points each) and when every one is idle
+//! (a flat run: 2 points), the time of one cycle's `observe`, and the size
+//! of the handover copy a collector sends to the managers in cluster mode.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::{Duration, Instant};
+
+use kollector_core::history::{HistoryLimits, MonitorHistory, DEFAULT_HISTORY, DEFAULT_WINDOW, HANDOVER_MAX_POINTS};
+use kollector_core::{GroupOffset, GroupSnapshot, PartitionSnapshot, Snapshot, TopicSnapshot};
+use prost::Message as _;
+
+/// Bytes allocated and not yet freed, process-wide.
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+struct Counting;
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the
+// counter is only arithmetic on the sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const INTERVAL: Duration = Duration::from_secs(30);
+
+/// One cycle's snapshot: `partitions` partitions of one topic, each with
+/// log end `latest` and a group 30 records behind.
+fn snapshot(partitions: i32, latest: i64) -> Snapshot {
+    Snapshot {
+        monitor: kollector_core::MonitorId::new("bench".to_string()).expect("a valid id"),
+        generation: 1,
+        cluster_id: "bench".into(),
+        brokers: Vec::new(),
+        controller_id: None,
+        topics: vec![TopicSnapshot {
+            name: "events".into(),
+            partitions: (0..partitions)
+                .map(|partition| PartitionSnapshot {
+                    partition,
+                    leader: Some(1),
+                    replicas: vec![1],
+                    isr: vec![1],
+                    earliest: Some(0),
+                    latest: Some(latest),
+                    error: None,
+                })
+                .collect(),
+        }],
+        groups: vec![GroupSnapshot {
+            group_id: "billing".into(),
+            state: "Stable".into(),
+            members: 1,
+            coordinator: Some(1),
+            offsets: (0..partitions)
+                .map(|partition| GroupOffset {
+                    topic: "events".into(),
+                    partition,
+                    committed: latest - 30,
+                    lag: Some(30),
+                    data_loss: false,
+                    lag_ms: None,
+                    lag_ms_is_lower_bound: false,
+                    retention_margin_ms: None,
+                    verdict: None,
+                })
+                .collect(),
+            error: None,
+            verdict: None,
+        }],
+        warnings: Vec::new(),
+        collected_at_ms: 0,
+        duration_ms: 0,
+    }
+}
+
+/// A history after a full window of cycles; returns it, its heap bytes and
+/// the mean time of one `observe` once full.
+fn build(partitions: i32, busy: bool) -> (MonitorHistory, usize, Duration) {
+    let limits = HistoryLimits::for_monitor(DEFAULT_HISTORY, INTERVAL);
+    let cycles = limits.max_points as u64 + 5;
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut h = MonitorHistory::default();
+    let mut timed = Duration::ZERO;
+    let mut s = snapshot(partitions, 1_000);
+    for cycle in 0..cycles {
+        let latest = if busy { 1_000 + cycle as i64 * 100 } else { 1_000 };
+        for p in &mut s.topics[0].partitions {
+            p.latest = Some(latest);
+        }
+        for o in &mut s.groups[0].offsets {
+            o.committed = latest - 30;
+        }
+        let started = Instant::now();
+        h.observe(&mut s, cycle * INTERVAL.as_millis() as u64, limits, DEFAULT_WINDOW);
+        if cycle + 5 >= cycles {
+            timed += started.elapsed();
+        }
+    }
+    drop(s);
+    let bytes = (LIVE.load(Ordering::Relaxed) - before).max(0) as usize;
+    (h, bytes, timed / 5)
+}
+
+fn main() {
+    println!("offset history at a {}s interval, {} of history", INTERVAL.as_secs(), humantime(DEFAULT_HISTORY));
+    println!(
+        "| partitions | state | points | heap (MiB) | bytes per partition | observe (ms/cycle) | handover (points) | handover wire (KiB) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for partitions in [1, 1_000, 10_000] {
+        for busy in [true, false] {
+            let (h, bytes, observe) = build(partitions, busy);
+            let copy = h.for_handover(HANDOVER_MAX_POINTS);
+            let wire = kollector_proto::history_to_proto(&copy).encoded_len();
+            println!(
+                "| {partitions} | {} | {} | {:.2} | {} | {:.2} | {} | {:.1} |",
+                if busy { "busy" } else { "idle" },
+                h.points(),
+                bytes as f64 / (1024.0 * 1024.0),
+                bytes / partitions as usize,
+                observe.as_secs_f64() * 1000.0,
+                copy.points() + copy.observations(),
+                wire as f64 / 1024.0,
+            );
+        }
+    }
+}
+
+fn humantime(d: Duration) -> String {
+    format!("{}h", d.as_secs() / 3600)
+}
