@@ -15,6 +15,7 @@ pub mod kollector;
 pub mod metrics;
 pub mod net;
 pub mod poll;
+pub mod request_counter;
 
 pub use kollector_devkit::fixtures as kafka_fixtures;
 pub use kollector_devkit::{find_executable, free_port, tansu};

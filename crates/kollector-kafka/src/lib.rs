@@ -17,6 +17,7 @@ pub mod admin;
 mod client;
 mod collect;
 mod deadline;
+pub mod wire;
 
 pub use client::{live_clients, ClientOptions, KafkaClient, RequestCounts};
 pub use deadline::{Deadline, Fence, Stop};

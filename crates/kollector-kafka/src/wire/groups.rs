@@ -1,0 +1,163 @@
+//! The group requests of one cycle on one broker's connection, batched:
+//! one ListGroups, one DescribeGroups with every group id, and OffsetFetch
+//! v8+ with many groups per request (in chunks of [`GROUPS_PER_FETCH`]);
+//! per-group OffsetFetch only on a broker without v8, chosen from its
+//! ApiVersions answer.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use kafka_protocol::messages::{
+    ApiKey, DescribeGroupsRequest, DescribeGroupsResponse, GroupId, ListGroupsRequest, ListGroupsResponse,
+    OffsetFetchRequest, OffsetFetchResponse, TopicName,
+};
+use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopic};
+use kafka_protocol::protocol::StrBytes;
+
+use super::connection::BrokerConnection;
+use super::WireError;
+
+/// Groups per multi-group OffsetFetch: answers stay a few MiB even for
+/// groups on hundreds of partitions, and one slow group does not hold up
+/// thousands.
+pub const GROUPS_PER_FETCH: usize = 500;
+
+/// A group as ListGroups names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedGroup {
+    pub id: String,
+    /// "consumer", "connect", "" for a group that only commits offsets, …
+    pub protocol_type: String,
+}
+
+/// A group as DescribeGroups describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DescribedGroup {
+    pub id: String,
+    pub state: String,
+    pub protocol_type: String,
+    pub members: u32,
+    /// The broker's error for this group (e.g. NOT_COORDINATOR), 0 if none.
+    pub error_code: i16,
+}
+
+/// One group's committed offsets: (topic, partition) → offset, or the
+/// broker's error code for the whole group.
+pub type Committed = Result<BTreeMap<(String, i32), i64>, i16>;
+
+fn text(s: &StrBytes) -> String {
+    s.to_string()
+}
+
+/// The groups this broker coordinates.
+pub fn list_groups(conn: &mut BrokerConnection, deadline: Instant) -> Result<Vec<ListedGroup>, WireError> {
+    let version = conn.versions().pick(ApiKey::ListGroups, (0, 4)).ok_or(WireError::Unsupported("ListGroups"))?;
+    let answer: ListGroupsResponse = conn.call(ApiKey::ListGroups, version, &ListGroupsRequest::default(), deadline)?;
+    if answer.error_code != 0 {
+        return Err(WireError::Broker { api: "ListGroups", code: answer.error_code });
+    }
+    Ok(answer.groups.iter().map(|g| ListedGroup { id: text(&g.group_id.0), protocol_type: text(&g.protocol_type) }).collect())
+}
+
+/// Describes `ids` in one request.
+pub fn describe_groups(
+    conn: &mut BrokerConnection,
+    ids: &[String],
+    deadline: Instant,
+) -> Result<Vec<DescribedGroup>, WireError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let version =
+        conn.versions().pick(ApiKey::DescribeGroups, (0, 5)).ok_or(WireError::Unsupported("DescribeGroups"))?;
+    let request = DescribeGroupsRequest::default().with_groups(ids.iter().map(|i| GroupId(StrBytes::from_string(i.clone()))).collect());
+    let answer: DescribeGroupsResponse = conn.call(ApiKey::DescribeGroups, version, &request, deadline)?;
+    Ok(answer
+        .groups
+        .iter()
+        .map(|g| DescribedGroup {
+            id: text(&g.group_id.0),
+            state: text(&g.group_state),
+            protocol_type: text(&g.protocol_type),
+            members: g.members.len() as u32,
+            error_code: g.error_code,
+        })
+        .collect())
+}
+
+/// Every committed offset of each of `ids`: many groups per request where
+/// the broker speaks OffsetFetch v8, one request per group otherwise.
+/// `topics` (name, partitions) names what to ask for on the per-group path;
+/// None asks for every topic, which some brokers (librdkafka's mock) do not
+/// answer before v8. The multi-group path always asks for every topic.
+pub fn fetch_offsets(
+    conn: &mut BrokerConnection,
+    ids: &[String],
+    topics: Option<&[(String, Vec<i32>)]>,
+    deadline: Instant,
+) -> Result<BTreeMap<String, Committed>, WireError> {
+    let mut out = BTreeMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    if let Some(version) = conn.versions().pick(ApiKey::OffsetFetch, (8, 9)) {
+        for chunk in ids.chunks(GROUPS_PER_FETCH) {
+            let groups = chunk
+                .iter()
+                .map(|id| {
+                    OffsetFetchRequestGroup::default()
+                        .with_group_id(GroupId(StrBytes::from_string(id.clone())))
+                        .with_member_epoch(-1)
+                        .with_topics(None)
+                })
+                .collect();
+            let request = OffsetFetchRequest::default().with_groups(groups);
+            let answer: OffsetFetchResponse = conn.call(ApiKey::OffsetFetch, version, &request, deadline)?;
+            for g in answer.groups {
+                let committed = if g.error_code != 0 {
+                    Err(g.error_code)
+                } else {
+                    Ok(g.topics
+                        .iter()
+                        .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
+                        // -1: no commit on this partition.
+                        .filter(|(_, p)| p.error_code == 0 && p.committed_offset >= 0)
+                        .map(|(t, p)| ((text(&t.name.0), p.partition_index), p.committed_offset))
+                        .collect())
+                };
+                out.insert(text(&g.group_id.0), committed);
+            }
+        }
+        return Ok(out);
+    }
+    // v2 is the first that answers "every topic" (topics = null).
+    let version = conn.versions().pick(ApiKey::OffsetFetch, (2, 7)).ok_or(WireError::Unsupported("OffsetFetch"))?;
+    let asked = topics.map(|ts| {
+        ts.iter()
+            .map(|(name, partitions)| {
+                OffsetFetchRequestTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(name.clone())))
+                    .with_partition_indexes(partitions.clone())
+            })
+            .collect::<Vec<_>>()
+    });
+    for id in ids {
+        let request = OffsetFetchRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(id.clone())))
+            .with_topics(asked.clone());
+        let answer: OffsetFetchResponse = conn.call(ApiKey::OffsetFetch, version, &request, deadline)?;
+        let committed = if answer.error_code != 0 {
+            Err(answer.error_code)
+        } else {
+            Ok(answer
+                .topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
+                .filter(|(_, p)| p.error_code == 0 && p.committed_offset >= 0)
+                .map(|(t, p)| ((text(&t.name.0), p.partition_index), p.committed_offset))
+                .collect())
+        };
+        out.insert(id.clone(), committed);
+    }
+    Ok(out)
+}

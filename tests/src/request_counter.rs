@@ -1,0 +1,86 @@
+//! A TCP proxy in front of a broker that counts the Kafka requests passing
+//! through it, by API key, on the broker side of the client (librdkafka's
+//! own statistics miss the OffsetFetch requests of its admin API). It reads
+//! each request frame's length and API key and forwards the bytes as they
+//! are; answers are copied back untouched.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub struct RequestCounter {
+    address: String,
+    counts: Arc<Mutex<BTreeMap<i16, u64>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for RequestCounter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the stop.
+        let _ = TcpStream::connect(&self.address);
+    }
+}
+
+impl RequestCounter {
+    /// Listens on a free loopback port and forwards to `upstream` (host:port).
+    pub fn start(upstream: &str) -> RequestCounter {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the counting proxy");
+        let address = listener.local_addr().expect("its address").to_string();
+        let counts: Arc<Mutex<BTreeMap<i16, u64>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (upstream, c, s) = (upstream.to_string(), counts.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(&upstream) else { continue };
+                let (mut from_client, mut to_server) = (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
+                let counts = c.clone();
+                std::thread::spawn(move || {
+                    let mut len = [0u8; 4];
+                    while from_client.read_exact(&mut len).is_ok() {
+                        let n = i32::from_be_bytes(len).max(0) as usize;
+                        let mut frame = vec![0u8; n];
+                        if from_client.read_exact(&mut frame).is_err() {
+                            break;
+                        }
+                        if n >= 2 {
+                            let api = i16::from_be_bytes([frame[0], frame[1]]);
+                            *counts.lock().unwrap().entry(api).or_default() += 1;
+                        }
+                        if to_server.write_all(&len).and_then(|_| to_server.write_all(&frame)).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_server.shutdown(Shutdown::Both);
+                });
+                let (mut from_server, mut to_client) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_server, &mut to_client);
+                    let _ = to_client.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        RequestCounter { address, counts, stop }
+    }
+
+    /// Where clients connect (host:port).
+    pub fn address(&self) -> String {
+        self.address.clone()
+    }
+
+    /// Requests seen so far, by Kafka API key.
+    pub fn counts(&self) -> BTreeMap<i16, u64> {
+        self.counts.lock().unwrap().clone()
+    }
+
+    /// Forgets the counts so far.
+    pub fn reset(&self) {
+        self.counts.lock().unwrap().clear();
+    }
+}
