@@ -39,7 +39,8 @@ impl RequestCounter {
                 }
                 let Ok(client) = client else { continue };
                 let Ok(server) = TcpStream::connect(&upstream) else { continue };
-                let (mut from_client, mut to_server) = (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
+                let (mut from_client, mut to_server) =
+                    (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
                 let counts = c.clone();
                 std::thread::spawn(move || {
                     let mut len = [0u8; 4];

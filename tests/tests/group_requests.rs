@@ -93,7 +93,9 @@ fn a_broker_without_offset_fetch_v8_gets_one_request_per_group() {
     mock.create_topic("events", 3, 1).expect("topic");
     let bs = mock.bootstrap_servers();
     let want: BTreeMap<String, BTreeMap<(String, i32), i64>> = (0..10)
-        .map(|i| (format!("old-{i}"), (0..3).map(|p| (("events".to_string(), p), (i * 10 + p as usize) as i64)).collect()))
+        .map(|i| {
+            (format!("old-{i}"), (0..3).map(|p| (("events".to_string(), p), (i * 10 + p as usize) as i64)).collect())
+        })
         .collect();
     commit_all(&bs, &want);
     let counter = RequestCounter::start(&bs);

@@ -341,7 +341,7 @@ impl StoreCollector {
         gauges(
             enc,
             "kafka_consumergroup_retention_margin_seconds",
-            "Estimated seconds until retention deletes the group's committed offset: kafka_consumergroup_retention_margin divided by the partition's write rate over kollector's offset history (absent when nothing was written during it).",
+            "Estimated seconds until retention deletes the group's committed offset: kafka_consumergroup_retention_margin divided by the partition's write rate over kollector's offset history (absent when nothing was written during it, or while the log start is still 0: retention has deleted nothing yet).",
             family!(self, |b, s| s
                 .groups
                 .iter()

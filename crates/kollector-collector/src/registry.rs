@@ -261,7 +261,11 @@ impl Handler<Unassign> for MonitorRegistry {
             Some(stop) => stop,
             None => match self.stopping.get(&id) {
                 Some((_, stop)) => stop.clone(),
-                None => return Box::pin(actix::fut::ready(Err(RegistryError::NotRunning(id)))),
+                None => {
+                    // Not running here: a history kept from an earlier run goes.
+                    self.store.forget_history(&id);
+                    return Box::pin(actix::fut::ready(Err(RegistryError::NotRunning(id))));
+                }
             },
         };
         Box::pin(actix::fut::wrap_future::<_, Self>(stop).map(move |_, act, _| {
@@ -303,6 +307,7 @@ impl Handler<StopAll> for MonitorRegistry {
 
     fn handle(&mut self, msg: StopAll, _: &mut Context<Self>) -> Self::Result {
         self.shutting_down |= msg.refuse_new;
+        let fenced = !msg.refuse_new;
         self.stop_seq += 1;
         let ids: Vec<MonitorId> = self.running.keys().cloned().collect();
         let stops: Vec<_> = ids.iter().filter_map(|id| self.begin_stop(id)).collect();
@@ -311,6 +316,11 @@ impl Handler<StopAll> for MonitorRegistry {
                 act.end_stop(&id);
                 if !act.running.contains_key(&id) {
                     act.store.remove(&id);
+                    if fenced {
+                        // Fenced: the monitors go to other collectors, and a
+                        // manager hands the history back if one returns here.
+                        act.store.forget_history(&id);
+                    }
                 }
             }
         }))

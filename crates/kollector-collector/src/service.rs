@@ -173,20 +173,29 @@ impl CollectorService for CollectorServiceImpl {
         }
         self.book().check(&spec.id, tokens).map_err(|e| Status::failed_precondition(format!("stale command: {e}")))?;
         let id = spec.id.clone();
+        // The previous owner's history, as a manager last heard it. Not
+        // needed (nor decoded) if the monitor runs here already.
+        let mut offered = false;
         if let Some(history) = req.history {
-            // The previous owner's history, as a manager last heard it. A
-            // history kept here (the monitor ran here, or runs) is newer.
-            let limits = HistoryLimits::for_monitor(spec.lag_history, spec.interval);
-            let received = history_from_proto(history, limits, DEFAULT_WINDOW);
-            let running_here = self.node.list_running().await.iter().any(|m| m.id == id);
-            if !running_here {
+            if !self.node.list_running().await.iter().any(|m| m.id == id) {
+                let limits = HistoryLimits::for_monitor(spec.lag_history, spec.interval);
+                // Nothing from this node's future: a clock ahead elsewhere would freeze it.
+                let not_after = crate::store::unix_ms().saturating_add(spec.interval.as_millis() as u64);
+                let received = history_from_proto(history, limits, DEFAULT_WINDOW, not_after);
                 self.node.store().offer_history(&id, received);
+                offered = true;
             }
         }
         let outcome = self
             .node
             .assign_in_turn(&turn, spec, tokens.epoch, Some((self.lease.clone(), lease)))
             .await
+            .inspect_err(|_| {
+                if offered {
+                    // Not started here: the history is the next owner's.
+                    self.node.store().forget_history(&id);
+                }
+            })
             .map_err(registry_status)?;
         self.book().record(&id, tokens);
         tracing::info!(monitor = %id, epoch = tokens.epoch, term = tokens.leader_term, outcome = outcome.as_str(), "assign");

@@ -80,10 +80,14 @@ impl ResultStore {
         self.histories.write().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), history);
     }
 
-    /// Keeps `history` for `id`'s next actor unless one is kept already
-    /// (a history kept here is this node's own, and newer).
+    /// Keeps `history` for `id`'s next actor unless the one kept already
+    /// reaches later (this node's own, from a run here that ended after
+    /// the other owner last reported).
     pub fn offer_history(&self, id: &MonitorId, history: kollector_core::history::MonitorHistory) {
-        self.histories.write().unwrap_or_else(|p| p.into_inner()).entry(id.clone()).or_insert(history);
+        let mut map = self.histories.write().unwrap_or_else(|p| p.into_inner());
+        if map.get(id).is_none_or(|kept| kept.last_seen_ms() < history.last_seen_ms()) {
+            map.insert(id.clone(), history);
+        }
     }
 
     /// Hands `id`'s kept history to its new actor.

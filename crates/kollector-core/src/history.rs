@@ -21,8 +21,9 @@
 //! offset) ÷ its write rate over the history. Under steady time- or
 //! size-based retention the log start advances as fast as records are
 //! written, so this is about when retention reaches the committed offset;
-//! no answer when nothing was written during the history (nothing pushes
-//! the log start, and there is no rate to divide by).
+//! no answer when nothing was written during the history (no rate to divide
+//! by) or while the log start is still 0 (retention has deleted nothing yet:
+//! a young topic, a compacted one, no time limit).
 //!
 //! **Verdicts** follow Burrow's evaluator over a window of the last N
 //! observations (committed offset, latest offset, time), one per cycle:
@@ -152,7 +153,8 @@ impl LogHistory {
     /// nothing was written (or fewer than two points).
     pub fn write_rate(&self) -> Option<f64> {
         let (first, last) = (self.points.front()?, self.points.back()?);
-        let (records, ms) = (last.offset - first.offset, last.at_ms.saturating_sub(first.at_ms));
+        let records = last.offset as i128 - first.offset as i128;
+        let ms = last.at_ms.saturating_sub(first.at_ms);
         (records > 0 && ms > 0).then(|| records as f64 * 1000.0 / ms as f64)
     }
 
@@ -187,7 +189,9 @@ impl LogHistory {
         }
         let i = self.points.iter().position(|p| p.offset > committed)?;
         let (l, r) = (self.points[i - 1], self.points[i]);
-        let fraction = ((committed + 1 - l.offset) as f64 / (r.offset - l.offset) as f64).min(1.0);
+        // In i128: offsets come from brokers and from other nodes' histories.
+        let (ahead, span) = (committed as i128 + 1 - l.offset as i128, r.offset as i128 - l.offset as i128);
+        let fraction = (ahead as f64 / span as f64).min(1.0);
         let written = l.at_ms as f64 + fraction * (r.at_ms - l.at_ms) as f64;
         Some(LagSeconds::Exact((now_ms as f64 - written).max(0.0) / 1000.0))
     }
@@ -286,7 +290,7 @@ pub struct Observation {
 
 impl Observation {
     pub fn lag(&self) -> i64 {
-        (self.latest - self.committed).max(0)
+        self.latest.saturating_sub(self.committed).max(0)
     }
 }
 
@@ -399,7 +403,9 @@ impl MonitorHistory {
                 let mut h = old.remove(&p.partition).unwrap_or_default();
                 // A history that ends before the window (a monitor back after
                 // a long pause) would interpolate across the gap: start afresh.
-                if h.points().last().is_some_and(|last| last.at_ms < stale_before) {
+                // So does one that ends after now (a clock set back, or a
+                // sender's clock ahead): no new point could ever follow it.
+                if h.points().last().is_some_and(|last| last.at_ms < stale_before || last.at_ms > now_ms) {
                     h = LogHistory::default();
                 }
                 if let Some(latest) = p.latest {
@@ -423,11 +429,14 @@ impl MonitorHistory {
                 let mut w = old.get_mut(&o.topic).and_then(|m| m.remove(&o.partition)).unwrap_or_default();
                 // Observations from before a long gap (a restart after a
                 // while) say nothing about the consumer now.
-                if w.observations().last().is_some_and(|last| last.at_ms < stale_before) {
+                if w.observations().last().is_some_and(|last| last.at_ms < stale_before || last.at_ms > now_ms) {
                     w = CommitWindow::default();
                 }
                 if let Some(lag) = o.lag {
-                    w.record(Observation { committed: o.committed, latest: o.committed + lag, at_ms: now_ms }, window);
+                    w.record(
+                        Observation { committed: o.committed, latest: o.committed.saturating_add(lag), at_ms: now_ms },
+                        window,
+                    );
                     o.verdict = w.verdict(window);
                     let log = self.logs.get(&o.topic).and_then(|m| m.get(&o.partition));
                     if let Some(l) = log.and_then(|h| h.lag_seconds(o.committed, now_ms)) {
@@ -437,7 +446,10 @@ impl MonitorHistory {
                     // Retention advances the log start about as fast as records
                     // are written (steady time- or size-based retention): the
                     // records before the committed offset last that long.
-                    let start = earliest.get(&(o.topic.as_str(), o.partition));
+                    // A log start still at 0 means retention has deleted nothing
+                    // yet (a young topic, compaction, no time limit): nothing
+                    // says records are about to go, so no estimate.
+                    let start = earliest.get(&(o.topic.as_str(), o.partition)).filter(|s| **s > 0);
                     if let (Some(start), Some(rate)) = (start, log.and_then(LogHistory::write_rate)) {
                         let ahead = (o.committed - start).max(0) as f64;
                         o.retention_margin_ms = Some((ahead / rate * 1000.0).round() as u64);
@@ -449,6 +461,13 @@ impl MonitorHistory {
             commits.insert(g.group_id.clone(), kept);
         }
         self.commits = commits;
+    }
+
+    /// The time of the newest point or observation held (0 when empty).
+    pub fn last_seen_ms(&self) -> u64 {
+        let logs = self.logs().filter_map(|(_, _, l)| l.points().last().map(|p| p.at_ms));
+        let commits = self.commits().filter_map(|(_, _, _, w)| w.observations().last().map(|o| o.at_ms));
+        logs.chain(commits).max().unwrap_or(0)
     }
 
     /// The cluster the history was taken from, if any.
@@ -510,20 +529,25 @@ impl MonitorHistory {
     /// Rebuilds a history received from elsewhere (a manager's Assign),
     /// enforcing what [`MonitorHistory::observe`] would have: points in time
     /// order, a log that went backwards restarts, windows of at most
-    /// `window` observations. Anything out of order is dropped, never trusted.
+    /// `window` observations. Anything out of order, negative, from after
+    /// `not_after_ms` (the receiver's clock) or without a cluster id is
+    /// dropped, never trusted.
     pub fn from_parts(
         cluster_id: Option<String>,
         logs: impl IntoIterator<Item = (String, i32, Vec<Point>)>,
         commits: impl IntoIterator<Item = (String, String, i32, u64, Vec<Observation>)>,
         limits: HistoryLimits,
         window: usize,
+        not_after_ms: u64,
     ) -> MonitorHistory {
-        let mut h = MonitorHistory { cluster_id, ..MonitorHistory::default() };
+        // A history that names no cluster would be believed for any.
+        let Some(cluster_id) = cluster_id.filter(|c| !c.is_empty()) else { return MonitorHistory::default() };
+        let mut h = MonitorHistory { cluster_id: Some(cluster_id), ..MonitorHistory::default() };
         // Whatever the sender claims, no more than a handover's worth is kept.
         let mut room = HANDOVER_MAX_POINTS;
         for (topic, partition, points) in logs {
             let mut log = LogHistory::default();
-            for p in points.into_iter().take(room) {
+            for p in points.into_iter().filter(|p| p.offset >= 0 && p.at_ms <= not_after_ms).take(room) {
                 log.record(p.offset, p.at_ms, limits);
             }
             room = room.saturating_sub(log.len());
@@ -533,7 +557,8 @@ impl MonitorHistory {
         }
         for (group, topic, partition, committed_since_ms, observations) in commits {
             let mut w = CommitWindow::default();
-            for o in observations.into_iter().take(room) {
+            let sane = |o: &Observation| o.committed >= 0 && o.latest >= o.committed && o.at_ms <= not_after_ms;
+            for o in observations.into_iter().filter(sane).take(room) {
                 w.record(o, window);
             }
             room = room.saturating_sub(w.observations.len());
@@ -705,7 +730,7 @@ mod tests {
                     leader: Some(1),
                     replicas: vec![1],
                     isr: vec![1],
-                    earliest: Some(0),
+                    earliest: Some(20),
                     latest: Some(latest),
                     error: None,
                 }],
@@ -744,8 +769,8 @@ mod tests {
         let o = &s.groups[0].offsets[0];
         assert_eq!(o.lag_ms, Some(2900));
         assert!(!o.lag_ms_is_lower_bound);
-        // 180 records ahead of the log start, written at 10 a second: 18 s.
-        assert_eq!(o.retention_margin_ms, Some(18_000));
+        // 160 records ahead of the log start, written at 10 a second: 16 s.
+        assert_eq!(o.retention_margin_ms, Some(16_000));
         assert_eq!(o.verdict, Some(Verdict::Ok), "lag is steady, not growing");
         assert_eq!(s.groups[0].verdict, Some(GroupVerdict::Ok));
         // The consumer stops while records keep coming: STALL, and the group is ERR.
@@ -885,7 +910,7 @@ mod tests {
             (logs, commits)
         };
         let (logs, commits) = parts(&h);
-        let back = MonitorHistory::from_parts(Some("c".into()), logs.clone(), commits.clone(), HOUR, 5);
+        let back = MonitorHistory::from_parts(Some("c".into()), logs.clone(), commits.clone(), HOUR, 5, u64::MAX);
         assert_eq!(back, h, "a faithful copy comes back as it was");
         // Out of order, going backwards, too long: the rules apply again.
         let mut shuffled = logs.clone();
@@ -893,7 +918,7 @@ mod tests {
         let mut long = commits.clone();
         long[0].4 = (0..50).map(|i| Observation { committed: i, latest: i + 1, at_ms: i as u64 }).collect();
         long[0].3 = u64::MAX;
-        let back = MonitorHistory::from_parts(None, shuffled, long, HOUR, 5);
+        let back = MonitorHistory::from_parts(Some("c".into()), shuffled, long, HOUR, 5, u64::MAX);
         let first = back.logs().next().unwrap().2;
         assert_eq!(first.len(), 1, "a history received newest first keeps only what is in order");
         let w = back.commits().next().unwrap().3;
@@ -908,8 +933,27 @@ mod tests {
             )
         });
         let limits = HistoryLimits { max_points: usize::MAX, max_age_ms: u64::MAX };
-        let kept = MonitorHistory::from_parts(None, flood, Vec::new(), limits, 5);
+        let kept = MonitorHistory::from_parts(Some("c".into()), flood, Vec::new(), limits, 5, u64::MAX);
         assert_eq!(kept.points(), HANDOVER_MAX_POINTS);
+        // Nothing from the receiver's future, nothing negative, nothing
+        // without a cluster id.
+        let future = MonitorHistory::from_parts(Some("c".into()), logs.clone(), commits.clone(), HOUR, 5, 9_000);
+        assert_eq!(future.last_seen_ms(), 9_000, "points after 9 s were dropped");
+        let negative = vec![("t".to_string(), 0, vec![Point { offset: -5, at_ms: 1 }, Point { offset: 3, at_ms: 2 }])];
+        let bad_obs = vec![(
+            "g".to_string(),
+            "t".to_string(),
+            0,
+            0,
+            vec![
+                Observation { committed: 10, latest: 5, at_ms: 1 },
+                Observation { committed: i64::MIN, latest: 0, at_ms: 2 },
+            ],
+        )];
+        let cleaned = MonitorHistory::from_parts(Some("c".into()), negative, bad_obs, HOUR, 5, u64::MAX);
+        assert_eq!(cleaned.points(), 1);
+        assert_eq!(cleaned.observations(), 0);
+        assert_eq!(MonitorHistory::from_parts(None, logs, commits, HOUR, 5, u64::MAX), MonitorHistory::default());
     }
 
     #[test]

@@ -21,11 +21,15 @@ use std::time::{Duration, Instant};
 use kollector_core::{CollectorId, Generation, MonitorId, MonitorResult};
 use kollector_proto::result_from_proto;
 use kollector_proto::v1::{self as pb};
+use prost::Message as _;
 use tokio::task::JoinHandle;
 
 use crate::cluster_store::ClusterStore;
 use crate::decisions::{accept_result, AssignmentRecord};
 use crate::reconciler::CollectorClients;
+
+/// Largest offset history kept for a handover, encoded.
+const MAX_HISTORY_BYTES: usize = 4 * 1024 * 1024;
 
 /// How often the intake re-reads assignments and collectors.
 const REFRESH: Duration = Duration::from_millis(500);
@@ -212,9 +216,19 @@ async fn follow(id: CollectorId, address: String, clients: CollectorClients, sto
         }
         match verdict {
             Some(Ok(())) => {
-                // Only the current owner's history is believed, like its results.
-                if let (Some(h), Ok(mut histories)) = (history, shared.histories.write()) {
-                    histories.insert(result.monitor.clone(), Arc::new(h));
+                // Only the current owner's history is believed, like its
+                // results, and only within a handover's size: an honest copy
+                // is at most ~2 MiB (kollector_core::history::HANDOVER_MAX_POINTS).
+                match history {
+                    Some(h) if h.encoded_len() > MAX_HISTORY_BYTES => {
+                        tracing::warn!(monitor = %result.monitor, collector = %id, bytes = h.encoded_len(), "dropped an oversized history");
+                    }
+                    Some(h) => {
+                        if let Ok(mut histories) = shared.histories.write() {
+                            histories.insert(result.monitor.clone(), Arc::new(h));
+                        }
+                    }
+                    None => {}
                 }
                 if let Ok(mut latest) = shared.latest.write() {
                     // Never replace a result of a later assignment with an earlier one.

@@ -376,6 +376,7 @@ pub fn history_from_proto(
     p: v1::MonitorHistory,
     limits: core::history::HistoryLimits,
     window: usize,
+    not_after_ms: u64,
 ) -> core::history::MonitorHistory {
     use core::history::{MonitorHistory, Observation, Point};
     let time = |t: i64| t as u64;
@@ -397,7 +398,7 @@ pub fn history_from_proto(
         (c.group_id, c.topic, c.partition, c.committed_since_ms, observations)
     });
     let cluster_id = (!p.cluster_id.is_empty()).then_some(p.cluster_id);
-    MonitorHistory::from_parts(cluster_id, logs, commits, limits, window)
+    MonitorHistory::from_parts(cluster_id, logs, commits, limits, window, not_after_ms)
 }
 
 /// A result from the wire (the manager reading a collector's stream). The
@@ -503,7 +504,37 @@ mod tests {
                     let _ = snapshot_from_proto(s);
                 }
                 if let Ok(h) = v1::MonitorHistory::decode(&bytes[..]) {
-                    let _ = history_from_proto(h, HOUR, 10);
+                    // Whatever decodes is safe to use: observing it never panics.
+                    let mut h = history_from_proto(h, HOUR, 10, u64::MAX / 2);
+                    let mut s = core::Snapshot {
+                        monitor: core::MonitorId::new("m".to_string()).unwrap(),
+                        generation: 1,
+                        cluster_id: h.cluster_id().unwrap_or("c").to_string(),
+                        controller_id: None,
+                        brokers: Vec::new(),
+                        // Every partition and group partition it holds, at
+                        // extreme offsets: lag seconds, verdicts and margins run.
+                        topics: h.logs().map(|(t, p, _)| core::TopicSnapshot {
+                            name: t.to_string(),
+                            partitions: vec![core::PartitionSnapshot {
+                                partition: p, leader: None, replicas: Vec::new(), isr: Vec::new(),
+                                earliest: Some(i64::MIN), latest: Some(i64::MAX), error: None,
+                            }],
+                        }).collect(),
+                        groups: h.commits().map(|(g, t, p, _)| core::GroupSnapshot {
+                            group_id: g.to_string(), state: String::new(), members: 0, coordinator: None,
+                            offsets: vec![core::GroupOffset {
+                                topic: t.to_string(), partition: p, committed: i64::MIN + 1, lag: Some(i64::MAX),
+                                data_loss: false, lag_ms: None, lag_ms_is_lower_bound: false,
+                                retention_margin_ms: None, verdict: None,
+                            }],
+                            error: None, verdict: None,
+                        }).collect(),
+                        collected_at_ms: 0,
+                        duration_ms: 0,
+                        warnings: Vec::new(),
+                    };
+                    h.observe(&mut s, u64::MAX / 2, HOUR, 10);
                 }
             }
 
@@ -527,9 +558,10 @@ mod tests {
                     }),
                     HOUR,
                     10,
+                    u64::MAX,
                 );
                 let wire = history_to_proto(&h);
-                let back = history_from_proto(v1::MonitorHistory::decode(&wire.encode_to_vec()[..]).unwrap(), HOUR, 10);
+                let back = history_from_proto(v1::MonitorHistory::decode(&wire.encode_to_vec()[..]).unwrap(), HOUR, 10, u64::MAX);
                 prop_assert_eq!(back, h);
             }
 

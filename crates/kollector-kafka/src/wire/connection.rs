@@ -109,7 +109,13 @@ impl BrokerConnection {
     }
 
     /// Sends one request and reads its answer, both before `deadline`.
-    pub fn call<Req, Resp>(&mut self, api: ApiKey, version: i16, request: &Req, deadline: Instant) -> Result<Resp, WireError>
+    pub fn call<Req, Resp>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        request: &Req,
+        deadline: Instant,
+    ) -> Result<Resp, WireError>
     where
         Req: Encodable + HeaderVersion,
         Resp: Decodable + HeaderVersion,
@@ -123,7 +129,9 @@ impl BrokerConnection {
             .with_client_id(Some(StrBytes::from_static_str("kollector")));
         let protocol = |what: &str, e: &dyn std::fmt::Display| WireError::Protocol(format!("{what}: {e}"));
         let mut body = BytesMut::new();
-        header.encode(&mut body, Req::header_version(version)).map_err(|e| protocol("encoding a request header", &e))?;
+        header
+            .encode(&mut body, Req::header_version(version))
+            .map_err(|e| protocol("encoding a request header", &e))?;
         request.encode(&mut body, version).map_err(|e| protocol("encoding a request", &e))?;
         let mut frame = Vec::with_capacity(body.len() + 4);
         frame.extend_from_slice(&(body.len() as i32).to_be_bytes());

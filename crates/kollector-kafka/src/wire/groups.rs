@@ -7,11 +7,11 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopic};
 use kafka_protocol::messages::{
     ApiKey, DescribeGroupsRequest, DescribeGroupsResponse, GroupId, ListGroupsRequest, ListGroupsResponse,
     OffsetFetchRequest, OffsetFetchResponse, TopicName,
 };
-use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopic};
 use kafka_protocol::protocol::StrBytes;
 
 use super::connection::BrokerConnection;
@@ -56,7 +56,11 @@ pub fn list_groups(conn: &mut BrokerConnection, deadline: Instant) -> Result<Vec
     if answer.error_code != 0 {
         return Err(WireError::Broker { api: "ListGroups", code: answer.error_code });
     }
-    Ok(answer.groups.iter().map(|g| ListedGroup { id: text(&g.group_id.0), protocol_type: text(&g.protocol_type) }).collect())
+    Ok(answer
+        .groups
+        .iter()
+        .map(|g| ListedGroup { id: text(&g.group_id.0), protocol_type: text(&g.protocol_type) })
+        .collect())
 }
 
 /// Describes `ids` in one request.
@@ -70,7 +74,8 @@ pub fn describe_groups(
     }
     let version =
         conn.versions().pick(ApiKey::DescribeGroups, (0, 5)).ok_or(WireError::Unsupported("DescribeGroups"))?;
-    let request = DescribeGroupsRequest::default().with_groups(ids.iter().map(|i| GroupId(StrBytes::from_string(i.clone()))).collect());
+    let request = DescribeGroupsRequest::default()
+        .with_groups(ids.iter().map(|i| GroupId(StrBytes::from_string(i.clone()))).collect());
     let answer: DescribeGroupsResponse = conn.call(ApiKey::DescribeGroups, version, &request, deadline)?;
     Ok(answer
         .groups

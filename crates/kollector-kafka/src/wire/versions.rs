@@ -15,7 +15,8 @@ impl BrokerVersions {
     /// From ApiVersions' (api key, min, max) entries; a nonsensical range
     /// (min above max, negative) is left out, as if not offered.
     pub fn new(entries: impl IntoIterator<Item = (i16, i16, i16)>) -> BrokerVersions {
-        let ranges = entries.into_iter().filter(|(_, min, max)| *min >= 0 && min <= max).map(|(k, a, b)| (k, (a, b))).collect();
+        let ranges =
+            entries.into_iter().filter(|(_, min, max)| *min >= 0 && min <= max).map(|(k, a, b)| (k, (a, b))).collect();
         BrokerVersions { ranges }
     }
 
