@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kollector_core::history::{HistoryLimits, MonitorHistory, DEFAULT_HISTORY, DEFAULT_WINDOW, HANDOVER_MAX_POINTS};
-use kollector_core::{GroupOffset, GroupSnapshot, PartitionSnapshot, Snapshot, TopicSnapshot};
 use prost::Message as _;
 
 /// Bytes allocated and not yet freed, process-wide.
@@ -46,56 +45,6 @@ static ALLOCATOR: Counting = Counting;
 
 const INTERVAL: Duration = Duration::from_secs(30);
 
-/// One cycle's snapshot: `partitions` partitions of one topic, each with
-/// log end `latest` and a group 30 records behind.
-fn snapshot(partitions: i32, latest: i64) -> Snapshot {
-    Snapshot {
-        monitor: kollector_core::MonitorId::new("bench".to_string()).expect("a valid id"),
-        generation: 1,
-        cluster_id: "bench".into(),
-        brokers: Vec::new(),
-        controller_id: None,
-        topics: vec![TopicSnapshot {
-            name: "events".into(),
-            partitions: (0..partitions)
-                .map(|partition| PartitionSnapshot {
-                    partition,
-                    leader: Some(1),
-                    replicas: vec![1],
-                    isr: vec![1],
-                    earliest: Some(0),
-                    latest: Some(latest),
-                    error: None,
-                })
-                .collect(),
-        }],
-        groups: vec![GroupSnapshot {
-            group_id: "billing".into(),
-            state: "Stable".into(),
-            members: 1,
-            coordinator: Some(1),
-            offsets: (0..partitions)
-                .map(|partition| GroupOffset {
-                    topic: "events".into(),
-                    partition,
-                    committed: latest - 30,
-                    lag: Some(30),
-                    data_loss: false,
-                    lag_ms: None,
-                    lag_ms_is_lower_bound: false,
-                    retention_margin_ms: None,
-                    verdict: None,
-                })
-                .collect(),
-            error: None,
-            verdict: None,
-        }],
-        warnings: Vec::new(),
-        collected_at_ms: 0,
-        duration_ms: 0,
-    }
-}
-
 /// A history after a full window of cycles; returns it, its heap bytes and
 /// the mean time of one `observe` once full.
 fn build(partitions: i32, busy: bool) -> (MonitorHistory, usize, Duration) {
@@ -104,7 +53,7 @@ fn build(partitions: i32, busy: bool) -> (MonitorHistory, usize, Duration) {
     let before = LIVE.load(Ordering::Relaxed);
     let mut h = MonitorHistory::default();
     let mut timed = Duration::ZERO;
-    let mut s = snapshot(partitions, 1_000);
+    let mut s = kollector_core::testing::one_group_snapshot("events", "billing", partitions, (0, 1_000), 970);
     for cycle in 0..cycles {
         let latest = if busy { 1_000 + cycle as i64 * 100 } else { 1_000 };
         for p in &mut s.topics[0].partitions {

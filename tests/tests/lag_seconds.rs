@@ -19,13 +19,18 @@ fn wait_cycles(k: &KollectorProcess, monitor: &str, n: f64) {
     });
 }
 
+/// Topic "events" with 5 records, all consumed by group "billing".
+fn caught_up_billing(bootstrap: &str) {
+    create_topic(bootstrap, "events", 1);
+    produce_records(bootstrap, "events", 0, 5);
+    commit_offsets(bootstrap, "billing", &[("events", 0, 5)]);
+}
+
 #[test]
 fn lag_seconds_tracks_the_age_of_the_committed_offset_and_verdicts_follow_the_consumer() {
     let broker = TansuBroker::start("lagsec-kafka");
     let bs = broker.bootstrap();
-    create_topic(&bs, "events", 1);
-    produce_records(&bs, "events", 0, 5);
-    commit_offsets(&bs, "billing", &[("events", 0, 5)]);
+    caught_up_billing(&bs);
     let k = KollectorProcess::standalone(&monitor_toml("lagsec", &bs, "1s"));
     let series = |name: &str| -> Option<f64> {
         k.metrics().value(
@@ -87,9 +92,7 @@ fn lag_seconds_tracks_the_age_of_the_committed_offset_and_verdicts_follow_the_co
 fn lag_history_survives_a_standalone_restart() {
     let broker = TansuBroker::start("lagsec-restart");
     let bs = broker.bootstrap();
-    create_topic(&bs, "events", 1);
-    produce_records(&bs, "events", 0, 5);
-    commit_offsets(&bs, "billing", &[("events", 0, 5)]);
+    caught_up_billing(&bs);
     let mut k = KollectorProcess::standalone(&monitor_toml("lagsec", &bs, "1s"));
     let labels = [("monitor", "lagsec"), ("consumergroup", "billing"), ("topic", "events"), ("partition", "0")];
     wait_cycles(&k, "lagsec", 3.0);
@@ -196,12 +199,7 @@ async fn lag_history_survives_a_collector_sigkill() {
     let mut cluster = Cluster::start(2);
     let bs = cluster.broker.bootstrap();
     let b = bs.clone();
-    blocking(move || {
-        create_topic(&b, "events", 1);
-        produce_records(&b, "events", 0, 5);
-        commit_offsets(&b, "billing", &[("events", 0, 5)]);
-    })
-    .await;
+    blocking(move || caught_up_billing(&b)).await;
     let mut client = cluster.manager.client().await;
     let spec = pb::MonitorSpecInput {
         id: "lagsec".into(),

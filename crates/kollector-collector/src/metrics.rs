@@ -221,6 +221,15 @@ impl StoreCollector {
                 .filter_map(|(g, o)| value(o).map(|v| (partition_labels(&b, g, o), v)))
                 .collect::<Vec<_>>())
         };
+        // Milliseconds kept in the snapshot, exported in seconds.
+        let group_partition_seconds = |ms: &dyn Fn(&kollector_core::GroupOffset) -> Option<u64>| {
+            family!(self, |b, s| s
+                .groups
+                .iter()
+                .flat_map(|g| g.offsets.iter().map(move |o| (g, o)))
+                .filter_map(|(g, o)| ms(o).map(|ms| (partition_labels(&b, g, o), ms as f64 / 1000.0)))
+                .collect::<Vec<_>>())
+        };
         gauges(
             enc,
             "kafka_consumergroup_current_offset",
@@ -244,12 +253,7 @@ impl StoreCollector {
             enc,
             "kafka_consumergroup_lag_seconds",
             "Seconds since the partition's log reached the group's committed offset (interpolated from kollector's offset history; a lower bound when kafka_consumergroup_lag_seconds_lower_bound is 1).",
-            family!(self, |b, s| s
-                .groups
-                .iter()
-                .flat_map(|g| g.offsets.iter().map(move |o| (g, o)))
-                .filter_map(|(g, o)| o.lag_ms.map(|ms| (partition_labels(&b, g, o), ms as f64 / 1000.0)))
-                .collect::<Vec<_>>()),
+            group_partition_seconds(&|o| o.lag_ms),
         )?;
         gauges(
             enc,
@@ -342,12 +346,7 @@ impl StoreCollector {
             enc,
             "kafka_consumergroup_retention_margin_seconds",
             "Estimated seconds until retention deletes the group's committed offset: kafka_consumergroup_retention_margin divided by the partition's write rate over kollector's offset history (absent when nothing was written during it, or while the log start is still 0: retention has deleted nothing yet).",
-            family!(self, |b, s| s
-                .groups
-                .iter()
-                .flat_map(|g| g.offsets.iter().map(move |o| (g, o)))
-                .filter_map(|(g, o)| o.retention_margin_ms.map(|ms| (partition_labels(&b, g, o), ms as f64 / 1000.0)))
-                .collect::<Vec<_>>()),
+            group_partition_seconds(&|o| o.retention_margin_ms),
         )?;
         let group_topic = |value: &dyn Fn(&kollector_core::GroupSnapshot, &str) -> Option<i64>| {
             family!(self, |b, s| s

@@ -721,40 +721,8 @@ mod tests {
 
     #[test]
     fn a_monitor_history_fills_lag_seconds_and_verdicts_into_each_snapshot() {
-        use crate::{GroupOffset, GroupSnapshot, PartitionSnapshot, Snapshot, TopicSnapshot};
-        let snap = |latest: i64, committed: i64| Snapshot {
-            topics: vec![TopicSnapshot {
-                name: "orders".into(),
-                partitions: vec![PartitionSnapshot {
-                    partition: 0,
-                    leader: Some(1),
-                    replicas: vec![1],
-                    isr: vec![1],
-                    earliest: Some(20),
-                    latest: Some(latest),
-                    error: None,
-                }],
-            }],
-            groups: vec![GroupSnapshot {
-                group_id: "billing".into(),
-                state: "Stable".into(),
-                members: 1,
-                coordinator: Some(1),
-                offsets: vec![GroupOffset {
-                    topic: "orders".into(),
-                    partition: 0,
-                    committed,
-                    lag: Some((latest - committed).max(0)),
-                    data_loss: false,
-                    lag_ms: None,
-                    lag_ms_is_lower_bound: false,
-                    retention_margin_ms: None,
-                    verdict: None,
-                }],
-                error: None,
-                verdict: None,
-            }],
-            ..empty()
+        let snap = |latest: i64, committed: i64| {
+            crate::testing::one_group_snapshot("orders", "billing", 1, (20, latest), committed)
         };
         let mut h = MonitorHistory::default();
         // 10 records a second; the group stays 30 records (3 s) behind.
@@ -806,56 +774,13 @@ mod tests {
         assert_eq!(h.points(), 1);
     }
 
-    /// Topic "t" with the given (partition, latest offset) pairs.
-    fn topic(partitions: impl IntoIterator<Item = (i32, i64)>) -> crate::snapshot::TopicSnapshot {
-        crate::snapshot::TopicSnapshot {
-            name: "t".into(),
-            partitions: partitions
-                .into_iter()
-                .map(|(partition, latest)| crate::snapshot::PartitionSnapshot {
-                    partition,
-                    leader: Some(1),
-                    replicas: vec![1],
-                    isr: vec![1],
-                    earliest: Some(0),
-                    latest: Some(latest),
-                    error: None,
-                })
-                .collect(),
-        }
-    }
-
     /// A monitor's history after `cycles` cycles of `partitions` partitions
     /// growing 10 records a second, each with a group 30 records behind.
     fn busy(partitions: i32, cycles: u64) -> MonitorHistory {
         let mut h = MonitorHistory::default();
         for cycle in 0..cycles {
             let latest = 100 + cycle as i64 * 10;
-            let mut s = crate::Snapshot {
-                topics: vec![topic((0..partitions).map(|p| (p, latest)))],
-                groups: vec![crate::snapshot::GroupSnapshot {
-                    group_id: "g".into(),
-                    state: "Stable".into(),
-                    members: 1,
-                    coordinator: Some(1),
-                    offsets: (0..partitions)
-                        .map(|p| crate::snapshot::GroupOffset {
-                            topic: "t".into(),
-                            partition: p,
-                            committed: latest - 30,
-                            lag: Some(30),
-                            data_loss: false,
-                            lag_ms: None,
-                            lag_ms_is_lower_bound: false,
-                            retention_margin_ms: None,
-                            verdict: None,
-                        })
-                        .collect(),
-                    error: None,
-                    verdict: None,
-                }],
-                ..empty()
-            };
+            let mut s = crate::testing::one_group_snapshot("t", "g", partitions, (0, latest), latest - 30);
             h.observe(&mut s, cycle * 1000, HOUR, 5);
         }
         h
@@ -959,7 +884,7 @@ mod tests {
     #[test]
     fn a_history_that_ended_before_the_window_starts_afresh() {
         let mut h = busy(1, 10);
-        let mut s = crate::Snapshot { topics: vec![topic([(0, 100_000)])], ..empty() };
+        let mut s = crate::testing::one_group_snapshot("t", "g", 1, (0, 100_000), 100_000);
         // Two hours later: interpolating across the gap would guess.
         h.observe(&mut s, 7_200_000, HOUR, 5);
         assert_eq!(h.points(), 1);

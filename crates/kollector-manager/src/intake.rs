@@ -168,7 +168,7 @@ async fn follow(id: CollectorId, address: String, clients: CollectorClients, sto
         }
     };
     loop {
-        let message = match stream.message().await {
+        let mut message = match stream.message().await {
             Ok(Some(m)) => m,
             Ok(None) => return,
             Err(e) => {
@@ -183,7 +183,6 @@ async fn follow(id: CollectorId, address: String, clients: CollectorClients, sto
             tracing::warn!(collector = %id, answered = %message.collector_id, "results stream answered by another collector; dropped");
             return;
         }
-        let mut message = message;
         let history = message.history.take();
         let result = match result_from_proto(message, Some(id.clone())) {
             Ok(r) => r,

@@ -49,6 +49,19 @@ fn text(s: &StrBytes) -> String {
     s.to_string()
 }
 
+/// One group's answer from its error code and (topic, partition, offset,
+/// error code) entries, whichever OffsetFetch version carried them.
+fn committed<'a>(group_error: i16, entries: impl Iterator<Item = (&'a StrBytes, i32, i64, i16)>) -> Committed {
+    if group_error != 0 {
+        return Err(group_error);
+    }
+    Ok(entries
+        // -1: no commit on this partition.
+        .filter(|(_, _, offset, error)| *error == 0 && *offset >= 0)
+        .map(|(topic, partition, offset, _)| ((text(topic), partition), offset))
+        .collect())
+}
+
 /// The groups this broker coordinates.
 pub fn list_groups(conn: &mut BrokerConnection, deadline: Instant) -> Result<Vec<ListedGroup>, WireError> {
     let version = conn.versions().pick(ApiKey::ListGroups, (0, 4)).ok_or(WireError::Unsupported("ListGroups"))?;
@@ -119,18 +132,10 @@ pub fn fetch_offsets(
             let request = OffsetFetchRequest::default().with_groups(groups);
             let answer: OffsetFetchResponse = conn.call(ApiKey::OffsetFetch, version, &request, deadline)?;
             for g in answer.groups {
-                let committed = if g.error_code != 0 {
-                    Err(g.error_code)
-                } else {
-                    Ok(g.topics
-                        .iter()
-                        .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
-                        // -1: no commit on this partition.
-                        .filter(|(_, p)| p.error_code == 0 && p.committed_offset >= 0)
-                        .map(|(t, p)| ((text(&t.name.0), p.partition_index), p.committed_offset))
-                        .collect())
-                };
-                out.insert(text(&g.group_id.0), committed);
+                let entries = g.topics.iter().flat_map(|t| {
+                    t.partitions.iter().map(move |p| (&t.name.0, p.partition_index, p.committed_offset, p.error_code))
+                });
+                out.insert(text(&g.group_id.0), committed(g.error_code, entries));
             }
         }
         return Ok(out);
@@ -151,18 +156,10 @@ pub fn fetch_offsets(
             .with_group_id(GroupId(StrBytes::from_string(id.clone())))
             .with_topics(asked.clone());
         let answer: OffsetFetchResponse = conn.call(ApiKey::OffsetFetch, version, &request, deadline)?;
-        let committed = if answer.error_code != 0 {
-            Err(answer.error_code)
-        } else {
-            Ok(answer
-                .topics
-                .iter()
-                .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
-                .filter(|(_, p)| p.error_code == 0 && p.committed_offset >= 0)
-                .map(|(t, p)| ((text(&t.name.0), p.partition_index), p.committed_offset))
-                .collect())
-        };
-        out.insert(id.clone(), committed);
+        let entries = answer.topics.iter().flat_map(|t| {
+            t.partitions.iter().map(move |p| (&t.name.0, p.partition_index, p.committed_offset, p.error_code))
+        });
+        out.insert(id.clone(), committed(answer.error_code, entries));
     }
     Ok(out)
 }
