@@ -345,7 +345,10 @@ async fn update_and_delete_that_cannot_be_applied_say_so_instead_of_ok() {
     let etcd = EtcdServer::start();
     let broker = TansuBroker::start("apply-kafka");
     let manager = KollectorProcess::manager_with(&etcd.endpoint(), &["--apply-timeout=2s"]);
-    let collector = KollectorProcess::collector(&etcd.endpoint(), "c1");
+    // A lease far longer than the 2 s pauses below: the collector must be
+    // frozen but alive (with 3 s it self-fences on waking, or its lease runs
+    // out, and a delete with no live owner rightly answers OK).
+    let collector = KollectorProcess::collector_ttl(&etcd.endpoint(), "c1", Duration::from_secs(15), &[]);
     let mut client = manager.client().await;
     client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec("m", &broker.bootstrap(), "1s")) }).await.unwrap();
     wait_for_async("m running", Duration::from_secs(20), || async {
