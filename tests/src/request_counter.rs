@@ -27,7 +27,12 @@ impl Drop for RequestCounter {
 impl RequestCounter {
     /// Listens on a free loopback port and forwards to `upstream` (host:port).
     pub fn start(upstream: &str) -> RequestCounter {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the counting proxy");
+        RequestCounter::serve(TcpListener::bind("127.0.0.1:0").expect("bind the counting proxy"), upstream)
+    }
+
+    /// Serves on `listener` (bound first, so a broker can advertise its
+    /// port and every client, librdkafka's too, comes through it).
+    pub fn serve(listener: TcpListener, upstream: &str) -> RequestCounter {
         let address = listener.local_addr().expect("its address").to_string();
         let counts: Arc<Mutex<BTreeMap<i16, u64>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));

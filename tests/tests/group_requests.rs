@@ -1,13 +1,20 @@
-//! Group requests sent directly over the monitor's own connection
-//! (`kollector_kafka::wire`), against real brokers, counted on the broker
-//! side by a proxy that decodes request headers.
+//! Consumer groups read with the batched direct requests
+//! (`kollector_kafka::wire`), through a monitor's real collection, against
+//! real brokers, counted on the broker side by a proxy that decodes request
+//! headers (the broker advertises the proxy, so every connection, also
+//! librdkafka's, goes through it).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use kollector_core::{MonitorInput, MonitorSpec};
 use kollector_kafka::wire::connection::BrokerConnection;
-use kollector_kafka::wire::groups::{describe_groups, fetch_offsets, list_groups};
+use kollector_kafka::wire::group_cycle::GroupConnections;
+use kollector_kafka::wire::groups::{fetch_offsets, ListedGroup};
+use kollector_kafka::wire::security::WireSecurity;
+use kollector_kafka::{ClientOptions, Deadline, KafkaClient};
 use kollector_tests::kafka_fixtures::{commit_offsets, create_topic, produce_records};
+use kollector_tests::kafka_security::bind;
 use kollector_tests::request_counter::RequestCounter;
 use kollector_tests::tansu::TansuBroker;
 use rdkafka::mocking::MockCluster;
@@ -16,9 +23,22 @@ const T: Duration = Duration::from_secs(10);
 
 /// Kafka API keys, for reading the counts.
 const OFFSET_FETCH: i16 = 9;
+const FIND_COORDINATOR: i16 = 10;
 const LIST_GROUPS: i16 = 16;
 const DESCRIBE_GROUPS: i16 = 15;
 const API_VERSIONS: i16 = 18;
+
+fn spec(id: &str, bootstrap: &str) -> MonitorSpec {
+    MonitorInput {
+        id: id.into(),
+        bootstrap: vec![bootstrap.to_string()],
+        interval: Some("10s".into()),
+        timeout: Some("8s".into()),
+        ..Default::default()
+    }
+    .validate(1)
+    .expect("spec")
+}
 
 /// Commits `want` (group → (topic, partition) → offset), four committers at a time.
 fn commit_all(bootstrap: &str, want: &BTreeMap<String, BTreeMap<(String, i32), i64>>) {
@@ -35,20 +55,23 @@ fn commit_all(bootstrap: &str, want: &BTreeMap<String, BTreeMap<(String, i32), i
     });
 }
 
-/// 200 groups with known commits on three topics: one ListGroups, one
-/// DescribeGroups and one OffsetFetch (v8, all groups) after ApiVersions,
-/// and every committed offset equals what was committed.
+/// 200 groups with known commits on three topics, read by a monitor's
+/// collection: every committed offset and lag equals what was committed
+/// and produced, and a cycle sends one ListGroups, one DescribeGroups and
+/// one OffsetFetch (v8, all 200 groups) on the connection it keeps.
 #[test]
-fn two_hundred_groups_in_four_requests_with_every_offset_right() {
-    let broker = TansuBroker::start("wire-groups");
-    let bs = broker.bootstrap();
+fn two_hundred_groups_in_three_group_requests_per_cycle_with_every_offset_and_lag_right() {
+    let (listener, port) = bind();
+    let broker = TansuBroker::start_advertising("wire-groups", kollector_devkit::free_port(), port);
+    let counter = RequestCounter::serve(listener, &broker.bootstrap());
+    let bs = counter.address();
     for t in ["orders", "payments", "audit"] {
         create_topic(&bs, t, 2);
         for p in 0..2 {
             produce_records(&bs, t, p, 30);
         }
     }
-    // Group g017 commits (17 + p) on partition p of topics chosen by its number.
+    // Group g017 commits (17 % 29 + p) on partition p of topics chosen by its number.
     let want: BTreeMap<String, BTreeMap<(String, i32), i64>> = (0..200)
         .map(|i| {
             let topics: Vec<&str> = ["orders", "payments", "audit"].into_iter().take(1 + i % 3).collect();
@@ -61,28 +84,39 @@ fn two_hundred_groups_in_four_requests_with_every_offset_right() {
         .collect();
     commit_all(&bs, &want);
 
-    let counter = RequestCounter::start(&bs);
-    let deadline = Instant::now() + T;
-    let mut conn = BrokerConnection::connect(&counter.address(), T).expect("connect");
-    let listed = list_groups(&mut conn, deadline).expect("ListGroups");
-    let ids: Vec<String> = listed.iter().map(|g| g.id.clone()).filter(|id| want.contains_key(id)).collect();
-    assert_eq!(ids.len(), 200, "listed {listed:?}");
-    let described = describe_groups(&mut conn, &ids, deadline).expect("DescribeGroups");
-    assert_eq!(described.len(), 200);
-    assert!(described.iter().all(|d| d.error_code == 0), "{described:?}");
-    let committed = fetch_offsets(&mut conn, &ids, None, deadline).expect("OffsetFetch");
-    for (g, offsets) in &want {
-        assert_eq!(committed.get(g), Some(&Ok(offsets.clone())), "group {g}");
-    }
+    let spec = spec("wire", &bs);
+    let client = KafkaClient::connect(&spec, &ClientOptions::default()).expect("client");
+    client.collect(&spec).expect("first cycle");
+    counter.reset();
+    let snapshot = client.collect(&spec).expect("second cycle");
     let counts = counter.counts();
-    eprintln!("requests for 200 groups: {counts:?} (API key → count)");
-    assert_eq!(counts.get(&LIST_GROUPS), Some(&1));
-    assert_eq!(counts.get(&DESCRIBE_GROUPS), Some(&1));
-    assert!(counts.get(&API_VERSIONS).is_some_and(|n| *n <= 2), "{counts:?}");
-    let batched = conn.versions().pick(kafka_protocol_api::OFFSET_FETCH, (8, 9)).is_some();
-    assert!(batched, "tansu offers OffsetFetch v8+");
-    assert_eq!(counts.get(&OFFSET_FETCH), Some(&1), "one OffsetFetch for 200 groups");
-    assert_eq!(counts.values().sum::<u64>(), conn.requests(), "the broker saw what was sent");
+    eprintln!("requests in one cycle for 200 groups: {counts:?} (API key → count)");
+
+    assert!(snapshot.warnings.is_empty() && snapshot.notes.is_empty(), "{snapshot:#?}");
+    let got: BTreeMap<&str, &kollector_core::GroupSnapshot> =
+        snapshot.groups.iter().map(|g| (g.group_id.as_str(), g)).collect();
+    for (g, offsets) in &want {
+        let group = got.get(g.as_str()).unwrap_or_else(|| panic!("group {g} missing"));
+        assert_eq!(group.error, None, "{g}");
+        assert_eq!(group.protocol_type.as_deref(), Some("consumer"), "{g}");
+        let read: BTreeMap<(String, i32), (i64, Option<i64>)> =
+            group.offsets.iter().map(|o| ((o.topic.clone(), o.partition), (o.committed, o.lag))).collect();
+        let truth: BTreeMap<(String, i32), (i64, Option<i64>)> =
+            offsets.iter().map(|(tp, c)| (tp.clone(), (*c, Some(30 - c)))).collect();
+        assert_eq!(read, truth, "group {g}: committed offsets and lag");
+    }
+    assert_eq!(counts.get(&LIST_GROUPS), Some(&1), "{counts:?}");
+    assert_eq!(counts.get(&DESCRIBE_GROUPS), Some(&1), "{counts:?}");
+    assert_eq!(counts.get(&OFFSET_FETCH), Some(&1), "one OffsetFetch for 200 groups: {counts:?}");
+    assert_eq!(counts.get(&FIND_COORDINATOR), None, "{counts:?}");
+    assert_eq!(counts.get(&API_VERSIONS), None, "connections are kept between cycles: {counts:?}");
+    assert_eq!(client.direct_connections(), 1);
+    // The floor for one broker: Metadata, DescribeCluster, ListOffsets ×2, ListGroups,
+    // DescribeGroups, OffsetFetch = 7; within 1.2×.
+    let total: u64 = counts.values().sum();
+    assert!(total <= 8, "{total} requests in a cycle: {counts:?}");
+    drop(client);
+    drop(broker);
 }
 
 /// A broker without OffsetFetch v8 (librdkafka's mock cluster speaks 0-6):
@@ -99,17 +133,72 @@ fn a_broker_without_offset_fetch_v8_gets_one_request_per_group() {
         .collect();
     commit_all(&bs, &want);
     let counter = RequestCounter::start(&bs);
-    let deadline = Instant::now() + T;
-    let mut conn = BrokerConnection::connect(&counter.address(), T).expect("connect");
+    let deadline = Deadline::after(T);
+    let mut conn =
+        BrokerConnection::connect(&counter.address(), &WireSecurity::plaintext(), &deadline).expect("connect");
     assert_eq!(conn.versions().pick(kafka_protocol_api::OFFSET_FETCH, (8, 9)), None);
     let ids: Vec<String> = want.keys().cloned().collect();
     // The mock does not answer "every topic" (a null list) before v8: name them.
     let topics = [("events".to_string(), vec![0, 1, 2])];
-    let committed = fetch_offsets(&mut conn, &ids, Some(&topics), deadline).expect("OffsetFetch per group");
+    let committed = fetch_offsets(&mut conn, &ids, Some(&topics), &deadline).expect("OffsetFetch per group");
     for (g, offsets) in &want {
         assert_eq!(committed.get(g), Some(&Ok(offsets.clone())), "group {g}");
     }
     assert_eq!(counter.counts().get(&OFFSET_FETCH), Some(&10));
+}
+
+/// Groups whose coordinator moved between the listing and the fetch
+/// (librdkafka's 3-broker mock, which answers NOT_COORDINATOR for the next
+/// four OffsetFetch requests, and names broker 2 as those groups'
+/// coordinator): only they go to FindCoordinator (one per group: the mock
+/// has no v4) and get one retry at the coordinator named, and every
+/// committed offset comes out right.
+#[test]
+fn groups_whose_coordinator_moved_are_found_and_read_at_their_new_coordinator() {
+    use rdkafka::mocking::MockCoordinator;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(3).expect("mock cluster");
+    mock.create_topic("events", 3, 1).expect("topic");
+    let bs = mock.bootstrap_servers();
+    let want: BTreeMap<String, BTreeMap<(String, i32), i64>> = (0..12)
+        .map(|i| {
+            (format!("moved-{i}"), (0..3).map(|p| (("events".to_string(), p), (i * 7 + p as usize) as i64)).collect())
+        })
+        .collect();
+    commit_all(&bs, &want);
+    // Asked in id order: the first four are the ones that moved to broker 2.
+    let moved = ["moved-0", "moved-1", "moved-10", "moved-11"];
+    for id in want.keys() {
+        let to = if moved.contains(&id.as_str()) { 2 } else { 1 };
+        mock.coordinator(MockCoordinator::Group(id.clone()), to).expect("coordinator");
+    }
+    // Every broker behind its own counter; the cycle believes all groups are on broker 1.
+    let brokers: Vec<(i32, String)> = bs.split(',').enumerate().map(|(i, a)| (i as i32 + 1, a.to_string())).collect();
+    let counters: Vec<RequestCounter> = brokers.iter().map(|(_, a)| RequestCounter::start(a)).collect();
+    let addresses: Vec<(i32, String)> = brokers.iter().zip(&counters).map(|((id, _), c)| (*id, c.address())).collect();
+    let listed = BTreeMap::from([(
+        1,
+        want.keys()
+            .map(|id| ListedGroup { id: id.clone(), protocol_type: "consumer".into(), group_type: None })
+            .collect(),
+    )]);
+    let topics = [("events".to_string(), vec![0, 1, 2])];
+    mock.request_errors(RDKafkaApiKey::OffsetFetch, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR; 4]);
+    let mut conns = GroupConnections::new(WireSecurity::plaintext());
+    let cycle = conns.read_listed(&addresses, &listed, &|_| true, &topics, &Deadline::after(T));
+    assert!(cycle.broker_errors.is_empty() && cycle.stopped.is_none(), "{cycle:?}");
+    assert_eq!(cycle.groups.len(), want.len());
+    for g in &cycle.groups {
+        assert_eq!(g.committed.as_ref(), Ok(&want[&g.id]), "group {}", g.id);
+        let coordinator = if moved.contains(&g.id.as_str()) { 2 } else { 1 };
+        assert_eq!(g.coordinator, Some(coordinator), "group {}", g.id);
+    }
+    let sum = |key: i16| counters.iter().map(|c| c.counts().get(&key).copied().unwrap_or(0)).sum::<u64>();
+    let fetches = counters[0].counts().get(&OFFSET_FETCH).copied().unwrap_or(0);
+    assert_eq!(sum(FIND_COORDINATOR), 4, "one FindCoordinator per moved group, no more");
+    assert_eq!(fetches, 12, "each group asked once at broker 1");
+    // The retries go where FindCoordinator pointed: the mock's own address
+    // for broker 2, which is not behind a counter; they are in the answers above.
 }
 
 /// The API keys the tests name, as `kafka-protocol` spells them.

@@ -48,6 +48,33 @@ async fn tls_mutual_tls_plain_and_scram_authenticate_for_real() {
     let users = BTreeMap::from([("alice".to_string(), "wonder-land".to_string())]);
     let sasl = SaslProxy::serve(sasl_listener, sasl_broker.port(), users);
 
+    // A topic with 5 records and a group committed at 3 on the TLS and the
+    // SASL broker, written through the same TLS and SASL: the monitors must
+    // read them over the direct group connections.
+    let tls_client = || {
+        let mut c = kollector_tests::kafka_fixtures::client_config(&format!("127.0.0.1:{tls_port}"));
+        c.set("security.protocol", "ssl").set("ssl.ca.location", p("ca.pem"));
+        c
+    };
+    let sasl_client = || {
+        let mut c = kollector_tests::kafka_fixtures::client_config(&format!("127.0.0.1:{sasl_port}"));
+        c.set("security.protocol", "sasl_plaintext")
+            .set("sasl.mechanism", "PLAIN")
+            .set("sasl.username", "alice")
+            .set("sasl.password", "wonder-land");
+        c
+    };
+    for config in [tls_client(), sasl_client()] {
+        kollector_tests::kafka_fixtures::create_topic_with(config.clone(), "secure", 1).await.expect("topic");
+        tokio::task::spawn_blocking(move || {
+            kollector_tests::kafka_fixtures::produce_records_with(config.clone(), "secure", 0, 5).expect("produce");
+            kollector_tests::kafka_fixtures::commit_offsets_with(config, "secure-readers", &[("secure", 0, 3)])
+                .expect("commit");
+        })
+        .await
+        .unwrap();
+    }
+
     let sasl_monitor = |id: &str, mechanism: &str, password: &str| {
         monitor(
             id,
@@ -81,6 +108,7 @@ async fn tls_mutual_tls_plain_and_scram_authenticate_for_real() {
     let mut client = k.client().await;
 
     let want_ok = ["tls", "mtls", "plain", "scram-256", "scram-512"];
+    let with_group = ["tls", "plain", "scram-256", "scram-512"];
     let want_err = ["mtls-no-cert", "tls-wrong-ca", "plain-wrong", "scram-512-wrong"];
     let clusters = BTreeMap::from([
         ("tls", "tls-kafka"),
@@ -96,7 +124,10 @@ async fn tls_mutual_tls_plain_and_scram_authenticate_for_real() {
                 client.get_latest(pb::GetLatestRequest::default()).await.map_err(|e| e.to_string())?.into_inner();
             let by_id: BTreeMap<String, pb::MonitorResult> =
                 latest.results.into_iter().map(|r| (r.monitor_id.clone(), r)).collect();
-            let ok = want_ok.iter().all(|id| by_id.get(*id).is_some_and(|r| r.snapshot.is_some()));
+            let ok = want_ok.iter().all(|id| by_id.get(*id).is_some_and(|r| r.snapshot.is_some()))
+                && with_group
+                    .iter()
+                    .all(|id| by_id.get(*id).and_then(|r| r.snapshot.as_ref()).is_some_and(|s| !s.groups.is_empty()));
             let err = want_err.iter().all(|id| by_id.get(*id).is_some_and(|r| r.error.is_some()));
             (ok && err).then_some(by_id.clone()).ok_or_else(|| {
                 format!(
@@ -110,10 +141,24 @@ async fn tls_mutual_tls_plain_and_scram_authenticate_for_real() {
     for (id, cluster) in clusters {
         let s = results[id].snapshot.as_ref().unwrap();
         assert_eq!(s.cluster_id, cluster, "{id} reached the wrong cluster");
+        // Groups went over the direct path, through the same TLS or SASL: no
+        // fallback note, no broker the group requests could not reach.
+        assert!(s.notes.is_empty() && s.warnings.is_empty(), "{id}: {:?} {:?}", s.notes, s.warnings);
+        if id != "mtls" {
+            let g = s.groups.iter().find(|g| g.group_id == "secure-readers").expect("the group");
+            let o: Vec<(&str, i32, i64, Option<i64>)> =
+                g.offsets.iter().map(|o| (o.topic.as_str(), o.partition, o.committed, o.lag)).collect();
+            assert_eq!(o, vec![("secure", 0, 3, Some(2))], "{id}: the committed offset and lag");
+        }
     }
     for id in want_err {
         let e = results[id].error.as_ref().unwrap();
+        eprintln!("{id}: {e:?}");
         assert!(!e.message.contains("--kafka-tls-dir"), "{id} failed for the wrong reason: {e:?}");
+    }
+    for id in ["plain-wrong", "scram-512-wrong"] {
+        let e = results[id].error.as_ref().unwrap();
+        assert!(e.message.to_lowercase().contains("authentication"), "{id}: not a clear authentication error: {e:?}");
     }
     // The handshakes really happened.
     assert!(tls.passed.load(Ordering::SeqCst) > 0);

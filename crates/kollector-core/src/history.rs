@@ -716,6 +716,7 @@ mod tests {
             collected_at_ms: 0,
             duration_ms: 0,
             warnings: vec![],
+            notes: vec![],
         }
     }
 

@@ -86,6 +86,14 @@ pub struct GroupSnapshot {
     /// The worst of its partitions' verdicts, Burrow-style; None before the first.
     #[serde(default)]
     pub verdict: Option<crate::history::GroupVerdict>,
+    /// The group's protocol type: "consumer", "connect", "" for a group that
+    /// only commits offsets; None when the cluster did not say.
+    #[serde(default)]
+    pub protocol_type: Option<String>,
+    /// "classic" or "consumer" (KIP-848), also "share" or "streams", from
+    /// brokers that report it (ListGroups v5+); None from older brokers.
+    #[serde(default)]
+    pub group_type: Option<String>,
 }
 
 impl GroupSnapshot {
@@ -118,6 +126,10 @@ pub struct Snapshot {
     /// Why the snapshot is partial (a broker down, a call the cluster does not
     /// support, …). Empty for a complete snapshot.
     pub warnings: Vec<String>,
+    /// Facts about how the collection was made that do not make it partial,
+    /// e.g. that consumer groups were read through librdkafka and why.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 impl Snapshot {
@@ -186,6 +198,8 @@ mod tests {
             offsets: vec![o("a", 0, Some(2)), o("a", 1, Some(3)), o("b", 0, None)],
             error: None,
             verdict: None,
+            protocol_type: None,
+            group_type: None,
         };
         assert_eq!(g.lag_by_topic(), vec![("a".to_string(), 5)]);
     }

@@ -61,9 +61,12 @@ pub fn one_group_snapshot(
                 .collect(),
             error: None,
             verdict: None,
+            protocol_type: Some("consumer".into()),
+            group_type: None,
         }],
         collected_at_ms: 0,
         duration_ms: 0,
         warnings: Vec::new(),
+        notes: Vec::new(),
     }
 }

@@ -34,7 +34,13 @@ fn kafka<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> DevError + '_ {
 /// Creates `topic` with `partitions` partitions (replication 1), from async
 /// code. A topic that exists already is fine.
 pub async fn create_topic_async(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), DevError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create().map_err(kafka("admin client"))?;
+    create_topic_with(client_config(bootstrap), topic, partitions).await
+}
+
+/// [`create_topic_async`] with a client built from `config` (e.g. with
+/// TLS or SASL settings added to [`client_config`]).
+pub async fn create_topic_with(config: ClientConfig, topic: &str, partitions: i32) -> Result<(), DevError> {
+    let admin: AdminClient<DefaultClientContext> = config.create().map_err(kafka("admin client"))?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT)).request_timeout(Some(TIMEOUT));
     for r in admin.create_topics([&new], &opts).await.map_err(kafka("create_topics"))? {
@@ -55,7 +61,17 @@ pub fn try_create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result
 /// Produces `count` records to `topic`/`partition`, one request each, and
 /// waits for every delivery.
 pub fn try_produce_records(bootstrap: &str, topic: &str, partition: i32, count: usize) -> Result<(), DevError> {
-    let producer: BaseProducer = client_config(bootstrap)
+    produce_records_with(client_config(bootstrap), topic, partition, count)
+}
+
+/// [`try_produce_records`] with a client built from `config`.
+pub fn produce_records_with(
+    mut config: ClientConfig,
+    topic: &str,
+    partition: i32,
+    count: usize,
+) -> Result<(), DevError> {
+    let producer: BaseProducer = config
         .set("linger.ms", "0")
         .set("batch.num.messages", "1")
         .set("acks", "all")
@@ -75,11 +91,17 @@ pub fn try_produce_records(bootstrap: &str, topic: &str, partition: i32, count: 
 /// Commits `offsets` [(topic, partition, offset)] for `group` without joining
 /// it (a "simple" commit with no generation), as an admin tool would.
 pub fn try_commit_offsets(bootstrap: &str, group: &str, offsets: &[(&str, i32, i64)]) -> Result<(), DevError> {
-    let consumer: BaseConsumer = client_config(bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(kafka("consumer"))?;
+    commit_offsets_with(client_config(bootstrap), group, offsets)
+}
+
+/// [`try_commit_offsets`] with a client built from `config`.
+pub fn commit_offsets_with(
+    mut config: ClientConfig,
+    group: &str,
+    offsets: &[(&str, i32, i64)],
+) -> Result<(), DevError> {
+    let consumer: BaseConsumer =
+        config.set("group.id", group).set("enable.auto.commit", "false").create().map_err(kafka("consumer"))?;
     let mut tpl = TopicPartitionList::new();
     for (topic, partition, offset) in offsets {
         tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)).map_err(kafka("offset list"))?;

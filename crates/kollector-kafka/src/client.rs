@@ -12,6 +12,9 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 
+use crate::wire::group_cycle::GroupConnections;
+use crate::wire::security::WireSecurity;
+
 static LIVE_CLIENTS: AtomicI64 = AtomicI64::new(0);
 
 /// Kafka clients currently open in this process (built and not yet dropped).
@@ -31,6 +34,10 @@ pub struct ClientOptions {
     /// A spec arrives over the network, so the binary always sets this; None
     /// (no restriction) is for tests.
     pub tls_files: Option<kollector_security::FilePolicy>,
+    /// Read consumer groups through librdkafka's admin calls (one request
+    /// per group) instead of the batched direct requests: for comparison,
+    /// and as a way out should a broker misread the direct requests.
+    pub librdkafka_groups: bool,
 }
 
 /// Requests sent by one client, per Kafka API, summed over brokers
@@ -89,6 +96,10 @@ pub struct KafkaClient {
     pub(crate) describe_cluster_unsupported: AtomicBool,
     /// Consumer-group APIs likewise (e.g. librdkafka's mock cluster lacks ListGroups).
     pub(crate) groups_unsupported: AtomicBool,
+    /// The monitor's own direct connections for the group requests (see
+    /// `wire/`), or why its settings need librdkafka's per-group calls.
+    /// Dropped, and so closed, with the client.
+    pub(crate) direct: Result<Mutex<GroupConnections>, String>,
 }
 
 impl std::fmt::Debug for KafkaClient {
@@ -132,13 +143,39 @@ impl KafkaClient {
             CollectError::new(ErrorKind::Client, format!("cannot build Kafka client: {}", config_error(&e)))
         })?;
         let context = admin.inner().context().clone();
+        let direct = if options.librdkafka_groups {
+            Err("the node runs with --librdkafka-groups".to_string())
+        } else {
+            WireSecurity::from_connection(&spec.connection).map(|s| Mutex::new(GroupConnections::new(s)))
+        };
+        if let Err(why) = &direct {
+            // Once per client: at start and at each reconfiguration, not every cycle.
+            tracing::info!(monitor = %spec.id, "consumer groups read through librdkafka, one request per group: {why}");
+        }
         LIVE_CLIENTS.fetch_add(1, Ordering::SeqCst);
         Ok(KafkaClient {
             admin,
             context,
             describe_cluster_unsupported: AtomicBool::new(false),
             groups_unsupported: AtomicBool::new(false),
+            direct,
         })
+    }
+
+    /// Direct group connections open now (0 on the librdkafka path).
+    pub fn direct_connections(&self) -> usize {
+        match &self.direct {
+            Ok(c) => c.lock().map(|c| c.open()).unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+
+    /// Requests sent on the direct group connections so far.
+    pub fn direct_requests(&self) -> u64 {
+        match &self.direct {
+            Ok(c) => c.lock().map(|c| c.requests()).unwrap_or(0),
+            Err(_) => 0,
+        }
     }
 
     /// Requests sent so far per API, as of the latest statistics emission;

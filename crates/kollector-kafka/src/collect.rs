@@ -7,14 +7,21 @@
 //!   DescribeCluster                1 (skipped once the cluster says it lacks it)
 //!   ListOffsets                    2 per partition-leader broker (earliest, latest), ≤ 2B, for up to
 //!                                  5,000 partitions; one more pair per further 5,000 (see below)
-//!   ListGroups                     1 per broker
-//!   DescribeGroups                 1 per group coordinator
-//!   OffsetFetch                    1 per group (librdkafka's ListConsumerGroupOffsets takes one group
-//!                                  per call; all are in flight at once, so this costs one round trip)
+//!   ListGroups                     1 per broker       ┐ over the monitor's own direct
+//!   DescribeGroups                 1 per broker       │ connections (`wire/`), one per
+//!   ConsumerGroupDescribe          1 per broker with  │ broker; ApiVersions (and SASL)
+//!                                  KIP-848 groups     │ once per connection, not per cycle
+//!   OffsetFetch                    1 per broker per   │
+//!                                  500 groups (v8+)   ┘
+//!   FindCoordinator + 1 retry      only for groups whose coordinator moved mid-cycle
+//! so G groups cost the same few requests as one. Brokers without OffsetFetch
+//! v8 get one OffsetFetch per group; settings the direct path cannot serve
+//! (an encrypted TLS key) use librdkafka's admin calls, one OffsetFetch and
+//! usually one FindCoordinator per group, and say so in the snapshot's notes.
 //! The high watermarks are read once and reused for every group's lag, unlike
 //! kafka_exporter's per-group-partition reads.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +32,9 @@ use kollector_core::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::admin::{self, AdminError, OffsetSpec};
+use crate::wire::group_cycle::GroupConnections;
+use crate::wire::group_plan::GroupRead;
+use crate::wire::WireError;
 
 /// Partitions per ListOffsets call. librdkafka's ListOffsets costs grow with
 /// the square of the partitions in one call (measured against its mock
@@ -145,7 +155,13 @@ impl KafkaClient {
                 KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut) => ErrorKind::Connection,
                 _ => ErrorKind::Kafka,
             };
-            CollectError::new(kind, format!("metadata from {}: {e}", spec.connection.bootstrap.join(",")))
+            let mut message = format!("metadata from {}: {e}", spec.connection.bootstrap.join(","));
+            if kind == ErrorKind::Connection {
+                if let Some(why) = self.diagnose(spec, deadline) {
+                    message = format!("{why} ({message})");
+                }
+            }
+            CollectError::new(kind, message)
         })?;
 
         // 2. Cluster identity. DescribeCluster is authoritative and adds racks;
@@ -291,11 +307,12 @@ impl KafkaClient {
         }
 
         // 5. Consumer groups: list, describe, committed offsets; lag from the offsets above.
+        let mut notes = Vec::new();
         let groups = if self.groups_unsupported.load(Ordering::Relaxed) {
             warnings.push("consumer groups not collected: the cluster does not support ListGroups".into());
             Vec::new()
         } else {
-            self.collect_groups(spec, &topics, deadline, &mut warnings)?
+            self.collect_groups(spec, &topics, &brokers, deadline, &mut warnings, &mut notes)?
         };
 
         let duration = started.elapsed();
@@ -310,6 +327,7 @@ impl KafkaClient {
             collected_at_ms: unix_ms(),
             duration_ms: duration.as_millis() as u64,
             warnings,
+            notes,
         })
     }
 
@@ -317,9 +335,100 @@ impl KafkaClient {
         &self,
         spec: &MonitorSpec,
         topics: &[TopicSnapshot],
+        brokers: &[Broker],
         deadline: &Deadline,
         warnings: &mut Vec<String>,
+        notes: &mut Vec<String>,
     ) -> Result<Vec<GroupSnapshot>, CollectError> {
+        let reads = match &self.direct {
+            Ok(conns) => self.read_groups_direct(conns, spec, topics, brokers, deadline, warnings)?,
+            Err(why) => {
+                notes.push(format!("consumer groups read through librdkafka, one request per group: {why}"));
+                self.read_groups_librdkafka(spec, deadline, warnings)?
+            }
+        };
+
+        // Offsets of the partitions we saw, to compute lag without asking again.
+        let mut log_offsets: HashMap<(&str, i32), &PartitionSnapshot> = HashMap::new();
+        for t in topics {
+            for p in &t.partitions {
+                log_offsets.insert((t.name.as_str(), p.partition), p);
+            }
+        }
+        let groups: Vec<GroupSnapshot> = reads.into_iter().map(|r| group_snapshot(spec, r, &log_offsets)).collect();
+        let group_errors = groups.iter().filter(|g| g.error.is_some()).count();
+        if group_errors > 0 {
+            warnings.push(format!("{group_errors} group(s) could not be read fully"));
+        }
+        Ok(groups)
+    }
+
+    /// Why the bootstrap brokers cannot be reached, when librdkafka only
+    /// says "transport failure": one direct connection attempt, with the
+    /// monitor's TLS and SASL, names a refused password or certificate.
+    /// Only after a failure (librdkafka's retries have usually used the
+    /// timeout up, so it gets its own second at most, still bounded by the
+    /// fence), and closed at once.
+    fn diagnose(&self, spec: &MonitorSpec, deadline: &Deadline) -> Option<String> {
+        if spec.connection.sasl.is_none() && spec.connection.tls.is_none() {
+            return None;
+        }
+        let security = self.direct.as_ref().ok()?.lock().ok()?.security().clone();
+        let deadline = deadline.renewed(spec.timeout.min(Duration::from_secs(1)));
+        for address in &spec.connection.bootstrap {
+            match crate::wire::connection::BrokerConnection::connect(address, &security, &deadline) {
+                Err(e @ (WireError::Authentication(_) | WireError::Tls(_))) => return Some(e.to_string()),
+                Err(WireError::Stopped(_)) => return None,
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The batched direct requests over the monitor's own connections (`wire/`).
+    fn read_groups_direct(
+        &self,
+        conns: &std::sync::Mutex<GroupConnections>,
+        spec: &MonitorSpec,
+        topics: &[TopicSnapshot],
+        brokers: &[Broker],
+        deadline: &Deadline,
+        warnings: &mut Vec<String>,
+    ) -> Result<Vec<GroupRead>, CollectError> {
+        let mut conns = conns.lock().map_err(|_| CollectError::new(ErrorKind::Client, "group connections poisoned"))?;
+        let addresses: Vec<(i32, String)> = brokers.iter().map(|b| (b.id, broker_address(&b.host, b.port))).collect();
+        let asked: Vec<(String, Vec<i32>)> =
+            topics.iter().map(|t| (t.name.clone(), t.partitions.iter().map(|p| p.partition).collect())).collect();
+        let allowed = |g: &str| spec.filters.group_allowed(g);
+        let cycle = conns.read(&addresses, &allowed, &asked, deadline);
+        if let Some(why) = cycle.stopped {
+            return Err(stopped("consumer groups", why));
+        }
+        if let Some(why) = cycle.authentication {
+            return Err(CollectError::new(
+                ErrorKind::Connection,
+                format!("consumer groups: authentication failed: {why}"),
+            ));
+        }
+        if cycle.unsupported {
+            self.groups_unsupported.store(true, Ordering::Relaxed);
+            warnings.push("consumer groups not collected: the cluster does not support ListGroups".into());
+            return Ok(Vec::new());
+        }
+        for err in &cycle.broker_errors {
+            warnings.push(format!("ListGroups partial failure: {err}"));
+        }
+        Ok(cycle.groups)
+    }
+
+    /// librdkafka's admin calls: one OffsetFetch (and usually one
+    /// FindCoordinator) per group; for settings the direct path cannot serve.
+    fn read_groups_librdkafka(
+        &self,
+        spec: &MonitorSpec,
+        deadline: &Deadline,
+        warnings: &mut Vec<String>,
+    ) -> Result<Vec<GroupRead>, CollectError> {
         let client = self.admin.inner();
         let listing = match admin::list_consumer_groups(client, check(deadline, "ListGroups")?) {
             Ok(l) => l,
@@ -340,7 +449,6 @@ impl KafkaClient {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-
         let mut described: HashMap<String, Result<admin::GroupDescription, admin::PartitionError>> =
             admin::describe_consumer_groups(client, &ids, check(deadline, "DescribeGroups")?)
                 .map_err(|e| admin_error("DescribeGroups", e))?
@@ -351,78 +459,102 @@ impl KafkaClient {
                 .map_err(|e| admin_error("OffsetFetch", e))?
                 .into_iter()
                 .collect();
-
-        // Offsets of the partitions we saw, to compute lag without asking again.
-        let mut log_offsets: HashMap<(&str, i32), &PartitionSnapshot> = HashMap::new();
-        for t in topics {
-            for p in &t.partitions {
-                log_offsets.insert((t.name.as_str(), p.partition), p);
-            }
-        }
-
-        let mut groups = Vec::with_capacity(ids.len());
-        let mut group_errors = 0;
-        for id in ids {
-            let mut errors = Vec::new();
-            let (state, members, coordinator) = match described.remove(&id) {
-                Some(Ok(d)) => (d.state.as_str().to_string(), d.members.len() as u32, d.coordinator.map(|c| c.id)),
-                Some(Err(e)) => {
-                    errors.push(format!("DescribeGroups: {e}"));
-                    ("Unknown".to_string(), 0, None)
+        Ok(ids
+            .into_iter()
+            .map(|id| {
+                let mut read = GroupRead {
+                    id: id.clone(),
+                    coordinator: None,
+                    protocol_type: String::new(),
+                    group_type: None,
+                    state: "Unknown".into(),
+                    members: 0,
+                    describe_error: None,
+                    committed: Err("no result".into()),
+                };
+                match described.remove(&id) {
+                    Some(Ok(d)) => {
+                        read.state = d.state.as_str().to_string();
+                        read.members = d.members.len() as u32;
+                        read.coordinator = d.coordinator.map(|c| c.id);
+                        read.protocol_type = if d.is_simple { String::new() } else { "consumer".into() };
+                    }
+                    Some(Err(e)) => read.describe_error = Some(e.to_string()),
+                    None => {}
                 }
-                None => ("Unknown".to_string(), 0, None),
-            };
-            let mut offsets = Vec::new();
-            match committed.remove(&id) {
-                Some(Ok(list)) => {
-                    let mut by_tp: BTreeMap<(String, i32), i64> = BTreeMap::new();
-                    for c in list {
+                read.committed = match committed.remove(&id) {
+                    Some(Ok(list)) => Ok(list
+                        .into_iter()
                         // A partition without a commit gets no entry, so no lag series.
-                        let Some(offset) = c.offset.filter(|o| *o >= 0) else { continue };
-                        if !spec.filters.topic_allowed(&c.topic) {
-                            continue;
-                        }
-                        by_tp.insert((c.topic, c.partition), offset);
-                    }
-                    for ((topic, partition), committed) in by_tp {
-                        // Commits on topics the metadata no longer has (deleted) are skipped.
-                        let Some(p) = log_offsets.get(&(topic.as_str(), partition)) else {
-                            continue;
-                        };
-                        let (lag, data_loss) = compute_lag(committed, p.earliest, p.latest);
-                        offsets.push(GroupOffset {
-                            topic,
-                            partition,
-                            committed,
-                            lag,
-                            data_loss,
-                            // Filled by the monitor's history (kollector_core::history).
-                            lag_ms: None,
-                            lag_ms_is_lower_bound: false,
-                            retention_margin_ms: None,
-                            verdict: None,
-                        });
-                    }
+                        .filter_map(|c| c.offset.filter(|o| *o >= 0).map(|o| ((c.topic, c.partition), o)))
+                        .collect()),
+                    Some(Err(e)) => Err(e.to_string()),
+                    None => Err("no result".into()),
+                };
+                read
+            })
+            .collect())
+    }
+}
+
+/// `host:port`, with an IPv6 host in brackets.
+fn broker_address(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// One group's snapshot from how it was read, whichever path read it: its
+/// commits on partitions the filters admit and the metadata still has, each
+/// with its lag from this cycle's log offsets.
+fn group_snapshot(
+    spec: &MonitorSpec,
+    read: GroupRead,
+    log_offsets: &HashMap<(&str, i32), &PartitionSnapshot>,
+) -> GroupSnapshot {
+    let mut errors = Vec::new();
+    if let Some(e) = read.describe_error {
+        errors.push(format!("DescribeGroups: {e}"));
+    }
+    let mut offsets = Vec::new();
+    match read.committed {
+        Ok(by_tp) => {
+            for ((topic, partition), committed) in by_tp {
+                if !spec.filters.topic_allowed(&topic) {
+                    continue;
                 }
-                Some(Err(e)) => errors.push(format!("OffsetFetch: {e}")),
-                None => errors.push("OffsetFetch: no result".to_string()),
+                // Commits on topics the metadata no longer has (deleted) are skipped.
+                let Some(p) = log_offsets.get(&(topic.as_str(), partition)) else {
+                    continue;
+                };
+                let (lag, data_loss) = compute_lag(committed, p.earliest, p.latest);
+                offsets.push(GroupOffset {
+                    topic,
+                    partition,
+                    committed,
+                    lag,
+                    data_loss,
+                    // Filled by the monitor's history (kollector_core::history).
+                    lag_ms: None,
+                    lag_ms_is_lower_bound: false,
+                    retention_margin_ms: None,
+                    verdict: None,
+                });
             }
-            if !errors.is_empty() {
-                group_errors += 1;
-            }
-            groups.push(GroupSnapshot {
-                group_id: id,
-                state,
-                members,
-                coordinator,
-                offsets,
-                error: (!errors.is_empty()).then(|| errors.join("; ")),
-                verdict: None,
-            });
         }
-        if group_errors > 0 {
-            warnings.push(format!("{group_errors} group(s) could not be read fully"));
-        }
-        Ok(groups)
+        Err(e) => errors.push(format!("OffsetFetch: {e}")),
+    }
+    GroupSnapshot {
+        group_id: read.id,
+        state: read.state,
+        members: read.members,
+        coordinator: read.coordinator,
+        offsets,
+        error: (!errors.is_empty()).then(|| errors.join("; ")),
+        verdict: None,
+        protocol_type: Some(read.protocol_type),
+        group_type: read.group_type,
     }
 }

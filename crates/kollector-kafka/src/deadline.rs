@@ -71,6 +71,12 @@ impl Deadline {
         Deadline { at: self.at.min(Instant::now() + cap), fence: self.fence.clone() }
     }
 
+    /// `timeout` from now with the same fence: for one bounded step after
+    /// the collection's own time ran out (naming why it failed).
+    pub fn renewed(&self, timeout: Duration) -> Deadline {
+        Deadline { at: Instant::now() + timeout, fence: self.fence.clone() }
+    }
+
     /// Whether the fence has passed.
     pub fn fenced(&self) -> bool {
         self.fence.as_ref().and_then(|f| f()).is_some_and(|fence| Instant::now() >= fence)

@@ -217,11 +217,14 @@ pub fn snapshot_to_proto(s: &core::Snapshot) -> v1::Snapshot {
                     .collect(),
                 error: g.error.clone(),
                 verdict: g.verdict.map(|v| v.as_str().to_string()).unwrap_or_default(),
+                protocol_type: g.protocol_type.clone(),
+                group_type: g.group_type.clone(),
             })
             .collect(),
         collected_at_ms: s.collected_at_ms,
         duration_ms: s.duration_ms,
         warnings: s.warnings.clone(),
+        notes: s.notes.clone(),
     }
 }
 
@@ -283,11 +286,14 @@ pub fn snapshot_from_proto(p: v1::Snapshot) -> Result<core::Snapshot, core::ids:
                     .collect(),
                 error: g.error,
                 verdict: core::history::GroupVerdict::parse(&g.verdict),
+                protocol_type: g.protocol_type,
+                group_type: g.group_type,
             })
             .collect(),
         collected_at_ms: p.collected_at_ms,
         duration_ms: p.duration_ms,
         warnings: p.warnings,
+        notes: p.notes,
     })
 }
 
@@ -528,11 +534,12 @@ mod tests {
                                 data_loss: false, lag_ms: None, lag_ms_is_lower_bound: false,
                                 retention_margin_ms: None, verdict: None,
                             }],
-                            error: None, verdict: None,
+                            error: None, verdict: None, protocol_type: None, group_type: None,
                         }).collect(),
                         collected_at_ms: 0,
                         duration_ms: 0,
                         warnings: Vec::new(),
+                        notes: Vec::new(),
                     };
                     h.observe(&mut s, u64::MAX / 2, HOUR, 10);
                 }

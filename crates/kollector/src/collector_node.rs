@@ -19,14 +19,13 @@ use kollector_coordination::keys::Keys;
 use kollector_coordination::lease::{self, EtcdAccess};
 use kollector_coordination::membership::{CollectorRecord, MembershipConfig};
 use kollector_core::CollectorId;
-use kollector_kafka::ClientOptions;
 use kollector_proto::v1::collector_service_server::CollectorServiceServer;
 use kollector_security::NodeTls;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::etcd_args::{EtcdArgs, GrpcArgs};
 use crate::http;
-use crate::security_args::{KafkaTlsDirArgs, NodeTlsArgs};
+use crate::security_args::{KafkaClientArgs, NodeTlsArgs};
 use crate::standalone::shutdown_signal;
 
 #[derive(Args)]
@@ -38,7 +37,7 @@ pub struct CollectorArgs {
     #[command(flatten)]
     tls: NodeTlsArgs,
     #[command(flatten)]
-    kafka_tls: KafkaTlsDirArgs,
+    kafka_tls: KafkaClientArgs,
     /// This collector's id: stable across restarts (e.g. the host name).
     #[arg(long, env = "KOLLECTOR_COLLECTOR_ID")]
     id: String,
@@ -157,7 +156,7 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     let http_address = args.advertise_http.clone().unwrap_or_else(|| http_addr.to_string());
     let (etcd_for_drain, prefix, drain_timeout, args_ttl) =
         (etcd.clone(), args.cluster.prefix.clone(), args.drain_timeout, args.lease_ttl);
-    let options = ClientOptions { tls_files: Some(args.kafka_tls.policy()), ..ClientOptions::default() };
+    let options = args.kafka_tls.client_options();
     // Shut until registered: no collection without a live lease.
     let gate = CollectGate::shut();
     let lease = CurrentLease::default();

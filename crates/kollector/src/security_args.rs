@@ -48,19 +48,36 @@ impl NodeTlsArgs {
     }
 }
 
-/// Where monitors' Kafka TLS files may be read from.
+/// How monitors' Kafka clients are built: where their TLS files may be
+/// read from, and which path reads consumer groups.
 #[derive(Args, Clone, Debug)]
-pub struct KafkaTlsDirArgs {
+pub struct KafkaClientArgs {
     /// Directory a monitor's TLS files (ca_file, cert_file, key_file) must be
     /// in; repeatable. Specs come over the network, so this keeps a caller
     /// from making the node read any other file.
     #[arg(long = "kafka-tls-dir", default_value = DEFAULT_KAFKA_TLS_DIR)]
     pub dirs: Vec<PathBuf>,
+    /// Read consumer groups with librdkafka's admin calls (one OffsetFetch,
+    /// and usually a FindCoordinator, per group) instead of the default
+    /// batched requests over each monitor's own broker connections (a few
+    /// requests per broker, however many groups). For comparison, or should
+    /// a broker misread the batched requests.
+    #[arg(long)]
+    pub librdkafka_groups: bool,
 }
 
-impl KafkaTlsDirArgs {
+impl KafkaClientArgs {
     pub fn policy(&self) -> FilePolicy {
         FilePolicy::new(self.dirs.clone())
+    }
+
+    /// The options every monitor's client is built with.
+    pub fn client_options(&self) -> kollector_kafka::ClientOptions {
+        kollector_kafka::ClientOptions {
+            tls_files: Some(self.policy()),
+            librdkafka_groups: self.librdkafka_groups,
+            ..Default::default()
+        }
     }
 }
 

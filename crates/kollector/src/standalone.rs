@@ -23,7 +23,7 @@ use kollector_proto::v1::manager_service_server::ManagerServiceServer;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::http;
-use crate::security_args::{check_standalone_exposure, secret_keys, ApiAccessArgs, KafkaTlsDirArgs};
+use crate::security_args::{check_standalone_exposure, secret_keys, ApiAccessArgs, KafkaClientArgs};
 use kollector_proto::transport::MAX_API_REQUEST_BYTES;
 use kollector_proto::GrpcLimits;
 use kollector_security::{Access, ApiGuard, FilePolicy, TokenFile};
@@ -55,7 +55,7 @@ pub struct StandaloneSecurityArgs {
     #[arg(long, env = "KOLLECTOR_SECRET_KEY_FILE")]
     pub secret_key_file: Option<PathBuf>,
     #[command(flatten)]
-    pub kafka_tls: KafkaTlsDirArgs,
+    pub kafka_tls: KafkaClientArgs,
     /// Allow serving the API off loopback without TLS or tokens.
     #[arg(long)]
     pub insecure: bool,
@@ -65,7 +65,7 @@ pub struct StandaloneSecurityArgs {
 pub struct ApiSecurity {
     pub tls: Option<ServerTlsConfig>,
     pub guard: ApiGuard,
-    pub tls_files: FilePolicy,
+    pub client_options: ClientOptions,
 }
 
 impl ApiSecurity {
@@ -74,7 +74,10 @@ impl ApiSecurity {
         ApiSecurity {
             tls: None,
             guard: ApiGuard::default(),
-            tls_files: FilePolicy::new(vec![PathBuf::from(crate::security_args::DEFAULT_KAFKA_TLS_DIR)]),
+            client_options: ClientOptions {
+                tls_files: Some(FilePolicy::new(vec![PathBuf::from(crate::security_args::DEFAULT_KAFKA_TLS_DIR)])),
+                ..ClientOptions::default()
+            },
         }
     }
 }
@@ -106,7 +109,7 @@ impl Standalone {
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
 
-        let options = ClientOptions { tls_files: Some(security.tls_files), ..ClientOptions::default() };
+        let options = security.client_options;
         let node = CollectorNode::start(options.clone()).context("starting the collector")?;
         // Offset histories saved at the last stop: monitors continue them.
         for (id, history) in histories {
@@ -216,8 +219,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         Some(p) => Access::Tokens(TokenFile::load(p)?),
         None => Access::Open,
     };
-    let security =
-        ApiSecurity { tls, guard: ApiGuard::new(access, sec.access.probe_rate), tls_files: sec.kafka_tls.policy() };
+    let security = ApiSecurity {
+        tls,
+        guard: ApiGuard::new(access, sec.access.probe_rate),
+        client_options: sec.kafka_tls.client_options(),
+    };
     let desired = EmbeddedStore::open(config.monitors, file, saved).map_err(|e| {
         anyhow::anyhow!("{e} (set --state to a writable path for the monitors created through the API)")
     })?;

@@ -1,37 +1,89 @@
 //! One connection to one broker, owned by one monitor, speaking the Kafka
-//! protocol directly (encoding by the `kafka-protocol` crate).
+//! protocol directly (encoding by the `kafka-protocol` crate), over TCP or
+//! TLS, authenticated with SASL when the monitor's spec says so.
 //!
 //! Why not librdkafka for these calls: its admin API takes one group per
 //! OffsetFetch call and sends one DescribeGroups per group, and it exposes
 //! no way to send a raw request (see `wire/mod.rs`). Everything else
 //! (Metadata, ListOffsets) stays on librdkafka.
 //!
-//! Blocking, like the rest of a collection (it runs off the async threads),
-//! with every read and write bounded by the caller's timeout. What comes
-//! back is untrusted: a frame longer than [`MAX_FRAME`] or with another
-//! correlation id ends the connection with an error, never a panic or an
-//! allocation the broker chose.
+//! Blocking, like the rest of a collection (it runs off the async threads).
+//! Every read and write waits in slices of at most [`SLICE`] and asks the
+//! collection's [`Deadline`] again between them, so a passed fence stops a
+//! collection within a slice, like the librdkafka calls. What comes back is
+//! untrusted: a frame longer than [`MAX_FRAME`] or with another correlation
+//! id ends the connection with an error, never a panic or an allocation the
+//! broker chose.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
+    SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use rustls::pki_types::ServerName;
 
+use super::security::{SaslCredentials, WireSecurity};
 use super::versions::BrokerVersions;
 use super::WireError;
+use crate::deadline::Deadline;
 
 /// Largest response accepted: far above any group answer (OffsetFetch of a
 /// chunk of groups with all their partitions), far below memory trouble.
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 
+/// Longest single wait on the socket before the deadline and fence are asked again.
+pub const SLICE: Duration = Duration::from_millis(100);
+
 /// The Kafka `UNSUPPORTED_VERSION` error code.
 const UNSUPPORTED_VERSION: i16 = 35;
 
+/// The socket, plain or inside a TLS session.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
 pub struct BrokerConnection {
-    stream: TcpStream,
+    stream: Stream,
     address: String,
     next_correlation: i32,
     versions: BrokerVersions,
@@ -45,33 +97,53 @@ impl std::fmt::Debug for BrokerConnection {
     }
 }
 
+/// Whether an I/O error only means "nothing yet" (a read or write slice ran out).
+fn would_block(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted)
+}
+
 impl BrokerConnection {
-    /// Connects to `address` (host:port) and asks which versions it speaks.
-    pub fn connect(address: &str, timeout: Duration) -> Result<BrokerConnection, WireError> {
-        let deadline = Instant::now() + timeout;
+    /// Connects to `address` (host:port), with TLS and SASL as `security`
+    /// says, and asks which versions it speaks.
+    pub fn connect(address: &str, security: &WireSecurity, deadline: &Deadline) -> Result<BrokerConnection, WireError> {
         let io = |e: std::io::Error| WireError::Io(format!("{address}: {e}"));
+        let host = address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
         let addrs: Vec<_> = address.to_socket_addrs().map_err(io)?.collect();
         let mut last = WireError::Io(format!("{address}: no address"));
         for addr in addrs {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(WireError::Timeout(address.to_string()));
-            }
-            match TcpStream::connect_timeout(&addr, left) {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    let mut c = BrokerConnection {
-                        stream,
-                        address: address.to_string(),
-                        next_correlation: 1,
-                        versions: BrokerVersions::default(),
-                        requests: 0,
-                    };
-                    c.versions = c.api_versions(deadline)?;
-                    return Ok(c);
+            let (left, _) = deadline.slice().map_err(WireError::Stopped)?;
+            let tcp = match TcpStream::connect_timeout(&addr, left) {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    last = io(e);
+                    continue;
                 }
-                Err(e) => last = io(e),
+            };
+            let _ = tcp.set_nodelay(true);
+            let stream = match security.tls() {
+                None => Stream::Plain(tcp),
+                Some(config) => {
+                    let name = ServerName::try_from(host.to_string())
+                        .map_err(|e| WireError::Io(format!("{address}: not a TLS server name: {e}")))?;
+                    let session = rustls::ClientConnection::new(config.clone(), name)
+                        .map_err(|e| WireError::Io(format!("{address}: TLS: {e}")))?;
+                    Stream::Tls(Box::new(rustls::StreamOwned::new(session, tcp)))
+                }
+            };
+            let mut c = BrokerConnection {
+                stream,
+                address: address.to_string(),
+                next_correlation: 1,
+                versions: BrokerVersions::default(),
+                requests: 0,
+            };
+            c.handshake_tls(deadline)?;
+            c.versions = c.api_versions(deadline)?;
+            if let Some(sasl) = security.sasl() {
+                c.authenticate(sasl, deadline)?;
             }
+            return Ok(c);
         }
         Err(last)
     }
@@ -89,9 +161,29 @@ impl BrokerConnection {
         self.requests
     }
 
+    /// Completes the TLS handshake before the first request, so a refused
+    /// certificate reads as a TLS error, not as a broken request.
+    fn handshake_tls(&mut self, deadline: &Deadline) -> Result<(), WireError> {
+        let Stream::Tls(s) = &mut self.stream else { return Ok(()) };
+        while s.conn.is_handshaking() {
+            let (left, _) = deadline.slice().map_err(WireError::Stopped)?;
+            let slice = Some(left.min(SLICE));
+            let tcp = &s.sock;
+            tcp.set_read_timeout(slice)
+                .and_then(|_| tcp.set_write_timeout(slice))
+                .map_err(|e| WireError::Io(format!("{}: {e}", self.address)))?;
+            match s.conn.complete_io(&mut s.sock) {
+                Ok(_) => {}
+                Err(e) if would_block(&e) => {}
+                Err(e) => return Err(WireError::Tls(format!("{}: {e}", self.address))),
+            }
+        }
+        Ok(())
+    }
+
     /// ApiVersions v3, or v0 from a broker that does not know v3 (it
     /// answers UNSUPPORTED_VERSION in the v0 format).
-    fn api_versions(&mut self, deadline: Instant) -> Result<BrokerVersions, WireError> {
+    fn api_versions(&mut self, deadline: &Deadline) -> Result<BrokerVersions, WireError> {
         let request = ApiVersionsRequest::default()
             .with_client_software_name(StrBytes::from_static_str("kollector"))
             .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
@@ -108,13 +200,61 @@ impl BrokerConnection {
         Ok(BrokerVersions::new(answer.api_keys.iter().map(|k| (k.api_key, k.min_version, k.max_version))))
     }
 
+    /// SaslHandshake v1, then the mechanism's exchange in SaslAuthenticate
+    /// requests (v0/v1, as librdkafka sends), driven by rsasl.
+    fn authenticate(&mut self, sasl: &SaslCredentials, deadline: &Deadline) -> Result<(), WireError> {
+        let mechanism = sasl.mechanism.as_str();
+        let refused = |why: String| WireError::Authentication(format!("{mechanism} as {}: {why}", sasl.username));
+        if self.versions.pick(ApiKey::SaslHandshake, (1, 1)).is_none() {
+            return Err(WireError::Unsupported("SaslHandshake v1"));
+        }
+        let auth_version =
+            self.versions.pick(ApiKey::SaslAuthenticate, (0, 1)).ok_or(WireError::Unsupported("SaslAuthenticate"))?;
+        let handshake = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mechanism));
+        let answer: SaslHandshakeResponse = self.call(ApiKey::SaslHandshake, 1, &handshake, deadline)?;
+        if answer.error_code != 0 {
+            let offered: Vec<String> = answer.mechanisms.iter().map(|m| m.to_string()).collect();
+            return Err(refused(format!("the broker offers only {}", offered.join(", "))));
+        }
+        let config = rsasl::config::SASLConfig::with_credentials(
+            None,
+            sasl.username.clone(),
+            sasl.password.expose().to_string(),
+        )
+        .map_err(|e| refused(e.to_string()))?;
+        let name = rsasl::mechname::Mechname::parse(mechanism.as_bytes()).map_err(|e| refused(e.to_string()))?;
+        let mut session =
+            rsasl::prelude::SASLClient::new(config).start_suggested(&[name]).map_err(|e| refused(e.to_string()))?;
+        let mut input: Option<Vec<u8>> = None;
+        // PLAIN takes one round, SCRAM two; a broker that wants more is not speaking SCRAM.
+        for _ in 0..4 {
+            let mut out = Vec::new();
+            let state = session.step(input.as_deref(), &mut out).map_err(|e| refused(e.to_string()))?;
+            if state.has_sent_message() {
+                let request = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(out));
+                let answer: SaslAuthenticateResponse =
+                    self.call(ApiKey::SaslAuthenticate, auth_version, &request, deadline)?;
+                if answer.error_code != 0 {
+                    let said = answer.error_message.map(|m| m.to_string()).unwrap_or_default();
+                    let code = super::group_plan::error_name(answer.error_code);
+                    return Err(refused(format!("the broker refused it: {code} {said}")));
+                }
+                input = Some(answer.auth_bytes.to_vec());
+            }
+            if state.is_finished() {
+                return Ok(());
+            }
+        }
+        Err(refused("the exchange did not end".into()))
+    }
+
     /// Sends one request and reads its answer, both before `deadline`.
     pub fn call<Req, Resp>(
         &mut self,
         api: ApiKey,
         version: i16,
         request: &Req,
-        deadline: Instant,
+        deadline: &Deadline,
     ) -> Result<Resp, WireError>
     where
         Req: Encodable + HeaderVersion,
@@ -136,18 +276,16 @@ impl BrokerConnection {
         let mut frame = Vec::with_capacity(body.len() + 4);
         frame.extend_from_slice(&(body.len() as i32).to_be_bytes());
         frame.extend_from_slice(&body);
-        self.set_timeouts(deadline)?;
         self.requests += 1;
-        self.stream.write_all(&frame).map_err(|e| self.io_error(e))?;
+        self.write_all(&frame, deadline)?;
         let mut len = [0u8; 4];
-        self.stream.read_exact(&mut len).map_err(|e| self.io_error(e))?;
+        self.read_full(&mut len, deadline)?;
         let len = i32::from_be_bytes(len);
         let len = usize::try_from(len).ok().filter(|l| *l <= MAX_FRAME).ok_or_else(|| {
             WireError::Protocol(format!("{}: a response frame of {len} bytes (at most {MAX_FRAME})", self.address))
         })?;
         let mut answer = vec![0u8; len];
-        self.set_timeouts(deadline)?;
-        self.stream.read_exact(&mut answer).map_err(|e| self.io_error(e))?;
+        self.read_full(&mut answer, deadline)?;
         let mut answer = Bytes::from(answer);
         let header = ResponseHeader::decode(&mut answer, Resp::header_version(version))
             .map_err(|e| protocol("decoding a response header", &e))?;
@@ -160,19 +298,52 @@ impl BrokerConnection {
         Resp::decode(&mut answer, version).map_err(|e| protocol(&format!("decoding a {api:?} v{version} response"), &e))
     }
 
-    fn set_timeouts(&self, deadline: Instant) -> Result<(), WireError> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(WireError::Timeout(self.address.clone()));
+    /// How long the next wait on the socket may last, or why none may.
+    fn slice(&self, deadline: &Deadline) -> Result<Duration, WireError> {
+        let (left, _) = deadline.slice().map_err(WireError::Stopped)?;
+        Ok(left.min(SLICE))
+    }
+
+    fn write_all(&mut self, mut buf: &[u8], deadline: &Deadline) -> Result<(), WireError> {
+        while !buf.is_empty() {
+            let slice = self.slice(deadline)?;
+            self.stream.tcp().set_write_timeout(Some(slice)).map_err(|e| self.io_error(e))?;
+            match self.stream.write(buf) {
+                Ok(0) => return Err(WireError::Io(format!("{}: connection closed", self.address))),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if would_block(&e) => {}
+                Err(e) => return Err(self.io_error(e)),
+            }
         }
-        let io = |e: std::io::Error| WireError::Io(format!("{}: {e}", self.address));
-        self.stream.set_read_timeout(Some(left)).map_err(io)?;
-        self.stream.set_write_timeout(Some(left)).map_err(io)
+        loop {
+            let slice = self.slice(deadline)?;
+            self.stream.tcp().set_write_timeout(Some(slice)).map_err(|e| self.io_error(e))?;
+            match self.stream.flush() {
+                Ok(()) => return Ok(()),
+                Err(e) if would_block(&e) => {}
+                Err(e) => return Err(self.io_error(e)),
+            }
+        }
+    }
+
+    fn read_full(&mut self, buf: &mut [u8], deadline: &Deadline) -> Result<(), WireError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let slice = self.slice(deadline)?;
+            self.stream.tcp().set_read_timeout(Some(slice)).map_err(|e| self.io_error(e))?;
+            match self.stream.read(&mut buf[filled..]) {
+                Ok(0) => return Err(WireError::Io(format!("{}: connection closed by the broker", self.address))),
+                Ok(n) => filled += n,
+                Err(e) if would_block(&e) => {}
+                Err(e) => return Err(self.io_error(e)),
+            }
+        }
+        Ok(())
     }
 
     fn io_error(&self, e: std::io::Error) -> WireError {
         match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => WireError::Timeout(self.address.clone()),
+            std::io::ErrorKind::InvalidData => WireError::Tls(format!("{}: {e}", self.address)),
             _ => WireError::Io(format!("{}: {e}", self.address)),
         }
     }

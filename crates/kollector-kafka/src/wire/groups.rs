@@ -1,21 +1,24 @@
 //! The group requests of one cycle on one broker's connection, batched:
-//! one ListGroups, one DescribeGroups with every group id, and OffsetFetch
-//! v8+ with many groups per request (in chunks of [`GROUPS_PER_FETCH`]);
+//! one ListGroups, one DescribeGroups with every classic group id, one
+//! ConsumerGroupDescribe with every KIP-848 group id, and OffsetFetch v8+
+//! with many groups per request (in chunks of [`GROUPS_PER_FETCH`]);
 //! per-group OffsetFetch only on a broker without v8, chosen from its
-//! ApiVersions answer.
+//! ApiVersions answer. FindCoordinator for the groups whose coordinator
+//! moved: one v4 request for all of them, or one per group before v4.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopic};
 use kafka_protocol::messages::{
-    ApiKey, DescribeGroupsRequest, DescribeGroupsResponse, GroupId, ListGroupsRequest, ListGroupsResponse,
+    ApiKey, ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, GroupId, ListGroupsRequest, ListGroupsResponse,
     OffsetFetchRequest, OffsetFetchResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
 use super::connection::BrokerConnection;
 use super::WireError;
+use crate::deadline::Deadline;
 
 /// Groups per multi-group OffsetFetch: answers stay a few MiB even for
 /// groups on hundreds of partitions, and one slow group does not hold up
@@ -28,6 +31,9 @@ pub struct ListedGroup {
     pub id: String,
     /// "consumer", "connect", "" for a group that only commits offsets, …
     pub protocol_type: String,
+    /// ListGroups v5+: "classic", "consumer" (KIP-848), "share", "streams";
+    /// None from older brokers (every group is classic there).
+    pub group_type: Option<String>,
 }
 
 /// A group as DescribeGroups describes it.
@@ -63,8 +69,8 @@ fn committed<'a>(group_error: i16, entries: impl Iterator<Item = (&'a StrBytes, 
 }
 
 /// The groups this broker coordinates.
-pub fn list_groups(conn: &mut BrokerConnection, deadline: Instant) -> Result<Vec<ListedGroup>, WireError> {
-    let version = conn.versions().pick(ApiKey::ListGroups, (0, 4)).ok_or(WireError::Unsupported("ListGroups"))?;
+pub fn list_groups(conn: &mut BrokerConnection, deadline: &Deadline) -> Result<Vec<ListedGroup>, WireError> {
+    let version = conn.versions().pick(ApiKey::ListGroups, (0, 5)).ok_or(WireError::Unsupported("ListGroups"))?;
     let answer: ListGroupsResponse = conn.call(ApiKey::ListGroups, version, &ListGroupsRequest::default(), deadline)?;
     if answer.error_code != 0 {
         return Err(WireError::Broker { api: "ListGroups", code: answer.error_code });
@@ -72,15 +78,90 @@ pub fn list_groups(conn: &mut BrokerConnection, deadline: Instant) -> Result<Vec
     Ok(answer
         .groups
         .iter()
-        .map(|g| ListedGroup { id: text(&g.group_id.0), protocol_type: text(&g.protocol_type) })
+        .map(|g| ListedGroup {
+            id: text(&g.group_id.0),
+            protocol_type: text(&g.protocol_type),
+            group_type: (version >= 5).then(|| text(&g.group_type)),
+        })
         .collect())
+}
+
+/// Describes KIP-848 `consumer` groups in one ConsumerGroupDescribe;
+/// None when the broker does not offer it.
+pub fn consumer_group_describe(
+    conn: &mut BrokerConnection,
+    ids: &[String],
+    deadline: &Deadline,
+) -> Result<Option<Vec<DescribedGroup>>, WireError> {
+    let Some(version) = conn.versions().pick(ApiKey::ConsumerGroupDescribe, (0, 1)) else { return Ok(None) };
+    if ids.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    let request = ConsumerGroupDescribeRequest::default()
+        .with_group_ids(ids.iter().map(|i| GroupId(StrBytes::from_string(i.clone()))).collect());
+    let answer: ConsumerGroupDescribeResponse =
+        conn.call(ApiKey::ConsumerGroupDescribe, version, &request, deadline)?;
+    Ok(Some(
+        answer
+            .groups
+            .iter()
+            .map(|g| DescribedGroup {
+                id: text(&g.group_id.0),
+                state: text(&g.group_state),
+                protocol_type: "consumer".into(),
+                members: g.members.len() as u32,
+                error_code: g.error_code,
+            })
+            .collect(),
+    ))
+}
+
+/// A group's coordinator as FindCoordinator names it, or its error code.
+pub type Coordinator = Result<(i32, String), i16>;
+
+/// The coordinators of `ids`: one FindCoordinator v4+ for all of them, or
+/// one v0..3 request per group from a broker without v4.
+pub fn find_coordinators(
+    conn: &mut BrokerConnection,
+    ids: &[String],
+    deadline: &Deadline,
+) -> Result<BTreeMap<String, Coordinator>, WireError> {
+    let mut out = BTreeMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let address = |host: &StrBytes, port: i32| format!("{host}:{port}");
+    if let Some(version) = conn.versions().pick(ApiKey::FindCoordinator, (4, 6)) {
+        let request = FindCoordinatorRequest::default()
+            .with_key_type(0)
+            .with_coordinator_keys(ids.iter().map(|i| StrBytes::from_string(i.clone())).collect());
+        let answer: FindCoordinatorResponse = conn.call(ApiKey::FindCoordinator, version, &request, deadline)?;
+        for c in answer.coordinators {
+            let found = if c.error_code == 0 { Ok((c.node_id.0, address(&c.host, c.port))) } else { Err(c.error_code) };
+            out.insert(text(&c.key), found);
+        }
+        return Ok(out);
+    }
+    let version =
+        conn.versions().pick(ApiKey::FindCoordinator, (0, 3)).ok_or(WireError::Unsupported("FindCoordinator"))?;
+    for id in ids {
+        let request = FindCoordinatorRequest::default().with_key(StrBytes::from_string(id.clone()));
+        let answer: FindCoordinatorResponse = conn.call(ApiKey::FindCoordinator, version, &request, deadline)?;
+        let found = if answer.error_code == 0 {
+            Ok((answer.node_id.0, address(&answer.host, answer.port)))
+        } else {
+            Err(answer.error_code)
+        };
+        out.insert(id.clone(), found);
+    }
+    Ok(out)
 }
 
 /// Describes `ids` in one request.
 pub fn describe_groups(
     conn: &mut BrokerConnection,
     ids: &[String],
-    deadline: Instant,
+    deadline: &Deadline,
 ) -> Result<Vec<DescribedGroup>, WireError> {
     if ids.is_empty() {
         return Ok(Vec::new());
@@ -112,7 +193,7 @@ pub fn fetch_offsets(
     conn: &mut BrokerConnection,
     ids: &[String],
     topics: Option<&[(String, Vec<i32>)]>,
-    deadline: Instant,
+    deadline: &Deadline,
 ) -> Result<BTreeMap<String, Committed>, WireError> {
     let mut out = BTreeMap::new();
     if ids.is_empty() {

@@ -1,5 +1,5 @@
-//! Group requests at the physical floor, sent directly over a connection
-//! the monitor owns (issue 10, in progress: not yet used by `collect`).
+//! Group requests at the physical floor, sent directly over connections
+//! the monitor owns (one per broker, closed with the monitor's client).
 //!
 //! librdkafka 2.12 cannot batch group calls: `rd_kafka_ListConsumerGroupOffsets`
 //! takes exactly one group, DescribeConsumerGroups sends one request per
@@ -10,13 +10,21 @@
 //! DescribeGroups with all of its groups and OffsetFetch v8+ with hundreds of
 //! groups per request, versions chosen from the broker's ApiVersions answer.
 //!
-//! - `connection.rs`: one broker connection, framing, ApiVersions, bounds.
+//! - `connection.rs`: one broker connection, framing, TLS, SASL, ApiVersions, bounds.
+//! - `security.rs`: TLS and SASL settings from the spec, or why the direct path cannot serve them.
 //! - `versions.rs`: which version to send (pure).
 //! - `groups.rs`: the batched group requests on one connection.
+//! - `group_plan.rs`: which group goes where, what to retry (pure).
+//! - `group_cycle.rs`: one cycle's group reads over every broker, executing the plan.
 
 pub mod connection;
+pub mod group_cycle;
+pub mod group_plan;
 pub mod groups;
+pub mod security;
 pub mod versions;
+
+use crate::deadline::Stop;
 
 pub use kafka_protocol::messages::ApiKey;
 
@@ -33,4 +41,19 @@ pub enum WireError {
     Broker { api: &'static str, code: i16 },
     #[error("the broker does not offer {0}")]
     Unsupported(&'static str),
+    #[error("authentication failed: {0}")]
+    Authentication(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("{}", match .0 { Stop::TimedOut => "the collection's timeout passed", Stop::Fenced => "the collection was abandoned at the fence" })]
+    Stopped(Stop),
+}
+
+impl WireError {
+    /// Whether the connection is unusable after this error (the request
+    /// may be half-sent or its answer half-read): it is closed and opened
+    /// again next time.
+    pub fn breaks_connection(&self) -> bool {
+        !matches!(self, WireError::Broker { .. } | WireError::Unsupported(_))
+    }
 }

@@ -1,0 +1,375 @@
+//! One cycle's group reads over every broker of a monitor's cluster, on
+//! connections the monitor owns ([`GroupConnections`], one per broker,
+//! kept between cycles and closed with the monitor's client).
+//!
+//! Per broker, in parallel: ListGroups (a broker lists the groups it
+//! coordinates), one DescribeGroups for its classic groups, one
+//! ConsumerGroupDescribe for its KIP-848 groups, OffsetFetch v8+ for all of
+//! them in chunks. Groups whose answer says the coordinator moved (or is
+//! loading) get one FindCoordinator (batched from v4) and one retry at the
+//! coordinator named. So a cycle costs 1 + 3 requests per broker (+ 2 per
+//! moved coordinator), whatever the number of groups; `group_plan.rs`
+//! decides, this file only talks.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kafka_protocol::messages::ApiKey;
+
+use super::connection::BrokerConnection;
+use super::group_plan::{describe_with, merge, to_relocate, BrokerAnswers, DescribeWith, GroupRead};
+use super::groups::{
+    consumer_group_describe, describe_groups, fetch_offsets, find_coordinators, list_groups, ListedGroup,
+};
+use super::security::WireSecurity;
+use super::WireError;
+use crate::deadline::{Deadline, Stop};
+
+/// A monitor's direct connections, by broker id.
+pub struct GroupConnections {
+    security: WireSecurity,
+    conns: BTreeMap<i32, BrokerConnection>,
+    /// Requests sent on connections since closed.
+    closed_requests: u64,
+}
+
+impl std::fmt::Debug for GroupConnections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupConnections").field("open", &self.conns.len()).finish_non_exhaustive()
+    }
+}
+
+/// What a cycle's group reads gave.
+#[derive(Debug, Default)]
+pub struct GroupCycle {
+    pub groups: Vec<GroupRead>,
+    /// Brokers whose groups could not be listed, and why: the listing is partial.
+    pub broker_errors: Vec<String>,
+    /// No broker offers ListGroups (e.g. librdkafka's mock cluster).
+    pub unsupported: bool,
+    /// Every broker refused the credentials: the first refusal.
+    pub authentication: Option<String>,
+    /// The collection's timeout or fence passed meanwhile.
+    pub stopped: Option<Stop>,
+}
+
+/// One broker's part of the cycle.
+struct BrokerWork {
+    id: i32,
+    address: String,
+    conn: Option<BrokerConnection>,
+    outcome: Result<BrokerAnswers, WireError>,
+}
+
+impl GroupConnections {
+    pub fn new(security: WireSecurity) -> GroupConnections {
+        GroupConnections { security, conns: BTreeMap::new(), closed_requests: 0 }
+    }
+
+    /// The TLS and SASL settings connections are opened with.
+    pub fn security(&self) -> &WireSecurity {
+        &self.security
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Requests sent since this was built.
+    pub fn requests(&self) -> u64 {
+        self.closed_requests + self.conns.values().map(BrokerConnection::requests).sum::<u64>()
+    }
+
+    fn close(&mut self, id: i32) {
+        if let Some(c) = self.conns.remove(&id) {
+            self.closed_requests += c.requests();
+        }
+    }
+
+    fn keep(&mut self, id: i32, conn: Option<BrokerConnection>) {
+        if let Some(c) = conn {
+            self.conns.insert(id, c);
+        }
+    }
+
+    /// Reads every group of `brokers` (id, host:port) that `allowed`
+    /// admits. `topics` names the partitions to ask for on brokers that
+    /// need one request per group (they cannot all answer "every topic").
+    pub fn read(
+        &mut self,
+        brokers: &[(i32, String)],
+        allowed: &(dyn Fn(&str) -> bool + Sync),
+        topics: &[(String, Vec<i32>)],
+        deadline: &Deadline,
+    ) -> GroupCycle {
+        self.run(brokers, None, allowed, topics, deadline)
+    }
+
+    /// Like [`GroupConnections::read`] for groups already known, by the
+    /// broker believed to coordinate them, without ListGroups (for a
+    /// cluster that lacks it, like librdkafka's mock).
+    pub fn read_listed(
+        &mut self,
+        brokers: &[(i32, String)],
+        listed: &BTreeMap<i32, Vec<ListedGroup>>,
+        allowed: &(dyn Fn(&str) -> bool + Sync),
+        topics: &[(String, Vec<i32>)],
+        deadline: &Deadline,
+    ) -> GroupCycle {
+        self.run(brokers, Some(listed), allowed, topics, deadline)
+    }
+
+    fn run(
+        &mut self,
+        brokers: &[(i32, String)],
+        listed: Option<&BTreeMap<i32, Vec<ListedGroup>>>,
+        allowed: &(dyn Fn(&str) -> bool + Sync),
+        topics: &[(String, Vec<i32>)],
+        deadline: &Deadline,
+    ) -> GroupCycle {
+        // Connections to brokers that left, or moved, are closed first.
+        let wanted: BTreeMap<i32, &String> = brokers.iter().map(|(id, a)| (*id, a)).collect();
+        let gone: Vec<i32> = self
+            .conns
+            .iter()
+            .filter(|(id, c)| wanted.get(id).is_none_or(|a| *a != c.address()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.close(id);
+        }
+        let mut work: Vec<BrokerWork> = wanted
+            .iter()
+            .map(|(id, address)| BrokerWork {
+                id: *id,
+                address: address.to_string(),
+                conn: self.conns.remove(id),
+                outcome: Err(WireError::Io("not asked".into())),
+            })
+            .collect();
+        let security = &self.security;
+        let given = |id: i32| listed.map(|l| l.get(&id).cloned().unwrap_or_default());
+        if work.len() == 1 {
+            work.iter_mut().for_each(|w| read_at(w, security, given(w.id), allowed, topics, deadline));
+        } else {
+            // Brokers answer in parallel: the cycle takes the slowest broker's time, not the sum.
+            std::thread::scope(|s| {
+                for w in work.iter_mut() {
+                    let mine = given(w.id);
+                    s.spawn(move || read_at(w, security, mine, allowed, topics, deadline));
+                }
+            });
+        }
+
+        let mut cycle = GroupCycle::default();
+        let mut answers = Vec::new();
+        let (mut unsupported, mut auth_failures) = (0, 0);
+        for w in work {
+            self.keep(w.id, w.conn);
+            match w.outcome {
+                Ok(a) => answers.push(a),
+                Err(e) => {
+                    match &e {
+                        WireError::Unsupported("ListGroups") => unsupported += 1,
+                        WireError::Authentication(why) => {
+                            auth_failures += 1;
+                            cycle.authentication.get_or_insert_with(|| why.clone());
+                        }
+                        WireError::Stopped(stop) => {
+                            cycle.stopped.get_or_insert(*stop);
+                        }
+                        _ => {}
+                    }
+                    cycle.broker_errors.push(format!("broker {} ({}): {e}", w.id, w.address));
+                }
+            }
+        }
+        cycle.unsupported = !brokers.is_empty() && unsupported == brokers.len();
+        if auth_failures < brokers.len() {
+            cycle.authentication = None;
+        }
+        if cycle.stopped.is_none() {
+            if let Err(stop) = self.relocate(&mut answers, allowed, topics, deadline) {
+                cycle.stopped = Some(stop);
+            }
+        }
+        cycle.groups = merge(&answers);
+        cycle
+    }
+
+    /// Groups whose answer named another coordinator: one FindCoordinator
+    /// for all of them, one retry each at the coordinator named. Their
+    /// reads replace the first answers'; a group that cannot be located
+    /// keeps its error.
+    fn relocate(
+        &mut self,
+        answers: &mut Vec<BrokerAnswers>,
+        allowed: &(dyn Fn(&str) -> bool + Sync),
+        topics: &[(String, Vec<i32>)],
+        deadline: &Deadline,
+    ) -> Result<(), Stop> {
+        let moved: BTreeSet<String> = answers.iter().flat_map(|a| to_relocate(&a.described, &a.committed)).collect();
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let mut listed = BTreeMap::new();
+        for a in answers.iter_mut() {
+            for g in a.listed.iter().filter(|g| moved.contains(&g.id)) {
+                listed.entry(g.id.clone()).or_insert_with(|| (a.broker, g.clone()));
+            }
+            a.listed.retain(|g| !moved.contains(&g.id));
+        }
+        let ids: Vec<String> = listed.keys().cloned().collect();
+        let failed = |why: String, groups: Vec<(i32, ListedGroup)>| -> Vec<BrokerAnswers> {
+            groups
+                .into_iter()
+                .map(|(broker, g)| BrokerAnswers {
+                    broker,
+                    listed: vec![g],
+                    describe_failed: Some(why.clone()),
+                    fetch_failed: Some(why.clone()),
+                    ..Default::default()
+                })
+                .collect()
+        };
+        // Any open connection can answer FindCoordinator.
+        let Some(via) = self.conns.keys().next().copied() else {
+            answers.extend(failed("coordinator moved; no broker left to ask".into(), listed.into_values().collect()));
+            return Ok(());
+        };
+        let found = match self.conns.get_mut(&via).map(|c| find_coordinators(c, &ids, deadline)) {
+            Some(Ok(found)) => found,
+            Some(Err(e)) => {
+                if e.breaks_connection() {
+                    self.close(via);
+                }
+                if let WireError::Stopped(stop) = e {
+                    return Err(stop);
+                }
+                answers.extend(failed(format!("FindCoordinator: {e}"), listed.into_values().collect()));
+                return Ok(());
+            }
+            None => return Ok(()),
+        };
+        let mut at: BTreeMap<(i32, String), Vec<ListedGroup>> = BTreeMap::new();
+        for (id, (broker, g)) in listed {
+            match found.get(&id) {
+                Some(Ok((node, address))) => at.entry((*node, address.clone())).or_default().push(g),
+                Some(Err(code)) => answers.extend(failed(
+                    format!("FindCoordinator: {}", super::group_plan::error_name(*code)),
+                    vec![(broker, g)],
+                )),
+                None => answers.extend(failed("FindCoordinator: no answer".into(), vec![(broker, g)])),
+            }
+        }
+        for ((node, address), groups) in at {
+            if self.conns.get(&node).is_some_and(|c| c.address() != address) {
+                self.close(node);
+            }
+            let mut w =
+                BrokerWork { id: node, address, conn: self.conns.remove(&node), outcome: Ok(Default::default()) };
+            let only: BTreeSet<&str> = groups.iter().map(|g| g.id.as_str()).collect();
+            let only_these = |id: &str| only.contains(id) && allowed(id);
+            read_at(&mut w, &self.security, Some(groups.clone()), &only_these, topics, deadline);
+            self.keep(w.id, w.conn);
+            match w.outcome {
+                Ok(a) => answers.push(a),
+                Err(WireError::Stopped(stop)) => return Err(stop),
+                Err(e) => answers.extend(failed(
+                    format!("at coordinator {node}: {e}"),
+                    groups.into_iter().map(|g| (node, g)).collect(),
+                )),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The reads at one broker: its own listing (`given` None) or the groups
+/// FindCoordinator sent there. A connection an error left unusable is dropped.
+fn read_at(
+    w: &mut BrokerWork,
+    security: &WireSecurity,
+    given: Option<Vec<ListedGroup>>,
+    allowed: &(dyn Fn(&str) -> bool + Sync),
+    topics: &[(String, Vec<i32>)],
+    deadline: &Deadline,
+) {
+    let mut conn = match w.conn.take() {
+        Some(c) => c,
+        None => match BrokerConnection::connect(&w.address, security, deadline) {
+            Ok(c) => c,
+            Err(e) => {
+                w.outcome = Err(e);
+                return;
+            }
+        },
+    };
+    let listed = match given {
+        Some(groups) => Ok(groups),
+        None => list_groups(&mut conn, deadline),
+    };
+    let mut listed = match listed {
+        Ok(l) => l,
+        Err(e) => {
+            if !e.breaks_connection() {
+                w.conn = Some(conn);
+            }
+            w.outcome = Err(e);
+            return;
+        }
+    };
+    listed.retain(|g| allowed(&g.id));
+    listed.sort_by(|a, b| a.id.cmp(&b.id));
+    listed.dedup_by(|a, b| a.id == b.id);
+    let mut answers = BrokerAnswers { broker: w.id, ..Default::default() };
+    let consumer_describe = conn.versions().pick(ApiKey::ConsumerGroupDescribe, (0, 1)).is_some();
+    let ids_by = |how: DescribeWith| -> Vec<String> {
+        listed.iter().filter(|g| describe_with(g, consumer_describe) == how).map(|g| g.id.clone()).collect()
+    };
+    let (classic, kip848) = (ids_by(DescribeWith::DescribeGroups), ids_by(DescribeWith::ConsumerGroupDescribe));
+    let all: Vec<String> = listed.iter().map(|g| g.id.clone()).collect();
+    let mut broken = None;
+    let mut stopped = None;
+    let mut note = |e: WireError, what: &str, broken: &mut Option<String>| -> String {
+        if let WireError::Stopped(s) = e {
+            stopped.get_or_insert(s);
+        }
+        let why = format!("{what}: {e}");
+        if e.breaks_connection() {
+            broken.get_or_insert(why.clone());
+        }
+        why
+    };
+    if !classic.is_empty() {
+        match describe_groups(&mut conn, &classic, deadline) {
+            Ok(list) => answers.described.extend(list.into_iter().map(|d| (d.id.clone(), d))),
+            Err(e) => answers.describe_failed = Some(note(e, "DescribeGroups", &mut broken)),
+        }
+    }
+    if !kip848.is_empty() && broken.is_none() {
+        match consumer_group_describe(&mut conn, &kip848, deadline) {
+            Ok(list) => answers.described.extend(list.unwrap_or_default().into_iter().map(|d| (d.id.clone(), d))),
+            Err(e) => {
+                let why = note(e, "ConsumerGroupDescribe", &mut broken);
+                answers.describe_failed.get_or_insert(why);
+            }
+        }
+    }
+    if let Some(why) = &broken {
+        answers.fetch_failed = Some(format!("not asked: {why}"));
+    } else {
+        match fetch_offsets(&mut conn, &all, Some(topics), deadline) {
+            Ok(c) => answers.committed = c,
+            Err(e) => answers.fetch_failed = Some(note(e, "OffsetFetch", &mut broken)),
+        }
+    }
+    if broken.is_none() {
+        w.conn = Some(conn);
+    }
+    answers.listed = listed;
+    w.outcome = match stopped {
+        Some(s) => Err(WireError::Stopped(s)),
+        None => Ok(answers),
+    };
+}

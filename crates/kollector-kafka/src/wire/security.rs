@@ -1,0 +1,213 @@
+//! How a monitor's direct group connections authenticate, built once from
+//! its spec: TLS with rustls (CA file or the system store, client
+//! certificate, or no verification for test clusters) and SASL PLAIN,
+//! SCRAM-SHA-256 and SCRAM-SHA-512 with rsasl.
+//!
+//! What the direct path cannot do is refused here with the reason (today:
+//! an encrypted TLS key, which rustls does not read), and the monitor then
+//! reads its groups through librdkafka, one request per group, and says so.
+//! Secrets stay in [`Secret`]s; nothing here prints them.
+
+use std::sync::Arc;
+
+use kollector_core::{KafkaConnection, SaslMechanism, Secret};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+/// SASL credentials for the direct path.
+#[derive(Clone, Debug)]
+pub struct SaslCredentials {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    /// Redacted in Debug by [`Secret`].
+    pub password: Secret,
+}
+
+/// TLS and SASL settings of one monitor's direct connections.
+#[derive(Clone, Default)]
+pub struct WireSecurity {
+    tls: Option<Arc<ClientConfig>>,
+    sasl: Option<SaslCredentials>,
+}
+
+impl std::fmt::Debug for WireSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WireSecurity")
+            .field("tls", &self.tls.is_some())
+            .field("sasl", &self.sasl.as_ref().map(|s| s.mechanism))
+            .finish()
+    }
+}
+
+impl WireSecurity {
+    /// No TLS, no SASL.
+    pub fn plaintext() -> WireSecurity {
+        WireSecurity::default()
+    }
+
+    /// The settings for `conn` (TLS file names already resolved by the
+    /// node's file policy), or why the direct path cannot serve them.
+    pub fn from_connection(conn: &KafkaConnection) -> Result<WireSecurity, String> {
+        let sasl = conn.sasl.as_ref().map(|s| SaslCredentials {
+            mechanism: s.mechanism,
+            username: s.username.clone(),
+            password: s.password.clone(),
+        });
+        let tls = match &conn.tls {
+            None => None,
+            Some(t) => {
+                if t.key_password.is_some() {
+                    return Err("an encrypted TLS key (key_password) is not readable by the direct path".into());
+                }
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let builder = ClientConfig::builder_with_provider(provider.clone())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| format!("TLS: {e}"))?;
+                let builder = if t.insecure_skip_verify {
+                    builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+                } else {
+                    builder.with_root_certificates(roots(t.ca_file.as_deref())?)
+                };
+                let config = match (&t.cert_file, &t.key_file) {
+                    (Some(cert), Some(key)) => {
+                        let certs = CertificateDer::pem_file_iter(cert)
+                            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                            .map_err(|e| format!("TLS client certificate {cert}: {e}"))?;
+                        let key =
+                            PrivateKeyDer::from_pem_file(key).map_err(|e| format!("TLS client key {key}: {e}"))?;
+                        builder.with_client_auth_cert(certs, key).map_err(|e| format!("TLS client certificate: {e}"))?
+                    }
+                    _ => builder.with_no_client_auth(),
+                };
+                Some(Arc::new(config))
+            }
+        };
+        Ok(WireSecurity { tls, sasl })
+    }
+
+    pub(crate) fn tls(&self) -> Option<&Arc<ClientConfig>> {
+        self.tls.as_ref()
+    }
+
+    pub(crate) fn sasl(&self) -> Option<&SaslCredentials> {
+        self.sasl.as_ref()
+    }
+}
+
+/// The CA file's certificates, or the system store's without one.
+fn roots(ca_file: Option<&str>) -> Result<RootCertStore, String> {
+    let mut store = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("TLS CA file {path}: {e}"))?;
+            let (added, _) = store.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(format!("TLS CA file {path}: no certificate"));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            store.add_parsable_certificates(found.certs);
+            if store.is_empty() {
+                return Err("TLS: no CA file and no system certificates".into());
+            }
+        }
+    }
+    Ok(store)
+}
+
+/// `insecure_skip_verify`: any certificate is accepted (signatures on the
+/// handshake are still checked, so the session is at least consistent).
+#[derive(Debug)]
+struct NoVerification(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kollector_core::{SaslConfig, TlsConfig};
+
+    fn conn(tls: Option<TlsConfig>, sasl: Option<SaslConfig>) -> KafkaConnection {
+        KafkaConnection { bootstrap: vec!["k:9092".into()], sasl, tls }
+    }
+
+    #[test]
+    fn what_the_direct_path_cannot_serve_is_refused_with_the_reason_and_no_secret() {
+        let tls = TlsConfig {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            key_password: Some(Secret::new("hunter2")),
+            insecure_skip_verify: false,
+        };
+        let why = WireSecurity::from_connection(&conn(Some(tls), None)).unwrap_err();
+        assert!(why.contains("key_password") && !why.contains("hunter2"), "{why}");
+        let missing = TlsConfig {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            cert_file: None,
+            key_file: None,
+            key_password: None,
+            insecure_skip_verify: false,
+        };
+        let why = WireSecurity::from_connection(&conn(Some(missing), None)).unwrap_err();
+        assert!(why.contains("/nonexistent/ca.pem"), "{why}");
+    }
+
+    #[test]
+    fn debug_output_names_the_mechanism_never_the_password() {
+        let sasl = SaslConfig {
+            mechanism: SaslMechanism::ScramSha512,
+            username: "alice".into(),
+            password: Secret::new("wonder-land"),
+        };
+        let insecure = TlsConfig {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            key_password: None,
+            insecure_skip_verify: true,
+        };
+        let s = WireSecurity::from_connection(&conn(Some(insecure), Some(sasl))).unwrap();
+        let shown = format!("{s:?} {:?}", s.sasl());
+        assert!(shown.contains("ScramSha512") && !shown.contains("wonder-land"), "{shown}");
+    }
+}
