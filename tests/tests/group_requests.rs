@@ -111,10 +111,11 @@ fn two_hundred_groups_in_three_group_requests_per_cycle_with_every_offset_and_la
     assert_eq!(counts.get(&FIND_COORDINATOR), None, "{counts:?}");
     assert_eq!(counts.get(&API_VERSIONS), None, "connections are kept between cycles: {counts:?}");
     assert_eq!(client.direct_connections(), 1);
-    // The floor for one broker: Metadata, DescribeCluster, ListOffsets ×2, ListGroups,
-    // DescribeGroups, OffsetFetch = 7; within 1.2×.
+    // The floor for one broker: Metadata, ListOffsets ×2 (earliest, latest),
+    // ListGroups, DescribeGroups, OffsetFetch = 6 (DescribeCluster, for
+    // racks, comes every 10th cycle: not in this one).
     let total: u64 = counts.values().sum();
-    assert!(total <= 8, "{total} requests in a cycle: {counts:?}");
+    assert!(total <= 7, "{total} requests in a cycle, the floor is 6: {counts:?}");
     drop(client);
     drop(broker);
 }

@@ -94,6 +94,10 @@ pub struct KafkaClient {
     context: Arc<MonitorContext>,
     /// DescribeCluster is optional (racks); a cluster that lacks it is not asked again.
     pub(crate) describe_cluster_unsupported: AtomicBool,
+    /// Racks from the last DescribeCluster and the cycles since it: racks
+    /// change only when brokers restart, so it is asked every
+    /// `DESCRIBE_CLUSTER_EVERY` cycles, not every cycle (it costs a request).
+    pub(crate) racks: Mutex<(std::collections::HashMap<i32, String>, u32)>,
     /// Consumer-group APIs likewise (e.g. librdkafka's mock cluster lacks ListGroups).
     pub(crate) groups_unsupported: AtomicBool,
     /// The monitor's own direct connections for the group requests (see
@@ -157,6 +161,7 @@ impl KafkaClient {
             admin,
             context,
             describe_cluster_unsupported: AtomicBool::new(false),
+            racks: Mutex::new((Default::default(), 0)),
             groups_unsupported: AtomicBool::new(false),
             direct,
         })

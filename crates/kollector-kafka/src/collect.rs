@@ -4,15 +4,15 @@
 //! Requests per cycle for a cluster with B brokers, P partitions and G groups
 //! (librdkafka batches inside each call):
 //!   Metadata                       1
-//!   DescribeCluster                1 (skipped once the cluster says it lacks it)
+//!   DescribeCluster                1 every 10th cycle, for racks (skipped once the cluster lacks it)
 //!   ListOffsets                    2 per partition-leader broker (earliest, latest), ≤ 2B, for up to
-//!                                  5,000 partitions; one more pair per further 5,000 (see below)
+//!                                  10,000 partitions; one more pair per further 10,000 (see below)
 //!   ListGroups                     1 per broker       ┐ over the monitor's own direct
 //!   DescribeGroups                 1 per broker       │ connections (`wire/`), one per
 //!   ConsumerGroupDescribe          1 per broker with  │ broker; ApiVersions (and SASL)
 //!                                  KIP-848 groups     │ once per connection, not per cycle
 //!   OffsetFetch                    1 per broker per   │
-//!                                  500 groups (v8+)   ┘
+//!                                  1,000 groups (v8+) ┘
 //!   FindCoordinator + 1 retry      only for groups whose coordinator moved mid-cycle
 //! so G groups cost the same few requests as one. Brokers without OffsetFetch
 //! v8 get one OffsetFetch per group; settings the direct path cannot serve
@@ -40,8 +40,13 @@ use crate::wire::WireError;
 /// the square of the partitions in one call (measured against its mock
 /// cluster: 1,000 → 7 ms, 10,000 → 0.41 s, 50,000 → 13.5 s), so a 50,000-
 /// partition cluster would spend most of a collection's timeout there.
-/// Calls of 5,000 (~0.1 s each) bound that at a few requests more per cycle.
-const LIST_OFFSETS_CHUNK: usize = 5_000;
+/// Calls of 10,000 bound that at a pair of requests more per 10,000
+/// partitions, and keep clusters up to 10,000 partitions at the floor of
+/// two ListOffsets requests per leader.
+const LIST_OFFSETS_CHUNK: usize = 10_000;
+
+/// DescribeCluster (for racks) every this many cycles, and on the first.
+const DESCRIBE_CLUSTER_EVERY: u32 = 10;
 use crate::client::KafkaClient;
 use crate::deadline::{Deadline, Fence, Stop};
 
@@ -169,7 +174,13 @@ impl KafkaClient {
         let mut cluster_id = None;
         let mut controller_id = None;
         let mut racks: HashMap<i32, String> = HashMap::new();
-        if !self.describe_cluster_unsupported.load(Ordering::Relaxed) {
+        let due = {
+            let mut cached = self.racks.lock().map_err(|_| CollectError::new(ErrorKind::Client, "racks poisoned"))?;
+            racks.clone_from(&cached.0);
+            cached.1 = cached.1.saturating_add(1);
+            cached.1 == 1 || cached.1 > DESCRIBE_CLUSTER_EVERY
+        };
+        if due && !self.describe_cluster_unsupported.load(Ordering::Relaxed) {
             // DescribeCluster only adds racks to what metadata gave us, so it
             // gets a fifth of the budget: some clusters (librdkafka's mock)
             // never answer it rather than refusing it.
@@ -178,10 +189,9 @@ impl KafkaClient {
                 Ok(desc) => {
                     cluster_id = desc.cluster_id;
                     controller_id = desc.controller_id;
-                    for b in desc.brokers {
-                        if let Some(rack) = b.rack {
-                            racks.insert(b.id, rack);
-                        }
+                    racks = desc.brokers.into_iter().filter_map(|b| b.rack.map(|r| (b.id, r))).collect();
+                    if let Ok(mut cached) = self.racks.lock() {
+                        *cached = (racks.clone(), 1);
                     }
                 }
                 Err(AdminError::Fenced(_)) => return Err(stopped("DescribeCluster", Stop::Fenced)),
@@ -193,6 +203,9 @@ impl KafkaClient {
                 Err(e) => warnings.push(format!("DescribeCluster failed, using metadata: {e}")),
             }
         }
+        // Between DescribeClusters the cluster id comes from this cycle's
+        // metadata answer (librdkafka caches it; no request), so the
+        // identity check still sees every cycle's cluster.
         if cluster_id.is_none() {
             let (left, _) = deadline.slice().map_err(|why| stopped("cluster id", why))?;
             cluster_id = client.fetch_cluster_id(left);

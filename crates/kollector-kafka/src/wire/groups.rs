@@ -20,10 +20,11 @@ use super::connection::BrokerConnection;
 use super::WireError;
 use crate::deadline::Deadline;
 
-/// Groups per multi-group OffsetFetch: answers stay a few MiB even for
-/// groups on hundreds of partitions, and one slow group does not hold up
-/// thousands.
-pub const GROUPS_PER_FETCH: usize = 500;
+/// Groups per multi-group OffsetFetch: a thousand groups on a handful of
+/// partitions each answer in well under a MiB, groups on hundreds of
+/// partitions in tens of MiB (below `MAX_FRAME`), and one slow group does
+/// not hold up more than a thousand.
+pub const GROUPS_PER_FETCH: usize = 1_000;
 
 /// A group as ListGroups names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
