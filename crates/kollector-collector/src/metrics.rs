@@ -396,6 +396,26 @@ impl StoreCollector {
                 .map(|g| (with(&b, &[("consumergroup", g.group_id.clone()), ("state", g.state.clone())]), 1i64))
                 .collect::<Vec<_>>()),
         )?;
+        gauges(
+            enc,
+            "kafka_consumergroup_info",
+            "A consumer group's kind (value 1): protocol_type (consumer, connect, empty for commit-only \
+             groups) and group_type (classic, consumer for KIP-848, share, streams; empty from brokers \
+             before ListGroups v5).",
+            family!(self, |b, s| s
+                .groups
+                .iter()
+                .filter(|g| g.protocol_type.is_some() || g.group_type.is_some())
+                .map(|g| {
+                    let labels = [
+                        ("consumergroup", g.group_id.clone()),
+                        ("protocol_type", g.protocol_type.clone().unwrap_or_default()),
+                        ("group_type", g.group_type.clone().unwrap_or_default()),
+                    ];
+                    (with(&b, &labels), 1i64)
+                })
+                .collect::<Vec<_>>()),
+        )?;
         Ok(())
     }
 

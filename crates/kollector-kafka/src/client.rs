@@ -103,7 +103,7 @@ pub struct KafkaClient {
     /// The monitor's own direct connections for the group requests (see
     /// `wire/`), or why its settings need librdkafka's per-group calls.
     /// Dropped, and so closed, with the client.
-    pub(crate) direct: Result<Mutex<GroupConnections>, String>,
+    pub(crate) direct: Result<Box<Mutex<GroupConnections>>, String>,
 }
 
 impl std::fmt::Debug for KafkaClient {
@@ -150,7 +150,7 @@ impl KafkaClient {
         let direct = if options.librdkafka_groups {
             Err("the node runs with --librdkafka-groups".to_string())
         } else {
-            WireSecurity::from_connection(&spec.connection).map(|s| Mutex::new(GroupConnections::new(s)))
+            WireSecurity::from_connection(&spec.connection).map(|s| Box::new(Mutex::new(GroupConnections::new(s))))
         };
         if let Err(why) = &direct {
             // Once per client: at start and at each reconfiguration, not every cycle.

@@ -32,7 +32,6 @@ use kollector_core::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::admin::{self, AdminError, OffsetSpec};
-use crate::wire::group_cycle::GroupConnections;
 use crate::wire::group_plan::GroupRead;
 use crate::wire::WireError;
 
@@ -354,7 +353,7 @@ impl KafkaClient {
         notes: &mut Vec<String>,
     ) -> Result<Vec<GroupSnapshot>, CollectError> {
         let reads = match &self.direct {
-            Ok(conns) => self.read_groups_direct(conns, spec, topics, brokers, deadline, warnings)?,
+            Ok(_) => self.read_groups_direct(spec, topics, brokers, deadline, warnings, notes)?,
             Err(why) => {
                 notes.push(format!("consumer groups read through librdkafka, one request per group: {why}"));
                 self.read_groups_librdkafka(spec, deadline, warnings)?
@@ -401,15 +400,17 @@ impl KafkaClient {
     /// The batched direct requests over the monitor's own connections (`wire/`).
     fn read_groups_direct(
         &self,
-        conns: &std::sync::Mutex<GroupConnections>,
         spec: &MonitorSpec,
         topics: &[TopicSnapshot],
         brokers: &[Broker],
         deadline: &Deadline,
         warnings: &mut Vec<String>,
+        notes: &mut Vec<String>,
     ) -> Result<Vec<GroupRead>, CollectError> {
+        let Ok(conns) = &self.direct else { return self.read_groups_librdkafka(spec, deadline, warnings) };
         let mut conns = conns.lock().map_err(|_| CollectError::new(ErrorKind::Client, "group connections poisoned"))?;
-        let addresses: Vec<(i32, String)> = brokers.iter().map(|b| (b.id, broker_address(&b.host, b.port))).collect();
+        let addresses: Vec<(i32, String)> =
+            brokers.iter().map(|b| (b.id, crate::wire::broker_address(&b.host, b.port))).collect();
         let asked: Vec<(String, Vec<i32>)> =
             topics.iter().map(|t| (t.name.clone(), t.partitions.iter().map(|p| p.partition).collect())).collect();
         let allowed = |g: &str| spec.filters.group_allowed(g);
@@ -427,6 +428,19 @@ impl KafkaClient {
             self.groups_unsupported.store(true, Ordering::Relaxed);
             warnings.push("consumer groups not collected: the cluster does not support ListGroups".into());
             return Ok(Vec::new());
+        }
+        if cycle.answered == 0 && !addresses.is_empty() {
+            // No broker answered the direct requests while librdkafka's
+            // connections work (metadata came back): e.g. a certificate
+            // rustls refuses and OpenSSL accepts, or a port only
+            // librdkafka's connections may reach. Rather than report no
+            // groups, this cycle reads them through librdkafka, and says so.
+            let first = cycle.broker_errors.first().cloned().unwrap_or_default();
+            tracing::debug!(monitor = %spec.id, "direct group requests failed on every broker: {first}");
+            notes.push(format!(
+                "consumer groups read through librdkafka this cycle: the direct requests failed on every broker ({first})"
+            ));
+            return self.read_groups_librdkafka(spec, deadline, warnings);
         }
         for err in &cycle.broker_errors {
             warnings.push(format!("ListGroups partial failure: {err}"));
@@ -507,15 +521,6 @@ impl KafkaClient {
                 read
             })
             .collect())
-    }
-}
-
-/// `host:port`, with an IPv6 host in brackets.
-fn broker_address(host: &str, port: u16) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
     }
 }
 

@@ -479,6 +479,7 @@ fn snapshot_json(s: &pb::Snapshot) -> serde_json::Value {
         "collected_at_ms": s.collected_at_ms,
         "duration_ms": s.duration_ms,
         "warnings": s.warnings,
+        "notes": s.notes,
         "brokers": s.brokers.iter().map(|b| serde_json::json!({"id": b.id, "host": b.host, "port": b.port, "rack": b.rack})).collect::<Vec<_>>(),
         "topics": s.topics.iter().map(|t| serde_json::json!({
             "name": t.name,
@@ -487,6 +488,7 @@ fn snapshot_json(s: &pb::Snapshot) -> serde_json::Value {
                 "earliest": p.earliest, "latest": p.latest, "error": p.error})).collect::<Vec<_>>()})).collect::<Vec<_>>(),
         "groups": s.groups.iter().map(|g| serde_json::json!({
             "group_id": g.group_id, "state": g.state, "members": g.members, "coordinator": g.coordinator, "error": g.error,
+            "protocol_type": g.protocol_type, "group_type": g.group_type,
             "offsets": g.offsets.iter().map(|o| serde_json::json!({
                 "topic": o.topic, "partition": o.partition, "committed": o.committed, "lag": o.lag, "data_loss": o.data_loss})).collect::<Vec<_>>()})).collect::<Vec<_>>(),
     })
@@ -527,6 +529,9 @@ fn print_snapshot(s: &pb::Snapshot) {
     );
     for w in &s.warnings {
         println!("   warning: {w}");
+    }
+    for n in &s.notes {
+        println!("   note: {n}");
     }
     if !s.topics.is_empty() {
         println!(

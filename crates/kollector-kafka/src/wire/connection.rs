@@ -89,6 +89,9 @@ pub struct BrokerConnection {
     versions: BrokerVersions,
     /// Requests sent on this connection (for the request counts).
     requests: u64,
+    /// When the broker ends the SASL session (SaslAuthenticate v1's
+    /// session lifetime), less a margin: the connection is replaced before.
+    expires: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for BrokerConnection {
@@ -100,6 +103,38 @@ impl std::fmt::Debug for BrokerConnection {
 /// Whether an I/O error only means "nothing yet" (a read or write slice ran out).
 fn would_block(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted)
+}
+
+/// Kafka's bounds on SCRAM iterations (`ScramMechanism`): a broker asking
+/// for more would make PBKDF2 run for as long as it likes.
+const SCRAM_MAX_ITERATIONS: u32 = 16_384;
+
+/// Checks a SCRAM server message before rsasl parses it: round 1 is the
+/// server-first message (`r=…,s=…,i=…`, every attribute `x=value`, an
+/// iteration count Kafka would accept), round 2 the server-final one
+/// (`v=…` or `e=…`). Pure.
+pub(crate) fn check_scram_server_message(round: usize, bytes: &[u8]) -> Result<(), &'static str> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "a SCRAM message that is not UTF-8")?;
+    let attributes: Vec<&str> = text.split(',').collect();
+    let well_formed = |a: &&str| a.len() >= 2 && a.as_bytes()[1] == b'=' && a.as_bytes()[0].is_ascii_alphabetic();
+    if !attributes.iter().all(well_formed) {
+        return Err("a malformed SCRAM message");
+    }
+    match round {
+        1 => {
+            let value = |key: &str| attributes.iter().find(|a| a.starts_with(key)).map(|a| &a[2..]);
+            if value("r=").is_none_or(str::is_empty) || value("s=").is_none_or(str::is_empty) {
+                return Err("a SCRAM server-first message without nonce or salt");
+            }
+            match value("i=").and_then(|i| i.parse::<u32>().ok()) {
+                Some(i) if (1..=SCRAM_MAX_ITERATIONS).contains(&i) => Ok(()),
+                _ => Err("a SCRAM iteration count outside 1..=16384"),
+            }
+        }
+        2 if attributes[0].starts_with("v=") || attributes[0].starts_with("e=") => Ok(()),
+        2 => Err("a SCRAM server-final message without verifier"),
+        _ => Err("a SCRAM exchange longer than two rounds"),
+    }
 }
 
 impl BrokerConnection {
@@ -137,6 +172,7 @@ impl BrokerConnection {
                 next_correlation: 1,
                 versions: BrokerVersions::default(),
                 requests: 0,
+                expires: None,
             };
             c.handshake_tls(deadline)?;
             c.versions = c.api_versions(deadline)?;
@@ -154,6 +190,11 @@ impl BrokerConnection {
 
     pub fn versions(&self) -> &BrokerVersions {
         &self.versions
+    }
+
+    /// Whether the broker's SASL session is about to end (open a new one).
+    pub fn expired(&self) -> bool {
+        self.expires.is_some_and(|at| std::time::Instant::now() >= at)
     }
 
     /// Requests sent so far on this connection.
@@ -226,10 +267,24 @@ impl BrokerConnection {
         let mut session =
             rsasl::prelude::SASLClient::new(config).start_suggested(&[name]).map_err(|e| refused(e.to_string()))?;
         let mut input: Option<Vec<u8>> = None;
+        let scram = mechanism.starts_with("SCRAM-");
         // PLAIN takes one round, SCRAM two; a broker that wants more is not speaking SCRAM.
-        for _ in 0..4 {
+        for round in 0..4 {
+            // rsasl's SCRAM client slices the broker's messages unchecked and
+            // runs whatever PBKDF2 iteration count it is told, outside our
+            // deadline: what the broker sent is checked first.
+            if let (true, Some(bytes)) = (scram, &input) {
+                check_scram_server_message(round, bytes).map_err(|why| refused(why.to_string()))?;
+            }
             let mut out = Vec::new();
-            let state = session.step(input.as_deref(), &mut out).map_err(|e| refused(e.to_string()))?;
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                session.step(input.as_deref(), &mut out).map_err(|e| e.to_string())
+            }));
+            let state = match step {
+                Ok(Ok(state)) => state,
+                Ok(Err(e)) => return Err(refused(e)),
+                Err(_) => return Err(refused("the broker's SASL message could not be read".into())),
+            };
             if state.has_sent_message() {
                 let request = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(out));
                 let answer: SaslAuthenticateResponse =
@@ -240,6 +295,10 @@ impl BrokerConnection {
                     return Err(refused(format!("the broker refused it: {code} {said}")));
                 }
                 input = Some(answer.auth_bytes.to_vec());
+                if answer.session_lifetime_ms > 0 {
+                    let lifetime = Duration::from_millis(answer.session_lifetime_ms as u64);
+                    self.expires = Some(std::time::Instant::now() + lifetime.mul_f64(0.9));
+                }
             }
             if state.is_finished() {
                 return Ok(());
@@ -282,7 +341,7 @@ impl BrokerConnection {
         self.read_full(&mut len, deadline)?;
         let len = i32::from_be_bytes(len);
         let len = usize::try_from(len).ok().filter(|l| *l <= MAX_FRAME).ok_or_else(|| {
-            WireError::Protocol(format!("{}: a response frame of {len} bytes (at most {MAX_FRAME})", self.address))
+            WireError::Oversized(format!("{}: a response frame of {len} bytes (at most {MAX_FRAME})", self.address))
         })?;
         let mut answer = vec![0u8; len];
         self.read_full(&mut answer, deadline)?;
@@ -346,5 +405,44 @@ impl BrokerConnection {
             std::io::ErrorKind::InvalidData => WireError::Tls(format!("{}: {e}", self.address)),
             _ => WireError::Io(format!("{}: {e}", self.address)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scram_messages_that_would_trip_rsasl_are_refused_first() {
+        assert_eq!(check_scram_server_message(1, b"r=abc,s=c2FsdA==,i=4096"), Ok(()));
+        assert_eq!(check_scram_server_message(2, b"v=c2lnbmF0dXJl"), Ok(()));
+        assert_eq!(check_scram_server_message(2, b"e=invalid-proof"), Ok(()));
+        for (round, bad) in [
+            (1, &b"r=x,s"[..]),
+            (1, b"r=x,s=y,i=4000000000"),
+            (1, b"r=x,s=y,i=0"),
+            (1, b"r=x,i=4096"),
+            (1, b"r=,s=y,i=4096"),
+            (1, b"\xff\xfe"),
+            (2, b""),
+            (2, b"x"),
+            (2, b"r=abc"),
+            (3, b"v=abc"),
+        ] {
+            assert!(check_scram_server_message(round, bad).is_err(), "{round} {bad:?}");
+        }
+    }
+
+    /// A broker's array header claiming four billion entries in a tiny
+    /// frame is a decode error, not a 160 GB reservation that aborts the
+    /// process (the patched kafka-protocol, vendor/kafka-protocol).
+    #[test]
+    fn a_huge_array_count_off_the_wire_is_an_error_not_an_abort() {
+        // ApiVersions v3: error_code, then api_keys as a compact array of u32::MAX - 1 entries.
+        let mut frame = Bytes::from_static(&[0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 0, 0]);
+        assert!(ApiVersionsResponse::decode(&mut frame, 3).is_err());
+        // Int32-counted arrays (non-flexible versions) likewise.
+        let mut frame = Bytes::from_static(&[0, 0, 0x7F, 0xFF, 0xFF, 0xFF, 0, 1]);
+        assert!(ApiVersionsResponse::decode(&mut frame, 0).is_err());
     }
 }

@@ -16,13 +16,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use kafka_protocol::messages::ApiKey;
 
 use super::connection::BrokerConnection;
-use super::group_plan::{describe_with, merge, to_relocate, BrokerAnswers, DescribeWith, GroupRead};
+use super::group_plan::{
+    describe_with, has_committed_offsets, merge, to_relocate, BrokerAnswers, DescribeWith, GroupRead,
+};
 use super::groups::{
-    consumer_group_describe, describe_groups, fetch_offsets, find_coordinators, list_groups, ListedGroup,
+    consumer_group_describe, describe_groups, fetch_offsets_into, find_coordinators, list_groups, ListedGroup,
 };
 use super::security::WireSecurity;
 use super::WireError;
 use crate::deadline::{Deadline, Stop};
+
+/// Brokers read at the same time within one cycle.
+const PARALLEL_BROKERS: usize = 8;
 
 /// A monitor's direct connections, by broker id.
 pub struct GroupConnections {
@@ -50,6 +55,8 @@ pub struct GroupCycle {
     pub authentication: Option<String>,
     /// The collection's timeout or fence passed meanwhile.
     pub stopped: Option<Stop>,
+    /// Brokers that answered (listed their groups).
+    pub answered: usize,
 }
 
 /// One broker's part of the cycle.
@@ -152,13 +159,17 @@ impl GroupConnections {
         if work.len() == 1 {
             work.iter_mut().for_each(|w| read_at(w, security, given(w.id), allowed, topics, deadline));
         } else {
-            // Brokers answer in parallel: the cycle takes the slowest broker's time, not the sum.
-            std::thread::scope(|s| {
-                for w in work.iter_mut() {
-                    let mine = given(w.id);
-                    s.spawn(move || read_at(w, security, mine, allowed, topics, deadline));
-                }
-            });
+            // Brokers answer in parallel, at most `PARALLEL_BROKERS` at a
+            // time: the cycle takes about the slowest broker's time, and a
+            // large cluster does not cost a thread per broker.
+            for batch in work.chunks_mut(PARALLEL_BROKERS) {
+                std::thread::scope(|s| {
+                    for w in batch.iter_mut() {
+                        let mine = given(w.id);
+                        s.spawn(move || read_at(w, security, mine, allowed, topics, deadline));
+                    }
+                });
+            }
         }
 
         let mut cycle = GroupCycle::default();
@@ -167,7 +178,10 @@ impl GroupConnections {
         for w in work {
             self.keep(w.id, w.conn);
             match w.outcome {
-                Ok(a) => answers.push(a),
+                Ok(a) => {
+                    cycle.answered += 1;
+                    answers.push(a);
+                }
                 Err(e) => {
                     match &e {
                         WireError::Unsupported("ListGroups") => unsupported += 1,
@@ -295,22 +309,37 @@ fn read_at(
     topics: &[(String, Vec<i32>)],
     deadline: &Deadline,
 ) {
-    let mut conn = match w.conn.take() {
-        Some(c) => c,
-        None => match BrokerConnection::connect(&w.address, security, deadline) {
-            Ok(c) => c,
-            Err(e) => {
-                w.outcome = Err(e);
-                return;
-            }
-        },
+    let connect = || BrokerConnection::connect(&w.address, security, deadline);
+    // A kept connection whose SASL session is ending is replaced first.
+    let kept = w.conn.take().filter(|c| !c.expired());
+    let reused = kept.is_some();
+    let mut conn = match kept.map_or_else(connect, Ok) {
+        Ok(c) => c,
+        Err(e) => {
+            w.outcome = Err(e);
+            return;
+        }
     };
-    let listed = match given {
-        Some(groups) => Ok(groups),
-        None => list_groups(&mut conn, deadline),
-    };
-    let mut listed = match listed {
+    let mut listed = match given.clone().map_or_else(|| list_groups(&mut conn, deadline), Ok) {
         Ok(l) => l,
+        // A kept connection may have died while idle (a broker's idle close,
+        // a NAT's): one retry on a fresh one before the broker counts as failed.
+        Err(e) if reused && e.breaks_connection() && !matches!(e, WireError::Stopped(_)) => {
+            let retried = connect().and_then(|mut c| {
+                let l = given.map_or_else(|| list_groups(&mut c, deadline), Ok)?;
+                Ok((c, l))
+            });
+            match retried {
+                Ok((c, l)) => {
+                    conn = c;
+                    l
+                }
+                Err(e) => {
+                    w.outcome = Err(e);
+                    return;
+                }
+            }
+        }
         Err(e) => {
             if !e.breaks_connection() {
                 w.conn = Some(conn);
@@ -328,48 +357,70 @@ fn read_at(
         listed.iter().filter(|g| describe_with(g, consumer_describe) == how).map(|g| g.id.clone()).collect()
     };
     let (classic, kip848) = (ids_by(DescribeWith::DescribeGroups), ids_by(DescribeWith::ConsumerGroupDescribe));
-    let all: Vec<String> = listed.iter().map(|g| g.id.clone()).collect();
-    let mut broken = None;
+    let with_offsets: Vec<String> = listed.iter().filter(|g| has_committed_offsets(g)).map(|g| g.id.clone()).collect();
     let mut stopped = None;
-    let mut note = |e: WireError, what: &str, broken: &mut Option<String>| -> String {
-        if let WireError::Stopped(s) = e {
-            stopped.get_or_insert(s);
-        }
-        let why = format!("{what}: {e}");
-        if e.breaks_connection() {
-            broken.get_or_insert(why.clone());
-        }
-        why
-    };
-    if !classic.is_empty() {
-        match describe_groups(&mut conn, &classic, deadline) {
-            Ok(list) => answers.described.extend(list.into_iter().map(|d| (d.id.clone(), d))),
-            Err(e) => answers.describe_failed = Some(note(e, "DescribeGroups", &mut broken)),
+    let mut live = Some(conn);
+    // (`live.take()` only where there is something to ask: taking it
+    // otherwise would drop, and so close, the connection.)
+    if let Some(mut c) = live.take_if(|_| !classic.is_empty()) {
+        match describe_groups(&mut c, &classic, deadline) {
+            Ok(list) => {
+                answers.described.extend(list.into_iter().map(|d| (d.id.clone(), d)));
+                live = Some(c);
+            }
+            Err(e) => (answers.describe_failed, live) = map_first(fail(e, "DescribeGroups", c, &mut stopped)),
         }
     }
-    if !kip848.is_empty() && broken.is_none() {
-        match consumer_group_describe(&mut conn, &kip848, deadline) {
-            Ok(list) => answers.described.extend(list.unwrap_or_default().into_iter().map(|d| (d.id.clone(), d))),
+    if let Some(mut c) = live.take_if(|_| !kip848.is_empty()) {
+        match consumer_group_describe(&mut c, &kip848, deadline) {
+            Ok(list) => {
+                answers.described.extend(list.unwrap_or_default().into_iter().map(|d| (d.id.clone(), d)));
+                live = Some(c);
+            }
             Err(e) => {
-                let why = note(e, "ConsumerGroupDescribe", &mut broken);
+                let (why, c) = fail(e, "ConsumerGroupDescribe", c, &mut stopped);
                 answers.describe_failed.get_or_insert(why);
+                live = c;
             }
         }
     }
-    if let Some(why) = &broken {
-        answers.fetch_failed = Some(format!("not asked: {why}"));
-    } else {
-        match fetch_offsets(&mut conn, &all, Some(topics), deadline) {
-            Ok(c) => answers.committed = c,
-            Err(e) => answers.fetch_failed = Some(note(e, "OffsetFetch", &mut broken)),
+    // Offsets matter more than descriptions: a description that broke the
+    // connection (e.g. an answer over the frame limit) does not cost them.
+    let was_stopped = stopped.is_some();
+    if live.is_none() && !was_stopped {
+        live = connect().ok();
+    }
+    match live.take() {
+        None => answers.fetch_failed = Some("not asked: no usable connection".into()),
+        Some(mut c) => {
+            match fetch_offsets_into(&mut c, &with_offsets, Some(topics), deadline, &mut answers.committed) {
+                Ok(()) => live = Some(c),
+                Err(e) => (answers.fetch_failed, live) = map_first(fail(e, "OffsetFetch", c, &mut stopped)),
+            }
         }
     }
-    if broken.is_none() {
-        w.conn = Some(conn);
-    }
+    w.conn = live;
     answers.listed = listed;
     w.outcome = match stopped {
         Some(s) => Err(WireError::Stopped(s)),
         None => Ok(answers),
     };
+}
+
+/// Records a failure: why, and the connection back only while it is still usable.
+fn fail(
+    e: WireError,
+    what: &str,
+    conn: BrokerConnection,
+    stopped: &mut Option<Stop>,
+) -> (String, Option<BrokerConnection>) {
+    if let WireError::Stopped(s) = e {
+        stopped.get_or_insert(s);
+    }
+    let usable = (!e.breaks_connection()).then_some(conn);
+    (format!("{what}: {e}"), usable)
+}
+
+fn map_first<C>((why, conn): (String, Option<C>)) -> (Option<String>, Option<C>) {
+    (Some(why), conn)
 }

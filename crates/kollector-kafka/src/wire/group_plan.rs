@@ -45,14 +45,24 @@ pub fn describe_with(group: &ListedGroup, consumer_describe_offered: bool) -> De
     }
 }
 
+/// Whether a group's offsets are read with OffsetFetch: not share groups
+/// (KIP-932), whose progress is not a committed offset.
+pub fn has_committed_offsets(group: &ListedGroup) -> bool {
+    group.group_type.as_deref() != Some("share")
+}
+
 /// The groups among `described` and `committed` whose answer said their
 /// coordinator is elsewhere (or not ready), sorted.
 pub fn to_relocate(
     described: &BTreeMap<String, DescribedGroup>,
     committed: &BTreeMap<String, Committed>,
 ) -> Vec<String> {
-    let mut out: BTreeSet<String> =
-        described.values().filter(|d| coordinator_moved(d.error_code)).map(|d| d.id.clone()).collect();
+    // Not those whose offsets came back anyway: they are kept, not risked on a retry.
+    let mut out: BTreeSet<String> = described
+        .values()
+        .filter(|d| coordinator_moved(d.error_code) && !matches!(committed.get(&d.id), Some(Ok(_))))
+        .map(|d| d.id.clone())
+        .collect();
     out.extend(
         committed.iter().filter(|(_, c)| matches!(c, Err(code) if coordinator_moved(*code))).map(|(id, _)| id.clone()),
     );
@@ -129,6 +139,7 @@ fn read_one(a: &BrokerAnswers, g: &ListedGroup) -> GroupRead {
         (None, None) => {}
     }
     read.committed = match (a.committed.get(&g.id), &a.fetch_failed) {
+        _ if !has_committed_offsets(g) => Ok(BTreeMap::new()),
         (Some(Ok(offsets)), _) => Ok(offsets.clone()),
         (Some(Err(code)), _) => Err(error_name(*code)),
         (None, Some(why)) => Err(why.clone()),
@@ -172,6 +183,11 @@ mod tests {
             ("e".to_string(), Err(COORDINATOR_NOT_AVAILABLE)),
         ]);
         assert_eq!(to_relocate(&d, &c), vec!["a", "b", "e"]);
+        // A group whose description moved but whose offsets came back is kept.
+        let c = BTreeMap::from([("a".to_string(), Ok(BTreeMap::new()))]);
+        assert_eq!(to_relocate(&d, &c), Vec::<String>::new());
+        assert!(!has_committed_offsets(&listed("s", Some("share"))));
+        assert!(has_committed_offsets(&listed("s", Some("streams"))));
         assert!(error_name(NOT_COORDINATOR).contains("NotCoordinator"));
     }
 

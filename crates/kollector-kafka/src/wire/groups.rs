@@ -20,7 +20,7 @@ use super::connection::BrokerConnection;
 use super::WireError;
 use crate::deadline::Deadline;
 
-/// Groups per multi-group OffsetFetch: a thousand groups on a handful of
+/// Groups per multi-group OffsetFetch and per DescribeGroups: a thousand groups on a handful of
 /// partitions each answer in well under a MiB, groups on hundreds of
 /// partitions in tens of MiB (below `MAX_FRAME`), and one slow group does
 /// not hold up more than a thousand.
@@ -131,7 +131,7 @@ pub fn find_coordinators(
     if ids.is_empty() {
         return Ok(out);
     }
-    let address = |host: &StrBytes, port: i32| format!("{host}:{port}");
+    let address = |host: &StrBytes, port: i32| super::broker_address(host.as_str(), port);
     if let Some(version) = conn.versions().pick(ApiKey::FindCoordinator, (4, 6)) {
         let request = FindCoordinatorRequest::default()
             .with_key_type(0)
@@ -169,20 +169,20 @@ pub fn describe_groups(
     }
     let version =
         conn.versions().pick(ApiKey::DescribeGroups, (0, 5)).ok_or(WireError::Unsupported("DescribeGroups"))?;
-    let request = DescribeGroupsRequest::default()
-        .with_groups(ids.iter().map(|i| GroupId(StrBytes::from_string(i.clone()))).collect());
-    let answer: DescribeGroupsResponse = conn.call(ApiKey::DescribeGroups, version, &request, deadline)?;
-    Ok(answer
-        .groups
-        .iter()
-        .map(|g| DescribedGroup {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(GROUPS_PER_FETCH) {
+        let request = DescribeGroupsRequest::default()
+            .with_groups(chunk.iter().map(|i| GroupId(StrBytes::from_string(i.clone()))).collect());
+        let answer: DescribeGroupsResponse = conn.call(ApiKey::DescribeGroups, version, &request, deadline)?;
+        out.extend(answer.groups.iter().map(|g| DescribedGroup {
             id: text(&g.group_id.0),
             state: text(&g.group_state),
             protocol_type: text(&g.protocol_type),
             members: g.members.len() as u32,
             error_code: g.error_code,
-        })
-        .collect())
+        }));
+    }
+    Ok(out)
 }
 
 /// Every committed offset of each of `ids`: many groups per request where
@@ -197,8 +197,23 @@ pub fn fetch_offsets(
     deadline: &Deadline,
 ) -> Result<BTreeMap<String, Committed>, WireError> {
     let mut out = BTreeMap::new();
+    match fetch_offsets_into(conn, ids, topics, deadline, &mut out) {
+        Ok(()) => Ok(out),
+        Err(e) => Err(e),
+    }
+}
+
+/// Like [`fetch_offsets`], keeping what the requests before a failure
+/// answered in `out` (the caller reports the rest as failed).
+pub fn fetch_offsets_into(
+    conn: &mut BrokerConnection,
+    ids: &[String],
+    topics: Option<&[(String, Vec<i32>)]>,
+    deadline: &Deadline,
+    out: &mut BTreeMap<String, Committed>,
+) -> Result<(), WireError> {
     if ids.is_empty() {
-        return Ok(out);
+        return Ok(());
     }
     if let Some(version) = conn.versions().pick(ApiKey::OffsetFetch, (8, 9)) {
         for chunk in ids.chunks(GROUPS_PER_FETCH) {
@@ -220,7 +235,7 @@ pub fn fetch_offsets(
                 out.insert(text(&g.group_id.0), committed(g.error_code, entries));
             }
         }
-        return Ok(out);
+        return Ok(());
     }
     // v2 is the first that answers "every topic" (topics = null).
     let version = conn.versions().pick(ApiKey::OffsetFetch, (2, 7)).ok_or(WireError::Unsupported("OffsetFetch"))?;
@@ -243,5 +258,5 @@ pub fn fetch_offsets(
         });
         out.insert(id.clone(), committed(answer.error_code, entries));
     }
-    Ok(out)
+    Ok(())
 }

@@ -28,13 +28,22 @@ use crate::deadline::Stop;
 
 pub use kafka_protocol::messages::ApiKey;
 
+/// `host:port`, with an IPv6 literal host in brackets.
+pub fn broker_address(host: &str, port: impl std::fmt::Display) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// Why a direct group request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     #[error("connection: {0}")]
     Io(String),
-    #[error("timed out talking to {0}")]
-    Timeout(String),
+    #[error("{0}")]
+    Oversized(String),
     #[error("protocol: {0}")]
     Protocol(String),
     #[error("{api} answered error code {code}")]
