@@ -175,14 +175,6 @@ impl KafkaClient {
         }
     }
 
-    /// Requests sent on the direct group connections so far.
-    pub fn direct_requests(&self) -> u64 {
-        match &self.direct {
-            Ok(c) => c.lock().map(|c| c.requests()).unwrap_or(0),
-            Err(_) => 0,
-        }
-    }
-
     /// Requests sent so far per API, as of the latest statistics emission;
     /// None until statistics have been emitted once (see [`ClientOptions`]).
     pub fn request_counts(&self) -> Option<RequestCounts> {

@@ -87,7 +87,7 @@ pub struct BrokerConnection {
     address: String,
     next_correlation: i32,
     versions: BrokerVersions,
-    /// Requests sent on this connection (for the request counts).
+    /// Requests sent on this connection (shown by Debug).
     requests: u64,
     /// When the broker ends the SASL session (SaslAuthenticate v1's
     /// session lifetime), less a margin: the connection is replaced before.
@@ -197,11 +197,6 @@ impl BrokerConnection {
         self.expires.is_some_and(|at| std::time::Instant::now() >= at)
     }
 
-    /// Requests sent so far on this connection.
-    pub fn requests(&self) -> u64 {
-        self.requests
-    }
-
     /// Completes the TLS handshake before the first request, so a refused
     /// certificate reads as a TLS error, not as a broken request.
     fn handshake_tls(&mut self, deadline: &Deadline) -> Result<(), WireError> {
@@ -291,7 +286,7 @@ impl BrokerConnection {
                     self.call(ApiKey::SaslAuthenticate, auth_version, &request, deadline)?;
                 if answer.error_code != 0 {
                     let said = answer.error_message.map(|m| m.to_string()).unwrap_or_default();
-                    let code = super::group_plan::error_name(answer.error_code);
+                    let code = super::error_name(answer.error_code);
                     return Err(refused(format!("the broker refused it: {code} {said}")));
                 }
                 input = Some(answer.auth_bytes.to_vec());

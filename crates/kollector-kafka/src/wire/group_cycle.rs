@@ -33,8 +33,6 @@ const PARALLEL_BROKERS: usize = 8;
 pub struct GroupConnections {
     security: WireSecurity,
     conns: BTreeMap<i32, BrokerConnection>,
-    /// Requests sent on connections since closed.
-    closed_requests: u64,
 }
 
 impl std::fmt::Debug for GroupConnections {
@@ -69,7 +67,7 @@ struct BrokerWork {
 
 impl GroupConnections {
     pub fn new(security: WireSecurity) -> GroupConnections {
-        GroupConnections { security, conns: BTreeMap::new(), closed_requests: 0 }
+        GroupConnections { security, conns: BTreeMap::new() }
     }
 
     /// The TLS and SASL settings connections are opened with.
@@ -82,15 +80,9 @@ impl GroupConnections {
         self.conns.len()
     }
 
-    /// Requests sent since this was built.
-    pub fn requests(&self) -> u64 {
-        self.closed_requests + self.conns.values().map(BrokerConnection::requests).sum::<u64>()
-    }
-
+    /// Closes the connection to broker `id` (dropping it closes the socket).
     fn close(&mut self, id: i32) {
-        if let Some(c) = self.conns.remove(&id) {
-            self.closed_requests += c.requests();
-        }
+        self.conns.remove(&id);
     }
 
     fn keep(&mut self, id: i32, conn: Option<BrokerConnection>) {
@@ -269,10 +261,9 @@ impl GroupConnections {
         for (id, (broker, g)) in listed {
             match found.get(&id) {
                 Some(Ok((node, address))) => at.entry((*node, address.clone())).or_default().push(g),
-                Some(Err(code)) => answers.extend(failed(
-                    format!("FindCoordinator: {}", super::group_plan::error_name(*code)),
-                    vec![(broker, g)],
-                )),
+                Some(Err(code)) => {
+                    answers.extend(failed(format!("FindCoordinator: {}", super::error_name(*code)), vec![(broker, g)]))
+                }
                 None => answers.extend(failed("FindCoordinator: no answer".into(), vec![(broker, g)])),
             }
         }
@@ -282,9 +273,7 @@ impl GroupConnections {
             }
             let mut w =
                 BrokerWork { id: node, address, conn: self.conns.remove(&node), outcome: Ok(Default::default()) };
-            let only: BTreeSet<&str> = groups.iter().map(|g| g.id.as_str()).collect();
-            let only_these = |id: &str| only.contains(id) && allowed(id);
-            read_at(&mut w, &self.security, Some(groups.clone()), &only_these, topics, deadline);
+            read_at(&mut w, &self.security, Some(groups.clone()), allowed, topics, deadline);
             self.keep(w.id, w.conn);
             match w.outcome {
                 Ok(a) => answers.push(a),

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::error_name;
 use super::groups::{Committed, DescribedGroup, ListedGroup};
 
 /// Kafka error codes that send a group to FindCoordinator and one retry.
@@ -15,14 +16,6 @@ pub const NOT_COORDINATOR: i16 = 16;
 /// Whether `code` says the group must be asked at its (new) coordinator.
 pub fn coordinator_moved(code: i16) -> bool {
     matches!(code, COORDINATOR_LOAD_IN_PROGRESS | COORDINATOR_NOT_AVAILABLE | NOT_COORDINATOR)
-}
-
-/// Kafka's name for an error code, e.g. "NotCoordinator (16)".
-pub fn error_name(code: i16) -> String {
-    match kafka_protocol::error::ResponseError::try_from_code(code) {
-        Some(e) => format!("{e} ({code})"),
-        None => "no error (0)".into(),
-    }
 }
 
 /// How a listed group is described.

@@ -197,10 +197,7 @@ pub fn fetch_offsets(
     deadline: &Deadline,
 ) -> Result<BTreeMap<String, Committed>, WireError> {
     let mut out = BTreeMap::new();
-    match fetch_offsets_into(conn, ids, topics, deadline, &mut out) {
-        Ok(()) => Ok(out),
-        Err(e) => Err(e),
-    }
+    fetch_offsets_into(conn, ids, topics, deadline, &mut out).map(|()| out)
 }
 
 /// Like [`fetch_offsets`], keeping what the requests before a failure

@@ -28,6 +28,14 @@ use crate::deadline::Stop;
 
 pub use kafka_protocol::messages::ApiKey;
 
+/// Kafka's name for an error code, e.g. "NotCoordinator (16)".
+pub fn error_name(code: i16) -> String {
+    match kafka_protocol::error::ResponseError::try_from_code(code) {
+        Some(e) => format!("{e} ({code})"),
+        None => "no error (0)".into(),
+    }
+}
+
 /// `host:port`, with an IPv6 literal host in brackets.
 pub fn broker_address(host: &str, port: impl std::fmt::Display) -> String {
     if host.contains(':') && !host.starts_with('[') {
