@@ -11,34 +11,11 @@
 //! (a flat run: 2 points), the time of one cycle's `observe`, and the size
 //! of the handover copy a collector sends to the managers in cluster mode.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kollector_core::history::{HistoryLimits, MonitorHistory, DEFAULT_HISTORY, DEFAULT_WINDOW, HANDOVER_MAX_POINTS};
+use kollector_tests::counting_alloc::{live_bytes, Counting};
 use prost::Message as _;
-
-/// Bytes allocated and not yet freed, process-wide.
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-struct Counting;
-
-// SAFETY: every call is forwarded to the system allocator unchanged; the
-// counter is only arithmetic on the sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -50,7 +27,7 @@ const INTERVAL: Duration = Duration::from_secs(30);
 fn build(partitions: i32, busy: bool) -> (MonitorHistory, usize, Duration) {
     let limits = HistoryLimits::for_monitor(DEFAULT_HISTORY, INTERVAL);
     let cycles = limits.max_points as u64 + 5;
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live_bytes();
     let mut h = MonitorHistory::default();
     let mut timed = Duration::ZERO;
     let mut s = kollector_core::testing::one_group_snapshot("events", "billing", partitions, (0, 1_000), 970);
@@ -69,7 +46,7 @@ fn build(partitions: i32, busy: bool) -> (MonitorHistory, usize, Duration) {
         }
     }
     drop(s);
-    let bytes = (LIVE.load(Ordering::Relaxed) - before).max(0) as usize;
+    let bytes = (live_bytes() - before).max(0) as usize;
     (h, bytes, timed / 5)
 }
 

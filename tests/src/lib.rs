@@ -5,16 +5,20 @@
 //! ([`tansu`], from `kollector-devkit`, shared with `kollector demo`),
 //! kollector itself ([`kollector`]). Helpers put known data into
 //! brokers ([`kafka_fixtures`]), read what the OS says about a process's TCP
-//! connections ([`net`]), parse `/metrics` ([`metrics`]) and poll for a
+//! connections ([`net`]) and its CPU time, sockets and threads
+//! ([`proc_stat`], for the cost benches), count Kafka requests on the broker
+//! side ([`request_counter`]), parse `/metrics` ([`metrics`]) and poll for a
 //! condition with a deadline instead of sleeping ([`poll`]).
 
 pub mod cluster;
+pub mod counting_alloc;
 pub mod etcd;
 pub mod kafka_security;
 pub mod kollector;
 pub mod metrics;
 pub mod net;
 pub mod poll;
+pub mod proc_stat;
 pub mod request_counter;
 
 pub use kollector_devkit::fixtures as kafka_fixtures;

@@ -1,8 +1,10 @@
 //! A TCP proxy in front of a broker that counts the Kafka requests passing
 //! through it, by API key, on the broker side of the client (librdkafka's
 //! own statistics miss the OffsetFetch requests of its admin API). It reads
-//! each request frame's length and API key and forwards the bytes as they
-//! are; answers are copied back untouched.
+//! each request frame's length, API key and client id and forwards the
+//! bytes as they are; answers are copied back untouched. Counts are kept
+//! per client id too, so two programs watching the same broker (kollector
+//! and klag-exporter in the comparison bench) are counted apart.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -10,9 +12,12 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// Requests by (client id, API key).
+type Counts = BTreeMap<(String, i16), u64>;
+
 pub struct RequestCounter {
     address: String,
-    counts: Arc<Mutex<BTreeMap<i16, u64>>>,
+    counts: Arc<Mutex<Counts>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -33,8 +38,11 @@ impl RequestCounter {
     /// Serves on `listener` (bound first, so a broker can advertise its
     /// port and every client, librdkafka's too, comes through it).
     pub fn serve(listener: TcpListener, upstream: &str) -> RequestCounter {
+        // Accepts block: a non-blocking listener (as `kafka_security::bind`
+        // makes) would spin a core in the accept loop.
+        listener.set_nonblocking(false).expect("a blocking listener");
         let address = listener.local_addr().expect("its address").to_string();
-        let counts: Arc<Mutex<BTreeMap<i16, u64>>> = Arc::default();
+        let counts: Arc<Mutex<Counts>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (upstream, c, s) = (upstream.to_string(), counts.clone(), stop.clone());
         std::thread::spawn(move || {
@@ -57,7 +65,7 @@ impl RequestCounter {
                         }
                         if n >= 2 {
                             let api = i16::from_be_bytes([frame[0], frame[1]]);
-                            *counts.lock().unwrap().entry(api).or_default() += 1;
+                            *counts.lock().unwrap().entry((client_id(&frame), api)).or_default() += 1;
                         }
                         if to_server.write_all(&len).and_then(|_| to_server.write_all(&frame)).is_err() {
                             break;
@@ -82,11 +90,37 @@ impl RequestCounter {
 
     /// Requests seen so far, by Kafka API key.
     pub fn counts(&self) -> BTreeMap<i16, u64> {
-        self.counts.lock().unwrap().clone()
+        let mut by_api = BTreeMap::new();
+        for ((_, api), n) in self.counts.lock().unwrap().iter() {
+            *by_api.entry(*api).or_default() += n;
+        }
+        by_api
+    }
+
+    /// Requests seen so far from clients whose id starts with `prefix`, by
+    /// Kafka API key.
+    pub fn counts_from(&self, prefix: &str) -> BTreeMap<i16, u64> {
+        let mut by_api = BTreeMap::new();
+        for ((client, api), n) in self.counts.lock().unwrap().iter() {
+            if client.starts_with(prefix) {
+                *by_api.entry(*api).or_default() += n;
+            }
+        }
+        by_api
     }
 
     /// Forgets the counts so far.
     pub fn reset(&self) {
         self.counts.lock().unwrap().clear();
     }
+}
+
+/// The client id of a request header (v1 and later: api key, api version,
+/// correlation id, then a nullable i16-length string); "" when absent.
+fn client_id(frame: &[u8]) -> String {
+    let Some(len) = frame.get(8..10).map(|b| i16::from_be_bytes([b[0], b[1]])) else { return String::new() };
+    if len <= 0 {
+        return String::new();
+    }
+    frame.get(10..10 + len as usize).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
 }

@@ -206,3 +206,32 @@ fn groups_whose_coordinator_moved_are_found_and_read_at_their_new_coordinator() 
 mod kafka_protocol_api {
     pub const OFFSET_FETCH: kollector_kafka::wire::ApiKey = kollector_kafka::wire::ApiKey::OffsetFetch;
 }
+
+/// The direct group connections belong to the monitor's client: open after
+/// a collection, beside librdkafka's, and closed by the time dropping the
+/// client returns (what reconfigure, delete and fencing do), with no socket
+/// to the broker left in this process.
+#[test]
+fn dropping_the_client_closes_its_direct_group_connections_with_librdkafkas() {
+    let broker = TansuBroker::start("wire-close");
+    let bs = broker.bootstrap();
+    create_topic(&bs, "orders", 2);
+    commit_offsets(&bs, "billing", &[("orders", 0, 0)]);
+    let pid = std::process::id();
+    kollector_tests::poll::wait_for("the fixtures' clients to close", T, || {
+        match kollector_tests::net::established_connections_to(pid, broker.port()) {
+            0 => Ok(()),
+            n => Err(n.to_string()),
+        }
+    });
+    let spec = spec("wire-close", &bs);
+    let client = KafkaClient::connect(&spec, &ClientOptions::default()).expect("client");
+    let snapshot = client.collect(&spec).expect("collection");
+    assert!(snapshot.groups.iter().any(|g| g.group_id == "billing"), "{:?}", snapshot.groups);
+    assert!(snapshot.notes.is_empty(), "direct path expected: {:?}", snapshot.notes);
+    assert_eq!(client.direct_connections(), 1, "one direct connection to the one broker");
+    let open = kollector_tests::net::established_connections_to(pid, broker.port());
+    assert!(open >= 2, "librdkafka's connection and the direct one: {open}");
+    drop(client);
+    assert_eq!(kollector_tests::net::established_connections_to(pid, broker.port()), 0, "sockets left after the drop");
+}

@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kollector_core::{CollectError, ErrorKind, MonitorSpec};
-use rdkafka::admin::AdminClient;
-use rdkafka::client::ClientContext;
+use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaType;
 
 use crate::wire::group_cycle::GroupConnections;
 use crate::wire::security::WireSecurity;
@@ -90,7 +90,13 @@ impl ClientContext for MonitorContext {
 /// One monitor's connection to one Kafka cluster. Not `Clone`: a monitor owns
 /// its client, lends it to one collection at a time, and drops it to close it.
 pub struct KafkaClient {
-    pub(crate) admin: AdminClient<MonitorContext>,
+    /// The librdkafka handle (Metadata, ListOffsets, DescribeCluster).
+    /// rdkafka's `Client`, not its `AdminClient`: every admin call here
+    /// waits on a private result queue (`admin/`), so the AdminClient's own
+    /// polling thread, which wakes every 100 ms for the life of the client,
+    /// would be a thread and ten wake-ups a second per monitor for nothing
+    /// (measured in BENCHMARKS.md, "Cost per monitor").
+    pub(crate) native: Client<MonitorContext>,
     context: Arc<MonitorContext>,
     /// DescribeCluster is optional (racks); a cluster that lacks it is not asked again.
     pub(crate) describe_cluster_unsupported: AtomicBool,
@@ -143,10 +149,15 @@ impl KafkaClient {
             requests: Mutex::new(RequestCounts::new()),
             stats_seen: AtomicBool::new(false),
         };
-        let admin: AdminClient<MonitorContext> = config.create_with_context(context).map_err(|e| {
+        let build_error = |e: KafkaError| {
             CollectError::new(ErrorKind::Client, format!("cannot build Kafka client: {}", config_error(&e)))
-        })?;
-        let context = admin.inner().context().clone();
+        };
+        let native_config = config.create_native_config().map_err(build_error)?;
+        // A producer-type handle, as rdkafka's AdminClient makes (the lighter
+        // of librdkafka's two kinds); it never produces.
+        let native =
+            Client::new(&config, native_config, RDKafkaType::RD_KAFKA_PRODUCER, context).map_err(build_error)?;
+        let context = native.context().clone();
         let direct = if options.librdkafka_groups {
             Err("the node runs with --librdkafka-groups".to_string())
         } else {
@@ -158,7 +169,7 @@ impl KafkaClient {
         }
         LIVE_CLIENTS.fetch_add(1, Ordering::SeqCst);
         Ok(KafkaClient {
-            admin,
+            native,
             context,
             describe_cluster_unsupported: AtomicBool::new(false),
             racks: Mutex::new((Default::default(), 0)),
@@ -199,13 +210,13 @@ impl KafkaClient {
     }
 
     /// Handles what librdkafka put on the client's main queue: log lines,
-    /// statistics and error events. rdkafka's AdminClient never polls that
-    /// queue (its handlers for it are crate-private), so without this the
+    /// statistics and error events. Nothing else polls that queue (rdkafka's
+    /// handlers for it are crate-private), so without this the
     /// events would pile up in memory for the life of the monitor. Called on
     /// every collection, from the blocking thread; bounded per call.
     pub(crate) fn serve_main_queue(&self) {
         const MAX_EVENTS_PER_CALL: usize = 10_000;
-        let Some(queue) = crate::admin::Queue::main(self.admin.inner()) else { return };
+        let Some(queue) = crate::admin::Queue::main(&self.native) else { return };
         for _ in 0..MAX_EVENTS_PER_CALL {
             let Some(event) = queue.try_next() else { break };
             let ev = event.ptr();
@@ -240,7 +251,7 @@ impl KafkaClient {
 
 impl Drop for KafkaClient {
     fn drop(&mut self) {
-        // The AdminClient field drops after this, joining librdkafka's
+        // The librdkafka handle drops after this (rd_kafka_destroy), joining its
         // threads and closing its sockets; this call blocks for that long, so
         // owners drop clients off their async threads.
         LIVE_CLIENTS.fetch_sub(1, Ordering::SeqCst);
@@ -275,6 +286,15 @@ fn client_config(spec: &MonitorSpec, options: &ClientOptions) -> ClientConfig {
         .set("socket.timeout.ms", spec.timeout.as_millis().clamp(1000, i32::MAX as u128).to_string())
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "5000")
+        // Every cycle asks for the whole cluster's metadata itself, so
+        // librdkafka's own refresh (a Metadata request every 5 minutes per
+        // client) would only duplicate it.
+        .set("topic.metadata.refresh.interval.ms", "-1")
+        // KIP-714 client telemetry: a client asks brokers for a metrics
+        // subscription and pushes its own metrics to them. Requests that are
+        // no part of a collection, and a timer per client; a monitor has no
+        // use for them.
+        .set("enable.metrics.push", "false")
         .set("log_level", "6");
     if let Some(every) = options.statistics_interval {
         c.set("statistics.interval.ms", every.as_millis().max(10).to_string());

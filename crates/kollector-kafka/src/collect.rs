@@ -143,7 +143,7 @@ impl KafkaClient {
         started: Instant,
         deadline: &Deadline,
     ) -> Result<Snapshot, CollectError> {
-        let client = self.admin.inner();
+        let client = &self.native;
         let mut warnings = Vec::new();
 
         // 1. Metadata: brokers, topics, partitions, leaders, replicas, ISR.
@@ -456,7 +456,7 @@ impl KafkaClient {
         deadline: &Deadline,
         warnings: &mut Vec<String>,
     ) -> Result<Vec<GroupRead>, CollectError> {
-        let client = self.admin.inner();
+        let client = &self.native;
         let listing = match admin::list_consumer_groups(client, check(deadline, "ListGroups")?) {
             Ok(l) => l,
             Err(e) if e.is_unsupported() => {

@@ -97,21 +97,58 @@ fn mix(mut h: u64) -> u64 {
     h ^ (h >> 31)
 }
 
-/// The rendezvous hash of a (monitor, collector) pair from their id hashes,
-/// so each id is hashed once per plan rather than once per pair.
-fn pair_hash(monitor: u64, collector: u64) -> u64 {
-    mix(monitor ^ collector.rotate_left(29).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+/// The collector's half of [`pair_hash`], from its id hash: computed once
+/// per plan, not once per pair.
+fn spread(collector: u64) -> u64 {
+    collector.rotate_left(29).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-/// Weighted rendezvous score; higher wins. With equal weights the order is
-/// that of the raw hash, so `ln` is skipped.
-fn score(pair: u64, weight: f64, uniform: bool) -> f64 {
-    if uniform {
-        return pair as f64;
-    }
+/// The rendezvous hash of a (monitor, collector) pair from the monitor's id
+/// hash and the collector's [`spread`], so each id is hashed once per plan.
+fn pair_hash(monitor: u64, spread_collector: u64) -> u64 {
+    mix(monitor ^ spread_collector)
+}
+
+/// Weighted rendezvous score; higher wins: `-weight / ln(h)`, `h` the pair
+/// hash mapped to (0, 1), never NaN. With equal weights the raw hash orders
+/// collectors the same way and is used instead (see [`best_with_room`]).
+fn weighted_score(pair: u64, weight: f64) -> f64 {
     // Map to (0, 1): never 0 (ln would be -inf) nor 1 (division by zero).
     let h = ((pair >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     -weight / h.ln()
+}
+
+/// The best-scored collector among those that are eligible and under
+/// quota (ties to the smaller id), and whether any collector was eligible.
+/// Generic over the score so the equal-weights case compiles to a tight
+/// loop over integer hashes: at 100,000 monitors and 100 collectors this
+/// loop is most of a plan from scratch.
+fn best_with_room<S: PartialOrd + Copy>(
+    collectors: &[CollectorSlot],
+    eligible: impl Fn(usize) -> bool,
+    has_room: impl Fn(usize) -> bool,
+    score: impl Fn(usize) -> S,
+) -> (bool, Option<usize>) {
+    let mut any_eligible = false;
+    let mut best: Option<(usize, S)> = None;
+    for c in 0..collectors.len() {
+        if !eligible(c) {
+            continue;
+        }
+        any_eligible = true;
+        if !has_room(c) {
+            continue;
+        }
+        let s = score(c);
+        let better = match best {
+            None => true,
+            Some((b, bs)) => s > bs || (s == bs && collectors[c].id < collectors[b].id),
+        };
+        if better {
+            best = Some((c, s));
+        }
+    }
+    (any_eligible, best.map(|(c, _)| c))
 }
 
 fn weight(c: &CollectorSlot) -> f64 {
@@ -185,85 +222,90 @@ pub fn plan_borrowed<'m, 'c, 'p>(
     let quota_by_id = quotas(collectors, monitors.len());
     let quota: Vec<usize> = collectors.iter().map(|c| quota_by_id.get(&c.id).copied().unwrap_or(0)).collect();
     let mut load: Vec<usize> = vec![0; collectors.len()];
-    let chash: Vec<u64> = collectors.iter().map(|c| stable_hash(c.id.as_str())).collect();
+    let chash: Vec<u64> = collectors.iter().map(|c| spread(stable_hash(c.id.as_str()))).collect();
     let weights: Vec<f64> = collectors.iter().map(weight).collect();
     let uniform = weights.iter().all(|w| *w == weights[0]);
     let eligible =
         |p: &Placement, c: usize| p.required_labels.iter().all(|(k, v)| collectors[c].labels.get(k) == Some(v));
-    let mut placed: Vec<(&MonitorId, usize)> = Vec::with_capacity(monitors.len());
+    // Each placed monitor's collector by the monitor's position in
+    // `monitors` (sorted by id), so the result comes out in id order
+    // without sorting 100,000 strings.
+    let mut placed: Vec<usize> = vec![usize::MAX; monitors.len()];
 
     // Pinned first: they do not move and they count toward load. Each
     // monitor's previous owner comes from walking `previous` alongside.
     let mut prev = previous.peekable();
     let mut free = Vec::new();
-    for (m, p) in monitors {
+    for (pos, (m, p)) in monitors.iter().enumerate() {
         while prev.next_if(|(pm, _)| *pm < m).is_some() {}
         let was = prev.next_if(|(pm, _)| *pm == m).and_then(|(_, c)| index.get(c).copied());
         match &p.pinned {
             Some(pin) => match index.get(pin) {
                 Some(&c) => {
                     load[c] += 1;
-                    placed.push((m, c));
+                    placed[pos] = c;
                 }
                 None => {
                     out.unplaced.insert(m.clone(), Unplaced::PinnedCollectorAbsent(pin.clone()));
                 }
             },
-            None => free.push((stable_hash(m.as_str()), m, p, was)),
+            None => free.push((stable_hash(m.as_str()), pos, m, p, was)),
         }
     }
     // A fixed order independent of the collector set, so who stays and who
     // is displaced is deterministic.
-    free.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+    free.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(b.2)));
 
     // Keep: previous owner alive, eligible and under quota.
     let mut to_place = Vec::new();
-    for (h, m, p, was) in free {
+    for (h, pos, m, p, was) in free {
         match was.filter(|&c| eligible(p, c) && load[c] < quota[c]) {
             Some(c) => {
                 load[c] += 1;
-                placed.push((m, c));
+                placed[pos] = c;
             }
-            None => to_place.push((h, m, p)),
+            None => to_place.push((h, pos, m, p)),
         }
     }
 
-    // Place the rest by rendezvous rank among collectors with room.
-    let mut ranked: Vec<(usize, f64)> = Vec::with_capacity(collectors.len());
-    for (monitor_hash, m, p) in to_place {
-        ranked.clear();
-        ranked.extend(
-            (0..collectors.len())
-                .filter(|&c| eligible(p, c))
-                .map(|c| (c, score(pair_hash(monitor_hash, chash[c]), weights[c], uniform))),
-        );
-        if ranked.is_empty() {
+    // Place the rest by rendezvous rank among collectors with room: the
+    // highest score wins, ties to the smaller collector id. One pass over
+    // the collectors per monitor, with no allocation: at 100,000 monitors
+    // and 100 collectors this loop is most of a plan from scratch.
+    for (monitor_hash, pos, m, p) in to_place {
+        let constrained = !p.required_labels.is_empty();
+        let is_eligible = |c: usize| !constrained || eligible(p, c);
+        let has_room = |c: usize| load[c] < quota[c];
+        let (any_eligible, best) = if uniform {
+            best_with_room(collectors, is_eligible, has_room, |c| pair_hash(monitor_hash, chash[c]))
+        } else {
+            best_with_room(collectors, is_eligible, has_room, |c| {
+                weighted_score(pair_hash(monitor_hash, chash[c]), weights[c])
+            })
+        };
+        if !any_eligible {
             out.unplaced.insert(m.clone(), Unplaced::NoCollectorWithLabels);
             continue;
         }
-        let chosen = ranked
-            .iter()
-            .filter(|(c, _)| load[*c] < quota[*c])
-            .max_by(|a, b| a.1.total_cmp(&b.1).then_with(|| collectors[b.0].id.cmp(&collectors[a.0].id)))
-            .map(|(c, _)| *c)
-            .unwrap_or_else(|| {
-                // Every eligible collector is at its quota (pins or label
-                // constraints): the least loaded relative to weight takes it.
-                ranked
-                    .iter()
-                    .map(|(c, _)| *c)
-                    .min_by(|&a, &b| {
-                        (load[a] as f64 / weights[a])
-                            .total_cmp(&(load[b] as f64 / weights[b]))
-                            .then_with(|| collectors[a].id.cmp(&collectors[b].id))
-                    })
-                    .unwrap_or(ranked[0].0)
-            });
+        let chosen = match best {
+            Some(c) => c,
+            // Every eligible collector is at its quota (pins or label
+            // constraints): the least loaded relative to weight takes it.
+            None => (0..collectors.len())
+                .filter(|&c| is_eligible(c))
+                .min_by(|&a, &b| {
+                    (load[a] as f64 / weights[a])
+                        .total_cmp(&(load[b] as f64 / weights[b]))
+                        .then_with(|| collectors[a].id.cmp(&collectors[b].id))
+                })
+                .unwrap_or(0),
+        };
         load[chosen] += 1;
-        placed.push((m, chosen));
+        placed[pos] = chosen;
     }
-    placed.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    (placed.into_iter().map(|(m, c)| (m, &collectors[c].id)).collect(), out.unplaced)
+    let placed =
+        monitors.keys().zip(placed).filter(|(_, c)| *c != usize::MAX).map(|(m, c)| (m, &collectors[c].id)).collect();
+    (placed, out.unplaced)
 }
 
 #[cfg(test)]
