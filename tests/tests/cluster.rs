@@ -109,6 +109,11 @@ async fn a_collector_paused_past_its_ttl_is_fenced_and_never_double_collects() {
     let before = cluster.settled(30, 60).await;
     let victim = "c2".to_string();
     let orphans: Vec<String> = before.iter().filter(|(_, c)| **c == victim).map(|(m, _)| m.clone()).collect();
+    // What the victim holds before the pause: its lease and its monitors'
+    // assignment epochs (an assignment it is given again later has a higher one).
+    let held = list_running(&cluster.collectors[&victim]).await.expect("the victim answers");
+    let held_epochs: BTreeMap<String, u64> = held.monitors.iter().map(|m| (m.monitor_id.clone(), m.epoch)).collect();
+    assert!(held.lease != 0 && !held_epochs.is_empty(), "the victim holds a lease and monitors");
     let paused_ms = unix_ms();
     cluster.collectors[&victim].pause();
 
@@ -133,17 +138,36 @@ async fn a_collector_paused_past_its_ttl_is_fenced_and_never_double_collects() {
     })
     .await;
 
-    // Wake it: it must hold nothing and no Kafka connection shortly after.
+    // Wake it: it must fence at once, keeping none of the assignments it
+    // held and no Kafka connection of theirs. Once fenced it registers
+    // again and may be given monitors anew (new epochs, new clients), so
+    // the check is not "nothing runs" (a state that can last less than one
+    // poll) but: a fence counted, the old lease gone, no old assignment
+    // running, and connections only for what runs now (a monitor holds at
+    // most 3: librdkafka's bootstrap and broker connections and the direct
+    // group connection).
     cluster.collectors[&victim].resume();
     let woke = Instant::now();
     let c2 = &cluster.collectors[&victim];
     wait_for_async("the woken collector to have fenced", Duration::from_secs(10), || async {
-        let running = list_running(c2).await.map(|r| r.monitors.len());
+        let fences = c2.metrics().value("kollector_lease_fences_total", &[]).unwrap_or(0.0);
+        let Some(now) = list_running(c2).await else { return Err("no answer".to_string()) };
+        let old: Vec<&str> = now
+            .monitors
+            .iter()
+            .filter(|m| held_epochs.get(&m.monitor_id).is_some_and(|e| m.epoch <= *e))
+            .map(|m| m.monitor_id.as_str())
+            .collect();
         let conns = kollector_tests::net::established_connections_to(c2.pid(), cluster.broker.port());
-        if running == Some(0) && conns == 0 {
+        if fences >= 1.0 && now.lease != held.lease && old.is_empty() && conns <= 3 * now.monitors.len() {
             Ok(())
         } else {
-            Err(format!("running {running:?}, {conns} Kafka connections"))
+            Err(format!(
+                "fences {fences}, lease {} (was {}), old assignments still running {old:?}, {} running, {conns} Kafka connections",
+                now.lease,
+                held.lease,
+                now.monitors.len()
+            ))
         }
     })
     .await;
