@@ -6,18 +6,15 @@
 //!    partitions and G consumer groups, counted by librdkafka's own
 //!    statistics (the client's request counters), against a real tansu
 //!    broker and a 3-broker librdkafka mock cluster.
-//! 2. Memory and threads per monitor: process RSS and thread count before
-//!    and after starting 50 monitors (each with its own client), against one
-//!    tansu broker.
+//!
+//! What a monitor costs (memory, threads, sockets, CPU) is measured by the
+//! `monitor_cost` bench.
 
 use std::time::{Duration, Instant};
 
-use kollector_collector::CollectorNode;
-use kollector_core::{MonitorId, MonitorInput, MonitorSpec};
+use kollector_core::{MonitorInput, MonitorSpec};
 use kollector_kafka::{ClientOptions, KafkaClient, RequestCounts};
 use kollector_tests::kafka_fixtures::{commit_offsets, create_topic, produce_records};
-use kollector_tests::net::{rss_kib, thread_count};
-use kollector_tests::poll::wait_for;
 use kollector_tests::tansu::TansuBroker;
 use rdkafka::mocking::MockCluster;
 
@@ -160,53 +157,4 @@ fn main() {
         let (fetch, find, all) = mock_group_requests(g);
         println!("| {g} | {fetch} | {find} | {all} |");
     }
-
-    println!();
-    println!("## Cost per monitor (50 monitors, one client each, against one tansu broker)");
-    let broker = TansuBroker::start("bench-cost");
-    create_topic(&broker.bootstrap(), "t", 10);
-    let pid = std::process::id();
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let node = CollectorNode::start(ClientOptions::default()).expect("node");
-    std::thread::sleep(Duration::from_millis(500));
-    let (rss0, thr0) = (rss_kib(pid).unwrap_or(0), thread_count(pid).unwrap_or(0));
-    const N: usize = 50;
-    for i in 0..N {
-        rt.block_on(node.assign(spec(&format!("m{i}"), &broker.bootstrap()))).expect("assign");
-    }
-    wait_for("50 monitors collecting", Duration::from_secs(60), || {
-        let ok = (0..N)
-            .filter(|i| {
-                node.store()
-                    .get(&MonitorId::new(format!("m{i}")).unwrap())
-                    .is_some_and(|e| e.current_snapshot().is_some())
-            })
-            .count();
-        if ok == N {
-            Ok(())
-        } else {
-            Err(format!("{ok}/{N}"))
-        }
-    });
-    let (rss1, thr1) = (rss_kib(pid).unwrap_or(0), thread_count(pid).unwrap_or(0));
-    println!("| monitors | RSS (MiB) | threads |");
-    println!("|---|---|---|");
-    println!("| 0 | {:.1} | {thr0} |", rss0 as f64 / 1024.0);
-    println!("| {N} | {:.1} | {thr1} |", rss1 as f64 / 1024.0);
-    println!(
-        "per monitor: {:.2} MiB RSS, {:.1} threads, kafka clients open: {}",
-        (rss1 as f64 - rss0 as f64) / 1024.0 / N as f64,
-        (thr1 as f64 - thr0 as f64) / N as f64,
-        kollector_kafka::live_clients()
-    );
-    rt.block_on(node.shutdown());
-    let closed = Instant::now();
-    wait_for("clients closed", Duration::from_secs(30), || {
-        if kollector_kafka::live_clients() == 0 {
-            Ok(())
-        } else {
-            Err(kollector_kafka::live_clients().to_string())
-        }
-    });
-    println!("all {N} clients closed {:?} after shutdown", closed.elapsed());
 }

@@ -6,7 +6,8 @@
 //! kollector itself ([`kollector`]). Helpers put known data into
 //! brokers ([`kafka_fixtures`]), read what the OS says about a process's TCP
 //! connections ([`net`]) and its CPU time, sockets and threads
-//! ([`proc_stat`], for the cost benches), count Kafka requests on the broker
+//! ([`proc_stat`], for the cost benches; [`counting_alloc`] counts Rust's
+//! heap), count Kafka requests on the broker
 //! side ([`request_counter`]), parse `/metrics` ([`metrics`]) and poll for a
 //! condition with a deadline instead of sleeping ([`poll`]).
 
