@@ -29,7 +29,7 @@ use kollector_tests::metrics::Metrics;
 use kollector_tests::net::{rss_kib, thread_count};
 use kollector_tests::poll::wait_for;
 use kollector_tests::proc_stat::cpu_seconds;
-use kollector_tests::request_counter::RequestCounter;
+use kollector_tests::request_counter::{api_name, RequestCounter};
 use kollector_tests::tansu::TansuBroker;
 
 const INTERVAL_S: u64 = 10;
@@ -54,12 +54,8 @@ struct Cluster {
 }
 
 fn start_cluster(i: usize) -> Cluster {
-    // Blocking listener: bound first so tansu can advertise its port.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
     let name = format!("cmp-{i:03}");
-    let broker = TansuBroker::start_advertising(&name, kollector_tests::free_port(), port);
-    let counter = RequestCounter::serve(listener, &broker.bootstrap());
+    let (broker, counter) = RequestCounter::in_front_of_tansu(&name);
     let bs = counter.address();
     for (topic, partitions) in TOPICS {
         create_topic(&bs, topic, partitions);
@@ -205,10 +201,6 @@ struct Usage {
     rss_mib: f64,
     threads: u64,
     requests: BTreeMap<i16, u64>,
-}
-
-fn api_name(key: i16) -> String {
-    kafka_protocol::messages::ApiKey::try_from(key).map(|k| format!("{k:?}")).unwrap_or_else(|_| key.to_string())
 }
 
 fn main() {

@@ -34,7 +34,7 @@ use kollector_kafka::ClientOptions;
 use kollector_tests::counting_alloc::{live_bytes, Counting};
 use kollector_tests::kafka_fixtures::{commit_offsets, create_topic, produce_records};
 use kollector_tests::net::{rss_kib, thread_count};
-use kollector_tests::poll::wait_for;
+use kollector_tests::poll::{wait_for, wait_unchanged};
 use kollector_tests::proc_stat::{cpu_seconds, socket_count, thread_use_between, threads};
 use kollector_tests::tansu::TansuBroker;
 
@@ -123,22 +123,11 @@ fn check_answers(node: &CollectorHandle, n: usize) {
     }
 }
 
-/// Waits until no collection has finished for `quiet` (after the gate shut,
-/// collections already started run to their end).
-fn wait_quiet(collections: &AtomicU64, quiet: Duration) {
-    let mut last = collections.load(Ordering::SeqCst);
-    let mut since = Instant::now();
-    wait_for("collections to stop", Duration::from_secs(120), || {
-        let now = collections.load(Ordering::SeqCst);
-        if now != last {
-            last = now;
-            since = Instant::now();
-        }
-        if since.elapsed() >= quiet {
-            Ok(())
-        } else {
-            Err(format!("{now} collections so far"))
-        }
+/// Waits until `n` clients are open in this process.
+fn wait_clients(what: &str, n: usize) {
+    wait_for(what, Duration::from_secs(60), || match kollector_kafka::live_clients() {
+        open if open == n as i64 => Ok(()),
+        open => Err(format!("{open} open")),
     });
 }
 
@@ -217,7 +206,10 @@ fn main() {
         // until the gate opens (rare: a collection takes milliseconds), so
         // the table's `clients` column is the number the idle window saw.
         gate.close();
-        wait_quiet(&collections, Duration::from_secs(10));
+        // After the gate shut, collections already started run to their end.
+        wait_unchanged("collections to stop", Duration::from_secs(10), Duration::from_secs(120), || {
+            collections.load(Ordering::SeqCst)
+        });
         let r = resources(pid);
         if r.clients != n as i64 {
             eprintln!("  note: {} of {n} clients open in the idle window (the rest were fenced)", r.clients);
@@ -281,10 +273,7 @@ fn main() {
     }
 
     rt.block_on(node.shutdown());
-    wait_for("clients closed", Duration::from_secs(60), || match kollector_kafka::live_clients() {
-        0 => Ok(()),
-        n => Err(n.to_string()),
-    });
+    wait_clients("clients closed", 0);
 }
 
 /// 100 monitors, 100 rounds: each round reconfigures every monitor (a new
@@ -300,10 +289,7 @@ fn reconfiguration_run(rt: &tokio::runtime::Runtime, node: &CollectorHandle, bs:
         rt.block_on(node.unassign(id(i))).expect("unassign");
     }
     wait_collected(node, N, 1, Duration::from_secs(120));
-    wait_for("one client per monitor", Duration::from_secs(60), || match kollector_kafka::live_clients() {
-        n if n == N as i64 => Ok(()),
-        n => Err(n.to_string()),
-    });
+    wait_clients("one client per monitor", N);
     // One warm-up round, so allocator arenas and the blocking pool have
     // grown to what a reconfiguration needs before the baseline.
     let mut generation = 1;
@@ -320,22 +306,9 @@ fn reconfiguration_run(rt: &tokio::runtime::Runtime, node: &CollectorHandle, bs:
     // collections and client drops, and lets an idle thread go after 10 s)
     // back to its resting size, i.e. the thread count unchanged for 12 s.
     let settle = |what: &str| {
-        wait_for(what, Duration::from_secs(60), || match kollector_kafka::live_clients() {
-            n if n == N as i64 => Ok(()),
-            n => Err(n.to_string()),
-        });
-        let mut last = thread_count(pid).unwrap_or(0);
-        let mut since = Instant::now();
-        wait_for("the thread count to settle", Duration::from_secs(120), || {
-            let now = thread_count(pid).unwrap_or(0);
-            if now != last {
-                (last, since) = (now, Instant::now());
-            }
-            if since.elapsed() >= Duration::from_secs(12) {
-                Ok(())
-            } else {
-                Err(format!("{now} threads"))
-            }
+        wait_clients(what, N);
+        wait_unchanged("the thread count to settle", Duration::from_secs(12), Duration::from_secs(120), || {
+            thread_count(pid).unwrap_or(0)
         });
         resources(pid)
     };

@@ -20,18 +20,12 @@ use std::time::{Duration, Instant};
 use kollector_core::{MonitorInput, MonitorSpec};
 use kollector_kafka::{ClientOptions, KafkaClient};
 use kollector_tests::kafka_fixtures::{commit_offsets, create_topic};
-use kollector_tests::kafka_security::bind;
-use kollector_tests::request_counter::RequestCounter;
-use kollector_tests::tansu::TansuBroker;
+use kollector_tests::request_counter::{api_name, RequestCounter};
 
 const K: u32 = 5;
 const FLOOR: f64 = 6.0;
 const PARTITIONS: [usize; 3] = [10, 1_000, 10_000];
 const GROUPS: [usize; 3] = [1, 100, 1_000];
-
-fn api_name(key: i16) -> String {
-    kollector_kafka::wire::ApiKey::try_from(key).map(|k| format!("{k:?}")).unwrap_or_else(|_| key.to_string())
-}
 
 fn spec(bootstrap: &str, partitions: usize, groups: usize) -> MonitorSpec {
     MonitorInput {
@@ -70,9 +64,7 @@ fn measure(counter: &RequestCounter, spec: &MonitorSpec, librdkafka_groups: bool
 }
 
 fn main() {
-    let (listener, port) = bind();
-    let broker = TansuBroker::start_advertising("bench-requests", kollector_devkit::free_port(), port);
-    let counter = RequestCounter::serve(listener, &broker.bootstrap());
+    let (_broker, counter) = RequestCounter::in_front_of_tansu("bench-requests");
     let bs = counter.address();
     let setup = Instant::now();
     for p in PARTITIONS {

@@ -43,3 +43,29 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Polls `read` every 100 ms until its value has not changed for `quiet`
+/// (a count that has settled: collections after a gate shut, a thread pool
+/// after its idle threads left), or panics naming `what` once `timeout`
+/// has passed; returns the settled value.
+pub fn wait_unchanged<T, F>(what: &str, quiet: Duration, timeout: Duration, mut read: F) -> T
+where
+    T: PartialEq + std::fmt::Debug,
+    F: FnMut() -> T,
+{
+    let mut last = read();
+    let mut since = Instant::now();
+    wait_for(what, timeout, || {
+        let now = read();
+        if now != last {
+            (last, since) = (now, Instant::now());
+            return Err(format!("{last:?}, changing"));
+        }
+        if since.elapsed() >= quiet {
+            Ok(())
+        } else {
+            Err(format!("{last:?} for {:?}", since.elapsed()))
+        }
+    });
+    last
+}

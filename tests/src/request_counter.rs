@@ -12,6 +12,8 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::tansu::TansuBroker;
+
 /// Requests by (client id, API key).
 type Counts = BTreeMap<(String, i16), u64>;
 
@@ -30,6 +32,17 @@ impl Drop for RequestCounter {
 }
 
 impl RequestCounter {
+    /// A tansu broker that advertises this counter's port, so every client,
+    /// librdkafka's and the direct group connections alike, reaches it
+    /// through the counter: bootstrap at [`RequestCounter::address`].
+    pub fn in_front_of_tansu(cluster_id: &str) -> (TansuBroker, RequestCounter) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the counting proxy");
+        let port = listener.local_addr().expect("its address").port();
+        let broker = TansuBroker::start_advertising(cluster_id, crate::free_port(), port);
+        let counter = RequestCounter::serve(listener, &broker.bootstrap());
+        (broker, counter)
+    }
+
     /// Listens on a free loopback port and forwards to `upstream` (host:port).
     pub fn start(upstream: &str) -> RequestCounter {
         RequestCounter::serve(TcpListener::bind("127.0.0.1:0").expect("bind the counting proxy"), upstream)
@@ -90,11 +103,7 @@ impl RequestCounter {
 
     /// Requests seen so far, by Kafka API key.
     pub fn counts(&self) -> BTreeMap<i16, u64> {
-        let mut by_api = BTreeMap::new();
-        for ((_, api), n) in self.counts.lock().unwrap().iter() {
-            *by_api.entry(*api).or_default() += n;
-        }
-        by_api
+        self.counts_from("")
     }
 
     /// Requests seen so far from clients whose id starts with `prefix`, by
@@ -123,4 +132,9 @@ fn client_id(frame: &[u8]) -> String {
         return String::new();
     }
     frame.get(10..10 + len as usize).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
+}
+
+/// A Kafka API key's name ("OffsetFetch"), or the number if unknown.
+pub fn api_name(key: i16) -> String {
+    kollector_kafka::wire::ApiKey::try_from(key).map(|k| format!("{k:?}")).unwrap_or_else(|_| key.to_string())
 }

@@ -14,7 +14,6 @@ use kollector_kafka::wire::groups::{fetch_offsets, ListedGroup};
 use kollector_kafka::wire::security::WireSecurity;
 use kollector_kafka::{ClientOptions, Deadline, KafkaClient};
 use kollector_tests::kafka_fixtures::{commit_offsets, create_topic, produce_records};
-use kollector_tests::kafka_security::bind;
 use kollector_tests::request_counter::RequestCounter;
 use kollector_tests::tansu::TansuBroker;
 use rdkafka::mocking::MockCluster;
@@ -40,8 +39,11 @@ fn spec(id: &str, bootstrap: &str) -> MonitorSpec {
     .expect("spec")
 }
 
-/// Commits `want` (group → (topic, partition) → offset), four committers at a time.
-fn commit_all(bootstrap: &str, want: &BTreeMap<String, BTreeMap<(String, i32), i64>>) {
+/// Commits: group → (topic, partition) → offset.
+type Commits = BTreeMap<String, BTreeMap<(String, i32), i64>>;
+
+/// Commits `want`, four committers at a time.
+fn commit_all(bootstrap: &str, want: &Commits) {
     let groups: Vec<_> = want.iter().collect();
     std::thread::scope(|s| {
         for chunk in groups.chunks(groups.len().div_ceil(4).max(1)) {
@@ -55,15 +57,38 @@ fn commit_all(bootstrap: &str, want: &BTreeMap<String, BTreeMap<(String, i32), i
     });
 }
 
+/// Groups committed on librdkafka's mock cluster: `brokers` brokers, topic
+/// `events` (3 partitions), groups `{prefix}-0..n`, group i at offset
+/// `i × step + p` on partition p. Returns the mock, its bootstrap address
+/// and the commits.
+fn mock_with_commits(
+    brokers: i32,
+    prefix: &str,
+    n: usize,
+    step: usize,
+) -> (MockCluster<'static, rdkafka::producer::DefaultProducerContext>, String, Commits) {
+    let mock = MockCluster::new(brokers).expect("mock cluster");
+    mock.create_topic("events", 3, 1).expect("topic");
+    let bs = mock.bootstrap_servers();
+    let want: Commits = (0..n)
+        .map(|i| {
+            (
+                format!("{prefix}-{i}"),
+                (0..3).map(|p| (("events".to_string(), p), (i * step + p as usize) as i64)).collect(),
+            )
+        })
+        .collect();
+    commit_all(&bs, &want);
+    (mock, bs, want)
+}
+
 /// 200 groups with known commits on three topics, read by a monitor's
 /// collection: every committed offset and lag equals what was committed
 /// and produced, and a cycle sends one ListGroups, one DescribeGroups and
 /// one OffsetFetch (v8, all 200 groups) on the connection it keeps.
 #[test]
 fn two_hundred_groups_in_three_group_requests_per_cycle_with_every_offset_and_lag_right() {
-    let (listener, port) = bind();
-    let broker = TansuBroker::start_advertising("wire-groups", kollector_devkit::free_port(), port);
-    let counter = RequestCounter::serve(listener, &broker.bootstrap());
+    let (broker, counter) = RequestCounter::in_front_of_tansu("wire-groups");
     let bs = counter.address();
     for t in ["orders", "payments", "audit"] {
         create_topic(&bs, t, 2);
@@ -72,7 +97,7 @@ fn two_hundred_groups_in_three_group_requests_per_cycle_with_every_offset_and_la
         }
     }
     // Group g017 commits (17 % 29 + p) on partition p of topics chosen by its number.
-    let want: BTreeMap<String, BTreeMap<(String, i32), i64>> = (0..200)
+    let want: Commits = (0..200)
         .map(|i| {
             let topics: Vec<&str> = ["orders", "payments", "audit"].into_iter().take(1 + i % 3).collect();
             let offsets = topics
@@ -124,15 +149,8 @@ fn two_hundred_groups_in_three_group_requests_per_cycle_with_every_offset_and_la
 /// one request per group, chosen from ApiVersions, with the same answers.
 #[test]
 fn a_broker_without_offset_fetch_v8_gets_one_request_per_group() {
-    let mock = MockCluster::new(1).expect("mock cluster");
-    mock.create_topic("events", 3, 1).expect("topic");
-    let bs = mock.bootstrap_servers();
-    let want: BTreeMap<String, BTreeMap<(String, i32), i64>> = (0..10)
-        .map(|i| {
-            (format!("old-{i}"), (0..3).map(|p| (("events".to_string(), p), (i * 10 + p as usize) as i64)).collect())
-        })
-        .collect();
-    commit_all(&bs, &want);
+    // The mock lives to the end of the test.
+    let (_mock, bs, want) = mock_with_commits(1, "old", 10, 10);
     let counter = RequestCounter::start(&bs);
     let deadline = Deadline::after(T);
     let mut conn =
@@ -158,15 +176,7 @@ fn a_broker_without_offset_fetch_v8_gets_one_request_per_group() {
 fn groups_whose_coordinator_moved_are_found_and_read_at_their_new_coordinator() {
     use rdkafka::mocking::MockCoordinator;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-    let mock = MockCluster::new(3).expect("mock cluster");
-    mock.create_topic("events", 3, 1).expect("topic");
-    let bs = mock.bootstrap_servers();
-    let want: BTreeMap<String, BTreeMap<(String, i32), i64>> = (0..12)
-        .map(|i| {
-            (format!("moved-{i}"), (0..3).map(|p| (("events".to_string(), p), (i * 7 + p as usize) as i64)).collect())
-        })
-        .collect();
-    commit_all(&bs, &want);
+    let (mock, bs, want) = mock_with_commits(3, "moved", 12, 7);
     // Asked in id order: the first four are the ones that moved to broker 2.
     let moved = ["moved-0", "moved-1", "moved-10", "moved-11"];
     for id in want.keys() {
