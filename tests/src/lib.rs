@@ -9,7 +9,10 @@
 //! ([`proc_stat`], for the cost benches; [`counting_alloc`] counts Rust's
 //! heap), count Kafka requests on the broker
 //! side ([`request_counter`]), parse `/metrics` ([`metrics`]) and poll for a
-//! condition with a deadline instead of sleeping ([`poll`]).
+//! condition with a deadline instead of sleeping ([`poll`]). Multi-broker
+//! faults with group APIs (one broker refusing, stuck or throttled, one
+//! coordinator loading) come from a virtual cluster of N brokers in front of
+//! one tansu ([`virtual_cluster`]).
 
 pub mod cluster;
 pub mod counting_alloc;
@@ -21,6 +24,7 @@ pub mod net;
 pub mod poll;
 pub mod proc_stat;
 pub mod request_counter;
+pub mod virtual_cluster;
 
 pub use kollector_devkit::fixtures as kafka_fixtures;
 pub use kollector_devkit::{find_executable, free_port, tansu};

@@ -261,35 +261,31 @@ impl StoreCollector {
             "1 when the committed offset is older than kollector's offset history, so kafka_consumergroup_lag_seconds is only a lower bound.",
             group_partition(&|o| o.lag_ms.map(|_| o.lag_ms_is_lower_bound as i64)),
         )?;
+        // Per group and topic, from one pass over each group's offsets.
+        let group_topic = |value: &dyn Fn(&kollector_core::GroupTopic) -> Option<i64>| {
+            family!(self, |b, s| s
+                .groups
+                .iter()
+                .flat_map(|g| g.by_topic().into_iter().map(move |t| (g, t)))
+                .filter_map(|(g, t)| value(&t).map(|v| {
+                    (with(&b, &[("consumergroup", g.group_id.clone()), ("topic", t.topic.to_string())]), v)
+                }))
+                .collect::<Vec<_>>())
+        };
         gauges(
             enc,
             "kafka_consumergroup_max_lag_seconds",
             "Largest kafka_consumergroup_lag_seconds of a group on a topic.",
-            family!(self, |b, s| s
-                .groups
-                .iter()
-                .flat_map(|g| {
-                    let mut max: std::collections::BTreeMap<&str, u64> = Default::default();
-                    for o in &g.offsets {
-                        if let Some(ms) = o.lag_ms {
-                            let e = max.entry(o.topic.as_str()).or_default();
-                            *e = (*e).max(ms);
-                        }
-                    }
-                    let b = b.clone();
-                    max.into_iter().map(move |(t, ms)| {
-                        (
-                            with(&b, &[("consumergroup", g.group_id.clone()), ("topic", t.to_string())]),
-                            ms as f64 / 1000.0,
-                        )
-                    })
-                })
-                .collect::<Vec<_>>()),
+            group_topic(&|t| t.max_lag_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX)))
+                .into_iter()
+                .map(|(labels, ms)| (labels, ms as f64 / 1000.0))
+                .collect(),
         )?;
         gauges(
             enc,
             "kafka_consumergroup_partition_status",
-            "Burrow-style verdict of a group on a partition, as Burrow's code: 1 OK, 2 WARN, 4 STOP, 5 STALL, 6 REWIND.",
+            "Burrow's verdict of a group on a partition, as Burrow's code: 1 OK, 2 WARN, 4 STOP, 5 STALL, 6 REWIND \
+             (absent while unread).",
             group_partition(&|o| o.verdict.map(|v| v.code() as i64)),
         )?;
         gauges(
@@ -312,7 +308,8 @@ impl StoreCollector {
         gauges(
             enc,
             "kafka_consumergroup_status",
-            "Burrow-style group status, the worst of its partitions: 1 OK, 2 WARN, 3 ERR.",
+            "Burrow's group status, the worst of its partitions: 1 OK, 2 WARN, 3 ERR (absent while the group, \
+             or a partition of it, is unread: unknown, never OK).",
             family!(self, |b, s| s
                 .groups
                 .iter()
@@ -337,7 +334,7 @@ impl StoreCollector {
                     .filter_map(|(g, o)| {
                         earliest
                             .get(&(o.topic.as_str(), o.partition))
-                            .map(|e| (partition_labels(&b, g, o), (o.committed - e).max(0)))
+                            .map(|e| (partition_labels(&b, g, o), o.committed.saturating_sub(*e).max(0)))
                     })
                     .collect::<Vec<_>>()
             }),
@@ -348,51 +345,76 @@ impl StoreCollector {
             "Estimated seconds until retention deletes the group's committed offset: kafka_consumergroup_retention_margin divided by the partition's write rate over kollector's offset history (absent when nothing was written during it, or while the log start is still 0: retention has deleted nothing yet).",
             group_partition_seconds(&|o| o.retention_margin_ms),
         )?;
-        let group_topic = |value: &dyn Fn(&kollector_core::GroupSnapshot, &str) -> Option<i64>| {
-            family!(self, |b, s| s
-                .groups
-                .iter()
-                .flat_map(|g| {
-                    let mut topics: Vec<&str> = g.offsets.iter().map(|o| o.topic.as_str()).collect();
-                    topics.dedup();
-                    topics.into_iter().map(move |t| (g, t))
-                })
-                .filter_map(|(g, t)| value(g, t)
-                    .map(|v| (with(&b, &[("consumergroup", g.group_id.clone()), ("topic", t.to_string())]), v)))
-                .collect::<Vec<_>>())
-        };
         gauges(
             enc,
             "kafka_consumergroup_current_offset_sum",
             "Sum of a group's committed offsets on a topic.",
-            group_topic(&|g, t| Some(g.offsets.iter().filter(|o| o.topic == t).map(|o| o.committed).sum())),
+            group_topic(&|t| Some(t.committed_sum)),
         )?;
         gauges(
             enc,
             "kafka_consumergroup_lag_sum",
             "Sum of a group's lag on a topic (partitions with known lag).",
-            group_topic(&|g, t| {
-                let lags: Vec<i64> = g.offsets.iter().filter(|o| o.topic == t).filter_map(|o| o.lag).collect();
-                (!lags.is_empty()).then(|| lags.iter().sum())
-            }),
+            group_topic(&|t| t.lag_sum),
+        )?;
+        gauges(
+            enc,
+            "kafka_consumergroup_partitions_ahead_of_log",
+            "Partitions of a topic where a group's committed offset is above the high watermark (lag is reported \
+             as 0 there): the topic was re-created or its log truncated since the group committed. Present only \
+             while non-zero.",
+            family!(self, |b, s| s
+                .groups
+                .iter()
+                .flat_map(|g| {
+                    let mut n: std::collections::BTreeMap<&str, i64> = Default::default();
+                    for o in g.offsets.iter().filter(|o| o.ahead_of_log) {
+                        *n.entry(o.topic.as_str()).or_default() += 1;
+                    }
+                    let b = b.clone();
+                    n.into_iter().map(move |(t, n)| {
+                        (with(&b, &[("consumergroup", g.group_id.clone()), ("topic", t.to_string())]), n)
+                    })
+                })
+                .collect::<Vec<_>>()),
+        )?;
+        gauges(
+            enc,
+            "kollector_consumergroup_unread",
+            "1 for each part of a group (label part: description, offsets) that could not be read in the \
+             monitor's latest collection: its series are absent this cycle and its status is unknown, never OK. \
+             The reason is in the group's error (monitor show, GetLatest).",
+            family!(self, |b, s| s
+                .groups
+                .iter()
+                .flat_map(|g| {
+                    let parts = [("description", g.description_unread), ("offsets", g.offsets_unread)];
+                    let b = b.clone();
+                    parts.into_iter().filter(|(_, unread)| *unread).map(move |(part, _)| {
+                        (with(&b, &[("consumergroup", g.group_id.clone()), ("part", part.to_string())]), 1i64)
+                    })
+                })
+                .collect::<Vec<_>>()),
         )?;
         gauges(
             enc,
             "kafka_consumergroup_members",
-            "Number of members of a consumer group.",
+            "Number of members of a consumer group (absent while its description is unread).",
             family!(self, |b, s| s
                 .groups
                 .iter()
+                .filter(|g| !g.description_unread)
                 .map(|g| (with(&b, &[("consumergroup", g.group_id.clone())]), g.members as i64))
                 .collect::<Vec<_>>()),
         )?;
         gauges(
             enc,
             "kafka_consumergroup_state",
-            "Consumer group state (value 1, state in the label).",
+            "Consumer group state (value 1, state in the label; absent while its description is unread).",
             family!(self, |b, s| s
                 .groups
                 .iter()
+                .filter(|g| !g.description_unread)
                 .map(|g| (with(&b, &[("consumergroup", g.group_id.clone()), ("state", g.state.clone())]), 1i64))
                 .collect::<Vec<_>>()),
         )?;

@@ -25,21 +25,37 @@
 //! by) or while the log start is still 0 (retention has deleted nothing yet:
 //! a young topic, a compacted one, no time limit).
 //!
-//! **Verdicts** follow Burrow's evaluator over a window of the last N
+//! **Verdicts** are Burrow's (linkedin/Burrow, `evaluator/caching.go`),
+//! rule for rule and in Burrow's order, over a window of the last N
 //! observations (committed offset, latest offset, time), one per cycle:
-//! 1. lag 0 now → OK;
-//! 2. committed unchanged across the window and for longer than the window
-//!    spans, lag > 0: STALL if the log moved meanwhile (the consumer is
-//!    stuck while records arrive), STOP if it did not (the consumer stopped);
-//! 3. committed went backwards and did not get back → REWIND;
-//! 4. if no observation in the window had lag 0: WARN when lag never fell
-//!    and grew from first to last;
-//! 5. otherwise OK.
+//! 1. current lag ≤ the allowed lag (0) → OK, nothing else checked;
+//! 2. STOP when the consumer stopped, unless a recent latest offset is at or
+//!    below the last committed offset (it was caught up lately);
+//! 3. OK when lag was 0 anywhere in the window;
+//! 4. REWIND when the committed offset dropped and never got back;
+//! 5. STALL when the committed offset never changed (lag > 0 throughout);
+//! 6. WARN when lag never decreased from one observation to the next;
+//! 7. otherwise OK.
 //!
-//! Burrow sees every commit (it reads `__consumer_offsets`); a poller sees
-//! one observation per cycle, so it cannot tell "no commits" from "the same
-//! offset committed again": STOP and STALL are told apart by whether the log
-//! moved, and a verdict needs a full window except OK and REWIND.
+//! **The poller's "stopped".** Burrow reads every commit with its timestamp
+//! (`__consumer_offsets`) and calls a consumer stopped when the time since
+//! its last commit exceeds the span of its window. A poller sees one
+//! committed offset per cycle and no commit times, so "the same offset
+//! committed again" and "no commit at all" look alike. kollector decides
+//! from what a cycle does see: the group has **no members** and its
+//! committed offset has **not changed across the whole window** (every
+//! observation in it shows the same offset; how long before the window it
+//! got there a poller cannot know, so the window is the span judged). A
+//! live member that keeps committing the same offset while lag stays above
+//! 0 is therefore STALL, not STOP; a group whose members are gone while
+//! producers write is STOP. Groups that commit without membership (a
+//! framework assigning partitions itself, protocol type "") look stopped
+//! whenever their offset stands still.
+//!
+//! A verdict needs a full window, except OK and REWIND (Burrow's
+//! `minimum-complete`). A group or partition that could not be read in a
+//! cycle has no verdict that cycle (never OK) and keeps its window, which
+//! resumes when it reads again.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -270,13 +286,26 @@ impl GroupVerdict {
     pub fn parse(s: &str) -> Option<GroupVerdict> {
         [GroupVerdict::Ok, GroupVerdict::Warn, GroupVerdict::Err].into_iter().find(|v| v.as_str() == s)
     }
-    /// The group's status from its partitions' verdicts (OK for none).
-    pub fn of(verdicts: impl IntoIterator<Item = Verdict>) -> GroupVerdict {
-        match verdicts.into_iter().max_by_key(|v| v.severity()) {
-            None | Some(Verdict::Ok) => GroupVerdict::Ok,
-            Some(Verdict::Warn) => GroupVerdict::Warn,
-            Some(_) => GroupVerdict::Err,
+    /// The group's status from its partitions' verdicts, None for a
+    /// partition whose verdict is unknown this cycle. Burrow's rule: the
+    /// worst partition, anything past WARN as ERR. Unknown partitions
+    /// could hide anything worse, so with any of them only ERR is certain;
+    /// no partitions at all (nothing committed) is no status, not OK.
+    pub fn of(verdicts: impl IntoIterator<Item = Option<Verdict>>) -> Option<GroupVerdict> {
+        let (mut worst, mut unknown, mut any) = (None::<Verdict>, false, false);
+        for v in verdicts {
+            any = true;
+            match v {
+                None => unknown = true,
+                Some(v) => worst = Some(worst.map_or(v, |w| if v.severity() > w.severity() { v } else { w })),
+            }
         }
+        let status = match worst? {
+            Verdict::Ok => GroupVerdict::Ok,
+            Verdict::Warn => GroupVerdict::Warn,
+            _ => GroupVerdict::Err,
+        };
+        (any && (!unknown || status == GroupVerdict::Err)).then_some(status)
     }
 }
 
@@ -326,40 +355,76 @@ impl CommitWindow {
     }
 
     /// The verdict over the window, as of the latest observation; None until
-    /// there is one.
-    pub fn verdict(&self, window: usize) -> Option<Verdict> {
+    /// there is one. `members` is the group's member count this cycle (None
+    /// when its description could not be read: then there is no verdict).
+    pub fn verdict(&self, window: usize, members: Option<u32>) -> Option<Verdict> {
+        let members = members?;
         let last = *self.observations.back()?;
-        if last.lag() == 0 {
-            return Some(Verdict::Ok);
-        }
         let obs: Vec<Observation> = self.observations.iter().copied().collect();
-        // REWIND: a drop that no later observation recovered from.
-        let rewound = obs
-            .windows(2)
-            .enumerate()
-            .any(|(i, w)| w[1].committed < w[0].committed && obs[i + 1..].iter().all(|o| o.committed < w[0].committed));
-        if rewound {
-            return Some(Verdict::Rewind);
-        }
-        if obs.len() < window.max(2) {
-            return Some(Verdict::Ok);
-        }
+        let full = obs.len() >= window.max(2);
         let first = obs[0];
-        let span = last.at_ms - first.at_ms;
-        let unchanged = obs.iter().all(|o| o.committed == last.committed);
-        if unchanged && last.at_ms.saturating_sub(self.committed_since_ms) >= span {
-            let log_moved = obs.iter().any(|o| o.latest != first.latest);
-            return Some(if log_moved { Verdict::Stall } else { Verdict::Stop });
-        }
-        if obs.iter().any(|o| o.lag() == 0) {
-            return Some(Verdict::Ok);
-        }
-        let never_fell = obs.windows(2).all(|w| w[1].lag() >= w[0].lag());
-        if never_fell && last.lag() > first.lag() {
-            return Some(Verdict::Warn);
-        }
-        Some(Verdict::Ok)
+        // The poller's stand-in for Burrow's "stopped committing" (module doc).
+        let stopped =
+            full && members == 0 && last.at_ms.saturating_sub(self.committed_since_ms) >= last.at_ms - first.at_ms;
+        let facts = WindowFacts {
+            current_lag: last.lag(),
+            allowed_lag: 0,
+            stopped,
+            recent_lag_zero: recent_lag_zero(obs.iter().map(|o| o.latest), last.committed),
+        };
+        let verdict = burrow_status(&obs, facts);
+        // Short of a full window only OK and REWIND are said.
+        Some(if full || verdict == Verdict::Rewind { verdict } else { Verdict::Ok })
     }
+}
+
+/// What Burrow's partition rules need besides the window itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowFacts {
+    /// Lag now (latest − committed, at least 0).
+    pub current_lag: i64,
+    /// Lag at or below this counts as caught up (Burrow's `allowed-lag`, 0 here).
+    pub allowed_lag: i64,
+    /// The consumer stopped committing (Burrow: time since the last commit
+    /// exceeds the window's span; the poller's adaptation: module doc).
+    pub stopped: bool,
+    /// Some recent latest offset is at or below the last committed offset.
+    pub recent_lag_zero: bool,
+}
+
+/// Burrow's `calculatePartitionStatus`, rule for rule in its order, over a
+/// window of observations oldest first (each with its lag at the time).
+pub fn burrow_status(window: &[Observation], facts: WindowFacts) -> Verdict {
+    if facts.current_lag <= facts.allowed_lag {
+        return Verdict::Ok;
+    }
+    if facts.stopped && !facts.recent_lag_zero {
+        return Verdict::Stop;
+    }
+    if window.iter().any(|o| o.lag() <= facts.allowed_lag) {
+        return Verdict::Ok;
+    }
+    // REWIND: a drop that no later observation got back from.
+    let rewound = window
+        .windows(2)
+        .enumerate()
+        .any(|(i, w)| w[1].committed < w[0].committed && window[i + 1..].iter().all(|o| o.committed < w[0].committed));
+    if rewound {
+        return Verdict::Rewind;
+    }
+    if window.windows(2).all(|w| w[1].committed == w[0].committed) {
+        return Verdict::Stall;
+    }
+    if window.windows(2).all(|w| w[1].lag() >= w[0].lag()) {
+        return Verdict::Warn;
+    }
+    Verdict::Ok
+}
+
+/// Burrow's "recent lag zero": some recent latest (broker) offset is at or
+/// below the last committed offset, so the consumer was caught up lately.
+pub fn recent_lag_zero(latest: impl IntoIterator<Item = i64>, last_committed: i64) -> bool {
+    latest.into_iter().any(|l| l <= last_committed)
 }
 
 /// Observations per partition a verdict looks at (Burrow's default).
@@ -424,6 +489,18 @@ impl MonitorHistory {
         let mut commits: BTreeMap<String, BTreeMap<String, BTreeMap<i32, CommitWindow>>> = BTreeMap::new();
         for g in &mut snapshot.groups {
             let mut old = self.commits.remove(&g.group_id).unwrap_or_default();
+            if g.offsets_unread {
+                // Offsets unread this cycle: nothing to add, nothing to say,
+                // and the windows wait for the group to read again (kept
+                // below with the groups absent this cycle, while fresh).
+                g.verdict = None;
+                self.commits.insert(g.group_id.clone(), old);
+                continue;
+            }
+            // Without its description the member count is unknown, and with
+            // it whether the consumer stopped: observations are kept, no
+            // verdict is given.
+            let members = (!g.description_unread).then_some(g.members);
             let mut kept: BTreeMap<String, BTreeMap<i32, CommitWindow>> = BTreeMap::new();
             for o in &mut g.offsets {
                 let mut w = old.get_mut(&o.topic).and_then(|m| m.remove(&o.partition)).unwrap_or_default();
@@ -432,12 +509,14 @@ impl MonitorHistory {
                 if w.observations().last().is_some_and(|last| last.at_ms < stale_before || last.at_ms > now_ms) {
                     w = CommitWindow::default();
                 }
+                // A partition whose latest offset was unread this cycle
+                // keeps its window as it was and has no verdict.
                 if let Some(lag) = o.lag {
                     w.record(
                         Observation { committed: o.committed, latest: o.committed.saturating_add(lag), at_ms: now_ms },
                         window,
                     );
-                    o.verdict = w.verdict(window);
+                    o.verdict = w.verdict(window, members);
                     let log = self.logs.get(&o.topic).and_then(|m| m.get(&o.partition));
                     if let Some(l) = log.and_then(|h| h.lag_seconds(o.committed, now_ms)) {
                         o.lag_ms = Some((l.seconds() * 1000.0).round() as u64);
@@ -451,14 +530,38 @@ impl MonitorHistory {
                     // says records are about to go, so no estimate.
                     let start = earliest.get(&(o.topic.as_str(), o.partition)).filter(|s| **s > 0);
                     if let (Some(start), Some(rate)) = (start, log.and_then(LogHistory::write_rate)) {
-                        let ahead = (o.committed - start).max(0) as f64;
+                        let ahead = o.committed.saturating_sub(*start).max(0) as f64;
                         o.retention_margin_ms = Some((ahead / rate * 1000.0).round() as u64);
                     }
                 }
                 kept.entry(o.topic.clone()).or_default().insert(o.partition, w);
             }
-            g.verdict = Some(GroupVerdict::of(g.offsets.iter().filter_map(|o| o.verdict)));
+            g.verdict = match members {
+                Some(_) => GroupVerdict::of(g.offsets.iter().map(|o| o.verdict)),
+                None => None,
+            };
             commits.insert(g.group_id.clone(), kept);
+        }
+        // Groups absent this cycle (their coordinator unreachable, a
+        // partial listing) keep their windows until they are too old to
+        // say anything; a deleted group's go the same way.
+        for (group, windows) in std::mem::take(&mut self.commits) {
+            let fresh: BTreeMap<String, BTreeMap<i32, CommitWindow>> = windows
+                .into_iter()
+                .map(|(t, ps)| {
+                    let ps: BTreeMap<i32, CommitWindow> = ps
+                        .into_iter()
+                        .filter(|(_, w)| {
+                            w.observations().last().is_some_and(|o| o.at_ms >= stale_before && o.at_ms <= now_ms)
+                        })
+                        .collect();
+                    (t, ps)
+                })
+                .filter(|(_, ps)| !ps.is_empty())
+                .collect();
+            if !fresh.is_empty() {
+                commits.insert(group, fresh);
+            }
         }
         self.commits = commits;
     }
@@ -662,46 +765,249 @@ mod tests {
         w
     }
 
+    /// One of Burrow's own test cases (`caching_test.go`), in Burrow's
+    /// terms: commits `(offset, timestamp s, lag at commit)` (None: a commit
+    /// whose lag Burrow had not computed), the broker offsets it stored, the
+    /// current lag, now, the allowed lag.
+    struct BurrowCase {
+        name: &'static str,
+        commits: Vec<(i64, u64, Option<i64>)>,
+        broker_offsets: Vec<i64>,
+        current_lag: i64,
+        now_s: u64,
+        allowed_lag: i64,
+        expected: Verdict,
+    }
+
+    impl BurrowCase {
+        /// Burrow's evaluation, through [`burrow_status`]: commits with a lag
+        /// become observations; "stopped" is Burrow's own timestamp rule.
+        fn evaluate(&self) -> Verdict {
+            let obs: Vec<Observation> = self
+                .commits
+                .iter()
+                .filter_map(|&(offset, ts, lag)| {
+                    lag.map(|lag| Observation { committed: offset, latest: offset + lag, at_ms: ts * 1000 })
+                })
+                .collect();
+            let (first, last) = (self.commits[0], self.commits[self.commits.len() - 1]);
+            let facts = WindowFacts {
+                current_lag: self.current_lag,
+                allowed_lag: self.allowed_lag,
+                stopped: self.now_s - last.1 > last.1 - first.1,
+                recent_lag_zero: recent_lag_zero(self.broker_offsets.iter().copied(), last.0),
+            };
+            burrow_status(&obs, facts)
+        }
+    }
+
+    fn commits(offsets: [i64; 5], lags: [i64; 5]) -> Vec<(i64, u64, Option<i64>)> {
+        (0..5).map(|i| (offsets[i], 100 * (i as u64 + 1), Some(lags[i]))).collect()
+    }
+
+    /// Burrow's test cases 0-15 (`core/internal/evaluator/caching_test.go`),
+    /// as the reference in shared/reference/partial-failure-auth-probe.md §2
+    /// gives them.
+    fn burrow_cases() -> Vec<BurrowCase> {
+        let a = commits([1000, 2000, 3000, 4000, 5000], [0, 50, 100, 150, 200]);
+        let b = commits([1000, 2000, 3000, 4000, 5000], [50, 100, 150, 200, 250]);
+        let c = commits([1000; 5], [100, 150, 200, 250, 300]);
+        let d = commits([1000, 2000, 3000, 2000, 4000], [100, 150, 200, 1250, 300]);
+        let case = |name, commits: &Vec<(i64, u64, Option<i64>)>, bo: &[i64], cur, now_s, al, expected| BurrowCase {
+            name,
+            commits: commits.clone(),
+            broker_offsets: bo.to_vec(),
+            current_lag: cur,
+            now_s,
+            allowed_lag: al,
+            expected,
+        };
+        // Case 11: A with commits whose lag Burrow had not computed between.
+        let mut a_nil = Vec::new();
+        for (i, &(o, t, l)) in a.iter().enumerate() {
+            a_nil.push((o, t, l));
+            if i + 1 < a.len() {
+                a_nil.push((o + 500, t + 50, None));
+            }
+        }
+        // Cases 9-10: 15 commits a second apart at lag 0, then the broker
+        // offsets move on and no commit follows.
+        let quick: Vec<(i64, u64, Option<i64>)> = (0..15).map(|i| (1000 + i * 10, 100 + i as u64, Some(0))).collect();
+        let last_quick = 1000 + 14 * 10;
+        let d15 = {
+            let mut d = d.clone();
+            d[4] = (2500, 500, Some(300));
+            d
+        };
+        vec![
+            case("0", &a, &[5200], 200, 600, 0, Verdict::Ok),
+            case("1: 400 is not > 400", &a, &[5200], 200, 900, 0, Verdict::Ok),
+            case("2", &a, &[5200], 200, 1000, 0, Verdict::Stop),
+            case("3", &b, &[5250], 250, 1000, 0, Verdict::Stop),
+            case("4: lag was 0", &commits([1000; 5], [0, 50, 100, 150, 200]), &[1200], 200, 600, 0, Verdict::Ok),
+            case("5", &c, &[1300], 300, 600, 0, Verdict::Stall),
+            case("6", &commits([1000; 5], [100; 5]), &[1100], 100, 600, 0, Verdict::Stall),
+            case("7: rewind recovered", &d, &[4300], 300, 600, 0, Verdict::Ok),
+            case("8: no lag now", &b, &[5250], 0, 1000, 0, Verdict::Ok),
+            case("9: stopped after lag 0", &quick, &[last_quick + 100, last_quick + 931], 931, 160, 0, Verdict::Stop),
+            case(
+                "10: broker offset at the last commit",
+                &quick,
+                &[last_quick, last_quick + 931],
+                931,
+                160,
+                0,
+                Verdict::Ok,
+            ),
+            case("11: nil lags between", &a_nil, &[5700], 200, 600, 0, Verdict::Ok),
+            case(
+                "12: lag within the allowed lag",
+                &vec![(1000, 100, Some(2)), (2000, 200, Some(1)), (2000, 300, Some(1))],
+                &[2001],
+                1,
+                550,
+                1,
+                Verdict::Ok,
+            ),
+            case("13", &c, &[1300], 300, 600, 99, Verdict::Stall),
+            case("14", &d, &[4300], 300, 600, 99, Verdict::Ok),
+            case("15: rewind not recovered", &d15, &[2800], 300, 600, 0, Verdict::Rewind),
+        ]
+    }
+
     #[test]
-    fn each_burrow_verdict_from_a_scripted_consumer() {
+    fn burrows_own_test_cases_give_burrows_answers() {
+        for c in burrow_cases() {
+            assert_eq!(c.evaluate(), c.expected, "Burrow's case {}", c.name);
+        }
+    }
+
+    #[test]
+    fn each_verdict_from_a_polled_consumer() {
+        let live = Some(1);
         // Caught up now.
-        assert_eq!(window(&[(0, 10), (5, 10), (10, 10)], 1000).verdict(5), Some(Verdict::Ok));
+        assert_eq!(window(&[(0, 10), (5, 10), (10, 10)], 1000).verdict(5, live), Some(Verdict::Ok));
         // Committing and keeping up (lag 0 at some point in the window).
-        assert_eq!(window(&[(0, 5), (5, 10), (10, 10), (12, 15), (15, 16)], 1000).verdict(5), Some(Verdict::Ok));
-        // Stopped: nothing moves, lag stays.
-        assert_eq!(window(&[(10, 20); 6], 1000).verdict(5), Some(Verdict::Stop));
-        // Stalled: committed stuck while records arrive.
-        assert_eq!(
-            window(&[(10, 20), (10, 25), (10, 30), (10, 35), (10, 40), (10, 45)], 1000).verdict(5),
-            Some(Verdict::Stall)
-        );
+        assert_eq!(window(&[(0, 5), (5, 10), (10, 10), (12, 15), (15, 16)], 1000).verdict(5, live), Some(Verdict::Ok));
+        // Members gone, nothing moves since before the window: STOP.
+        assert_eq!(window(&[(10, 20); 6], 1000).verdict(5, Some(0)), Some(Verdict::Stop));
+        // Members gone while producers write: STOP too (Burrow's, not STALL).
+        let gone = [(10, 20), (10, 25), (10, 30), (10, 35), (10, 40), (10, 45)];
+        assert_eq!(window(&gone, 1000).verdict(5, Some(0)), Some(Verdict::Stop));
+        // A live member committing the same offset while producers write: STALL.
+        assert_eq!(window(&gone, 1000).verdict(5, live), Some(Verdict::Stall));
+        // ...and with nothing written either: still a live member, STALL.
+        assert_eq!(window(&[(10, 20); 6], 1000).verdict(5, live), Some(Verdict::Stall));
+        // Members gone, but the offset changed inside the window: not yet STOP.
+        let left = [(0, 45), (5, 45), (10, 45), (10, 45), (10, 45)];
+        assert_ne!(window(&left, 1000).verdict(5, Some(0)), Some(Verdict::Stop));
+        // Members gone right after being caught up: not STOP while the window
+        // still shows the log at the committed offset (Burrow's recent lag zero).
+        let caught_up_then_gone = [(10, 10), (10, 10), (10, 10), (10, 10), (10, 10), (10, 12)];
+        assert_eq!(window(&caught_up_then_gone, 1000).verdict(5, Some(0)), Some(Verdict::Ok));
         // Rewound and not recovered.
-        assert_eq!(window(&[(50, 60), (55, 60), (20, 60), (25, 60)], 1000).verdict(5), Some(Verdict::Rewind));
+        assert_eq!(window(&[(50, 60), (55, 60), (20, 60), (25, 60)], 1000).verdict(5, live), Some(Verdict::Rewind));
         // ...recovered: not REWIND any more.
-        assert_ne!(window(&[(50, 60), (20, 60), (55, 70), (60, 80), (65, 90)], 1000).verdict(5), Some(Verdict::Rewind));
+        let recovered = [(50, 60), (20, 60), (55, 70), (60, 80), (65, 90)];
+        assert_ne!(window(&recovered, 1000).verdict(5, live), Some(Verdict::Rewind));
         // Falling behind: committing, but lag grows across the window.
-        assert_eq!(window(&[(0, 10), (5, 20), (10, 30), (15, 40), (20, 50)], 1000).verdict(5), Some(Verdict::Warn));
+        let behind = [(0, 10), (5, 20), (10, 30), (15, 40), (20, 50)];
+        assert_eq!(window(&behind, 1000).verdict(5, live), Some(Verdict::Warn));
+        // Lag that never decreased, even if steady, is Burrow's WARN.
+        let steady = [(0, 10), (10, 20), (20, 30), (30, 40), (40, 50)];
+        assert_eq!(window(&steady, 1000).verdict(5, live), Some(Verdict::Warn));
         // Behind but catching up: OK.
-        assert_eq!(window(&[(0, 50), (10, 52), (20, 54), (30, 56), (40, 58)], 1000).verdict(5), Some(Verdict::Ok));
+        let catching_up = [(0, 50), (10, 52), (20, 54), (30, 56), (40, 58)];
+        assert_eq!(window(&catching_up, 1000).verdict(5, live), Some(Verdict::Ok));
         // Not enough observations to judge anything but OK and REWIND.
-        assert_eq!(window(&[(10, 20), (10, 20)], 1000).verdict(5), Some(Verdict::Ok));
-        assert_eq!(CommitWindow::default().verdict(5), None);
+        assert_eq!(window(&[(10, 20), (10, 20)], 1000).verdict(5, Some(0)), Some(Verdict::Ok));
+        assert_eq!(CommitWindow::default().verdict(5, live), None);
+        // Members unknown (the description was unread): no verdict.
+        assert_eq!(window(&gone, 1000).verdict(5, None), None);
+    }
+
+    #[test]
+    fn a_live_consumer_on_a_sparse_topic_stays_ok_across_new_records() {
+        // One record every 15 cycles, committed a few cycles after it lands:
+        // lag is 1 for a few cycles, 0 otherwise. Never STALL or STOP.
+        let mut w = CommitWindow::default();
+        let (mut committed, mut latest) = (0i64, 0i64);
+        for cycle in 0..200u64 {
+            if cycle % 15 == 0 {
+                latest += 1;
+            }
+            if cycle % 15 == 4 {
+                committed = latest;
+            }
+            w.record(Observation { committed, latest, at_ms: cycle * 1000 }, DEFAULT_WINDOW);
+            let v = w.verdict(DEFAULT_WINDOW, Some(1));
+            assert_eq!(v, Some(Verdict::Ok), "cycle {cycle}: {v:?}");
+        }
     }
 
     #[test]
     fn a_verdict_is_left_when_the_behaviour_changes() {
         let mut w = window(&[(10, 20); 6], 1000);
-        assert_eq!(w.verdict(5), Some(Verdict::Stop));
+        assert_eq!(w.verdict(5, Some(0)), Some(Verdict::Stop));
         w.record(Observation { committed: 20, latest: 20, at_ms: 10_000 }, 5);
-        assert_eq!(w.verdict(5), Some(Verdict::Ok));
+        assert_eq!(w.verdict(5, Some(0)), Some(Verdict::Ok));
     }
 
     #[test]
     fn group_status_is_the_worst_partition_with_burrows_codes() {
-        assert_eq!(GroupVerdict::of([]), GroupVerdict::Ok);
-        assert_eq!(GroupVerdict::of([Verdict::Ok, Verdict::Warn]).code(), 2);
-        assert_eq!(GroupVerdict::of([Verdict::Warn, Verdict::Stall]), GroupVerdict::Err);
+        assert_eq!(GroupVerdict::of([]), None, "nothing committed: no status, not OK");
+        assert_eq!(GroupVerdict::of([Some(Verdict::Ok), Some(Verdict::Warn)]).map(GroupVerdict::code), Some(2));
+        assert_eq!(GroupVerdict::of([Some(Verdict::Warn), Some(Verdict::Stall)]), Some(GroupVerdict::Err));
+        // An unknown partition could hide anything: only ERR is certain.
+        assert_eq!(GroupVerdict::of([Some(Verdict::Ok), None]), None);
+        assert_eq!(GroupVerdict::of([Some(Verdict::Warn), None]), None);
+        assert_eq!(GroupVerdict::of([Some(Verdict::Stop), None]), Some(GroupVerdict::Err));
         assert_eq!(Verdict::ALL.map(Verdict::code), [1, 2, 4, 5, 6]);
+        assert_eq!([GroupVerdict::Ok, GroupVerdict::Warn, GroupVerdict::Err].map(GroupVerdict::code), [1, 2, 3]);
+    }
+
+    proptest! {
+        #![proptest_config(crate::testing::proptest_config())]
+        /// Burrow's rules as invariants over any window: no lag now is OK;
+        /// STOP only when stopped; STALL only when the offset never moved;
+        /// REWIND only after a drop; any lag-0 observation (and not stopped)
+        /// is OK; a live member (polled) is never STOP.
+        #[test]
+        fn burrow_rules_hold_for_any_window(
+            steps in proptest::collection::vec((-20i64..40, 0i64..60), 1..12),
+            stopped in proptest::bool::ANY,
+            recent in proptest::bool::ANY,
+            allowed in 0i64..3,
+        ) {
+            let mut committed = 1000i64;
+            let obs: Vec<Observation> = steps.iter().enumerate().map(|(i, &(d, lag))| {
+                committed += d;
+                Observation { committed, latest: committed + lag, at_ms: i as u64 * 1000 }
+            }).collect();
+            let last = obs[obs.len() - 1];
+            let facts = WindowFacts { current_lag: last.lag(), allowed_lag: allowed, stopped, recent_lag_zero: recent };
+            let v = burrow_status(&obs, facts);
+            if last.lag() <= allowed {
+                prop_assert_eq!(v, Verdict::Ok);
+            }
+            if v == Verdict::Stop {
+                prop_assert!(stopped && !recent);
+            }
+            if v == Verdict::Stall {
+                prop_assert!(obs.iter().all(|o| o.committed == last.committed));
+            }
+            if v == Verdict::Rewind {
+                prop_assert!(obs.windows(2).any(|w| w[1].committed < w[0].committed));
+            }
+            if (recent || !stopped) && obs.iter().any(|o| o.lag() <= allowed) {
+                prop_assert_eq!(v, Verdict::Ok);
+            }
+            let mut w = CommitWindow::default();
+            for o in &obs {
+                w.record(*o, obs.len());
+            }
+            prop_assert_ne!(w.verdict(obs.len(), Some(1)), Some(Verdict::Stop));
+        }
     }
 
     fn empty() -> crate::Snapshot {
@@ -740,8 +1046,9 @@ mod tests {
         assert!(!o.lag_ms_is_lower_bound);
         // 160 records ahead of the log start, written at 10 a second: 16 s.
         assert_eq!(o.retention_margin_ms, Some(16_000));
-        assert_eq!(o.verdict, Some(Verdict::Ok), "lag is steady, not growing");
-        assert_eq!(s.groups[0].verdict, Some(GroupVerdict::Ok));
+        // Lag that never decreased (steady at 30) is Burrow's WARN.
+        assert_eq!(o.verdict, Some(Verdict::Warn));
+        assert_eq!(s.groups[0].verdict, Some(GroupVerdict::Warn));
         // The consumer stops while records keep coming: STALL, and the group is ERR.
         let mut s = snap(0, 0);
         for cycle in 12..20u64 {
@@ -773,6 +1080,60 @@ mod tests {
         other.cluster_id = "another".into();
         h.observe(&mut other, 6000, HOUR, 5);
         assert_eq!(h.points(), 1);
+    }
+
+    #[test]
+    fn an_unreadable_group_has_no_status_and_keeps_its_window() {
+        // Members gone while producers write: STOP once the window is full.
+        let snap = |cycle: u64| {
+            let mut s = crate::testing::one_group_snapshot("t", "g", 1, (0, 100 + cycle as i64 * 10), 50);
+            s.groups[0].members = 0;
+            s.groups[0].state = "Empty".into();
+            s
+        };
+        let mut h = MonitorHistory::default();
+        for cycle in 0..7u64 {
+            h.observe(&mut snap(cycle), cycle * 1000, HOUR, 5);
+        }
+        let window_before = h.commits().next().map(|(_, _, _, w)| w.clone());
+        // Offsets unread (coordinator loading) for three cycles: no verdict,
+        // no status, the window untouched.
+        for cycle in 7..10u64 {
+            let mut s = snap(cycle);
+            s.groups[0].offsets.clear();
+            s.groups[0].offsets_unread = true;
+            s.groups[0].error = Some("OffsetFetch: COORDINATOR_LOAD_IN_PROGRESS".into());
+            h.observe(&mut s, cycle * 1000, HOUR, 5);
+            assert_eq!(s.groups[0].verdict, None, "cycle {cycle}");
+            assert_eq!(h.commits().next().map(|(_, _, _, w)| w.clone()), window_before);
+        }
+        // Absent from a partial listing: still kept.
+        let mut s = snap(10);
+        s.groups.clear();
+        h.observe(&mut s, 10_000, HOUR, 5);
+        assert_eq!(h.commits().next().map(|(_, _, _, w)| w.clone()), window_before);
+        // Described unread: the observation is kept, no verdict given.
+        let mut s = snap(11);
+        s.groups[0].description_unread = true;
+        h.observe(&mut s, 11_000, HOUR, 5);
+        assert_eq!((s.groups[0].offsets[0].verdict, s.groups[0].verdict), (None, None));
+        // Read again: the verdict resumes at once from the kept window.
+        let mut s = snap(12);
+        h.observe(&mut s, 12_000, HOUR, 5);
+        assert_eq!(s.groups[0].offsets[0].verdict, Some(Verdict::Stop));
+        assert_eq!(s.groups[0].verdict, Some(GroupVerdict::Err));
+        // A partition whose latest offset is unread: no verdict for it, so
+        // the group's OK cannot be said either.
+        let mut s = crate::testing::one_group_snapshot("t", "g", 2, (0, 100), 100);
+        s.groups[0].offsets[1].lag = None;
+        h.observe(&mut s, 13_000, HOUR, 5);
+        assert_eq!(s.groups[0].offsets[0].verdict, Some(Verdict::Ok));
+        assert_eq!(s.groups[0].offsets[1].verdict, None);
+        assert_eq!(s.groups[0].verdict, None);
+        // A group gone for longer than the history forgets its windows.
+        let mut none = crate::testing::one_group_snapshot("t", "other", 1, (0, 100), 100);
+        h.observe(&mut none, 13_000 + 3_600_001, HOUR, 5);
+        assert!(h.commits().all(|(g, _, _, _)| g == "other"));
     }
 
     /// A monitor's history after `cycles` cycles of `partitions` partitions

@@ -20,7 +20,10 @@ pub mod testing;
 pub use config::{ConfigError, ConfigFile, ConfigFileError};
 pub use ids::{CollectorId, Epoch, Generation, MonitorId};
 pub use result::MonitorResult;
-pub use snapshot::{compute_lag, Broker, GroupOffset, GroupSnapshot, PartitionSnapshot, Snapshot, TopicSnapshot};
+pub use snapshot::{
+    compute_lag, Broker, CommitPosition, GroupOffset, GroupSnapshot, GroupTopic, PartitionSnapshot, Snapshot,
+    TopicSnapshot,
+};
 pub use spec::{
     FieldError, Filters, KafkaConnection, MonitorInput, MonitorSpec, SaslConfig, SaslInput, SaslMechanism, Secret,
     TlsConfig, TlsInput, ValidationErrors,

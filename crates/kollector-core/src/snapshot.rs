@@ -57,6 +57,11 @@ pub struct GroupOffset {
     pub lag: Option<i64>,
     /// The committed offset is below the log start: records were deleted before being consumed.
     pub data_loss: bool,
+    /// The committed offset is above the high watermark (lag is reported as
+    /// 0): the topic was deleted and re-created, or its log truncated, since
+    /// the group committed. Never hidden inside a lag of 0.
+    #[serde(default)]
+    pub ahead_of_log: bool,
     /// How long ago the log reached the committed offset, in milliseconds
     /// (see `history`); None without enough history.
     #[serde(default)]
@@ -83,6 +88,14 @@ pub struct GroupSnapshot {
     /// Only partitions that have a commit. A partition with no commit has no entry (no lag series).
     pub offsets: Vec<GroupOffset>,
     pub error: Option<String>,
+    /// The group's description (state, members) could not be read this
+    /// cycle: `state` and `members` are placeholders and have no series.
+    #[serde(default)]
+    pub description_unread: bool,
+    /// The group's committed offsets could not be read this cycle: `offsets`
+    /// is empty for that reason, not because nothing was committed.
+    #[serde(default)]
+    pub offsets_unread: bool,
     /// The worst of its partitions' verdicts, Burrow-style; None before the first.
     #[serde(default)]
     pub verdict: Option<crate::history::GroupVerdict>,
@@ -97,16 +110,55 @@ pub struct GroupSnapshot {
 }
 
 impl GroupSnapshot {
+    /// Whether everything about the group was read this cycle; an unread
+    /// group has no status, and no series for what was not read.
+    pub fn fully_read(&self) -> bool {
+        !self.description_unread && !self.offsets_unread
+    }
+
     /// Lag summed per topic, over the partitions whose lag is known.
     pub fn lag_by_topic(&self) -> Vec<(String, i64)> {
-        let mut sums: std::collections::BTreeMap<&str, i64> = Default::default();
+        self.by_topic().into_iter().filter_map(|t| Some((t.topic.to_string(), t.lag_sum?))).collect()
+    }
+
+    /// Per-topic figures in one pass over the group's offsets (a wide group
+    /// with many topics must not be rescanned once per topic), topics in
+    /// name order. Sums saturate: offsets come from the network.
+    pub fn by_topic(&self) -> Vec<GroupTopic<'_>> {
+        let mut topics: std::collections::BTreeMap<&str, GroupTopic<'_>> = Default::default();
         for o in &self.offsets {
+            let t = topics.entry(o.topic.as_str()).or_insert_with(|| GroupTopic {
+                topic: o.topic.as_str(),
+                committed_sum: 0,
+                lag_sum: None,
+                max_lag_ms: None,
+                partitions: 0,
+            });
+            t.partitions += 1;
+            t.committed_sum = t.committed_sum.saturating_add(o.committed);
             if let Some(lag) = o.lag {
-                *sums.entry(&o.topic).or_default() += lag;
+                t.lag_sum = Some(t.lag_sum.unwrap_or(0).saturating_add(lag));
+            }
+            if let Some(ms) = o.lag_ms {
+                t.max_lag_ms = Some(t.max_lag_ms.unwrap_or(0).max(ms));
             }
         }
-        sums.into_iter().map(|(t, s)| (t.to_string(), s)).collect()
+        topics.into_values().collect()
     }
+}
+
+/// One group's figures on one topic, summed over its partitions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupTopic<'a> {
+    pub topic: &'a str,
+    /// Partitions of the topic with a commit.
+    pub partitions: usize,
+    /// Sum of committed offsets.
+    pub committed_sum: i64,
+    /// Sum of lag over partitions whose lag is known; None when none is.
+    pub lag_sum: Option<i64>,
+    /// Largest lag in seconds (as milliseconds); None without history.
+    pub max_lag_ms: Option<u64>,
 }
 
 /// One successful collection of one cluster.
@@ -141,26 +193,66 @@ impl Snapshot {
     }
 }
 
-/// Lag of a committed offset: `max(0, latest − committed)` (a commit can be
-/// read after a newer high watermark, so negative differences are clock skew
-/// between two reads, not lag), plus whether the commit points below the log
-/// start (data loss). Unknown `latest` gives unknown lag, never -1 or NaN.
-pub fn compute_lag(committed: i64, earliest: Option<i64>, latest: Option<i64>) -> (Option<i64>, bool) {
-    let lag = latest.map(|l| (l - committed).max(0));
-    let data_loss = earliest.is_some_and(|e| committed < e);
-    (lag, data_loss)
+/// What a committed offset says against its partition's log offsets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommitPosition {
+    /// `max(0, latest − committed)`; None when `latest` is unknown (never -1 or NaN).
+    pub lag: Option<i64>,
+    /// The commit points below the log start: records were deleted unread.
+    pub data_loss: bool,
+    /// The commit points above the high watermark: a re-created topic or a
+    /// truncated log (lag is still 0, but flagged, not hidden).
+    pub ahead_of_log: bool,
+}
+
+/// Lag of a committed offset, in saturating arithmetic (offsets come from
+/// the network: `latest − committed` must not overflow on hostile values).
+pub fn compute_lag(committed: i64, earliest: Option<i64>, latest: Option<i64>) -> CommitPosition {
+    CommitPosition {
+        lag: latest.map(|l| l.saturating_sub(committed).max(0)),
+        data_loss: earliest.is_some_and(|e| committed < e),
+        ahead_of_log: latest.is_some_and(|l| committed > l),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn pos(lag: Option<i64>, data_loss: bool, ahead_of_log: bool) -> CommitPosition {
+        CommitPosition { lag, data_loss, ahead_of_log }
+    }
+
     #[test]
     fn lag_rules() {
-        assert_eq!(compute_lag(3, Some(0), Some(10)), (Some(7), false));
-        assert_eq!(compute_lag(12, Some(0), Some(10)), (Some(0), false));
-        assert_eq!(compute_lag(2, Some(5), Some(10)), (Some(8), true));
-        assert_eq!(compute_lag(2, None, None), (None, false));
+        assert_eq!(compute_lag(3, Some(0), Some(10)), pos(Some(7), false, false));
+        assert_eq!(compute_lag(10, Some(0), Some(10)), pos(Some(0), false, false));
+        // Above the high watermark: lag 0, but flagged.
+        assert_eq!(compute_lag(12, Some(0), Some(10)), pos(Some(0), false, true));
+        assert_eq!(compute_lag(2, Some(5), Some(10)), pos(Some(8), true, false));
+        assert_eq!(compute_lag(2, None, None), pos(None, false, false));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::testing::proptest_config())]
+        /// Hostile offsets (any i64, from a broker or a peer) never overflow,
+        /// never give a negative lag, and the flags agree with the lag.
+        #[test]
+        fn lag_is_sane_for_any_offsets(
+            committed in proptest::num::i64::ANY,
+            earliest in proptest::option::of(proptest::num::i64::ANY),
+            latest in proptest::option::of(proptest::num::i64::ANY),
+        ) {
+            let p = compute_lag(committed, earliest, latest);
+            proptest::prop_assert_eq!(p.lag.is_some(), latest.is_some());
+            proptest::prop_assert!(p.lag.is_none_or(|l| l >= 0));
+            if p.ahead_of_log {
+                proptest::prop_assert_eq!(p.lag, Some(0));
+            }
+            if let (Some(l), Some(lag)) = (latest, p.lag) {
+                proptest::prop_assert_eq!(lag as i128, (l as i128 - committed as i128).clamp(0, i64::MAX as i128));
+            }
+        }
     }
 
     #[test]
@@ -185,6 +277,7 @@ mod tests {
             committed: 0,
             lag,
             data_loss: false,
+            ahead_of_log: false,
             lag_ms: None,
             lag_ms_is_lower_bound: false,
             retention_margin_ms: None,
@@ -197,6 +290,8 @@ mod tests {
             coordinator: Some(1),
             offsets: vec![o("a", 0, Some(2)), o("a", 1, Some(3)), o("b", 0, None)],
             error: None,
+            description_unread: false,
+            offsets_unread: false,
             verdict: None,
             protocol_type: None,
             group_type: None,

@@ -53,6 +53,7 @@ pub fn one_group_snapshot(
                     committed,
                     lag: Some((latest - committed).max(0)),
                     data_loss: false,
+                    ahead_of_log: false,
                     lag_ms: None,
                     lag_ms_is_lower_bound: false,
                     retention_margin_ms: None,
@@ -60,6 +61,8 @@ pub fn one_group_snapshot(
                 })
                 .collect(),
             error: None,
+            description_unread: false,
+            offsets_unread: false,
             verdict: None,
             protocol_type: Some("consumer".into()),
             group_type: None,

@@ -161,7 +161,11 @@ impl KafkaClient {
         let direct = if options.librdkafka_groups {
             Err("the node runs with --librdkafka-groups".to_string())
         } else {
-            WireSecurity::from_connection(&spec.connection).map(|s| Box::new(Mutex::new(GroupConnections::new(s))))
+            WireSecurity::from_connection(&spec.connection).map(|s| {
+                // One client id per monitor on both paths (librdkafka's is set above).
+                let s = s.with_client_id(format!("kollector-{}", spec.id));
+                Box::new(Mutex::new(GroupConnections::new(s)))
+            })
         };
         if let Err(why) = &direct {
             // Once per client: at start and at each reconfiguration, not every cycle.

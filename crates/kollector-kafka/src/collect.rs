@@ -476,16 +476,24 @@ impl KafkaClient {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut described: HashMap<String, Result<admin::GroupDescription, admin::PartitionError>> =
-            admin::describe_consumer_groups(client, &ids, check(deadline, "DescribeGroups")?)
-                .map_err(|e| admin_error("DescribeGroups", e))?
-                .into_iter()
-                .collect();
-        let mut committed: HashMap<String, Result<Vec<admin::CommittedOffset>, admin::PartitionError>> =
-            admin::list_consumer_group_offsets(client, &ids, check(deadline, "OffsetFetch")?)
-                .map_err(|e| admin_error("OffsetFetch", e))?
-                .into_iter()
-                .collect();
+        // A call that fails as a whole (out of time) fails its groups, by
+        // name, and not the collection: what else was read is published.
+        let whole = |e: AdminError| -> Result<String, CollectError> {
+            match e {
+                AdminError::Fenced(op) => Err(stopped(op, Stop::Fenced)),
+                e => Ok(e.to_string()),
+            }
+        };
+        let (mut described, describe_failed): (HashMap<_, _>, Option<String>) =
+            match admin::describe_consumer_groups(client, &ids, check(deadline, "DescribeGroups")?) {
+                Ok(per_group) => (per_group.into_iter().collect(), None),
+                Err(e) => (HashMap::new(), Some(whole(e)?)),
+            };
+        let (mut committed, fetch_failed): (HashMap<_, _>, Option<String>) =
+            match admin::list_consumer_group_offsets(client, &ids, check(deadline, "OffsetFetch")?) {
+                Ok(per_group) => (per_group.into_iter().collect(), None),
+                Err(e) => (HashMap::new(), Some(whole(e)?)),
+            };
         Ok(ids
             .into_iter()
             .map(|id| {
@@ -507,7 +515,7 @@ impl KafkaClient {
                         read.protocol_type = if d.is_simple { String::new() } else { "consumer".into() };
                     }
                     Some(Err(e)) => read.describe_error = Some(e.to_string()),
-                    None => {}
+                    None => read.describe_error = Some(describe_failed.clone().unwrap_or_else(|| "no result".into())),
                 }
                 read.committed = match committed.remove(&id) {
                     Some(Ok(list)) => Ok(list
@@ -516,7 +524,7 @@ impl KafkaClient {
                         .filter_map(|c| c.offset.filter(|o| *o >= 0).map(|o| ((c.topic, c.partition), o)))
                         .collect()),
                     Some(Err(e)) => Err(e.to_string()),
-                    None => Err("no result".into()),
+                    None => Err(fetch_failed.clone().unwrap_or_else(|| "no result".into())),
                 };
                 read
             })
@@ -533,6 +541,8 @@ fn group_snapshot(
     log_offsets: &HashMap<(&str, i32), &PartitionSnapshot>,
 ) -> GroupSnapshot {
     let mut errors = Vec::new();
+    let description_unread = read.describe_error.is_some();
+    let offsets_unread = read.committed.is_err();
     if let Some(e) = read.describe_error {
         errors.push(format!("DescribeGroups: {e}"));
     }
@@ -547,13 +557,14 @@ fn group_snapshot(
                 let Some(p) = log_offsets.get(&(topic.as_str(), partition)) else {
                     continue;
                 };
-                let (lag, data_loss) = compute_lag(committed, p.earliest, p.latest);
+                let position = compute_lag(committed, p.earliest, p.latest);
                 offsets.push(GroupOffset {
                     topic,
                     partition,
                     committed,
-                    lag,
-                    data_loss,
+                    lag: position.lag,
+                    data_loss: position.data_loss,
+                    ahead_of_log: position.ahead_of_log,
                     // Filled by the monitor's history (kollector_core::history).
                     lag_ms: None,
                     lag_ms_is_lower_bound: false,
@@ -571,6 +582,8 @@ fn group_snapshot(
         coordinator: read.coordinator,
         offsets,
         error: (!errors.is_empty()).then(|| errors.join("; ")),
+        description_unread,
+        offsets_unread,
         verdict: None,
         protocol_type: Some(read.protocol_type),
         group_type: read.group_type,

@@ -564,7 +564,7 @@ fn print_snapshot(s: &pb::Snapshot) {
             let mut by_topic: BTreeMap<&str, TopicRow> = BTreeMap::new();
             for o in &g.offsets {
                 let e = by_topic.entry(&o.topic).or_insert((0, None, ""));
-                e.0 += o.lag.unwrap_or(0);
+                e.0 = e.0.saturating_add(o.lag.unwrap_or(0));
                 if let Some(ms) = o.lag_ms {
                     if e.1.is_none_or(|(m, _)| ms > m) {
                         e.1 = Some((ms, o.lag_ms_is_lower_bound));
@@ -575,10 +575,17 @@ fn print_snapshot(s: &pb::Snapshot) {
                 }
             }
             let group_verdict = if g.verdict.is_empty() { "-" } else { g.verdict.as_str() };
+            // What could not be read is said, never shown as a value.
+            let (state, members) = if g.description_unread {
+                ("unread".to_string(), "?".to_string())
+            } else {
+                (g.state.clone(), g.members.to_string())
+            };
             if by_topic.is_empty() {
+                let topic = if g.offsets_unread { "(offsets unread)" } else { "-" };
                 println!(
                     "   {:<32} {:<20} {:>7} {:<32} {:>10} {:>12} {:<7}",
-                    g.group_id, g.state, g.members, "-", "-", "-", group_verdict
+                    g.group_id, state, members, topic, "-", "-", group_verdict
                 );
             }
             for (topic, (lag, time, verdict)) in by_topic {
@@ -593,8 +600,11 @@ fn print_snapshot(s: &pb::Snapshot) {
                 let verdict = if verdict.is_empty() { "-" } else { verdict };
                 println!(
                     "   {:<32} {:<20} {:>7} {:<32} {:>10} {:>12} {:<7}",
-                    g.group_id, g.state, g.members, topic, lag, time, verdict
+                    g.group_id, state, members, topic, lag, time, verdict
                 );
+            }
+            if let Some(e) = g.error.as_deref().filter(|_| g.description_unread || g.offsets_unread) {
+                println!("     {}: {e}", g.group_id);
             }
         }
     }

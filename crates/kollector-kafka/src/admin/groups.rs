@@ -303,13 +303,38 @@ pub fn list_consumer_group_offsets<C: ClientContext>(
             }
             in_flight += 1;
         }
-        let event = next_event(&queue, ffi::RD_KAFKA_EVENT_LISTCONSUMERGROUPOFFSETS_RESULT, OP, &deadline)?;
+        let event = match next_event(&queue, ffi::RD_KAFKA_EVENT_LISTCONSUMERGROUPOFFSETS_RESULT, OP, &deadline) {
+            Ok(event) => event,
+            Err(e @ AdminError::Fenced(_)) => return Err(e),
+            // Out of time: what came back is kept; each group still
+            // pending or in flight fails alone, by name.
+            Err(e) => {
+                let why = PartitionError {
+                    code: rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+                    message: e.to_string(),
+                };
+                for i in 0..group_ids.len() {
+                    results.entry(i).or_insert_with(|| Err(why.clone()));
+                }
+                break;
+            }
+        };
         in_flight -= 1;
         let index = event.opaque();
         if index >= group_ids.len() {
             continue;
         }
-        event.check(OP)?;
+        // One group's failure (its coordinator not found, not loaded) is
+        // that group's alone: the call carried only it.
+        if let Err(e) = event.check(OP) {
+            let code = match &e {
+                AdminError::Kafka { code, .. } => *code,
+                AdminError::Timeout(_) => rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+                _ => rdkafka::types::RDKafkaErrorCode::Fail,
+            };
+            results.insert(index, Err(PartitionError { code, message: e.to_string() }));
+            continue;
+        }
         // SAFETY: a ListConsumerGroupOffsets result; values are copied before the event drops.
         let outcome = unsafe {
             let result = ffi::rd_kafka_event_ListConsumerGroupOffsets_result(event.ptr());

@@ -92,6 +92,8 @@ pub struct BrokerConnection {
     /// When the broker ends the SASL session (SaslAuthenticate v1's
     /// session lifetime), less a margin: the connection is replaced before.
     expires: Option<std::time::Instant>,
+    /// The client id in request headers (the monitor's).
+    client_id: StrBytes,
 }
 
 impl std::fmt::Debug for BrokerConnection {
@@ -173,6 +175,7 @@ impl BrokerConnection {
                 versions: BrokerVersions::default(),
                 requests: 0,
                 expires: None,
+                client_id: StrBytes::from_string(security.client_id().to_string()),
             };
             c.handshake_tls(deadline)?;
             c.versions = c.api_versions(deadline)?;
@@ -320,7 +323,7 @@ impl BrokerConnection {
             .with_request_api_key(api as i16)
             .with_request_api_version(version)
             .with_correlation_id(correlation)
-            .with_client_id(Some(StrBytes::from_static_str("kollector")));
+            .with_client_id(Some(self.client_id.clone()));
         let protocol = |what: &str, e: &dyn std::fmt::Display| WireError::Protocol(format!("{what}: {e}"));
         let mut body = BytesMut::new();
         header

@@ -20,7 +20,7 @@ use super::group_plan::{
     describe_with, has_committed_offsets, merge, to_relocate, BrokerAnswers, DescribeWith, GroupRead,
 };
 use super::groups::{
-    consumer_group_describe, describe_groups, fetch_offsets_into, find_coordinators, list_groups, ListedGroup,
+    consumer_group_describe, describe_groups, fetch_offsets_into, find_coordinators, list_groups_partial, ListedGroup,
 };
 use super::security::WireSecurity;
 use super::WireError;
@@ -194,6 +194,12 @@ impl GroupConnections {
         if auth_failures < brokers.len() {
             cycle.authentication = None;
         }
+        for a in &answers {
+            if let Some(why) = &a.list_error {
+                let address = brokers.iter().find(|(id, _)| *id == a.broker).map_or("", |(_, address)| address);
+                cycle.broker_errors.push(format!("broker {} ({address}): {why}", a.broker));
+            }
+        }
         if cycle.stopped.is_none() {
             if let Err(stop) = self.relocate(&mut answers, allowed, topics, deadline) {
                 cycle.stopped = Some(stop);
@@ -309,13 +315,17 @@ fn read_at(
             return;
         }
     };
-    let mut listed = match given.clone().map_or_else(|| list_groups(&mut conn, deadline), Ok) {
+    let list = |c: &mut BrokerConnection, given: Option<Vec<ListedGroup>>| match given {
+        Some(g) => Ok((g, None)),
+        None => list_groups_partial(c, deadline),
+    };
+    let (mut listed, list_error) = match list(&mut conn, given.clone()) {
         Ok(l) => l,
         // A kept connection may have died while idle (a broker's idle close,
         // a NAT's): one retry on a fresh one before the broker counts as failed.
         Err(e) if reused && e.breaks_connection() && !matches!(e, WireError::Stopped(_)) => {
             let retried = connect().and_then(|mut c| {
-                let l = given.map_or_else(|| list_groups(&mut c, deadline), Ok)?;
+                let l = list(&mut c, given)?;
                 Ok((c, l))
             });
             match retried {
@@ -340,7 +350,12 @@ fn read_at(
     listed.retain(|g| allowed(&g.id));
     listed.sort_by(|a, b| a.id.cmp(&b.id));
     listed.dedup_by(|a, b| a.id == b.id);
-    let mut answers = BrokerAnswers { broker: w.id, ..Default::default() };
+    let mut answers = BrokerAnswers {
+        broker: w.id,
+        list_error: list_error
+            .map(|code| format!("ListGroups: {} (kept the groups it listed)", super::error_name(code))),
+        ..Default::default()
+    };
     let consumer_describe = conn.versions().pick(ApiKey::ConsumerGroupDescribe, (0, 1)).is_some();
     let ids_by = |how: DescribeWith| -> Vec<String> {
         listed.iter().filter(|g| describe_with(g, consumer_describe) == how).map(|g| g.id.clone()).collect()

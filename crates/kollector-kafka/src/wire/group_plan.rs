@@ -89,6 +89,9 @@ pub struct BrokerAnswers {
     pub committed: BTreeMap<String, Committed>,
     /// Why fetching failed for all of this broker's groups.
     pub fetch_failed: Option<String>,
+    /// The error a ListGroups answer carried with the groups it did list
+    /// (a coordinator still loading): the listing is partial.
+    pub list_error: Option<String>,
 }
 
 /// One read per listed group, sorted by id. A group listed by two brokers
@@ -194,6 +197,7 @@ mod tests {
             describe_failed: None,
             committed: BTreeMap::from([("a".to_string(), Ok(offsets.clone())), ("moving".to_string(), Err(16))]),
             fetch_failed: None,
+            list_error: None,
         };
         let two = BrokerAnswers {
             broker: 2,
@@ -202,6 +206,7 @@ mod tests {
             describe_failed: Some("DescribeGroups: timed out".into()),
             committed: BTreeMap::from([("moving".to_string(), Ok(offsets.clone()))]),
             fetch_failed: None,
+            list_error: None,
         };
         let reads = merge(&[one, two]);
         let by: BTreeMap<&str, &GroupRead> = reads.iter().map(|r| (r.id.as_str(), r)).collect();

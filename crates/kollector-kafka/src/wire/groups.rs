@@ -71,12 +71,24 @@ fn committed<'a>(group_error: i16, entries: impl Iterator<Item = (&'a StrBytes, 
 
 /// The groups this broker coordinates.
 pub fn list_groups(conn: &mut BrokerConnection, deadline: &Deadline) -> Result<Vec<ListedGroup>, WireError> {
+    list_groups_partial(conn, deadline).map(|(groups, _)| groups)
+}
+
+/// The groups this broker coordinates, and the error its answer carried
+/// with them: a classic coordinator still loading (after a restart or a
+/// move) answers COORDINATOR_LOAD_IN_PROGRESS *together with* the groups it
+/// has loaded. Those are kept and read; the error says the listing is
+/// partial. An error with no groups fails the listing.
+pub fn list_groups_partial(
+    conn: &mut BrokerConnection,
+    deadline: &Deadline,
+) -> Result<(Vec<ListedGroup>, Option<i16>), WireError> {
     let version = conn.versions().pick(ApiKey::ListGroups, (0, 5)).ok_or(WireError::Unsupported("ListGroups"))?;
     let answer: ListGroupsResponse = conn.call(ApiKey::ListGroups, version, &ListGroupsRequest::default(), deadline)?;
-    if answer.error_code != 0 {
+    if answer.error_code != 0 && answer.groups.is_empty() {
         return Err(WireError::Broker { api: "ListGroups", code: answer.error_code });
     }
-    Ok(answer
+    let groups = answer
         .groups
         .iter()
         .map(|g| ListedGroup {
@@ -84,7 +96,8 @@ pub fn list_groups(conn: &mut BrokerConnection, deadline: &Deadline) -> Result<V
             protocol_type: text(&g.protocol_type),
             group_type: (version >= 5).then(|| text(&g.group_type)),
         })
-        .collect())
+        .collect();
+    Ok((groups, (answer.error_code != 0).then_some(answer.error_code)))
 }
 
 /// Describes KIP-848 `consumer` groups in one ConsumerGroupDescribe;

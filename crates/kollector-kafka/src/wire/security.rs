@@ -31,6 +31,10 @@ pub struct SaslCredentials {
 pub struct WireSecurity {
     tls: Option<Arc<ClientConfig>>,
     sasl: Option<SaslCredentials>,
+    /// The client id in every request header: the monitor's own
+    /// (`kollector-<monitor>`, as its librdkafka client's), so a broker's
+    /// quotas and logs tell monitors apart instead of lumping them together.
+    client_id: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for WireSecurity {
@@ -43,6 +47,17 @@ impl std::fmt::Debug for WireSecurity {
 }
 
 impl WireSecurity {
+    /// The same settings, with `client_id` in every request header.
+    pub fn with_client_id(mut self, client_id: impl Into<Arc<str>>) -> WireSecurity {
+        self.client_id = Some(client_id.into());
+        self
+    }
+
+    /// The client id sent in request headers ("kollector" unless set).
+    pub fn client_id(&self) -> &str {
+        self.client_id.as_deref().unwrap_or("kollector")
+    }
+
     /// No TLS, no SASL.
     pub fn plaintext() -> WireSecurity {
         WireSecurity::default()
@@ -85,7 +100,7 @@ impl WireSecurity {
                 Some(Arc::new(config))
             }
         };
-        Ok(WireSecurity { tls, sasl })
+        Ok(WireSecurity { tls, sasl, client_id: None })
     }
 
     pub(crate) fn tls(&self) -> Option<&Arc<ClientConfig>> {
