@@ -153,6 +153,55 @@ impl StoreCollector {
                 })
                 .collect::<Vec<_>>()),
         )?;
+        // What this monitor could and could not read of its cluster.
+        gauges(
+            enc,
+            "kollector_broker_up",
+            "1 if this monitor read its part from the broker in the latest cycle, 0 if the broker failed \
+             (refused, stuck past its budget, refused the credentials, answered an error): the partitions it \
+             leads and the groups it coordinates have no series that cycle.",
+            family!(self, |b, s| s
+                .brokers
+                .iter()
+                .map(|br| {
+                    let up = !s.broker_errors.iter().any(|e| e.broker == br.id);
+                    (with(&b, &[("broker", br.id.to_string())]), up as i64)
+                })
+                .collect::<Vec<_>>()),
+        )?;
+        gauges(
+            enc,
+            "kollector_broker_error",
+            "1 for a broker that failed in the monitor's latest cycle, by kind: timeout, connection, \
+             authentication, kafka (the message is in monitor show and GetLatest).",
+            family!(self, |b, s| s
+                .broker_errors
+                .iter()
+                .map(|e| {
+                    (with(&b, &[("broker", e.broker.to_string()), ("kind", e.kind.as_str().to_string())]), 1i64)
+                })
+                .collect::<Vec<_>>()),
+        )?;
+        gauges(
+            enc,
+            "kollector_monitor_partial",
+            "1 if the monitor's latest collection could not read everything (a broker failed, partitions or \
+             groups missing); kollector_monitor_up stays 1: the cluster answered.",
+            family!(self, |b, s| [(b, s.partial() as i64)]),
+        )?;
+        gauges(
+            enc,
+            "kollector_monitor_missing_partitions",
+            "Partitions with a leader whose offsets could not be read in the latest cycle (no series for them).",
+            family!(self, |b, s| [(b, s.missing_partitions() as i64)]),
+        )?;
+        gauges(
+            enc,
+            "kollector_monitor_missing_groups",
+            "Listed groups that could not be read fully in the latest cycle (groups of a broker that could not \
+             list them are not counted: see kollector_broker_up).",
+            family!(self, |b, s| [(b, s.missing_groups() as i64)]),
+        )?;
         gauges(
             enc,
             "kafka_topic_partitions",

@@ -1023,6 +1023,7 @@ mod tests {
             duration_ms: 0,
             warnings: vec![],
             notes: vec![],
+            broker_errors: vec![],
         }
     }
 

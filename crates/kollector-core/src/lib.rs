@@ -21,8 +21,8 @@ pub use config::{ConfigError, ConfigFile, ConfigFileError};
 pub use ids::{CollectorId, Epoch, Generation, MonitorId};
 pub use result::MonitorResult;
 pub use snapshot::{
-    compute_lag, Broker, CommitPosition, GroupOffset, GroupSnapshot, GroupTopic, PartitionSnapshot, Snapshot,
-    TopicSnapshot,
+    compute_lag, Broker, BrokerError, BrokerErrorKind, CommitPosition, GroupOffset, GroupSnapshot, GroupTopic,
+    PartitionSnapshot, Snapshot, TopicSnapshot,
 };
 pub use spec::{
     FieldError, Filters, KafkaConnection, MonitorInput, MonitorSpec, SaslConfig, SaslInput, SaslMechanism, Secret,

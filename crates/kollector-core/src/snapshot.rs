@@ -161,6 +161,53 @@ pub struct GroupTopic<'a> {
     pub max_lag_ms: Option<u64>,
 }
 
+/// Why a broker's part of a cycle could not be read, by kind: what an
+/// operator acts on differs (a refused connection is a broker down or a
+/// port closed to kollector; a timeout is a stuck or overloaded broker).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerErrorKind {
+    /// No answer within the broker's budget (stuck, paused, overloaded, cut one way).
+    Timeout,
+    /// The connection could not be made or broke (refused, reset, unreachable).
+    Connection,
+    /// TLS or SASL refused.
+    Authentication,
+    /// The broker answered with an error code.
+    Kafka,
+}
+
+impl BrokerErrorKind {
+    pub const ALL: [BrokerErrorKind; 4] = [
+        BrokerErrorKind::Timeout,
+        BrokerErrorKind::Connection,
+        BrokerErrorKind::Authentication,
+        BrokerErrorKind::Kafka,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerErrorKind::Timeout => "timeout",
+            BrokerErrorKind::Connection => "connection",
+            BrokerErrorKind::Authentication => "authentication",
+            BrokerErrorKind::Kafka => "kafka",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BrokerErrorKind> {
+        BrokerErrorKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A broker this monitor could not (fully) read from in one cycle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerError {
+    pub broker: i32,
+    pub kind: BrokerErrorKind,
+    /// What failed and why, for people (e.g. "ListOffsets: no answer within 2s").
+    pub message: String,
+}
+
 /// One successful collection of one cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -182,11 +229,33 @@ pub struct Snapshot {
     /// e.g. that consumer groups were read through librdkafka and why.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// Brokers whose requests failed this cycle (at most one entry per
+    /// broker: the first failure), so the partitions they lead and the
+    /// groups they coordinate are missing from this snapshot.
+    #[serde(default)]
+    pub broker_errors: Vec<BrokerError>,
 }
 
 impl Snapshot {
     pub fn degraded(&self) -> bool {
         !self.warnings.is_empty()
+    }
+
+    /// Partitions with a leader whose offsets could not be read this cycle
+    /// (offline partitions are counted by their own metric, not here).
+    pub fn missing_partitions(&self) -> usize {
+        self.topics.iter().flat_map(|t| &t.partitions).filter(|p| p.leader.is_some() && p.latest.is_none()).count()
+    }
+
+    /// Groups listed but not fully read this cycle.
+    pub fn missing_groups(&self) -> usize {
+        self.groups.iter().filter(|g| !g.fully_read()).count()
+    }
+
+    /// Whether something the cluster has could not be read this cycle: a
+    /// broker failed, a partition's offsets or a group are missing.
+    pub fn partial(&self) -> bool {
+        !self.broker_errors.is_empty() || self.missing_partitions() > 0 || self.missing_groups() > 0
     }
     pub fn partition_count(&self) -> usize {
         self.topics.iter().map(|t| t.partitions.len()).sum()

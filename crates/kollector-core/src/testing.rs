@@ -71,5 +71,6 @@ pub fn one_group_snapshot(
         duration_ms: 0,
         warnings: Vec::new(),
         notes: Vec::new(),
+        broker_errors: Vec::new(),
     }
 }

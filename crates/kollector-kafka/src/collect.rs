@@ -1,37 +1,48 @@
 //! One collection cycle: everything a snapshot holds, in a fixed number of
-//! batched requests, within the monitor's timeout.
+//! batched requests, within the monitor's timeout, and as much of it as
+//! could be read when part of the cluster is down.
 //!
-//! Requests per cycle for a cluster with B brokers, P partitions and G groups
-//! (librdkafka batches inside each call):
-//!   Metadata                       1
-//!   DescribeCluster                1 every 10th cycle, for racks (skipped once the cluster lacks it)
-//!   ListOffsets                    2 per partition-leader broker (earliest, latest), ≤ 2B, for up to
-//!                                  10,000 partitions; one more pair per further 10,000 (see below)
-//!   ListGroups                     1 per broker       ┐ over the monitor's own direct
-//!   DescribeGroups                 1 per broker       │ connections (`wire/`), one per
-//!   ConsumerGroupDescribe          1 per broker with  │ broker; ApiVersions (and SASL)
-//!                                  KIP-848 groups     │ once per connection, not per cycle
-//!   OffsetFetch                    1 per broker per   │
-//!                                  1,000 groups (v8+) ┘
+//! Requests per cycle for a cluster with B brokers, P partitions and G groups,
+//! sent over the monitor's own broker connections (`wire/`):
+//!   Metadata                       1 (to the broker that answered it last)
+//!   ListOffsets                    2 per partition-leader broker (latest, earliest),
+//!                                  one pair more per further 10,000 partitions
+//!   ListGroups                     1 per broker
+//!   DescribeGroups                 1 per broker
+//!   ConsumerGroupDescribe          1 per broker with KIP-848 groups
+//!   OffsetFetch                    1 per broker per 1,000 groups (v8+)
 //!   FindCoordinator + 1 retry      only for groups whose coordinator moved mid-cycle
-//! so G groups cost the same few requests as one. Brokers without OffsetFetch
-//! v8 get one OffsetFetch per group; settings the direct path cannot serve
-//! (an encrypted TLS key) use librdkafka's admin calls, one OffsetFetch and
-//! usually one FindCoordinator per group, and say so in the snapshot's notes.
-//! The high watermarks are read once and reused for every group's lag, unlike
-//! kafka_exporter's per-group-partition reads.
+//! ApiVersions (and SASL) once per connection, not per cycle; racks come
+//! with Metadata (v1+), so no DescribeCluster. G groups cost the same few
+//! requests as one. Brokers without OffsetFetch v8 get one OffsetFetch per
+//! group.
+//!
+//! **Partial failure.** Each broker's part has its own budget
+//! ([`broker_budget`]: a third of the timeout) and brokers are read in
+//! parallel, so a refusing or stuck broker costs its budget, and only its
+//! part is missing: the partitions it leads have no offsets and the groups
+//! it coordinates are not read (never last cycle's values), and the
+//! snapshot names it in `broker_errors`. A broker that failed is not asked
+//! again in the same cycle. Only a cycle in which no broker answered
+//! Metadata fails as a whole.
+//!
+//! Settings the direct connections cannot serve (an encrypted TLS key) use
+//! librdkafka's calls instead: metadata, DescribeCluster every 10th cycle,
+//! ListOffsets per leader at once (each with the broker's budget), and one
+//! OffsetFetch (usually with a FindCoordinator) per group; the snapshot's
+//! notes say so.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kollector_core::{
-    compute_lag, Broker, CollectError, ErrorKind, GroupOffset, GroupSnapshot, MonitorSpec, PartitionSnapshot, Snapshot,
-    TopicSnapshot,
+    compute_lag, Broker, BrokerError, BrokerErrorKind, CollectError, ErrorKind, GroupOffset, GroupSnapshot,
+    MonitorSpec, PartitionSnapshot, Snapshot, TopicSnapshot,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-use crate::admin::{self, AdminError, OffsetSpec};
+use crate::admin::{self, AdminError, OffsetSpec, OffsetsJob};
 use crate::wire::group_plan::GroupRead;
 use crate::wire::WireError;
 
@@ -104,6 +115,54 @@ fn is_transport(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// How long one broker's part of a cycle may take: a third of the
+/// monitor's timeout, at least 1 s (never more than the timeout). Brokers
+/// are read in parallel, so a stuck broker costs the cycle about this long
+/// instead of the whole timeout, and the rest of the cluster is published.
+pub fn broker_budget(timeout: Duration) -> Duration {
+    (timeout / 3).max(Duration::from_secs(1)).min(timeout)
+}
+
+/// The brokers that failed this cycle: the first failure of each, kept.
+#[derive(Debug, Default)]
+struct FailedBrokers(BTreeMap<i32, BrokerError>);
+
+impl FailedBrokers {
+    fn note(&mut self, broker: i32, kind: BrokerErrorKind, message: &str) {
+        self.0.entry(broker).or_insert_with(|| BrokerError { broker, kind, message: message.to_string() });
+    }
+    fn get(&self, broker: i32) -> Option<&BrokerError> {
+        self.0.get(&broker)
+    }
+    fn ids(&self) -> std::collections::BTreeSet<i32> {
+        self.0.keys().copied().collect()
+    }
+    fn into_vec(self) -> Vec<BrokerError> {
+        self.0.into_values().collect()
+    }
+}
+
+fn broker_error_kind(e: &AdminError) -> BrokerErrorKind {
+    match e {
+        AdminError::Timeout(_) | AdminError::Fenced(_) => BrokerErrorKind::Timeout,
+        AdminError::Kafka { code, .. } if is_transport(*code) => match code {
+            RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed | RDKafkaErrorCode::SSL => {
+                BrokerErrorKind::Authentication
+            }
+            _ => BrokerErrorKind::Connection,
+        },
+        _ => BrokerErrorKind::Kafka,
+    }
+}
+
+/// Steps 1-4 of a cycle: the cluster's shape with every partition's offsets.
+struct ClusterRead {
+    cluster_id: String,
+    controller_id: Option<i32>,
+    brokers: Vec<Broker>,
+    topics: Vec<TopicSnapshot>,
+}
+
 /// One partition's offsets as read this cycle.
 #[derive(Default)]
 struct LogOffsets {
@@ -143,8 +202,178 @@ impl KafkaClient {
         started: Instant,
         deadline: &Deadline,
     ) -> Result<Snapshot, CollectError> {
-        let client = &self.native;
         let mut warnings = Vec::new();
+        let mut failed_brokers = FailedBrokers::default();
+        // 1-4. The cluster's shape and every partition's offsets.
+        let ClusterRead { cluster_id, controller_id, brokers, topics } = match &self.direct {
+            Ok(_) => self.read_cluster_direct(spec, deadline, &mut failed_brokers, &mut warnings)?,
+            Err(_) => self.read_cluster_librdkafka(spec, deadline, &mut failed_brokers, &mut warnings)?,
+        };
+
+        // 5. Consumer groups: list, describe, committed offsets; lag from the offsets above.
+        let mut notes = Vec::new();
+        let groups = if self.groups_unsupported.load(Ordering::Relaxed) {
+            warnings.push("consumer groups not collected: the cluster does not support ListGroups".into());
+            Vec::new()
+        } else {
+            self.collect_groups(spec, &topics, &brokers, deadline, &mut failed_brokers, &mut warnings, &mut notes)?
+        };
+
+        let duration = started.elapsed();
+        Ok(Snapshot {
+            monitor: spec.id.clone(),
+            generation: spec.generation,
+            cluster_id,
+            controller_id,
+            brokers,
+            topics,
+            groups,
+            collected_at_ms: unix_ms(),
+            duration_ms: duration.as_millis() as u64,
+            warnings,
+            notes,
+            broker_errors: failed_brokers.into_vec(),
+        })
+    }
+
+    /// Steps 1-4 over the monitor's own connections (`wire/cluster_cycle.rs`):
+    /// Metadata from one broker, then every leader's offsets in parallel,
+    /// each broker within its budget; a broker that failed is not asked
+    /// again this cycle, and the partitions it leads have no offsets.
+    fn read_cluster_direct(
+        &self,
+        spec: &MonitorSpec,
+        deadline: &Deadline,
+        failed_brokers: &mut FailedBrokers,
+        warnings: &mut Vec<String>,
+    ) -> Result<ClusterRead, CollectError> {
+        let Ok(conns) = &self.direct else {
+            return self.read_cluster_librdkafka(spec, deadline, failed_brokers, warnings);
+        };
+        let mut conns =
+            conns.lock().map_err(|_| CollectError::new(ErrorKind::Client, "broker connections poisoned"))?;
+        let budget = broker_budget(spec.timeout);
+        let md = conns.read_metadata(&spec.connection.bootstrap, &check(deadline, "metadata")?, budget);
+        if md.fenced {
+            return Err(stopped("metadata", Stop::Fenced));
+        }
+        for (broker, kind, why) in &md.failed {
+            failed_brokers.note(*broker, *kind, why);
+        }
+        let (md, _) = md.answer.map_err(|why| {
+            let kind = if deadline.fenced() { ErrorKind::Fenced } else { ErrorKind::Connection };
+            CollectError::new(kind, format!("metadata from {}: {why}", spec.connection.bootstrap.join(",")))
+        })?;
+        let cluster_id = md.cluster_id.clone().ok_or_else(|| {
+            CollectError::new(
+                ErrorKind::Kafka,
+                "the cluster did not report a cluster id (Kafka < 0.10.1 is not supported)",
+            )
+        })?;
+        let brokers: Vec<Broker> = md
+            .brokers
+            .iter()
+            .map(|b| Broker {
+                id: b.id,
+                host: b.host.clone(),
+                port: u16::try_from(b.port).unwrap_or(0),
+                rack: b.rack.clone(),
+            })
+            .collect();
+        let mut topics = topics_from_metadata(spec, &md, warnings);
+
+        // Every leader's offsets, leaders in parallel, each within its budget.
+        let addresses: HashMap<i32, String> =
+            brokers.iter().map(|b| (b.id, crate::wire::broker_address(&b.host, b.port))).collect();
+        let mut by_leader: BTreeMap<i32, Vec<(String, i32)>> = BTreeMap::new();
+        for t in &topics {
+            for p in &t.partitions {
+                if let Some(leader) = p.leader {
+                    by_leader.entry(leader).or_default().push((t.name.clone(), p.partition));
+                }
+            }
+        }
+        let mut offsets: HashMap<(String, i32), LogOffsets> = HashMap::new();
+        let mut ask = Vec::new();
+        for (leader, partitions) in by_leader {
+            let why = match (failed_brokers.get(leader), addresses.get(&leader)) {
+                (Some(f), _) => format!("broker {leader}: not asked, it failed earlier this cycle ({})", f.message),
+                (None, None) => {
+                    // A leader the cluster no longer lists is down to it.
+                    let why = "leads partitions but is not among the brokers metadata named (down)";
+                    failed_brokers.note(leader, BrokerErrorKind::Connection, why);
+                    format!("broker {leader}: {why}")
+                }
+                (None, Some(address)) => {
+                    ask.push((leader, address.clone(), partitions));
+                    continue;
+                }
+            };
+            for tp in partitions {
+                offsets.entry(tp).or_default().error = Some(why.clone());
+            }
+        }
+        let answers = conns.read_offsets(&ask, &check(deadline, "ListOffsets")?, budget);
+        for (leader, _, partitions) in &ask {
+            let Some(answer) = answers.iter().find(|a| a.leader == *leader) else { continue };
+            for (side, result) in [(OffsetSpec::Latest, &answer.latest), (OffsetSpec::Earliest, &answer.earliest)] {
+                let step = match side {
+                    OffsetSpec::Earliest => "ListOffsets(earliest)",
+                    OffsetSpec::Latest => "ListOffsets(latest)",
+                };
+                match result {
+                    Err(WireError::Stopped(Stop::Fenced)) => return Err(stopped(step, Stop::Fenced)),
+                    Err(e) => {
+                        let (_, kind, why) = crate::wire::cluster_cycle::leader_failure(*leader, e, budget);
+                        failed_brokers.note(*leader, kind, &why);
+                        for tp in partitions {
+                            offsets
+                                .entry(tp.clone())
+                                .or_default()
+                                .error
+                                .get_or_insert_with(|| format!("broker {leader}: {why}"));
+                        }
+                    }
+                    Ok(list) => {
+                        let mut answered = std::collections::HashSet::new();
+                        for (topic, partition, r) in list {
+                            answered.insert((topic.clone(), *partition));
+                            let entry = offsets.entry((topic.clone(), *partition)).or_default();
+                            match (r, side) {
+                                (Ok(o), OffsetSpec::Latest) => entry.latest = Some(*o),
+                                (Ok(o), OffsetSpec::Earliest) => entry.earliest = Some(*o),
+                                (Err(code), _) => {
+                                    entry.error =
+                                        Some(format!("broker {leader}: {step}: {}", crate::wire::error_name(*code)))
+                                }
+                            }
+                        }
+                        for tp in partitions.iter().filter(|tp| !answered.contains(*tp)) {
+                            offsets
+                                .entry(tp.clone())
+                                .or_default()
+                                .error
+                                .get_or_insert_with(|| format!("broker {leader}: {step}: not in the answer"));
+                        }
+                    }
+                }
+            }
+        }
+        fill_offsets(&mut topics, offsets, warnings);
+        Ok(ClusterRead { cluster_id, controller_id: md.controller_id, brokers, topics })
+    }
+
+    /// Steps 1-4 through librdkafka's calls, for settings the direct path
+    /// cannot serve: metadata, cluster id and racks, then every leader's
+    /// offsets at once, each leader within its budget.
+    fn read_cluster_librdkafka(
+        &self,
+        spec: &MonitorSpec,
+        deadline: &Deadline,
+        failed_brokers: &mut FailedBrokers,
+        warnings: &mut Vec<String>,
+    ) -> Result<ClusterRead, CollectError> {
+        let client = &self.native;
 
         // 1. Metadata: brokers, topics, partitions, leaders, replicas, ISR.
         let metadata = sliced(
@@ -194,10 +423,21 @@ impl KafkaClient {
                     }
                 }
                 Err(AdminError::Fenced(_)) => return Err(stopped("DescribeCluster", Stop::Fenced)),
-                Err(e @ (AdminError::Unsupported { .. } | AdminError::Timeout(_))) => {
+                Err(e @ AdminError::Unsupported { .. }) => {
                     // Not asked again by this client (a rebuilt client probes again).
-                    tracing::debug!(monitor = %spec.id, "DescribeCluster unavailable, using metadata only: {e}");
+                    tracing::debug!(monitor = %spec.id, "DescribeCluster unsupported, using metadata only: {e}");
                     self.describe_cluster_unsupported.store(true, Ordering::Relaxed);
+                }
+                Err(e @ AdminError::Timeout(_)) => {
+                    // Some clusters (librdkafka's mock) never answer it, and a
+                    // stuck broker may have been asked: metadata serves this
+                    // cycle (racks as last known), and it is asked again in
+                    // 10 cycles. A transient error never switches a feature
+                    // off for the client's life.
+                    tracing::debug!(monitor = %spec.id, "DescribeCluster unanswered, using metadata: {e}");
+                    if let Ok(mut cached) = self.racks.lock() {
+                        cached.1 = 1;
+                    }
                 }
                 Err(e) => warnings.push(format!("DescribeCluster failed, using metadata: {e}")),
             }
@@ -260,100 +500,108 @@ impl KafkaClient {
         }
         topics.sort_by(|a, b| a.name.cmp(&b.name));
 
-        // 4. Earliest and latest offsets: two batched calls for all partitions with a leader.
-        let with_leader: Vec<(String, i32)> = topics
-            .iter()
-            .flat_map(|t| t.partitions.iter().filter(|p| p.leader.is_some()).map(|p| (t.name.clone(), p.partition)))
-            .collect();
-        let offline =
-            topics.iter().flat_map(|t| t.partitions.iter().map(move |p| (t, p))).filter(|(_, p)| p.offline()).count();
-        if offline > 0 {
-            warnings.push(format!("{offline} partition(s) have no leader (offline)"));
-        }
-        let mut offsets: HashMap<(String, i32), LogOffsets> = HashMap::new();
-        for spec_kind in [OffsetSpec::Earliest, OffsetSpec::Latest] {
-            if with_leader.is_empty() {
-                break;
-            }
-            let step = match spec_kind {
-                OffsetSpec::Earliest => "ListOffsets(earliest)",
-                OffsetSpec::Latest => "ListOffsets(latest)",
-            };
-            let mut results = Vec::with_capacity(with_leader.len());
-            for chunk in with_leader.chunks(LIST_OFFSETS_CHUNK) {
-                results.extend(
-                    admin::list_offsets(client, chunk, spec_kind, check(deadline, step)?)
-                        .map_err(|e| admin_error(step, e))?,
-                );
-            }
-            for r in results {
-                let entry = offsets.entry((r.topic, r.partition)).or_default();
-                match (r.result, spec_kind) {
-                    (Ok(o), OffsetSpec::Earliest) => entry.earliest = Some(o),
-                    (Ok(o), OffsetSpec::Latest) => entry.latest = Some(o),
-                    (Err(e), _) => entry.error = Some(format!("{step}: {e}")),
+        // 4. Earliest and latest offsets: per leader broker, every call at
+        // once, each with the broker's budget. A leader that refuses or is
+        // stuck costs its own budget; its partitions have no offsets this
+        // cycle (never last cycle's) and it is named in `broker_errors`.
+        let mut by_leader: BTreeMap<i32, Vec<(String, i32)>> = BTreeMap::new();
+        for t in &topics {
+            for p in &t.partitions {
+                if let Some(leader) = p.leader {
+                    by_leader.entry(leader).or_default().push((t.name.clone(), p.partition));
                 }
             }
         }
-        let mut failed_offsets = Vec::new();
-        for t in &mut topics {
-            for p in &mut t.partitions {
-                if let Some(o) = offsets.remove(&(t.name.clone(), p.partition)) {
-                    p.earliest = o.earliest;
-                    p.latest = o.latest;
-                    if o.error.is_some() {
-                        failed_offsets.push(format!("{}/{}", t.name, p.partition));
-                        p.error = o.error;
+        let mut jobs: Vec<(i32, OffsetsJob)> = Vec::new();
+        for (leader, partitions) in &by_leader {
+            for chunk in partitions.chunks(LIST_OFFSETS_CHUNK) {
+                for spec_kind in [OffsetSpec::Earliest, OffsetSpec::Latest] {
+                    jobs.push((*leader, OffsetsJob { partitions: chunk.to_vec(), spec: spec_kind }));
+                }
+            }
+        }
+        let mut offsets: HashMap<(String, i32), LogOffsets> = HashMap::new();
+        if !jobs.is_empty() {
+            let calls: Vec<OffsetsJob> = jobs.iter().map(|(_, j)| j.clone()).collect();
+            let answers =
+                admin::list_offsets_each(client, &calls, broker_budget(spec.timeout), &check(deadline, "ListOffsets")?)
+                    .map_err(|e| admin_error("ListOffsets", e))?;
+            for ((leader, job), answer) in jobs.into_iter().zip(answers) {
+                let step = match job.spec {
+                    OffsetSpec::Earliest => "ListOffsets(earliest)",
+                    OffsetSpec::Latest => "ListOffsets(latest)",
+                };
+                let mut answered = std::collections::HashSet::new();
+                match answer {
+                    Ok(results) => {
+                        // Every partition failing alike is the leader failing
+                        // (librdkafka reports a leader that never answered as
+                        // per-partition results without an offset).
+                        if let Some(Err(first)) = results.first().map(|r| &r.result) {
+                            if results.iter().all(|r| r.result.is_err()) {
+                                let kind = match first.code {
+                                    RDKafkaErrorCode::OperationTimedOut | RDKafkaErrorCode::RequestTimedOut => {
+                                        BrokerErrorKind::Timeout
+                                    }
+                                    code if is_transport(code) => BrokerErrorKind::Connection,
+                                    _ => BrokerErrorKind::Kafka,
+                                };
+                                failed_brokers.note(leader, kind, &format!("{step}: {first}"));
+                            }
+                        }
+                        for r in results {
+                            answered.insert((r.topic.clone(), r.partition));
+                            let entry = offsets.entry((r.topic, r.partition)).or_default();
+                            match (r.result, job.spec) {
+                                (Ok(o), OffsetSpec::Earliest) => entry.earliest = Some(o),
+                                (Ok(o), OffsetSpec::Latest) => entry.latest = Some(o),
+                                (Err(e), _) => entry.error = Some(format!("broker {leader}: {step}: {e}")),
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let why = match &e {
+                            AdminError::Timeout(_) => {
+                                format!(
+                                    "{step}: no answer within the broker's budget of {:?}",
+                                    broker_budget(spec.timeout)
+                                )
+                            }
+                            e => format!("{step}: {e}"),
+                        };
+                        failed_brokers.note(leader, broker_error_kind(&e), &why);
+                    }
+                }
+                // Asked and not answered (a failed call, or a result that
+                // left them out): missing this cycle, with the reason.
+                for (topic, partition) in job.partitions {
+                    if !answered.contains(&(topic.clone(), partition)) {
+                        let entry = offsets.entry((topic, partition)).or_default();
+                        entry.error.get_or_insert_with(|| format!("{step}: no answer from leader {leader}"));
+                        if let Some(b) = failed_brokers.get(leader) {
+                            entry.error = Some(format!("broker {leader}: {}", b.message));
+                        }
                     }
                 }
             }
         }
-        if !failed_offsets.is_empty() {
-            let first =
-                topics.iter().flat_map(|t| t.partitions.iter()).find_map(|p| p.error.clone()).unwrap_or_default();
-            warnings.push(format!(
-                "offsets unavailable for {} partition(s) ({}): {first}",
-                failed_offsets.len(),
-                failed_offsets.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
-            ));
-        }
-
-        // 5. Consumer groups: list, describe, committed offsets; lag from the offsets above.
-        let mut notes = Vec::new();
-        let groups = if self.groups_unsupported.load(Ordering::Relaxed) {
-            warnings.push("consumer groups not collected: the cluster does not support ListGroups".into());
-            Vec::new()
-        } else {
-            self.collect_groups(spec, &topics, &brokers, deadline, &mut warnings, &mut notes)?
-        };
-
-        let duration = started.elapsed();
-        Ok(Snapshot {
-            monitor: spec.id.clone(),
-            generation: spec.generation,
-            cluster_id,
-            controller_id,
-            brokers,
-            topics,
-            groups,
-            collected_at_ms: unix_ms(),
-            duration_ms: duration.as_millis() as u64,
-            warnings,
-            notes,
-        })
+        fill_offsets(&mut topics, offsets, warnings);
+        Ok(ClusterRead { cluster_id, controller_id, brokers, topics })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn collect_groups(
         &self,
         spec: &MonitorSpec,
         topics: &[TopicSnapshot],
         brokers: &[Broker],
         deadline: &Deadline,
+        failed_brokers: &mut FailedBrokers,
         warnings: &mut Vec<String>,
         notes: &mut Vec<String>,
     ) -> Result<Vec<GroupSnapshot>, CollectError> {
         let reads = match &self.direct {
-            Ok(_) => self.read_groups_direct(spec, topics, brokers, deadline, warnings, notes)?,
+            Ok(_) => self.read_groups_direct(spec, topics, brokers, deadline, failed_brokers, warnings, notes)?,
             Err(why) => {
                 notes.push(format!("consumer groups read through librdkafka, one request per group: {why}"));
                 self.read_groups_librdkafka(spec, deadline, warnings)?
@@ -397,13 +645,17 @@ impl KafkaClient {
         None
     }
 
-    /// The batched direct requests over the monitor's own connections (`wire/`).
+    /// The batched direct requests over the monitor's own connections
+    /// (`wire/`): each broker within its budget, brokers that failed
+    /// earlier in the cycle not asked again.
+    #[allow(clippy::too_many_arguments)]
     fn read_groups_direct(
         &self,
         spec: &MonitorSpec,
         topics: &[TopicSnapshot],
         brokers: &[Broker],
         deadline: &Deadline,
+        failed_brokers: &mut FailedBrokers,
         warnings: &mut Vec<String>,
         notes: &mut Vec<String>,
     ) -> Result<Vec<GroupRead>, CollectError> {
@@ -414,10 +666,15 @@ impl KafkaClient {
         let asked: Vec<(String, Vec<i32>)> =
             topics.iter().map(|t| (t.name.clone(), t.partitions.iter().map(|p| p.partition).collect())).collect();
         let allowed = |g: &str| spec.filters.group_allowed(g);
-        let cycle = conns.read(&addresses, &allowed, &asked, deadline);
+        let skip = failed_brokers.ids();
+        let cycle = conns.read_within(&addresses, &allowed, &asked, deadline, broker_budget(spec.timeout), &skip);
         if let Some(why) = cycle.stopped {
             return Err(stopped("consumer groups", why));
         }
+        for (broker, kind, why) in &cycle.failed {
+            failed_brokers.note(*broker, *kind, why);
+        }
+        let asked_brokers = addresses.iter().filter(|(id, _)| !skip.contains(id)).count();
         if let Some(why) = cycle.authentication {
             return Err(CollectError::new(
                 ErrorKind::Connection,
@@ -429,7 +686,11 @@ impl KafkaClient {
             warnings.push("consumer groups not collected: the cluster does not support ListGroups".into());
             return Ok(Vec::new());
         }
-        if cycle.answered == 0 && !addresses.is_empty() {
+        // Only when every broker asked refused the direct path itself (not
+        // when they were stuck: librdkafka would wait on them too).
+        let refused_everywhere =
+            asked_brokers > 0 && cycle.failed.iter().all(|(_, kind, _)| *kind != BrokerErrorKind::Timeout);
+        if cycle.answered == 0 && refused_everywhere {
             // No broker answered the direct requests while librdkafka's
             // connections work (metadata came back): e.g. a certificate
             // rustls refuses and OpenSSL accepts, or a port only
@@ -530,6 +791,80 @@ impl KafkaClient {
             })
             .collect())
     }
+}
+
+/// Puts this cycle's offsets into the partitions (a partition nobody
+/// answered for keeps none: never last cycle's) and says in the warnings
+/// what is offline and what could not be read.
+fn fill_offsets(
+    topics: &mut [TopicSnapshot],
+    mut offsets: HashMap<(String, i32), LogOffsets>,
+    warnings: &mut Vec<String>,
+) {
+    let offline = topics.iter().flat_map(|t| &t.partitions).filter(|p| p.offline()).count();
+    if offline > 0 {
+        warnings.push(format!("{offline} partition(s) have no leader (offline)"));
+    }
+    let mut failed_offsets = Vec::new();
+    for t in topics.iter_mut() {
+        for p in &mut t.partitions {
+            if let Some(o) = offsets.remove(&(t.name.clone(), p.partition)) {
+                p.earliest = o.earliest;
+                p.latest = o.latest;
+                if o.error.is_some() {
+                    failed_offsets.push(format!("{}/{}", t.name, p.partition));
+                    p.error = o.error;
+                }
+            }
+        }
+    }
+    if !failed_offsets.is_empty() {
+        let first = topics.iter().flat_map(|t| t.partitions.iter()).find_map(|p| p.error.clone()).unwrap_or_default();
+        warnings.push(format!(
+            "offsets unavailable for {} partition(s) ({}): {first}",
+            failed_offsets.len(),
+            failed_offsets.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+}
+
+/// The topics of a metadata answer that the filters admit, partitions in
+/// order, without offsets yet; topics the answer has an error for are left
+/// out and named in the warnings.
+fn topics_from_metadata(
+    spec: &MonitorSpec,
+    md: &crate::wire::cluster::ClusterMetadata,
+    warnings: &mut Vec<String>,
+) -> Vec<TopicSnapshot> {
+    let mut topics: Vec<TopicSnapshot> = Vec::new();
+    for t in &md.topics {
+        if !spec.filters.topic_allowed(&t.name) {
+            continue;
+        }
+        if t.error_code != 0 {
+            warnings.push(format!("topic {}: {}", t.name, crate::wire::error_name(t.error_code)));
+            continue;
+        }
+        let mut partitions: Vec<PartitionSnapshot> = t
+            .partitions
+            .iter()
+            .map(|p| PartitionSnapshot {
+                partition: p.partition,
+                leader: (p.leader >= 0).then_some(p.leader),
+                replicas: p.replicas.clone(),
+                isr: p.isr.clone(),
+                earliest: None,
+                latest: None,
+                // LEADER_NOT_AVAILABLE and the like; REPLICA_NOT_AVAILABLE
+                // (9) only says a replica is down, which ISR shows.
+                error: (p.error_code != 0 && p.error_code != 9).then(|| crate::wire::error_name(p.error_code)),
+            })
+            .collect();
+        partitions.sort_by_key(|p| p.partition);
+        topics.push(TopicSnapshot { name: t.name.clone(), partitions });
+    }
+    topics.sort_by(|a, b| a.name.cmp(&b.name));
+    topics
 }
 
 /// One group's snapshot from how it was read, whichever path read it: its

@@ -20,4 +20,5 @@ mod deadline;
 pub mod wire;
 
 pub use client::{live_clients, ClientOptions, KafkaClient, RequestCounts};
+pub use collect::broker_budget;
 pub use deadline::{Deadline, Fence, Stop};

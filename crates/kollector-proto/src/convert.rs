@@ -228,6 +228,15 @@ pub fn snapshot_to_proto(s: &core::Snapshot) -> v1::Snapshot {
         duration_ms: s.duration_ms,
         warnings: s.warnings.clone(),
         notes: s.notes.clone(),
+        broker_errors: s
+            .broker_errors
+            .iter()
+            .map(|e| v1::BrokerError {
+                broker: e.broker,
+                kind: e.kind.as_str().to_string(),
+                message: e.message.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -300,6 +309,17 @@ pub fn snapshot_from_proto(p: v1::Snapshot) -> Result<core::Snapshot, core::ids:
         duration_ms: p.duration_ms,
         warnings: p.warnings,
         notes: p.notes,
+        // An error of a kind this build does not know is still an error:
+        // named as the broker's own (kafka) rather than dropped.
+        broker_errors: p
+            .broker_errors
+            .into_iter()
+            .map(|e| core::BrokerError {
+                broker: e.broker,
+                kind: core::BrokerErrorKind::parse(&e.kind).unwrap_or(core::BrokerErrorKind::Kafka),
+                message: e.message,
+            })
+            .collect(),
     })
 }
 
@@ -547,6 +567,7 @@ mod tests {
                         duration_ms: 0,
                         warnings: Vec::new(),
                         notes: Vec::new(),
+                        broker_errors: Vec::new(),
                     };
                     h.observe(&mut s, u64::MAX / 2, HOUR, 10);
                 }

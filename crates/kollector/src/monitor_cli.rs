@@ -480,6 +480,7 @@ fn snapshot_json(s: &pb::Snapshot) -> serde_json::Value {
         "duration_ms": s.duration_ms,
         "warnings": s.warnings,
         "notes": s.notes,
+        "broker_errors": s.broker_errors.iter().map(|e| serde_json::json!({"broker": e.broker, "kind": e.kind, "message": e.message})).collect::<Vec<_>>(),
         "brokers": s.brokers.iter().map(|b| serde_json::json!({"id": b.id, "host": b.host, "port": b.port, "rack": b.rack})).collect::<Vec<_>>(),
         "topics": s.topics.iter().map(|t| serde_json::json!({
             "name": t.name,
@@ -488,9 +489,11 @@ fn snapshot_json(s: &pb::Snapshot) -> serde_json::Value {
                 "earliest": p.earliest, "latest": p.latest, "error": p.error})).collect::<Vec<_>>()})).collect::<Vec<_>>(),
         "groups": s.groups.iter().map(|g| serde_json::json!({
             "group_id": g.group_id, "state": g.state, "members": g.members, "coordinator": g.coordinator, "error": g.error,
+            "description_unread": g.description_unread, "offsets_unread": g.offsets_unread,
             "protocol_type": g.protocol_type, "group_type": g.group_type,
             "offsets": g.offsets.iter().map(|o| serde_json::json!({
-                "topic": o.topic, "partition": o.partition, "committed": o.committed, "lag": o.lag, "data_loss": o.data_loss})).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+                "topic": o.topic, "partition": o.partition, "committed": o.committed, "lag": o.lag, "data_loss": o.data_loss,
+                "ahead_of_log": o.ahead_of_log})).collect::<Vec<_>>()})).collect::<Vec<_>>(),
     })
 }
 
@@ -527,6 +530,18 @@ fn print_snapshot(s: &pb::Snapshot) {
         ago(s.collected_at_ms),
         s.duration_ms
     );
+    // A partial collection says what is missing, and from which broker.
+    let missing_partitions =
+        s.topics.iter().flat_map(|t| &t.partitions).filter(|p| p.leader.is_some() && p.latest.is_none()).count();
+    let missing_groups = s.groups.iter().filter(|g| g.description_unread || g.offsets_unread).count();
+    if !s.broker_errors.is_empty() || missing_partitions > 0 || missing_groups > 0 {
+        println!(
+            "   PARTIAL: {missing_partitions} partition(s) and {missing_groups} group(s) not read this cycle (no series for them)"
+        );
+    }
+    for e in &s.broker_errors {
+        println!("   broker {} unreachable ({}): {}", e.broker, e.kind, e.message);
+    }
     for w in &s.warnings {
         println!("   warning: {w}");
     }

@@ -34,7 +34,7 @@ pub use groups::{
     describe_consumer_groups, list_consumer_group_offsets, list_consumer_groups, CommittedOffset, GroupDescription,
     GroupListing, GroupMember, GroupState, ListGroupsResult, PerGroup,
 };
-pub use offsets::{list_offsets, OffsetSpec, PartitionOffset};
+pub use offsets::{list_offsets, list_offsets_each, OffsetSpec, OffsetsJob, PartitionOffset};
 
 /// An error Kafka reported for one item (partition or group) of a batched call.
 #[derive(Clone, Debug, PartialEq, Eq)]

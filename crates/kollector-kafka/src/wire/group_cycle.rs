@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kafka_protocol::messages::ApiKey;
+use kollector_core::BrokerErrorKind;
 
 use super::connection::BrokerConnection;
 use super::group_plan::{
@@ -29,10 +30,16 @@ use crate::deadline::{Deadline, Stop};
 /// Brokers read at the same time within one cycle.
 const PARALLEL_BROKERS: usize = 8;
 
-/// A monitor's direct connections, by broker id.
+/// A monitor's direct connections, by broker id (bootstrap addresses
+/// before the first Metadata answer get ids -1, -2, …). They serve the
+/// cycle's cluster reads (`cluster_cycle.rs`) and its group reads.
 pub struct GroupConnections {
-    security: WireSecurity,
-    conns: BTreeMap<i32, BrokerConnection>,
+    pub(super) security: WireSecurity,
+    pub(super) conns: BTreeMap<i32, BrokerConnection>,
+    /// The brokers the last Metadata answer named (id, host:port).
+    pub(super) known: Vec<(i32, String)>,
+    /// The broker that answered Metadata last: asked first next time.
+    pub(super) metadata_from: Option<i32>,
 }
 
 impl std::fmt::Debug for GroupConnections {
@@ -55,6 +62,30 @@ pub struct GroupCycle {
     pub stopped: Option<Stop>,
     /// Brokers that answered (listed their groups).
     pub answered: usize,
+    /// Brokers whose part failed (could not connect, ran out of their
+    /// budget, refused the credentials, answered an error): the first
+    /// failure of each, by kind.
+    pub failed: Vec<(i32, BrokerErrorKind, String)>,
+}
+
+/// What kind of failure a direct request's error is.
+pub fn failure_kind(e: &WireError) -> BrokerErrorKind {
+    match e {
+        WireError::Stopped(_) => BrokerErrorKind::Timeout,
+        WireError::Io(_) => BrokerErrorKind::Connection,
+        WireError::Authentication(_) | WireError::Tls(_) => BrokerErrorKind::Authentication,
+        WireError::Oversized(_) | WireError::Protocol(_) | WireError::Broker { .. } | WireError::Unsupported(_) => {
+            BrokerErrorKind::Kafka
+        }
+    }
+}
+
+/// A cycle's limits besides its deadline.
+struct Within<'a> {
+    /// Each broker's part at most this long; None: the whole deadline.
+    budget: Option<std::time::Duration>,
+    /// Brokers not asked (failed earlier this cycle).
+    skip: &'a BTreeSet<i32>,
 }
 
 /// One broker's part of the cycle.
@@ -67,7 +98,7 @@ struct BrokerWork {
 
 impl GroupConnections {
     pub fn new(security: WireSecurity) -> GroupConnections {
-        GroupConnections { security, conns: BTreeMap::new() }
+        GroupConnections { security, conns: BTreeMap::new(), known: Vec::new(), metadata_from: None }
     }
 
     /// The TLS and SASL settings connections are opened with.
@@ -101,7 +132,23 @@ impl GroupConnections {
         topics: &[(String, Vec<i32>)],
         deadline: &Deadline,
     ) -> GroupCycle {
-        self.run(brokers, None, allowed, topics, deadline)
+        let within = Within { budget: None, skip: &BTreeSet::new() };
+        self.run(brokers, None, allowed, topics, deadline, within)
+    }
+
+    /// Like [`GroupConnections::read`], with each broker's part bounded by
+    /// `budget` (so a stuck broker costs that, not the whole deadline) and
+    /// the brokers in `skip` (failed earlier this cycle) not asked.
+    pub fn read_within(
+        &mut self,
+        brokers: &[(i32, String)],
+        allowed: &(dyn Fn(&str) -> bool + Sync),
+        topics: &[(String, Vec<i32>)],
+        deadline: &Deadline,
+        budget: std::time::Duration,
+        skip: &BTreeSet<i32>,
+    ) -> GroupCycle {
+        self.run(brokers, None, allowed, topics, deadline, Within { budget: Some(budget), skip })
     }
 
     /// Like [`GroupConnections::read`] for groups already known, by the
@@ -115,7 +162,8 @@ impl GroupConnections {
         topics: &[(String, Vec<i32>)],
         deadline: &Deadline,
     ) -> GroupCycle {
-        self.run(brokers, Some(listed), allowed, topics, deadline)
+        let within = Within { budget: None, skip: &BTreeSet::new() };
+        self.run(brokers, Some(listed), allowed, topics, deadline, within)
     }
 
     fn run(
@@ -125,6 +173,7 @@ impl GroupConnections {
         allowed: &(dyn Fn(&str) -> bool + Sync),
         topics: &[(String, Vec<i32>)],
         deadline: &Deadline,
+        within: Within<'_>,
     ) -> GroupCycle {
         // Connections to brokers that left, or moved, are closed first.
         let wanted: BTreeMap<i32, &String> = brokers.iter().map(|(id, a)| (*id, a)).collect();
@@ -139,6 +188,7 @@ impl GroupConnections {
         }
         let mut work: Vec<BrokerWork> = wanted
             .iter()
+            .filter(|(id, _)| !within.skip.contains(id))
             .map(|(id, address)| BrokerWork {
                 id: *id,
                 address: address.to_string(),
@@ -148,21 +198,9 @@ impl GroupConnections {
             .collect();
         let security = &self.security;
         let given = |id: i32| listed.map(|l| l.get(&id).cloned().unwrap_or_default());
-        if work.len() == 1 {
-            work.iter_mut().for_each(|w| read_at(w, security, given(w.id), allowed, topics, deadline));
-        } else {
-            // Brokers answer in parallel, at most `PARALLEL_BROKERS` at a
-            // time: the cycle takes about the slowest broker's time, and a
-            // large cluster does not cost a thread per broker.
-            for batch in work.chunks_mut(PARALLEL_BROKERS) {
-                std::thread::scope(|s| {
-                    for w in batch.iter_mut() {
-                        let mine = given(w.id);
-                        s.spawn(move || read_at(w, security, mine, allowed, topics, deadline));
-                    }
-                });
-            }
-        }
+        // Each broker's part gets its own budget from when it starts.
+        let own = |d: &Deadline| within.budget.map_or_else(|| d.clone(), |b| d.capped(b));
+        in_parallel(&mut work, |w| read_at(w, security, given(w.id), allowed, topics, &own(deadline)));
 
         let mut cycle = GroupCycle::default();
         let mut answers = Vec::new();
@@ -172,6 +210,9 @@ impl GroupConnections {
             match w.outcome {
                 Ok(a) => {
                     cycle.answered += 1;
+                    if let Some((kind, why)) = &a.failure {
+                        cycle.failed.push((w.id, *kind, why.clone()));
+                    }
                     answers.push(a);
                 }
                 Err(e) => {
@@ -181,17 +222,28 @@ impl GroupConnections {
                             auth_failures += 1;
                             cycle.authentication.get_or_insert_with(|| why.clone());
                         }
-                        WireError::Stopped(stop) => {
-                            cycle.stopped.get_or_insert(*stop);
+                        // Only the fence stops the cycle; a broker out of
+                        // its budget (or of the cycle's time) failed alone.
+                        WireError::Stopped(Stop::Fenced) => {
+                            cycle.stopped.get_or_insert(Stop::Fenced);
                         }
                         _ => {}
+                    }
+                    if !matches!(e, WireError::Unsupported("ListGroups") | WireError::Stopped(Stop::Fenced)) {
+                        let why = match &e {
+                            WireError::Stopped(Stop::TimedOut) => {
+                                "groups: no answer within the broker's budget".to_string()
+                            }
+                            e => format!("groups: {e}"),
+                        };
+                        cycle.failed.push((w.id, failure_kind(&e), why));
                     }
                     cycle.broker_errors.push(format!("broker {} ({}): {e}", w.id, w.address));
                 }
             }
         }
         cycle.unsupported = !brokers.is_empty() && unsupported == brokers.len();
-        if auth_failures < brokers.len() {
+        if auth_failures == 0 || auth_failures < brokers.len() - within.skip.len().min(brokers.len()) {
             cycle.authentication = None;
         }
         for a in &answers {
@@ -201,8 +253,9 @@ impl GroupConnections {
             }
         }
         if cycle.stopped.is_none() {
-            if let Err(stop) = self.relocate(&mut answers, allowed, topics, deadline) {
-                cycle.stopped = Some(stop);
+            let deadline = own(deadline);
+            if let Err(Stop::Fenced) = self.relocate(&mut answers, allowed, topics, &deadline) {
+                cycle.stopped = Some(Stop::Fenced);
             }
         }
         cycle.groups = merge(&answers);
@@ -255,8 +308,8 @@ impl GroupConnections {
                 if e.breaks_connection() {
                     self.close(via);
                 }
-                if let WireError::Stopped(stop) = e {
-                    return Err(stop);
+                if let WireError::Stopped(Stop::Fenced) = e {
+                    return Err(Stop::Fenced);
                 }
                 answers.extend(failed(format!("FindCoordinator: {e}"), listed.into_values().collect()));
                 return Ok(());
@@ -283,7 +336,7 @@ impl GroupConnections {
             self.keep(w.id, w.conn);
             match w.outcome {
                 Ok(a) => answers.push(a),
-                Err(WireError::Stopped(stop)) => return Err(stop),
+                Err(WireError::Stopped(Stop::Fenced)) => return Err(Stop::Fenced),
                 Err(e) => answers.extend(failed(
                     format!("at coordinator {node}: {e}"),
                     groups.into_iter().map(|g| (node, g)).collect(),
@@ -292,6 +345,27 @@ impl GroupConnections {
         }
         Ok(())
     }
+}
+
+/// Runs `f` on every item, `PARALLEL_BROKERS` workers taking the next item
+/// as each finishes: the whole takes about the slowest item's time, one
+/// stuck broker holds up one worker (not a batch), and a large cluster does
+/// not cost a thread per broker.
+pub(super) fn in_parallel<T: Send>(items: &mut [T], f: impl Fn(&mut T) + Sync) {
+    if items.len() <= 1 {
+        items.iter_mut().for_each(f);
+        return;
+    }
+    let workers = PARALLEL_BROKERS.min(items.len());
+    let next = std::sync::Mutex::new(items.iter_mut());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let Some(item) = next.lock().ok().and_then(|mut it| it.next()) else { return };
+                f(item);
+            });
+        }
+    });
 }
 
 /// The reads at one broker: its own listing (`given` None) or the groups
@@ -395,6 +469,7 @@ fn read_at(
         live = connect().ok();
     }
     match live.take() {
+        None if was_stopped => answers.fetch_failed = Some("not asked: the broker's time ran out".into()),
         None => answers.fetch_failed = Some("not asked: no usable connection".into()),
         Some(mut c) => {
             match fetch_offsets_into(&mut c, &with_offsets, Some(topics), deadline, &mut answers.committed) {
@@ -406,7 +481,13 @@ fn read_at(
     w.conn = live;
     answers.listed = listed;
     w.outcome = match stopped {
-        Some(s) => Err(WireError::Stopped(s)),
+        Some(Stop::Fenced) => Err(WireError::Stopped(Stop::Fenced)),
+        // Out of time part-way: what was read is kept, the rest is unread
+        // (with the reason), and the broker is named.
+        Some(Stop::TimedOut) => {
+            answers.failure = Some((BrokerErrorKind::Timeout, "groups: no answer within the broker's budget".into()));
+            Ok(answers)
+        }
         None => Ok(answers),
     };
 }

@@ -92,6 +92,9 @@ pub struct BrokerAnswers {
     /// The error a ListGroups answer carried with the groups it did list
     /// (a coordinator still loading): the listing is partial.
     pub list_error: Option<String>,
+    /// The broker stopped answering part-way (its budget ran out): what it
+    /// answered is kept, and it is named as failed.
+    pub failure: Option<(kollector_core::BrokerErrorKind, String)>,
 }
 
 /// One read per listed group, sorted by id. A group listed by two brokers
@@ -198,6 +201,7 @@ mod tests {
             committed: BTreeMap::from([("a".to_string(), Ok(offsets.clone())), ("moving".to_string(), Err(16))]),
             fetch_failed: None,
             list_error: None,
+            failure: None,
         };
         let two = BrokerAnswers {
             broker: 2,
@@ -207,6 +211,7 @@ mod tests {
             committed: BTreeMap::from([("moving".to_string(), Ok(offsets.clone()))]),
             fetch_failed: None,
             list_error: None,
+            failure: None,
         };
         let reads = merge(&[one, two]);
         let by: BTreeMap<&str, &GroupRead> = reads.iter().map(|r| (r.id.as_str(), r)).collect();

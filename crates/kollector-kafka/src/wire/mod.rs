@@ -17,6 +17,8 @@
 //! - `group_plan.rs`: which group goes where, what to retry (pure).
 //! - `group_cycle.rs`: one cycle's group reads over every broker, executing the plan.
 
+pub mod cluster;
+pub mod cluster_cycle;
 pub mod connection;
 pub mod group_cycle;
 pub mod group_plan;
@@ -62,7 +64,7 @@ pub enum WireError {
     Authentication(String),
     #[error("TLS: {0}")]
     Tls(String),
-    #[error("{}", match .0 { Stop::TimedOut => "the collection's timeout passed", Stop::Fenced => "the collection was abandoned at the fence" })]
+    #[error("{}", match .0 { Stop::TimedOut => "no answer in time (the broker's budget or the collection's timeout passed)", Stop::Fenced => "the collection was abandoned at the fence" })]
     Stopped(Stop),
 }
 
