@@ -78,7 +78,7 @@ fn check_partial(vc: &VirtualCluster, s: &Snapshot, down: i32, kind: BrokerError
         let read = s.groups.iter().find(|x| x.group_id == g);
         if vc.coordinator_of(g) == down {
             // Its coordinator failed: not listed, or listed and unread; never read.
-            assert!(read.is_none_or(|x| !x.fully_read() && x.verdict.is_none()), "{read:?}");
+            assert!(read.is_none_or(|x| !x.fully_read()), "{read:?}");
         } else {
             let read = read.unwrap_or_else(|| panic!("{g} is coordinated by a healthy broker: {:?}", s.groups));
             assert!(read.fully_read(), "{read:?}");
@@ -117,8 +117,9 @@ fn a_stuck_broker_costs_only_its_own_part_of_the_cycle() {
         for _ in 0..2 {
             let (s, took) = collect_timed(&client, &spec);
             check_partial(&vc, &s, down, BrokerErrorKind::Timeout);
-            // The broker's budget (2 s) and some, not the whole timeout.
-            assert!(took < TIMEOUT - Duration::from_millis(1500), "a cycle with broker {down} stuck took {took:?}");
+            // The broker's budget (2 s) and some, not twice it, not the whole timeout.
+            let bound = kollector_kafka::broker_budget(TIMEOUT) + Duration::from_millis(900);
+            assert!(took < bound, "a cycle with broker {down} stuck took {took:?}");
             eprintln!("broker {down} stuck: cycle took {took:?}");
         }
         vc.clear_fault(down);

@@ -294,8 +294,26 @@ impl StoreCollector {
         gauges(
             enc,
             "kafka_consumergroup_data_loss",
-            "1 if a group's committed offset is below the partition's oldest offset (records deleted unread).",
-            group_partition(&|o| Some(o.data_loss as i64)),
+            "1 if a group's committed offset is below the partition's oldest offset (records deleted unread); \
+             no series while the partition's oldest offset is unread.",
+            family!(self, |b, s| {
+                let read: std::collections::HashSet<(&str, i32)> = s
+                    .topics
+                    .iter()
+                    .flat_map(|t| {
+                        t.partitions
+                            .iter()
+                            .filter(|p| p.earliest.is_some())
+                            .map(move |p| (t.name.as_str(), p.partition))
+                    })
+                    .collect();
+                s.groups
+                    .iter()
+                    .flat_map(|g| g.offsets.iter().map(move |o| (g, o)))
+                    .filter(|(_, o)| read.contains(&(o.topic.as_str(), o.partition)))
+                    .map(|(g, o)| (partition_labels(&b, g, o), o.data_loss as i64))
+                    .collect::<Vec<_>>()
+            }),
         )?;
         // Lag in seconds, verdicts and retention margin (kollector_core::history).
         gauges(
@@ -403,7 +421,7 @@ impl StoreCollector {
         gauges(
             enc,
             "kafka_consumergroup_lag_sum",
-            "Sum of a group's lag on a topic (partitions with known lag).",
+            "Sum of a group's lag on a topic; no series while any partition's lag is unknown (its leader unread).",
             group_topic(&|t| t.lag_sum),
         )?;
         gauges(

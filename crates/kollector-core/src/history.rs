@@ -31,8 +31,10 @@
 //! 1. current lag ≤ the allowed lag (0) → OK, nothing else checked;
 //! 2. STOP when the consumer stopped, unless a recent latest offset is at or
 //!    below the last committed offset (it was caught up lately);
-//! 3. OK when lag was 0 anywhere in the window;
-//! 4. REWIND when the committed offset dropped and never got back;
+//! 3. REWIND when the committed offset's first drop in the window never got
+//!    back (before the next rule: a caught-up consumer that suddenly
+//!    rewinds must show);
+//! 4. OK when lag was 0 anywhere in the window;
 //! 5. STALL when the committed offset never changed (lag > 0 throughout);
 //! 6. WARN when lag never decreased from one observation to the next;
 //! 7. otherwise OK.
@@ -401,16 +403,18 @@ pub fn burrow_status(window: &[Observation], facts: WindowFacts) -> Verdict {
     if facts.stopped && !facts.recent_lag_zero {
         return Verdict::Stop;
     }
+    // REWIND before "lag was 0": a consumer often has no lag and then
+    // suddenly rewinds (to the earliest offset), and that must show.
+    // Burrow looks at the first drop only: REWIND unless a later offset got
+    // back to where it dropped from.
+    if let Some(i) = window.windows(2).position(|w| w[1].committed < w[0].committed) {
+        let from = window[i].committed;
+        if window[i + 1..].iter().all(|o| o.committed < from) {
+            return Verdict::Rewind;
+        }
+    }
     if window.iter().any(|o| o.lag() <= facts.allowed_lag) {
         return Verdict::Ok;
-    }
-    // REWIND: a drop that no later observation got back from.
-    let rewound = window
-        .windows(2)
-        .enumerate()
-        .any(|(i, w)| w[1].committed < w[0].committed && window[i + 1..].iter().all(|o| o.committed < w[0].committed));
-    if rewound {
-        return Verdict::Rewind;
     }
     if window.windows(2).all(|w| w[1].committed == w[0].committed) {
         return Verdict::Stall;
@@ -910,6 +914,12 @@ mod tests {
         // ...recovered: not REWIND any more.
         let recovered = [(50, 60), (20, 60), (55, 70), (60, 80), (65, 90)];
         assert_ne!(window(&recovered, 1000).verdict(5, live), Some(Verdict::Rewind));
+        // Caught up, then rewound to the start: REWIND, though lag was 0 in the window.
+        let reset = [(1000, 1000), (1000, 1000), (1000, 1000), (0, 1020), (5, 1030)];
+        assert_eq!(window(&reset, 1000).verdict(5, live), Some(Verdict::Rewind));
+        // Burrow judges the first drop: recovered, so a later one is not REWIND.
+        let two_drops = [(10, 30), (5, 30), (20, 30), (15, 30), (16, 30)];
+        assert_ne!(window(&two_drops, 1000).verdict(5, live), Some(Verdict::Rewind));
         // Falling behind: committing, but lag grows across the window.
         let behind = [(0, 10), (5, 20), (10, 30), (15, 40), (20, 50)];
         assert_eq!(window(&behind, 1000).verdict(5, live), Some(Verdict::Warn));
@@ -999,7 +1009,12 @@ mod tests {
             if v == Verdict::Rewind {
                 prop_assert!(obs.windows(2).any(|w| w[1].committed < w[0].committed));
             }
-            if (recent || !stopped) && obs.iter().any(|o| o.lag() <= allowed) {
+            let first_drop = obs.windows(2).position(|w| w[1].committed < w[0].committed);
+            let rewound = first_drop.is_some_and(|i| obs[i + 1..].iter().all(|o| o.committed < obs[i].committed));
+            if last.lag() > allowed && (recent || !stopped) {
+                prop_assert_eq!(v == Verdict::Rewind, rewound, "REWIND exactly when the first drop did not recover");
+            }
+            if (recent || !stopped) && !rewound && obs.iter().any(|o| o.lag() <= allowed) {
                 prop_assert_eq!(v, Verdict::Ok);
             }
             let mut w = CommitWindow::default();

@@ -116,7 +116,7 @@ impl GroupSnapshot {
         !self.description_unread && !self.offsets_unread
     }
 
-    /// Lag summed per topic, over the partitions whose lag is known.
+    /// Lag summed per topic; topics with a partition of unknown lag are left out.
     pub fn lag_by_topic(&self) -> Vec<(String, i64)> {
         self.by_topic().into_iter().filter_map(|t| Some((t.topic.to_string(), t.lag_sum?))).collect()
     }
@@ -133,17 +133,31 @@ impl GroupSnapshot {
                 lag_sum: None,
                 max_lag_ms: None,
                 partitions: 0,
+                lag_unknown: false,
             });
             t.partitions += 1;
             t.committed_sum = t.committed_sum.saturating_add(o.committed);
-            if let Some(lag) = o.lag {
-                t.lag_sum = Some(t.lag_sum.unwrap_or(0).saturating_add(lag));
+            match o.lag {
+                Some(lag) => t.lag_sum = Some(t.lag_sum.unwrap_or(0).saturating_add(lag)),
+                None => t.lag_unknown = true,
             }
             if let Some(ms) = o.lag_ms {
                 t.max_lag_ms = Some(t.max_lag_ms.unwrap_or(0).max(ms));
             }
         }
-        topics.into_values().collect()
+        // A sum or a maximum over part of a topic's partitions is not the
+        // topic's: withheld while any partition's lag is unknown (its leader
+        // unread), so an alert on it is not silently cleared.
+        topics
+            .into_values()
+            .map(|mut t| {
+                if t.lag_unknown {
+                    t.lag_sum = None;
+                    t.max_lag_ms = None;
+                }
+                t
+            })
+            .collect()
     }
 }
 
@@ -155,10 +169,14 @@ pub struct GroupTopic<'a> {
     pub partitions: usize,
     /// Sum of committed offsets.
     pub committed_sum: i64,
-    /// Sum of lag over partitions whose lag is known; None when none is.
+    /// Sum of lag over the topic's partitions; None when any partition's
+    /// lag is unknown this cycle (a partial sum is not the topic's).
     pub lag_sum: Option<i64>,
-    /// Largest lag in seconds (as milliseconds); None without history.
+    /// Largest lag in seconds (as milliseconds); None without history, or
+    /// when any partition's lag is unknown this cycle.
     pub max_lag_ms: Option<u64>,
+    /// Some partition's lag is unknown this cycle.
+    pub lag_unknown: bool,
 }
 
 /// Why a broker's part of a cycle could not be read, by kind: what an
@@ -365,6 +383,11 @@ mod tests {
             protocol_type: None,
             group_type: None,
         };
+        // Topic b's only partition has unknown lag: no sum for b.
         assert_eq!(g.lag_by_topic(), vec![("a".to_string(), 5)]);
+        let mut partial = g.clone();
+        partial.offsets.push(o("a", 2, None));
+        assert_eq!(partial.lag_by_topic(), vec![], "a partial sum is not the topic's");
+        assert!(partial.by_topic()[0].lag_unknown);
     }
 }

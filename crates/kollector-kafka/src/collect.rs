@@ -285,14 +285,7 @@ impl KafkaClient {
         // Every leader's offsets, leaders in parallel, each within its budget.
         let addresses: HashMap<i32, String> =
             brokers.iter().map(|b| (b.id, crate::wire::broker_address(&b.host, b.port))).collect();
-        let mut by_leader: BTreeMap<i32, Vec<(String, i32)>> = BTreeMap::new();
-        for t in &topics {
-            for p in &t.partitions {
-                if let Some(leader) = p.leader {
-                    by_leader.entry(leader).or_default().push((t.name.clone(), p.partition));
-                }
-            }
-        }
+        let by_leader = partitions_by_leader(&topics);
         let mut offsets: HashMap<(String, i32), LogOffsets> = HashMap::new();
         let mut ask = Vec::new();
         for (leader, partitions) in by_leader {
@@ -325,7 +318,12 @@ impl KafkaClient {
                     Err(WireError::Stopped(Stop::Fenced)) => return Err(stopped(step, Stop::Fenced)),
                     Err(e) => {
                         let (_, kind, why) = crate::wire::cluster_cycle::leader_failure(*leader, e, budget);
-                        failed_brokers.note(*leader, kind, &why);
+                        // Out of the cycle's own time (earlier phases used
+                        // it), not the broker's fault: not named.
+                        let out_of_time = matches!(e, WireError::Stopped(_)) && Instant::now() >= deadline.at();
+                        if !out_of_time {
+                            failed_brokers.note(*leader, kind, &why);
+                        }
                         for tp in partitions {
                             offsets
                                 .entry(tp.clone())
@@ -336,7 +334,13 @@ impl KafkaClient {
                     }
                     Ok(list) => {
                         let mut answered = std::collections::HashSet::new();
+                        let asked: std::collections::HashSet<&(String, i32)> = partitions.iter().collect();
                         for (topic, partition, r) in list {
+                            // Only what this leader was asked about: an answer
+                            // for another leader's partition is not taken.
+                            if !asked.contains(&(topic.clone(), *partition)) {
+                                continue;
+                            }
                             answered.insert((topic.clone(), *partition));
                             let entry = offsets.entry((topic.clone(), *partition)).or_default();
                             match (r, side) {
@@ -504,14 +508,7 @@ impl KafkaClient {
         // once, each with the broker's budget. A leader that refuses or is
         // stuck costs its own budget; its partitions have no offsets this
         // cycle (never last cycle's) and it is named in `broker_errors`.
-        let mut by_leader: BTreeMap<i32, Vec<(String, i32)>> = BTreeMap::new();
-        for t in &topics {
-            for p in &t.partitions {
-                if let Some(leader) = p.leader {
-                    by_leader.entry(leader).or_default().push((t.name.clone(), p.partition));
-                }
-            }
-        }
+        let by_leader = partitions_by_leader(&topics);
         let mut jobs: Vec<(i32, OffsetsJob)> = Vec::new();
         for (leader, partitions) in &by_leader {
             for chunk in partitions.chunks(LIST_OFFSETS_CHUNK) {
@@ -791,6 +788,19 @@ impl KafkaClient {
             })
             .collect())
     }
+}
+
+/// The partitions with a leader, by leader.
+fn partitions_by_leader(topics: &[TopicSnapshot]) -> BTreeMap<i32, Vec<(String, i32)>> {
+    let mut by_leader: BTreeMap<i32, Vec<(String, i32)>> = BTreeMap::new();
+    for t in topics {
+        for p in &t.partitions {
+            if let Some(leader) = p.leader {
+                by_leader.entry(leader).or_default().push((t.name.clone(), p.partition));
+            }
+        }
+    }
+    by_leader
 }
 
 /// Puts this cycle's offsets into the partitions (a partition nobody

@@ -77,6 +77,11 @@ impl Deadline {
         Deadline { at: Instant::now() + timeout, fence: self.fence.clone() }
     }
 
+    /// Whether the timeout has passed (not the fence).
+    pub fn passed(&self) -> bool {
+        Instant::now() >= self.at
+    }
+
     /// Whether the fence has passed.
     pub fn fenced(&self) -> bool {
         self.fence.as_ref().and_then(|f| f()).is_some_and(|fence| Instant::now() >= fence)

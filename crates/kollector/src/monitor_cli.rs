@@ -578,8 +578,12 @@ fn print_snapshot(s: &pb::Snapshot) {
             // is only a lower bound), and the worst partition verdict.
             let mut by_topic: BTreeMap<&str, TopicRow> = BTreeMap::new();
             for o in &g.offsets {
-                let e = by_topic.entry(&o.topic).or_insert((0, None, ""));
-                e.0 = e.0.saturating_add(o.lag.unwrap_or(0));
+                let e = by_topic.entry(&o.topic).or_insert((Some(0), None, ""));
+                // Unknown lag (its leader unread) makes the sum unknown, not smaller.
+                e.0 = match (e.0, o.lag) {
+                    (Some(sum), Some(lag)) => Some(sum.saturating_add(lag)),
+                    _ => None,
+                };
                 if let Some(ms) = o.lag_ms {
                     if e.1.is_none_or(|(m, _)| ms > m) {
                         e.1 = Some((ms, o.lag_ms_is_lower_bound));
@@ -613,6 +617,7 @@ fn print_snapshot(s: &pb::Snapshot) {
                     ),
                 };
                 let verdict = if verdict.is_empty() { "-" } else { verdict };
+                let lag = lag.map_or_else(|| "?".to_string(), |l| l.to_string());
                 println!(
                     "   {:<32} {:<20} {:>7} {:<32} {:>10} {:>12} {:<7}",
                     g.group_id, state, members, topic, lag, time, verdict
@@ -627,7 +632,7 @@ fn print_snapshot(s: &pb::Snapshot) {
 
 /// A group's row per topic: summed lag, largest lag time in ms (and whether
 /// it is a lower bound), worst verdict.
-type TopicRow<'a> = (i64, Option<(u64, bool)>, &'a str);
+type TopicRow<'a> = (Option<i64>, Option<(u64, bool)>, &'a str);
 
 /// Order of Burrow's partition verdicts, worst last.
 fn verdict_rank(v: &str) -> u8 {

@@ -5,8 +5,8 @@
 //! kept, and the failure is returned by broker, with its kind.
 //!
 //! Whom to ask for Metadata: the broker that answered last time (a working
-//! connection, no new socket), within half a budget; if it fails, every
-//! other known broker at once, the first answer in broker order taken.
+//! connection, no new socket), within its budget; if it fails, every other
+//! known broker at once, the first answer taken and the rest not asked.
 //! Before the first answer the bootstrap addresses are the brokers.
 
 use std::time::Duration;
@@ -103,9 +103,11 @@ impl GroupConnections {
         }
     }
 
-    /// Metadata for every topic: from the broker that answered last (half
-    /// a budget), else from every other known broker at once (a budget
-    /// each), else from the bootstrap addresses.
+    /// Metadata for every topic: from the broker that answered last, else
+    /// from every other known broker at once, else from the bootstrap
+    /// addresses; each round within one budget (a whole one: a large
+    /// cluster's answer takes a while, and a broker that fails here is not
+    /// asked again this cycle).
     pub fn read_metadata(&mut self, bootstrap: &[String], deadline: &Deadline, budget: Duration) -> MetadataRead {
         let mut read = MetadataRead { answer: Err("no broker to ask".into()), failed: Vec::new(), fenced: false };
         let bootstrap: Vec<(i32, String)> =
@@ -120,7 +122,7 @@ impl GroupConnections {
             let first: Vec<(i32, String)> = rest.drain(..1.min(rest.len())).collect();
             let addresses: Vec<&String> = known.iter().map(|(_, a)| a).collect();
             let unknown_bootstrap = bootstrap.iter().filter(|(_, a)| !addresses.contains(&a)).cloned().collect();
-            [(first, budget / 2), (rest, budget), (unknown_bootstrap, budget)]
+            [(first, budget), (rest, budget), (unknown_bootstrap, budget)]
         };
         for (round, round_budget) in rounds {
             if round.is_empty() {
@@ -128,9 +130,21 @@ impl GroupConnections {
             }
             let security = self.security.clone();
             let mut work: Vec<Work<ClusterMetadata>> = round.iter().map(|(id, a)| self.work(*id, a)).collect();
+            // One deadline for the round, whatever the queue behind the
+            // workers: a round costs at most its budget. Once one broker has
+            // answered, brokers not yet asked are not, and further answers
+            // are dropped (one answer is kept, not one per broker).
+            let d = deadline.capped(round_budget);
+            let answered = std::sync::atomic::AtomicBool::new(false);
             in_parallel(&mut work, |w| {
-                let d = deadline.capped(round_budget);
-                w.out = Some(on_broker(&mut w.conn, &w.address, &security, &d, &|c| metadata(c, &d)));
+                if answered.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let out = on_broker(&mut w.conn, &w.address, &security, &d, &|c| metadata(c, &d));
+                if out.is_ok() && answered.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                w.out = Some(out);
             });
             for w in &mut work {
                 self.keep_work(w);
@@ -192,8 +206,10 @@ impl GroupConnections {
         let security = self.security.clone();
         type Job<'a> = (Work<Both>, &'a [(String, i32)]);
         let mut work: Vec<Job> = leaders.iter().map(|(id, a, parts)| (self.work(*id, a), parts.as_slice())).collect();
+        // One deadline for the phase: at most one budget, however many
+        // leaders wait behind the workers.
+        let d = deadline.capped(budget);
         in_parallel(&mut work, |(w, parts)| {
-            let d = deadline.capped(budget);
             let all = |c: &mut BrokerConnection, at: i64| -> Result<Vec<PartitionAnswer>, WireError> {
                 let mut out = Vec::with_capacity(parts.len());
                 for chunk in parts.chunks(PARTITIONS_PER_REQUEST) {

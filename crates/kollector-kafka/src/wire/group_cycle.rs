@@ -198,9 +198,11 @@ impl GroupConnections {
             .collect();
         let security = &self.security;
         let given = |id: i32| listed.map(|l| l.get(&id).cloned().unwrap_or_default());
-        // Each broker's part gets its own budget from when it starts.
-        let own = |d: &Deadline| within.budget.map_or_else(|| d.clone(), |b| d.capped(b));
-        in_parallel(&mut work, |w| read_at(w, security, given(w.id), allowed, topics, &own(deadline)));
+        // One deadline for the phase (relocations included): the group
+        // reads cost at most one budget, however many brokers wait behind
+        // the workers.
+        let phase = within.budget.map_or_else(|| deadline.clone(), |b| deadline.capped(b));
+        in_parallel(&mut work, |w| read_at(w, security, given(w.id), allowed, topics, &phase));
 
         let mut cycle = GroupCycle::default();
         let mut answers = Vec::new();
@@ -210,7 +212,8 @@ impl GroupConnections {
             match w.outcome {
                 Ok(a) => {
                     cycle.answered += 1;
-                    if let Some((kind, why)) = &a.failure {
+                    // Out of the cycle's own time is not the broker's fault.
+                    if let Some((kind, why)) = a.failure.as_ref().filter(|_| !deadline.passed()) {
                         cycle.failed.push((w.id, *kind, why.clone()));
                     }
                     answers.push(a);
@@ -229,7 +232,10 @@ impl GroupConnections {
                         }
                         _ => {}
                     }
-                    if !matches!(e, WireError::Unsupported("ListGroups") | WireError::Stopped(Stop::Fenced)) {
+                    let cycle_out_of_time = matches!(e, WireError::Stopped(_)) && deadline.passed();
+                    if !cycle_out_of_time
+                        && !matches!(e, WireError::Unsupported("ListGroups") | WireError::Stopped(Stop::Fenced))
+                    {
                         let why = match &e {
                             WireError::Stopped(Stop::TimedOut) => {
                                 "groups: no answer within the broker's budget".to_string()
@@ -253,8 +259,7 @@ impl GroupConnections {
             }
         }
         if cycle.stopped.is_none() {
-            let deadline = own(deadline);
-            if let Err(Stop::Fenced) = self.relocate(&mut answers, allowed, topics, &deadline) {
+            if let Err(Stop::Fenced) = self.relocate(&mut answers, allowed, topics, &phase) {
                 cycle.stopped = Some(Stop::Fenced);
             }
         }
