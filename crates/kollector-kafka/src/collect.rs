@@ -34,6 +34,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kollector_core::{
@@ -43,6 +44,7 @@ use kollector_core::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::admin::{self, AdminError, OffsetSpec, OffsetsJob};
+use crate::wire::group_cycle::GroupConnections;
 use crate::wire::group_plan::GroupRead;
 use crate::wire::WireError;
 
@@ -206,7 +208,7 @@ impl KafkaClient {
         let mut failed_brokers = FailedBrokers::default();
         // 1-4. The cluster's shape and every partition's offsets.
         let ClusterRead { cluster_id, controller_id, brokers, topics } = match &self.direct {
-            Ok(_) => self.read_cluster_direct(spec, deadline, &mut failed_brokers, &mut warnings)?,
+            Ok(conns) => self.read_cluster_direct(conns, spec, deadline, &mut failed_brokers, &mut warnings)?,
             Err(_) => self.read_cluster_librdkafka(spec, deadline, &mut failed_brokers, &mut warnings)?,
         };
 
@@ -242,14 +244,12 @@ impl KafkaClient {
     /// again this cycle, and the partitions it leads have no offsets.
     fn read_cluster_direct(
         &self,
+        conns: &Mutex<GroupConnections>,
         spec: &MonitorSpec,
         deadline: &Deadline,
         failed_brokers: &mut FailedBrokers,
         warnings: &mut Vec<String>,
     ) -> Result<ClusterRead, CollectError> {
-        let Ok(conns) = &self.direct else {
-            return self.read_cluster_librdkafka(spec, deadline, failed_brokers, warnings);
-        };
         let mut conns =
             conns.lock().map_err(|_| CollectError::new(ErrorKind::Client, "broker connections poisoned"))?;
         let budget = broker_budget(spec.timeout);
@@ -306,14 +306,11 @@ impl KafkaClient {
                 offsets.entry(tp).or_default().error = Some(why.clone());
             }
         }
+        // One answer per leader asked, in the order asked.
         let answers = conns.read_offsets(&ask, &check(deadline, "ListOffsets")?, budget);
-        for (leader, _, partitions) in &ask {
-            let Some(answer) = answers.iter().find(|a| a.leader == *leader) else { continue };
+        for ((leader, _, partitions), answer) in ask.iter().zip(&answers) {
             for (side, result) in [(OffsetSpec::Latest, &answer.latest), (OffsetSpec::Earliest, &answer.earliest)] {
-                let step = match side {
-                    OffsetSpec::Earliest => "ListOffsets(earliest)",
-                    OffsetSpec::Latest => "ListOffsets(latest)",
-                };
+                let step = side.step();
                 match result {
                     Err(WireError::Stopped(Stop::Fenced)) => return Err(stopped(step, Stop::Fenced)),
                     Err(e) => {
@@ -524,10 +521,7 @@ impl KafkaClient {
                 admin::list_offsets_each(client, &calls, broker_budget(spec.timeout), &check(deadline, "ListOffsets")?)
                     .map_err(|e| admin_error("ListOffsets", e))?;
             for ((leader, job), answer) in jobs.into_iter().zip(answers) {
-                let step = match job.spec {
-                    OffsetSpec::Earliest => "ListOffsets(earliest)",
-                    OffsetSpec::Latest => "ListOffsets(latest)",
-                };
+                let step = job.spec.step();
                 let mut answered = std::collections::HashSet::new();
                 match answer {
                     Ok(results) => {

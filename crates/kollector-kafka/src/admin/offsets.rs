@@ -17,6 +17,16 @@ pub enum OffsetSpec {
     Latest,
 }
 
+impl OffsetSpec {
+    /// The step's name in errors: "ListOffsets(earliest)" or "ListOffsets(latest)".
+    pub fn step(self) -> &'static str {
+        match self {
+            OffsetSpec::Earliest => "ListOffsets(earliest)",
+            OffsetSpec::Latest => "ListOffsets(latest)",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionOffset {
     pub topic: String,

@@ -21,7 +21,7 @@ use super::group_plan::{
     describe_with, has_committed_offsets, merge, to_relocate, BrokerAnswers, DescribeWith, GroupRead,
 };
 use super::groups::{
-    consumer_group_describe, describe_groups, fetch_offsets_into, find_coordinators, list_groups_partial, ListedGroup,
+    consumer_group_describe, describe_groups, fetch_offsets_into, find_coordinators, list_groups, ListedGroup,
 };
 use super::security::WireSecurity;
 use super::WireError;
@@ -396,7 +396,7 @@ fn read_at(
     };
     let list = |c: &mut BrokerConnection, given: Option<Vec<ListedGroup>>| match given {
         Some(g) => Ok((g, None)),
-        None => list_groups_partial(c, deadline),
+        None => list_groups(c, deadline),
     };
     let (mut listed, list_error) = match list(&mut conn, given.clone()) {
         Ok(l) => l,

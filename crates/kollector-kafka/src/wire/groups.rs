@@ -69,17 +69,12 @@ fn committed<'a>(group_error: i16, entries: impl Iterator<Item = (&'a StrBytes, 
         .collect())
 }
 
-/// The groups this broker coordinates.
-pub fn list_groups(conn: &mut BrokerConnection, deadline: &Deadline) -> Result<Vec<ListedGroup>, WireError> {
-    list_groups_partial(conn, deadline).map(|(groups, _)| groups)
-}
-
 /// The groups this broker coordinates, and the error its answer carried
 /// with them: a classic coordinator still loading (after a restart or a
 /// move) answers COORDINATOR_LOAD_IN_PROGRESS *together with* the groups it
 /// has loaded. Those are kept and read; the error says the listing is
 /// partial. An error with no groups fails the listing.
-pub fn list_groups_partial(
+pub fn list_groups(
     conn: &mut BrokerConnection,
     deadline: &Deadline,
 ) -> Result<(Vec<ListedGroup>, Option<i16>), WireError> {
