@@ -215,6 +215,10 @@ struct Broker {
     counts: Mutex<BTreeMap<i16, u64>>,
     sent_while_throttled: AtomicU64,
     accepted: AtomicU64,
+    /// Where this broker's new connections go instead of the cluster's
+    /// tansu (a test's "DNS change": the same address now reaches another
+    /// cluster); None: the cluster's tansu.
+    route: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -284,6 +288,7 @@ impl VirtualCluster {
                     counts: Mutex::default(),
                     sent_while_throttled: AtomicU64::new(0),
                     accepted: AtomicU64::new(0),
+                    route: Mutex::new(None),
                 })
                 .collect(),
             pins: Mutex::default(),
@@ -374,6 +379,19 @@ impl VirtualCluster {
         }
         state.fault = Some(fault);
         b.changed.notify_all();
+    }
+
+    /// Sends `broker`'s new connections to `upstream` (another broker,
+    /// e.g. another cluster's tansu) instead of this cluster's tansu, and
+    /// closes its open connections, as a DNS change followed by a reconnect
+    /// would: the same address now reaches someone else. Answers are still
+    /// rewritten as this cluster's topology, the cluster id aside.
+    pub fn route_to(&self, broker: i32, upstream: &str) {
+        let b = self.broker(broker);
+        *lock(&b.route) = Some(upstream.to_string());
+        for c in lock(&b.state).connections.values() {
+            c.close();
+        }
     }
 
     /// Clears `broker`'s fault; a refused broker accepts again, the
@@ -681,7 +699,8 @@ fn accept_loop(shared: Arc<Shared>, index: usize) {
 /// then read, count and forward each request until either side closes.
 fn serve_requests(shared: &Arc<Shared>, index: usize, id: u64, conn: &Arc<Connection>, mut client: TcpStream) {
     let b = &shared.brokers[index];
-    if let Ok(upstream) = TcpStream::connect(&shared.upstream) {
+    let route = lock(&b.route).clone().unwrap_or_else(|| shared.upstream.clone());
+    if let Ok(upstream) = TcpStream::connect(&route) {
         let _ = upstream.set_nodelay(true);
         if let (Ok(mut to_tansu), Ok(from_tansu), Ok(to_client)) =
             (upstream.try_clone(), upstream.try_clone(), client.try_clone())

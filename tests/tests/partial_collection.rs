@@ -147,6 +147,79 @@ fn a_refusing_broker_costs_only_its_own_part_of_the_cycle() {
     assert!(!s.partial(), "broker 2 is back: {:?}", s.broker_errors);
 }
 
+/// A broker address that now reaches another cluster (a DNS change, a
+/// broker replaced behind the same name) is refused when the connection is
+/// made, and named `wrong_cluster`: none of its answers is used, so no
+/// sample mixes the other cluster's offsets or commits with this one's.
+/// The other cluster here has the same topic and group names and other
+/// values (50 records a partition, commits at 7), so a mixed sample would
+/// show.
+#[test]
+fn a_broker_address_that_reaches_another_cluster_is_refused_and_named() {
+    let vc = cluster("partial-home");
+    let other = kollector_tests::tansu::TansuBroker::start("partial-other");
+    let elsewhere = other.bootstrap();
+    create_topic(&elsewhere, "events", 6);
+    for p in 0..6 {
+        produce_records(&elsewhere, "events", p, 50);
+    }
+    for g in ["g1", "g2", "g3"] {
+        let offsets: Vec<(&str, i32, i64)> = (0..6).map(|p| ("events", p, 7)).collect();
+        commit_offsets(&elsewhere, g, &offsets);
+    }
+    let spec = spec("partial-home", &vc.bootstrap());
+    let client = KafkaClient::connect(&spec, &ClientOptions::default()).expect("client");
+    let (s, _) = collect_timed(&client, &spec);
+    assert!(!s.partial(), "all brokers answer: {:?}", s.broker_errors);
+    vc.route_to(2, &elsewhere);
+    for _ in 0..2 {
+        let (s, _) = collect_timed(&client, &spec);
+        assert_eq!(s.cluster_id, vc.cluster_id());
+        check_partial(&vc, &s, 2, BrokerErrorKind::WrongCluster);
+        let named = &s.broker_errors[0].message;
+        assert!(named.contains("partial-other") && named.contains("partial-home"), "{named}");
+    }
+}
+
+/// A broker that throttles this monitor (its quota exceeded, KIP-219) gets
+/// no request on a connection before the throttle it asked has ended, and
+/// the throttle is reported per broker. A short throttle only slows the
+/// broker's part (everything is read); one longer than the broker's budget
+/// leaves its part unread and names it, without a request sent early.
+#[test]
+fn a_throttling_broker_gets_no_request_before_its_throttle_ends() {
+    let vc = cluster("partial-throttle");
+    let spec = spec("partial-throttle", &vc.bootstrap());
+    let client = KafkaClient::connect(&spec, &ClientOptions::default()).expect("client");
+    let (s, _) = collect_timed(&client, &spec);
+    assert!(!s.partial(), "all brokers answer: {:?}", s.broker_errors);
+    assert!(s.broker_throttle_ms.is_empty(), "{:?}", s.broker_throttle_ms);
+
+    vc.set_fault(2, Fault::Throttle(Duration::from_millis(300)));
+    vc.reset_counts();
+    for _ in 0..2 {
+        let (s, _) = collect_timed(&client, &spec);
+        assert!(!s.partial(), "a 300 ms throttle fits the broker's budget: {:?}", s.broker_errors);
+        assert_eq!(s.broker_throttle_ms, BTreeMap::from([(2, 300)]));
+        for (p, latest) in latest(&s) {
+            assert_eq!(latest, Some(p as i64 + 1), "partition {p}");
+        }
+    }
+    let asked: u64 = vc.requests(2).values().sum();
+    assert!(asked >= 6, "broker 2 was asked its part each cycle: {:?}", vc.requests(2));
+    assert_eq!(vc.sent_while_throttled(2), 0, "no request before a throttle ended");
+
+    vc.set_fault(2, Fault::Throttle(Duration::from_secs(5)));
+    for _ in 0..2 {
+        let (s, took) = collect_timed(&client, &spec);
+        let named: Vec<_> = s.broker_errors.iter().map(|e| (e.broker, e.kind)).collect();
+        assert_eq!(named, vec![(2, BrokerErrorKind::Timeout)], "{:?}", s.broker_errors);
+        assert!(s.broker_errors[0].message.contains("throttled"), "{:?}", s.broker_errors);
+        assert!(took < TIMEOUT, "a throttle past the budget is not waited for: {took:?}");
+    }
+    assert_eq!(vc.sent_while_throttled(2), 0, "no request before a throttle ended");
+}
+
 /// The same on librdkafka's mock cluster (3 real brokers in-process, the
 /// Metadata and ListOffsets paths; it has no group listing): broker 3 leads
 /// partitions 2 and 5 and answers nothing for 30 s (its round-trip time),

@@ -171,9 +171,23 @@ impl StoreCollector {
         )?;
         gauges(
             enc,
+            "kollector_broker_throttle_seconds",
+            "The longest throttle the broker asked of this monitor in the latest cycle (its quota was \
+             exceeded; KIP-219): the monitor sent it nothing until the throttle ended. 0 when it asked none.",
+            family!(self, |b, s| s
+                .brokers
+                .iter()
+                .map(|br| {
+                    let ms = s.broker_throttle_ms.get(&br.id).copied().unwrap_or(0);
+                    (with(&b, &[("broker", br.id.to_string())]), f64::from(ms) / 1000.0)
+                })
+                .collect::<Vec<_>>()),
+        )?;
+        gauges(
+            enc,
             "kollector_broker_error",
             "1 for a broker that failed in the monitor's latest cycle, by kind: timeout, connection, \
-             authentication, kafka (the message is in monitor show and GetLatest).",
+             authentication, kafka, wrong_cluster (the message is in monitor show and GetLatest).",
             family!(self, |b, s| s
                 .broker_errors
                 .iter()
@@ -264,18 +278,14 @@ impl StoreCollector {
         };
         let group_partition = |value: &dyn Fn(&kollector_core::GroupOffset) -> Option<i64>| {
             family!(self, |b, s| s
-                .groups
-                .iter()
-                .flat_map(|g| g.offsets.iter().map(move |o| (g, o)))
+                .group_partitions()
                 .filter_map(|(g, o)| value(o).map(|v| (partition_labels(&b, g, o), v)))
                 .collect::<Vec<_>>())
         };
         // Milliseconds kept in the snapshot, exported in seconds.
         let group_partition_seconds = |ms: &dyn Fn(&kollector_core::GroupOffset) -> Option<u64>| {
             family!(self, |b, s| s
-                .groups
-                .iter()
-                .flat_map(|g| g.offsets.iter().map(move |o| (g, o)))
+                .group_partitions()
                 .filter_map(|(g, o)| ms(o).map(|ms| (partition_labels(&b, g, o), ms as f64 / 1000.0)))
                 .collect::<Vec<_>>())
         };
@@ -307,9 +317,7 @@ impl StoreCollector {
                             .map(move |p| (t.name.as_str(), p.partition))
                     })
                     .collect();
-                s.groups
-                    .iter()
-                    .flat_map(|g| g.offsets.iter().map(move |o| (g, o)))
+                s.group_partitions()
                     .filter(|(_, o)| read.contains(&(o.topic.as_str(), o.partition)))
                     .map(|(g, o)| (partition_labels(&b, g, o), o.data_loss as i64))
                     .collect::<Vec<_>>()
@@ -360,9 +368,7 @@ impl StoreCollector {
             "kafka_consumergroup_partition_verdict",
             "1 for the current verdict of a group on a partition (label verdict: OK, WARN, STOP, STALL, REWIND).",
             family!(self, |b, s| s
-                .groups
-                .iter()
-                .flat_map(|g| g.offsets.iter().map(move |o| (g, o)))
+                .group_partitions()
                 .filter_map(|(g, o)| {
                     o.verdict.map(|v| {
                         let mut l = partition_labels(&b, g, o);
@@ -395,9 +401,7 @@ impl StoreCollector {
                     .iter()
                     .flat_map(|t| t.partitions.iter().filter_map(move |p| p.earliest.map(|e| ((t.name.as_str(), p.partition), e))))
                     .collect();
-                s.groups
-                    .iter()
-                    .flat_map(|g| g.offsets.iter().map(move |o| (g, o)))
+                s.group_partitions()
                     .filter_map(|(g, o)| {
                         earliest
                             .get(&(o.topic.as_str(), o.partition))
@@ -597,5 +601,61 @@ impl StoreCollector {
             self.entries.iter().map(|e| (m(e), e.restarts_total)).collect(),
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kollector_core::testing::one_group_snapshot;
+    use kollector_core::{GroupMetrics, MonitorId};
+
+    fn rendered(group_metrics: GroupMetrics) -> String {
+        let mut snapshot = one_group_snapshot("events", "g", 3, (0, 10), 4);
+        for o in &mut snapshot.groups[0].offsets {
+            o.lag_ms = Some(2_000);
+            o.retention_margin_ms = Some(60_000);
+            o.verdict = Some(kollector_core::history::Verdict::Ok);
+        }
+        snapshot.groups[0].verdict = Some(kollector_core::history::GroupVerdict::Ok);
+        snapshot.group_metrics = group_metrics;
+        let mut result = MonitorResult::starting(MonitorId::new("m").expect("id"), 1, None);
+        result.snapshot = Some(std::sync::Arc::new(snapshot));
+        render_entries(vec![result], Vec::new(), false)
+    }
+
+    /// Per topic: one series per group and topic (the sums and the status
+    /// kafka_exporter users know), none per group and partition.
+    #[test]
+    fn group_metrics_per_topic_leave_out_every_per_partition_series() {
+        let all = rendered(GroupMetrics::Partition);
+        let per_topic = rendered(GroupMetrics::Topic);
+        let series = |text: &str, name: &str| text.lines().filter(|l| l.starts_with(&format!("{name}{{"))).count();
+        assert_eq!(series(&all, "kafka_consumergroup_lag"), 3);
+        assert_eq!(series(&all, "kafka_consumergroup_current_offset"), 3);
+        for name in [
+            "kafka_consumergroup_lag",
+            "kafka_consumergroup_current_offset",
+            "kafka_consumergroup_data_loss",
+            "kafka_consumergroup_retention_margin",
+        ] {
+            assert_eq!(series(&per_topic, name), 0, "{name}");
+        }
+        for text in [&all, &per_topic] {
+            assert!(
+                text.contains(
+                    r#"kafka_consumergroup_lag_sum{monitor="m",cluster_id="c",consumergroup="g",topic="events"} 18"#
+                ),
+                "{text}"
+            );
+            assert_eq!(series(text, "kafka_consumergroup_current_offset_sum"), 1);
+        }
+        // No group series per partition is left, of any family.
+        let group_partition_lines =
+            |text: &str| text.lines().filter(|l| l.contains("consumergroup=\"") && l.contains("partition=\"")).count();
+        assert!(group_partition_lines(&all) >= 3 * 8, "{all}");
+        assert_eq!(group_partition_lines(&per_topic), 0, "{per_topic}");
+        assert_eq!(series(&per_topic, "kafka_consumergroup_status"), 1);
+        assert_eq!(series(&per_topic, "kafka_consumergroup_max_lag_seconds"), 1);
     }
 }

@@ -166,7 +166,12 @@ impl MonitorActor {
                 return;
             }
             match KafkaClient::connect(&self.spec, &self.options) {
-                Ok(c) => self.client = ClientSlot::Idle(c),
+                Ok(c) => {
+                    if let Some(id) = &self.pinned_cluster_id {
+                        c.pin_cluster(id);
+                    }
+                    self.client = ClientSlot::Idle(c)
+                }
                 Err(e) => {
                     self.on_failure(e, self.epoch.load(Ordering::SeqCst), ctx);
                     return;

@@ -1039,6 +1039,8 @@ mod tests {
             warnings: vec![],
             notes: vec![],
             broker_errors: vec![],
+            broker_throttle_ms: Default::default(),
+            group_metrics: Default::default(),
         }
     }
 

@@ -25,7 +25,7 @@ pub use snapshot::{
     PartitionSnapshot, Snapshot, TopicSnapshot,
 };
 pub use spec::{
-    FieldError, Filters, KafkaConnection, MonitorInput, MonitorSpec, SaslConfig, SaslInput, SaslMechanism, Secret,
-    TlsConfig, TlsInput, ValidationErrors,
+    client_id_problem, FieldError, Filters, GroupMetrics, KafkaConnection, MonitorInput, MonitorSpec, SaslConfig,
+    SaslInput, SaslMechanism, Secret, TlsConfig, TlsInput, ValidationErrors,
 };
 pub use status::{CollectError, ErrorKind, MonitorState, MonitorStatus};

@@ -193,14 +193,18 @@ pub enum BrokerErrorKind {
     Authentication,
     /// The broker answered with an error code.
     Kafka,
+    /// The broker at that address belongs to another cluster (a DNS change,
+    /// a broker replaced): refused, none of its answers used.
+    WrongCluster,
 }
 
 impl BrokerErrorKind {
-    pub const ALL: [BrokerErrorKind; 4] = [
+    pub const ALL: [BrokerErrorKind; 5] = [
         BrokerErrorKind::Timeout,
         BrokerErrorKind::Connection,
         BrokerErrorKind::Authentication,
         BrokerErrorKind::Kafka,
+        BrokerErrorKind::WrongCluster,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -209,6 +213,7 @@ impl BrokerErrorKind {
             BrokerErrorKind::Connection => "connection",
             BrokerErrorKind::Authentication => "authentication",
             BrokerErrorKind::Kafka => "kafka",
+            BrokerErrorKind::WrongCluster => "wrong_cluster",
         }
     }
 
@@ -252,9 +257,28 @@ pub struct Snapshot {
     /// groups they coordinate are missing from this snapshot.
     #[serde(default)]
     pub broker_errors: Vec<BrokerError>,
+    /// Brokers that throttled this monitor's requests this cycle (quota
+    /// exceeded, KIP-219): broker id → the longest throttle it asked, in
+    /// milliseconds. The monitor sent that broker nothing until each
+    /// throttle ended.
+    #[serde(default)]
+    pub broker_throttle_ms: std::collections::BTreeMap<i32, u32>,
+    /// How finely its group metrics are exported (the monitor's
+    /// `group_metrics`, carried with the snapshot so every node renders it
+    /// the same way).
+    #[serde(default)]
+    pub group_metrics: crate::GroupMetrics,
 }
 
 impl Snapshot {
+    /// Every (group, committed partition) pair whose series are exported
+    /// per partition: none when the monitor exports group metrics per
+    /// topic only.
+    pub fn group_partitions(&self) -> impl Iterator<Item = (&GroupSnapshot, &GroupOffset)> {
+        let per_partition = self.group_metrics == crate::GroupMetrics::Partition;
+        self.groups.iter().filter(move |_| per_partition).flat_map(|g| g.offsets.iter().map(move |o| (g, o)))
+    }
+
     pub fn degraded(&self) -> bool {
         !self.warnings.is_empty()
     }

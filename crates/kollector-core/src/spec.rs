@@ -203,6 +203,8 @@ fn check_limits(i: &MonitorInput, errors: &mut Errors) -> bool {
     }
     for (name, v) in [
         ("expected_cluster_id", &i.expected_cluster_id),
+        ("client_id", &i.client_id),
+        ("group_metrics", &i.group_metrics),
         ("pinned_collector", &i.pinned_collector),
         ("interval", &i.interval),
         ("timeout", &i.timeout),
@@ -312,9 +314,61 @@ pub struct MonitorSpec {
     /// Cluster mode: run only on collectors carrying all of these labels.
     #[serde(default)]
     pub collector_labels: BTreeMap<String, String>,
+    /// The client id in every request to the cluster (both the librdkafka
+    /// client and the direct connections); None: `kollector-<monitor>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// How finely consumer-group metrics are exported.
+    #[serde(default)]
+    pub group_metrics: GroupMetrics,
+}
+
+/// How finely a monitor's consumer-group metrics are exported: per
+/// partition (every series, today's default) or per topic only (the sums,
+/// max lag seconds and status kafka_exporter users know; one series per
+/// group and topic instead of one per group and partition), for fleets with
+/// tens of thousands of groups.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupMetrics {
+    #[default]
+    Partition,
+    Topic,
+}
+
+impl GroupMetrics {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupMetrics::Partition => "partition",
+            GroupMetrics::Topic => "topic",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<GroupMetrics> {
+        [GroupMetrics::Partition, GroupMetrics::Topic].into_iter().find(|g| g.as_str() == s)
+    }
+}
+
+/// Longest client id accepted (Kafka's quota and log tooling read it).
+pub const MAX_CLIENT_ID: usize = 255;
+
+/// Why `id` cannot be a Kafka client id, if it cannot: 1 to 255 of
+/// `[A-Za-z0-9._-]`, the characters librdkafka and every quota tool take as
+/// they are.
+pub fn client_id_problem(id: &str) -> Option<String> {
+    if id.is_empty() || id.len() > MAX_CLIENT_ID {
+        return Some(format!("must be 1 to {MAX_CLIENT_ID} characters long"));
+    }
+    let bad = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')));
+    bad.map(|c| format!("contains {c:?}; only letters, digits, '.', '_' and '-' are allowed"))
 }
 
 impl MonitorSpec {
+    /// The client id sent to the cluster: the spec's, else `kollector-<monitor>`.
+    pub fn client_id(&self) -> String {
+        self.client_id.clone().unwrap_or_else(|| format!("kollector-{}", self.id))
+    }
+
     /// The filter patterns as the user wrote them (unanchored), for display and round-trips.
     pub fn filter_patterns(&self) -> [Option<String>; 4] {
         let f = &self.filters;
@@ -354,6 +408,8 @@ impl MonitorSpec {
             labels: self.labels.clone(),
             pinned_collector: self.pinned_collector.as_ref().map(|c| c.to_string()),
             collector_labels: self.collector_labels.clone(),
+            client_id: self.client_id.clone(),
+            group_metrics: Some(self.group_metrics.as_str().to_string()),
         }
     }
 }
@@ -430,6 +486,10 @@ pub struct MonitorInput {
     /// Cluster mode: run only on collectors with all these labels (ignored in standalone mode).
     #[serde(default)]
     pub collector_labels: BTreeMap<String, String>,
+    /// The client id sent to the cluster; default `kollector-<id>`.
+    pub client_id: Option<String>,
+    /// "partition" (default) or "topic": how finely group metrics are exported.
+    pub group_metrics: Option<String>,
 }
 
 /// One bad field: which one and what is wrong with it.
@@ -643,6 +703,17 @@ impl MonitorInput {
             group_exclude: regex("group_exclude", &self.group_exclude),
         };
 
+        if let Some(problem) = self.client_id.as_deref().and_then(client_id_problem) {
+            errors.push("client_id", problem);
+        }
+        let group_metrics = match self.group_metrics.as_deref() {
+            None => GroupMetrics::default(),
+            Some(g) => GroupMetrics::parse(g).unwrap_or_else(|| {
+                errors.push("group_metrics", format!("{g:?} is neither \"partition\" nor \"topic\""));
+                GroupMetrics::default()
+            }),
+        };
+
         if let Some(cid) = &self.expected_cluster_id {
             if cid.trim().is_empty() {
                 errors.push("expected_cluster_id", "must not be empty when set");
@@ -730,6 +801,8 @@ impl MonitorInput {
                 labels: self.labels.clone(),
                 pinned_collector,
                 collector_labels: self.collector_labels.clone(),
+                client_id: self.client_id.clone(),
+                group_metrics,
             }),
             // Unreachable in practice: a missing piece always pushed an error above.
             _ => Err(ValidationErrors::single("monitor", "incomplete")),
@@ -752,6 +825,28 @@ mod tests {
 
     fn fields(r: Result<MonitorSpec, ValidationErrors>) -> Vec<String> {
         r.expect_err("should be invalid").0.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn client_id_and_group_metrics_have_defaults_and_are_checked() {
+        let spec = input().validate(1).expect("valid");
+        assert_eq!(spec.client_id(), "kollector-orders-prod");
+        assert_eq!(spec.group_metrics, GroupMetrics::Partition);
+        let mut i = input();
+        i.client_id = Some("orders.team-a_1".into());
+        i.group_metrics = Some("topic".into());
+        let spec = i.validate(1).expect("valid");
+        assert_eq!(spec.client_id(), "orders.team-a_1");
+        assert_eq!(spec.group_metrics, GroupMetrics::Topic);
+        assert_eq!(spec.to_input().validate(1).expect("round trip"), spec);
+        for bad in ["", "has space", "slash/", "ü", &"x".repeat(256)] {
+            let mut i = input();
+            i.client_id = Some(bad.to_string());
+            assert_eq!(fields(i.validate(1)), vec!["client_id"], "{bad:?}");
+        }
+        let mut i = input();
+        i.group_metrics = Some("group".into());
+        assert_eq!(fields(i.validate(1)), vec!["group_metrics"]);
     }
 
     #[test]

@@ -72,5 +72,7 @@ pub fn one_group_snapshot(
         warnings: Vec::new(),
         notes: Vec::new(),
         broker_errors: Vec::new(),
+        broker_throttle_ms: Default::default(),
+        group_metrics: Default::default(),
     }
 }

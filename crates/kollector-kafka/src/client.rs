@@ -163,8 +163,12 @@ impl KafkaClient {
         } else {
             WireSecurity::from_connection(&spec.connection).map(|s| {
                 // One client id per monitor on both paths (librdkafka's is set above).
-                let s = s.with_client_id(format!("kollector-{}", spec.id));
-                Box::new(Mutex::new(GroupConnections::new(s)))
+                let s = s.with_client_id(spec.client_id());
+                let mut conns = GroupConnections::new(s);
+                if let Some(id) = &spec.expected_cluster_id {
+                    conns.pin_cluster(id);
+                }
+                Box::new(Mutex::new(conns))
             })
         };
         if let Err(why) = &direct {
@@ -180,6 +184,21 @@ impl KafkaClient {
             groups_unsupported: AtomicBool::new(false),
             direct,
         })
+    }
+
+    /// Pins the cluster this client's direct connections must reach (the
+    /// id its monitor pinned): a connection that reaches another cluster is
+    /// refused and its broker named (`wrong_cluster`). The client pins the
+    /// first id it reads by itself; a monitor that already knows its id
+    /// (from a client before this one) pins it from the start. librdkafka's
+    /// own connections cannot be checked one by one; the monitor checks
+    /// each snapshot's id as a whole.
+    pub fn pin_cluster(&self, cluster_id: &str) {
+        if let Ok(conns) = &self.direct {
+            if let Ok(mut c) = conns.lock() {
+                c.pin_cluster(cluster_id);
+            }
+        }
     }
 
     /// Direct group connections open now (0 on the librdkafka path).
@@ -283,7 +302,7 @@ fn client_config(spec: &MonitorSpec, options: &ClientOptions) -> ClientConfig {
     let timeout_ms = spec.timeout.as_millis().clamp(1000, i32::MAX as u128).to_string();
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", conn.bootstrap.join(","))
-        .set("client.id", format!("kollector-{}", spec.id))
+        .set("client.id", spec.client_id())
         .set("security.protocol", conn.security_protocol())
         // Fail a connect attempt within one collection rather than librdkafka's 30 s default.
         .set("socket.connection.setup.timeout.ms", &timeout_ms)

@@ -206,6 +206,10 @@ impl KafkaClient {
     ) -> Result<Snapshot, CollectError> {
         let mut warnings = Vec::new();
         let mut failed_brokers = FailedBrokers::default();
+        // Throttles are reported per cycle: one an abandoned cycle saw is not this one's.
+        if let Ok(conns) = &self.direct {
+            let _ = conns.lock().map(|mut c| c.take_throttles());
+        }
         // 1-4. The cluster's shape and every partition's offsets.
         let ClusterRead { cluster_id, controller_id, brokers, topics } = match &self.direct {
             Ok(conns) => self.read_cluster_direct(conns, spec, deadline, &mut failed_brokers, &mut warnings)?,
@@ -221,6 +225,10 @@ impl KafkaClient {
             self.collect_groups(spec, &topics, &brokers, deadline, &mut failed_brokers, &mut warnings, &mut notes)?
         };
 
+        let broker_throttle_ms = match &self.direct {
+            Ok(conns) => conns.lock().map(|mut c| c.take_throttles()).unwrap_or_default(),
+            Err(_) => Default::default(),
+        };
         let duration = started.elapsed();
         Ok(Snapshot {
             monitor: spec.id.clone(),
@@ -235,6 +243,8 @@ impl KafkaClient {
             warnings,
             notes,
             broker_errors: failed_brokers.into_vec(),
+            broker_throttle_ms,
+            group_metrics: spec.group_metrics,
         })
     }
 
@@ -260,8 +270,15 @@ impl KafkaClient {
         for (broker, kind, why) in &md.failed {
             failed_brokers.note(*broker, *kind, why);
         }
+        let wrong_cluster = md.wrong_cluster;
         let (md, _) = md.answer.map_err(|why| {
-            let kind = if deadline.fenced() { ErrorKind::Fenced } else { ErrorKind::Connection };
+            let kind = match (deadline.fenced(), wrong_cluster) {
+                (true, _) => ErrorKind::Fenced,
+                // No broker of the pinned cluster answered, and one of
+                // another cluster did: the monitor's identity check.
+                (false, true) => ErrorKind::IdentityMismatch,
+                (false, false) => ErrorKind::Connection,
+            };
             CollectError::new(kind, format!("metadata from {}: {why}", spec.connection.bootstrap.join(",")))
         })?;
         let cluster_id = md.cluster_id.clone().ok_or_else(|| {

@@ -34,6 +34,8 @@ pub fn input_from_proto(p: v1::MonitorSpecInput) -> core::MonitorInput {
         labels: p.labels.into_iter().collect(),
         pinned_collector: p.pinned_collector,
         collector_labels: p.collector_labels.into_iter().collect(),
+        client_id: p.client_id,
+        group_metrics: p.group_metrics,
     }
 }
 
@@ -65,6 +67,8 @@ pub fn input_to_proto(i: &core::MonitorInput) -> v1::MonitorSpecInput {
         labels: i.labels.clone().into_iter().collect(),
         pinned_collector: i.pinned_collector.clone(),
         collector_labels: i.collector_labels.clone().into_iter().collect(),
+        client_id: i.client_id.clone(),
+        group_metrics: i.group_metrics.clone(),
     }
 }
 
@@ -98,6 +102,8 @@ pub fn monitor_view(s: &core::MonitorSpec) -> v1::MonitorView {
         labels: s.labels.clone().into_iter().collect(),
         pinned_collector: s.pinned_collector.as_ref().map(|c| c.to_string()),
         collector_labels: s.collector_labels.clone().into_iter().collect(),
+        client_id: s.client_id(),
+        group_metrics: s.group_metrics.as_str().to_string(),
     }
 }
 
@@ -237,6 +243,8 @@ pub fn snapshot_to_proto(s: &core::Snapshot) -> v1::Snapshot {
                 message: e.message.clone(),
             })
             .collect(),
+        broker_throttle_ms: s.broker_throttle_ms.clone().into_iter().collect(),
+        group_metrics: s.group_metrics.as_str().to_string(),
     }
 }
 
@@ -320,6 +328,9 @@ pub fn snapshot_from_proto(p: v1::Snapshot) -> Result<core::Snapshot, core::ids:
                 message: e.message,
             })
             .collect(),
+        broker_throttle_ms: p.broker_throttle_ms.into_iter().collect(),
+        // An unknown value from a newer node: every series, as before.
+        group_metrics: core::GroupMetrics::parse(&p.group_metrics).unwrap_or_default(),
     })
 }
 
@@ -568,6 +579,8 @@ mod tests {
                         warnings: Vec::new(),
                         notes: Vec::new(),
                         broker_errors: Vec::new(),
+                        broker_throttle_ms: Default::default(),
+            group_metrics: Default::default(),
                     };
                     h.observe(&mut s, u64::MAX / 2, HOUR, 10);
                 }

@@ -172,6 +172,14 @@ struct SpecArgs {
     /// Cluster mode: run only on collectors with this label, key=value; repeatable.
     #[arg(long = "collector-label", value_parser = parse_label)]
     collector_labels: Vec<(String, String)>,
+    /// Client id in every request to the cluster (broker quotas and logs).
+    /// Default kollector-<id>.
+    #[arg(long)]
+    client_id: Option<String>,
+    /// Consumer-group metrics per "partition" (default: every series) or per
+    /// "topic" only (sums, max lag seconds, status; far fewer series).
+    #[arg(long, value_parser = ["partition", "topic"])]
+    group_metrics: Option<String>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -223,6 +231,8 @@ impl SpecArgs {
             labels: self.labels.into_iter().collect::<BTreeMap<_, _>>(),
             pinned_collector: self.pin_collector,
             collector_labels: self.collector_labels.into_iter().collect::<BTreeMap<_, _>>(),
+            client_id: self.client_id,
+            group_metrics: self.group_metrics,
         })
     }
 }
@@ -411,6 +421,7 @@ fn print_info_detail(m: &pb::MonitorInfo) {
     println!("generation:  {}", s.generation);
     println!("bootstrap:   {}", s.bootstrap.join(", "));
     println!("interval:    {}   timeout: {}   lag history: {}", s.interval, s.timeout, s.lag_history);
+    println!("client id:   {}   group metrics: per {}", s.client_id, s.group_metrics);
     for (name, v) in [
         ("topics in", &s.topic_include),
         ("topics out", &s.topic_exclude),

@@ -105,6 +105,15 @@ pub fn metadata(conn: &mut BrokerConnection, deadline: &Deadline) -> Result<Clus
     })
 }
 
+/// The cluster id a broker reports (Metadata v2+ for no topic: a few
+/// bytes each way). None: it reports none.
+pub fn cluster_id(conn: &mut BrokerConnection, deadline: &Deadline) -> Result<Option<String>, WireError> {
+    let version = conn.versions().pick(ApiKey::Metadata, (2, 12)).ok_or(WireError::Unsupported("Metadata v2+"))?;
+    let request = MetadataRequest::default().with_topics(Some(Vec::new())).with_allow_auto_topic_creation(false);
+    let answer: MetadataResponse = conn.call(ApiKey::Metadata, version, &request, deadline)?;
+    Ok(answer.cluster_id.map(|c| c.to_string()).filter(|c| !c.is_empty()))
+}
+
 /// One partition's ListOffsets answer: the offset, or the broker's error code.
 pub type PartitionAnswer = (String, i32, Result<i64, i16>);
 

@@ -39,6 +39,8 @@ pub struct MetadataRead {
     pub failed: Vec<Failure>,
     /// The fence passed: stop talking to Kafka.
     pub fenced: bool,
+    /// Some broker asked belongs to another cluster than the one pinned.
+    pub wrong_cluster: bool,
 }
 
 /// One leader's offsets.
@@ -74,7 +76,8 @@ fn on_broker<T>(
         None => BrokerConnection::connect(address, security, deadline)?,
     };
     let mut result = op(&mut c);
-    if matches!(&result, Err(e) if reused && e.breaks_connection() && !matches!(e, WireError::Stopped(_))) {
+    if matches!(&result, Err(e) if reused && e.breaks_connection() && !matches!(e, WireError::Stopped(_) | WireError::WrongCluster(_)))
+    {
         c = BrokerConnection::connect(address, security, deadline)?;
         result = op(&mut c);
     }
@@ -109,7 +112,12 @@ impl GroupConnections {
     /// cluster's answer takes a while, and a broker that fails here is not
     /// asked again this cycle).
     pub fn read_metadata(&mut self, bootstrap: &[String], deadline: &Deadline, budget: Duration) -> MetadataRead {
-        let mut read = MetadataRead { answer: Err("no broker to ask".into()), failed: Vec::new(), fenced: false };
+        let mut read = MetadataRead {
+            answer: Err("no broker to ask".into()),
+            failed: Vec::new(),
+            fenced: false,
+            wrong_cluster: false,
+        };
         let bootstrap: Vec<(i32, String)> =
             bootstrap.iter().enumerate().map(|(i, a)| (-1 - i as i32, a.clone())).collect();
         let mut known = if self.known.is_empty() { bootstrap.clone() } else { self.known.clone() };
@@ -140,7 +148,12 @@ impl GroupConnections {
                 if answered.load(std::sync::atomic::Ordering::SeqCst) {
                     return;
                 }
-                let out = on_broker(&mut w.conn, &w.address, &security, &d, &|c| metadata(c, &d));
+                let out = on_broker(&mut w.conn, &w.address, &security, &d, &|c| {
+                    metadata(c, &d).and_then(|m| same_cluster(m, security.expected_cluster(), c.address()))
+                });
+                if matches!(out, Err(WireError::WrongCluster(_))) {
+                    w.conn = None;
+                }
                 if out.is_ok() && answered.swap(true, std::sync::atomic::Ordering::SeqCst) {
                     return;
                 }
@@ -153,6 +166,7 @@ impl GroupConnections {
                     Some(Ok(_)) => {}
                     Some(Err(WireError::Stopped(Stop::Fenced))) => read.fenced = true,
                     Some(Err(e)) => {
+                        read.wrong_cluster |= matches!(e, WireError::WrongCluster(_));
                         let why = why(&e, "Metadata", round_budget);
                         errors.push(format!("{} ({}): {why}", w.id, w.address));
                         if w.id >= 0 {
@@ -168,6 +182,15 @@ impl GroupConnections {
         }
         match &read.answer {
             Ok((m, from)) => {
+                // The first answer pins the cluster (unless the monitor
+                // did already): every later connection must reach it.
+                if let (None, Some(id)) = (self.security.expected_cluster(), m.cluster_id.as_deref()) {
+                    self.security = self.security.clone().expecting_cluster(id);
+                    // Connections opened before the pin were never checked:
+                    // only the one whose answer set it is kept.
+                    let answered = *from;
+                    self.conns.retain(|id, _| *id == answered);
+                }
                 self.known = m.brokers.iter().map(|b| (b.id, super::broker_address(&b.host, b.port))).collect();
                 // A bootstrap connection is a broker's connection from now
                 // on (no second socket to the same broker).
@@ -240,6 +263,18 @@ impl GroupConnections {
             out.push(LeaderOffsets { leader: w.id, earliest, latest });
         }
         out
+    }
+}
+
+/// A Metadata answer from a connection opened before the cluster was
+/// pinned is checked too: its brokers are never taken from another cluster.
+fn same_cluster(m: ClusterMetadata, expected: Option<&str>, address: &str) -> Result<ClusterMetadata, WireError> {
+    match expected {
+        Some(e) if m.cluster_id.as_deref() != Some(e) => Err(WireError::WrongCluster(format!(
+            "{address} belongs to cluster {}, not to {e}, the cluster this monitor is pinned to",
+            m.cluster_id.as_deref().unwrap_or("(none reported)")
+        ))),
+        _ => Ok(m),
     }
 }
 

@@ -16,13 +16,15 @@
 //! broker chose.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
-    SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, ConsumerGroupDescribeResponse, DescribeGroupsResponse,
+    FindCoordinatorResponse, ListGroupsResponse, ListOffsetsResponse, MetadataResponse, OffsetFetchResponse,
+    RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+    SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use rustls::pki_types::ServerName;
@@ -41,6 +43,69 @@ pub const SLICE: Duration = Duration::from_millis(100);
 
 /// The Kafka `UNSUPPORTED_VERSION` error code.
 const UNSUPPORTED_VERSION: i16 = 35;
+
+/// Longest throttle believed from an answer: a broker asking for more is
+/// waited on for this long (Kafka's quotas throttle for seconds, not hours).
+const MAX_THROTTLE: Duration = Duration::from_secs(60);
+
+/// An answer's `throttle_time_ms` (KIP-219: the broker muted this
+/// connection for that long; a client sends nothing on it before then).
+/// A trait because the `kafka-protocol` crate's answers share no type.
+pub trait Throttle {
+    fn throttle_ms(&self) -> i32;
+}
+
+macro_rules! throttled_answers {
+    ($($answer:ty),*) => {
+        $(impl Throttle for $answer {
+            fn throttle_ms(&self) -> i32 {
+                self.throttle_time_ms
+            }
+        })*
+    };
+}
+
+throttled_answers!(
+    ApiVersionsResponse,
+    MetadataResponse,
+    ListOffsetsResponse,
+    ListGroupsResponse,
+    DescribeGroupsResponse,
+    ConsumerGroupDescribeResponse,
+    OffsetFetchResponse,
+    FindCoordinatorResponse
+);
+
+/// Whether a throttle in this answer asks the client to hold back
+/// (KIP-219, as Java's `shouldClientThrottle`): from these versions on the
+/// broker answers at once and mutes the connection; before, it had already
+/// delayed the answer, and waiting again would double the throttle.
+/// ApiVersions is not honoured: its answer comes before any quota applies
+/// (tansu fills the field with an unset value there).
+fn client_throttles(api: ApiKey, version: i16) -> bool {
+    let from = match api {
+        ApiKey::Metadata => 6,
+        ApiKey::ListOffsets => 3,
+        ApiKey::ListGroups | ApiKey::DescribeGroups | ApiKey::FindCoordinator => 2,
+        ApiKey::OffsetFetch => 4,
+        ApiKey::ConsumerGroupDescribe => 0,
+        _ => return false,
+    };
+    version >= from
+}
+
+/// SASL answers carry no throttle.
+impl Throttle for SaslHandshakeResponse {
+    fn throttle_ms(&self) -> i32 {
+        0
+    }
+}
+
+impl Throttle for SaslAuthenticateResponse {
+    fn throttle_ms(&self) -> i32 {
+        0
+    }
+}
 
 /// The socket, plain or inside a TLS session.
 enum Stream {
@@ -94,6 +159,11 @@ pub struct BrokerConnection {
     expires: Option<std::time::Instant>,
     /// The client id in request headers (the monitor's).
     client_id: StrBytes,
+    /// Until when the broker throttled this connection (its last answer's
+    /// `throttle_time_ms`): no request is sent before.
+    throttled_until: Option<std::time::Instant>,
+    /// The longest throttle asked since [`BrokerConnection::take_throttle`].
+    longest_throttle: Duration,
 }
 
 impl std::fmt::Debug for BrokerConnection {
@@ -105,6 +175,50 @@ impl std::fmt::Debug for BrokerConnection {
 /// Whether an I/O error only means "nothing yet" (a read or write slice ran out).
 fn would_block(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted)
+}
+
+/// Resolves `address` within the deadline and the fence. The system's
+/// resolver (getaddrinfo) takes no timeout and can block for its own
+/// retries (tens of seconds against a dead DNS server), so a host name is
+/// looked up on a short-lived thread while this one waits in slices; on a
+/// passed deadline or fence the lookup is left to finish alone and its
+/// answer dropped. An IP literal needs no lookup.
+fn resolve(address: &str, deadline: &Deadline) -> Result<Vec<SocketAddr>, WireError> {
+    if let Ok(a) = address.parse::<SocketAddr>() {
+        return Ok(vec![a]);
+    }
+    // Lookups left running (a dead DNS server) are bounded: past the cap a
+    // connect fails at once instead of piling up blocked threads.
+    static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    const MAX_IN_FLIGHT: usize = 64;
+    use std::sync::atomic::Ordering::SeqCst;
+    if IN_FLIGHT.fetch_add(1, SeqCst) >= MAX_IN_FLIGHT {
+        IN_FLIGHT.fetch_sub(1, SeqCst);
+        return Err(WireError::Io(format!("{address}: {MAX_IN_FLIGHT} name lookups already waiting on the resolver")));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owned = address.to_string();
+    std::thread::Builder::new()
+        .name("kollector-resolve".into())
+        .spawn(move || {
+            let found = owned.to_socket_addrs().map(|a| a.collect::<Vec<_>>());
+            IN_FLIGHT.fetch_sub(1, SeqCst);
+            let _ = tx.send(found);
+        })
+        .map_err(|e| {
+            IN_FLIGHT.fetch_sub(1, SeqCst);
+            WireError::Io(format!("{address}: starting a name lookup: {e}"))
+        })?;
+    loop {
+        let (left, _) = deadline.slice().map_err(WireError::Stopped)?;
+        match rx.recv_timeout(left.min(SLICE)) {
+            Ok(found) => return found.map_err(|e| WireError::Io(format!("{address}: {e}"))),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(WireError::Io(format!("{address}: the name lookup ended without an answer")))
+            }
+        }
+    }
 }
 
 /// Kafka's bounds on SCRAM iterations (`ScramMechanism`): a broker asking
@@ -146,7 +260,7 @@ impl BrokerConnection {
         let io = |e: std::io::Error| WireError::Io(format!("{address}: {e}"));
         let host = address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address);
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let addrs: Vec<_> = address.to_socket_addrs().map_err(io)?.collect();
+        let addrs = resolve(address, deadline)?;
         let mut last = WireError::Io(format!("{address}: no address"));
         for addr in addrs {
             let (left, _) = deadline.slice().map_err(WireError::Stopped)?;
@@ -176,11 +290,16 @@ impl BrokerConnection {
                 requests: 0,
                 expires: None,
                 client_id: StrBytes::from_string(security.client_id().to_string()),
+                throttled_until: None,
+                longest_throttle: Duration::ZERO,
             };
             c.handshake_tls(deadline)?;
             c.versions = c.api_versions(deadline)?;
             if let Some(sasl) = security.sasl() {
                 c.authenticate(sasl, deadline)?;
+            }
+            if let Some(expected) = security.expected_cluster() {
+                c.check_cluster(expected, deadline)?;
             }
             return Ok(c);
         }
@@ -195,9 +314,49 @@ impl BrokerConnection {
         &self.versions
     }
 
+    /// The longest throttle the broker asked on this connection since the
+    /// last call (and starts counting again): the cycle reports it.
+    pub fn take_throttle(&mut self) -> Duration {
+        std::mem::take(&mut self.longest_throttle)
+    }
+
+    /// Waits out a throttle the broker asked for, within the deadline; a
+    /// throttle that outlasts the deadline is not waited for at all.
+    fn wait_for_throttle(&mut self, deadline: &Deadline) -> Result<(), WireError> {
+        let Some(until) = self.throttled_until else { return Ok(()) };
+        if until > deadline.at() {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            return Err(WireError::Throttled(format!(
+                "{}: throttled by the broker for another {} ms, past this broker's budget",
+                self.address,
+                left.as_millis()
+            )));
+        }
+        while std::time::Instant::now() < until {
+            let (left, _) = deadline.slice().map_err(WireError::Stopped)?;
+            std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()).min(left).min(SLICE));
+        }
+        self.throttled_until = None;
+        Ok(())
+    }
+
     /// Whether the broker's SASL session is about to end (open a new one).
     pub fn expired(&self) -> bool {
         self.expires.is_some_and(|at| std::time::Instant::now() >= at)
+    }
+
+    /// Asks which cluster this broker belongs to (Metadata for no topic)
+    /// and refuses the connection unless it is `expected`: an answer from
+    /// another cluster is never used.
+    fn check_cluster(&mut self, expected: &str, deadline: &Deadline) -> Result<(), WireError> {
+        match super::cluster::cluster_id(self, deadline)? {
+            Some(id) if id == expected => Ok(()),
+            found => Err(WireError::WrongCluster(format!(
+                "{} belongs to cluster {}, not to {expected}, the cluster this monitor is pinned to",
+                self.address,
+                found.as_deref().unwrap_or("(none reported)")
+            ))),
+        }
     }
 
     /// Completes the TLS handshake before the first request, so a refused
@@ -315,8 +474,9 @@ impl BrokerConnection {
     ) -> Result<Resp, WireError>
     where
         Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion + Throttle,
     {
+        self.wait_for_throttle(deadline)?;
         let correlation = self.next_correlation;
         self.next_correlation = self.next_correlation.wrapping_add(1);
         let header = RequestHeader::default()
@@ -352,7 +512,17 @@ impl BrokerConnection {
                 self.address, header.correlation_id
             )));
         }
-        Resp::decode(&mut answer, version).map_err(|e| protocol(&format!("decoding a {api:?} v{version} response"), &e))
+        let answer = Resp::decode(&mut answer, version)
+            .map_err(|e| protocol(&format!("decoding a {api:?} v{version} response"), &e))?;
+        let honoured = client_throttles(api, version);
+        if let Some(ms) = u64::try_from(answer.throttle_ms()).ok().filter(|_| honoured) {
+            let throttle = Duration::from_millis(ms).min(MAX_THROTTLE);
+            if !throttle.is_zero() {
+                self.throttled_until = Some(std::time::Instant::now() + throttle);
+                self.longest_throttle = self.longest_throttle.max(throttle);
+            }
+        }
+        Ok(answer)
     }
 
     /// How long the next wait on the socket may last, or why none may.
@@ -409,6 +579,16 @@ impl BrokerConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deadline::Stop;
+
+    #[test]
+    fn name_lookups_answer_within_the_deadline_and_stop_when_it_passes() {
+        let deadline = Deadline::after(Duration::from_secs(5));
+        assert_eq!(resolve("127.0.0.1:9092", &deadline), Ok(vec!["127.0.0.1:9092".parse().expect("addr")]));
+        assert!(resolve("localhost:9092", &deadline).is_ok_and(|a| !a.is_empty()));
+        let passed = Deadline::after(Duration::ZERO);
+        assert_eq!(resolve("localhost:9092", &passed), Err(WireError::Stopped(Stop::TimedOut)));
+    }
 
     #[test]
     fn scram_messages_that_would_trip_rsasl_are_refused_first() {

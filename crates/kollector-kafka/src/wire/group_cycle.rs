@@ -71,9 +71,10 @@ pub struct GroupCycle {
 /// What kind of failure a direct request's error is.
 pub fn failure_kind(e: &WireError) -> BrokerErrorKind {
     match e {
-        WireError::Stopped(_) => BrokerErrorKind::Timeout,
+        WireError::Stopped(_) | WireError::Throttled(_) => BrokerErrorKind::Timeout,
         WireError::Io(_) => BrokerErrorKind::Connection,
         WireError::Authentication(_) | WireError::Tls(_) => BrokerErrorKind::Authentication,
+        WireError::WrongCluster(_) => BrokerErrorKind::WrongCluster,
         WireError::Oversized(_) | WireError::Protocol(_) | WireError::Broker { .. } | WireError::Unsupported(_) => {
             BrokerErrorKind::Kafka
         }
@@ -99,6 +100,32 @@ struct BrokerWork {
 impl GroupConnections {
     pub fn new(security: WireSecurity) -> GroupConnections {
         GroupConnections { security, conns: BTreeMap::new(), known: Vec::new(), metadata_from: None }
+    }
+
+    /// Pins the cluster every connection must reach (the monitor's pinned
+    /// id). A different pin than before drops every connection and the
+    /// brokers known: they were reached as another cluster's.
+    pub fn pin_cluster(&mut self, cluster_id: &str) {
+        if self.security.expected_cluster() == Some(cluster_id) {
+            return;
+        }
+        if self.security.expected_cluster().is_some() {
+            self.conns.clear();
+            self.known.clear();
+            self.metadata_from = None;
+        }
+        self.security = self.security.clone().expecting_cluster(cluster_id);
+    }
+
+    /// The longest throttle each broker asked since the last call, in ms
+    /// (brokers that asked none are left out).
+    pub fn take_throttles(&mut self) -> BTreeMap<i32, u32> {
+        self.conns
+            .iter_mut()
+            .filter(|(id, _)| **id >= 0)
+            .map(|(id, c)| (*id, u32::try_from(c.take_throttle().as_millis()).unwrap_or(u32::MAX)))
+            .filter(|(_, ms)| *ms > 0)
+            .collect()
     }
 
     /// The TLS and SASL settings connections are opened with.
@@ -402,7 +429,9 @@ fn read_at(
         Ok(l) => l,
         // A kept connection may have died while idle (a broker's idle close,
         // a NAT's): one retry on a fresh one before the broker counts as failed.
-        Err(e) if reused && e.breaks_connection() && !matches!(e, WireError::Stopped(_)) => {
+        Err(e)
+            if reused && e.breaks_connection() && !matches!(e, WireError::Stopped(_) | WireError::WrongCluster(_)) =>
+        {
             let retried = connect().and_then(|mut c| {
                 let l = list(&mut c, given)?;
                 Ok((c, l))

@@ -64,6 +64,12 @@ pub enum WireError {
     Authentication(String),
     #[error("TLS: {0}")]
     Tls(String),
+    /// The broker throttled this connection for longer than the budget left.
+    #[error("{0}")]
+    Throttled(String),
+    /// The broker at this address belongs to another cluster.
+    #[error("another cluster: {0}")]
+    WrongCluster(String),
     #[error("{}", match .0 { Stop::TimedOut => "no answer in time (the broker's budget or the collection's timeout passed)", Stop::Fenced => "the collection was abandoned at the fence" })]
     Stopped(Stop),
 }
@@ -73,6 +79,6 @@ impl WireError {
     /// may be half-sent or its answer half-read): it is closed and opened
     /// again next time.
     pub fn breaks_connection(&self) -> bool {
-        !matches!(self, WireError::Broker { .. } | WireError::Unsupported(_))
+        !matches!(self, WireError::Broker { .. } | WireError::Unsupported(_) | WireError::Throttled(_))
     }
 }

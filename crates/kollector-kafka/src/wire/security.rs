@@ -35,6 +35,13 @@ pub struct WireSecurity {
     /// (`kollector-<monitor>`, as its librdkafka client's), so a broker's
     /// quotas and logs tell monitors apart instead of lumping them together.
     client_id: Option<Arc<str>>,
+    /// The cluster every connection must reach (the id the monitor
+    /// pinned): a connection whose broker answers with another cluster id
+    /// is refused before any of its answers is used. Addresses are resolved
+    /// again at every connect, so a DNS change (or a broker replaced
+    /// behind the same address) could otherwise mix two clusters' data
+    /// under one cluster id.
+    cluster_id: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for WireSecurity {
@@ -51,6 +58,17 @@ impl WireSecurity {
     pub fn with_client_id(mut self, client_id: impl Into<Arc<str>>) -> WireSecurity {
         self.client_id = Some(client_id.into());
         self
+    }
+
+    /// The same settings, with every new connection checked to reach `cluster_id`.
+    pub fn expecting_cluster(mut self, cluster_id: impl Into<Arc<str>>) -> WireSecurity {
+        self.cluster_id = Some(cluster_id.into());
+        self
+    }
+
+    /// The cluster new connections must reach, once pinned.
+    pub fn expected_cluster(&self) -> Option<&str> {
+        self.cluster_id.as_deref()
     }
 
     /// The client id sent in request headers ("kollector" unless set).
@@ -100,7 +118,7 @@ impl WireSecurity {
                 Some(Arc::new(config))
             }
         };
-        Ok(WireSecurity { tls, sasl, client_id: None })
+        Ok(WireSecurity { tls, sasl, client_id: None, cluster_id: None })
     }
 
     pub(crate) fn tls(&self) -> Option<&Arc<ClientConfig>> {
