@@ -114,6 +114,19 @@ pub fn cluster_id(conn: &mut BrokerConnection, deadline: &Deadline) -> Result<Op
     Ok(answer.cluster_id.map(|c| c.to_string()).filter(|c| !c.is_empty()))
 }
 
+/// Refuses `found` unless it is `expected` (the id the monitor pinned),
+/// naming both: the one check behind the connect-time probe and the
+/// Metadata answers of connections opened before the pin.
+pub fn check_cluster_id(found: Option<&str>, expected: &str, address: &str) -> Result<(), WireError> {
+    match found {
+        Some(id) if id == expected => Ok(()),
+        found => Err(WireError::WrongCluster(format!(
+            "{address} belongs to cluster {}, not to {expected}, the cluster this monitor is pinned to",
+            found.unwrap_or("(none reported)")
+        ))),
+    }
+}
+
 /// One partition's ListOffsets answer: the offset, or the broker's error code.
 pub type PartitionAnswer = (String, i32, Result<i64, i16>);
 

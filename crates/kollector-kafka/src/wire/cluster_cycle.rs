@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use kollector_core::BrokerErrorKind;
 
-use super::cluster::{list_offsets, metadata, ClusterMetadata, PartitionAnswer, EARLIEST, LATEST};
+use super::cluster::{check_cluster_id, list_offsets, metadata, ClusterMetadata, PartitionAnswer, EARLIEST, LATEST};
 use super::connection::BrokerConnection;
 use super::group_cycle::{failure_kind, in_parallel, GroupConnections};
 use super::security::WireSecurity;
@@ -76,8 +76,7 @@ fn on_broker<T>(
         None => BrokerConnection::connect(address, security, deadline)?,
     };
     let mut result = op(&mut c);
-    if matches!(&result, Err(e) if reused && e.breaks_connection() && !matches!(e, WireError::Stopped(_) | WireError::WrongCluster(_)))
-    {
+    if matches!(&result, Err(e) if reused && e.worth_a_fresh_connection()) {
         c = BrokerConnection::connect(address, security, deadline)?;
         result = op(&mut c);
     }
@@ -151,9 +150,6 @@ impl GroupConnections {
                 let out = on_broker(&mut w.conn, &w.address, &security, &d, &|c| {
                     metadata(c, &d).and_then(|m| same_cluster(m, security.expected_cluster(), c.address()))
                 });
-                if matches!(out, Err(WireError::WrongCluster(_))) {
-                    w.conn = None;
-                }
                 if out.is_ok() && answered.swap(true, std::sync::atomic::Ordering::SeqCst) {
                     return;
                 }
@@ -270,11 +266,8 @@ impl GroupConnections {
 /// pinned is checked too: its brokers are never taken from another cluster.
 fn same_cluster(m: ClusterMetadata, expected: Option<&str>, address: &str) -> Result<ClusterMetadata, WireError> {
     match expected {
-        Some(e) if m.cluster_id.as_deref() != Some(e) => Err(WireError::WrongCluster(format!(
-            "{address} belongs to cluster {}, not to {e}, the cluster this monitor is pinned to",
-            m.cluster_id.as_deref().unwrap_or("(none reported)")
-        ))),
-        _ => Ok(m),
+        Some(e) => check_cluster_id(m.cluster_id.as_deref(), e, address).map(|()| m),
+        None => Ok(m),
     }
 }
 

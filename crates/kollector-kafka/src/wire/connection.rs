@@ -349,14 +349,8 @@ impl BrokerConnection {
     /// and refuses the connection unless it is `expected`: an answer from
     /// another cluster is never used.
     fn check_cluster(&mut self, expected: &str, deadline: &Deadline) -> Result<(), WireError> {
-        match super::cluster::cluster_id(self, deadline)? {
-            Some(id) if id == expected => Ok(()),
-            found => Err(WireError::WrongCluster(format!(
-                "{} belongs to cluster {}, not to {expected}, the cluster this monitor is pinned to",
-                self.address,
-                found.as_deref().unwrap_or("(none reported)")
-            ))),
-        }
+        let found = super::cluster::cluster_id(self, deadline)?;
+        super::cluster::check_cluster_id(found.as_deref(), expected, &self.address)
     }
 
     /// Completes the TLS handshake before the first request, so a refused

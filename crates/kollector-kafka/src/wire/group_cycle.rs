@@ -429,9 +429,7 @@ fn read_at(
         Ok(l) => l,
         // A kept connection may have died while idle (a broker's idle close,
         // a NAT's): one retry on a fresh one before the broker counts as failed.
-        Err(e)
-            if reused && e.breaks_connection() && !matches!(e, WireError::Stopped(_) | WireError::WrongCluster(_)) =>
-        {
+        Err(e) if reused && e.worth_a_fresh_connection() => {
             let retried = connect().and_then(|mut c| {
                 let l = list(&mut c, given)?;
                 Ok((c, l))

@@ -81,4 +81,11 @@ impl WireError {
     pub fn breaks_connection(&self) -> bool {
         !matches!(self, WireError::Broker { .. } | WireError::Unsupported(_) | WireError::Throttled(_))
     }
+
+    /// Whether a failure on a kept connection is worth one retry on a fresh
+    /// one (it may have died while idle): not when time ran out, and not
+    /// when the address reaches another cluster (a fresh socket would too).
+    pub fn worth_a_fresh_connection(&self) -> bool {
+        self.breaks_connection() && !matches!(self, WireError::Stopped(_) | WireError::WrongCluster(_))
+    }
 }
