@@ -138,9 +138,11 @@ pub enum Fault {
     /// the connection instead.
     ErrorCode { apis: ErrorApis, code: i16, keep_listed_groups: bool },
     /// Answers pass through with `throttle_time_ms` set to this in every
-    /// answer whose version has the field; requests a client sends on that
-    /// connection before the throttle ran out are counted
-    /// ([`VirtualCluster::sent_while_throttled`]).
+    /// answer whose version has the field, ApiVersions' aside (kollector
+    /// does not honour a throttle there: librdkafka's mock cluster fills
+    /// that field with garbage, and it comes before any other request);
+    /// requests a client sends on that connection before the throttle ran
+    /// out are counted ([`VirtualCluster::sent_while_throttled`]).
     Throttle(Duration),
 }
 
@@ -816,11 +818,15 @@ fn serve_answers(shared: &Shared, index: usize, conn: &Connection, mut from_tans
             let _ = client.write_all(&(answer.len() as u32).to_be_bytes()).and_then(|_| client.write_all(cut));
             break;
         }
-        if write_frame(&mut client, &answer).is_err() {
-            break;
-        }
+        // The throttle runs from when the answer leaves, so it is set
+        // before the write: set after, a client that read the answer and
+        // waited out exactly its throttle could be counted as early by the
+        // microseconds this thread took to get back from the write.
         if let Some(t) = throttle {
             *lock(&conn.throttled_until) = Some(Instant::now() + t);
+        }
+        if write_frame(&mut client, &answer).is_err() {
+            break;
         }
     }
     shared.close(b, conn);
@@ -862,7 +868,7 @@ fn answer_for(
         _ => None,
     };
     let throttle = match fault {
-        Some(Fault::Throttle(t)) => Some(*t),
+        Some(Fault::Throttle(t)) if p.api != ApiKey::ApiVersions => Some(*t),
         _ => None,
     };
     let topology = matches!(
