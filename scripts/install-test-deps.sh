@@ -10,6 +10,8 @@
 #     2 cores) into ~/.cargo/bin and reused afterwards.
 #   - make/g++/libssl-dev/zlib1g-dev for librdkafka's vendored build (usually
 #     already present).
+#   - iptables (Debian package): the network-fault tests cut their own
+#     loopback ports with the kernel's packet filter (tests/src/packet_filter.rs).
 #
 #   - protoc, from the protoc-bin-vendored crate (no system package): copied
 #     to ~/.cargo/bin so build scripts that look for `protoc` (etcd-client's)
@@ -30,6 +32,8 @@ command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 # systemd-analyze verifies the systemd units in deploy/.
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
+# The network-fault tests drop packets on their own loopback ports.
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need_apt+=(iptables)
 command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
 command -v perl >/dev/null 2>&1 || need_apt+=(perl)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)

@@ -21,6 +21,7 @@ pub mod kafka_security;
 pub mod kollector;
 pub mod metrics;
 pub mod net;
+pub mod packet_filter;
 pub mod poll;
 pub mod proc_stat;
 pub mod request_counter;

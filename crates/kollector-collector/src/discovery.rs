@@ -52,8 +52,10 @@ pub fn target(address: &str, result: &MonitorResult, labels: &BTreeMap<String, S
         ("instance".to_string(), result.monitor.to_string()),
         ("monitor".to_string(), result.monitor.to_string()),
     ]);
-    if let Some(s) = &result.snapshot {
-        labels.insert("cluster_id".into(), s.cluster_id.clone());
+    // The pinned id when no snapshot is served (stale, failing), so a
+    // target keeps its labels, and its series their identity, through an outage.
+    if let Some(id) = result.snapshot.as_ref().map(|s| &s.cluster_id).or(result.status.pinned_cluster_id.as_ref()) {
+        labels.insert("cluster_id".into(), id.clone());
     }
     if let Some(c) = &result.collector {
         labels.insert("collector".into(), c.to_string());

@@ -286,8 +286,10 @@ impl MonitorActor {
         let reason = snapshot.degraded().then(|| snapshot.warnings.join("; "));
         let status = self.status(reason);
         let now = unix_ms();
+        let due = self.next_result_due_ms(now);
         self.store.update(&self.spec.id, self.spec.generation, |e| {
             e.status = status;
+            e.next_result_due_ms = due;
             e.snapshot = Some(Arc::new(snapshot));
             e.error = None;
             e.epoch = epoch;
@@ -328,12 +330,27 @@ impl MonitorActor {
         self.store.update(&self.spec.id, self.spec.generation, |e| e.restarts_total += 1);
     }
 
+    /// When this monitor's next result is due, stated with every result so
+    /// readers can tell a late owner from a waiting one: the next tick (or,
+    /// with no client, the end of the rebuild backoff and the tick after
+    /// it) plus the timeout the collection may take.
+    fn next_result_due_ms(&self, now_ms: u64) -> u64 {
+        let backoff = match self.client {
+            ClientSlot::Empty => self.rebuild_not_before.map(|t| t.saturating_duration_since(Instant::now())),
+            _ => None,
+        };
+        let wait = backoff.unwrap_or_default() + self.spec.interval + self.spec.timeout;
+        now_ms.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
+    }
+
     /// Publishes a failed attempt (the state is already set).
     fn publish_failure(&self, error: CollectError, epoch: u64) {
         let status = self.status(Some(error.message.clone()));
         let now = unix_ms();
+        let due = self.next_result_due_ms(now);
         self.store.update(&self.spec.id, self.spec.generation, |e| {
             e.status = status;
+            e.next_result_due_ms = due;
             *e.errors_total.entry(error.kind).or_default() += 1;
             e.error = Some(error);
             e.epoch = epoch;

@@ -33,6 +33,8 @@ pub struct CollectorHandle {
     store: ResultStore,
     system: System,
     turns: Arc<std::sync::Mutex<HashMap<MonitorId, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Becomes true when the actor system's thread ends, for whatever reason.
+    actors_ended: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The exclusive right to change one monitor, held from a command's checks
@@ -60,7 +62,16 @@ impl CollectorNode {
         let store = ResultStore::new();
         let (tx, rx) = mpsc::channel();
         let thread_store = store.clone();
+        let (ended_tx, actors_ended) = tokio::sync::watch::channel(false);
         std::thread::Builder::new().name("kollector-actors".into()).spawn(move || {
+            // Sent when this thread ends, also by unwinding from a panic.
+            struct Ended(tokio::sync::watch::Sender<bool>);
+            impl Drop for Ended {
+                fn drop(&mut self) {
+                    let _ = self.0.send(true);
+                }
+            }
+            let _ended = Ended(ended_tx);
             let runner = System::new();
             runner.block_on(async move {
                 let registry = MonitorRegistry::new(thread_store, options, gate).start();
@@ -72,7 +83,7 @@ impl CollectorNode {
         })?;
         let (registry, system) =
             rx.recv().map_err(|_| std::io::Error::other("the actor system thread ended before starting"))?;
-        Ok(CollectorHandle { registry, store, system, turns: Arc::default() })
+        Ok(CollectorHandle { registry, store, system, turns: Arc::default(), actors_ended })
     }
 }
 
@@ -130,6 +141,14 @@ impl CollectorHandle {
 
     pub fn store(&self) -> &ResultStore {
         &self.store
+    }
+
+    /// Resolves when the actor system has ended (after [`Self::shutdown`],
+    /// or because it died): a node that cannot run monitors must not keep
+    /// its lease.
+    pub async fn actors_ended(&self) {
+        let mut ended = self.actors_ended.clone();
+        let _ = ended.wait_for(|e| *e).await;
     }
 
     /// Stops every monitor (closing every client), then the actor system.

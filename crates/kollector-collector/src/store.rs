@@ -5,11 +5,18 @@
 //! one generation of a monitor: the registry replaces it when it restarts the
 //! monitor with a new spec, and a late write from the old generation is
 //! refused, so a stopped monitor can never publish again.
+//!
+//! Readers get each entry as judged now by the node's [`StaleRule`]: an
+//! entry whose actor has not published when it said it would (the actor
+//! system died, a collection is stuck, the fence closed) reads as `Stale`,
+//! without its snapshot, so `/metrics` never serves it as current.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use kollector_core::result::StaleRule;
 use kollector_core::{Generation, MonitorId, MonitorResult, MonitorSpec};
 
 /// A history copy for handover, with its sequence number.
@@ -29,6 +36,8 @@ pub struct ResultStore {
     labels: Arc<RwLock<HashMap<MonitorId, std::collections::BTreeMap<String, String>>>>,
     /// Announces every change of an entry (for result streams).
     changes: tokio::sync::broadcast::Sender<MonitorId>,
+    /// The stale rule's interval count (set once at start by the node).
+    stale_after: Arc<AtomicU32>,
 }
 
 impl Default for ResultStore {
@@ -39,6 +48,7 @@ impl Default for ResultStore {
             handover: Arc::default(),
             labels: Arc::default(),
             changes: tokio::sync::broadcast::channel(1024).0,
+            stale_after: Arc::new(AtomicU32::new(StaleRule::DEFAULT_INTERVALS)),
         }
     }
 }
@@ -50,6 +60,15 @@ pub(crate) fn unix_ms() -> u64 {
 impl ResultStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The rule readers' entries are judged by (default: 3 intervals).
+    pub fn set_stale_rule(&self, rule: StaleRule) {
+        self.stale_after.store(rule.intervals(), Ordering::Relaxed);
+    }
+
+    fn stale_rule(&self) -> StaleRule {
+        StaleRule::new(self.stale_after.load(Ordering::Relaxed)).unwrap_or_default()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<MonitorId, MonitorResult>> {
@@ -65,6 +84,10 @@ impl ResultStore {
     pub(crate) fn open(&self, spec: &MonitorSpec) {
         let mut map = self.write();
         let mut fresh = MonitorResult::starting(spec.id.clone(), spec.generation, spec.expected_cluster_id.clone());
+        // The first attempt comes at the first tick, one interval in.
+        let first = spec.interval + spec.timeout;
+        fresh.next_result_due_ms = unix_ms().saturating_add(u64::try_from(first.as_millis()).unwrap_or(u64::MAX));
+        fresh.interval_ms = u64::try_from(spec.interval.as_millis()).unwrap_or(u64::MAX);
         if let Some(p) = map.remove(&spec.id) {
             fresh.collections_total = p.collections_total;
             fresh.errors_total = p.errors_total;
@@ -155,13 +178,16 @@ impl ResultStore {
         self.changes.subscribe()
     }
 
+    /// `id`'s entry as judged now (stale when overdue).
     pub fn get(&self, id: &MonitorId) -> Option<MonitorResult> {
-        self.read().get(id).cloned()
+        let (rule, now) = (self.stale_rule(), unix_ms());
+        self.read().get(id).cloned().map(|r| rule.judge(r, now))
     }
 
-    /// All entries, sorted by monitor id.
+    /// All entries as judged now, sorted by monitor id.
     pub fn all(&self) -> Vec<MonitorResult> {
-        let mut v: Vec<MonitorResult> = self.read().values().cloned().collect();
+        let (rule, now) = (self.stale_rule(), unix_ms());
+        let mut v: Vec<MonitorResult> = self.read().values().cloned().map(|r| rule.judge(r, now)).collect();
         v.sort_by(|a, b| a.monitor.cmp(&b.monitor));
         v
     }
@@ -179,5 +205,53 @@ impl ResultStore {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use kollector_core::{MonitorInput, MonitorState};
+
+    use super::*;
+
+    /// The store's read path judges entries: one whose actor never
+    /// publishes (dead, stuck) reads `Starting` until its first result is
+    /// overdue past the bound, then `Stale`; and never before.
+    #[test]
+    fn an_entry_nobody_updates_turns_stale_once_overdue() {
+        let input = MonitorInput {
+            id: "m".into(),
+            bootstrap: vec!["127.0.0.1:9".into()],
+            interval: Some("1s".into()),
+            timeout: Some("100ms".into()),
+            ..Default::default()
+        };
+        let spec = input.validate(1).expect("valid spec");
+        let store = ResultStore::new();
+        store.set_stale_rule(StaleRule::new(2).unwrap());
+        let opened = Instant::now();
+        store.open(&spec);
+        // Due 1.1 s after opening, stale after one more interval: 2.1 s.
+        let deadline = opened + Duration::from_secs(5);
+        let stale_at = loop {
+            let state = store.get(&spec.id).expect("entry").status.state;
+            if state == MonitorState::Stale {
+                break opened.elapsed();
+            }
+            assert!(Instant::now() < deadline, "never judged stale");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(stale_at >= Duration::from_millis(2100), "stale after only {stale_at:?}");
+        assert!(store.get(&spec.id).unwrap().current_snapshot().is_none());
+        assert_eq!(store.all()[0].status.state, MonitorState::Stale, "all() judges like get()");
+
+        // A fresh publish makes it current again.
+        store.update(&spec.id, spec.generation, |e| {
+            e.status.state = MonitorState::Running;
+            e.next_result_due_ms = unix_ms() + 60_000;
+        });
+        assert_eq!(store.get(&spec.id).unwrap().status.state, MonitorState::Running);
     }
 }

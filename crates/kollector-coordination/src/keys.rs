@@ -6,6 +6,8 @@
 //! | `<prefix>/monitors/<id>` | JSON `MonitorSpec` (desired state) | durable |
 //! | `<prefix>/assignments/<id>` | JSON `Assignment` (`collector`, `epoch`) | durable, leader-written |
 //! | `<prefix>/manager/election` | etcd election; value = leader's gRPC address | the leader's lease |
+//! | `<prefix>/draining/<id>` | `1`: the collector gets no monitors | durable, until undone |
+//! | `<prefix>/revoked/<id>` | JSON `{"lease": n}`: the lease the leader revoked | a lease of the collector's TTL + 1 s |
 
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "/kollector";
@@ -46,6 +48,11 @@ impl Keys {
     /// Drain marks: a collector listed here keeps running but gets no monitors.
     pub fn draining(&self) -> String {
         format!("{}/draining/", self.prefix)
+    }
+    /// Revocation marks: the leader revoked this collector's lease (it did
+    /// not answer); its monitors move when the mark expires.
+    pub fn revoked(&self) -> String {
+        format!("{}/revoked/", self.prefix)
     }
     pub fn election(&self) -> String {
         format!("{}/manager/election", self.prefix)

@@ -20,16 +20,21 @@ pub enum MonitorState {
     Failed,
     /// Stopped and its client closed.
     Stopped,
+    /// Judged by a reader, never set by the actor: the owner's next result
+    /// is overdue past the stale bound ([`crate::result::StaleRule`]), so
+    /// the last one is not served as current (no snapshot, `up` 0).
+    Stale,
 }
 
 impl MonitorState {
-    pub const ALL: [MonitorState; 6] = [
+    pub const ALL: [MonitorState; 7] = [
         MonitorState::Starting,
         MonitorState::Running,
         MonitorState::Degraded,
         MonitorState::Failing,
         MonitorState::Failed,
         MonitorState::Stopped,
+        MonitorState::Stale,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -39,6 +44,7 @@ impl MonitorState {
             MonitorState::Failing => "failing",
             MonitorState::Failed => "failed",
             MonitorState::Stopped => "stopped",
+            MonitorState::Stale => "stale",
         }
     }
 }

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use kollector_coordination::election::{guarded_txn, LeaderToken};
 use kollector_coordination::keys::Keys;
 use kollector_coordination::membership::CollectorRecord;
@@ -44,6 +44,12 @@ pub struct MonitorSet {
     pub valid: BTreeMap<MonitorId, StoredMonitor>,
     /// Monitor id (from the key) → why its value could not be read.
     pub invalid: BTreeMap<String, String>,
+}
+
+/// The value of a revocation mark.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RevocationMark {
+    lease: i64,
 }
 
 /// A live collector: its record and the lease its key is bound to.
@@ -227,16 +233,17 @@ impl ClusterStore {
         Ok(self.collectors_and_unreadable().await?.0)
     }
 
-    /// Live collectors, and the ids of live collectors whose record does not
-    /// decode (alive all the same: they may run monitors, so the reconciler
-    /// treats them as silent, never as gone).
+    /// Live collectors, and the live collectors whose record does not
+    /// decode, with their leases (alive all the same: they may run
+    /// monitors, so the reconciler treats them as silent, never as gone,
+    /// until it revokes their leases: `liveness.rs`).
     pub async fn collectors_and_unreadable(
         &self,
-    ) -> Result<(BTreeMap<CollectorId, LiveCollector>, BTreeSet<CollectorId>), CoordinationError> {
+    ) -> Result<(BTreeMap<CollectorId, LiveCollector>, BTreeMap<CollectorId, i64>), CoordinationError> {
         let dir = self.keys.collectors();
         let (kvs, _) = self.list(&dir).await?;
         let mut out = BTreeMap::new();
-        let mut unreadable = BTreeSet::new();
+        let mut unreadable = BTreeMap::new();
         for kv in kvs {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let Some(id) = self.keys.id_in(&dir, &key).and_then(|id| CollectorId::new(id).ok()) else { continue };
@@ -246,7 +253,7 @@ impl ClusterStore {
                 }
                 Err(e) => {
                     tracing::warn!("collector key {key} does not decode ({e}); treating it as alive but silent");
-                    unreadable.insert(id);
+                    unreadable.insert(id, kv.lease());
                 }
             }
         }
@@ -343,6 +350,64 @@ impl ClusterStore {
             c.delete(key, None).await?;
         }
         Ok(())
+    }
+
+    /// Revocation marks still in force: collector → the lease revoked.
+    pub async fn revocation_marks(&self) -> Result<BTreeMap<CollectorId, i64>, CoordinationError> {
+        let dir = self.keys.revoked();
+        let (kvs, _) = self.list(&dir).await?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let id = self.keys.id_in(&dir, &key).and_then(|id| CollectorId::new(id).ok())?;
+                // A mark that does not decode still marks: its lease is unknown (0).
+                let lease = serde_json::from_slice::<RevocationMark>(kv.value()).map_or(0, |m| m.lease);
+                Some((id, lease))
+            })
+            .collect())
+    }
+
+    /// Revokes `collector`'s `lease`, safely: first a mark, guarded by the
+    /// leader key and bound to a lease of its own that outlives the
+    /// collector's fence (the collector's granted TTL plus a second), then
+    /// the revocation. While the mark exists the collector still counts as
+    /// holding its monitors (`liveness.rs`). Returns false if the lease was
+    /// already gone (nothing to revoke).
+    pub async fn revoke_collector(
+        &self,
+        token: &LeaderToken,
+        collector: &CollectorId,
+        lease: i64,
+    ) -> Result<bool, CoordinationError> {
+        let mut c = self.client.clone();
+        let ttl = c.lease_time_to_live(lease, None).await?;
+        if ttl.ttl() <= 0 {
+            return Ok(false);
+        }
+        let mark_ttl = ttl.granted_ttl().max(1) + 1;
+        let mark_lease = c.lease_grant(mark_ttl, None).await?.id();
+        let value = serde_json::to_vec(&RevocationMark { lease }).unwrap_or_default();
+        let put = TxnOp::put(
+            format!("{}{}", self.keys.revoked(), collector),
+            value,
+            Some(PutOptions::new().with_lease(mark_lease)),
+        );
+        if let Err(e) = guarded_txn(&mut c, token, vec![put]).await {
+            let _ = c.lease_revoke(mark_lease).await;
+            return Err(e);
+        }
+        c.lease_revoke(lease).await?;
+        // The mark's TTL ran from before the revocation; renew it once so
+        // it runs from after it (the collector fences at the latest one TTL
+        // after its last renewal, which came before the revocation). If this
+        // fails the spare second still covers the few ms between the two.
+        if let Ok((mut keeper, mut answers)) = c.lease_keep_alive(mark_lease).await {
+            if keeper.keep_alive().await.is_ok() {
+                let _ = answers.message().await;
+            }
+        }
+        Ok(true)
     }
 
     /// The directories whose changes should trigger a re-plan.

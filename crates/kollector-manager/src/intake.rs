@@ -9,6 +9,13 @@
 //! current spec generation. Anything else (a fenced or paused former owner
 //! still talking, an old spec's last cycle) is dropped and counted.
 //!
+//! Results are judged again when served ([`Intake::current`]): one whose
+//! owner's next result is overdue past the stale bound (the collector cut
+//! off from this manager, its actors dead, its stream gone) is `Stale`,
+//! without its snapshot: GetLatest, `monitor show`, `status` and `/metrics`
+//! never present it as current. The due time travels relative to the
+//! sending moment, so clock skew between nodes does not move the bound.
+//!
 //! Streams use the cluster's transport limits (message size, HTTP/2
 //! keepalive), so a half-open connection ends the stream instead of hanging
 //! it, and a stream that ends is followed again on the next round.
@@ -18,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use kollector_core::result::StaleRule;
 use kollector_core::{CollectorId, Generation, MonitorId, MonitorResult};
 use kollector_proto::result_from_proto;
 use kollector_proto::v1::{self as pb};
@@ -53,6 +61,7 @@ struct Shared {
     stale_dropped: AtomicU64,
     /// One refresh at a time: a slow one must not overwrite a newer one.
     refreshing: tokio::sync::Mutex<()>,
+    stale_rule: StaleRule,
 }
 
 /// A handle to the intake's results; cheap to clone.
@@ -89,8 +98,8 @@ async fn refresh(store: &ClusterStore, shared: &Shared) {
 
 impl Intake {
     /// Starts following collectors and assignments in the background.
-    pub fn start(store: ClusterStore, clients: CollectorClients) -> (Intake, JoinHandle<()>) {
-        let intake = Intake::default();
+    pub fn start(store: ClusterStore, clients: CollectorClients, stale_rule: StaleRule) -> (Intake, JoinHandle<()>) {
+        let intake = Intake { shared: Arc::new(Shared { stale_rule, ..Shared::default() }) };
         let shared = intake.shared.clone();
         let task = tokio::spawn(async move {
             let mut streams: HashMap<CollectorId, (String, JoinHandle<()>)> = HashMap::new();
@@ -132,17 +141,19 @@ impl Intake {
     /// generations and records, read from etcd by the caller just now: a
     /// result of an older spec (e.g. of a deleted monitor whose id was
     /// re-created) or of an earlier owner (the monitor moved; the new owner
-    /// has not reported yet) is never served.
+    /// has not reported yet) is never served; one whose owner is overdue is
+    /// served as `Stale` ([`StaleRule::judge`]).
     pub fn current(
         &self,
         generations: &BTreeMap<MonitorId, Generation>,
         records: &BTreeMap<MonitorId, AssignmentRecord>,
     ) -> Vec<MonitorResult> {
         let Ok(latest) = self.shared.latest.read() else { return Vec::new() };
+        let (rule, now) = (self.shared.stale_rule, unix_ms());
         latest
             .values()
             .filter(|r| still_current(r, records.get(&r.monitor), generations.get(&r.monitor).copied()))
-            .cloned()
+            .map(|r| rule.judge(r.clone(), now))
             .collect()
     }
 
@@ -154,6 +165,10 @@ impl Intake {
     pub fn stale_dropped(&self) -> u64 {
         self.shared.stale_dropped.load(Ordering::Relaxed)
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Follows one collector's result stream until it ends.

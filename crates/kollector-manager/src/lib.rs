@@ -14,6 +14,8 @@
 //! - `planner.rs`: which collector runs which monitor, pure.
 //! - `decisions.rs`: the reconciler's decisions (record writes and their
 //!   chunking, Unassigns, safe Assigns, which results to believe), pure.
+//! - `liveness.rs`: which collectors the leader can work with (beyond
+//!   their leases): silent ones are revoked, safely; pure.
 //! - `reconciler.rs`: the leader's executor of those decisions.
 //! - `intake.rs`: results from every collector, judged by `decisions.rs`.
 //! - `node.rs`: a manager node: intake, election, reconciler, the service
@@ -24,6 +26,7 @@ pub mod cluster_store;
 pub mod decisions;
 pub mod desired_state;
 pub mod intake;
+pub mod liveness;
 pub mod node;
 pub mod planner;
 pub mod reconciler;

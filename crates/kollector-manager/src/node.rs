@@ -59,6 +59,11 @@ pub struct ManagerConfig {
     pub apply_timeout: Duration,
     pub txn_limits: TxnLimits,
     pub grpc: GrpcLimits,
+    /// When a monitor's result stops being served as current.
+    pub stale_rule: kollector_core::result::StaleRule,
+    /// When a silent collector is revoked, and how long one that came back
+    /// must answer before it gets work.
+    pub liveness: crate::liveness::LivenessRules,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +81,13 @@ impl ManagerConfig {
     pub fn validate(&self) -> Result<(), NodeError> {
         if self.election_ttl < Duration::from_secs(2) {
             return Err(NodeError::Invalid("--election-ttl must be at least 2s (etcd's minimum lease)".into()));
+        }
+        if self.liveness.unreachable_after < Duration::from_secs(2)
+            || self.liveness.unreachable_after <= self.reconcile_period
+        {
+            return Err(NodeError::Invalid(
+                "--unreachable-after must be at least 2s and longer than --reconcile-period (silence is seen once per pass)".into(),
+            ));
         }
         if self.txn_limits.max_ops == 0 {
             return Err(NodeError::Invalid("--etcd-max-txn-ops must be at least 1".into()));
@@ -149,6 +161,16 @@ impl ManagerMetrics {
                 "kollector_reconcile_pass_seconds",
                 "Duration of the leader's latest reconcile pass.",
                 load(&stats.last_pass_ms) / 1000.0,
+            ),
+            gauge(
+                "kollector_collectors_unreachable",
+                "Collectors the leader cannot work with (silent past --unreachable-after, revoked, or on probation after coming back), leader's view.",
+                load(&stats.unreachable),
+            ),
+            counter(
+                "kollector_collector_revocations",
+                "Collector leases the leader revoked because the collector did not answer it.",
+                load(&stats.revocations),
             ),
             counter(
                 "kollector_reconcile_failed_chunks",
@@ -236,7 +258,7 @@ impl ManagerNode {
             .map_err(|source| NodeError::Etcd { endpoints: config.etcd.endpoints.join(","), source })?;
         let store = ClusterStore::new(client, Keys::new(&config.prefix)).with_secrets(secrets);
         let clients = CollectorClients::new(config.grpc, config.tls.as_ref().map(NodeTls::client));
-        let (intake, intake_task) = Intake::start(store.clone(), clients.clone());
+        let (intake, intake_task) = Intake::start(store.clone(), clients.clone(), config.stale_rule);
         let election = Election::start(ElectionConfig {
             etcd: config.etcd.clone(),
             prefix: config.prefix.clone(),
@@ -252,11 +274,13 @@ impl ManagerNode {
                 config.reconcile_period,
                 config.txn_limits,
                 intake.clone(),
+                config.liveness,
             )
             .run(election.state()),
         );
         // The one ManagerService: desired state in etcd, run by the reconciler.
-        let runner = ClusterRunner::new(store.clone(), intake.clone(), clients, config.apply_timeout);
+        let runner =
+            ClusterRunner::new(store.clone(), intake.clone(), clients, config.apply_timeout).with_health(stats.clone());
         let guard = ApiGuard::new(access, config.probes_per_minute);
         let service = ManagerServiceServer::new(
             ManagerServiceImpl::new(Arc::new(store.clone()), Arc::new(runner)).with_guard(guard),

@@ -3,9 +3,11 @@
 //! Level-triggered: every `period` (which also debounces bursts of
 //! membership changes) a pass
 //!
-//! 1. reads monitors, live collectors (with their leases), drain marks and
-//!    assignment records from etcd, and asks every live collector what it
-//!    runs (ListRunning, in parallel, bounded);
+//! 1. reads monitors, live collectors (with their leases), drain marks,
+//!    revocation marks and assignment records from etcd, and asks every
+//!    live collector what it runs (ListRunning, in parallel, bounded); a
+//!    collector silent for too long has its lease revoked, safely
+//!    (`liveness.rs`), and gets no new monitors;
 //! 2. plans (`planner.rs`) and decides the record writes
 //!    (`decisions::assignment_changes`), then writes them in chunks that fit
 //!    etcd's transaction limits, each guarded by the leader key;
@@ -41,6 +43,7 @@ use crate::decisions::{
     Report, Running, TxnLimits, UnassignAction,
 };
 use crate::intake::Intake;
+use crate::liveness::{Liveness, LivenessRules, Observed};
 use crate::planner::{self, CollectorSlot, Placement};
 
 /// Bound on one Assign or Unassign (the collector answers once the old
@@ -48,6 +51,10 @@ use crate::planner::{self, CollectorSlot, Placement};
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on ListRunning: a frozen collector must not stall a pass.
 const LIST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on ListRunning to a collector that was already silent last pass:
+/// a healthy one answers in milliseconds, and waiting the full bound on a
+/// known-silent one every pass would slow every failover behind it.
+const SILENT_LIST_TIMEOUT: Duration = Duration::from_millis(300);
 /// Commands in flight per collector. A collector serializes commands per
 /// monitor only, and a stop costs a Kafka client close (~35 ms), so 200
 /// moves off one collector take ~0.25 s instead of ~7 s one at a time.
@@ -83,6 +90,13 @@ pub struct ReconcilerStats {
     pub invalid_specs: AtomicU64,
     /// The latest pass's waiting moves, for logs and status.
     pub pending: Mutex<Vec<Pending>>,
+    /// Collectors the leader cannot work with now (silent past the bound,
+    /// revoked, or on probation), as of the latest pass.
+    pub unreachable: AtomicU64,
+    /// Collector leases revoked because they did not answer.
+    pub revocations: AtomicU64,
+    /// Each collector's health in words (`liveness::Health`), latest pass.
+    pub health: Mutex<BTreeMap<CollectorId, String>>,
 }
 
 /// gRPC clients to collectors, by address, with the cluster's transport
@@ -132,6 +146,8 @@ pub struct Reconciler {
     confirmed: Confirmed,
     confirmed_term: i64,
     orphaned_since: HashMap<MonitorId, Instant>,
+    liveness: Liveness,
+    liveness_rules: LivenessRules,
 }
 
 impl Reconciler {
@@ -142,6 +158,7 @@ impl Reconciler {
         period: Duration,
         limits: TxnLimits,
         histories: Intake,
+        liveness_rules: LivenessRules,
     ) -> Self {
         Reconciler {
             store,
@@ -153,6 +170,8 @@ impl Reconciler {
             confirmed: Confirmed::new(),
             confirmed_term: 0,
             orphaned_since: HashMap::new(),
+            liveness: Liveness::new(),
+            liveness_rules,
         }
     }
 
@@ -170,6 +189,7 @@ impl Reconciler {
                     if self.confirmed_term != token.term {
                         self.confirmed.clear();
                         self.orphaned_since.clear();
+                        self.liveness.clear();
                         self.confirmed_term = token.term;
                     }
                     let started = Instant::now();
@@ -188,6 +208,10 @@ impl Reconciler {
                 None => {
                     self.orphaned_since.clear();
                     self.confirmed.clear();
+                    self.liveness.clear();
+                    // A follower judges nobody: its old view would mislead status.
+                    self.stats.health.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    self.stats.unreachable.store(0, Ordering::Relaxed);
                     if leadership.changed().await.is_err() {
                         return;
                     }
@@ -231,14 +255,32 @@ impl Reconciler {
             .collect();
 
         // Unreadable records are live collectors all the same: silent ones.
-        let live: BTreeSet<CollectorId> = collectors.keys().chain(&unreadable).cloned().collect();
+        // Silence counts from when we asked.
+        let asked_at = Instant::now();
         let mut reports = self.list_running(&collectors, token.term).await;
-        reports.extend(unreadable.iter().map(|c| (c.clone(), Report::Silent)));
+        reports.extend(unreadable.keys().map(|c| (c.clone(), Report::Silent)));
+        // Read after ListRunning's wait, so an expired mark is seen at once.
+        let marks = self.store.revocation_marks().await.map_err(PassError::Read)?;
+        let closed = self.judge_liveness(token, asked_at, &collectors, &unreadable, &marks, &reports).await?;
+        // Holders: every registered collector and every revoked one whose
+        // mark has not expired (it may still collect), except those known
+        // to run nothing (back after a revocation, given nothing since).
+        let live: BTreeSet<CollectorId> = collectors
+            .keys()
+            .chain(unreadable.keys())
+            .chain(marks.keys())
+            .filter(|c| !closed.not_holding.contains(*c))
+            .cloned()
+            .collect();
+        for c in marks.keys() {
+            reports.entry(c.clone()).or_insert(Report::Silent);
+        }
         let generations: BTreeMap<MonitorId, Generation> =
             monitors.valid.iter().map(|(m, s)| (m.clone(), s.spec.generation)).collect();
 
         // Plan, decide the writes, write them in chunks.
-        let slots = slots(&collectors, &draining);
+        let no_new_work: BTreeSet<CollectorId> = draining.iter().chain(&closed.closed).cloned().collect();
+        let slots = slots(&collectors, &no_new_work);
         let placements = placements(&monitors.valid);
         let previous = records.iter().filter_map(|(m, r)| r.collector.as_ref().map(|c| (m, c)));
         let (plan, _) = planner::plan_borrowed(&placements, &slots, previous);
@@ -309,6 +351,52 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Judges every collector's liveness from this pass's reports and
+    /// revokes the leases of those silent too long (`liveness.rs`); returns
+    /// the plan (who gets no new work, who holds nothing).
+    async fn judge_liveness(
+        &mut self,
+        token: &LeaderToken,
+        now: Instant,
+        collectors: &BTreeMap<CollectorId, LiveCollector>,
+        unreadable: &BTreeMap<CollectorId, i64>,
+        marks: &BTreeMap<CollectorId, i64>,
+        reports: &BTreeMap<CollectorId, Report>,
+    ) -> Result<crate::liveness::LivenessPlan, PassError> {
+        let observed: BTreeMap<CollectorId, Observed> = collectors
+            .iter()
+            .map(|(c, live)| {
+                let answered = matches!(reports.get(c), Some(Report::Answered(_)));
+                (c.clone(), Observed { lease: live.lease, answered })
+            })
+            .chain(unreadable.iter().map(|(c, lease)| (c.clone(), Observed { lease: *lease, answered: false })))
+            .collect();
+        let plan = self.liveness.observe(now, &observed, marks, self.liveness_rules);
+        for (c, lease) in &plan.revoke {
+            match tokio::time::timeout(CALL_TIMEOUT, self.store.revoke_collector(token, c, *lease)).await {
+                Ok(Ok(revoked)) => {
+                    if revoked {
+                        self.stats.revocations.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.liveness.revoked(c, *lease);
+                    tracing::warn!(collector = %c, lease, silent_for = ?self.liveness_rules.unreachable_after, "collector unreachable: lease revoked; its monitors move once it must have fenced");
+                }
+                Ok(Err(CoordinationError::NotLeader)) => return Err(PassError::Deposed("revoking a lease")),
+                Ok(Err(e)) => tracing::warn!(collector = %c, "revoking an unreachable collector's lease failed: {e}"),
+                Err(_) => tracing::warn!(collector = %c, "revoking an unreachable collector's lease timed out"),
+            }
+        }
+        let unreachable = plan
+            .health
+            .values()
+            .filter(|h| !matches!(h, crate::liveness::Health::Answering | crate::liveness::Health::Silent { .. }))
+            .count();
+        self.stats.unreachable.store(unreachable as u64, Ordering::Relaxed);
+        *self.stats.health.lock().unwrap_or_else(|p| p.into_inner()) =
+            plan.health.iter().map(|(c, h)| (c.clone(), h.describe(now))).collect();
+        Ok(plan)
+    }
+
     /// Every live collector's ListRunning, in parallel; silence is a report too.
     async fn list_running(
         &self,
@@ -317,10 +405,11 @@ impl Reconciler {
     ) -> BTreeMap<CollectorId, Report> {
         let calls = collectors.iter().map(|(id, c)| {
             let client = self.clients.get(&c.record.grpc_address);
+            let bound = if self.liveness.was_silent(id) { SILENT_LIST_TIMEOUT } else { LIST_TIMEOUT };
             async move {
                 let Ok(mut client) = client else { return (id.clone(), Report::Silent) };
                 let call = client.list_running(pb::ListRunningRequest { leader_term: term });
-                match tokio::time::timeout(LIST_TIMEOUT, call).await {
+                match tokio::time::timeout(bound, call).await {
                     Ok(Ok(r)) => {
                         let r = r.into_inner();
                         // Only the incarnation etcd names may answer for this collector

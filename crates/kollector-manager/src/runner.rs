@@ -144,6 +144,8 @@ pub struct ClusterRunner {
     apply_timeout: Duration,
     /// Update/Delete waits polling collectors at once.
     waits: tokio::sync::Semaphore,
+    /// The reconciler's view of collectors' health (this manager's, when it leads).
+    health: Option<std::sync::Arc<crate::reconciler::ReconcilerStats>>,
 }
 
 /// Most Update/Delete waits at once (each polls every collector every 200 ms).
@@ -158,7 +160,20 @@ fn etcd_status(e: impl std::fmt::Display) -> Status {
 
 impl ClusterRunner {
     pub fn new(store: ClusterStore, intake: Intake, clients: CollectorClients, apply_timeout: Duration) -> Self {
-        ClusterRunner { store, intake, clients, apply_timeout, waits: tokio::sync::Semaphore::new(MAX_WAITS) }
+        ClusterRunner {
+            store,
+            intake,
+            clients,
+            apply_timeout,
+            waits: tokio::sync::Semaphore::new(MAX_WAITS),
+            health: None,
+        }
+    }
+
+    /// Reports collectors' health as this manager's reconciler judged it.
+    pub fn with_health(mut self, stats: std::sync::Arc<crate::reconciler::ReconcilerStats>) -> Self {
+        self.health = Some(stats);
+        self
     }
 
     /// For every live collector: the generation of `id` it runs (None: it
@@ -306,11 +321,22 @@ impl Runner for ClusterRunner {
         let collectors = self.store.collectors().await.map_err(etcd_status)?;
         let (assignments, _) = self.store.assignments().await.map_err(etcd_status)?;
         let draining = self.store.draining().await.map_err(etcd_status)?;
+        let marks = self.store.revocation_marks().await.map_err(etcd_status)?;
         let mut client = self.store.client();
         let leader = current_leader(&mut client, self.store.keys()).await.map_err(etcd_status)?;
+        // The leader's judgement when this manager leads; otherwise what
+        // etcd shows everyone (revocation marks).
+        let judged = self.health.as_ref().map(|s| s.health.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        let health = |id: &CollectorId| -> String {
+            if marks.contains_key(id) {
+                return "revoked".into();
+            }
+            judged.as_ref().and_then(|h| h.get(id).cloned()).unwrap_or_default()
+        };
         let collectors = collectors
             .into_iter()
             .map(|(id, c)| pb::CollectorInfo {
+                health: health(&id),
                 monitors: assignments.values().filter(|a| a.collector.as_ref() == Some(&id)).count() as u32,
                 draining: draining.contains(&id),
                 id: id.to_string(),

@@ -132,6 +132,7 @@ pub fn status_to_proto(s: &core::MonitorStatus) -> v1::MonitorStatus {
         core::MonitorState::Failing => v1::MonitorState::Failing,
         core::MonitorState::Failed => v1::MonitorState::Failed,
         core::MonitorState::Stopped => v1::MonitorState::Stopped,
+        core::MonitorState::Stale => v1::MonitorState::Stale,
     };
     v1::MonitorStatus {
         state: state as i32,
@@ -150,6 +151,7 @@ pub fn status_from_proto(s: &v1::MonitorStatus) -> core::MonitorStatus {
         v1::MonitorState::Failing => core::MonitorState::Failing,
         v1::MonitorState::Failed => core::MonitorState::Failed,
         v1::MonitorState::Stopped => core::MonitorState::Stopped,
+        v1::MonitorState::Stale => core::MonitorState::Stale,
         v1::MonitorState::Starting | v1::MonitorState::Unspecified => core::MonitorState::Starting,
     };
     core::MonitorStatus {
@@ -354,7 +356,18 @@ pub fn result_to_proto(r: &core::MonitorResult) -> v1::MonitorResult {
         restarts_total: r.restarts_total,
         // Only collectors' result streams carry it (`history_to_proto`).
         history: None,
+        next_result_in_ms: (r.next_result_due_ms > 0)
+            .then(|| clamp_i64(i128::from(r.next_result_due_ms) - i128::from(unix_now_ms()))),
+        interval_ms: r.interval_ms,
     }
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn clamp_i64(v: i128) -> i64 {
+    v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 /// Delta-encodes a list of values (the first from 0).
@@ -479,6 +492,12 @@ pub fn result_from_proto(
         collections_total: p.collections_total,
         errors_total,
         restarts_total: p.restarts_total,
+        // Placed on this clock (any value decodes; a due time before 1970
+        // or past u64 saturates, and 0 stays "unknown" only when absent).
+        next_result_due_ms: p
+            .next_result_in_ms
+            .map_or(0, |d| (i128::from(unix_now_ms()) + i128::from(d)).clamp(1, i128::from(u64::MAX)) as u64),
+        interval_ms: p.interval_ms,
     })
 }
 
@@ -518,6 +537,29 @@ mod tests {
         };
         let back = input_from_proto(input_to_proto(&input));
         assert_eq!(back.validate(1).unwrap(), input.validate(1).unwrap());
+    }
+
+    #[test]
+    fn a_due_time_travels_relative_and_lands_on_the_receivers_clock() {
+        let mut r = core::MonitorResult::starting(core::MonitorId::new("m").unwrap(), 1, None);
+        r.interval_ms = 1_000;
+        let before = unix_now_ms();
+        r.next_result_due_ms = before + 5_000;
+        let wire = result_to_proto(&r);
+        let in_ms = wire.next_result_in_ms.unwrap();
+        assert!((4_000..=5_000).contains(&in_ms), "{in_ms}");
+        let back = result_from_proto(wire, None).unwrap();
+        assert!(back.next_result_due_ms.abs_diff(before + 5_000) < 1_000, "{}", back.next_result_due_ms);
+        assert_eq!(back.interval_ms, 1_000);
+
+        // Unknown stays unknown; hostile values saturate instead of wrapping.
+        r.next_result_due_ms = 0;
+        assert_eq!(result_from_proto(result_to_proto(&r), None).unwrap().next_result_due_ms, 0);
+        let mut hostile = result_to_proto(&r);
+        hostile.next_result_in_ms = Some(i64::MIN);
+        assert_eq!(result_from_proto(hostile.clone(), None).unwrap().next_result_due_ms, 1);
+        hostile.next_result_in_ms = Some(i64::MAX);
+        assert!(result_from_proto(hostile, None).unwrap().next_result_due_ms > unix_now_ms());
     }
 
     mod hostile {

@@ -62,14 +62,18 @@ fn print_collectors(r: &pb::ListCollectorsResponse) {
         println!("no live collectors");
         return;
     }
-    println!("{:<20} {:>8} {:>6} {:<9} {:<22} HTTP", "COLLECTOR", "MONITORS", "WEIGHT", "STATE", "GRPC");
+    println!(
+        "{:<20} {:>8} {:>6} {:<9} {:<12} {:<22} HTTP",
+        "COLLECTOR", "MONITORS", "WEIGHT", "STATE", "HEALTH", "GRPC"
+    );
     for c in &r.collectors {
         println!(
-            "{:<20} {:>8} {:>6} {:<9} {:<22} {}",
+            "{:<20} {:>8} {:>6} {:<9} {:<12} {:<22} {}",
             c.id,
             c.monitors,
             c.weight,
             if c.draining { "draining" } else { "active" },
+            if c.health.is_empty() { "-" } else { c.health.as_str() },
             c.grpc_address,
             c.http_address
         );

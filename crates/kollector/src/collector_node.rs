@@ -68,6 +68,8 @@ pub struct CollectorArgs {
     /// Relative capacity for the planner (1.0 = typical).
     #[arg(long, default_value_t = 1.0)]
     weight: f64,
+    #[command(flatten)]
+    stale: crate::stale_args::StaleArgs,
 }
 
 /// Marks this collector draining (bound to its lease) and waits until it
@@ -162,6 +164,7 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     let lease = CurrentLease::default();
     let lease_view = lease.clone();
     let node = CollectorNode::start_gated(options.clone(), gate.clone()).context("starting the collector")?;
+    node.store().set_stale_rule(args.stale.stale_after_intervals);
     let service = CollectorServiceImpl::new(id.clone(), node.clone(), options, lease.clone(), limits.max_message_bytes)
         .with_term_source(term_source(etcd.clone(), args.cluster.prefix.clone(), args.lease_ttl));
     let member = ClusterMember::start(
@@ -196,14 +199,19 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     // Mutual TLS: only a holder of a cluster certificate (a manager) gets
     // past the handshake to send commands or read results.
     let mut grpc_server = limits.server(tls.as_ref().map(NodeTls::server_mutual))?;
+    // A collector whose server is gone cannot be commanded: it must not
+    // keep its lease (and its monitors) while unable to work.
+    let (grpc_ended_tx, mut grpc_ended) = tokio::sync::oneshot::channel::<String>();
     let grpc = tokio::spawn(async move {
         let r = grpc_server
             .add_service(server)
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_stop)
             .await;
-        if let Err(e) = r {
-            tracing::error!("gRPC server failed: {e}");
-        }
+        let why = match r {
+            Err(e) => format!("the gRPC server failed: {e}"),
+            Ok(()) => "the gRPC server stopped".to_string(),
+        };
+        let _ = grpc_ended_tx.send(why);
     });
     let http_stop = wait(stop_rx);
     // Ready while it holds a lease: registered, not fenced, not leaving.
@@ -227,7 +235,12 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     let failure = tokio::select! {
         _ = shutdown_signal() => None,
         reason = member.failed() => Some(reason),
+        why = &mut grpc_ended => Some(why.unwrap_or_else(|_| "the gRPC server task ended".to_string())),
+        _ = node.actors_ended() => Some("the actor system stopped; monitors cannot run".to_string()),
     };
+    if let Some(reason) = &failure {
+        tracing::error!("{reason}; leaving the cluster and exiting");
+    }
     // Graceful: mark this collector draining so the leader moves its
     // monitors elsewhere one by one (each stops here only once the move is
     // under way), and wait for that, bounded.

@@ -12,6 +12,7 @@ mod manager_node;
 mod monitor_cli;
 mod security_args;
 mod security_cli;
+mod stale_args;
 mod standalone;
 
 use std::net::SocketAddr;
@@ -50,6 +51,8 @@ enum Command {
         state: Option<PathBuf>,
         #[command(flatten)]
         security: standalone::StandaloneSecurityArgs,
+        #[command(flatten)]
+        stale: stale_args::StaleArgs,
     },
     /// Cluster mode: run a manager (any number; one leads through etcd).
     Manager(Box<manager_node::ManagerArgs>),
@@ -96,8 +99,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Standalone { config, http_listen, grpc_listen, state, security } => {
-                standalone::run(standalone::Options { config, http_listen, grpc_listen, state, security }).await
+            Command::Standalone { config, http_listen, grpc_listen, state, security, stale } => {
+                let stale = stale.stale_after_intervals;
+                standalone::run(standalone::Options { config, http_listen, grpc_listen, state, security, stale }).await
             }
             Command::Certs(args) => security_cli::certs(args),
             Command::Token(args) => security_cli::token(args),

@@ -59,6 +59,19 @@ pub struct ManagerArgs {
     /// Largest etcd request in bytes: etcd's --max-request-bytes (default 1.5 MiB).
     #[arg(long, default_value_t = 1536 * 1024)]
     etcd_max_request_bytes: usize,
+    #[command(flatten)]
+    stale: crate::stale_args::StaleArgs,
+    /// A collector that has not answered the leader (ListRunning) for this
+    /// long is unreachable, even if it keeps its etcd lease: the leader
+    /// revokes its lease, and its monitors start elsewhere once it must
+    /// have fenced itself (one lease TTL later). At least 2s and longer
+    /// than --reconcile-period.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    unreachable_after: Duration,
+    /// How long a collector that came back after a revocation must answer
+    /// before it gets monitors again (no flapping).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    rejoin_after: Duration,
 }
 
 pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
@@ -88,6 +101,11 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         apply_timeout: args.apply_timeout,
         txn_limits: TxnLimits { max_ops: args.etcd_max_txn_ops, max_request_bytes: args.etcd_max_request_bytes },
         grpc,
+        stale_rule: args.stale.stale_after_intervals,
+        liveness: kollector_manager::liveness::LivenessRules {
+            unreachable_after: args.unreachable_after,
+            probation: args.rejoin_after,
+        },
     };
     let node = ManagerNode::start(config, grpc_listener).await?;
     let metrics = node.metrics();

@@ -398,6 +398,7 @@ pub(crate) fn state_name(s: Option<&pb::MonitorStatus>) -> &'static str {
         pb::MonitorState::Failing => "failing",
         pb::MonitorState::Failed => "failed",
         pb::MonitorState::Stopped => "stopped",
+        pb::MonitorState::Stale => "stale",
     }
 }
 

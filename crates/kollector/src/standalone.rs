@@ -36,6 +36,8 @@ pub struct Options {
     /// Where monitors are kept across restarts; default next to the config.
     pub state: Option<PathBuf>,
     pub security: StandaloneSecurityArgs,
+    /// When a result stops being served as current.
+    pub stale: kollector_core::result::StaleRule,
 }
 
 /// A standalone node's security flags.
@@ -233,6 +235,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let node =
         Standalone::start(grpc_listen, opts.http_listen.unwrap_or(config.http_listen), desired, security, histories)
             .await?;
+    node.node.store().set_stale_rule(opts.stale);
     eprintln!(
         "kollector standalone: gRPC on {}, metrics on http://{}/metrics ({} monitor(s)), state in {}",
         node.grpc_addr,

@@ -1,0 +1,243 @@
+//! The control plane when nodes are partly reachable, with real cuts made
+//! by the kernel's packet filter (`kollector_tests::packet_filter`): a node
+//! stays up, keeps its etcd lease and its Kafka connections, and only the
+//! cut peer loses it.
+//!
+//! - No stale view: with the only collector cut off from the manager, the
+//!   manager stops presenting the monitor's last result as current within
+//!   the stale bound (GetLatest, `kollector status`, `/metrics`), and serves
+//!   it as current again once the cut heals; the collector's own
+//!   `/metrics`, still fed, stays current. (The same rule on a collector's
+//!   own store is tested in `kollector-collector`'s `store.rs`.)
+//! - Liveness beyond the lease: a collector the manager cannot reach (its
+//!   gRPC port cut, its lease alive) has its lease revoked; its monitors,
+//!   and one created during the cut, run on the other collector within a
+//!   bound, never two owners at any sample (sockets from /proc, one broker
+//!   per monitor); it gets nothing back while cut, and after the cut heals
+//!   it takes work again only after its probation, without being revoked
+//!   again.
+
+use std::time::{Duration, Instant};
+
+use kollector_proto::v1 as pb;
+use kollector_tests::cluster::Cluster;
+use kollector_tests::etcd::EtcdServer;
+use kollector_tests::kollector::{run_cli, KollectorProcess};
+use kollector_tests::metrics::Metrics;
+use kollector_tests::packet_filter::PortCut;
+use kollector_tests::poll::wait_for_async;
+use kollector_tests::tansu::TansuBroker;
+
+/// Interval 1 s, timeout 500 ms: the next result is due 1.5 s after the
+/// last one, and with the default rule (3 intervals) stale 2 s after that.
+const STALE_BOUND: Duration = Duration::from_millis(3500);
+
+fn spec(id: &str, bootstrap: &str) -> pb::MonitorSpecInput {
+    pb::MonitorSpecInput {
+        id: id.into(),
+        bootstrap: vec![bootstrap.into()],
+        interval: Some("1s".into()),
+        timeout: Some("500ms".into()),
+        ..Default::default()
+    }
+}
+
+async fn latest_of(manager: &KollectorProcess, id: &str) -> Result<pb::MonitorResult, String> {
+    let mut client = manager.client().await;
+    let r = client
+        .get_latest(pb::GetLatestRequest { monitor_id: id.into() })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    r.results.into_iter().next().ok_or_else(|| "no result".to_string())
+}
+
+/// The monitor's series on a node's `/metrics`: `up`, whether the `stale`
+/// state is set, and how many Kafka series it has.
+fn seen_in_metrics(node: &KollectorProcess, id: &str) -> (Option<f64>, Option<f64>, usize) {
+    let m = Metrics::parse(&node.http_get("/metrics").unwrap_or_default()).unwrap_or_default();
+    let up = m.value("kollector_monitor_up", &[("monitor", id)]);
+    let stale = m.value("kollector_monitor_status", &[("monitor", id), ("state", "stale")]);
+    let kafka = m.with_label("monitor", id).into_iter().filter(|s| s.name.starts_with("kafka_")).count();
+    (up, stale, kafka)
+}
+
+fn is_current(r: &pb::MonitorResult) -> bool {
+    r.status.as_ref().is_some_and(|s| s.state() == pb::MonitorState::Running) && r.snapshot.is_some()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_manager_stops_serving_a_cut_off_collectors_result_as_current_within_the_stale_bound() {
+    let cluster = Cluster::start(1);
+    let mut client = cluster.manager.client().await;
+    client
+        .create_monitor(pb::CreateMonitorRequest { spec: Some(spec("m0", &cluster.broker.bootstrap())) })
+        .await
+        .unwrap();
+    wait_for_async("m0 current on the manager", Duration::from_secs(30), || async {
+        let r = latest_of(&cluster.manager, "m0").await?;
+        if is_current(&r) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", r.status))
+        }
+    })
+    .await;
+    // Steady state: never judged stale while results flow (no false alarm).
+    let quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(4) {
+        let r = latest_of(&cluster.manager, "m0").await.expect("latest");
+        assert!(is_current(&r), "judged not current while results flow: {:?}", r.status);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (up, stale, kafka) = seen_in_metrics(&cluster.manager, "m0");
+    assert_eq!((up, stale), (Some(1.0), Some(0.0)));
+    assert!(kafka > 0, "no Kafka series for m0 before the cut");
+
+    // Cut the manager off from c1's gRPC port: c1 keeps its lease (etcd)
+    // and its broker, so nothing else notices.
+    let c1 = &cluster.collectors["c1"];
+    let cut = PortCut::start(c1.grpc_port);
+    let cut_at = Instant::now();
+    let stale_after = wait_for_async("m0 stale on the manager", STALE_BOUND * 3, || async {
+        let r = latest_of(&cluster.manager, "m0").await?;
+        match r.status.as_ref().map(|s| s.state()) {
+            Some(pb::MonitorState::Stale) => Ok((cut_at.elapsed(), r)),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let (took, r) = stale_after;
+    // The last result may have arrived just before the cut: the bound runs
+    // from it, plus one poll and the stream's own latency.
+    assert!(took <= STALE_BOUND + Duration::from_millis(1500), "stale only {took:?} after the cut");
+    assert!(r.snapshot.is_none(), "a stale result still carries its snapshot");
+    let reason = r.status.as_ref().and_then(|s| s.reason.clone()).unwrap_or_default();
+    assert!(reason.contains("not served"), "reason: {reason}");
+    // /metrics: up 0, state stale, no Kafka series for it.
+    let (up, stale, kafka) = seen_in_metrics(&cluster.manager, "m0");
+    assert_eq!((up, stale, kafka), (Some(0.0), Some(1.0), 0), "manager /metrics while m0 is stale");
+    // `kollector status` says so.
+    let (ok, out, err) = run_cli(&["status", "--server", &cluster.manager.grpc_url()]);
+    assert!(ok, "status failed: {err}");
+    let line = out.lines().find(|l| l.starts_with("m0 ")).unwrap_or_else(|| panic!("no m0 in status:\n{out}"));
+    assert!(line.contains("stale"), "status line: {line}");
+    // c1 itself still collects: its own /metrics is current.
+    let (up, stale, kafka) = seen_in_metrics(c1, "m0");
+    assert_eq!((up, stale), (Some(1.0), Some(0.0)), "c1's own view");
+    assert!(kafka > 0);
+    eprintln!("stale on the manager {took:?} after the cut (bound {STALE_BOUND:?} from the last result)");
+
+    // Healed: current again, with data.
+    cut.heal();
+    wait_for_async("m0 current again after the cut healed", Duration::from_secs(30), || async {
+        let r = latest_of(&cluster.manager, "m0").await?;
+        if is_current(&r) && seen_in_metrics(&cluster.manager, "m0").2 > 0 {
+            Ok(())
+        } else {
+            Err(format!("{:?}", r.status))
+        }
+    })
+    .await;
+}
+
+/// Collectors (by name) with an established connection to `port`.
+fn connected(collectors: &[(&str, u32)], port: u16) -> Vec<String> {
+    collectors
+        .iter()
+        .filter(|(_, pid)| kollector_tests::net::established_connections_to(*pid, port) > 0)
+        .map(|(c, _)| c.to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collector_the_manager_cannot_reach_loses_its_monitors_safely_and_rejoins_without_flapping() {
+    let etcd = EtcdServer::start();
+    // One broker per monitor: who talks to a broker is who runs its monitor.
+    let brokers: Vec<TansuBroker> = (0..4).map(|i| TansuBroker::start(&format!("reach-{i}"))).collect();
+    let manager = KollectorProcess::manager_with(&etcd.endpoint(), &["--unreachable-after=2s", "--rejoin-after=3s"]);
+    let c1 = KollectorProcess::collector(&etcd.endpoint(), "c1");
+    let c2 = KollectorProcess::collector(&etcd.endpoint(), "c2");
+    let pids = [("c1", c1.pid()), ("c2", c2.pid())];
+    let mut client = manager.client().await;
+    for (i, b) in brokers.iter().take(3).enumerate() {
+        let s = spec(&format!("m{i}"), &b.bootstrap());
+        client.create_monitor(pb::CreateMonitorRequest { spec: Some(s) }).await.expect("create");
+    }
+    let ports: Vec<u16> = brokers.iter().map(|b| b.port()).collect();
+    // Settled with c1 running at least one of them.
+    wait_for_async("m0..m2 running, some on c1", Duration::from_secs(30), || async {
+        let on: Vec<Vec<String>> = ports[..3].iter().map(|p| connected(&pids, *p)).collect();
+        let one_each = on.iter().all(|c| c.len() == 1);
+        if one_each && on.iter().any(|c| c[0] == "c1") {
+            Ok(())
+        } else {
+            Err(format!("{on:?}"))
+        }
+    })
+    .await;
+
+    let cut = PortCut::start(c1.grpc_port);
+    let cut_at = Instant::now();
+    // Created during the cut: must never be stranded on c1.
+    client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec("m3", &brokers[3].bootstrap())) }).await.unwrap();
+    let mut samples = 0;
+    let moved_after = loop {
+        let on: Vec<Vec<String>> = ports.iter().map(|p| connected(&pids, *p)).collect();
+        samples += 1;
+        for (i, c) in on.iter().enumerate() {
+            assert!(c.len() <= 1, "m{i} has two owners at {:?} after the cut: {c:?}", cut_at.elapsed());
+        }
+        if on.iter().all(|c| c == &["c2".to_string()]) {
+            break cut_at.elapsed();
+        }
+        assert!(cut_at.elapsed() < Duration::from_secs(30), "not all on c2 30s after the cut: {on:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Silence counts from the first unanswered ListRunning and is acted on
+    // after --unreachable-after (2 s) plus a pass; the mark outlives the
+    // revoked lease's TTL by a second (4 s); then a pass, an Assign and a
+    // first connection: about 8 s. The bound leaves 3 s for a slow machine.
+    assert!(moved_after <= Duration::from_secs(11), "moved only {moved_after:?} after the cut");
+    let revocations = Metrics::parse(&manager.http_get("/metrics").unwrap())
+        .unwrap()
+        .value("kollector_collector_revocations_total", &[]);
+    assert_eq!(revocations, Some(1.0), "one revocation of c1");
+    // While cut, c1 gets nothing back (it registered again, silent: probation).
+    let hold = Instant::now();
+    while hold.elapsed() < Duration::from_secs(3) {
+        for (i, p) in ports.iter().enumerate() {
+            assert_eq!(connected(&pids, *p), vec!["c2".to_string()], "m{i} while c1 is still cut");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ok, out, err) = run_cli(&["status", "--server", &manager.grpc_url()]);
+    assert!(ok, "{err}");
+    let c1_line = out.lines().find(|l| l.starts_with("c1 ")).unwrap_or_else(|| panic!("c1 not listed:\n{out}"));
+    assert!(c1_line.contains("probation") || c1_line.contains("revoked"), "c1 while cut: {c1_line}");
+    eprintln!(
+        "all monitors on c2 {moved_after:?} after the cut ({samples} samples, never two owners); status: {c1_line}"
+    );
+
+    // Healed: c1 answers again, waits out its probation, then takes work
+    // back by ordinary moves, never two owners, never revoked again.
+    cut.heal();
+    let healed = Instant::now();
+    let rejoined = loop {
+        let on: Vec<Vec<String>> = ports.iter().map(|p| connected(&pids, *p)).collect();
+        for (i, c) in on.iter().enumerate() {
+            assert!(c.len() <= 1, "m{i} has two owners {:?} after the heal: {c:?}", healed.elapsed());
+        }
+        if on.iter().any(|c| c == &["c1".to_string()]) {
+            break healed.elapsed();
+        }
+        assert!(healed.elapsed() < Duration::from_secs(30), "c1 got no work back: {on:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(rejoined >= Duration::from_secs(3), "c1 got work {rejoined:?} after the heal, within its probation");
+    let revocations = Metrics::parse(&manager.http_get("/metrics").unwrap())
+        .unwrap()
+        .value("kollector_collector_revocations_total", &[]);
+    assert_eq!(revocations, Some(1.0), "c1 was revoked again after it came back");
+    eprintln!("c1 took work back {rejoined:?} after the heal");
+}
