@@ -143,7 +143,12 @@ pub async fn owners_among<'a>(
 
 pub async fn latest(manager: &KollectorProcess) -> Vec<pb::MonitorResult> {
     let mut client = manager.client().await;
-    client.get_latest(pb::GetLatestRequest { monitor_id: String::new() }).await.unwrap().into_inner().results
+    client
+        .get_latest(pb::GetLatestRequest { monitor_id: String::new(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .results
 }
 
 pub fn loads(owner: &BTreeMap<String, String>) -> BTreeMap<String, usize> {

@@ -260,3 +260,81 @@ fn config_file_errors_name_file_line_and_field_and_nothing_starts() {
     let (ok, _, err) = run_cli(&["standalone", "--config", "/nonexistent/kollector.toml"]);
     assert!(!ok && err.contains("reading config file /nonexistent/kollector.toml"), "{err}");
 }
+
+/// `kollector monitor list | head`: a reader that went away ends the CLI
+/// quietly with success (it used to panic on the broken pipe).
+#[test]
+fn a_closed_stdout_ends_the_cli_quietly() {
+    let monitors: String =
+        (0..3).map(|i| kollector_tests::kollector::monitor_toml(&format!("m{i}"), "127.0.0.1:9", "1h")).collect();
+    let k = KollectorProcess::standalone(&monitors);
+    let mut child = std::process::Command::new(kollector_tests::kollector::kollector_bin())
+        .args(["monitor", "--server", &k.grpc_url(), "list"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the CLI");
+    // Close the read end before the CLI writes anything.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for the CLI");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}, stderr: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// A collector's declared capacity and labels are bounded, and lease TTLs
+/// are whole seconds (etcd's unit): refused at start, with the reason.
+#[test]
+fn absurd_weights_labels_and_fractional_ttls_are_refused_at_start() {
+    let long_value = format!("team={}", "x".repeat(300));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--weight", "1e300"], "weight"),
+        (vec!["--weight", "0"], "weight"),
+        (vec!["--weight", "NaN"], "weight"),
+        (vec!["--label", &long_value], "label"),
+        (vec!["--lease-ttl", "2500ms"], "whole seconds"),
+    ];
+    for (extra, says) in cases {
+        let mut args = vec![
+            "collector",
+            "--etcd",
+            "http://127.0.0.1:9",
+            "--id",
+            "c1",
+            "--insecure",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend(["--http-listen", "127.0.0.1:0"]);
+        args.extend(extra.iter().copied());
+        let (ok, _, err) = run_cli(&args);
+        assert!(!ok && err.contains(says), "{extra:?}: {err}");
+    }
+    let (ok, _, err) = run_cli(&[
+        "manager",
+        "--etcd",
+        "http://127.0.0.1:9",
+        "--insecure",
+        "--election-ttl",
+        "2.5s",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!ok && err.contains("whole seconds"), "{err}");
+    let (ok, _, err) = run_cli(&[
+        "manager",
+        "--etcd",
+        "http://127.0.0.1:9",
+        "--insecure",
+        "--unreachable-after",
+        "500ms",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!ok && err.contains("--unreachable-after"), "{err}");
+}

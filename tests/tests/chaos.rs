@@ -219,8 +219,12 @@ async fn sample(shared: &Arc<Mutex<Shared>>) {
             let mut c =
                 ManagerServiceClient::connect(url.clone()).await.ok()?.max_decoding_message_size(64 * 1024 * 1024);
             let before = c.get_assignments(pb::GetAssignmentsRequest {}).await.ok()?.into_inner().assignments;
-            let latest =
-                c.get_latest(pb::GetLatestRequest { monitor_id: String::new() }).await.ok()?.into_inner().results;
+            let latest = c
+                .get_latest(pb::GetLatestRequest { monitor_id: String::new(), ..Default::default() })
+                .await
+                .ok()?
+                .into_inner()
+                .results;
             let after = c.get_assignments(pb::GetAssignmentsRequest {}).await.ok()?.into_inner().assignments;
             let owned = |list: &[pb::Assignment], r: &pb::MonitorResult| {
                 list.iter()
@@ -459,7 +463,7 @@ async fn seeded_chaos_keeps_one_owner_per_monitor_and_converges() {
         let on = owners_among(chaos.collectors.iter().filter_map(|(id, c)| c.process.as_ref().map(|p| (id, p)))).await;
         let mut c = chaos.client().await;
         let results = c
-            .get_latest(pb::GetLatestRequest { monitor_id: String::new() })
+            .get_latest(pb::GetLatestRequest { monitor_id: String::new(), ..Default::default() })
             .await
             .map_err(|e| e.to_string())?
             .into_inner()

@@ -47,7 +47,11 @@ async fn thirty_monitors_spread_over_three_collectors_and_a_fourth_takes_a_quart
     // Results come from the owners, under the current epochs.
     wait_for_async("results from c4", Duration::from_secs(15), || async {
         let mut client = cluster.manager.client().await;
-        let r = client.get_latest(pb::GetLatestRequest { monitor_id: String::new() }).await.unwrap().into_inner();
+        let r = client
+            .get_latest(pb::GetLatestRequest { monitor_id: String::new(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
         let from_c4 = r.results.iter().filter(|r| r.collector_id == "c4" && r.snapshot.is_some()).count();
         if from_c4 >= 7 {
             Ok(())
@@ -76,8 +80,11 @@ async fn sigkill_of_a_collector_moves_only_its_monitors_within_ttl_plus_five_sec
         wait_for_async("every orphan running elsewhere with a fresh result", Duration::from_secs(30), || async {
             let owners = cluster.settled(30, 30).await;
             let mut client = cluster.manager.client().await;
-            let latest =
-                client.get_latest(pb::GetLatestRequest { monitor_id: String::new() }).await.unwrap().into_inner();
+            let latest = client
+                .get_latest(pb::GetLatestRequest { monitor_id: String::new(), ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner();
             let fresh = fresh_elsewhere(&latest.results, &orphans, &victim, killed_ms);
             if fresh == orphans.len() {
                 Ok(owners)

@@ -45,7 +45,7 @@ fn spec(id: &str, bootstrap: &str) -> pb::MonitorSpecInput {
 async fn latest_of(manager: &KollectorProcess, id: &str) -> Result<pb::MonitorResult, String> {
     let mut client = manager.client().await;
     let r = client
-        .get_latest(pb::GetLatestRequest { monitor_id: id.into() })
+        .get_latest(pb::GetLatestRequest { monitor_id: id.into(), ..Default::default() })
         .await
         .map_err(|e| e.to_string())?
         .into_inner();
@@ -93,6 +93,19 @@ async fn the_manager_stops_serving_a_cut_off_collectors_result_as_current_within
     let (up, stale, kafka) = seen_in_metrics(&cluster.manager, "m0");
     assert_eq!((up, stale), (Some(1.0), Some(0.0)));
     assert!(kafka > 0, "no Kafka series for m0 before the cut");
+    // `status` reads a summary: states without snapshots, the cluster id
+    // from the pinned one.
+    let summary = client
+        .get_latest(pb::GetLatestRequest { monitor_id: String::new(), summary: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(summary.len() == 1 && summary[0].snapshot.is_none(), "a summary carries no snapshot");
+    let (ok, out, err) = run_cli(&["status", "--server", &cluster.manager.grpc_url()]);
+    assert!(ok, "status failed: {err}");
+    let line = out.lines().find(|l| l.starts_with("m0 ")).unwrap_or_else(|| panic!("no m0 in status:\n{out}"));
+    assert!(line.contains("running") && line.contains("cluster-kafka"), "status line: {line}");
 
     // Cut the manager off from c1's gRPC port: c1 keeps its lease (etcd)
     // and its broker, so nothing else notices.

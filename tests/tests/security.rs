@@ -262,7 +262,12 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
         let mut api = api.clone();
         let admin = admin.clone();
         async move {
-            let r = api.get_latest(with_token(pb::GetLatestRequest { monitor_id: "plain".into() }, Some(&admin))).await;
+            let r = api
+                .get_latest(with_token(
+                    pb::GetLatestRequest { monitor_id: "plain".into(), ..Default::default() },
+                    Some(&admin),
+                ))
+                .await;
             let r = r.map_err(|e| e.to_string())?.into_inner();
             r.results.iter().any(|r| r.snapshot.is_some()).then_some(()).ok_or_else(|| format!("{:?}", r.results))
         }
@@ -273,8 +278,12 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
         let mut api = api.clone();
         let admin = admin.clone();
         async move {
-            let r =
-                api.get_latest(with_token(pb::GetLatestRequest { monitor_id: "secret".into() }, Some(&admin))).await;
+            let r = api
+                .get_latest(with_token(
+                    pb::GetLatestRequest { monitor_id: "secret".into(), ..Default::default() },
+                    Some(&admin),
+                ))
+                .await;
             let r = r.map_err(|e| e.to_string())?.into_inner();
             (!r.results.is_empty()).then_some(()).ok_or("none yet".to_string())
         }
@@ -494,7 +503,9 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     // Kafka client (its SASL attempt against a broker without SASL failed).
     let latest = format!(
         "{:?}",
-        api.get_latest(with_token(pb::GetLatestRequest { monitor_id: "secret".into() }, a)).await.unwrap()
+        api.get_latest(with_token(pb::GetLatestRequest { monitor_id: "secret".into(), ..Default::default() }, a))
+            .await
+            .unwrap()
     );
     assert!(latest.contains("error"), "{latest}");
     drop(channel);

@@ -96,7 +96,7 @@ fn values_in_metrics_and_get_latest_equal_what_was_produced_and_committed() {
     rt.block_on(async {
         let mut client = k.client().await;
         let latest = client
-            .get_latest(pb::GetLatestRequest { monitor_id: "shop".into() })
+            .get_latest(pb::GetLatestRequest { monitor_id: "shop".into(), ..Default::default() })
             .await
             .expect("GetLatest")
             .into_inner();
@@ -193,7 +193,7 @@ fn reconfigure_points_monitor_at_other_cluster_and_closes_old_connections() {
             let mut client = client.clone();
             async move {
                 let r = client
-                    .get_latest(pb::GetLatestRequest { monitor_id: "mon-a".into() })
+                    .get_latest(pb::GetLatestRequest { monitor_id: "mon-a".into(), ..Default::default() })
                     .await
                     .map_err(|e| e.to_string())?;
                 let r = r.into_inner().results.remove(0);
@@ -266,8 +266,11 @@ fn identity_guard_refuses_a_different_cluster_at_the_same_address() {
                 .filter_map(|s| s.labels.get("topic").map(String::as_str))
                 .collect();
             assert!(!topics.contains("impostor-topic"));
-            let r =
-                client.get_latest(pb::GetLatestRequest { monitor_id: "guarded".into() }).await.unwrap().into_inner();
+            let r = client
+                .get_latest(pb::GetLatestRequest { monitor_id: "guarded".into(), ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner();
             if let Some(e) = &r.results[0].error {
                 if e.kind == "identity_mismatch" {
                     assert!(

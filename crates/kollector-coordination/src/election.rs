@@ -155,6 +155,10 @@ async fn run(config: ElectionConfig, state: watch::Sender<Leadership>, mut stop:
             LeaseEnd::Lost(reason) => {
                 tracing::warn!(term = token.term, "stepping down: {reason}");
                 let _ = state.send(Leadership::Follower);
+                // Give the seat up now if etcd can still be reached (the
+                // keepalives failed, the lease may not have): otherwise no
+                // manager leads until the lease runs out at etcd.
+                lease::revoke(&mut client, lease_id, ttl).await;
             }
         }
     }

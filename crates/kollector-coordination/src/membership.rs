@@ -49,6 +49,43 @@ pub struct CollectorRecord {
     pub version: String,
 }
 
+impl CollectorRecord {
+    /// Relative capacities a collector may declare: a typo (`1e300`) must
+    /// not hand one collector every monitor, each Assign carrying secrets.
+    pub const WEIGHT_RANGE: std::ops::RangeInclusive<f64> = 0.01..=100.0;
+    /// Placement labels a collector may declare, and their sizes.
+    pub const MAX_LABELS: usize = 32;
+    pub const MAX_LABEL_KEY: usize = 63;
+    pub const MAX_LABEL_VALUE: usize = 255;
+
+    /// Why this record may not be planned on, if it may not. Checked at a
+    /// collector's start, and by the planner for records read from etcd.
+    pub fn check(&self) -> Result<(), String> {
+        if !Self::WEIGHT_RANGE.contains(&self.weight) {
+            return Err(format!(
+                "weight {} is outside {}..={}",
+                self.weight,
+                Self::WEIGHT_RANGE.start(),
+                Self::WEIGHT_RANGE.end()
+            ));
+        }
+        if self.labels.len() > Self::MAX_LABELS {
+            return Err(format!("{} labels, at most {}", self.labels.len(), Self::MAX_LABELS));
+        }
+        for (k, v) in &self.labels {
+            if k.is_empty() || k.len() > Self::MAX_LABEL_KEY || v.len() > Self::MAX_LABEL_VALUE {
+                return Err(format!(
+                    "label {:?}: keys 1 to {} bytes, values at most {}",
+                    k.chars().take(80).collect::<String>(),
+                    Self::MAX_LABEL_KEY,
+                    Self::MAX_LABEL_VALUE
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct MembershipConfig {
     pub etcd: crate::lease::EtcdAccess,

@@ -82,6 +82,12 @@ impl ManagerConfig {
         if self.election_ttl < Duration::from_secs(2) {
             return Err(NodeError::Invalid("--election-ttl must be at least 2s (etcd's minimum lease)".into()));
         }
+        if self.election_ttl.subsec_nanos() != 0 {
+            return Err(NodeError::Invalid(format!(
+                "--election-ttl must be whole seconds (etcd leases are), got {:?}",
+                self.election_ttl
+            )));
+        }
         if self.liveness.unreachable_after < Duration::from_secs(2)
             || self.liveness.unreachable_after <= self.reconcile_period
         {

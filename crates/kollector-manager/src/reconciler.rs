@@ -505,7 +505,11 @@ impl Reconciler {
     /// Sends commands: to one collector up to `IN_FLIGHT_PER_COLLECTOR` at a
     /// time, to all collectors in parallel, each addressed to the lease etcd
     /// names for its collector. A collector whose call times out gets no more
-    /// commands this pass. Returns the commands answered OK.
+    /// commands this pass, and one collector's whole batch gets at most
+    /// `CALL_TIMEOUT`: a slow collector (every call just under the timeout)
+    /// must not hold the pass, and with it failovers onto the others, for
+    /// minutes. Commands cut off are unconfirmed and sent again next pass
+    /// (fencing makes a late one harmless). Returns the commands answered OK.
     async fn send(
         &self,
         collectors: &BTreeMap<CollectorId, LiveCollector>,
@@ -559,6 +563,7 @@ impl Reconciler {
                 futures::stream::iter(commands.into_iter().map(one))
                     .buffer_unordered(IN_FLIGHT_PER_COLLECTOR)
                     .filter_map(|x| async move { x })
+                    .take_until(tokio::time::sleep(CALL_TIMEOUT))
                     .collect::<Vec<_>>()
                     .await
             }
@@ -582,7 +587,10 @@ impl Command {
     }
 }
 
-/// The planner's collectors: the live ones that are not draining.
+/// The planner's collectors: the live ones that are not draining (or
+/// otherwise closed) and whose declared weight and labels are within
+/// bounds (one out of range in etcd gets no monitors; it still holds what
+/// it runs).
 pub fn slots(
     collectors: &BTreeMap<CollectorId, LiveCollector>,
     draining: &BTreeSet<CollectorId>,
@@ -590,6 +598,13 @@ pub fn slots(
     collectors
         .iter()
         .filter(|(id, _)| !draining.contains(*id))
+        .filter(|(id, c)| match c.record.check() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(collector = %id, "not planning on a collector whose record is out of bounds: {e}");
+                false
+            }
+        })
         .map(|(id, c)| CollectorSlot { id: id.clone(), weight: c.record.weight, labels: c.record.labels.clone() })
         .collect()
 }

@@ -146,6 +146,9 @@ pub struct ClusterRunner {
     waits: tokio::sync::Semaphore,
     /// The reconciler's view of collectors' health (this manager's, when it leads).
     health: Option<std::sync::Arc<crate::reconciler::ReconcilerStats>>,
+    /// Probes go to collectors in turn, so one collector does not carry
+    /// every probe's temporary Kafka client.
+    next_probe: std::sync::atomic::AtomicUsize,
 }
 
 /// Most Update/Delete waits at once (each polls every collector every 200 ms).
@@ -167,6 +170,7 @@ impl ClusterRunner {
             apply_timeout,
             waits: tokio::sync::Semaphore::new(MAX_WAITS),
             health: None,
+            next_probe: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -299,8 +303,12 @@ impl Runner for ClusterRunner {
     async fn probe(&self, spec: MonitorSpec) -> Result<Result<Snapshot, CollectError>, Status> {
         // Probe from a collector: that is where the monitor would run.
         let collectors = self.store.collectors().await.map_err(etcd_status)?;
+        if collectors.is_empty() {
+            return Err(Status::unavailable("no live collector to probe from"));
+        }
+        let turn = self.next_probe.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % collectors.len();
         let (_, live) =
-            collectors.iter().next().ok_or_else(|| Status::unavailable("no live collector to probe from"))?;
+            collectors.iter().nth(turn).ok_or_else(|| Status::unavailable("no live collector to probe from"))?;
         let mut c = self
             .clients
             .get(&live.record.grpc_address)

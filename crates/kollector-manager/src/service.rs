@@ -256,7 +256,8 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
 
     async fn get_latest(&self, req: Request<pb::GetLatestRequest>) -> Result<Response<pb::GetLatestResponse>, Status> {
         self.guard.check(&req, Role::Viewer, "get_latest")?;
-        let wanted = req.into_inner().monitor_id;
+        let req = req.into_inner();
+        let (wanted, summary) = (req.monitor_id, req.summary);
         // Read the specs now: only results of the specs in force are served.
         let specs = if wanted.is_empty() {
             self.desired.list().await.map_err(read_status)?.monitors
@@ -266,7 +267,18 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
             BTreeMap::from([(id, spec)])
         };
         let view = self.view(&specs).await?;
-        Ok(Response::new(pb::GetLatestResponse { results: view.results.values().map(result_to_proto).collect() }))
+        let results = view
+            .results
+            .values()
+            .map(|r| {
+                let mut p = result_to_proto(r);
+                if summary {
+                    p.snapshot = None;
+                }
+                p
+            })
+            .collect();
+        Ok(Response::new(pb::GetLatestResponse { results }))
     }
 
     async fn list_collectors(

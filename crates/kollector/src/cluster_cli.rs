@@ -43,9 +43,9 @@ pub async fn collectors(args: CollectorsArgs) -> anyhow::Result<()> {
         CollectorsCommand::Drain { id, undo } => {
             client.drain(pb::DrainRequest { collector_id: id.clone(), undo }).await.map_err(status_error)?;
             if undo {
-                println!("{id} takes monitors again");
+                out!("{id} takes monitors again");
             } else {
-                println!("{id} is draining: its monitors move to other collectors within a reconcile period");
+                out!("{id} is draining: its monitors move to other collectors within a reconcile period");
             }
         }
     }
@@ -54,20 +54,17 @@ pub async fn collectors(args: CollectorsArgs) -> anyhow::Result<()> {
 
 fn print_collectors(r: &pb::ListCollectorsResponse) {
     if r.leader_address.is_empty() {
-        println!("leader: none");
+        out!("leader: none");
     } else {
-        println!("leader: {} (term {})", r.leader_address, r.leader_term);
+        out!("leader: {} (term {})", r.leader_address, r.leader_term);
     }
     if r.collectors.is_empty() {
-        println!("no live collectors");
+        out!("no live collectors");
         return;
     }
-    println!(
-        "{:<20} {:>8} {:>6} {:<9} {:<12} {:<22} HTTP",
-        "COLLECTOR", "MONITORS", "WEIGHT", "STATE", "HEALTH", "GRPC"
-    );
+    out!("{:<20} {:>8} {:>6} {:<9} {:<12} {:<22} HTTP", "COLLECTOR", "MONITORS", "WEIGHT", "STATE", "HEALTH", "GRPC");
     for c in &r.collectors {
-        println!(
+        out!(
             "{:<20} {:>8} {:>6} {:<9} {:<12} {:<22} {}",
             c.id,
             c.monitors,
@@ -85,12 +82,15 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let collectors = client.list_collectors(pb::ListCollectorsRequest {}).await.map_err(status_error)?.into_inner();
     print_collectors(&collectors);
     let assignments = client.get_assignments(pb::GetAssignmentsRequest {}).await.map_err(status_error)?.into_inner();
-    let latest =
-        client.get_latest(pb::GetLatestRequest { monitor_id: String::new() }).await.map_err(status_error)?.into_inner();
+    let latest = client
+        .get_latest(pb::GetLatestRequest { monitor_id: String::new(), summary: true })
+        .await
+        .map_err(status_error)?
+        .into_inner();
     let results: BTreeMap<&str, &pb::MonitorResult> =
         latest.results.iter().map(|r| (r.monitor_id.as_str(), r)).collect();
-    println!();
-    println!("{:<24} {:<20} {:>8} {:<10} {:<14} CLUSTER", "MONITOR", "COLLECTOR", "EPOCH", "STATE", "LAST RESULT");
+    out!();
+    out!("{:<24} {:<20} {:>8} {:<10} {:<14} CLUSTER", "MONITOR", "COLLECTOR", "EPOCH", "STATE", "LAST RESULT");
     let mut rows: Vec<(&str, &str, u64)> = assignments
         .assignments
         .iter()
@@ -100,33 +100,33 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     rows.sort();
     for (m, c, epoch) in rows {
         let r = results.get(m);
-        println!(
+        out!(
             "{:<24} {:<20} {:>8} {:<10} {:<14} {}",
             m,
             c,
             epoch,
             state_name(r.and_then(|r| r.status.as_ref())),
             r.map(|r| ago(r.attempted_at_ms)).unwrap_or_else(|| "none yet".into()),
-            r.and_then(|r| r.snapshot.as_ref()).map(|s| s.cluster_id.as_str()).unwrap_or("-")
+            r.and_then(|r| r.status.as_ref()?.pinned_cluster_id.as_deref()).unwrap_or("-")
         );
     }
     for (m, why) in &assignments.unplaced {
-        println!("{m:<24} {:<20} {:>8} {:<10} {why}", "-", "-", "waiting");
+        out!("{m:<24} {:<20} {:>8} {:<10} {why}", "-", "-", "waiting");
     }
     let moving: Vec<&pb::Assignment> = assignments.assignments.iter().filter(|a| !a.releasing.is_empty()).collect();
     if !moving.is_empty() {
-        println!();
-        println!("moves waiting for an earlier owner to confirm it stopped ({}):", moving.len());
+        out!();
+        out!("moves waiting for an earlier owner to confirm it stopped ({}):", moving.len());
         for a in moving {
             let to = if a.collector_id.is_empty() { "(deleted)" } else { a.collector_id.as_str() };
-            println!("  {:<24} → {:<20} waiting for {}", a.monitor_id, to, a.releasing.join(", "));
+            out!("  {:<24} → {:<20} waiting for {}", a.monitor_id, to, a.releasing.join(", "));
         }
     }
     if !assignments.invalid.is_empty() {
-        println!();
-        println!("monitors whose stored spec cannot be read (skipped until fixed or deleted):");
+        out!();
+        out!("monitors whose stored spec cannot be read (skipped until fixed or deleted):");
         for (m, why) in &assignments.invalid {
-            println!("  {m:<24} {why}");
+            out!("  {m:<24} {why}");
         }
     }
     Ok(())

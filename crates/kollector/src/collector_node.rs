@@ -65,7 +65,7 @@ pub struct CollectorArgs {
     /// stops them at once.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
-    /// Relative capacity for the planner (1.0 = typical).
+    /// Relative capacity for the planner (1.0 = typical; 0.01 to 100).
     #[arg(long, default_value_t = 1.0)]
     weight: f64,
     #[command(flatten)]
@@ -144,8 +144,10 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     if args.lease_ttl < Duration::from_secs(2) {
         anyhow::bail!("--lease-ttl must be at least 2s (etcd's minimum lease)");
     }
-    if !(args.weight > 0.0 && args.weight.is_finite()) {
-        anyhow::bail!("--weight must be a positive number");
+    if args.lease_ttl.subsec_nanos() != 0 {
+        // etcd grants whole seconds: a fence computed from 2.99s would
+        // leave 10 ms of margin against a 2 s lease.
+        anyhow::bail!("--lease-ttl must be whole seconds (etcd leases are), got {:?}", args.lease_ttl);
     }
     let limits = args.grpc.limits()?;
     let tls = args.tls.load("this collector")?;
@@ -158,6 +160,14 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     let http_address = args.advertise_http.clone().unwrap_or_else(|| http_addr.to_string());
     let (etcd_for_drain, prefix, drain_timeout, args_ttl) =
         (etcd.clone(), args.cluster.prefix.clone(), args.drain_timeout, args.lease_ttl);
+    let record = CollectorRecord {
+        grpc_address: args.advertise_grpc.clone().unwrap_or_else(|| grpc_addr.to_string()),
+        http_address: http_address.clone(),
+        labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+        weight: args.weight,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    record.check().map_err(|e| anyhow::anyhow!("--weight/--label: {e}"))?;
     let options = args.kafka_tls.client_options();
     // Shut until registered: no collection without a live lease.
     let gate = CollectGate::shut();
@@ -168,19 +178,7 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     let service = CollectorServiceImpl::new(id.clone(), node.clone(), options, lease.clone(), limits.max_message_bytes)
         .with_term_source(term_source(etcd.clone(), args.cluster.prefix.clone(), args.lease_ttl));
     let member = ClusterMember::start(
-        MembershipConfig {
-            etcd,
-            prefix: args.cluster.prefix,
-            id: id.clone(),
-            record: CollectorRecord {
-                grpc_address: args.advertise_grpc.unwrap_or_else(|| grpc_addr.to_string()),
-                http_address: http_address.clone(),
-                labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
-                weight: args.weight,
-                version: env!("CARGO_PKG_VERSION").to_string(),
-            },
-            ttl: args.lease_ttl,
-        },
+        MembershipConfig { etcd, prefix: args.cluster.prefix, id: id.clone(), record, ttl: args.lease_ttl },
         node.clone(),
         gate,
         lease,

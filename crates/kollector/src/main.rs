@@ -3,6 +3,30 @@
 //! in `kollector-collector` (monitors), `kollector-manager` (API) and
 //! `kollector-kafka` (collection).
 
+/// `println!` for the CLI's output: a reader that went away (`kollector
+/// status | head`) ends the process quietly with success, as other Unix
+/// tools do, instead of a panic; any other write error ends it with 1.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        crate::cli_output::done(writeln!(std::io::stdout().lock(), $($t)*))
+    }};
+}
+
+mod cli_output {
+    /// Ends the process if writing to stdout failed.
+    pub fn done(r: std::io::Result<()>) {
+        match r {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+            Err(e) => {
+                eprintln!("error: writing the output: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
 mod cluster_cli;
 mod collector_node;
 mod demo;

@@ -293,7 +293,12 @@ pub(crate) async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
         ),
         None => None,
     };
-    Ok(ManagerServiceClient::with_interceptor(channel, BearerToken(header)))
+    // Answers as large as the servers may send (a GetLatest of a large
+    // cluster), not tonic's 4 MiB default.
+    let limit = kollector_proto::GrpcLimits::default().max_message_bytes;
+    Ok(ManagerServiceClient::with_interceptor(channel, BearerToken(header))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit))
 }
 
 pub(crate) fn status_error(s: tonic::Status) -> anyhow::Error {
@@ -332,13 +337,13 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
         MonitorCommand::Rm { id } => {
             let id = id.get();
             client.delete_monitor(pb::DeleteMonitorRequest { id: id.clone() }).await.map_err(status_error)?;
-            println!("deleted {id} (Kafka client closed)");
+            out!("deleted {id} (Kafka client closed)");
         }
         MonitorCommand::Get { id, json } => {
             let info =
                 client.get_monitor(pb::GetMonitorRequest { id: id.get() }).await.map_err(status_error)?.into_inner();
             if json {
-                println!("{}", serde_json::to_string_pretty(&info_json(&info))?);
+                out!("{}", serde_json::to_string_pretty(&info_json(&info))?);
             } else {
                 print_info_detail(&info);
             }
@@ -347,11 +352,11 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
             let list = client.list_monitors(pb::ListMonitorsRequest {}).await.map_err(status_error)?.into_inner();
             if json {
                 let v: Vec<_> = list.monitors.iter().map(info_json).collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                out!("{}", serde_json::to_string_pretty(&v)?);
             } else if list.monitors.is_empty() {
-                println!("no monitors");
+                out!("no monitors");
             } else {
-                println!("{:<24} {:>4} {:<10} {:<8} {:<10} BOOTSTRAP", "ID", "GEN", "STATE", "INTERVAL", "CLUSTER");
+                out!("{:<24} {:>4} {:<10} {:<8} {:<10} BOOTSTRAP", "ID", "GEN", "STATE", "INTERVAL", "CLUSTER");
                 for m in &list.monitors {
                     print_info_line(m);
                 }
@@ -368,15 +373,18 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
         }
         MonitorCommand::Show { id, id_pos, json } => {
             let r = client
-                .get_latest(pb::GetLatestRequest { monitor_id: id.or(id_pos).unwrap_or_default() })
+                .get_latest(pb::GetLatestRequest {
+                    monitor_id: id.or(id_pos).unwrap_or_default(),
+                    ..Default::default()
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();
             if json {
                 let v: Vec<_> = r.results.iter().map(result_json).collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                out!("{}", serde_json::to_string_pretty(&v)?);
             } else if r.results.is_empty() {
-                println!("no monitors");
+                out!("no monitors");
             }
             if !json {
                 for res in &r.results {
@@ -405,7 +413,7 @@ pub(crate) fn state_name(s: Option<&pb::MonitorStatus>) -> &'static str {
 fn print_info_line(m: &pb::MonitorInfo) {
     let Some(spec) = &m.spec else { return };
     let cluster = m.status.as_ref().and_then(|s| s.pinned_cluster_id.clone()).unwrap_or_else(|| "-".into());
-    println!(
+    out!(
         "{:<24} {:>4} {:<10} {:<8} {:<10} {}",
         spec.id,
         spec.generation,
@@ -418,11 +426,11 @@ fn print_info_line(m: &pb::MonitorInfo) {
 
 fn print_info_detail(m: &pb::MonitorInfo) {
     let Some(s) = &m.spec else { return };
-    println!("id:          {}", s.id);
-    println!("generation:  {}", s.generation);
-    println!("bootstrap:   {}", s.bootstrap.join(", "));
-    println!("interval:    {}   timeout: {}   lag history: {}", s.interval, s.timeout, s.lag_history);
-    println!("client id:   {}   group metrics: per {}", s.client_id, s.group_metrics);
+    out!("id:          {}", s.id);
+    out!("generation:  {}", s.generation);
+    out!("bootstrap:   {}", s.bootstrap.join(", "));
+    out!("interval:    {}   timeout: {}   lag history: {}", s.interval, s.timeout, s.lag_history);
+    out!("client id:   {}   group metrics: per {}", s.client_id, s.group_metrics);
     for (name, v) in [
         ("topics in", &s.topic_include),
         ("topics out", &s.topic_exclude),
@@ -431,11 +439,11 @@ fn print_info_detail(m: &pb::MonitorInfo) {
         ("expect id", &s.expected_cluster_id),
     ] {
         if let Some(v) = v {
-            println!("{name:<12} {v}");
+            out!("{name:<12} {v}");
         }
     }
     if let Some(sasl) = &s.sasl {
-        println!(
+        out!(
             "sasl:        {} user={} password={}",
             sasl.mechanism,
             sasl.username,
@@ -443,17 +451,17 @@ fn print_info_detail(m: &pb::MonitorInfo) {
         );
     }
     if let Some(tls) = &s.tls {
-        println!("tls:         on ca={:?} insecure_skip_verify={}", tls.ca_file, tls.insecure_skip_verify);
+        out!("tls:         on ca={:?} insecure_skip_verify={}", tls.ca_file, tls.insecure_skip_verify);
     }
     if let Some(st) = &m.status {
-        println!("state:       {}", state_name(Some(st)));
+        out!("state:       {}", state_name(Some(st)));
         if let Some(r) = &st.reason {
-            println!("reason:      {r}");
+            out!("reason:      {r}");
         }
         if let Some(c) = &st.pinned_cluster_id {
-            println!("cluster id:  {c}");
+            out!("cluster id:  {c}");
         }
-        println!("restarts:    {}   consecutive failures: {}", st.restarts, st.consecutive_failures);
+        out!("restarts:    {}   consecutive failures: {}", st.restarts, st.consecutive_failures);
     }
 }
 
@@ -518,20 +526,20 @@ pub(crate) fn ago(ms: u64) -> String {
 }
 
 fn print_result(r: &pb::MonitorResult) {
-    println!("== {} (generation {}): {}", r.monitor_id, r.generation, state_name(r.status.as_ref()));
+    out!("== {} (generation {}): {}", r.monitor_id, r.generation, state_name(r.status.as_ref()));
     if let Some(e) = &r.error {
-        println!("   latest attempt {} failed ({}): {}", ago(r.attempted_at_ms), e.kind, e.message);
+        out!("   latest attempt {} failed ({}): {}", ago(r.attempted_at_ms), e.kind, e.message);
     }
     match &r.snapshot {
         Some(s) if r.error.is_none() => print_snapshot(s),
-        Some(s) => println!("   last good snapshot from {} (cluster {})", ago(s.collected_at_ms), s.cluster_id),
-        None => println!("   no snapshot yet"),
+        Some(s) => out!("   last good snapshot from {} (cluster {})", ago(s.collected_at_ms), s.cluster_id),
+        None => out!("   no snapshot yet"),
     }
 }
 
 fn print_snapshot(s: &pb::Snapshot) {
     let partitions: usize = s.topics.iter().map(|t| t.partitions.len()).sum();
-    println!(
+    out!(
         "   cluster {}  controller {}  brokers {}  topics {}  partitions {}  groups {}  (collected {} in {} ms)",
         s.cluster_id,
         s.controller_id.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
@@ -547,28 +555,33 @@ fn print_snapshot(s: &pb::Snapshot) {
         s.topics.iter().flat_map(|t| &t.partitions).filter(|p| p.leader.is_some() && p.latest.is_none()).count();
     let missing_groups = s.groups.iter().filter(|g| g.description_unread || g.offsets_unread).count();
     if !s.broker_errors.is_empty() || missing_partitions > 0 || missing_groups > 0 {
-        println!(
+        out!(
             "   PARTIAL: {missing_partitions} partition(s) and {missing_groups} group(s) not read this cycle (no series for them)"
         );
     }
     for e in &s.broker_errors {
-        println!("   broker {} unreachable ({}): {}", e.broker, e.kind, e.message);
+        out!("   broker {} unreachable ({}): {}", e.broker, e.kind, e.message);
     }
     for w in &s.warnings {
-        println!("   warning: {w}");
+        out!("   warning: {w}");
     }
     for n in &s.notes {
-        println!("   note: {n}");
+        out!("   note: {n}");
     }
     if !s.topics.is_empty() {
-        println!(
+        out!(
             "   {:<32} {:>9} {:>12} {:>12} {:>6} {:>7}",
-            "TOPIC", "PARTITION", "OLDEST", "LATEST", "LEADER", "ISR/REP"
+            "TOPIC",
+            "PARTITION",
+            "OLDEST",
+            "LATEST",
+            "LEADER",
+            "ISR/REP"
         );
         for t in &s.topics {
             for p in &t.partitions {
                 let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
-                println!(
+                out!(
                     "   {:<32} {:>9} {:>12} {:>12} {:>6} {:>7}",
                     t.name,
                     p.partition,
@@ -581,9 +594,15 @@ fn print_snapshot(s: &pb::Snapshot) {
         }
     }
     if !s.groups.is_empty() {
-        println!(
+        out!(
             "   {:<32} {:<20} {:>7} {:<32} {:>10} {:>12} {:<7}",
-            "GROUP", "STATE", "MEMBERS", "TOPIC", "LAG", "LAG TIME", "VERDICT"
+            "GROUP",
+            "STATE",
+            "MEMBERS",
+            "TOPIC",
+            "LAG",
+            "LAG TIME",
+            "VERDICT"
         );
         for g in &s.groups {
             // Per topic: summed lag, the largest lag in seconds (">=" when it
@@ -614,9 +633,15 @@ fn print_snapshot(s: &pb::Snapshot) {
             };
             if by_topic.is_empty() {
                 let topic = if g.offsets_unread { "(offsets unread)" } else { "-" };
-                println!(
+                out!(
                     "   {:<32} {:<20} {:>7} {:<32} {:>10} {:>12} {:<7}",
-                    g.group_id, state, members, topic, "-", "-", group_verdict
+                    g.group_id,
+                    state,
+                    members,
+                    topic,
+                    "-",
+                    "-",
+                    group_verdict
                 );
             }
             for (topic, (lag, time, verdict)) in by_topic {
@@ -630,13 +655,19 @@ fn print_snapshot(s: &pb::Snapshot) {
                 };
                 let verdict = if verdict.is_empty() { "-" } else { verdict };
                 let lag = lag.map_or_else(|| "?".to_string(), |l| l.to_string());
-                println!(
+                out!(
                     "   {:<32} {:<20} {:>7} {:<32} {:>10} {:>12} {:<7}",
-                    g.group_id, state, members, topic, lag, time, verdict
+                    g.group_id,
+                    state,
+                    members,
+                    topic,
+                    lag,
+                    time,
+                    verdict
                 );
             }
             if let Some(e) = g.error.as_deref().filter(|_| g.description_unread || g.offsets_unread) {
-                println!("     {}: {e}", g.group_id);
+                out!("     {}: {e}", g.group_id);
             }
         }
     }

@@ -43,7 +43,7 @@ pub fn certs(args: CertsArgs) -> anyhow::Result<()> {
         valid_for: args.valid_for,
     })?;
     for p in written {
-        println!("{}", p.display());
+        out!("{}", p.display());
     }
     Ok(())
 }
@@ -104,7 +104,7 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
                 .open(&tokens_file)
                 .with_context(|| format!("opening {}", tokens_file.display()))?;
             f.write_all(format!("\n{entry}").as_bytes()).and_then(|_| f.sync_all())?;
-            println!(
+            out!(
                 "token {name:?} ({}) written to {}; its hash added to {}",
                 role.as_str(),
                 out.display(),
@@ -140,7 +140,7 @@ pub fn secret_key(args: SecretKeyArgs) -> anyhow::Result<()> {
     match args.command {
         SecretKeyCommand::New { file } => {
             new_secret_key_file(&file)?;
-            println!("secret key written to {}", file.display());
+            out!("secret key written to {}", file.display());
         }
         SecretKeyCommand::Rotate { file } => {
             let old = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -150,7 +150,7 @@ pub fn secret_key(args: SecretKeyArgs) -> anyhow::Result<()> {
             let tmp = file.with_extension("rotating");
             write_private(&tmp, &format!("{line}\n{old}"))?;
             std::fs::rename(&tmp, &file).with_context(|| format!("replacing {}", file.display()))?;
-            println!("new key first in {}; restart the managers, then update monitors to re-seal", file.display());
+            out!("new key first in {}; restart the managers, then update monitors to re-seal", file.display());
         }
     }
     Ok(())
