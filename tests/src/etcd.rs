@@ -106,6 +106,31 @@ impl EtcdServer {
         self.kill();
         self.spawn();
     }
+
+    /// A cold backup: etcd is stopped, its data directory copied, and it
+    /// is started again on the same data.
+    pub fn backup(&mut self) -> tempfile::TempDir {
+        let copy = tempfile::tempdir().expect("backup dir");
+        self.kill();
+        copy_dir(&self.data.path().join("etcd"), &copy.path().join("etcd"));
+        self.spawn();
+        copy
+    }
+
+    /// Restores `backup`: etcd is stopped, its data replaced by the
+    /// backup's and started again, its revision back where it was then.
+    pub fn restore(&mut self, backup: &tempfile::TempDir) {
+        self.kill();
+        let data = self.data.path().join("etcd");
+        std::fs::remove_dir_all(&data).expect("remove etcd data");
+        copy_dir(&backup.path().join("etcd"), &data);
+        self.spawn();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp").arg("-a").arg(from).arg(to).status().expect("run cp");
+    assert!(status.success(), "cp -a {} {} failed", from.display(), to.display());
 }
 
 impl Drop for EtcdServer {

@@ -390,3 +390,75 @@ async fn update_and_delete_that_cannot_be_applied_say_so_instead_of_ok() {
     })
     .await;
 }
+
+/// etcd restored from an older backup (its revision goes back): the
+/// collectors' fencing state, built from revisions of a history that no
+/// longer exists, would refuse every command until they were restarted.
+/// They notice (etcd's revision below one a command carried), start over
+/// from what etcd says, and monitors run again without any restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_restored_from_an_older_backup_runs_monitors_again_without_restarting_collectors() {
+    let broker = TansuBroker::start("restore");
+    let mut etcd = EtcdServer::start();
+    let c1 = KollectorProcess::collector(&etcd.endpoint(), "c1");
+    let c1_pid = c1.pid();
+    let mut a = KollectorProcess::manager(&etcd.endpoint());
+    let mut client = a.client().await;
+    client
+        .create_monitor(pb::CreateMonitorRequest { spec: Some(spec("m0", &broker.bootstrap(), "1s")) })
+        .await
+        .unwrap();
+    let runs = |want: &'static [&'static str]| {
+        let c1 = &c1;
+        move || async move {
+            let running: Vec<String> = list_running(c1)
+                .await
+                .map(|r| r.monitors.into_iter().map(|m| m.monitor_id).collect())
+                .unwrap_or_default();
+            if running == want {
+                Ok(())
+            } else {
+                Err(format!("c1 runs {running:?}"))
+            }
+        }
+    };
+    wait_for_async("m0 on c1", Duration::from_secs(30), runs(&["m0"])).await;
+    let backup = etcd.backup();
+    wait_for_async("m0 on c1 after the backup", Duration::from_secs(30), runs(&["m0"])).await;
+
+    // History moves on well past the backup: many revisions, then a new
+    // leader (term above them) that assigns m1.
+    let mut raw = etcd_client::Client::connect([etcd.endpoint()], None).await.expect("etcd");
+    for i in 0..60 {
+        raw.put(format!("/elsewhere/k{i}"), "v", None).await.expect("put");
+    }
+    a.kill();
+    let b = KollectorProcess::manager(&etcd.endpoint());
+    let mut client = b.client().await;
+    client
+        .create_monitor(pb::CreateMonitorRequest { spec: Some(spec("m1", &broker.bootstrap(), "1s")) })
+        .await
+        .unwrap();
+    wait_for_async("m0 and m1 on c1", Duration::from_secs(30), runs(&["m0", "m1"])).await;
+
+    // Restored: m1 never existed, the leader's term and every epoch c1
+    // has seen are above etcd's revision.
+    etcd.restore(&backup);
+    wait_for_async("only m0 on c1 after the restore", Duration::from_secs(40), runs(&["m0"])).await;
+    let client = b.client().await;
+    let bootstrap = broker.bootstrap();
+    wait_for_async("m2 created after the restore", Duration::from_secs(20), || {
+        let (mut client, bootstrap) = (client.clone(), bootstrap.clone());
+        async move {
+            client
+                .create_monitor(pb::CreateMonitorRequest { spec: Some(spec("m2", &bootstrap, "1s")) })
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    wait_for_async("m0 and m2 on c1", Duration::from_secs(30), runs(&["m0", "m2"])).await;
+    assert_eq!(c1.pid(), c1_pid, "c1 was restarted");
+    assert!(c1.log().contains("revision went back"), "c1 did not say why it started its fencing book over");
+}

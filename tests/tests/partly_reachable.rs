@@ -208,10 +208,11 @@ async fn a_collector_the_manager_cannot_reach_loses_its_monitors_safely_and_rejo
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     // Silence counts from the first unanswered ListRunning and is acted on
-    // after --unreachable-after (2 s) plus a pass; the mark outlives the
-    // revoked lease's TTL by a second (4 s); then a pass, an Assign and a
-    // first connection: about 8 s. The bound leaves 3 s for a slow machine.
-    assert!(moved_after <= Duration::from_secs(11), "moved only {moved_after:?} after the cut");
+    // after --unreachable-after (2 s) and two missed passes (~4.5 s); the
+    // mark outlives the revoked lease's TTL (3 s) by the revocation's
+    // budget (2 s, rounded up) and a spare second: 7 s; then a pass, an
+    // Assign and a first connection: about 13 s. 3 s more for a slow machine.
+    assert!(moved_after <= Duration::from_secs(16), "moved only {moved_after:?} after the cut");
     let revocations = Metrics::parse(&manager.http_get("/metrics").unwrap())
         .unwrap()
         .value("kollector_collector_revocations_total", &[]);

@@ -41,15 +41,26 @@ impl ClusterMember {
         let renew_us = keepalive_us.clone();
         let leaving = Arc::new(AtomicBool::new(false));
         let renew_leaving = leaving.clone();
+        let fence_leaving = leaving.clone();
         let membership = Membership::start(
             config,
             Box::new(move || {
                 let (node, gate, lease) = (node.clone(), fence_gate.clone(), fence_lease.clone());
+                let leaving = fence_leaving.clone();
                 fence_count.fetch_add(1, Ordering::Relaxed);
                 Box::pin(async move {
                     gate.close();
                     lease.set(0);
-                    node.fence().await
+                    if !node.fence().await {
+                        // The registry could not be told to stop its
+                        // monitors: actors it lost track of might still
+                        // tick. The gate must never open again; the node
+                        // notices its actor system is gone and exits.
+                        leaving.store(true, Ordering::SeqCst);
+                        tracing::error!(
+                            "fencing could not reach the monitor registry; this collector stops collecting for good"
+                        );
+                    }
                 })
             }),
             Box::new(move |until, rtt| {

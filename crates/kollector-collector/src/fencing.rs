@@ -5,6 +5,15 @@
 //! (or an older generation within the same epoch), is stale: a deposed or
 //! delayed manager sent it after a newer one acted, and obeying it would undo
 //! the newer decision. Pure bookkeeping, no I/O.
+//!
+//! Terms and epochs are etcd revisions, which only grow in one history. So
+//! an etcd whose current revision is below one a token already carried was
+//! restored from an older backup: the tokens seen belong to a history that
+//! no longer exists, and refusing everything newer than them would refuse
+//! every command forever. The collector then starts the book over from
+//! what etcd says now ([`FencingBook::history_went_back`],
+//! [`FencingBook::rebase`]). Restoring with `etcdutl snapshot restore
+//! --bump-revision … --mark-compacted` avoids the situation altogether.
 
 use std::collections::HashMap;
 
@@ -64,6 +73,26 @@ impl FencingBook {
         self.max_term = self.max_term.max(term);
     }
 
+    /// The highest etcd revision any token seen so far carried.
+    pub fn highest_revision(&self) -> i64 {
+        let epochs = self.seen.values().map(|t| i64::try_from(t.epoch).unwrap_or(i64::MAX));
+        epochs.fold(self.max_term, i64::max)
+    }
+
+    /// Whether etcd's history went back: its current `revision` (read just
+    /// now) is below a revision a token already carried.
+    pub fn history_went_back(&self, revision: i64) -> bool {
+        revision > 0 && revision < self.highest_revision()
+    }
+
+    /// Starts over after etcd's history went back: forgets every token of
+    /// the old history and believes `current_term` (the current leader's,
+    /// read from etcd) from now on.
+    pub fn rebase(&mut self, current_term: i64) {
+        self.seen.clear();
+        self.max_term = current_term;
+    }
+
     /// Records accepted tokens.
     pub fn record(&mut self, id: &MonitorId, tokens: Tokens) {
         self.max_term = self.max_term.max(tokens.leader_term);
@@ -90,6 +119,23 @@ mod tests {
 
     fn t(generation: u64, epoch: u64, leader_term: i64) -> Tokens {
         Tokens { generation, epoch, leader_term }
+    }
+
+    #[test]
+    fn a_history_that_went_back_is_noticed_and_rebased_on() {
+        let id = MonitorId::new("m").unwrap();
+        let mut book = FencingBook::default();
+        book.record(&id, t(1, 900, 500));
+        assert_eq!(book.highest_revision(), 900);
+        assert!(!book.history_went_back(950), "etcd moved on: nothing to do");
+        assert!(!book.history_went_back(900));
+        assert!(!book.history_went_back(0), "an unknown revision proves nothing");
+        assert!(book.history_went_back(600), "restored to revision 600");
+        // The restored history's leader (term 550) and epochs (610) pass once rebased.
+        assert!(book.check(&id, t(1, 610, 550)).is_err());
+        book.rebase(550);
+        assert!(book.check(&id, t(1, 610, 550)).is_ok());
+        assert!(book.check(&id, t(1, 610, 549)).is_err(), "older terms of the new history are still refused");
     }
 
     #[test]

@@ -36,5 +36,5 @@ pub use monitor_actor::MonitorActor;
 pub use node::{CollectorHandle, CollectorNode, MonitorTurn};
 pub use probe::probe;
 pub use registry::{AssignOutcome, MonitorRegistry, RegistryError, RunningMonitor};
-pub use service::{CollectorServiceImpl, CurrentLease, TermSource};
+pub use service::{CollectorServiceImpl, CurrentLease, EtcdNow, TermSource};
 pub use store::ResultStore;

@@ -136,7 +136,13 @@ impl CollectorHandle {
     }
 
     pub async fn list_running(&self) -> Vec<RunningMonitor> {
-        self.registry.send(ListRunning).await.unwrap_or_default()
+        self.try_list_running().await.unwrap_or_default()
+    }
+
+    /// What runs here, or None if the registry cannot answer (its actor
+    /// is gone): never "nothing" for "cannot tell".
+    pub async fn try_list_running(&self) -> Option<Vec<RunningMonitor>> {
+        self.registry.send(ListRunning).await.ok()
     }
 
     pub fn store(&self) -> &ResultStore {
@@ -148,7 +154,17 @@ impl CollectorHandle {
     /// its lease.
     pub async fn actors_ended(&self) {
         let mut ended = self.actors_ended.clone();
-        let _ = ended.wait_for(|e| *e).await;
+        // A panic in an actor does not end the thread (the runtime catches
+        // it), so the registry's own liveness is watched too.
+        loop {
+            tokio::select! {
+                _ = ended.wait_for(|e| *e) => return,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            }
+            if !self.registry.connected() {
+                return;
+            }
+        }
     }
 
     /// Stops every monitor (closing every client), then the actor system.
@@ -158,8 +174,9 @@ impl CollectorHandle {
     }
 
     /// Self-fencing: stops every monitor and waits until every client is
-    /// closed, but keeps accepting assignments afterwards.
-    pub async fn fence(&self) {
-        let _ = self.registry.send(StopAll { refuse_new: false }).await;
+    /// closed, but keeps accepting assignments afterwards. False if the
+    /// registry could not be reached (then nothing is known to be stopped).
+    pub async fn fence(&self) -> bool {
+        self.registry.send(StopAll { refuse_new: false }).await.is_ok()
     }
 }

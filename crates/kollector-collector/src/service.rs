@@ -58,9 +58,16 @@ impl CurrentLease {
     }
 }
 
-/// Reads the current leader's term from where leaders are elected (etcd);
-/// `Ok(None)`: no leader now.
-pub type TermSource = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<Option<i64>, String>> + Send + Sync>;
+/// What etcd says now: the current leader's term (None: no leader) and
+/// its revision (0 if unknown).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EtcdNow {
+    pub leader_term: Option<i64>,
+    pub revision: i64,
+}
+
+/// Reads the current leader's term from where leaders are elected (etcd).
+pub type TermSource = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<EtcdNow, String>> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct CollectorServiceImpl {
@@ -94,10 +101,17 @@ impl CollectorServiceImpl {
     /// no etcd read, so this costs one read per leader change.
     async fn believe_term(&self, term: i64) -> Result<(), Status> {
         let Some(source) = &self.terms else { return Ok(()) };
-        if term <= self.book().max_term() {
+        let max = self.book().max_term();
+        if term < max {
+            // The book refuses it (a deposed leader) unless etcd's history
+            // went back; that needs a read only when it happens.
+            self.rebase_if_restored().await;
             return Ok(());
         }
-        match source().await {
+        if term == max {
+            return Ok(());
+        }
+        match source().await.map(|now| now.leader_term) {
             Ok(Some(current)) if current == term => Ok(()),
             Ok(current) => {
                 tracing::warn!(term, current = ?current, "refused a command whose leader term is not the current one");
@@ -108,6 +122,36 @@ impl CollectorServiceImpl {
             }
             Err(e) => Err(Status::unavailable(format!("cannot check leader term {term} against etcd: {e}"))),
         }
+    }
+
+    /// After the book refused (or would refuse) a command: if etcd's
+    /// history went back (restored from an older backup), starts the book
+    /// over from what etcd says now and returns true.
+    async fn rebase_if_restored(&self) -> bool {
+        let Some(source) = &self.terms else { return false };
+        let Ok(now) = source().await else { return false };
+        let mut book = self.book();
+        if !book.history_went_back(now.revision) {
+            return false;
+        }
+        tracing::warn!(
+            revision = now.revision,
+            highest_seen = book.highest_revision(),
+            term = ?now.leader_term,
+            "etcd's revision went back (restored from a backup?): starting the fencing book over from etcd"
+        );
+        book.rebase(now.leader_term.unwrap_or(0));
+        true
+    }
+
+    /// The book's verdict on a command, after a rebase if etcd's history
+    /// went back.
+    async fn fenced(&self, check: impl Fn(&FencingBook) -> Result<(), String>) -> Result<(), Status> {
+        if check(&self.book()).is_ok() {
+            return Ok(());
+        }
+        self.rebase_if_restored().await;
+        check(&self.book()).map_err(|e| Status::failed_precondition(format!("stale command: {e}")))
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, FencingBook> {
@@ -171,7 +215,7 @@ impl CollectorService for CollectorServiceImpl {
                 if held == 0 { "none (not registered)".to_string() } else { held.to_string() }
             )));
         }
-        self.book().check(&spec.id, tokens).map_err(|e| Status::failed_precondition(format!("stale command: {e}")))?;
+        self.fenced(|book| book.check(&spec.id, tokens)).await?;
         let id = spec.id.clone();
         // The previous owner's history, as a manager last heard it. Not
         // needed (nor decoded) if the monitor runs here already.
@@ -213,9 +257,7 @@ impl CollectorService for CollectorServiceImpl {
         })?;
         self.believe_term(tokens.leader_term).await?;
         let turn = self.node.turn(&id).await;
-        self.book()
-            .check_unassign(&id, tokens)
-            .map_err(|e| Status::failed_precondition(format!("stale command: {e}")))?;
+        self.fenced(|book| book.check_unassign(&id, tokens)).await?;
         let was_running = match self.node.unassign_in_turn(&turn).await {
             Ok(()) => true,
             Err(RegistryError::NotRunning(_)) => false,
@@ -239,10 +281,10 @@ impl CollectorService for CollectorServiceImpl {
         let term = req.into_inner().leader_term;
         self.believe_term(term).await?;
         self.book().observe_term(term);
-        let monitors = self
-            .node
-            .list_running()
-            .await
+        let running = self.node.try_list_running().await.ok_or_else(|| {
+            Status::unavailable("the monitor registry does not answer; this collector cannot say what it runs")
+        })?;
+        let monitors = running
             .into_iter()
             .map(|r| pb::RunningMonitor {
                 epoch: r.epoch,

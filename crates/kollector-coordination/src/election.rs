@@ -185,10 +185,24 @@ pub async fn confirm_leader(client: &mut Client, token: &LeaderToken) -> Result<
 
 /// The current leader's address and term, if there is a leader.
 pub async fn current_leader(client: &mut Client, keys: &Keys) -> Result<Option<(String, i64)>, CoordinationError> {
+    Ok(current_leader_at(client, keys).await?.0)
+}
+
+/// [`current_leader`], and etcd's revision at the time of the answer (0
+/// if unknown): collectors compare it with the revisions their fencing
+/// tokens carried to notice an etcd restored from an older backup.
+pub async fn current_leader_at(
+    client: &mut Client,
+    keys: &Keys,
+) -> Result<(Option<(String, i64)>, i64), CoordinationError> {
     match client.leader(keys.election()).await {
-        Ok(resp) => Ok(resp.kv().map(|kv| (kv.value_str().unwrap_or_default().to_string(), kv.create_revision()))),
-        // etcd answers "election: no leader" as an error.
-        Err(e) if e.to_string().contains("no leader") => Ok(None),
+        Ok(resp) => {
+            let revision = resp.header().map_or(0, |h| h.revision());
+            let leader = resp.kv().map(|kv| (kv.value_str().unwrap_or_default().to_string(), kv.create_revision()));
+            Ok((leader, revision))
+        }
+        // etcd answers "election: no leader" as an error (without a header).
+        Err(e) if e.to_string().contains("no leader") => Ok((None, 0)),
         Err(e) => Err(e.into()),
     }
 }

@@ -369,44 +369,54 @@ impl ClusterStore {
     }
 
     /// Revokes `collector`'s `lease`, safely: first a mark, guarded by the
-    /// leader key and bound to a lease of its own that outlives the
-    /// collector's fence (the collector's granted TTL plus a second), then
-    /// the revocation. While the mark exists the collector still counts as
-    /// holding its monitors (`liveness.rs`). Returns false if the lease was
-    /// already gone (nothing to revoke).
+    /// leader key and bound to a lease of its own, then the revocation,
+    /// all within `budget`. While the mark exists the collector still
+    /// counts as holding its monitors (`liveness.rs`). The collector may
+    /// renew its lease any time until the revocation lands and then keeps
+    /// collecting up to one TTL; the revocation lands within `budget` of
+    /// the mark's grant (or never: every call here is cut off at the
+    /// budget), so the mark lives the collector's granted TTL plus the
+    /// budget plus a second, counted by etcd's clock. Returns false if the
+    /// lease was already gone (nothing to revoke).
     pub async fn revoke_collector(
         &self,
         token: &LeaderToken,
         collector: &CollectorId,
         lease: i64,
+        budget: std::time::Duration,
     ) -> Result<bool, CoordinationError> {
+        let deadline = tokio::time::Instant::now() + budget;
+        let late = || CoordinationError::Etcd(format!("revoking lease {lease} took longer than {budget:?}"));
         let mut c = self.client.clone();
-        let ttl = c.lease_time_to_live(lease, None).await?;
+        let ttl = tokio::time::timeout_at(deadline, c.lease_time_to_live(lease, None)).await.map_err(|_| late())??;
         if ttl.ttl() <= 0 {
             return Ok(false);
         }
-        let mark_ttl = ttl.granted_ttl().max(1) + 1;
-        let mark_lease = c.lease_grant(mark_ttl, None).await?.id();
+        let budget_secs = i64::try_from(budget.as_secs()).unwrap_or(i64::MAX / 4) + 1;
+        let mark_ttl = ttl.granted_ttl().max(1).saturating_add(budget_secs).saturating_add(1);
+        let mark_lease =
+            tokio::time::timeout_at(deadline, c.lease_grant(mark_ttl, None)).await.map_err(|_| late())??.id();
         let value = serde_json::to_vec(&RevocationMark { lease }).unwrap_or_default();
         let put = TxnOp::put(
             format!("{}{}", self.keys.revoked(), collector),
             value,
             Some(PutOptions::new().with_lease(mark_lease)),
         );
-        if let Err(e) = guarded_txn(&mut c, token, vec![put]).await {
-            let _ = c.lease_revoke(mark_lease).await;
-            return Err(e);
-        }
-        c.lease_revoke(lease).await?;
-        // The mark's TTL ran from before the revocation; renew it once so
-        // it runs from after it (the collector fences at the latest one TTL
-        // after its last renewal, which came before the revocation). If this
-        // fails the spare second still covers the few ms between the two.
-        if let Ok((mut keeper, mut answers)) = c.lease_keep_alive(mark_lease).await {
-            if keeper.keep_alive().await.is_ok() {
-                let _ = answers.message().await;
+        match tokio::time::timeout_at(deadline, guarded_txn(&mut c, token, vec![put])).await {
+            Ok(Ok(_)) => {}
+            failed => {
+                // No mark (or an unknown outcome): no revocation. A mark
+                // left behind only delays this collector's monitors.
+                let _ = tokio::time::timeout(budget, c.lease_revoke(mark_lease)).await;
+                return Err(match failed {
+                    Ok(Err(e)) => e,
+                    _ => late(),
+                });
             }
         }
+        // Past the deadline the mark might not cover a revocation landing
+        // later: do not send it (the next pass tries again).
+        tokio::time::timeout_at(deadline, c.lease_revoke(lease)).await.map_err(|_| late())??;
         Ok(true)
     }
 

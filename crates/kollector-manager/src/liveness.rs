@@ -9,7 +9,8 @@
 //! - **answering**: normal;
 //! - **silent** for less than `unreachable_after`: nothing changes yet (a
 //!   slow pass, a GC pause);
-//! - **unreachable** (silent for `unreachable_after`): the leader revokes
+//! - **unreachable** (silent for `unreachable_after`, over at least two
+//!   passes in a row): the leader revokes
 //!   its lease. Revoking alone would be unsafe, because the collector keeps
 //!   collecting until its own fence closes, up to one TTL after its last
 //!   renewal. So first the leader writes a *revocation mark* under a lease
@@ -22,7 +23,14 @@
 //! - **on probation**: it registered again after a revocation. It gets no
 //!   new monitor until it has answered for `probation` (no flapping), and
 //!   while it is silent it is known to run nothing (the incarnation that
-//!   held monitors fenced; this one was given none), so it holds nothing.
+//!   held monitors fenced; this one was sent no Assign, which the leader
+//!   checks: it never sends one to a closed collector and remembers every
+//!   lease it sent one to), so it holds nothing.
+//!
+//! A leader that cannot reach most collectors is more likely cut off
+//! itself (a firewall on its host, a certificate they refuse) than facing
+//! a majority of broken collectors: then it revokes nobody, since revoking
+//! them all would stop every monitor for nothing.
 //!
 //! Everything here is pure: the reconciler feeds in what each pass saw and
 //! carries out the plan (write marks, revoke, keep closed collectors out of
@@ -97,13 +105,25 @@ pub struct LivenessPlan {
     /// Registered collectors known to run nothing: not holders.
     pub not_holding: BTreeSet<CollectorId>,
     pub health: BTreeMap<CollectorId, Health>,
+    /// Most collectors were silent: the leader is likely the one cut off,
+    /// so nobody was judged unreachable this pass.
+    pub leader_isolated: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Track {
     lease: i64,
     silent_since: Option<Instant>,
+    /// Passes in a row without an answer.
+    misses: u32,
     answering_since: Option<Instant>,
+    last: Option<Health>,
+}
+
+impl Track {
+    fn new(lease: i64) -> Track {
+        Track { lease, silent_since: None, misses: 0, answering_since: None, last: None }
+    }
 }
 
 /// The leader's memory of collectors' liveness across passes.
@@ -113,6 +133,9 @@ pub struct Liveness {
     /// Collectors whose lease this leader revoked, with that lease: they
     /// are on probation when they come back under another lease.
     revoked: BTreeMap<CollectorId, i64>,
+    /// Leases this leader sent an Assign to: such an incarnation may run
+    /// something, so it is never taken for one that holds nothing.
+    sent_work: BTreeSet<(CollectorId, i64)>,
 }
 
 impl Liveness {
@@ -124,12 +147,21 @@ impl Liveness {
     pub fn clear(&mut self) {
         self.tracks.clear();
         self.revoked.clear();
+        self.sent_work.clear();
+    }
+
+    /// Notes that an Assign is about to be sent to `collector` under `lease`.
+    pub fn sending_work(&mut self, collector: &CollectorId, lease: i64) {
+        self.sent_work.insert((collector.clone(), lease));
     }
 
     /// Whether `collector` was silent at the latest pass (the reconciler
     /// then waits less for it).
     pub fn was_silent(&self, collector: &CollectorId) -> bool {
-        self.tracks.get(collector).is_some_and(|t| t.silent_since.is_some())
+        self.tracks.get(collector).is_some_and(|t| {
+            t.silent_since.is_some()
+                && matches!(t.last, Some(Health::Unreachable | Health::Revoked | Health::Probation))
+        })
     }
 
     /// Notes that `lease` of `collector` was revoked (its mark written).
@@ -151,21 +183,22 @@ impl Liveness {
         // A revoked collector that neither came back nor has a mark left is
         // gone for good: nothing to remember.
         self.revoked.retain(|c, _| observed.contains_key(c) || marks.contains_key(c));
-        let mut plan = LivenessPlan::default();
+        self.sent_work.retain(|(c, lease)| observed.get(c).is_some_and(|o| o.lease == *lease));
+        let answering = observed.values().filter(|o| o.answered).count();
+        let isolated = answering == 0 || observed.len() - answering > answering;
+        let mut plan = LivenessPlan { leader_isolated: isolated, ..LivenessPlan::default() };
         for (c, o) in observed {
-            let t = self.tracks.entry(c.clone()).or_insert(Track {
-                lease: o.lease,
-                silent_since: None,
-                answering_since: None,
-            });
+            let t = self.tracks.entry(c.clone()).or_insert(Track::new(o.lease));
             if t.lease != o.lease {
-                *t = Track { lease: o.lease, silent_since: None, answering_since: None };
+                *t = Track::new(o.lease);
             }
             if o.answered {
                 t.silent_since = None;
+                t.misses = 0;
                 t.answering_since.get_or_insert(now);
             } else {
                 t.answering_since = None;
+                t.misses = t.misses.saturating_add(1);
                 t.silent_since.get_or_insert(now);
             }
             let silent_for = t.silent_since.map(|s| now.saturating_duration_since(s));
@@ -181,12 +214,12 @@ impl Liveness {
                     Health::Answering
                 } else {
                     plan.closed.insert(c.clone());
-                    if silent_for.is_some() {
+                    if silent_for.is_some() && !self.sent_work.contains(&(c.clone(), o.lease)) {
                         plan.not_holding.insert(c.clone());
                     }
                     Health::Probation
                 }
-            } else if silent_for.is_some_and(|s| s >= rules.unreachable_after) {
+            } else if !isolated && t.misses >= 2 && silent_for.is_some_and(|s| s >= rules.unreachable_after) {
                 plan.closed.insert(c.clone());
                 plan.revoke.push((c.clone(), o.lease));
                 Health::Unreachable
@@ -195,6 +228,7 @@ impl Liveness {
             } else {
                 Health::Answering
             };
+            t.last = Some(health);
             plan.health.insert(c.clone(), health);
         }
         // Marked collectors whose key is gone (the revoked lease took it).
@@ -269,15 +303,64 @@ mod tests {
         let at = |s: u64| t0 + Duration::from_secs(s);
         let none = BTreeMap::new();
         let mut l = Liveness::new();
-        l.observe(at(0), &seen(&[("c1", 7, false)]), &none, RULES);
+        l.observe(at(0), &seen(&[("c1", 7, false), ("c2", 1, true)]), &none, RULES);
         // Restarted with a new lease (a crash-restart): silence counts anew.
-        let p = l.observe(at(6), &seen(&[("c1", 8, false)]), &none, RULES);
+        let p = l.observe(at(6), &seen(&[("c1", 8, false), ("c2", 1, true)]), &none, RULES);
         assert!(p.revoke.is_empty());
+        // One long miss is not enough: two passes in a row are.
+        let p = l.observe(at(11), &seen(&[("c1", 8, false), ("c2", 1, true)]), &none, RULES);
+        assert_eq!(p.revoke, vec![(id("c1"), 8)]);
         // Its revocation failed (no mark, same lease): asked again next pass.
-        let p = l.observe(at(11), &seen(&[("c1", 8, false)]), &none, RULES);
+        let p = l.observe(at(12), &seen(&[("c1", 8, false), ("c2", 1, true)]), &none, RULES);
         assert_eq!(p.revoke, vec![(id("c1"), 8)]);
-        let p = l.observe(at(12), &seen(&[("c1", 8, false)]), &none, RULES);
-        assert_eq!(p.revoke, vec![(id("c1"), 8)]);
+    }
+
+    #[test]
+    fn a_single_long_miss_is_not_a_pattern() {
+        let t0 = Instant::now();
+        let none = BTreeMap::new();
+        let mut l = Liveness::new();
+        let p = l.observe(t0 + Duration::from_secs(60), &seen(&[("c1", 7, false), ("c2", 1, true)]), &none, RULES);
+        assert!(p.revoke.is_empty(), "first miss");
+        let p = l.observe(t0 + Duration::from_secs(61), &seen(&[("c1", 7, true), ("c2", 1, true)]), &none, RULES);
+        assert!(p.revoke.is_empty());
+        assert_eq!(p.health[&id("c1")], Health::Answering);
+    }
+
+    #[test]
+    fn a_leader_that_hears_from_few_collectors_revokes_nobody() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let none = BTreeMap::new();
+        let mut l = Liveness::new();
+        let three = seen(&[("c1", 1, false), ("c2", 2, false), ("c3", 3, true)]);
+        for s in 0..30 {
+            let p = l.observe(at(s), &three, &none, RULES);
+            assert!(p.revoke.is_empty() && p.leader_isolated, "second {s}: {p:?}");
+        }
+        let alone = seen(&[("c1", 1, false)]);
+        let mut l = Liveness::new();
+        for s in 0..30 {
+            assert!(l.observe(at(s), &alone, &none, RULES).revoke.is_empty(), "a lone collector is not revoked");
+        }
+    }
+
+    #[test]
+    fn an_incarnation_that_was_sent_work_is_never_taken_for_empty() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let none = BTreeMap::new();
+        let mut l = Liveness::new();
+        l.observe(at(0), &seen(&[("c1", 7, false), ("c2", 1, true)]), &none, RULES);
+        l.observe(at(6), &seen(&[("c1", 7, false), ("c2", 1, true)]), &none, RULES);
+        l.revoked(&id("c1"), 7);
+        // Back as lease 9; some Assign reached it anyway (say, a record a
+        // failed write left naming it), then it went silent.
+        l.observe(at(20), &seen(&[("c1", 9, true), ("c2", 1, true)]), &none, RULES);
+        l.sending_work(&id("c1"), 9);
+        let p = l.observe(at(21), &seen(&[("c1", 9, false), ("c2", 1, true)]), &none, RULES);
+        assert_eq!(p.health[&id("c1")], Health::Probation);
+        assert!(!p.not_holding.contains(&id("c1")), "it may run what it was sent");
     }
 
     proptest! {
@@ -296,7 +379,12 @@ mod tests {
             for (dt, lease, answered, marked) in steps {
                 clock += dt;
                 let marks = if marked { BTreeMap::from([(id("c1"), 1)]) } else { BTreeMap::new() };
-                let p = l.observe(t0 + Duration::from_secs(clock), &seen(&[("c1", lease, answered)]), &marks, RULES);
+                let p = l.observe(
+                    t0 + Duration::from_secs(clock),
+                    &seen(&[("c1", lease, answered), ("c2", 5, true)]),
+                    &marks,
+                    RULES,
+                );
                 silent_since = match (answered, silent_since) {
                     (true, _) => None,
                     (false, Some((l0, s))) if l0 == lease => Some((l0, s)),

@@ -55,6 +55,9 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(2);
 /// a healthy one answers in milliseconds, and waiting the full bound on a
 /// known-silent one every pass would slow every failover behind it.
 const SILENT_LIST_TIMEOUT: Duration = Duration::from_millis(300);
+/// Bound on revoking one collector's lease (mark, then revocation); the
+/// mark outlives the collector's TTL by this much more.
+const REVOKE_BUDGET: Duration = Duration::from_secs(2);
 /// Commands in flight per collector. A collector serializes commands per
 /// monitor only, and a stop costs a Kafka client close (~35 ms), so 200
 /// moves off one collector take ~0.25 s instead of ~7 s one at a time.
@@ -334,7 +337,16 @@ impl Reconciler {
         if !self.still_leader(token, leadership).await {
             return Err(PassError::Deposed("assigning"));
         }
-        let (assigns, pending) = assign_actions(&survey, &generations, &confirmed, &skip);
+        let (mut assigns, pending) = assign_actions(&survey, &generations, &confirmed, &skip);
+        // Never start work on a collector that is closed (silent past the
+        // bound, revoked, on probation), whatever a record still says; and
+        // remember every incarnation that was sent work (`liveness.rs`).
+        assigns.retain(|a| !closed.closed.contains(&a.collector));
+        for a in &assigns {
+            if let Some(c) = collectors.get(&a.collector) {
+                self.liveness.sending_work(&a.collector, c.lease);
+            }
+        }
         self.assign(&collectors, &monitors.valid, assigns, token.term).await;
         if !pending.is_empty() {
             tracing::info!(
@@ -372,8 +384,15 @@ impl Reconciler {
             .chain(unreadable.iter().map(|(c, lease)| (c.clone(), Observed { lease: *lease, answered: false })))
             .collect();
         let plan = self.liveness.observe(now, &observed, marks, self.liveness_rules);
+        if plan.leader_isolated && plan.health.values().any(|h| matches!(h, crate::liveness::Health::Silent { .. })) {
+            tracing::warn!(
+                silent = plan.health.values().filter(|h| matches!(h, crate::liveness::Health::Silent { .. })).count(),
+                "most collectors do not answer this leader: it is likely cut off itself, so none is revoked"
+            );
+        }
         for (c, lease) in &plan.revoke {
-            match tokio::time::timeout(CALL_TIMEOUT, self.store.revoke_collector(token, c, *lease)).await {
+            let revoke = self.store.revoke_collector(token, c, *lease, REVOKE_BUDGET);
+            match tokio::time::timeout(REVOKE_BUDGET * 2, revoke).await {
                 Ok(Ok(revoked)) => {
                     if revoked {
                         self.stats.revocations.fetch_add(1, Ordering::Relaxed);

@@ -362,6 +362,10 @@ pub fn result_to_proto(r: &core::MonitorResult) -> v1::MonitorResult {
     }
 }
 
+/// Two hours: an interval and a timeout of at most an hour each, plus a
+/// parked rebuild's 5 minutes, fit well within it.
+const MAX_DUE_IN_MS: i64 = 2 * 3600 * 1000;
+
 fn unix_now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -494,9 +498,13 @@ pub fn result_from_proto(
         restarts_total: p.restarts_total,
         // Placed on this clock (any value decodes; a due time before 1970
         // or past u64 saturates, and 0 stays "unknown" only when absent).
-        next_result_due_ms: p
-            .next_result_in_ms
-            .map_or(0, |d| (i128::from(unix_now_ms()) + i128::from(d)).clamp(1, i128::from(u64::MAX)) as u64),
+        // A due time further out than any honest schedule (the longest
+        // interval and timeout plus the parked backoff) is cut there, so a
+        // wrong or hostile value cannot keep a result current forever.
+        next_result_due_ms: p.next_result_in_ms.map_or(0, |d| {
+            let d = d.min(MAX_DUE_IN_MS);
+            (i128::from(unix_now_ms()) + i128::from(d)).clamp(1, i128::from(u64::MAX)) as u64
+        }),
         interval_ms: p.interval_ms,
     })
 }
@@ -559,7 +567,8 @@ mod tests {
         hostile.next_result_in_ms = Some(i64::MIN);
         assert_eq!(result_from_proto(hostile.clone(), None).unwrap().next_result_due_ms, 1);
         hostile.next_result_in_ms = Some(i64::MAX);
-        assert!(result_from_proto(hostile, None).unwrap().next_result_due_ms > unix_now_ms());
+        let capped = result_from_proto(hostile, None).unwrap().next_result_due_ms;
+        assert!(capped > unix_now_ms() && capped <= unix_now_ms() + MAX_DUE_IN_MS as u64, "{capped}");
     }
 
     mod hostile {

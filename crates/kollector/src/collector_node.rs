@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use kollector_collector::{ClusterMember, CollectGate, CollectorNode, CollectorServiceImpl, CurrentLease, TermSource};
+use kollector_collector::{
+    ClusterMember, CollectGate, CollectorNode, CollectorServiceImpl, CurrentLease, EtcdNow, TermSource,
+};
 use kollector_coordination::election;
 use kollector_coordination::keys::Keys;
 use kollector_coordination::lease::{self, EtcdAccess};
@@ -124,11 +126,17 @@ fn term_source(etcd: EtcdAccess, prefix: String, ttl: Duration) -> TermSource {
                 *slot = Some(lease::connect(&etcd, ttl).await.map_err(|e| e.to_string())?);
             }
             let Some(c) = slot.as_mut() else { return Err("no etcd client".to_string()) };
-            match election::current_leader(c, &keys).await {
-                Ok(leader) => Ok(leader.map(|(_, term)| term)),
-                Err(e) => {
+            // Bounded: a command must not hang on a partitioned etcd.
+            let read = tokio::time::timeout(lease::call_timeout(ttl), election::current_leader_at(c, &keys)).await;
+            match read {
+                Ok(Ok((leader, revision))) => Ok(EtcdNow { leader_term: leader.map(|(_, term)| term), revision }),
+                Ok(Err(e)) => {
                     *slot = None;
                     Err(e.to_string())
+                }
+                Err(_) => {
+                    *slot = None;
+                    Err("etcd did not answer in time".to_string())
                 }
             }
         })

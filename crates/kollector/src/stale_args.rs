@@ -11,7 +11,7 @@ pub struct StaleArgs {
     /// A monitor's result is served as stale (state `stale`, `up` 0, no
     /// Kafka series) once its owner's next result is this many collection
     /// intervals late, counted from the last result (the collection
-    /// timeout aside): 3 means three missed collections. 1 to 1000.
+    /// timeout aside): 3 means three missed collections. 2 to 1000.
     #[arg(long, default_value = "3", value_parser = parse_stale_rule)]
     pub stale_after_intervals: StaleRule,
 }
@@ -28,7 +28,7 @@ mod tests {
     #[test]
     fn takes_a_count_within_range_only() {
         assert_eq!(parse_stale_rule("5").unwrap().intervals(), 5);
-        assert!(parse_stale_rule("0").unwrap_err().contains("1 to 1000"));
+        assert!(parse_stale_rule("1").unwrap_err().contains("2 to 1000"));
         assert!(parse_stale_rule("2.5").unwrap_err().contains("whole number"));
         assert!(parse_stale_rule("-1").is_err());
     }
