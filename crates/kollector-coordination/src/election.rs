@@ -176,6 +176,28 @@ pub async fn guarded_txn(client: &mut Client, token: &LeaderToken, ops: Vec<TxnO
     Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
 }
 
+/// Runs `ops` only if `token` still leads and every one of `also` holds;
+/// Ok(None) if one of `also` failed (the leader key is checked apart, so
+/// a deposed leader still reads [`CoordinationError::NotLeader`]).
+pub async fn guarded_txn_if(
+    client: &mut Client,
+    token: &LeaderToken,
+    also: Vec<Compare>,
+    ops: Vec<TxnOp>,
+) -> Result<Option<i64>, CoordinationError> {
+    let mut compares = vec![Compare::create_revision(token.key.clone(), CompareOp::Equal, token.term)];
+    compares.extend(also);
+    let resp = client.txn(Txn::new().when(compares).and_then(ops)).await?;
+    if resp.succeeded() {
+        return Ok(Some(resp.header().map(|h| h.revision()).unwrap_or_default()));
+    }
+    if confirm_leader(client, token).await? {
+        Ok(None)
+    } else {
+        Err(CoordinationError::NotLeader)
+    }
+}
+
 /// Whether `token`'s leader key still exists with its create revision (the
 /// reconciler asks before each batch of commands).
 pub async fn confirm_leader(client: &mut Client, token: &LeaderToken) -> Result<bool, CoordinationError> {

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
-use kollector_coordination::election::{guarded_txn, LeaderToken};
+use kollector_coordination::election::{guarded_txn, guarded_txn_if, LeaderToken};
 use kollector_coordination::keys::Keys;
 use kollector_coordination::membership::CollectorRecord;
 use kollector_coordination::CoordinationError;
@@ -36,6 +36,9 @@ const MAX_READ_BYTES: usize = 256 * 1024 * 1024;
 pub struct StoredMonitor {
     pub spec: MonitorSpec,
     pub mod_revision: i64,
+    /// A secret of it is stored sealed with a key other than the first of
+    /// this node's key file (or not sealed): the leader re-seals it.
+    pub needs_reseal: bool,
 }
 
 /// Every monitor in etcd: those that decode, and why the others do not.
@@ -146,8 +149,12 @@ impl ClusterStore {
             return Err(format!("the value names monitor {:?}, not the key's", spec.id.as_str()));
         }
         spec.generation = kv.mod_revision() as u64;
+        let needs_reseal = self.secrets.as_deref().is_some_and(|keys| {
+            kollector_security::sealing::has_secrets(&spec)
+                && kollector_security::sealing::sealed_with_other_key(keys, &spec)
+        });
         let spec = open_spec(self.secrets.as_deref(), spec).map_err(|e| e.to_string())?;
-        Ok(StoredMonitor { spec, mod_revision: kv.mod_revision() })
+        Ok(StoredMonitor { spec, mod_revision: kv.mod_revision(), needs_reseal })
     }
 
     pub async fn monitors(&self) -> Result<MonitorSet, CoordinationError> {
@@ -215,6 +222,20 @@ impl ClusterStore {
         let mut c = self.client.clone();
         let resp = c.txn(txn).await?;
         Ok(resp.succeeded().then(|| resp.header().map(|h| h.revision() as u64).unwrap_or_default()))
+    }
+
+    /// Re-seals `m`'s secrets with the first key, leader-guarded and only if
+    /// the monitor is unchanged since it was read (a concurrent update
+    /// wins; the next pass looks again). Its generation changes, so its
+    /// owner restarts it once. Ok(false): it changed meanwhile.
+    pub async fn reseal(&self, token: &LeaderToken, m: &StoredMonitor) -> Result<bool, CoordinationError> {
+        let key = self.keys.monitor(m.spec.id.as_str());
+        let sealed = self.seal(&m.spec).map_err(|e| bad(key.as_bytes(), e))?;
+        let value = serde_json::to_vec(&sealed).map_err(|e| bad(key.as_bytes(), e))?;
+        let mut c = self.client.clone();
+        let unchanged = Compare::mod_revision(key.clone(), CompareOp::Equal, m.mod_revision);
+        let written = guarded_txn_if(&mut c, token, vec![unchanged], vec![TxnOp::put(key, value, None)]).await?;
+        Ok(written.is_some())
     }
 
     /// Deletes a monitor; the generation it had, or None if it did not exist.

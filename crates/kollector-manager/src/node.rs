@@ -173,6 +173,11 @@ impl ManagerMetrics {
                 "Collectors the leader cannot work with (silent past --unreachable-after, revoked, or on probation after coming back), leader's view.",
                 load(&stats.unreachable),
             ),
+            gauge(
+                "kollector_secrets_on_old_keys",
+                "Monitors whose secrets are still sealed with another key than the key file's first (leader's view); 0 once a rotation's re-seal is done and the old key line may go.",
+                load(&stats.secrets_on_old_keys),
+            ),
             counter(
                 "kollector_collector_revocations",
                 "Collector leases the leader revoked because the collector did not answer it.",

@@ -55,6 +55,9 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(2);
 /// a healthy one answers in milliseconds, and waiting the full bound on a
 /// known-silent one every pass would slow every failover behind it.
 const SILENT_LIST_TIMEOUT: Duration = Duration::from_millis(300);
+/// Monitors re-sealed per pass after a key rotation: each restarts once on
+/// its collector (its generation changes), so they go a few at a time.
+const RESEALS_PER_PASS: usize = 16;
 /// Bound on revoking one collector's lease (mark, then revocation); the
 /// mark outlives the collector's TTL by this much more.
 const REVOKE_BUDGET: Duration = Duration::from_secs(2);
@@ -100,6 +103,9 @@ pub struct ReconcilerStats {
     pub revocations: AtomicU64,
     /// Each collector's health in words (`liveness::Health`), latest pass.
     pub health: Mutex<BTreeMap<CollectorId, String>>,
+    /// Monitors whose secrets are still sealed with another key than the
+    /// first of the key file (leader's view; re-sealed a few per pass).
+    pub secrets_on_old_keys: AtomicU64,
 }
 
 /// gRPC clients to collectors, by address, with the cluster's transport
@@ -359,7 +365,35 @@ impl Reconciler {
         *self.stats.pending.lock().unwrap_or_else(|p| p.into_inner()) = pending;
         self.orphaned_since.retain(|m, _| records.get(m).is_some_and(|r| r.collector.is_some()));
         self.confirmed = confirmed;
+        // Last, so this pass's commands carried the generations it read.
+        self.reseal(token, &monitors.valid).await?;
         self.stats.passes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// After a key rotation: re-seals a few monitors' secrets with the
+    /// first key each pass (guarded by leadership and by each monitor's
+    /// revision), until none is left on an older key.
+    async fn reseal(
+        &self,
+        token: &LeaderToken,
+        monitors: &BTreeMap<MonitorId, StoredMonitor>,
+    ) -> Result<(), PassError> {
+        let due: Vec<&StoredMonitor> = monitors.values().filter(|m| m.needs_reseal).collect();
+        let mut left = due.len();
+        for m in due.into_iter().take(RESEALS_PER_PASS) {
+            match tokio::time::timeout(CALL_TIMEOUT, self.store.reseal(token, m)).await {
+                Ok(Ok(true)) => {
+                    left -= 1;
+                    tracing::info!(monitor = %m.spec.id, "re-sealed its secrets with the first key");
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(CoordinationError::NotLeader)) => return Err(PassError::Deposed("re-sealing secrets")),
+                Ok(Err(e)) => tracing::warn!(monitor = %m.spec.id, "re-sealing failed: {e}"),
+                Err(_) => tracing::warn!(monitor = %m.spec.id, "re-sealing timed out"),
+            }
+        }
+        self.stats.secrets_on_old_keys.store(left as u64, Ordering::Relaxed);
         Ok(())
     }
 

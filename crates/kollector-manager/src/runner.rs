@@ -368,6 +368,8 @@ impl Runner for ClusterRunner {
             .map(|m| (m.to_string(), "no live collector can take it yet".to_string()))
             .collect();
         let invalid = desired.invalid.clone().into_iter().chain(bad_records).collect();
+        let secrets_on_old_keys =
+            self.store.monitors().await.map_err(etcd_status)?.valid.values().filter(|m| m.needs_reseal).count() as u32;
         let assignments = assignments
             .into_iter()
             .map(|(m, a)| pb::Assignment {
@@ -377,7 +379,7 @@ impl Runner for ClusterRunner {
                 releasing: a.releasing.iter().map(|c| c.to_string()).collect(),
             })
             .collect();
-        Ok(pb::GetAssignmentsResponse { assignments, unplaced, invalid })
+        Ok(pb::GetAssignmentsResponse { assignments, unplaced, invalid, secrets_on_old_keys })
     }
 
     async fn drain(&self, collector: &str, undo: bool) -> Result<(), Status> {

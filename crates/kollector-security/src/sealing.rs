@@ -13,9 +13,10 @@
 //!
 //! The key file holds one key per line, `<key id> <base64 32 bytes>`; the
 //! first line seals, every line opens. Rotation: put a new key first on every
-//! manager, restart them, then re-save monitors (any update re-seals) and drop
-//! the old line. Values written before sealing existed are read as they are
-//! and sealed on their next write.
+//! manager and restart them; the leader re-seals every stored secret with it
+//! ([`sealed_with_other_key`] finds them); once none is left (`kollector
+//! status` says so), drop the old line. Values written before sealing
+//! existed are read as they are and sealed on their next write.
 
 use std::path::Path;
 
@@ -77,6 +78,36 @@ pub fn is_sealed(value: &str) -> bool {
     value.starts_with(SEALED_PREFIX)
 }
 
+/// The id of the key a sealed value names, if it is a sealed value.
+pub fn sealed_key_id(value: &str) -> Option<&str> {
+    value.strip_prefix(SEALED_PREFIX)?.split_once(':').map(|(id, _)| id)
+}
+
+/// Whether a stored spec (secrets as stored, not opened) holds a secret
+/// that is not sealed with `keys`' first key: one sealed with an older key
+/// or never sealed. The leader re-seals those after a rotation.
+pub fn sealed_with_other_key(keys: &Keyring, stored: &MonitorSpec) -> bool {
+    let first = keys.first_id();
+    let stale = |s: &Secret| sealed_key_id(s.expose()) != Some(first);
+    stored.connection.sasl.as_ref().is_some_and(|s| stale(&s.password))
+        || stored.connection.tls.as_ref().and_then(|t| t.key_password.as_ref()).is_some_and(stale)
+}
+
+/// The id for a rotation's new key: `k<n>` past the highest `k<n>` in
+/// `text`, so no line has it and, since lines are removed oldest first, no
+/// removed line had it either (a value sealed with a removed key must read
+/// "unknown key", not fail to open under a new key of the same name).
+pub fn next_key_id(text: &str) -> String {
+    let highest = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().next()?.strip_prefix('k')?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    format!("k{}", highest.saturating_add(1))
+}
+
 impl Keyring {
     pub fn parse(path: &str, text: &str) -> Result<Keyring, SealError> {
         let bad = |message: String| SealError::BadKeyFile { path: path.to_string(), message };
@@ -122,6 +153,11 @@ impl Keyring {
             }
         }
         Keyring::parse(&shown, &text)
+    }
+
+    /// The id of the key that seals (the file's first line).
+    pub fn first_id(&self) -> &str {
+        &self.keys[0].id
     }
 
     /// Seals `plain`, bound to `context` (monitor id and field).
@@ -292,6 +328,23 @@ mod tests {
         let mut other = sealed.clone();
         other.interval = std::time::Duration::from_secs(5);
         assert!(open_spec(Some(&keys), other).is_ok());
+    }
+
+    #[test]
+    fn stale_seals_are_found_and_ids_are_never_reused() {
+        let (k1, k2) = (new_key_line("k1").unwrap(), new_key_line("k2").unwrap());
+        let old = Keyring::parse("f", &k1).unwrap();
+        let new = Keyring::parse("f", &format!("{k2}\n{k1}")).unwrap();
+        let stored = seal_spec(Some(&old), &spec("m", "hunter2")).unwrap();
+        assert!(!sealed_with_other_key(&old, &stored));
+        assert!(sealed_with_other_key(&new, &stored), "sealed with k1, k2 seals now");
+        let resealed = seal_spec(Some(&new), &open_spec(Some(&new), stored).unwrap()).unwrap();
+        assert!(!sealed_with_other_key(&new, &resealed));
+        assert!(sealed_with_other_key(&new, &spec("m", "in clear")), "never sealed counts too");
+        // After k1's line was removed, rotate must not pick k2 again.
+        assert_eq!(next_key_id("k2 AAAA\n"), "k3");
+        assert_eq!(next_key_id("k2 AAAA\nk1 BBBB\n"), "k3");
+        assert_eq!(next_key_id("# comment\n\nk1 A\nk3 B\nprod B\n"), "k4");
     }
 
     #[test]

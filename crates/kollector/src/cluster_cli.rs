@@ -122,6 +122,13 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             out!("  {:<24} → {:<20} waiting for {}", a.monitor_id, to, a.releasing.join(", "));
         }
     }
+    if assignments.secrets_on_old_keys > 0 {
+        out!();
+        out!(
+            "{} monitor(s) still have secrets sealed with an older key: the leader is re-sealing them; keep the old key line until this reaches 0",
+            assignments.secrets_on_old_keys
+        );
+    }
     if !assignments.invalid.is_empty() {
         out!();
         out!("monitors whose stored spec cannot be read (skipped until fixed or deleted):");

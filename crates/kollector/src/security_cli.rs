@@ -145,12 +145,14 @@ pub fn secret_key(args: SecretKeyArgs) -> anyhow::Result<()> {
         SecretKeyCommand::Rotate { file } => {
             let old = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             kollector_security::Keyring::parse(&file.display().to_string(), &old)?;
-            let n = old.lines().filter(|l| !l.trim().is_empty() && !l.trim().starts_with('#')).count();
-            let line = kollector_security::sealing::new_key_line(&format!("k{}", n + 1))?;
+            let line = kollector_security::sealing::new_key_line(&kollector_security::sealing::next_key_id(&old))?;
             let tmp = file.with_extension("rotating");
             write_private(&tmp, &format!("{line}\n{old}"))?;
             std::fs::rename(&tmp, &file).with_context(|| format!("replacing {}", file.display()))?;
-            out!("new key first in {}; restart the managers, then update monitors to re-seal", file.display());
+            out!(
+                "new key first in {}; copy it to every manager and restart them: the leader re-seals every secret with it (`kollector status` counts those left), then remove the old line",
+                file.display()
+            );
         }
     }
     Ok(())
