@@ -510,3 +510,61 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     assert!(latest.contains("error"), "{latest}");
     drop(channel);
 }
+
+/// A collector is who its certificate says: a process registered as `c2`
+/// but presenting `c1`'s certificate is refused by the manager (the TLS
+/// name check fails), gets no monitor (and so no secret), and `status`
+/// shows it not answering; the genuine collector runs everything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collector_presenting_another_collectors_certificate_gets_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let pki = make_pki(&work.path().join("pki"), &["manager"], &["etcd", "c1", "c2"]);
+    let tokens = pki.path("tokens.toml");
+    let admin_file = pki.path("ops.token");
+    let (ok, _, err) =
+        cli(&["token", "add", "--tokens-file", &tokens, "--name", "ops", "--role", "admin", "--out", &admin_file], &[]);
+    assert!(ok, "{err}");
+    let etcd = EtcdServer::start_tls(&pki.dir.join("ca.pem"), &pki.dir.join("etcd.pem"), &pki.dir.join("etcd.key"));
+    let mut manager_flags = pki.node_flags("manager");
+    manager_flags.push(format!("--tokens-file={tokens}"));
+    let manager =
+        KollectorProcess::manager_with(&etcd.endpoint(), &manager_flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let own = pki.node_flags("c1");
+    let c1 =
+        KollectorProcess::collector_with(&etcd.endpoint(), "c1", &own.iter().map(String::as_str).collect::<Vec<_>>());
+    // Registered as c2, with c1's certificate and key.
+    let impostor =
+        KollectorProcess::collector_with(&etcd.endpoint(), "c2", &own.iter().map(String::as_str).collect::<Vec<_>>());
+    let broker = TansuBroker::start("identity-kafka");
+    let server = format!("https://127.0.0.1:{}", manager.grpc_port);
+    let ca = pki.path("ca.pem");
+    let as_admin = |args: &[&str]| {
+        let mut full = vec![args[0], "--server", &server, "--ca-file", &ca, "--token-file", &admin_file];
+        full.extend(&args[1..]);
+        cli(&full, &[])
+    };
+    for i in 0..4 {
+        let id = format!("m{i}");
+        let (ok, out, err) =
+            as_admin(&["monitor", "add", "--id", &id, "--bootstrap", &broker.bootstrap(), "--interval", "1s"]);
+        assert!(ok, "add {id}: {out}{err}");
+    }
+    let monitors_on = |p: &KollectorProcess| {
+        let m =
+            kollector_tests::metrics::Metrics::parse(&p.http_get("/metrics").unwrap_or_default()).unwrap_or_default();
+        m.value("kollector_monitors", &[]).unwrap_or(-1.0)
+    };
+    wait_for_async("every monitor on the genuine c1", Duration::from_secs(40), || async {
+        match (monitors_on(&c1), monitors_on(&impostor)) {
+            (c1n, 0.0) if c1n == 4.0 => Ok(()),
+            other => Err(format!("c1, impostor: {other:?}")),
+        }
+    })
+    .await;
+    let (ok, out, err) = as_admin(&["status"]);
+    assert!(ok, "{err}");
+    let line = out.lines().find(|l| l.starts_with("c2 ")).unwrap_or_else(|| panic!("c2 not listed:\n{out}"));
+    assert!(!line.contains(" ok "), "the impostor looks healthy: {line}");
+    assert_eq!(monitors_on(&impostor), 0.0, "the impostor got a monitor");
+    assert!(manager.log().contains("c2"), "the manager's log never names the refused collector");
+}

@@ -107,7 +107,9 @@ impl Intake {
                 refresh(&store, &shared).await;
                 if let Ok(collectors) = store.collectors().await {
                     // Followers run no reconciler: forget clients of collectors gone.
-                    clients.retain(&collectors.values().map(|c| c.record.grpc_address.clone()).collect());
+                    clients.retain(
+                        &collectors.iter().map(|(id, c)| (id.clone(), c.record.grpc_address.clone())).collect(),
+                    );
                     streams.retain(|id, (addr, task)| {
                         let keep =
                             collectors.get(id).is_some_and(|c| &c.record.grpc_address == addr) && !task.is_finished();
@@ -173,7 +175,7 @@ fn unix_ms() -> u64 {
 
 /// Follows one collector's result stream until it ends.
 async fn follow(id: CollectorId, address: String, clients: CollectorClients, store: ClusterStore, shared: Arc<Shared>) {
-    let Ok(mut client) = clients.get(&address) else { return };
+    let Ok(mut client) = clients.get(&id, &address) else { return };
     let mut stream = match client.stream_results(pb::StreamResultsRequest {}).await {
         Ok(s) => s.into_inner(),
         Err(e) => {

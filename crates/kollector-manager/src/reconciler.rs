@@ -108,14 +108,18 @@ pub struct ReconcilerStats {
     pub secrets_on_old_keys: AtomicU64,
 }
 
-/// gRPC clients to collectors, by address, with the cluster's transport
-/// limits and, in a secure cluster, mutual TLS (this manager's node
-/// certificate; the collector's verified against the cluster CA).
+/// gRPC clients to collectors, by collector and address, with the
+/// cluster's transport limits and, in a secure cluster, mutual TLS (this
+/// manager's node certificate; the collector's verified against the
+/// cluster CA *and* required to name the collector's id, as `kollector
+/// certs --node ID` writes it: a collector registered under one id that
+/// presents another node's certificate is refused, so no node can take
+/// another's monitors, and their secrets, by claiming its id).
 #[derive(Clone, Default)]
 pub struct CollectorClients {
     limits: GrpcLimits,
     tls: Option<ClientTlsConfig>,
-    clients: Arc<Mutex<HashMap<String, CollectorServiceClient<Channel>>>>,
+    clients: Arc<Mutex<HashMap<(CollectorId, String), CollectorServiceClient<Channel>>>>,
 }
 
 impl CollectorClients {
@@ -123,22 +127,28 @@ impl CollectorClients {
         CollectorClients { limits, tls, clients: Arc::default() }
     }
 
-    pub fn get(&self, address: &str) -> Result<CollectorServiceClient<Channel>, tonic::transport::Error> {
+    pub fn get(
+        &self,
+        id: &CollectorId,
+        address: &str,
+    ) -> Result<CollectorServiceClient<Channel>, tonic::transport::Error> {
         let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = map.get(address) {
+        let key = (id.clone(), address.to_string());
+        if let Some(c) = map.get(&key) {
             return Ok(c.clone());
         }
-        let channel = self.limits.endpoint(address, self.tls.as_ref(), Duration::from_secs(2), None)?.connect_lazy();
+        let tls = self.tls.clone().map(|t| t.domain_name(id.as_str()));
+        let channel = self.limits.endpoint(address, tls.as_ref(), Duration::from_secs(2), None)?.connect_lazy();
         let client = CollectorServiceClient::new(channel)
             .max_decoding_message_size(self.limits.max_message_bytes)
             .max_encoding_message_size(self.limits.max_message_bytes);
-        map.insert(address.to_string(), client.clone());
+        map.insert(key, client.clone());
         Ok(client)
     }
 
-    /// Forgets clients of addresses no live collector has any more.
-    pub fn retain(&self, live: &BTreeSet<String>) {
-        self.clients.lock().unwrap_or_else(|p| p.into_inner()).retain(|a, _| live.contains(a));
+    /// Forgets clients of collectors no longer registered at that address.
+    pub fn retain(&self, live: &BTreeSet<(CollectorId, String)>) {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| live.contains(k));
     }
 }
 
@@ -249,7 +259,7 @@ impl Reconciler {
         let (collectors, unreadable) = self.store.collectors_and_unreadable().await.map_err(PassError::Read)?;
         let draining = self.store.draining().await.map_err(PassError::Read)?;
         let (mut records, bad_records) = self.store.assignments().await.map_err(PassError::Read)?;
-        self.clients.retain(&collectors.values().map(|c| c.record.grpc_address.clone()).collect());
+        self.clients.retain(&collectors.iter().map(|(id, c)| (id.clone(), c.record.grpc_address.clone())).collect());
 
         // Monitors that cannot be read are reported and left exactly as they are.
         self.stats.invalid_specs.store(monitors.invalid.len() as u64, Ordering::Relaxed);
@@ -457,7 +467,7 @@ impl Reconciler {
         term: i64,
     ) -> BTreeMap<CollectorId, Report> {
         let calls = collectors.iter().map(|(id, c)| {
-            let client = self.clients.get(&c.record.grpc_address);
+            let client = self.clients.get(id, &c.record.grpc_address);
             let bound = if self.liveness.was_silent(id) { SILENT_LIST_TIMEOUT } else { LIST_TIMEOUT };
             async move {
                 let Ok(mut client) = client else { return (id.clone(), Report::Silent) };
@@ -573,7 +583,7 @@ impl Reconciler {
             by_collector.entry(c).or_default().push((m, command));
         }
         let calls = by_collector.into_iter().map(|(cid, commands)| {
-            let target = collectors.get(&cid).map(|c| (self.clients.get(&c.record.grpc_address), c.lease));
+            let target = collectors.get(&cid).map(|c| (self.clients.get(&cid, &c.record.grpc_address), c.lease));
             async move {
                 let Some((Ok(client), lease)) = target else { return Vec::new() };
                 let stuck = Arc::new(AtomicBool::new(false));

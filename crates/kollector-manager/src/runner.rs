@@ -185,7 +185,7 @@ impl ClusterRunner {
     async fn seen(&self, id: &MonitorId) -> Result<Seen, Status> {
         let collectors = self.store.collectors().await.map_err(etcd_status)?;
         let calls = collectors.into_iter().map(|(cid, c)| {
-            let client = self.clients.get(&c.record.grpc_address);
+            let client = self.clients.get(&cid, &c.record.grpc_address);
             async move {
                 let Ok(mut client) = client else { return (cid.to_string(), None) };
                 let call = client.list_running(pb::ListRunningRequest { leader_term: 0 });
@@ -307,11 +307,11 @@ impl Runner for ClusterRunner {
             return Err(Status::unavailable("no live collector to probe from"));
         }
         let turn = self.next_probe.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % collectors.len();
-        let (_, live) =
+        let (cid, live) =
             collectors.iter().nth(turn).ok_or_else(|| Status::unavailable("no live collector to probe from"))?;
         let mut c = self
             .clients
-            .get(&live.record.grpc_address)
+            .get(cid, &live.record.grpc_address)
             .map_err(|e| Status::unavailable(format!("collector {}: {e}", live.record.grpc_address)))?;
         let req = pb::ProbeRequest { spec: Some(kollector_proto::input_to_proto(&spec.to_input())) };
         let r = c.probe(req).await?.into_inner();
