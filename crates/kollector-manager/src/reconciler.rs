@@ -119,8 +119,11 @@ pub struct ReconcilerStats {
 pub struct CollectorClients {
     limits: GrpcLimits,
     tls: Option<ClientTlsConfig>,
-    clients: Arc<Mutex<HashMap<(CollectorId, String), CollectorServiceClient<Channel>>>>,
+    clients: Arc<Mutex<HashMap<CollectorAt, CollectorServiceClient<Channel>>>>,
 }
+
+/// A collector id and the gRPC address it registered.
+type CollectorAt = (CollectorId, String);
 
 impl CollectorClients {
     pub fn new(limits: GrpcLimits, tls: Option<ClientTlsConfig>) -> Self {
@@ -147,7 +150,7 @@ impl CollectorClients {
     }
 
     /// Forgets clients of collectors no longer registered at that address.
-    pub fn retain(&self, live: &BTreeSet<(CollectorId, String)>) {
+    pub fn retain(&self, live: &BTreeSet<CollectorAt>) {
         self.clients.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| live.contains(k));
     }
 }
