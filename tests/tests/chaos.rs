@@ -2,8 +2,9 @@
 //! sequence of faults (SIGKILL and SIGSTOP past the TTL of collectors and of
 //! the leading manager, etcd restarts, CRUD bursts, delete and immediate
 //! re-create against another Kafka cluster, a collector cut off from etcd
-//! but not from Kafka), while an invariant checker samples the real system
-//! every 200 ms:
+//! but not from Kafka, a collector cut off from the managers by the
+//! kernel's packet filter while it keeps its lease), while an invariant
+//! checker samples the real system every 200 ms:
 //!
 //! - never two collectors with open TCP connections (read from /proc) to
 //!   the same monitor's broker; every monitor has a broker of its own (a
@@ -12,6 +13,8 @@
 //!   while stopped and for one second after it wakes (it must fence then);
 //! - no result served by a manager comes from anyone but the owner the
 //!   manager's own records name, under the record's epoch;
+//! - no result is served as current (with a snapshot) when it is older
+//!   than the stale bound (`STALE_BOUND`);
 //! - after the last fault, every monitor runs on exactly one collector with
 //!   a fresh result within `CONVERGE` .
 //!
@@ -28,6 +31,7 @@ use kollector_tests::cluster::{owners_among, unix_ms};
 use kollector_tests::etcd::EtcdServer;
 use kollector_tests::kollector::KollectorProcess;
 use kollector_tests::net::{is_stopped, remote_ports_by_pid, TcpProxy};
+use kollector_tests::packet_filter::PortCut;
 use kollector_tests::poll::wait_for_async;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -41,6 +45,9 @@ const WAKE_GRACE: Duration = Duration::from_millis(1500);
 const CONVERGE: Duration = Duration::from_secs(40);
 const DEFAULT_SEED: u64 = 20_261_125;
 const DEFAULT_FAULTS: usize = 32;
+/// Interval 5 s, timeout 2 s, 3 intervals (the default rule): a result is
+/// stale 17 s after its collection; 2 s more for the checker's own reads.
+const STALE_BOUND_MS: u64 = 19_000;
 
 /// What the checker needs to know, kept current by the fault loop.
 #[derive(Default)]
@@ -77,7 +84,7 @@ struct Chaos {
 }
 
 fn manager_args() -> Vec<String> {
-    vec!["--apply-timeout=5s".into()]
+    vec!["--apply-timeout=5s".into(), "--unreachable-after=2s".into(), "--rejoin-after=2s".into()]
 }
 
 fn new_mock() -> Mock {
@@ -230,18 +237,35 @@ async fn sample(shared: &Arc<Mutex<Shared>>) {
                 list.iter()
                     .any(|a| a.monitor_id == r.monitor_id && a.collector_id == r.collector_id && a.epoch == r.epoch)
             };
-            Some(
-                latest
-                    .iter()
-                    .filter(|r| !owned(&before, r) && !owned(&after, r))
-                    .map(|r| {
-                        format!(
-                            "monitor {}: a result from {} under epoch {} was served, not the owner's",
-                            r.monitor_id, r.collector_id, r.epoch
-                        )
-                    })
-                    .collect::<Vec<_>>(),
-            )
+            let now_ms = unix_ms();
+            let mut v: Vec<String> = latest
+                .iter()
+                .filter(|r| !owned(&before, r) && !owned(&after, r))
+                .map(|r| {
+                    format!(
+                        "monitor {}: a result from {} under epoch {} was served, not the owner's",
+                        r.monitor_id, r.collector_id, r.epoch
+                    )
+                })
+                .collect();
+            // Served as current (a snapshot) but older than the stale bound.
+            let current = |r: &&pb::MonitorResult| {
+                r.snapshot.is_some()
+                    && r.error.is_none()
+                    && r.status
+                        .as_ref()
+                        .is_some_and(|s| matches!(s.state(), pb::MonitorState::Running | pb::MonitorState::Degraded))
+            };
+            v.extend(latest.iter().filter(current).filter_map(|r| {
+                let age = now_ms.saturating_sub(r.attempted_at_ms);
+                (age > STALE_BOUND_MS).then(|| {
+                    format!(
+                        "monitor {}: a {age} ms old result was served as current (bound {STALE_BOUND_MS} ms)",
+                        r.monitor_id
+                    )
+                })
+            }));
+            Some(v)
         };
         if let Ok(Some(v)) = tokio::time::timeout(Duration::from_secs(2), check).await {
             found.extend(v);
@@ -258,6 +282,7 @@ enum Fault {
     KillCollector,
     PauseCollector,
     CutCollector,
+    CutCollectorFromManagers,
     KillLeader,
     PauseLeader,
     RestartEtcd,
@@ -265,10 +290,11 @@ enum Fault {
     Recreate,
 }
 
-const FAULT_KINDS: [Fault; 8] = [
+const FAULT_KINDS: [Fault; 9] = [
     Fault::KillCollector,
     Fault::PauseCollector,
     Fault::CutCollector,
+    Fault::CutCollectorFromManagers,
     Fault::KillLeader,
     Fault::PauseLeader,
     Fault::RestartEtcd,
@@ -372,6 +398,19 @@ async fn seeded_chaos_keeps_one_owner_per_monitor_and_converges() {
                 tokio::time::sleep(cut).await;
                 chaos.collectors[&id].proxy.restore();
                 format!("cut {id} from etcd (not from Kafka) for {cut:?}")
+            }
+            Fault::CutCollectorFromManagers => {
+                let id = ids[rng.gen_range(0..ids.len())].clone();
+                let cut = Duration::from_millis(rng.gen_range(3000..9000));
+                match chaos.collectors[&id].process.as_ref().map(|p| p.grpc_port) {
+                    Some(port) => {
+                        let filter = PortCut::start(port);
+                        tokio::time::sleep(cut).await;
+                        filter.heal();
+                        format!("cut {id}'s gRPC port with the packet filter (lease kept) for {cut:?}")
+                    }
+                    None => format!("{id} not running; nothing to cut"),
+                }
             }
             Fault::KillLeader => match chaos.leader().await {
                 Some(i) => {
