@@ -163,6 +163,16 @@ fn connected(collectors: &[(&str, u32)], port: u16) -> Vec<String> {
         .collect()
 }
 
+/// Who runs each monitor now (the collectors connected to its broker),
+/// failing the test if any has two owners.
+fn owners_now(pids: &[(&str, u32)], ports: &[u16], phase: &str, since: Instant) -> Vec<Vec<String>> {
+    let on: Vec<Vec<String>> = ports.iter().map(|p| connected(pids, *p)).collect();
+    for (i, c) in on.iter().enumerate() {
+        assert!(c.len() <= 1, "m{i} has two owners {:?} {phase}: {c:?}", since.elapsed());
+    }
+    on
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_collector_the_manager_cannot_reach_loses_its_monitors_safely_and_rejoins_without_flapping() {
     let etcd = EtcdServer::start();
@@ -196,11 +206,8 @@ async fn a_collector_the_manager_cannot_reach_loses_its_monitors_safely_and_rejo
     client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec("m3", &brokers[3].bootstrap())) }).await.unwrap();
     let mut samples = 0;
     let moved_after = loop {
-        let on: Vec<Vec<String>> = ports.iter().map(|p| connected(&pids, *p)).collect();
+        let on = owners_now(&pids, &ports, "after the cut", cut_at);
         samples += 1;
-        for (i, c) in on.iter().enumerate() {
-            assert!(c.len() <= 1, "m{i} has two owners at {:?} after the cut: {c:?}", cut_at.elapsed());
-        }
         if on.iter().all(|c| c == &["c2".to_string()]) {
             break cut_at.elapsed();
         }
@@ -238,10 +245,7 @@ async fn a_collector_the_manager_cannot_reach_loses_its_monitors_safely_and_rejo
     cut.heal();
     let healed = Instant::now();
     let rejoined = loop {
-        let on: Vec<Vec<String>> = ports.iter().map(|p| connected(&pids, *p)).collect();
-        for (i, c) in on.iter().enumerate() {
-            assert!(c.len() <= 1, "m{i} has two owners {:?} after the heal: {c:?}", healed.elapsed());
-        }
+        let on = owners_now(&pids, &ports, "after the heal", healed);
         if on.iter().any(|c| c == &["c1".to_string()]) {
             break healed.elapsed();
         }
