@@ -3,7 +3,9 @@
 //! every stored secret with the new first key by itself (`kollector status`
 //! and `kollector_secrets_on_old_keys` count those left); then the old
 //! line is removed, the managers restarted, and every monitor still reads.
-//! A second rotation after the removal picks a fresh key id.
+//! A second rotation after the removal picks a fresh key id. With two
+//! managers restarted one at a time, nothing is re-sealed until both seal
+//! with the new key (the one not yet restarted must still open everything).
 
 use std::time::Duration;
 
@@ -72,6 +74,7 @@ async fn rotate_restart_reseal_remove_the_old_line_restart_and_rotate_again() {
     let etcd = EtcdServer::start();
     let flag = format!("--secret-key-file={key_file}");
     let mut manager = KollectorProcess::manager_with(&etcd.endpoint(), &[&flag]);
+    let mut standby = KollectorProcess::manager_with(&etcd.endpoint(), &[&flag]);
     let mut client = manager.client().await;
     for i in 0..MONITORS {
         let spec = pb::MonitorSpecInput {
@@ -91,7 +94,17 @@ async fn rotate_restart_reseal_remove_the_old_line_restart_and_rotate_again() {
     assert!(ok, "{err}");
     assert!(out.contains("re-seals"), "rotate says what happens next: {out}");
     assert_eq!(key_ids(&key_file), vec!["k2", "k1"]);
+    // A rolling restart: one manager has the new key file, the other not
+    // yet. Past the killed process's lease (3 s), still nothing re-sealed,
+    // and the one not restarted reads every monitor.
     manager.respawn();
+    let held = std::time::Instant::now();
+    while held.elapsed() < Duration::from_secs(6) {
+        assert_eq!(sealed_with(&etcd, "k1").await, (MONITORS, MONITORS), "re-sealed before every manager had the key");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    all_readable(&standby).await;
+    standby.respawn();
     all_on(&etcd, &manager, "k2").await;
     let (ok, out, err) = run_cli(&["status", "--server", &manager.grpc_url()]);
     assert!(ok && !out.contains("older key"), "status after the re-seal: {out}{err}");
@@ -101,13 +114,16 @@ async fn rotate_restart_reseal_remove_the_old_line_restart_and_rotate_again() {
     let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("k1 ")).collect();
     std::fs::write(&key_file, kept.join("\n") + "\n").unwrap();
     manager.respawn();
+    standby.respawn();
     all_readable(&manager).await;
+    all_readable(&standby).await;
 
     // Rotate again: a fresh id (not k2 again, not the removed k1), re-sealed.
     let (ok, _, err) = run_cli(&["secret-key", "rotate", "--file", &key_file]);
     assert!(ok, "{err}");
     assert_eq!(key_ids(&key_file), vec!["k3", "k2"]);
     manager.respawn();
+    standby.respawn();
     all_on(&etcd, &manager, "k3").await;
     all_readable(&manager).await;
 }

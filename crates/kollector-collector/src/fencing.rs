@@ -30,6 +30,9 @@ pub struct Tokens {
 pub struct FencingBook {
     max_term: i64,
     seen: HashMap<MonitorId, Tokens>,
+    /// Bumped by every change, so a judgement made from an etcd read can
+    /// tell whether a token was recorded while the read was in flight.
+    version: u64,
 }
 
 impl FencingBook {
@@ -70,7 +73,15 @@ impl FencingBook {
     /// Notes a leader term seen on a read (ListRunning): older terms are
     /// refused from now on.
     pub fn observe_term(&mut self, term: i64) {
-        self.max_term = self.max_term.max(term);
+        if term > self.max_term {
+            self.max_term = term;
+            self.version += 1;
+        }
+    }
+
+    /// Changes so far (see the field).
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// The highest etcd revision any token seen so far carried.
@@ -79,22 +90,26 @@ impl FencingBook {
         epochs.fold(self.max_term, i64::max)
     }
 
-    /// Whether etcd's history went back: its current `revision` (read just
-    /// now) is below a revision a token already carried.
-    pub fn history_went_back(&self, revision: i64) -> bool {
-        revision > 0 && revision < self.highest_revision()
+    /// Whether etcd's history went back, from one linearizable read made
+    /// while this book did not change: its `revision` is below a revision a
+    /// token already carried, or its current leader's term is below a term
+    /// already believed (a new leader's key is always created later).
+    pub fn history_went_back(&self, revision: i64, current_term: i64) -> bool {
+        (revision > 0 && revision < self.highest_revision()) || (current_term > 0 && current_term < self.max_term)
     }
 
     /// Starts over after etcd's history went back: forgets every token of
     /// the old history and believes `current_term` (the current leader's,
-    /// read from etcd) from now on.
+    /// read from etcd) from now on; the caller lets only that term through.
     pub fn rebase(&mut self, current_term: i64) {
         self.seen.clear();
         self.max_term = current_term;
+        self.version += 1;
     }
 
     /// Records accepted tokens.
     pub fn record(&mut self, id: &MonitorId, tokens: Tokens) {
+        self.version += 1;
         self.max_term = self.max_term.max(tokens.leader_term);
         // Never lower what was seen: an Unassign (any generation) must not
         // let an older generation of the same epoch back in.
@@ -127,13 +142,16 @@ mod tests {
         let mut book = FencingBook::default();
         book.record(&id, t(1, 900, 500));
         assert_eq!(book.highest_revision(), 900);
-        assert!(!book.history_went_back(950), "etcd moved on: nothing to do");
-        assert!(!book.history_went_back(900));
-        assert!(!book.history_went_back(0), "an unknown revision proves nothing");
-        assert!(book.history_went_back(600), "restored to revision 600");
+        assert!(!book.history_went_back(950, 500), "etcd moved on: nothing to do");
+        assert!(!book.history_went_back(900, 500));
+        assert!(!book.history_went_back(0, 0), "an unknown revision proves nothing");
+        assert!(book.history_went_back(600, 500), "restored to revision 600");
+        assert!(book.history_went_back(2000, 450), "the current leader's term is below one believed");
+        let v = book.version();
         // The restored history's leader (term 550) and epochs (610) pass once rebased.
         assert!(book.check(&id, t(1, 610, 550)).is_err());
         book.rebase(550);
+        assert!(book.version() > v, "a rebase is a change");
         assert!(book.check(&id, t(1, 610, 550)).is_ok());
         assert!(book.check(&id, t(1, 610, 549)).is_err(), "older terms of the new history are still refused");
     }

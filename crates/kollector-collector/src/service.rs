@@ -78,6 +78,10 @@ pub struct CollectorServiceImpl {
     book: Arc<Mutex<FencingBook>>,
     lease: CurrentLease,
     max_message_bytes: usize,
+    /// When etcd was last read to look for a restored history: stale
+    /// commands around an election must not queue reads ahead of the new
+    /// leader's.
+    last_restore_probe: Arc<Mutex<Option<std::time::Instant>>>,
 }
 
 impl CollectorServiceImpl {
@@ -88,7 +92,16 @@ impl CollectorServiceImpl {
         lease: CurrentLease,
         max_message_bytes: usize,
     ) -> Self {
-        CollectorServiceImpl { terms: None, id, node, options, book: Arc::default(), lease, max_message_bytes }
+        CollectorServiceImpl {
+            terms: None,
+            id,
+            node,
+            options,
+            book: Arc::default(),
+            lease,
+            max_message_bytes,
+            last_restore_probe: Arc::default(),
+        }
     }
 
     /// Check every new leader term against `source` before believing it.
@@ -104,9 +117,11 @@ impl CollectorServiceImpl {
         let max = self.book().max_term();
         if term < max {
             // The book refuses it (a deposed leader) unless etcd's history
-            // went back; that needs a read only when it happens.
-            self.rebase_if_restored().await;
-            return Ok(());
+            // went back; then only the current leader's term is believed.
+            return match self.rebase_if_restored().await {
+                Some(current) if current != term => Err(not_current(term, current)),
+                _ => Ok(()),
+            };
         }
         if term == max {
             return Ok(());
@@ -126,31 +141,50 @@ impl CollectorServiceImpl {
 
     /// After the book refused (or would refuse) a command: if etcd's
     /// history went back (restored from an older backup), starts the book
-    /// over from what etcd says now and returns true.
-    async fn rebase_if_restored(&self) -> bool {
-        let Some(source) = &self.terms else { return false };
-        let Ok(now) = source().await else { return false };
+    /// over from what etcd says now and returns the current leader's term,
+    /// the only one believed from then on (a newer one is checked against
+    /// etcd as always). The judgement uses one read made while the book did
+    /// not change, so a token recorded meanwhile (a new leader's) is never
+    /// forgotten; at most one read a second.
+    async fn rebase_if_restored(&self) -> Option<i64> {
+        let source = self.terms.as_ref()?;
+        {
+            let mut last = self.last_restore_probe.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+                return None;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let version = self.book().version();
+        let now = source().await.ok()?;
+        let current = now.leader_term?;
         let mut book = self.book();
-        if !book.history_went_back(now.revision) {
-            return false;
+        if book.version() != version || !book.history_went_back(now.revision, current) {
+            return None;
         }
         tracing::warn!(
             revision = now.revision,
             highest_seen = book.highest_revision(),
-            term = ?now.leader_term,
+            believed_term = book.max_term(),
+            current_term = current,
             "etcd's revision went back (restored from a backup?): starting the fencing book over from etcd"
         );
-        book.rebase(now.leader_term.unwrap_or(0));
-        true
+        book.rebase(current);
+        Some(current)
     }
 
-    /// The book's verdict on a command, after a rebase if etcd's history
-    /// went back.
-    async fn fenced(&self, check: impl Fn(&FencingBook) -> Result<(), String>) -> Result<(), Status> {
+    /// The book's verdict on a command of leader term `term`, after a
+    /// rebase if etcd's history went back (then only the current leader's
+    /// term passes).
+    async fn fenced(&self, term: i64, check: impl Fn(&FencingBook) -> Result<(), String>) -> Result<(), Status> {
         if check(&self.book()).is_ok() {
             return Ok(());
         }
-        self.rebase_if_restored().await;
+        if let Some(current) = self.rebase_if_restored().await {
+            if current != term {
+                return Err(not_current(term, current));
+            }
+        }
         check(&self.book()).map_err(|e| Status::failed_precondition(format!("stale command: {e}")))
     }
 
@@ -180,6 +214,12 @@ impl CollectorServiceImpl {
             MonitorResult { snapshot: None, error: Some(CollectError::new(ErrorKind::ResultTooLarge, message)), ..r };
         Some(result_to_proto(&too_large))
     }
+}
+
+fn not_current(term: i64, current: i64) -> Status {
+    Status::failed_precondition(format!(
+        "leader term {term} is not the current leader's ({current}) after etcd's history went back; command refused"
+    ))
 }
 
 fn tokens(f: Option<pb::Fencing>) -> Result<(Tokens, i64), Status> {
@@ -215,7 +255,7 @@ impl CollectorService for CollectorServiceImpl {
                 if held == 0 { "none (not registered)".to_string() } else { held.to_string() }
             )));
         }
-        self.fenced(|book| book.check(&spec.id, tokens)).await?;
+        self.fenced(tokens.leader_term, |book| book.check(&spec.id, tokens)).await?;
         let id = spec.id.clone();
         // The previous owner's history, as a manager last heard it. Not
         // needed (nor decoded) if the monitor runs here already.
@@ -257,7 +297,7 @@ impl CollectorService for CollectorServiceImpl {
         })?;
         self.believe_term(tokens.leader_term).await?;
         let turn = self.node.turn(&id).await;
-        self.fenced(|book| book.check_unassign(&id, tokens)).await?;
+        self.fenced(tokens.leader_term, |book| book.check_unassign(&id, tokens)).await?;
         let was_running = match self.node.unassign_in_turn(&turn).await {
             Ok(()) => true,
             Err(RegistryError::NotRunning(_)) => false,

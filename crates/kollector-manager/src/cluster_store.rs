@@ -224,6 +224,69 @@ impl ClusterStore {
         Ok(resp.succeeded().then(|| resp.header().map(|h| h.revision() as u64).unwrap_or_default()))
     }
 
+    /// The key this node seals with (its key file's first line), if any.
+    pub fn sealing_key_id(&self) -> Option<String> {
+        self.secrets.as_deref().map(|k| k.first_id().to_string())
+    }
+
+    /// Keeps `<prefix>/manager-keys/<address>` saying which key this
+    /// manager seals with, under a lease of its own, until `stop`: a
+    /// manager that stops (or dies) stops announcing within `ttl`.
+    pub async fn announce_sealing_key(
+        self,
+        etcd: kollector_coordination::lease::EtcdAccess,
+        address: String,
+        ttl: std::time::Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use kollector_coordination::lease;
+        let key = format!("{}{}", self.keys.manager_keys(), address.replace('/', "_"));
+        let value = serde_json::json!({ "first": self.sealing_key_id() }).to_string();
+        while !*stop.borrow() {
+            let held = async {
+                let mut c = lease::connect(&etcd, ttl).await?;
+                let (id, granted) = lease::grant(&mut c, ttl).await?;
+                let put = c.put(key.clone(), value.clone(), Some(PutOptions::new().with_lease(id)));
+                tokio::time::timeout(lease::call_timeout(ttl), put)
+                    .await
+                    .map_err(|_| CoordinationError::Timeout("announcing the sealing key"))??;
+                Ok::<_, CoordinationError>((c, id, granted))
+            };
+            match held.await {
+                Ok((mut c, id, granted)) => {
+                    if let lease::LeaseEnd::Stopped =
+                        lease::keep_alive(&mut c, id, granted, ttl, &mut stop, &|_, _| {}).await
+                    {
+                        lease::revoke(&mut c, id, ttl).await;
+                        return;
+                    }
+                }
+                Err(e) => tracing::debug!("announcing the sealing key: {e}"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Whether every live manager seals with `first` (each announces its
+    /// key; every candidate of the election must have announced): only then
+    /// may the leader re-seal, or a manager not yet restarted with the new
+    /// key file would lose the secrets it can no longer open.
+    pub async fn every_manager_seals_with(&self, first: &str) -> Result<bool, CoordinationError> {
+        let (announced, _) = self.list(&self.keys.manager_keys()).await?;
+        let mut c = self.client.clone();
+        let candidates =
+            c.get(self.keys.election(), Some(GetOptions::new().with_prefix().with_count_only())).await?.count();
+        let all_same = announced.iter().all(|kv| {
+            serde_json::from_slice::<serde_json::Value>(kv.value())
+                .ok()
+                .is_some_and(|v| v.get("first").and_then(|f| f.as_str()) == Some(first))
+        });
+        Ok(all_same && !announced.is_empty() && announced.len() as i64 >= candidates)
+    }
+
     /// Re-seals `m`'s secrets with the first key, leader-guarded and only if
     /// the monitor is unchanged since it was read (a concurrent update
     /// wins; the next pass looks again). Its generation changes, so its

@@ -394,8 +394,30 @@ impl Reconciler {
     ) -> Result<(), PassError> {
         let due: Vec<&StoredMonitor> = monitors.values().filter(|m| m.needs_reseal).collect();
         let mut left = due.len();
+        self.stats.secrets_on_old_keys.store(left as u64, Ordering::Relaxed);
+        let Some(first) = self.store.sealing_key_id() else { return Ok(()) };
+        if due.is_empty() {
+            return Ok(());
+        }
+        // Only once every manager seals with this key: one still on the old
+        // key file could not open what is re-sealed (a rolling restart).
+        match tokio::time::timeout(LIST_TIMEOUT, self.store.every_manager_seals_with(&first)).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                tracing::info!(left, key = %first, "not re-sealing yet: not every manager seals with this key");
+                return Ok(());
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("cannot tell which keys the managers seal with: {e}");
+                return Ok(());
+            }
+            Err(_) => return Ok(()),
+        }
+        // One call timeout for the whole step: a slow etcd must not hold
+        // the pass (and failovers) for RESEALS_PER_PASS timeouts.
+        let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
         for m in due.into_iter().take(RESEALS_PER_PASS) {
-            match tokio::time::timeout(CALL_TIMEOUT, self.store.reseal(token, m)).await {
+            match tokio::time::timeout_at(deadline, self.store.reseal(token, m)).await {
                 Ok(Ok(true)) => {
                     left -= 1;
                     tracing::info!(monitor = %m.spec.id, "re-sealed its secrets with the first key");
@@ -473,7 +495,13 @@ impl Reconciler {
             let client = self.clients.get(id, &c.record.grpc_address);
             let bound = if self.liveness.was_silent(id) { SILENT_LIST_TIMEOUT } else { LIST_TIMEOUT };
             async move {
-                let Ok(mut client) = client else { return (id.clone(), Report::Silent) };
+                let mut client = match client {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(collector = %id, "cannot set up a connection to it: {e}");
+                        return (id.clone(), Report::Silent);
+                    }
+                };
                 let call = client.list_running(pb::ListRunningRequest { leader_term: term });
                 match tokio::time::timeout(bound, call).await {
                     Ok(Ok(r)) => {

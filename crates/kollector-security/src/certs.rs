@@ -89,6 +89,12 @@ pub fn generate(req: &CertRequest) -> Result<Vec<PathBuf>, CertError> {
     if let Some((bad, _)) = all.iter().find(|(n, _)| !valid_name(n)) {
         return Err(CertError::Invalid(format!("node name {bad:?}: letters, digits, '.', '_' and '-' only")));
     }
+    // A collector's certificate is checked against its id by name.
+    if let Some((bad, _)) = all.iter().find(|(n, _)| !crate::tls::is_tls_name(n)) {
+        return Err(CertError::Invalid(format!(
+            "node name {bad:?} is not a name TLS can check (not all digits, no label ending in '-')"
+        )));
+    }
     // Check every target first so a clash writes nothing.
     for (n, _) in &all {
         for ext in ["pem", "key"] {

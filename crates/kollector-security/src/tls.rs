@@ -107,6 +107,13 @@ impl NodeTls {
 }
 
 /// A CLI's TLS: verify the server against `ca`.
+/// Whether `name` can be checked against a certificate by TLS (a DNS name
+/// or an IP address rustls accepts): managers check a collector's
+/// certificate against its id, so in a secure cluster an id must be one.
+pub fn is_tls_name(name: &str) -> bool {
+    rustls_pki_types::ServerName::try_from(name).is_ok()
+}
+
 pub fn client_with_ca(ca: &Path) -> Result<ClientTlsConfig, TlsError> {
     Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem("--ca-file", ca, "certificate")?)))
 }
@@ -168,6 +175,16 @@ impl FilePolicy {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn collector_ids_must_be_names_tls_can_check() {
+        for ok in ["c1", "collector-0", "kollector-collector-2.ns.svc", "node_7", "127.0.0.1"] {
+            assert!(super::is_tls_name(ok), "{ok}");
+        }
+        for bad in ["c1-", "a..b", ""] {
+            assert!(!super::is_tls_name(bad), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

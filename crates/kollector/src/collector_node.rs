@@ -159,6 +159,12 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     }
     let limits = args.grpc.limits()?;
     let tls = args.tls.load("this collector")?;
+    if tls.is_some() && !kollector_security::tls::is_tls_name(id.as_str()) {
+        anyhow::bail!(
+            "--id {:?} cannot be checked against a certificate (managers require a collector's certificate to name its id): use a DNS-style name, e.g. letters, digits and '-', not ending in '-' and not all digits",
+            id.as_str()
+        );
+    }
     let etcd = args.cluster.access(args.tls.insecure)?;
     let grpc_listener = http::bind(args.grpc_listen, "gRPC (CollectorService)").await?;
     let http_listener = http::bind(args.http_listen, "HTTP (/metrics)").await?;
