@@ -21,6 +21,7 @@ fn candidate(etcd: &EtcdServer, address: &str) -> Election {
         prefix: "/kollector".into(),
         address: address.into(),
         ttl: TTL,
+        announce: None,
     })
 }
 

@@ -26,6 +26,10 @@ pub struct ElectionConfig {
     pub address: String,
     /// The campaign lease's TTL: how long a dead leader holds the seat.
     pub ttl: Duration,
+    /// Published at `<prefix>/manager-keys/<campaign lease, hex>` under the
+    /// campaign's own lease, so each candidate's announcement lives and
+    /// dies with its candidacy (managers announce the key they seal with).
+    pub announce: Option<String>,
 }
 
 /// Proof of leadership: the leader key and its create revision (the term).
@@ -86,6 +90,11 @@ async fn run(config: ElectionConfig, state: watch::Sender<Leadership>, mut stop:
         let session = async {
             let mut client = lease::connect(&config.etcd, ttl).await?;
             let (id, granted) = lease::grant(&mut client, ttl).await?;
+            if let Some(value) = &config.announce {
+                let key = format!("{}{id:x}", keys.manager_keys());
+                let put = client.put(key, value.clone(), Some(etcd_client::PutOptions::new().with_lease(id)));
+                timeout(lease::call_timeout(ttl), put).await.map_err(|_| CoordinationError::Timeout("announce"))??;
+            }
             Ok::<_, CoordinationError>((client, id, granted))
         };
         let (mut client, lease_id, granted) = match session.await {

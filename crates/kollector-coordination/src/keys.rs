@@ -7,7 +7,7 @@
 //! | `<prefix>/assignments/<id>` | JSON `Assignment` (`collector`, `epoch`) | durable, leader-written |
 //! | `<prefix>/manager/election` | etcd election; value = leader's gRPC address | the leader's lease |
 //! | `<prefix>/draining/<id>` | `1`: the collector gets no monitors | durable, until undone |
-//! | `<prefix>/manager-keys/<address>` | JSON `{"first": "k2"}`: the key this manager seals with (null: none) | that manager's lease |
+//! | `<prefix>/manager-keys/<lease hex>` | JSON `{"first": "k2"}`: the key the manager campaigning with that lease seals with (null: none) | that manager's campaign lease |
 //! | `<prefix>/revoked/<id>` | JSON `{"lease": n}`: the lease the leader revoked | a lease of the collector's TTL + 1 s |
 
 /// Default key prefix.
@@ -50,8 +50,8 @@ impl Keys {
     pub fn draining(&self) -> String {
         format!("{}/draining/", self.prefix)
     }
-    /// Each live manager's secret key ids, under its own lease: the leader
-    /// re-seals secrets only once every manager seals with the same key.
+    /// Each election candidate's sealing key, under its campaign lease: the
+    /// leader re-seals secrets only once every candidate seals with the same key.
     pub fn manager_keys(&self) -> String {
         format!("{}/manager-keys/", self.prefix)
     }

@@ -229,62 +229,47 @@ impl ClusterStore {
         self.secrets.as_deref().map(|k| k.first_id().to_string())
     }
 
-    /// Keeps `<prefix>/manager-keys/<address>` saying which key this
-    /// manager seals with, under a lease of its own, until `stop`: a
-    /// manager that stops (or dies) stops announcing within `ttl`.
-    pub async fn announce_sealing_key(
-        self,
-        etcd: kollector_coordination::lease::EtcdAccess,
-        address: String,
-        ttl: std::time::Duration,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-    ) {
-        use kollector_coordination::lease;
-        let key = format!("{}{}", self.keys.manager_keys(), address.replace('/', "_"));
-        let value = serde_json::json!({ "first": self.sealing_key_id() }).to_string();
-        while !*stop.borrow() {
-            let held = async {
-                let mut c = lease::connect(&etcd, ttl).await?;
-                let (id, granted) = lease::grant(&mut c, ttl).await?;
-                let put = c.put(key.clone(), value.clone(), Some(PutOptions::new().with_lease(id)));
-                tokio::time::timeout(lease::call_timeout(ttl), put)
-                    .await
-                    .map_err(|_| CoordinationError::Timeout("announcing the sealing key"))??;
-                Ok::<_, CoordinationError>((c, id, granted))
-            };
-            match held.await {
-                Ok((mut c, id, granted)) => {
-                    if let lease::LeaseEnd::Stopped =
-                        lease::keep_alive(&mut c, id, granted, ttl, &mut stop, &|_, _| {}).await
-                    {
-                        lease::revoke(&mut c, id, ttl).await;
-                        return;
-                    }
-                }
-                Err(e) => tracing::debug!("announcing the sealing key: {e}"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                _ = stop.changed() => {}
-            }
-        }
+    /// What this manager announces next to its candidacy: the key it seals with.
+    pub fn sealing_announcement(&self) -> String {
+        serde_json::json!({ "first": self.sealing_key_id() }).to_string()
     }
 
-    /// Whether every live manager seals with `first` (each announces its
-    /// key; every candidate of the election must have announced): only then
-    /// may the leader re-seal, or a manager not yet restarted with the new
-    /// key file would lose the secrets it can no longer open.
+    /// Whether every election candidate (every live manager) announced
+    /// that it seals with `first`, read in one transaction: only then may
+    /// the leader re-seal, or a manager not yet restarted with the new key
+    /// file would lose the secrets it can no longer open. Each announcement
+    /// sits under its candidate's campaign lease, keyed by that lease.
     pub async fn every_manager_seals_with(&self, first: &str) -> Result<bool, CoordinationError> {
-        let (announced, _) = self.list(&self.keys.manager_keys()).await?;
+        let candidates_dir = format!("{}/", self.keys.election());
+        let announced_dir = self.keys.manager_keys();
+        let range = |dir: &str| TxnOp::get(dir.to_string(), Some(GetOptions::new().with_prefix()));
         let mut c = self.client.clone();
-        let candidates =
-            c.get(self.keys.election(), Some(GetOptions::new().with_prefix().with_count_only())).await?.count();
-        let all_same = announced.iter().all(|kv| {
-            serde_json::from_slice::<serde_json::Value>(kv.value())
-                .ok()
-                .is_some_and(|v| v.get("first").and_then(|f| f.as_str()) == Some(first))
+        let resp = c.txn(Txn::new().and_then([range(&candidates_dir), range(&announced_dir)])).await?;
+        let mut ranges = resp.op_responses().into_iter().filter_map(|r| match r {
+            etcd_client::TxnOpResponse::Get(g) => Some(g),
+            _ => None,
         });
-        Ok(all_same && !announced.is_empty() && announced.len() as i64 >= candidates)
+        let (Some(candidates), Some(announced)) = (ranges.next(), ranges.next()) else { return Ok(false) };
+        let announced: BTreeMap<String, Option<String>> = announced
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let lease = String::from_utf8_lossy(kv.key()).trim_start_matches(announced_dir.as_str()).to_string();
+                let key = serde_json::from_slice::<serde_json::Value>(kv.value())
+                    .ok()
+                    .and_then(|v| v.get("first").and_then(|f| f.as_str()).map(str::to_string));
+                (lease, key)
+            })
+            .collect();
+        let mut any = false;
+        for kv in candidates.kvs() {
+            any = true;
+            let lease = String::from_utf8_lossy(kv.key()).trim_start_matches(candidates_dir.as_str()).to_string();
+            if announced.get(&lease).and_then(|k| k.as_deref()) != Some(first) {
+                return Ok(false);
+            }
+        }
+        Ok(any)
     }
 
     /// Re-seals `m`'s secrets with the first key, leader-guarded and only if

@@ -247,9 +247,6 @@ pub struct ManagerNode {
     intake_task: JoinHandle<()>,
     grpc: JoinHandle<()>,
     stop_grpc: watch::Sender<bool>,
-    /// Announces which key this manager seals with (`ClusterStore::announce_sealing_key`).
-    key_announcer: JoinHandle<()>,
-    stop_announcing: watch::Sender<bool>,
     metrics: ManagerMetrics,
 }
 
@@ -273,18 +270,12 @@ impl ManagerNode {
         let store = ClusterStore::new(client, Keys::new(&config.prefix)).with_secrets(secrets);
         let clients = CollectorClients::new(config.grpc, config.tls.as_ref().map(NodeTls::client));
         let (intake, intake_task) = Intake::start(store.clone(), clients.clone(), config.stale_rule);
-        let (stop_announcing, announcing) = watch::channel(false);
-        let key_announcer = tokio::spawn(store.clone().announce_sealing_key(
-            config.etcd.clone(),
-            config.advertise_grpc.clone(),
-            config.election_ttl,
-            announcing,
-        ));
         let election = Election::start(ElectionConfig {
             etcd: config.etcd.clone(),
             prefix: config.prefix.clone(),
             address: config.advertise_grpc.clone(),
             ttl: config.election_ttl,
+            announce: Some(store.sealing_announcement()),
         });
         let stats = Arc::new(ReconcilerStats::default());
         let reconciler = tokio::spawn(
@@ -323,7 +314,7 @@ impl ManagerNode {
             }
         });
         let metrics = ManagerMetrics { store, intake, stats, leadership: election.state() };
-        Ok(ManagerNode { election, reconciler, intake_task, grpc, stop_grpc, key_announcer, stop_announcing, metrics })
+        Ok(ManagerNode { election, reconciler, intake_task, grpc, stop_grpc, metrics })
     }
 
     pub fn metrics(&self) -> ManagerMetrics {
@@ -335,8 +326,6 @@ impl ManagerNode {
         self.election.leave().await;
         let _ = self.reconciler.await;
         self.intake_task.abort();
-        let _ = self.stop_announcing.send(true);
-        let _ = self.key_announcer.await;
         let _ = self.stop_grpc.send(true);
         let _ = self.grpc.await;
     }
