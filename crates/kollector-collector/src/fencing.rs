@@ -7,7 +7,7 @@
 //! the newer decision. Pure bookkeeping, no I/O.
 //!
 //! Terms and epochs are etcd revisions, which only grow in one history. So
-//! an etcd whose current revision is below one a token already carried was
+//! an etcd whose current revision is below a term or an Assign epoch already seen was
 //! restored from an older backup: the tokens seen belong to a history that
 //! no longer exists, and refusing everything newer than them would refuse
 //! every command forever. The collector then starts the book over from
@@ -33,6 +33,11 @@ pub struct FencingBook {
     /// Bumped by every change, so a judgement made from an etcd read can
     /// tell whether a token was recorded while the read was in flight.
     version: u64,
+    /// The highest epoch an accepted Assign carried: an assignment
+    /// record's revision, so a revision etcd had. (An Unassign's epoch may
+    /// echo what this collector reported running, which after a restore
+    /// belongs to the old history: it must not make a restore look new.)
+    highest_assigned: i64,
 }
 
 impl FencingBook {
@@ -84,10 +89,10 @@ impl FencingBook {
         self.version
     }
 
-    /// The highest etcd revision any token seen so far carried.
+    /// The highest etcd revision a believed term or an accepted Assign
+    /// carried.
     pub fn highest_revision(&self) -> i64 {
-        let epochs = self.seen.values().map(|t| i64::try_from(t.epoch).unwrap_or(i64::MAX));
-        epochs.fold(self.max_term, i64::max)
+        self.max_term.max(self.highest_assigned)
     }
 
     /// Whether etcd's history went back, from one linearizable read made
@@ -104,7 +109,15 @@ impl FencingBook {
     pub fn rebase(&mut self, current_term: i64) {
         self.seen.clear();
         self.max_term = current_term;
+        self.highest_assigned = 0;
         self.version += 1;
+    }
+
+    /// Records an accepted Assign's tokens (its epoch is an assignment
+    /// record's revision).
+    pub fn record_assign(&mut self, id: &MonitorId, tokens: Tokens) {
+        self.record(id, tokens);
+        self.highest_assigned = self.highest_assigned.max(i64::try_from(tokens.epoch).unwrap_or(i64::MAX));
     }
 
     /// Records accepted tokens.
@@ -140,7 +153,7 @@ mod tests {
     fn a_history_that_went_back_is_noticed_and_rebased_on() {
         let id = MonitorId::new("m").unwrap();
         let mut book = FencingBook::default();
-        book.record(&id, t(1, 900, 500));
+        book.record_assign(&id, t(1, 900, 500));
         assert_eq!(book.highest_revision(), 900);
         assert!(!book.history_went_back(950, 500), "etcd moved on: nothing to do");
         assert!(!book.history_went_back(900, 500));
@@ -154,6 +167,10 @@ mod tests {
         assert!(book.version() > v, "a rebase is a change");
         assert!(book.check(&id, t(1, 610, 550)).is_ok());
         assert!(book.check(&id, t(1, 610, 549)).is_err(), "older terms of the new history are still refused");
+        // After the rebase, an Unassign echoing an old-history epoch the
+        // collector still reported does not make the restore look new again.
+        book.record(&MonitorId::new("old").unwrap(), t(Generation::MAX, 900, 550));
+        assert!(!book.history_went_back(620, 550), "no second rebase from an echoed epoch");
     }
 
     #[test]

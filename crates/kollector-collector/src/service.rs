@@ -281,7 +281,7 @@ impl CollectorService for CollectorServiceImpl {
                 }
             })
             .map_err(registry_status)?;
-        self.book().record(&id, tokens);
+        self.book().record_assign(&id, tokens);
         tracing::info!(monitor = %id, epoch = tokens.epoch, term = tokens.leader_term, outcome = outcome.as_str(), "assign");
         Ok(Response::new(pb::AssignResponse { outcome: outcome.as_str().into() }))
     }

@@ -226,6 +226,11 @@ async fn run(
     let mut retry = Duration::from_millis(200);
     // Leases of this process that may still exist: revoked before the next attempt.
     let mut own: Vec<i64> = Vec::new();
+    // Every lease this process registered under (the latest 64): one that
+    // holds the key again is ours, not a duplicate's. That happens when
+    // etcd is restored from a backup taken while an earlier lease of ours
+    // held the key (etcd restores leases too, with a fresh TTL).
+    let mut ever: std::collections::VecDeque<i64> = std::collections::VecDeque::new();
     loop {
         // Register (again), retrying with backoff until etcd answers.
         let mut taken_since: Option<Instant> = None;
@@ -236,8 +241,14 @@ async fn run(
             }
             let mine: Vec<i64> = own.clone();
             match register(&config, &mut own).await {
-                Ok(Registered::Ok(client, id, granted)) => break (*client, id, granted),
-                Ok(Registered::Taken { holder }) if mine.contains(&holder) => {
+                Ok(Registered::Ok(client, id, granted)) => {
+                    if ever.len() >= 64 {
+                        ever.pop_front();
+                    }
+                    ever.push_back(id);
+                    break (*client, id, granted);
+                }
+                Ok(Registered::Taken { holder }) if mine.contains(&holder) || ever.contains(&holder) => {
                     // Our own earlier lease (its revoke may have failed): it runs out.
                     if !own.contains(&holder) {
                         own.push(holder);
