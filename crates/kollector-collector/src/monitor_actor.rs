@@ -37,14 +37,14 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use kollector_core::history::{HistoryLimits, MonitorHistory, DEFAULT_WINDOW, HANDOVER_MAX_POINTS};
-use kollector_core::{CollectError, ErrorKind, MonitorSpec, MonitorState, Snapshot};
+use kollector_core::{unix_ms, CollectError, ErrorKind, MonitorSpec, MonitorState, Snapshot};
 use kollector_kafka::{ClientOptions, KafkaClient};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::backoff;
 use crate::gate::CollectGate;
-use crate::store::{unix_ms, ResultStore};
+use crate::store::ResultStore;
 
 /// Extra time past the spec's timeout before an in-flight collection is
 /// reported as stuck (it is still awaited: the client must come back).

@@ -264,7 +264,7 @@ impl CollectorService for CollectorServiceImpl {
             if !self.node.list_running().await.iter().any(|m| m.id == id) {
                 let limits = HistoryLimits::for_monitor(spec.lag_history, spec.interval);
                 // Nothing from this node's future: a clock ahead elsewhere would freeze it.
-                let not_after = crate::store::unix_ms().saturating_add(spec.interval.as_millis() as u64);
+                let not_after = kollector_core::unix_ms().saturating_add(spec.interval.as_millis() as u64);
                 let received = history_from_proto(history, limits, DEFAULT_WINDOW, not_after);
                 self.node.store().offer_history(&id, received);
                 offered = true;

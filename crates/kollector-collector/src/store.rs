@@ -14,10 +14,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use kollector_core::result::StaleRule;
-use kollector_core::{Generation, MonitorId, MonitorResult, MonitorSpec};
+use kollector_core::{unix_ms, Generation, MonitorId, MonitorResult, MonitorSpec};
 
 /// A history copy for handover, with its sequence number.
 type Handover = (u64, Arc<kollector_core::history::MonitorHistory>);
@@ -51,10 +50,6 @@ impl Default for ResultStore {
             stale_after: Arc::new(AtomicU32::new(StaleRule::DEFAULT_INTERVALS)),
         }
     }
-}
-
-pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl ResultStore {

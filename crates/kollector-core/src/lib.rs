@@ -19,7 +19,7 @@ pub mod testing;
 
 pub use config::{ConfigError, ConfigFile, ConfigFileError};
 pub use ids::{CollectorId, Epoch, Generation, MonitorId};
-pub use result::MonitorResult;
+pub use result::{unix_ms, MonitorResult};
 pub use snapshot::{
     compute_lag, Broker, BrokerError, BrokerErrorKind, CommitPosition, GroupOffset, GroupSnapshot, GroupTopic,
     PartitionSnapshot, Snapshot, TopicSnapshot,

@@ -56,6 +56,13 @@ pub struct MonitorResult {
     pub interval_ms: u64,
 }
 
+/// Milliseconds since the Unix epoch by this machine's clock (0 if it reads
+/// before 1970): the one clock results, due times and snapshots are
+/// stamped and judged with.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// When a result stops being current: once its owner's next result is
 /// overdue by more than `intervals − 1` intervals, i.e. `intervals` missed
 /// collections counted from the last one (the timeout aside). Pure, so the

@@ -35,10 +35,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use kollector_core::{
-    compute_lag, Broker, BrokerError, BrokerErrorKind, CollectError, ErrorKind, GroupOffset, GroupSnapshot,
+    compute_lag, unix_ms, Broker, BrokerError, BrokerErrorKind, CollectError, ErrorKind, GroupOffset, GroupSnapshot,
     MonitorSpec, PartitionSnapshot, Snapshot, TopicSnapshot,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -171,10 +171,6 @@ struct LogOffsets {
     earliest: Option<i64>,
     latest: Option<i64>,
     error: Option<String>,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl KafkaClient {

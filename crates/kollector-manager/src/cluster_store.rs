@@ -149,10 +149,8 @@ impl ClusterStore {
             return Err(format!("the value names monitor {:?}, not the key's", spec.id.as_str()));
         }
         spec.generation = kv.mod_revision() as u64;
-        let needs_reseal = self.secrets.as_deref().is_some_and(|keys| {
-            kollector_security::sealing::has_secrets(&spec)
-                && kollector_security::sealing::sealed_with_other_key(keys, &spec)
-        });
+        let needs_reseal =
+            self.secrets.as_deref().is_some_and(|keys| kollector_security::sealing::sealed_with_other_key(keys, &spec));
         let spec = open_spec(self.secrets.as_deref(), spec).map_err(|e| e.to_string())?;
         Ok(StoredMonitor { spec, mod_revision: kv.mod_revision(), needs_reseal })
     }
@@ -261,15 +259,11 @@ impl ClusterStore {
                 (lease, key)
             })
             .collect();
-        let mut any = false;
-        for kv in candidates.kvs() {
-            any = true;
+        let announces_first = |kv: &etcd_client::KeyValue| {
             let lease = String::from_utf8_lossy(kv.key()).trim_start_matches(candidates_dir.as_str()).to_string();
-            if announced.get(&lease).and_then(|k| k.as_deref()) != Some(first) {
-                return Ok(false);
-            }
-        }
-        Ok(any)
+            announced.get(&lease).and_then(|k| k.as_deref()) == Some(first)
+        };
+        Ok(!candidates.kvs().is_empty() && candidates.kvs().iter().all(announces_first))
     }
 
     /// Re-seals `m`'s secrets with the first key, leader-guarded and only if

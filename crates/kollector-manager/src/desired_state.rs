@@ -36,6 +36,10 @@ pub struct DesiredSet {
     pub monitors: BTreeMap<MonitorId, MonitorSpec>,
     /// Monitor id → why its stored value could not be read (skipped).
     pub invalid: BTreeMap<String, String>,
+    /// Monitors whose stored secrets are sealed with another key than this
+    /// node's first (etcd: the leader re-seals them after a rotation; the
+    /// embedded store does not track it and says 0).
+    pub secrets_on_old_keys: usize,
 }
 
 /// Desired monitors, by id, with compare-and-swap writes.
@@ -156,7 +160,7 @@ impl DesiredState for EmbeddedStore {
     }
 
     async fn list(&self) -> Result<DesiredSet, DesiredError> {
-        Ok(DesiredSet { monitors: self.lock().monitors.clone(), invalid: BTreeMap::new() })
+        Ok(DesiredSet { monitors: self.lock().monitors.clone(), invalid: BTreeMap::new(), secrets_on_old_keys: 0 })
     }
 
     async fn create(&self, spec: &MonitorSpec) -> Result<Option<Generation>, DesiredError> {
@@ -193,7 +197,9 @@ impl DesiredState for crate::cluster_store::ClusterStore {
 
     async fn list(&self) -> Result<DesiredSet, DesiredError> {
         let set = self.monitors().await?;
-        Ok(DesiredSet { monitors: set.valid.into_iter().map(|(m, s)| (m, s.spec)).collect(), invalid: set.invalid })
+        let secrets_on_old_keys = set.valid.values().filter(|m| m.needs_reseal).count();
+        let monitors = set.valid.into_iter().map(|(m, s)| (m, s.spec)).collect();
+        Ok(DesiredSet { monitors, invalid: set.invalid, secrets_on_old_keys })
     }
 
     async fn create(&self, spec: &MonitorSpec) -> Result<Option<Generation>, DesiredError> {

@@ -26,7 +26,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use kollector_core::result::StaleRule;
-use kollector_core::{CollectorId, Generation, MonitorId, MonitorResult};
+use kollector_core::{unix_ms, CollectorId, Generation, MonitorId, MonitorResult};
 use kollector_proto::result_from_proto;
 use kollector_proto::v1::{self as pb};
 use prost::Message as _;
@@ -167,10 +167,6 @@ impl Intake {
     pub fn stale_dropped(&self) -> u64 {
         self.shared.stale_dropped.load(Ordering::Relaxed)
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Follows one collector's result stream until it ends.

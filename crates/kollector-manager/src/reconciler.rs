@@ -43,7 +43,7 @@ use crate::decisions::{
     Report, Running, TxnLimits, UnassignAction,
 };
 use crate::intake::Intake;
-use crate::liveness::{Liveness, LivenessRules, Observed};
+use crate::liveness::{Health, Liveness, LivenessPlan, LivenessRules, Observed};
 use crate::planner::{self, CollectorSlot, Placement};
 
 /// Bound on one Assign or Unassign (the collector answers once the old
@@ -443,7 +443,7 @@ impl Reconciler {
         unreadable: &BTreeMap<CollectorId, i64>,
         marks: &BTreeMap<CollectorId, i64>,
         reports: &BTreeMap<CollectorId, Report>,
-    ) -> Result<crate::liveness::LivenessPlan, PassError> {
+    ) -> Result<LivenessPlan, PassError> {
         let observed: BTreeMap<CollectorId, Observed> = collectors
             .iter()
             .map(|(c, live)| {
@@ -453,9 +453,10 @@ impl Reconciler {
             .chain(unreadable.iter().map(|(c, lease)| (c.clone(), Observed { lease: *lease, answered: false })))
             .collect();
         let plan = self.liveness.observe(now, &observed, marks, self.liveness_rules);
-        if plan.leader_isolated && plan.health.values().any(|h| matches!(h, crate::liveness::Health::Silent { .. })) {
+        let silent = plan.health.values().filter(|h| matches!(h, Health::Silent { .. })).count();
+        if plan.leader_isolated && silent > 0 {
             tracing::warn!(
-                silent = plan.health.values().filter(|h| matches!(h, crate::liveness::Health::Silent { .. })).count(),
+                silent,
                 "most collectors do not answer this leader: it is likely cut off itself, so none is revoked"
             );
         }
@@ -474,11 +475,8 @@ impl Reconciler {
                 Err(_) => tracing::warn!(collector = %c, "revoking an unreachable collector's lease timed out"),
             }
         }
-        let unreachable = plan
-            .health
-            .values()
-            .filter(|h| !matches!(h, crate::liveness::Health::Answering | crate::liveness::Health::Silent { .. }))
-            .count();
+        let unreachable =
+            plan.health.values().filter(|h| !matches!(h, Health::Answering | Health::Silent { .. })).count();
         self.stats.unreachable.store(unreachable as u64, Ordering::Relaxed);
         *self.stats.health.lock().unwrap_or_else(|p| p.into_inner()) =
             plan.health.iter().map(|(c, h)| (c.clone(), h.describe(now))).collect();

@@ -303,10 +303,7 @@ impl Runner for ClusterRunner {
     async fn probe(&self, spec: MonitorSpec) -> Result<Result<Snapshot, CollectError>, Status> {
         // Probe from a collector: that is where the monitor would run.
         let collectors = self.store.collectors().await.map_err(etcd_status)?;
-        if collectors.is_empty() {
-            return Err(Status::unavailable("no live collector to probe from"));
-        }
-        let turn = self.next_probe.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % collectors.len();
+        let turn = self.next_probe.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % collectors.len().max(1);
         let (cid, live) =
             collectors.iter().nth(turn).ok_or_else(|| Status::unavailable("no live collector to probe from"))?;
         let mut c = self
@@ -368,8 +365,7 @@ impl Runner for ClusterRunner {
             .map(|m| (m.to_string(), "no live collector can take it yet".to_string()))
             .collect();
         let invalid = desired.invalid.clone().into_iter().chain(bad_records).collect();
-        let secrets_on_old_keys =
-            self.store.monitors().await.map_err(etcd_status)?.valid.values().filter(|m| m.needs_reseal).count() as u32;
+        let secrets_on_old_keys = u32::try_from(desired.secrets_on_old_keys).unwrap_or(u32::MAX);
         let assignments = assignments
             .into_iter()
             .map(|(m, a)| pb::Assignment {

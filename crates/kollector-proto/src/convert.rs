@@ -357,7 +357,7 @@ pub fn result_to_proto(r: &core::MonitorResult) -> v1::MonitorResult {
         // Only collectors' result streams carry it (`history_to_proto`).
         history: None,
         next_result_in_ms: (r.next_result_due_ms > 0)
-            .then(|| clamp_i64(i128::from(r.next_result_due_ms) - i128::from(unix_now_ms()))),
+            .then(|| clamp_i64(i128::from(r.next_result_due_ms) - i128::from(core::unix_ms()))),
         interval_ms: r.interval_ms,
     }
 }
@@ -365,10 +365,6 @@ pub fn result_to_proto(r: &core::MonitorResult) -> v1::MonitorResult {
 /// Two hours: an interval and a timeout of at most an hour each, plus a
 /// parked rebuild's 5 minutes, fit well within it.
 const MAX_DUE_IN_MS: i64 = 2 * 3600 * 1000;
-
-fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 fn clamp_i64(v: i128) -> i64 {
     v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
@@ -503,7 +499,7 @@ pub fn result_from_proto(
         // wrong or hostile value cannot keep a result current forever.
         next_result_due_ms: p.next_result_in_ms.map_or(0, |d| {
             let d = d.min(MAX_DUE_IN_MS);
-            (i128::from(unix_now_ms()) + i128::from(d)).clamp(1, i128::from(u64::MAX)) as u64
+            (i128::from(core::unix_ms()) + i128::from(d)).clamp(1, i128::from(u64::MAX)) as u64
         }),
         interval_ms: p.interval_ms,
     })
@@ -551,7 +547,7 @@ mod tests {
     fn a_due_time_travels_relative_and_lands_on_the_receivers_clock() {
         let mut r = core::MonitorResult::starting(core::MonitorId::new("m").unwrap(), 1, None);
         r.interval_ms = 1_000;
-        let before = unix_now_ms();
+        let before = core::unix_ms();
         r.next_result_due_ms = before + 5_000;
         let wire = result_to_proto(&r);
         let in_ms = wire.next_result_in_ms.unwrap();
@@ -568,7 +564,7 @@ mod tests {
         assert_eq!(result_from_proto(hostile.clone(), None).unwrap().next_result_due_ms, 1);
         hostile.next_result_in_ms = Some(i64::MAX);
         let capped = result_from_proto(hostile, None).unwrap().next_result_due_ms;
-        assert!(capped > unix_now_ms() && capped <= unix_now_ms() + MAX_DUE_IN_MS as u64, "{capped}");
+        assert!(capped > core::unix_ms() && capped <= core::unix_ms() + MAX_DUE_IN_MS as u64, "{capped}");
     }
 
     mod hostile {
