@@ -13,6 +13,11 @@
 //!
 //! The floor for one broker: Metadata 1 + ListOffsets 2 (earliest, latest)
 //! + ListGroups 1 + DescribeGroups 1 + OffsetFetch 1 = 6.
+//!
+//! Then (alone: `-- pre-v8`) a broker before OffsetFetch v8 (a virtual cluster capping it at v7)
+//! against v8, at 100 groups × 1,000 partitions: one request per group is
+//! the protocol's floor there; the bytes should stay near v8's because each
+//! request asks for every topic instead of naming every partition.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -64,6 +69,11 @@ fn measure(counter: &RequestCounter, spec: &MonitorSpec, librdkafka_groups: bool
 }
 
 fn main() {
+    // `cargo bench -p kollector-tests --bench requests -- pre-v8`: only the pre-v8 comparison.
+    if std::env::args().any(|a| a == "pre-v8") {
+        pre_v8();
+        return;
+    }
     let (_broker, counter) = RequestCounter::in_front_of_tansu("bench-requests");
     let bs = counter.address();
     let setup = Instant::now();
@@ -96,5 +106,69 @@ fn main() {
                 println!("| {p} | {g} | {path} | {total} | {:.2} | {} | {:.0?} |", total / FLOOR, by.join(", "), took);
             }
         }
+    }
+    drop(counter);
+    drop(_broker);
+    pre_v8();
+}
+
+/// Groups and partitions of the pre-v8 comparison: every group commits on
+/// every partition, the widest answer OffsetFetch gives.
+const PRE_V8: (usize, i32) = (100, 1_000);
+
+/// A broker before Kafka 2.8 (OffsetFetch v7 at most; the virtual cluster
+/// caps it in ApiVersions and passes each request to tansu as v8) against
+/// the same broker offering v8: requests and bytes per cycle, both
+/// directions, counted where the client's connections arrive.
+fn pre_v8() {
+    use kollector_kafka::wire::ApiKey;
+    use kollector_tests::virtual_cluster::VirtualCluster;
+    let (groups, partitions) = PRE_V8;
+    let vc = VirtualCluster::start("bench-pre-v8", 1);
+    let bs = vc.bootstrap();
+    create_topic(&bs, "wide", partitions);
+    let ids: Vec<String> = (0..groups).map(|g| format!("w{g:03}")).collect();
+    std::thread::scope(|s| {
+        for chunk in ids.chunks(ids.len().div_ceil(4)) {
+            let bs = &bs;
+            s.spawn(move || {
+                for id in chunk {
+                    let all: Vec<(&str, i32, i64)> = (0..partitions).map(|p| ("wide", p, 1)).collect();
+                    commit_offsets(bs, id, &all);
+                }
+            });
+        }
+    });
+    let spec = MonitorInput {
+        id: "pre-v8".into(),
+        bootstrap: vec![bs.clone()],
+        interval: Some("30s".into()),
+        timeout: Some("25s".into()),
+        ..Default::default()
+    }
+    .validate(1)
+    .expect("spec");
+    let measure = || {
+        let client = KafkaClient::connect(&spec, &ClientOptions::default()).expect("client");
+        client.collect(&spec).expect("warm-up cycle");
+        vc.reset_counts();
+        for _ in 0..K {
+            let s = client.collect(&spec).expect("cycle");
+            assert_eq!(s.groups.len(), groups);
+            assert!(s.groups.iter().all(|g| g.fully_read() && g.offsets.len() == partitions as usize));
+        }
+        let (into, out) = vc.bytes(1);
+        let requests: u64 = vc.requests(1).values().sum();
+        let fetches = vc.request_count(1, ApiKey::OffsetFetch);
+        (requests as f64 / K as f64, fetches as f64 / K as f64, (into + out) as f64 / K as f64)
+    };
+    let v8 = measure();
+    vc.cap_version(ApiKey::OffsetFetch, 7);
+    let v7 = measure();
+    println!();
+    println!("| OffsetFetch | groups × partitions | requests/cycle | OffsetFetch/cycle | bytes/cycle | × v8 bytes |");
+    println!("|---|---|---|---|---|---|");
+    for (name, (requests, fetches, bytes)) in [("v8", v8), ("v7 (before Kafka 2.8)", v7)] {
+        println!("| {name} | {groups} × {partitions} | {requests} | {fetches} | {:.0} | {:.3} |", bytes, bytes / v8.2);
     }
 }

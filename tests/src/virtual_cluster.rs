@@ -193,6 +193,9 @@ struct Shared {
     /// Virtual broker `id` is `brokers[id - 1]`.
     brokers: Vec<Broker>,
     pins: Mutex<BTreeMap<String, i32>>,
+    /// API key → the highest version every virtual broker offers in its
+    /// ApiVersions answers (an older broker), whatever tansu offers.
+    caps: Mutex<BTreeMap<i16, i16>>,
     stop: AtomicBool,
     /// Connection threads, joined on drop.
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -217,6 +220,10 @@ struct Broker {
     counts: Mutex<BTreeMap<i16, u64>>,
     sent_while_throttled: AtomicU64,
     accepted: AtomicU64,
+    /// Bytes of request frames received and of answer frames sent (length
+    /// prefixes included): what crossed the wire.
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
     /// Where this broker's new connections go instead of the cluster's
     /// tansu (a test's "DNS change": the same address now reaches another
     /// cluster); None: the cluster's tansu.
@@ -252,6 +259,10 @@ struct Pending {
     /// ApiVersions v0 request with the same correlation id instead, so the
     /// answers stay in order, and its answer is replaced by this body.
     synthesized: Option<Bytes>,
+    /// An OffsetFetch the client sent at this version (before v8), passed
+    /// to tansu as v8 (tansu's own answers before v8 do not decode): its
+    /// answer is turned back into this version's shape.
+    older: Option<i16>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -290,10 +301,13 @@ impl VirtualCluster {
                     counts: Mutex::default(),
                     sent_while_throttled: AtomicU64::new(0),
                     accepted: AtomicU64::new(0),
+                    bytes_in: AtomicU64::new(0),
+                    bytes_out: AtomicU64::new(0),
                     route: Mutex::new(None),
                 })
                 .collect(),
             pins: Mutex::default(),
+            caps: Mutex::default(),
             stop: AtomicBool::new(false),
             threads: Mutex::default(),
             next_connection: AtomicU64::new(0),
@@ -431,6 +445,19 @@ impl VirtualCluster {
         self.broker(broker).sent_while_throttled.load(Ordering::SeqCst)
     }
 
+    /// Bytes `broker` received (requests) and sent (answers) so far.
+    pub fn bytes(&self, broker: i32) -> (u64, u64) {
+        let b = self.broker(broker);
+        (b.bytes_in.load(Ordering::SeqCst), b.bytes_out.load(Ordering::SeqCst))
+    }
+
+    /// Makes every virtual broker offer `api` up to version `max` at most
+    /// (an older Kafka), in ApiVersions answers given from now on: a client
+    /// that believes them never sends a newer version.
+    pub fn cap_version(&self, api: ApiKey, max: i16) {
+        lock(&self.shared.caps).insert(api as i16, max);
+    }
+
     /// Connections `broker` accepted so far.
     pub fn connections_accepted(&self, broker: i32) -> u64 {
         self.broker(broker).accepted.load(Ordering::SeqCst)
@@ -453,6 +480,8 @@ impl VirtualCluster {
             lock(&b.counts).clear();
             b.sent_while_throttled.store(0, Ordering::SeqCst);
             b.accepted.store(0, Ordering::SeqCst);
+            b.bytes_in.store(0, Ordering::SeqCst);
+            b.bytes_out.store(0, Ordering::SeqCst);
         }
     }
 
@@ -735,6 +764,7 @@ fn forward_requests(shared: &Shared, b: &Broker, conn: &Connection, client: &mut
         let version = i16::from_be_bytes([head[2], head[3]]);
         let correlation = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
         *lock(&b.counts).entry(key).or_default() += 1;
+        b.bytes_in.fetch_add(frame.len() as u64 + 4, Ordering::SeqCst);
         if lock(&conn.throttled_until).is_some_and(|until| Instant::now() < until) {
             b.sent_while_throttled.fetch_add(1, Ordering::SeqCst);
         }
@@ -751,7 +781,7 @@ fn forward_requests(shared: &Shared, b: &Broker, conn: &Connection, client: &mut
             }
             continue;
         };
-        let mut pending = Pending { api, version, coordinator_key: None, synthesized: None };
+        let mut pending = Pending { api, version, coordinator_key: None, synthesized: None, older: None };
         if api == ApiKey::FindCoordinator && version <= 3 {
             let Some(req) = request_body(&frame, api, version)
                 .and_then(|mut body| FindCoordinatorRequest::decode(&mut body, version).ok())
@@ -769,6 +799,11 @@ fn forward_requests(shared: &Shared, b: &Broker, conn: &Connection, client: &mut
                 pending.synthesized = Some(body);
                 out = substitute_request(correlation);
             }
+        }
+        if api == ApiKey::OffsetFetch && (2..8).contains(&version) && pending.synthesized.is_none() {
+            let Some(as_v8) = offset_fetch_as_v8(&out, version) else { return };
+            out = as_v8;
+            (pending.version, pending.older) = (8, Some(version));
         }
         lock(&conn.pending).insert(correlation, pending);
         if write_frame(to_tansu, &out).is_err() {
@@ -828,6 +863,7 @@ fn serve_answers(shared: &Shared, index: usize, conn: &Connection, mut from_tans
         if write_frame(&mut client, &answer).is_err() {
             break;
         }
+        b.bytes_out.fetch_add(answer.len() as u64 + 4, Ordering::SeqCst);
     }
     shared.close(b, conn);
 }
@@ -857,6 +893,9 @@ fn answer_for(
     let mut rest = frame.clone();
     ResponseHeader::decode(&mut rest, header_version).map_err(|e| format!("{:?} v{} header: {e}", p.api, p.version))?;
     let header = frame.slice(..frame.len() - rest.len());
+    if let Some(older) = p.older {
+        return offset_fetch_answer_from_v8(&header, rest, older).map(|a| (a, None));
+    }
     // The one error answer built on tansu's: ListGroups keeping its groups
     // (the others were answered in place of the request).
     let error = match fault {
@@ -879,7 +918,9 @@ fn answer_for(
             | ApiKey::ListGroups
             | ApiKey::DescribeTopicPartitions
     );
-    if !topology && error.is_none() && throttle.is_none() {
+    let caps = lock(&shared.caps).clone();
+    let capped = p.api == ApiKey::ApiVersions && !caps.is_empty();
+    if !topology && error.is_none() && throttle.is_none() && !capped {
         return Ok((frame, None));
     }
     let mut kind = match ResponseKind::decode(p.api, &mut rest.clone(), p.version) {
@@ -890,6 +931,15 @@ fn answer_for(
         Err(e) => return Err(format!("{:?} v{} answer: {e:#}", p.api, p.version)),
     };
     rewrite_topology(shared, b, p, &mut kind);
+    if let ResponseKind::ApiVersions(v) = &mut kind {
+        for api in &mut v.api_keys {
+            if let Some(max) = caps.get(&api.api_key) {
+                api.max_version = api.max_version.min(*max);
+            }
+        }
+        // A range capped below its minimum is not offered at all.
+        v.api_keys.retain(|api| api.min_version <= api.max_version);
+    }
     if let (Some(code), ResponseKind::ListGroups(l)) = (error, &mut kind) {
         l.error_code = code;
     }
@@ -1133,6 +1183,67 @@ fn request_body(frame: &[u8], api: ApiKey, version: i16) -> Option<Bytes> {
     let mut buf = Bytes::copy_from_slice(frame);
     RequestHeader::decode(&mut buf, api.request_header_version(version)).ok()?;
     Some(buf)
+}
+
+/// An OffsetFetch request frame of `version` (2..=7: one group, a topic
+/// list or null for every topic) as the v8 request for that one group.
+fn offset_fetch_as_v8(frame: &[u8], version: i16) -> Option<Vec<u8>> {
+    use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopics};
+    use kafka_protocol::protocol::Encodable;
+    let mut buf = Bytes::copy_from_slice(frame);
+    let header = RequestHeader::decode(&mut buf, ApiKey::OffsetFetch.request_header_version(version)).ok()?;
+    let old = OffsetFetchRequest::decode(&mut buf, version).ok()?;
+    let topics = old.topics.map(|ts| {
+        ts.into_iter()
+            .map(|t| OffsetFetchRequestTopics::default().with_name(t.name).with_partition_indexes(t.partition_indexes))
+            .collect()
+    });
+    let group =
+        OffsetFetchRequestGroup::default().with_group_id(old.group_id).with_member_epoch(-1).with_topics(topics);
+    let new = OffsetFetchRequest::default().with_groups(vec![group]).with_require_stable(old.require_stable);
+    let mut out = BytesMut::new();
+    header.with_request_api_version(8).encode(&mut out, ApiKey::OffsetFetch.request_header_version(8)).ok()?;
+    new.encode(&mut out, 8).ok()?;
+    Some(out.to_vec())
+}
+
+/// tansu's v8 OffsetFetch answer (`header` as it came, then `body`) in the
+/// shape of `version` (2..=7): the one group's topics and error at the top.
+fn offset_fetch_answer_from_v8(header: &[u8], mut body: Bytes, version: i16) -> Result<Bytes, String> {
+    use kafka_protocol::protocol::Encodable;
+    let v8 = OffsetFetchResponse::decode(&mut body, 8).map_err(|e| format!("OffsetFetch v8 answer: {e:#}"))?;
+    let group = v8.groups.into_iter().next().unwrap_or_default();
+    let topics = group
+        .topics
+        .into_iter()
+        .map(|t| {
+            OffsetFetchResponseTopic::default().with_name(t.name).with_partitions(
+                t.partitions
+                    .into_iter()
+                    .map(|p| {
+                        OffsetFetchResponsePartition::default()
+                            .with_partition_index(p.partition_index)
+                            .with_committed_offset(p.committed_offset)
+                            .with_committed_leader_epoch(p.committed_leader_epoch)
+                            .with_metadata(p.metadata)
+                            .with_error_code(p.error_code)
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    let old = OffsetFetchResponse::default()
+        .with_throttle_time_ms(v8.throttle_time_ms)
+        .with_topics(topics)
+        .with_error_code(group.error_code);
+    let mut out = BytesMut::new();
+    // The correlation id, then (flexible versions) no tagged fields.
+    out.extend_from_slice(header.get(..4).ok_or("an answer without a correlation id")?);
+    if ApiKey::OffsetFetch.response_header_version(version) >= 1 {
+        out.extend_from_slice(&[0]);
+    }
+    old.encode(&mut out, version).map_err(|e| format!("OffsetFetch v{version} answer: {e:#}"))?;
+    Ok(out.freeze())
 }
 
 /// ApiVersions v0 (header v1, empty body) with `correlation`: sent to tansu

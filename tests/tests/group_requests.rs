@@ -147,6 +147,10 @@ fn two_hundred_groups_in_three_group_requests_per_cycle_with_every_offset_and_la
 
 /// A broker without OffsetFetch v8 (librdkafka's mock cluster speaks 0-6):
 /// one request per group, chosen from ApiVersions, with the same answers.
+/// Each asks for every topic (`topics = null`); the mock answers that with
+/// nothing, so the first group is asked again by name, which finds its
+/// commits, and the connection names topics from then on: 10 groups cost
+/// 11 requests, and every offset is right.
 #[test]
 fn a_broker_without_offset_fetch_v8_gets_one_request_per_group() {
     // The mock lives to the end of the test.
@@ -157,13 +161,58 @@ fn a_broker_without_offset_fetch_v8_gets_one_request_per_group() {
         BrokerConnection::connect(&counter.address(), &WireSecurity::plaintext(), &deadline).expect("connect");
     assert_eq!(conn.versions().pick(kafka_protocol_api::OFFSET_FETCH, (8, 9)), None);
     let ids: Vec<String> = want.keys().cloned().collect();
-    // The mock does not answer "every topic" (a null list) before v8: name them.
     let topics = [("events".to_string(), vec![0, 1, 2])];
     let committed = fetch_offsets(&mut conn, &ids, Some(&topics), &deadline).expect("OffsetFetch per group");
     for (g, offsets) in &want {
         assert_eq!(committed.get(g), Some(&Ok(offsets.clone())), "group {g}");
     }
+    assert_eq!(counter.counts().get(&OFFSET_FETCH), Some(&11), "the first group asked twice, the others once");
+    // The next cycle on this connection names the topics at once.
+    counter.reset();
+    let again = fetch_offsets(&mut conn, &ids, Some(&topics), &deadline).expect("OffsetFetch per group");
+    assert_eq!(again, committed);
     assert_eq!(counter.counts().get(&OFFSET_FETCH), Some(&10));
+}
+
+/// A pre-v8 broker (Kafka before 2.8: the virtual cluster caps OffsetFetch
+/// at v7 in its ApiVersions answers) costs one OffsetFetch per group, the
+/// protocol's floor before v8, each asking for every topic (`topics =
+/// null`) instead of naming every partition: the bytes of a cycle stay
+/// within 1.2× of v8's one batched request. 20 groups × 200 partitions here;
+/// `cargo bench -p kollector-tests --bench requests` measures 100 × 1,000.
+#[test]
+fn a_pre_v8_broker_costs_about_the_bytes_of_v8_per_cycle() {
+    use kollector_tests::virtual_cluster::VirtualCluster;
+    let vc = VirtualCluster::start("wire-pre-v8", 1);
+    let bs = vc.bootstrap();
+    create_topic(&bs, "wide", 200);
+    let want: Commits = (0..20)
+        .map(|g| (format!("old-{g:02}"), (0..200).map(|p| (("wide".to_string(), p), 1 + g as i64)).collect()))
+        .collect();
+    commit_all(&bs, &want);
+    let spec = spec("pre-v8", &bs);
+    // Bytes and requests per cycle after a warm-up cycle, for a new client.
+    let measure = || {
+        let client = KafkaClient::connect(&spec, &ClientOptions::default()).expect("client");
+        client.collect(&spec).expect("warm-up");
+        vc.reset_counts();
+        let s = client.collect(&spec).expect("cycle");
+        for (g, offsets) in &want {
+            let read = s.groups.iter().find(|x| &x.group_id == g).unwrap_or_else(|| panic!("{g}"));
+            let got: BTreeMap<(String, i32), i64> =
+                read.offsets.iter().map(|o| ((o.topic.clone(), o.partition), o.committed)).collect();
+            assert_eq!(&got, offsets, "{g}");
+        }
+        let (into, out) = vc.bytes(1);
+        (into + out, vc.request_count(1, kollector_kafka::wire::ApiKey::OffsetFetch))
+    };
+    let (v8_bytes, v8_fetches) = measure();
+    vc.cap_version(kollector_kafka::wire::ApiKey::OffsetFetch, 7);
+    let (old_bytes, old_fetches) = measure();
+    eprintln!("one cycle, 20 groups × 200 partitions: v8 {v8_bytes} B in {v8_fetches} OffsetFetch; v7 {old_bytes} B in {old_fetches}");
+    assert_eq!(v8_fetches, 1, "v8: one OffsetFetch for every group");
+    assert_eq!(old_fetches, 20, "v7: one per group, no more");
+    assert!((old_bytes as f64) <= 1.2 * v8_bytes as f64, "pre-v8 cycle {old_bytes} B, v8 {v8_bytes} B: more than 1.2×");
 }
 
 /// Groups whose coordinator moved between the listing and the fetch
@@ -194,7 +243,9 @@ fn groups_whose_coordinator_moved_are_found_and_read_at_their_new_coordinator() 
             .collect(),
     )]);
     let topics = [("events".to_string(), vec![0, 1, 2])];
-    mock.request_errors(RDKafkaApiKey::OffsetFetch, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR; 4]);
+    // Five errors for four groups: the first group is asked twice (for
+    // every topic, which the mock cannot answer, then by name).
+    mock.request_errors(RDKafkaApiKey::OffsetFetch, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR; 5]);
     let mut conns = GroupConnections::new(WireSecurity::plaintext());
     let cycle = conns.read_listed(&addresses, &listed, &|_| true, &topics, &Deadline::after(T));
     assert!(cycle.broker_errors.is_empty() && cycle.stopped.is_none(), "{cycle:?}");
@@ -207,7 +258,7 @@ fn groups_whose_coordinator_moved_are_found_and_read_at_their_new_coordinator() 
     let sum = |key: i16| counters.iter().map(|c| c.counts().get(&key).copied().unwrap_or(0)).sum::<u64>();
     let fetches = counters[0].counts().get(&OFFSET_FETCH).copied().unwrap_or(0);
     assert_eq!(sum(FIND_COORDINATOR), 4, "one FindCoordinator per moved group, no more");
-    assert_eq!(fetches, 12, "each group asked once at broker 1");
+    assert_eq!(fetches, 13, "each group asked once at broker 1, the first twice");
     // The retries go where FindCoordinator pointed: the mock's own address
     // for broker 2, which is not behind a counter; they are in the answers above.
 }

@@ -275,12 +275,32 @@ fn a_stuck_then_down_broker_of_librdkafkas_mock_costs_only_its_part() {
 /// value, nothing of the failing broker's is, and it is the one named.
 /// Prints the share of the healthy parts published and the cycle times
 /// (BENCHMARKS.md, "Partial collections").
+///
+/// And a lag alert that should fire keeps firing throughout: group
+/// `laggard` (coordinated by broker 2) never commits past 1, so its lag
+/// only grows; its `kafka_consumergroup_lag` series as `/metrics` renders
+/// them each cycle (none for a partition or coordinator that could not be
+/// read) go, one cycle a minute, through promtool with the shipped
+/// KafkaConsumerGroupLagHigh rule (threshold lowered to 10, `for: 10m`
+/// kept): it fires after ten healthy cycles and at every cycle after, the
+/// restart included. The same series through the rule without
+/// `last_over_time` clear the alert (checked, so this test can fail).
 #[test]
 fn a_rolling_restart_keeps_every_healthy_part_published_every_cycle() {
     let vc = cluster("partial-rolling");
     let bs = vc.bootstrap();
+    vc.pin_group("laggard", 2);
+    commit_offsets(&bs, "laggard", &(0..6).map(|p| ("events", p, 1)).collect::<Vec<_>>());
     let spec = spec("partial-rolling", &bs);
     let client = KafkaClient::connect(&spec, &ClientOptions::default()).expect("client");
+    // The laggard's series, cycle by cycle: ten healthy cycles first, so
+    // the alert is firing when the restart begins.
+    let mut lag_series = Vec::new();
+    for _ in 0..LAG_ALERT_FOR_MINUTES {
+        let (s, _) = collect_timed(&client, &spec);
+        assert!(!s.partial(), "{:?}", s.broker_errors);
+        lag_series.push(laggard_series(&spec, &s));
+    }
     let mut records = [1i64, 2, 3, 4, 5, 6];
     let mut committed = 1i64;
     let (mut expected, mut published) = (0usize, 0usize);
@@ -309,6 +329,7 @@ fn a_rolling_restart_keeps_every_healthy_part_published_every_cycle() {
                     commit_offsets(&bs, g, &offsets);
                 }
                 let (s, took) = collect_timed(&client, &spec);
+                lag_series.push(laggard_series(&spec, &s));
                 let failing = !fault_is_none(&vc, down);
                 for (p, latest) in latest(&s) {
                     let healthy = !failing || vc.leader_of("events", p) != down;
@@ -359,8 +380,140 @@ fn a_rolling_restart_keeps_every_healthy_part_published_every_cycle() {
     );
     assert_eq!(published, expected);
     assert!(max(&stuck_cycles) < kollector_kafka::broker_budget(TIMEOUT) + Duration::from_millis(1500));
+
+    // The restart left gaps in the laggard's series (else the alert check proves nothing).
+    let all: std::collections::BTreeSet<&String> = lag_series.iter().flat_map(|c| c.keys()).collect();
+    assert_eq!(all.len(), 6, "one lag series per partition: {all:?}");
+    assert!(lag_series.iter().any(|c| c.is_empty()), "cycles without any laggard series (its coordinator down)");
+    assert!(lag_series.iter().any(|c| !c.is_empty() && c.len() < 6), "cycles without a partition's series");
+    let (held, ok) = lag_alert_fires_throughout(&lag_series, true);
+    assert!(ok, "KafkaConsumerGroupLagHigh must keep firing through the restart:\n{held}");
+    let (_, ok) = lag_alert_fires_throughout(&lag_series, false);
+    assert!(!ok, "without last_over_time the gaps would clear the alert: the check can fail");
+}
+
+/// The `for:` of KafkaConsumerGroupLagHigh, in cycles (one a minute in promtool).
+const LAG_ALERT_FOR_MINUTES: usize = 10;
+
+/// Group `laggard`'s `kafka_consumergroup_lag` series as `/metrics` renders
+/// the snapshot (series text → value); a partition not read has none.
+fn laggard_series(spec: &MonitorSpec, s: &Snapshot) -> BTreeMap<String, f64> {
+    let mut result = kollector_core::MonitorResult::starting(spec.id.clone(), 1, None);
+    result.status.state = kollector_core::MonitorState::Running;
+    result.snapshot = Some(std::sync::Arc::new(s.clone()));
+    let text = kollector_collector::metrics::render_entries(vec![result], Vec::new(), false);
+    text.lines()
+        .filter(|l| l.starts_with("kafka_consumergroup_lag{") && l.contains("consumergroup=\"laggard\""))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Runs promtool over `cycles` (one a minute; a series missing from a
+/// cycle is stale there, as a scrape without it makes it) with the shipped
+/// rules (`hold`) or the lag rule without `last_over_time`, threshold 10,
+/// checking that the alert fires for the laggard at every minute from its
+/// `for:` to the end. promtool's output, and whether it passed.
+fn lag_alert_fires_throughout(cycles: &[BTreeMap<String, f64>], hold: bool) -> (String, bool) {
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/kollector-rules.yml"),
+    )
+    .expect("the shipped rules");
+    let held = "(last_over_time(kafka_consumergroup_lag[5m])) > 1000";
+    assert!(shipped.contains(held), "the lag rule changed; update this test");
+    let rules = shipped.replace(
+        held,
+        if hold { "(last_over_time(kafka_consumergroup_lag[5m])) > 10" } else { "(kafka_consumergroup_lag) > 10" },
+    );
+    let series: std::collections::BTreeSet<&String> = cycles.iter().flat_map(|c| c.keys()).collect();
+    let mut test =
+        String::from("rule_files: [rules.yml]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n");
+    for name in &series {
+        let values: Vec<String> =
+            cycles.iter().map(|c| c.get(*name).map_or_else(|| "stale".to_string(), |v| v.to_string())).collect();
+        test.push_str(&format!("      - series: '{name}'\n        values: '{}'\n", values.join(" ")));
+    }
+    test.push_str("    promql_expr_test:\n");
+    for minute in LAG_ALERT_FOR_MINUTES..cycles.len() {
+        test.push_str(&format!(
+            "      - expr: 'ALERTS{{alertname=\"KafkaConsumerGroupLagHigh\",alertstate=\"firing\",consumergroup=\"laggard\"}}'\n        \
+             eval_time: {minute}m\n        exp_samples:\n          - labels: 'ALERTS{{alertname=\"KafkaConsumerGroupLagHigh\",\
+             alertstate=\"firing\",consumergroup=\"laggard\",monitor=\"partial-rolling\",severity=\"warning\",topic=\"events\"}}'\n            \
+             value: 1\n"
+        ));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("rules.yml"), rules).expect("rules");
+    std::fs::write(dir.path().join("test.yml"), &test).expect("test");
+    let out = std::process::Command::new("promtool")
+        .args(["test", "rules", "test.yml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("promtool (install-test-deps.sh)");
+    (String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr), out.status.success())
 }
 
 fn fault_is_none(vc: &VirtualCluster, broker: i32) -> bool {
     vc.fault(broker).is_none()
+}
+
+/// A coordinator that answers COORDINATOR_LOAD_IN_PROGRESS (as a broker
+/// just restarted does while it loads its groups) is asked again, backing
+/// off, within its budget: when it is ready part-way through the cycle, its
+/// group is read in that cycle. One that stays loading past the budget
+/// leaves only its own group unread, named with the broker's error; the
+/// other groups are read as usual. Also for NOT_COORDINATOR (16), which
+/// sends the group back to FindCoordinator each round.
+#[test]
+fn a_loading_coordinator_is_asked_again_within_its_budget_and_only_its_group_waits() {
+    let vc = cluster("partial-loading");
+    let spec = spec("partial-loading", &vc.bootstrap());
+    let client = KafkaClient::connect(&spec, &ClientOptions::default()).expect("client");
+    let (s, _) = collect_timed(&client, &spec);
+    assert!(s.groups.iter().filter(|g| g.fully_read()).count() == 3, "{:?}", s.groups);
+
+    for code in [14i16, 16] {
+        // Loading for 700 ms (well within the 2 s budget), listing what it has.
+        let loading = Fault::ErrorCode {
+            apis: kollector_tests::virtual_cluster::ErrorApis::Coordinator,
+            code,
+            keep_listed_groups: true,
+        };
+        vc.set_fault(2, loading.clone());
+        vc.reset_counts();
+        let s = std::thread::scope(|scope| {
+            let vc = &vc;
+            scope.spawn(move || {
+                std::thread::sleep(Duration::from_millis(700));
+                vc.clear_fault(2);
+            });
+            collect_timed(&client, &spec).0
+        });
+        let g2 = s.groups.iter().find(|g| g.group_id == "g2").expect("g2 is listed");
+        assert!(g2.fully_read(), "code {code}: ready within the budget, read in the same cycle: {g2:?}");
+        assert!(g2.offsets.iter().all(|o| o.committed == 1), "{g2:?}");
+        assert!(
+            vc.request_count(2, kollector_kafka::wire::ApiKey::OffsetFetch) >= 2,
+            "code {code}: asked again: {:?}",
+            vc.requests(2)
+        );
+        assert!(s.groups.iter().filter(|g| g.fully_read()).count() == 3, "{:?}", s.groups);
+
+        // Loading for longer than the budget: g2 unread and named, the others read.
+        vc.set_fault(2, loading);
+        let (s, took) = collect_timed(&client, &spec);
+        vc.clear_fault(2);
+        let g2 = s.groups.iter().find(|g| g.group_id == "g2").expect("g2 is listed");
+        assert!(!g2.fully_read() && g2.verdict.is_none(), "code {code}: {g2:?}");
+        let name = if code == 14 { "CoordinatorLoadInProgress" } else { "NotCoordinator" };
+        assert!(g2.error.as_deref().is_some_and(|e| e.contains(name)), "code {code}: {g2:?}");
+        for g in ["g1", "g3"] {
+            let read = s.groups.iter().find(|x| x.group_id == g).expect("listed");
+            assert!(read.fully_read() && read.offsets.iter().all(|o| o.committed == 1), "{read:?}");
+        }
+        let budget = kollector_kafka::broker_budget(TIMEOUT);
+        assert!(took < budget + Duration::from_millis(1500), "retries stay within the broker's budget: {took:?}");
+    }
 }

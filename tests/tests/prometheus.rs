@@ -109,13 +109,19 @@ async fn a_real_prometheus_discovers_scrapes_and_alerts() {
     // one produce request per record, about 0.1 s each.
     let dir = tempfile::tempdir().unwrap();
     let rules = std::fs::read_to_string(deploy().join("kollector-rules.yml")).unwrap();
-    assert!(rules.contains("(kafka_consumergroup_lag) > 1000"), "the lag rule changed; update this test");
+    assert!(
+        rules.contains("(last_over_time(kafka_consumergroup_lag[5m])) > 1000"),
+        "the lag rule changed; update this test"
+    );
     let fast: String = rules
         .lines()
         .map(|l| if l.trim_start().starts_with("for:") { "" } else { l })
         .collect::<Vec<_>>()
         .join("\n")
-        .replace("(kafka_consumergroup_lag) > 1000", "(kafka_consumergroup_lag) > 20");
+        .replace(
+            "(last_over_time(kafka_consumergroup_lag[5m])) > 1000",
+            "(last_over_time(kafka_consumergroup_lag[5m])) > 20",
+        );
     std::fs::write(dir.path().join("rules.yml"), &fast).unwrap();
     let port = kollector_devkit::free_port();
     let node_path = "    metrics_path: /metrics/self\n";

@@ -722,7 +722,12 @@ impl KafkaClient {
         warnings: &mut Vec<String>,
     ) -> Result<Vec<GroupRead>, CollectError> {
         let client = &self.native;
-        let listing = match admin::list_consumer_groups(client, check(deadline, "ListGroups")?) {
+        // Each call within a broker's budget (not the whole deadline): a
+        // stuck broker or coordinator costs that, and the calls after it
+        // still run. librdkafka answers a call whose brokers partly timed
+        // out with what the others said.
+        let budget = broker_budget(spec.timeout);
+        let listing = match admin::list_consumer_groups(client, check(deadline, "ListGroups")?.capped(budget)) {
             Ok(l) => l,
             Err(e) if e.is_unsupported() => {
                 self.groups_unsupported.store(true, Ordering::Relaxed);
@@ -750,12 +755,12 @@ impl KafkaClient {
             }
         };
         let (mut described, describe_failed): (HashMap<_, _>, Option<String>) =
-            match admin::describe_consumer_groups(client, &ids, check(deadline, "DescribeGroups")?) {
+            match admin::describe_consumer_groups(client, &ids, check(deadline, "DescribeGroups")?.capped(budget)) {
                 Ok(per_group) => (per_group.into_iter().collect(), None),
                 Err(e) => (HashMap::new(), Some(whole(e)?)),
             };
         let (mut committed, fetch_failed): (HashMap<_, _>, Option<String>) =
-            match admin::list_consumer_group_offsets(client, &ids, check(deadline, "OffsetFetch")?) {
+            match admin::list_consumer_group_offsets_within(client, &ids, check(deadline, "OffsetFetch")?, budget) {
                 Ok(per_group) => (per_group.into_iter().collect(), None),
                 Err(e) => (HashMap::new(), Some(whole(e)?)),
             };
@@ -783,11 +788,26 @@ impl KafkaClient {
                     None => read.describe_error = Some(describe_failed.clone().unwrap_or_else(|| "no result".into())),
                 }
                 read.committed = match committed.remove(&id) {
-                    Some(Ok(list)) => Ok(list
-                        .into_iter()
-                        // A partition without a commit gets no entry, so no lag series.
-                        .filter_map(|c| c.offset.filter(|o| *o >= 0).map(|o| ((c.topic, c.partition), o)))
-                        .collect()),
+                    // A partition answered with an error leaves the group's
+                    // offsets unread (as on the direct path): left out, it
+                    // would read as "nothing committed there".
+                    Some(Ok(list)) => match list
+                        .iter()
+                        .find(|c| c.error.as_ref().is_some_and(|e| e.code != RDKafkaErrorCode::UnknownTopicOrPartition))
+                    {
+                        Some(c) => Err(format!(
+                            "{}/{}: {}",
+                            c.topic,
+                            c.partition,
+                            c.error.as_ref().map(ToString::to_string).unwrap_or_default()
+                        )),
+                        None => Ok(list
+                            .into_iter()
+                            .filter(|c| c.error.is_none())
+                            // A partition without a commit gets no entry, so no lag series.
+                            .filter_map(|c| c.offset.filter(|o| *o >= 0).map(|o| ((c.topic, c.partition), o)))
+                            .collect()),
+                    },
                     Some(Err(e)) => Err(e.to_string()),
                     None => Err(fetch_failed.clone().unwrap_or_else(|| "no result".into())),
                 };

@@ -87,6 +87,26 @@ impl Deadline {
         self.fence.as_ref().and_then(|f| f()).is_some_and(|fence| Instant::now() >= fence)
     }
 
+    /// Waits `pause` (a retry's backoff), less if a limit comes first;
+    /// which limit stopped it, if one did. Sleeps in slices of at most
+    /// 50 ms so a fence that moves closer meanwhile is seen.
+    pub fn pause(&self, pause: Duration) -> Result<(), Stop> {
+        let until = Instant::now() + pause;
+        loop {
+            let (left, by) = self.slice()?;
+            let now = Instant::now();
+            if now >= until {
+                return Ok(());
+            }
+            let step = (until - now).min(Duration::from_millis(50));
+            if left <= step {
+                std::thread::sleep(left);
+                return Err(by);
+            }
+            std::thread::sleep(step);
+        }
+    }
+
     /// Time left before the earlier of the two limits, and which one it is;
     /// an error once either has passed.
     pub fn slice(&self) -> Result<(Duration, Stop), Stop> {
@@ -130,5 +150,18 @@ mod tests {
         assert!(d.fenced());
         assert!(!Deadline::after(Duration::from_secs(1)).fenced());
         assert_eq!(Deadline::after(Duration::ZERO).slice(), Err(Stop::TimedOut));
+    }
+
+    #[test]
+    fn a_pause_ends_at_the_first_limit() {
+        let started = Instant::now();
+        assert_eq!(Deadline::after(Duration::from_secs(5)).pause(Duration::from_millis(120)), Ok(()));
+        assert!(started.elapsed() >= Duration::from_millis(120));
+        let started = Instant::now();
+        assert_eq!(Deadline::after(Duration::from_millis(150)).pause(Duration::from_secs(5)), Err(Stop::TimedOut));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let fence: Fence = Arc::new(move || Some(started + Duration::from_millis(100)));
+        let d = Deadline::after(Duration::from_secs(5)).with_fence(Some(fence));
+        assert_eq!(d.pause(Duration::from_secs(5)), Err(Stop::Fenced));
     }
 }

@@ -264,6 +264,19 @@ pub fn list_consumer_group_offsets<C: ClientContext>(
     group_ids: &[String],
     deadline: impl Into<Deadline>,
 ) -> Result<PerGroup<Vec<CommittedOffset>>, AdminError> {
+    list_consumer_group_offsets_within(client, group_ids, deadline, Duration::MAX)
+}
+
+/// Like [`list_consumer_group_offsets`], each group's call bounded by
+/// `per_call` as well as by the deadline: a group whose coordinator is
+/// stuck fails after `per_call`, not at the end of the cycle, and the
+/// groups queued behind it still get their turn.
+pub fn list_consumer_group_offsets_within<C: ClientContext>(
+    client: &Client<C>,
+    group_ids: &[String],
+    deadline: impl Into<Deadline>,
+    per_call: Duration,
+) -> Result<PerGroup<Vec<CommittedOffset>>, AdminError> {
     const OP: &str = "OffsetFetch";
     if group_ids.is_empty() {
         return Ok(Vec::new());
@@ -281,7 +294,8 @@ pub fn list_consumer_group_offsets<C: ClientContext>(
     while results.len() < group_ids.len() {
         while in_flight < MAX_IN_FLIGHT {
             let Some(i) = pending.pop_front() else { break };
-            let remaining = deadline.at().saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            let remaining =
+                deadline.at().saturating_duration_since(Instant::now()).min(per_call).max(Duration::from_millis(1));
             let options =
                 Options::new(client, ffi::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS, remaining);
             options.set_opaque(i);

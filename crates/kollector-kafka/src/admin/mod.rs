@@ -31,8 +31,8 @@ use crate::deadline::Deadline;
 
 pub use cluster::{describe_cluster, BrokerNode, ClusterDescription};
 pub use groups::{
-    describe_consumer_groups, list_consumer_group_offsets, list_consumer_groups, CommittedOffset, GroupDescription,
-    GroupListing, GroupMember, GroupState, ListGroupsResult, PerGroup,
+    describe_consumer_groups, list_consumer_group_offsets, list_consumer_group_offsets_within, list_consumer_groups,
+    CommittedOffset, GroupDescription, GroupListing, GroupMember, GroupState, ListGroupsResult, PerGroup,
 };
 pub use offsets::{list_offsets, list_offsets_each, OffsetSpec, OffsetsJob, PartitionOffset};
 

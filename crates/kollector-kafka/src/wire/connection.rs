@@ -162,8 +162,24 @@ pub struct BrokerConnection {
     /// Until when the broker throttled this connection (its last answer's
     /// `throttle_time_ms`): no request is sent before.
     throttled_until: Option<std::time::Instant>,
-    /// The longest throttle asked since [`BrokerConnection::take_throttle`].
-    longest_throttle: Duration,
+    /// Where throttles are recorded (the monitor's log, by address).
+    throttles: super::security::ThrottleLog,
+    /// Whether this broker answers OffsetFetch before v8 with `topics =
+    /// null` ("every topic"), as Kafka does from v2: learnt from its answers.
+    all_topics: AllTopics,
+}
+
+/// What a broker's OffsetFetch (before v8) did with `topics = null`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllTopics {
+    /// Not known yet: an empty answer may be "nothing committed" or a
+    /// broker that ignores a null list.
+    Unknown,
+    /// It answered with commits: it lists every topic.
+    Answered,
+    /// It answered nothing where asking by name found commits (librdkafka's
+    /// mock cluster): topics are named on this connection.
+    Ignored,
 }
 
 impl std::fmt::Debug for BrokerConnection {
@@ -291,7 +307,8 @@ impl BrokerConnection {
                 expires: None,
                 client_id: StrBytes::from_string(security.client_id().to_string()),
                 throttled_until: None,
-                longest_throttle: Duration::ZERO,
+                throttles: security.throttle_log().clone(),
+                all_topics: AllTopics::Unknown,
             };
             c.handshake_tls(deadline)?;
             c.versions = c.api_versions(deadline)?;
@@ -314,10 +331,14 @@ impl BrokerConnection {
         &self.versions
     }
 
-    /// The longest throttle the broker asked on this connection since the
-    /// last call (and starts counting again): the cycle reports it.
-    pub fn take_throttle(&mut self) -> Duration {
-        std::mem::take(&mut self.longest_throttle)
+    /// What this broker is known to do with OffsetFetch `topics = null`.
+    pub fn all_topics(&self) -> AllTopics {
+        self.all_topics
+    }
+
+    /// Records what its answers showed.
+    pub fn learnt_all_topics(&mut self, learnt: AllTopics) {
+        self.all_topics = learnt;
     }
 
     /// Waits out a throttle the broker asked for, within the deadline; a
@@ -513,7 +534,7 @@ impl BrokerConnection {
             let throttle = Duration::from_millis(ms).min(MAX_THROTTLE);
             if !throttle.is_zero() {
                 self.throttled_until = Some(std::time::Instant::now() + throttle);
-                self.longest_throttle = self.longest_throttle.max(throttle);
+                self.throttles.record(&self.address, throttle);
             }
         }
         Ok(answer)

@@ -6,10 +6,11 @@
 //! coordinates), one DescribeGroups for its classic groups, one
 //! ConsumerGroupDescribe for its KIP-848 groups, OffsetFetch v8+ for all of
 //! them in chunks. Groups whose answer says the coordinator moved (or is
-//! loading) get one FindCoordinator (batched from v4) and one retry at the
-//! coordinator named. So a cycle costs 1 + 3 requests per broker (+ 2 per
-//! moved coordinator), whatever the number of groups; `group_plan.rs`
-//! decides, this file only talks.
+//! loading, or not available) get a FindCoordinator (batched from v4) and
+//! a retry at the coordinator named, again with a backoff while the answer
+//! stays the same and the broker's budget lasts. So a healthy cycle costs
+//! 1 + 3 requests per broker, whatever the number of groups (+ 2 per round
+//! while coordinators move); `group_plan.rs` decides, this file only talks.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,7 +19,8 @@ use kollector_core::BrokerErrorKind;
 
 use super::connection::BrokerConnection;
 use super::group_plan::{
-    describe_with, has_committed_offsets, merge, to_relocate, BrokerAnswers, DescribeWith, GroupRead,
+    coordinator_moved, describe_with, has_committed_offsets, merge, relocation_backoff, to_relocate, BrokerAnswers,
+    DescribeWith, GroupRead, MAX_RELOCATION_ROUNDS,
 };
 use super::groups::{
     consumer_group_describe, describe_groups, fetch_offsets_into, find_coordinators, list_groups, ListedGroup,
@@ -119,13 +121,20 @@ impl GroupConnections {
 
     /// The longest throttle each broker asked since the last call, in ms
     /// (brokers that asked none are left out).
+    /// Recorded by address (connections closed meanwhile included), named
+    /// by the broker the last Metadata answer put at that address.
     pub fn take_throttles(&mut self) -> BTreeMap<i32, u32> {
-        self.conns
-            .iter_mut()
-            .filter(|(id, _)| **id >= 0)
-            .map(|(id, c)| (*id, u32::try_from(c.take_throttle().as_millis()).unwrap_or(u32::MAX)))
-            .filter(|(_, ms)| *ms > 0)
-            .collect()
+        let by_address = self.security.throttle_log().take();
+        let mut out = BTreeMap::new();
+        for (address, throttle) in by_address {
+            let ms = u32::try_from(throttle.as_millis()).unwrap_or(u32::MAX);
+            for (id, _) in self.known.iter().filter(|(_, a)| *a == address) {
+                let longest: &mut u32 = out.entry(*id).or_default();
+                *longest = (*longest).max(ms);
+            }
+        }
+        out.retain(|_, ms| *ms > 0);
+        out
     }
 
     /// The TLS and SASL settings connections are opened with.
@@ -294,10 +303,12 @@ impl GroupConnections {
         cycle
     }
 
-    /// Groups whose answer named another coordinator: one FindCoordinator
-    /// for all of them, one retry each at the coordinator named. Their
-    /// reads replace the first answers'; a group that cannot be located
-    /// keeps its error.
+    /// Groups whose answer said their coordinator moved, is loading or is
+    /// not available: round after round (backing off, within the phase's
+    /// deadline, at most [`MAX_RELOCATION_ROUNDS`]), one FindCoordinator for
+    /// all of them and a read each at the coordinator named. Each group is
+    /// retried alone: the others' reads stand. What is still moving when
+    /// the time is up keeps its error (unread, never a guess).
     fn relocate(
         &mut self,
         answers: &mut Vec<BrokerAnswers>,
@@ -305,16 +316,40 @@ impl GroupConnections {
         topics: &[(String, Vec<i32>)],
         deadline: &Deadline,
     ) -> Result<(), Stop> {
-        let moved: BTreeSet<String> = answers.iter().flat_map(|a| to_relocate(&a.described, &a.committed)).collect();
-        if moved.is_empty() {
-            return Ok(());
+        for round in 0..MAX_RELOCATION_ROUNDS {
+            let moved: BTreeSet<String> =
+                answers.iter().flat_map(|a| to_relocate(&a.described, &a.committed)).collect();
+            if moved.is_empty() {
+                return Ok(());
+            }
+            match deadline.pause(relocation_backoff(round)) {
+                Ok(()) => {}
+                Err(Stop::Fenced) => return Err(Stop::Fenced),
+                Err(Stop::TimedOut) => return Ok(()),
+            }
+            self.relocate_once(answers, &moved, allowed, topics, deadline)?;
         }
+        Ok(())
+    }
+
+    /// One relocation round for `moved`: their earlier answers give way to
+    /// what their coordinators say now.
+    fn relocate_once(
+        &mut self,
+        answers: &mut Vec<BrokerAnswers>,
+        moved: &BTreeSet<String>,
+        allowed: &(dyn Fn(&str) -> bool + Sync),
+        topics: &[(String, Vec<i32>)],
+        deadline: &Deadline,
+    ) -> Result<(), Stop> {
         let mut listed = BTreeMap::new();
         for a in answers.iter_mut() {
             for g in a.listed.iter().filter(|g| moved.contains(&g.id)) {
                 listed.entry(g.id.clone()).or_insert_with(|| (a.broker, g.clone()));
             }
             a.listed.retain(|g| !moved.contains(&g.id));
+            a.described.retain(|id, _| !moved.contains(id));
+            a.committed.retain(|id, _| !moved.contains(id));
         }
         let ids: Vec<String> = listed.keys().cloned().collect();
         let failed = |why: String, groups: Vec<(i32, ListedGroup)>| -> Vec<BrokerAnswers> {
@@ -352,6 +387,15 @@ impl GroupConnections {
         for (id, (broker, g)) in listed {
             match found.get(&id) {
                 Some(Ok((node, address))) => at.entry((*node, address.clone())).or_default().push(g),
+                // Not available yet (a coordinator being elected): asked
+                // again next round, like a group answering the same.
+                Some(Err(code)) if coordinator_moved(*code) => answers.push(BrokerAnswers {
+                    broker,
+                    committed: BTreeMap::from([(g.id.clone(), Err(*code))]),
+                    describe_failed: Some(format!("FindCoordinator: {}", super::error_name(*code))),
+                    listed: vec![g],
+                    ..Default::default()
+                }),
                 Some(Err(code)) => {
                     answers.extend(failed(format!("FindCoordinator: {}", super::error_name(*code)), vec![(broker, g)]))
                 }
@@ -423,7 +467,7 @@ fn read_at(
     };
     let list = |c: &mut BrokerConnection, given: Option<Vec<ListedGroup>>| match given {
         Some(g) => Ok((g, None)),
-        None => list_groups(c, deadline),
+        None => list_groups_patiently(c, deadline),
     };
     let (mut listed, list_error) = match list(&mut conn, given.clone()) {
         Ok(l) => l,
@@ -468,6 +512,7 @@ fn read_at(
     };
     let (classic, kip848) = (ids_by(DescribeWith::DescribeGroups), ids_by(DescribeWith::ConsumerGroupDescribe));
     let with_offsets: Vec<String> = listed.iter().filter(|g| has_committed_offsets(g)).map(|g| g.id.clone()).collect();
+    answers.listing_only = ids_by(DescribeWith::Listing).into_iter().collect();
     let mut stopped = None;
     let mut live = Some(conn);
     // (`live.take()` only where there is something to ask: taking it
@@ -522,6 +567,30 @@ fn read_at(
         }
         None => Ok(answers),
     };
+}
+
+/// ListGroups, asked again (backing off, within the deadline) while the
+/// broker answers only that its coordinator is loading or not available:
+/// a broker just restarted lists its groups a moment later. The last
+/// answer's error when the time is up.
+fn list_groups_patiently(
+    conn: &mut BrokerConnection,
+    deadline: &Deadline,
+) -> Result<(Vec<ListedGroup>, Option<i16>), WireError> {
+    let mut round = 0;
+    loop {
+        match list_groups(conn, deadline) {
+            Err(WireError::Broker { code, api }) if coordinator_moved(code) && round + 1 < MAX_RELOCATION_ROUNDS => {
+                round += 1;
+                match deadline.pause(relocation_backoff(round)) {
+                    Ok(()) => {}
+                    Err(Stop::Fenced) => return Err(WireError::Stopped(Stop::Fenced)),
+                    Err(Stop::TimedOut) => return Err(WireError::Broker { code, api }),
+                }
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Records a failure: why, and the connection back only while it is still usable.

@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::error_name;
 use super::groups::{Committed, DescribedGroup, ListedGroup};
 
-/// Kafka error codes that send a group to FindCoordinator and one retry.
+/// Kafka error codes that send a group to FindCoordinator and a retry at
+/// the coordinator named, again and again within the broker's budget.
 pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
 pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 pub const NOT_COORDINATOR: i16 = 16;
@@ -17,6 +18,22 @@ pub const NOT_COORDINATOR: i16 = 16;
 pub fn coordinator_moved(code: i16) -> bool {
     matches!(code, COORDINATOR_LOAD_IN_PROGRESS | COORDINATOR_NOT_AVAILABLE | NOT_COORDINATOR)
 }
+
+/// How long to wait before relocation round `round` (0 is the first, at
+/// once): a coordinator still loading its groups (after a restart or a
+/// move) needs a moment, and asking it again at once would only get the
+/// same answer. Doubling from 50 ms, at most 1 s, so a budget of a few
+/// seconds holds several tries.
+pub fn relocation_backoff(round: u32) -> std::time::Duration {
+    match round {
+        0 => std::time::Duration::ZERO,
+        n => std::time::Duration::from_millis((50u64 << (n - 1).min(5)).min(1_000)),
+    }
+}
+
+/// Relocation rounds at most in one cycle, whatever the budget (a broker
+/// answering NOT_COORDINATOR forever must not be asked forever).
+pub const MAX_RELOCATION_ROUNDS: u32 = 8;
 
 /// How a listed group is described.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +112,10 @@ pub struct BrokerAnswers {
     /// The broker stopped answering part-way (its budget ran out): what it
     /// answered is kept, and it is named as failed.
     pub failure: Option<(kollector_core::BrokerErrorKind, String)>,
+    /// Listed groups that no describe call covers ([`DescribeWith::Listing`]):
+    /// their listing is all there is. Any other group missing from
+    /// `described` was asked about and left out of the answer: unread.
+    pub listing_only: BTreeSet<String>,
 }
 
 /// One read per listed group, sorted by id. A group listed by two brokers
@@ -135,7 +156,9 @@ fn read_one(a: &BrokerAnswers, g: &ListedGroup) -> GroupRead {
         }
         (Some(d), _) => read.describe_error = Some(error_name(d.error_code)),
         (None, Some(why)) => read.describe_error = Some(why.clone()),
-        (None, None) => {}
+        (None, None) if a.listing_only.contains(&g.id) => {}
+        // Asked, and the answer did not mention it: as unread as a failure.
+        (None, None) => read.describe_error = Some("left out of the broker's answer".into()),
     }
     read.committed = match (a.committed.get(&g.id), &a.fetch_failed) {
         _ if !has_committed_offsets(g) => Ok(BTreeMap::new()),
@@ -166,6 +189,13 @@ mod tests {
         assert_eq!(describe_with(&listed("a", Some("consumer")), true), DescribeWith::ConsumerGroupDescribe);
         assert_eq!(describe_with(&listed("a", Some("consumer")), false), DescribeWith::Listing);
         assert_eq!(describe_with(&listed("a", Some("share")), true), DescribeWith::Listing);
+    }
+
+    #[test]
+    fn relocation_backs_off_from_nothing_to_at_most_a_second() {
+        let waits: Vec<u64> = (0..MAX_RELOCATION_ROUNDS).map(|r| relocation_backoff(r).as_millis() as u64).collect();
+        assert_eq!(waits, vec![0, 50, 100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(relocation_backoff(u32::MAX), std::time::Duration::from_secs(1));
     }
 
     #[test]
@@ -202,20 +232,27 @@ mod tests {
             fetch_failed: None,
             list_error: None,
             failure: None,
+            listing_only: BTreeSet::new(),
         };
         let two = BrokerAnswers {
             broker: 2,
-            listed: vec![listed("moving", None), listed("k", Some("consumer"))],
+            listed: vec![listed("moving", None), listed("k", Some("consumer")), listed("s", Some("share"))],
             described: BTreeMap::new(),
             describe_failed: Some("DescribeGroups: timed out".into()),
             committed: BTreeMap::from([("moving".to_string(), Ok(offsets.clone()))]),
             fetch_failed: None,
             list_error: None,
             failure: None,
+            listing_only: BTreeSet::from(["s".to_string()]),
         };
         let reads = merge(&[one, two]);
         let by: BTreeMap<&str, &GroupRead> = reads.iter().map(|r| (r.id.as_str(), r)).collect();
-        assert_eq!(reads.len(), 3);
+        assert_eq!(reads.len(), 4);
+        assert_eq!(by["s"].describe_error, None, "a share group has only its listing");
+        // A classic group the DescribeGroups answer left out is unread, not "Unknown with 0 members".
+        let left_out = BrokerAnswers { broker: 1, listed: vec![listed("x", None)], ..Default::default() };
+        let read = &merge(&[left_out])[0];
+        assert_eq!(read.describe_error.as_deref(), Some("left out of the broker's answer"));
         assert_eq!((by["a"].state.as_str(), by["a"].members, by["a"].coordinator), ("Stable", 3, Some(1)));
         assert_eq!(by["a"].committed, Ok(offsets.clone()));
         assert_eq!(by["moving"].coordinator, Some(2), "the broker that answered for the offsets");

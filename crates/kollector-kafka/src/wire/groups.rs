@@ -16,7 +16,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::connection::BrokerConnection;
+use super::connection::{AllTopics, BrokerConnection};
 use super::WireError;
 use crate::deadline::Deadline;
 
@@ -56,17 +56,32 @@ fn text(s: &StrBytes) -> String {
     s.to_string()
 }
 
+/// UNKNOWN_TOPIC_OR_PARTITION: a partition asked for by name that is gone.
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+
 /// One group's answer from its error code and (topic, partition, offset,
-/// error code) entries, whichever OffsetFetch version carried them.
+/// error code) entries, whichever OffsetFetch version carried them. A
+/// partition that came back with an error (an ACL hiding its topic, an
+/// unstable commit) makes the group's offsets unread with that error: a
+/// partition left out would read as "nothing committed there", and its
+/// lag series and verdict window would vanish as if the consumer had
+/// moved on. A partition that no longer exists is simply not there.
 fn committed<'a>(group_error: i16, entries: impl Iterator<Item = (&'a StrBytes, i32, i64, i16)>) -> Committed {
     if group_error != 0 {
         return Err(group_error);
     }
-    Ok(entries
-        // -1: no commit on this partition.
-        .filter(|(_, _, offset, error)| *error == 0 && *offset >= 0)
-        .map(|(topic, partition, offset, _)| ((text(topic), partition), offset))
-        .collect())
+    let mut out = BTreeMap::new();
+    for (topic, partition, offset, error) in entries {
+        match error {
+            // -1: no commit on this partition.
+            0 if offset >= 0 => {
+                out.insert((text(topic), partition), offset);
+            }
+            0 | UNKNOWN_TOPIC_OR_PARTITION => {}
+            code => return Err(code),
+        }
+    }
+    Ok(out)
 }
 
 /// The groups this broker coordinates, and the error its answer carried
@@ -194,10 +209,10 @@ pub fn describe_groups(
 }
 
 /// Every committed offset of each of `ids`: many groups per request where
-/// the broker speaks OffsetFetch v8, one request per group otherwise.
-/// `topics` (name, partitions) names what to ask for on the per-group path;
-/// None asks for every topic, which some brokers (librdkafka's mock) do not
-/// answer before v8. The multi-group path always asks for every topic.
+/// the broker speaks OffsetFetch v8, one request per group otherwise, every
+/// request asking for every topic. `topics` (name, partitions) is what to
+/// name instead on a connection whose broker ignores "every topic" before
+/// v8 (librdkafka's mock does); None: never name them.
 pub fn fetch_offsets(
     conn: &mut BrokerConnection,
     ids: &[String],
@@ -253,15 +268,75 @@ pub fn fetch_offsets_into(
             })
             .collect::<Vec<_>>()
     });
+    // One request per group (the protocol has no more before v8), each
+    // asking for every topic (`topics = null`): G requests of a few bytes
+    // instead of G × P named partitions. Only a broker seen to ignore the
+    // null list gets the names.
     for id in ids {
-        let request = OffsetFetchRequest::default()
-            .with_group_id(GroupId(StrBytes::from_string(id.clone())))
-            .with_topics(asked.clone());
-        let answer: OffsetFetchResponse = conn.call(ApiKey::OffsetFetch, version, &request, deadline)?;
+        let group = GroupId(StrBytes::from_string(id.clone()));
+        let ask = |topics: Option<Vec<OffsetFetchRequestTopic>>| {
+            OffsetFetchRequest::default().with_group_id(group.clone()).with_topics(topics)
+        };
+        let all = conn.all_topics();
+        let by_name = all == AllTopics::Ignored && asked.is_some();
+        let request = if by_name { ask(asked.clone()) } else { ask(None) };
+        let mut answer: OffsetFetchResponse = match conn.call(ApiKey::OffsetFetch, version, &request, deadline) {
+            Ok(a) => a,
+            // A broker that answers "every topic" with an answer that does
+            // not decode (librdkafka's mock echoes the null list back) was
+            // read to the end of its frame: the connection is still in step,
+            // and the topics are named from now on.
+            Err(WireError::Protocol(m))
+                if m.starts_with("decoding a OffsetFetch")
+                    && all == AllTopics::Unknown
+                    && !by_name
+                    && asked.is_some() =>
+            {
+                conn.learnt_all_topics(AllTopics::Ignored);
+                conn.call(ApiKey::OffsetFetch, version, &ask(asked.clone()), deadline)?
+            }
+            Err(e) => return Err(e),
+        };
+        // (Still unknown: the answer above was to "every topic".)
+        if conn.all_topics() == AllTopics::Unknown {
+            if has_commits(&answer) {
+                conn.learnt_all_topics(AllTopics::Answered);
+            } else if answer.error_code == 0 && asked.is_some() {
+                // Nothing for "every topic": nothing committed, or a broker
+                // that ignores the null list. Asking by name tells them apart.
+                let named: OffsetFetchResponse =
+                    conn.call(ApiKey::OffsetFetch, version, &ask(asked.clone()), deadline)?;
+                if has_commits(&named) {
+                    conn.learnt_all_topics(AllTopics::Ignored);
+                }
+                answer = named;
+            }
+        }
         let entries = answer.topics.iter().flat_map(|t| {
             t.partitions.iter().map(move |p| (&t.name.0, p.partition_index, p.committed_offset, p.error_code))
         });
         out.insert(id.clone(), committed(answer.error_code, entries));
     }
     Ok(())
+}
+
+/// Whether a (pre-v8) OffsetFetch answer holds at least one commit.
+fn has_commits(answer: &OffsetFetchResponse) -> bool {
+    answer.topics.iter().flat_map(|t| &t.partitions).any(|p| p.error_code == 0 && p.committed_offset >= 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_answered_with_an_error_leaves_the_group_unread_not_uncommitted() {
+        let (t, u) = (StrBytes::from_static_str("t"), StrBytes::from_static_str("gone"));
+        let fine = [(&t, 0, 5, 0), (&t, 1, -1, 0), (&u, 0, -1, UNKNOWN_TOPIC_OR_PARTITION)];
+        assert_eq!(committed(0, fine.into_iter()), Ok(BTreeMap::from([(("t".to_string(), 0), 5)])));
+        // TOPIC_AUTHORIZATION_FAILED on one partition: the group is unread, with that code.
+        let hidden = [(&t, 0, 5, 0), (&t, 1, -1, 29)];
+        assert_eq!(committed(0, hidden.into_iter()), Err(29));
+        assert_eq!(committed(16, fine.into_iter()), Err(16));
+    }
 }

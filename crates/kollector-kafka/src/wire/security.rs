@@ -42,6 +42,30 @@ pub struct WireSecurity {
     /// behind the same address) could otherwise mix two clusters' data
     /// under one cluster id.
     cluster_id: Option<Arc<str>>,
+    /// The longest throttle each address asked since the cycle last took
+    /// them, shared by every connection opened with these settings: a
+    /// connection closed during the cycle (an error, a reconnect) still
+    /// has its throttle reported.
+    throttles: ThrottleLog,
+}
+
+/// Longest throttle by broker address, shared by a monitor's connections.
+#[derive(Clone, Default)]
+pub struct ThrottleLog(Arc<std::sync::Mutex<std::collections::BTreeMap<String, std::time::Duration>>>);
+
+impl ThrottleLog {
+    /// Records that `address` asked to be left alone for `throttle`.
+    pub fn record(&self, address: &str, throttle: std::time::Duration) {
+        if let Ok(mut log) = self.0.lock() {
+            let longest = log.entry(address.to_string()).or_default();
+            *longest = (*longest).max(throttle);
+        }
+    }
+
+    /// What was recorded since the last call, and starts again.
+    pub fn take(&self) -> std::collections::BTreeMap<String, std::time::Duration> {
+        self.0.lock().map(|mut log| std::mem::take(&mut *log)).unwrap_or_default()
+    }
 }
 
 impl std::fmt::Debug for WireSecurity {
@@ -69,6 +93,11 @@ impl WireSecurity {
     /// The cluster new connections must reach, once pinned.
     pub fn expected_cluster(&self) -> Option<&str> {
         self.cluster_id.as_deref()
+    }
+
+    /// Where connections opened with these settings record throttles.
+    pub fn throttle_log(&self) -> &ThrottleLog {
+        &self.throttles
     }
 
     /// The client id sent in request headers ("kollector" unless set).
@@ -118,7 +147,7 @@ impl WireSecurity {
                 Some(Arc::new(config))
             }
         };
-        Ok(WireSecurity { tls, sasl, client_id: None, cluster_id: None })
+        Ok(WireSecurity { tls, sasl, client_id: None, cluster_id: None, throttles: ThrottleLog::default() })
     }
 
     pub(crate) fn tls(&self) -> Option<&Arc<ClientConfig>> {
