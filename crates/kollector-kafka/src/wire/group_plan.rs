@@ -147,6 +147,8 @@ fn read_one(a: &BrokerAnswers, g: &ListedGroup) -> GroupRead {
         committed: Err("no answer".into()),
     };
     match (a.described.get(&g.id), &a.describe_failed) {
+        // Not asked about: a failed describe call is not its failure.
+        (None, _) if a.listing_only.contains(&g.id) => {}
         (Some(d), _) if d.error_code == 0 => {
             read.state = d.state.clone();
             read.members = d.members;
@@ -156,7 +158,6 @@ fn read_one(a: &BrokerAnswers, g: &ListedGroup) -> GroupRead {
         }
         (Some(d), _) => read.describe_error = Some(error_name(d.error_code)),
         (None, Some(why)) => read.describe_error = Some(why.clone()),
-        (None, None) if a.listing_only.contains(&g.id) => {}
         // Asked, and the answer did not mention it: as unread as a failure.
         (None, None) => read.describe_error = Some("left out of the broker's answer".into()),
     }
