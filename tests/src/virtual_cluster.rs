@@ -144,6 +144,12 @@ pub enum Fault {
     /// requests a client sends on that connection before the throttle ran
     /// out are counted ([`VirtualCluster::sent_while_throttled`]).
     Throttle(Duration),
+    /// A DescribeGroups asking for more than this many groups is answered
+    /// with a frame longer than a client takes (64 MiB and a byte, as
+    /// groups with thousands of members and their assignments would give);
+    /// only the length is sent, then the connection is closed. Smaller
+    /// requests are answered as usual.
+    OversizedDescribe { above_groups: usize },
 }
 
 impl Fault {
@@ -259,6 +265,8 @@ struct Pending {
     /// ApiVersions v0 request with the same correlation id instead, so the
     /// answers stay in order, and its answer is replaced by this body.
     synthesized: Option<Bytes>,
+    /// Answered with an oversized frame's length, then the connection closes.
+    oversized: bool,
     /// An OffsetFetch the client sent at this version (before v8), passed
     /// to tansu as v8 (tansu's own answers before v8 do not decode): its
     /// answer is turned back into this version's shape.
@@ -781,7 +789,16 @@ fn forward_requests(shared: &Shared, b: &Broker, conn: &Connection, client: &mut
             }
             continue;
         };
-        let mut pending = Pending { api, version, coordinator_key: None, synthesized: None, older: None };
+        let mut pending =
+            Pending { api, version, coordinator_key: None, synthesized: None, older: None, oversized: false };
+        if let (Some(Fault::OversizedDescribe { above_groups }), ApiKey::DescribeGroups) = (&fault, api) {
+            let Some(req) = request_body(&frame, api, version)
+                .and_then(|mut body| DescribeGroupsRequest::decode(&mut body, version).ok())
+            else {
+                return;
+            };
+            pending.oversized = req.groups.len() > *above_groups;
+        }
         if api == ApiKey::FindCoordinator && version <= 3 {
             let Some(req) = request_body(&frame, api, version)
                 .and_then(|mut body| FindCoordinatorRequest::decode(&mut body, version).ok())
@@ -838,6 +855,10 @@ fn serve_answers(shared: &Shared, index: usize, conn: &Connection, mut from_tans
                 _ => break fault,
             }
         };
+        if pending.as_ref().is_some_and(|p| p.oversized) {
+            let _ = client.write_all(&(64u32 * 1024 * 1024 + 1).to_be_bytes());
+            break;
+        }
         let (answer, throttle) = match &pending {
             None => (Bytes::from(frame), None),
             Some(p) => match answer_for(shared, b, p, fault.as_ref(), Bytes::from(frame)) {

@@ -298,3 +298,39 @@ fn dropping_the_client_closes_its_direct_group_connections_with_librdkafkas() {
     drop(client);
     assert_eq!(kollector_tests::net::established_connections_to(pid, broker.port()), 0, "sockets left after the drop");
 }
+
+/// A DescribeGroups answer too large for one frame (groups with thousands
+/// of members and their assignments) is refused by the client and closes
+/// the connection: the groups are described again in smaller requests on
+/// a fresh connection, in the same cycle, and every group is read in full.
+/// The virtual broker answers any DescribeGroups of more than 10 groups
+/// with a 64 MiB + 1 frame.
+#[test]
+fn describe_groups_answers_over_the_frame_cap_are_split_within_the_cycle() {
+    use kollector_tests::virtual_cluster::{Fault, VirtualCluster};
+    let vc = VirtualCluster::start("wire-oversized", 1);
+    let bs = vc.bootstrap();
+    create_topic(&bs, "events", 2);
+    let want: Commits =
+        (0..30).map(|g| (format!("big-{g:02}"), BTreeMap::from([(("events".to_string(), 0), g as i64)]))).collect();
+    commit_all(&bs, &want);
+    vc.set_fault(1, Fault::OversizedDescribe { above_groups: 10 });
+    let spec = spec("oversized", &bs);
+    let client = KafkaClient::connect(&spec, &ClientOptions::default()).expect("client");
+    for cycle in 0..2 {
+        vc.reset_counts();
+        let s = client.collect(&spec).expect("cycle");
+        assert_eq!(s.groups.len(), 30, "cycle {cycle}");
+        for g in &s.groups {
+            assert!(g.fully_read(), "cycle {cycle}: {g:?}");
+            assert_eq!(g.state, "Empty", "cycle {cycle}: described: {g:?}");
+            assert_eq!(
+                g.offsets.iter().map(|o| o.committed).collect::<Vec<_>>(),
+                vec![want[&g.group_id][&("events".to_string(), 0)]]
+            );
+        }
+        let describes = vc.request_count(1, kollector_kafka::wire::ApiKey::DescribeGroups);
+        // One refused request of 30, then 30 / 8 = 3 per request.
+        assert_eq!(describes, 11, "cycle {cycle}: {:?}", vc.requests(1));
+    }
+}

@@ -164,6 +164,8 @@ pub struct BrokerConnection {
     throttled_until: Option<std::time::Instant>,
     /// Where throttles are recorded (the monitor's log, by address).
     throttles: super::security::ThrottleLog,
+    /// The size of the last answer frame read, in bytes.
+    last_answer_bytes: usize,
     /// Whether this broker answers OffsetFetch before v8 with `topics =
     /// null` ("every topic"), as Kafka does from v2: learnt from its answers.
     all_topics: AllTopics,
@@ -309,6 +311,7 @@ impl BrokerConnection {
                 throttled_until: None,
                 throttles: security.throttle_log().clone(),
                 all_topics: AllTopics::Unknown,
+                last_answer_bytes: 0,
             };
             c.handshake_tls(deadline)?;
             c.versions = c.api_versions(deadline)?;
@@ -329,6 +332,12 @@ impl BrokerConnection {
 
     pub fn versions(&self) -> &BrokerVersions {
         &self.versions
+    }
+
+    /// The size of the last answer frame, in bytes: what the next request
+    /// of the kind should expect to weigh.
+    pub fn last_answer_bytes(&self) -> usize {
+        self.last_answer_bytes
     }
 
     /// What this broker is known to do with OffsetFetch `topics = null`.
@@ -518,6 +527,7 @@ impl BrokerConnection {
         })?;
         let mut answer = vec![0u8; len];
         self.read_full(&mut answer, deadline)?;
+        self.last_answer_bytes = len + 4;
         let mut answer = Bytes::from(answer);
         let header = ResponseHeader::decode(&mut answer, Resp::header_version(version))
             .map_err(|e| protocol("decoding a response header", &e))?;

@@ -23,7 +23,8 @@ use super::group_plan::{
     DescribeWith, GroupRead, MAX_RELOCATION_ROUNDS,
 };
 use super::groups::{
-    consumer_group_describe, describe_groups, fetch_offsets_into, find_coordinators, list_groups, ListedGroup,
+    consumer_group_describe, describe_groups_into, fetch_offsets_into, find_coordinators, list_groups, ListedGroup,
+    GROUPS_PER_FETCH,
 };
 use super::security::WireSecurity;
 use super::WireError;
@@ -42,6 +43,8 @@ pub struct GroupConnections {
     pub(super) known: Vec<(i32, String)>,
     /// The broker that answered Metadata last: asked first next time.
     pub(super) metadata_from: Option<i32>,
+    /// Groups per DescribeGroups, by broker, as its answers' weight allows.
+    describe_chunks: BTreeMap<i32, usize>,
 }
 
 impl std::fmt::Debug for GroupConnections {
@@ -97,11 +100,23 @@ struct BrokerWork {
     address: String,
     conn: Option<BrokerConnection>,
     outcome: Result<BrokerAnswers, WireError>,
+    /// Groups per DescribeGroups at this broker, learnt from its answers.
+    describe_chunk: usize,
 }
 
 impl GroupConnections {
     pub fn new(security: WireSecurity) -> GroupConnections {
-        GroupConnections { security, conns: BTreeMap::new(), known: Vec::new(), metadata_from: None }
+        GroupConnections {
+            security,
+            conns: BTreeMap::new(),
+            known: Vec::new(),
+            metadata_from: None,
+            describe_chunks: BTreeMap::new(),
+        }
+    }
+
+    fn describe_chunk(&self, broker: i32) -> usize {
+        self.describe_chunks.get(&broker).copied().unwrap_or(GROUPS_PER_FETCH)
     }
 
     /// Pins the cluster every connection must reach (the monitor's pinned
@@ -230,6 +245,7 @@ impl GroupConnections {
                 address: address.to_string(),
                 conn: self.conns.remove(id),
                 outcome: Err(WireError::Io("not asked".into())),
+                describe_chunk: self.describe_chunk(*id),
             })
             .collect();
         let security = &self.security;
@@ -244,6 +260,7 @@ impl GroupConnections {
         let mut answers = Vec::new();
         let (mut unsupported, mut auth_failures) = (0, 0);
         for w in work {
+            self.describe_chunks.insert(w.id, w.describe_chunk);
             self.keep(w.id, w.conn);
             match w.outcome {
                 Ok(a) => {
@@ -406,9 +423,15 @@ impl GroupConnections {
             if self.conns.get(&node).is_some_and(|c| c.address() != address) {
                 self.close(node);
             }
-            let mut w =
-                BrokerWork { id: node, address, conn: self.conns.remove(&node), outcome: Ok(Default::default()) };
+            let mut w = BrokerWork {
+                id: node,
+                address,
+                conn: self.conns.remove(&node),
+                outcome: Ok(Default::default()),
+                describe_chunk: self.describe_chunk(node),
+            };
             read_at(&mut w, &self.security, Some(groups.clone()), allowed, topics, deadline);
+            self.describe_chunks.insert(w.id, w.describe_chunk);
             self.keep(w.id, w.conn);
             match w.outcome {
                 Ok(a) => answers.push(a),
@@ -518,12 +541,35 @@ fn read_at(
     // (`live.take()` only where there is something to ask: taking it
     // otherwise would drop, and so close, the connection.)
     if let Some(mut c) = live.take_if(|_| !classic.is_empty()) {
-        match describe_groups(&mut c, &classic, deadline) {
-            Ok(list) => {
-                answers.described.extend(list.into_iter().map(|d| (d.id.clone(), d)));
-                live = Some(c);
+        // After an answer over the cap, requests only shrink for the rest
+        // of the cycle (each retry at most an eighth of the one refused).
+        let mut grow = true;
+        loop {
+            let before = w.describe_chunk;
+            let left: Vec<String> = classic.iter().filter(|id| !answers.described.contains_key(*id)).cloned().collect();
+            match describe_groups_into(&mut c, &left, &mut w.describe_chunk, grow, deadline, &mut answers.described) {
+                Ok(()) => {
+                    live = Some(c);
+                    break;
+                }
+                // An answer over the frame cap closed the connection: the
+                // rest again in smaller requests on a fresh one, while the
+                // chunk can shrink and the budget lasts.
+                Err(WireError::Oversized(_)) if grow || before > 1 => match connect() {
+                    Ok(fresh) => {
+                        c = fresh;
+                        grow = false;
+                    }
+                    Err(e) => {
+                        (answers.describe_failed, live) = map_first(fail(e, "DescribeGroups", c, &mut stopped));
+                        break;
+                    }
+                },
+                Err(e) => {
+                    (answers.describe_failed, live) = map_first(fail(e, "DescribeGroups", c, &mut stopped));
+                    break;
+                }
             }
-            Err(e) => (answers.describe_failed, live) = map_first(fail(e, "DescribeGroups", c, &mut stopped)),
         }
     }
     if let Some(mut c) = live.take_if(|_| !kip848.is_empty()) {

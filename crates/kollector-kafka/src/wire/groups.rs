@@ -181,31 +181,67 @@ pub fn find_coordinators(
     Ok(out)
 }
 
-/// Describes `ids` in one request.
-pub fn describe_groups(
+/// What a DescribeGroups answer is aimed to weigh: a quarter of the frame
+/// cap, so groups that gain members (and assignments) until the next cycle
+/// still fit in one frame.
+pub const DESCRIBE_TARGET_BYTES: usize = super::connection::MAX_FRAME / 4;
+
+/// Describes `ids` in requests of `*chunk` groups, into `out` (what was
+/// answered before a failure is kept). A DescribeGroups answer carries
+/// every member's metadata and assignment, so its size is set by the
+/// groups, not by their number: the chunk adapts to what the answers
+/// weigh ([`next_describe_chunk`]; only down unless `grow`), and an
+/// answer over the frame cap (refused, and the connection with it) divides
+/// it by 8 for the retry.
+pub fn describe_groups_into(
     conn: &mut BrokerConnection,
     ids: &[String],
+    chunk: &mut usize,
+    grow: bool,
     deadline: &Deadline,
-) -> Result<Vec<DescribedGroup>, WireError> {
+    out: &mut BTreeMap<String, DescribedGroup>,
+) -> Result<(), WireError> {
     if ids.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let version =
         conn.versions().pick(ApiKey::DescribeGroups, (0, 5)).ok_or(WireError::Unsupported("DescribeGroups"))?;
-    let mut out = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(GROUPS_PER_FETCH) {
+    let mut next = 0;
+    while next < ids.len() {
+        let asked = &ids[next..ids.len().min(next + (*chunk).max(1))];
         let request = DescribeGroupsRequest::default()
-            .with_groups(chunk.iter().map(|i| GroupId(StrBytes::from_string(i.clone()))).collect());
-        let answer: DescribeGroupsResponse = conn.call(ApiKey::DescribeGroups, version, &request, deadline)?;
-        out.extend(answer.groups.iter().map(|g| DescribedGroup {
-            id: text(&g.group_id.0),
-            state: text(&g.group_state),
-            protocol_type: text(&g.protocol_type),
-            members: g.members.len() as u32,
-            error_code: g.error_code,
-        }));
+            .with_groups(asked.iter().map(|i| GroupId(StrBytes::from_string(i.clone()))).collect());
+        let answer: DescribeGroupsResponse = match conn.call(ApiKey::DescribeGroups, version, &request, deadline) {
+            Ok(a) => a,
+            Err(e @ WireError::Oversized(_)) => {
+                *chunk = (asked.len() / 8).max(1);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let fits = next_describe_chunk(asked.len(), conn.last_answer_bytes());
+        *chunk = if grow { fits } else { fits.min(*chunk) };
+        next += asked.len();
+        for g in &answer.groups {
+            let d = DescribedGroup {
+                id: text(&g.group_id.0),
+                state: text(&g.group_state),
+                protocol_type: text(&g.protocol_type),
+                members: g.members.len() as u32,
+                error_code: g.error_code,
+            };
+            out.insert(d.id.clone(), d);
+        }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Groups per DescribeGroups after an answer of `bytes` for `asked` groups:
+/// as many as should weigh [`DESCRIBE_TARGET_BYTES`], 1 to
+/// [`GROUPS_PER_FETCH`]. Pure.
+pub fn next_describe_chunk(asked: usize, bytes: usize) -> usize {
+    let per_group = (bytes / asked.max(1)).max(1);
+    (DESCRIBE_TARGET_BYTES / per_group).clamp(1, GROUPS_PER_FETCH)
 }
 
 /// Every committed offset of each of `ids`: many groups per request where
@@ -328,6 +364,17 @@ fn has_commits(answer: &OffsetFetchResponse) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_describe_chunk_follows_what_answers_weigh() {
+        // Small groups: as many as a request takes.
+        assert_eq!(next_describe_chunk(1_000, 200_000), GROUPS_PER_FETCH);
+        // 1 MiB per group (thousands of members): 16 fit in a quarter of 64 MiB.
+        assert_eq!(next_describe_chunk(10, 10 << 20), 16);
+        // One group alone over the target: one at a time, never zero.
+        assert_eq!(next_describe_chunk(1, 40 << 20), 1);
+        assert_eq!(next_describe_chunk(0, 0), GROUPS_PER_FETCH);
+    }
 
     #[test]
     fn a_partition_answered_with_an_error_leaves_the_group_unread_not_uncommitted() {

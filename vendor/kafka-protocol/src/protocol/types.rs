@@ -980,14 +980,23 @@ impl<T, E: for<'a> Encoder<&'a T>> Encoder<&Vec<T>> for Array<E> {
     }
 }
 
+/// kollector patch: how many elements to reserve for an array of `count`
+/// (from the wire) with `remaining` bytes left: at most one per byte, and
+/// at most `remaining` bytes of memory.
+fn reservation<T>(count: usize, remaining: usize) -> usize {
+    count.min(remaining).min(remaining / std::mem::size_of::<T>().max(1))
+}
+
 impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<Option<Vec<T>>> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
                 // kollector patch: the count comes off the wire; every element
-                // takes at least one byte, so never reserve more than remain.
-                let mut result = Vec::with_capacity((n as usize).min(buf.remaining()));
+                // takes at least one byte, so never reserve more elements than
+                // bytes remain, nor more memory than the bytes that remain (an
+                // element can be far larger in memory than on the wire).
+                let mut result = Vec::with_capacity(reservation::<T>(n as usize, buf.remaining()));
                 for _ in 0..n {
                     result.push(self.0.decode(buf)?);
                 }
@@ -1096,7 +1105,7 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
             0 => Ok(None),
             n => {
                 // kollector patch: as above.
-                let mut result = Vec::with_capacity(((n - 1) as usize).min(buf.remaining()));
+                let mut result = Vec::with_capacity(reservation::<T>((n - 1) as usize, buf.remaining()));
                 for _ in 1..n {
                     result.push(self.0.decode(buf)?);
                 }
