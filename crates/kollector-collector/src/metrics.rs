@@ -177,6 +177,8 @@ impl StoreCollector {
             family!(self, |b, s| s
                 .brokers
                 .iter()
+                // Not read (the librdkafka path): no series, not a 0.
+                .filter(|_| !s.throttles_unread)
                 .map(|br| {
                     let ms = s.broker_throttle_ms.get(&br.id).copied().unwrap_or(0);
                     (with(&b, &[("broker", br.id.to_string())]), f64::from(ms) / 1000.0)
@@ -657,5 +659,26 @@ mod tests {
         assert_eq!(group_partition_lines(&per_topic), 0, "{per_topic}");
         assert_eq!(series(&per_topic, "kafka_consumergroup_status"), 1);
         assert_eq!(series(&per_topic, "kafka_consumergroup_max_lag_seconds"), 1);
+    }
+
+    /// Throttles read: a series per broker (0 for none asked). Not read (the
+    /// librdkafka path): no series at all, never a 0 nobody read.
+    #[test]
+    fn throttles_not_read_have_no_series() {
+        let render = |unread: bool| {
+            let mut snapshot = one_group_snapshot("events", "g", 1, (0, 10), 4);
+            snapshot.brokers = vec![kollector_core::Broker { id: 1, host: "h".into(), port: 9092, rack: None }];
+            snapshot.broker_throttle_ms = std::collections::BTreeMap::from([(1, 250)]);
+            snapshot.throttles_unread = unread;
+            let mut result = MonitorResult::starting(MonitorId::new("m").expect("id"), 1, None);
+            result.snapshot = Some(std::sync::Arc::new(snapshot));
+            render_entries(vec![result], Vec::new(), false)
+        };
+        let read = render(false);
+        assert!(
+            read.contains(r#"kollector_broker_throttle_seconds{monitor="m",cluster_id="c",broker="1"} 0.25"#),
+            "{read}"
+        );
+        assert!(!render(true).contains("kollector_broker_throttle_seconds{"));
     }
 }

@@ -1040,6 +1040,7 @@ mod tests {
             notes: vec![],
             broker_errors: vec![],
             broker_throttle_ms: Default::default(),
+            throttles_unread: false,
             group_metrics: Default::default(),
         }
     }

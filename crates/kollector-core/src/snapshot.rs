@@ -263,6 +263,12 @@ pub struct Snapshot {
     /// throttle ended.
     #[serde(default)]
     pub broker_throttle_ms: std::collections::BTreeMap<i32, u32>,
+    /// The throttles could not be read this cycle (the cluster was read
+    /// through librdkafka, whose throttle reports need its statistics,
+    /// which are off): `broker_throttle_ms` says nothing, and no throttle
+    /// series is exported (never a 0 that was not read).
+    #[serde(default)]
+    pub throttles_unread: bool,
     /// How finely its group metrics are exported (the monitor's
     /// `group_metrics`, carried with the snapshot so every node renders it
     /// the same way).

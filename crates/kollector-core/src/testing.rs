@@ -73,6 +73,7 @@ pub fn one_group_snapshot(
         notes: Vec::new(),
         broker_errors: Vec::new(),
         broker_throttle_ms: Default::default(),
+        throttles_unread: false,
         group_metrics: Default::default(),
     }
 }

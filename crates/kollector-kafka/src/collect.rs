@@ -240,6 +240,7 @@ impl KafkaClient {
             notes,
             broker_errors: failed_brokers.into_vec(),
             broker_throttle_ms,
+            throttles_unread: self.direct.is_err(),
             group_metrics: spec.group_metrics,
         })
     }

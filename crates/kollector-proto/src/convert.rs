@@ -246,6 +246,7 @@ pub fn snapshot_to_proto(s: &core::Snapshot) -> v1::Snapshot {
             })
             .collect(),
         broker_throttle_ms: s.broker_throttle_ms.clone().into_iter().collect(),
+        throttles_unread: s.throttles_unread,
         group_metrics: s.group_metrics.as_str().to_string(),
     }
 }
@@ -331,6 +332,7 @@ pub fn snapshot_from_proto(p: v1::Snapshot) -> Result<core::Snapshot, core::ids:
             })
             .collect(),
         broker_throttle_ms: p.broker_throttle_ms.into_iter().collect(),
+        throttles_unread: p.throttles_unread,
         // An unknown value from a newer node: every series, as before.
         group_metrics: core::GroupMetrics::parse(&p.group_metrics).unwrap_or_default(),
     })
@@ -627,6 +629,7 @@ mod tests {
                         notes: Vec::new(),
                         broker_errors: Vec::new(),
                         broker_throttle_ms: Default::default(),
+                        throttles_unread: false,
             group_metrics: Default::default(),
                     };
                     h.observe(&mut s, u64::MAX / 2, HOUR, 10);
