@@ -62,6 +62,8 @@ pub fn http_get(address: &str, path: &str) -> Result<(u16, String), String> {
 pub struct KollectorProcess {
     child: Option<Child>,
     args: Vec<String>,
+    /// Environment variables set for the process (besides the test's own).
+    env: Vec<(String, String)>,
     pub grpc_port: u16,
     pub http_port: u16,
     _dir: tempfile::TempDir,
@@ -106,6 +108,12 @@ impl KollectorProcess {
 
     /// Like [`KollectorProcess::manager`], with extra flags.
     pub fn manager_with(etcd: &str, extra: &[&str]) -> KollectorProcess {
+        let mut p = Self::unlaunched(Self::manager_args(etcd, extra));
+        p.launch();
+        p
+    }
+
+    fn manager_args(etcd: &str, extra: &[&str]) -> (tempfile::TempDir, Vec<String>, u16, u16) {
         let dir = tempfile::tempdir().expect("tempdir");
         let (grpc_port, http_port) = (free_port(), free_port());
         let args = vec![
@@ -117,8 +125,7 @@ impl KollectorProcess {
             "--reconcile-period=500ms".into(),
         ];
         let args: Vec<String> = args.into_iter().chain(insecure_unless_tls(extra)).collect();
-        let path = dir.path().to_path_buf();
-        Self::spawn(dir, args, grpc_port, http_port, path)
+        (dir, args, grpc_port, http_port)
     }
 
     /// Starts `kollector collector --id id` against `etcd` with a 3 s lease.
@@ -133,6 +140,17 @@ impl KollectorProcess {
 
     /// A collector with lease TTL `ttl` and extra flags.
     pub fn collector_ttl(etcd: &str, id: &str, ttl: Duration, extra: &[&str]) -> KollectorProcess {
+        let mut p = Self::unlaunched(Self::collector_args(etcd, id, ttl, extra));
+        p.launch();
+        p
+    }
+
+    fn collector_args(
+        etcd: &str,
+        id: &str,
+        ttl: Duration,
+        extra: &[&str],
+    ) -> (tempfile::TempDir, Vec<String>, u16, u16) {
         let dir = tempfile::tempdir().expect("tempdir");
         let (grpc_port, http_port) = (free_port(), free_port());
         let args = vec![
@@ -144,14 +162,41 @@ impl KollectorProcess {
             format!("--lease-ttl={}s", ttl.as_secs().max(2)),
         ];
         let args: Vec<String> = args.into_iter().chain(insecure_unless_tls(extra)).collect();
-        let path = dir.path().to_path_buf();
-        Self::spawn(dir, args, grpc_port, http_port, path)
+        (dir, args, grpc_port, http_port)
     }
 
     fn spawn(dir: tempfile::TempDir, args: Vec<String>, grpc_port: u16, http_port: u16, config_path: PathBuf) -> Self {
-        let mut p = KollectorProcess { child: None, grpc_port, http_port, _dir: dir, config_path, args };
+        let mut p =
+            KollectorProcess { child: None, grpc_port, http_port, _dir: dir, config_path, args, env: Vec::new() };
         p.launch();
         p
+    }
+
+    /// Like [`KollectorProcess::manager_with`], with `env` set for the process.
+    pub fn manager_with_env(etcd: &str, extra: &[&str], env: &[(&str, &str)]) -> KollectorProcess {
+        let mut p = Self::unlaunched(Self::manager_args(etcd, extra));
+        p.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        p.launch();
+        p
+    }
+
+    /// Like [`KollectorProcess::collector_ttl`], with `env` set for the process.
+    pub fn collector_with_env(
+        etcd: &str,
+        id: &str,
+        ttl: Duration,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> KollectorProcess {
+        let mut p = Self::unlaunched(Self::collector_args(etcd, id, ttl, extra));
+        p.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        p.launch();
+        p
+    }
+
+    fn unlaunched((dir, args, grpc_port, http_port): (tempfile::TempDir, Vec<String>, u16, u16)) -> KollectorProcess {
+        let config_path = dir.path().to_path_buf();
+        KollectorProcess { child: None, grpc_port, http_port, _dir: dir, config_path, args, env: Vec::new() }
     }
 
     /// Starts the process (with this handle's arguments, ports and files)
@@ -164,6 +209,7 @@ impl KollectorProcess {
             .expect("log file");
         let child = Command::new(kollector_bin())
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("KOLLECTOR_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
