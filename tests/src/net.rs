@@ -226,3 +226,109 @@ pub fn is_stopped(pid: u32) -> bool {
         .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
         .unwrap_or(false)
 }
+
+/// A TCP proxy that holds every answer (bytes from the target back to the
+/// client) for `delay` before passing it on, in order, while requests go
+/// through at once: a peer that answers every call, slowly (an overloaded
+/// collector). It listens before it knows its target, so a process can be
+/// told to advertise the proxy's address and the target set once the
+/// process has its port.
+pub struct DelayProxy {
+    pub port: u16,
+    target: std::sync::Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DelayProxy {
+    pub fn bind(delay: std::time::Duration) -> DelayProxy {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("local addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let target: std::sync::Arc<std::sync::Mutex<Option<std::net::SocketAddr>>> = Default::default();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (target2, stop2) = (target.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Some(to) = *target2.lock().unwrap_or_else(|p| p.into_inner()) else { continue };
+                let Ok(upstream) = std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(2)) else {
+                    continue;
+                };
+                let never_cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                if let (Ok(mut from), Ok(mut to)) = (client.try_clone(), upstream.try_clone()) {
+                    let (cut, stop) = (never_cut.clone(), stop2.clone());
+                    std::thread::spawn(move || pump(&mut from, &mut to, &cut, &stop));
+                }
+                let stop = stop2.clone();
+                std::thread::spawn(move || delay_line(upstream, client, delay, &stop));
+            }
+        });
+        DelayProxy { port, target, stop, thread: Some(thread) }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Where new connections go.
+    pub fn set_target(&self, target: &str) {
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(target.parse().expect("host:port"));
+    }
+}
+
+/// Reads `from` and writes each chunk to `to` once it is `delay` old: one
+/// thread reads (so reading never waits on the delay), one writes in order.
+fn delay_line(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    delay: std::time::Duration,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering::SeqCst;
+    let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
+    let writer = std::thread::spawn(move || {
+        while let Ok((read_at, bytes)) = rx.recv() {
+            let due = read_at + delay;
+            let now = std::time::Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if to.write_all(&bytes).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+    let _ = from.set_read_timeout(Some(std::time::Duration::from_millis(100)));
+    let mut buf = [0u8; 16 * 1024];
+    while !stop.load(SeqCst) {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if tx.send((std::time::Instant::now(), buf[..n].to_vec())).is_err() {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    drop(tx);
+    let _ = writer.join();
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -259,3 +259,84 @@ async fn a_collector_the_manager_cannot_reach_loses_its_monitors_safely_and_rejo
     assert_eq!(revocations, Some(1.0), "c1 was revoked again after it came back");
     eprintln!("c1 took work back {rejoined:?} after the heal");
 }
+
+/// Creates `ids` (interval 30 s) that only collectors labelled `label` may run.
+async fn create_on(manager: &KollectorProcess, bootstrap: &str, ids: &[String], label: &str) {
+    let client = manager.client().await;
+    for batch in ids.chunks(16) {
+        let calls = batch.iter().map(|id| {
+            let mut client = client.clone();
+            let spec = pb::MonitorSpecInput {
+                id: id.clone(),
+                bootstrap: vec![bootstrap.into()],
+                interval: Some("30s".into()),
+                collector_labels: [(label.to_string(), "yes".to_string())].into(),
+                ..Default::default()
+            };
+            async move { client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec) }).await.expect("create") }
+        });
+        futures::future::join_all(calls).await;
+    }
+}
+
+/// A slow collector (every answer of its gRPC held 1.2 s by a proxy, its
+/// lease alive, ListRunning answered within its bound) that just joined
+/// and is given 160 monitors at once, in the same passes as the failover of
+/// a dead collector's monitors onto a third one: each pass starts commands
+/// to the slow one for at most a second (the rest next pass), so the
+/// failover does not wait for its whole batch (5 rounds of 32 × 1.2 s, per
+/// step). The dead collector's monitors run on the third within TTL + 4 s;
+/// the slow one's all run in the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_collector_does_not_hold_a_failover_onto_another() {
+    const TTL: Duration = Duration::from_secs(3);
+    let etcd = EtcdServer::start();
+    let broker = TansuBroker::start("slow-collector-kafka");
+    let manager = KollectorProcess::manager(&etcd.endpoint());
+    let fast = |id: &str| KollectorProcess::collector_ttl(&etcd.endpoint(), id, TTL, &["--label=fast=yes"]);
+    let collectors = [("c2".to_string(), fast("c2")), ("c3".to_string(), fast("c3"))].into_iter().collect();
+    let mut cluster = Cluster { etcd, broker, manager, collectors, ttl: TTL };
+    let bs = cluster.broker.bootstrap();
+    let quick: Vec<String> = (0..12).map(|i| format!("q{i:02}")).collect();
+    create_on(&cluster.manager, &bs, &quick, "fast").await;
+    let owners = cluster.stable(12, 60).await;
+    let on_c2: Vec<String> = owners.iter().filter(|(_, c)| *c == "c2").map(|(m, _)| m.clone()).collect();
+    assert!(!on_c2.is_empty(), "{owners:?}");
+
+    // 160 monitors only a "slow" collector may run: none yet.
+    let heavy: Vec<String> = (0..160).map(|i| format!("s{i:03}")).collect();
+    create_on(&cluster.manager, &bs, &heavy, "slow").await;
+    let proxy = kollector_tests::net::DelayProxy::bind(Duration::from_millis(1200));
+    let advertise = format!("--advertise-grpc={}", proxy.address());
+    let slow = KollectorProcess::collector_ttl(&cluster.etcd.endpoint(), "c1", TTL, &["--label=slow=yes", &advertise]);
+    proxy.set_target(&format!("127.0.0.1:{}", slow.grpc_port));
+    // c1 registered (healthz answered): the leader's next passes give it 160
+    // Assigns. c2 dies now; its monitors can go only to c3.
+    let killed_at = Instant::now();
+    cluster.collectors.get_mut("c2").expect("c2").kill();
+    cluster.collectors.remove("c2");
+    cluster.collectors.insert("c1".into(), slow);
+    let moved_in = wait_for_async("c2's monitors running on c3", TTL + Duration::from_secs(30), || async {
+        let owners = cluster.owners().await;
+        let left = on_c2.iter().filter(|m| owners.get(*m).is_none_or(|c| c != &vec!["c3".to_string()])).count();
+        if left == 0 {
+            Ok(killed_at.elapsed())
+        } else {
+            Err(format!("{left} of {} not on c3 yet", on_c2.len()))
+        }
+    })
+    .await;
+    let busy = cluster.owners().await.keys().filter(|m| m.starts_with('s')).count();
+    eprintln!(
+        "slow collector: c2's {} monitors on c3 {moved_in:?} after the kill (TTL {TTL:?}); the slow one ran {busy} of 160 by then",
+        on_c2.len()
+    );
+    // Unbounded (every command of the batch started in the same step) it
+    // took 9.6 s, after the whole batch; bounded, 4.7-4.8 s.
+    assert!(
+        moved_in < TTL + Duration::from_secs(4),
+        "failover onto c3 took {moved_in:?} with a slow collector beside it"
+    );
+    assert!(busy < 160, "the slow collector was still taking its batch during the failover ({busy} of 160)");
+    cluster.settled(172, 120).await;
+}

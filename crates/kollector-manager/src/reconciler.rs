@@ -61,6 +61,14 @@ const RESEALS_PER_PASS: usize = 16;
 /// Bound on revoking one collector's lease (mark, then revocation); the
 /// mark outlives the collector's TTL by this much more.
 const REVOKE_BUDGET: Duration = Duration::from_secs(2);
+/// How long a step of a pass (its Unassigns, its Assigns) keeps starting
+/// commands to one collector. A healthy collector takes hundreds of
+/// commands in that time (32 at a time, milliseconds each); a slow one gets
+/// the commands it has started answered (each within `CALL_TIMEOUT`) and
+/// the rest next pass, so the pass, and with it failovers onto the other
+/// collectors, waits about this long plus one call on it, not its whole
+/// batch.
+const STEP_START_BUDGET: Duration = Duration::from_secs(1);
 /// Commands in flight per collector. A collector serializes commands per
 /// monitor only, and a stop costs a Kafka client close (~35 ms), so 200
 /// moves off one collector take ~0.25 s instead of ~7 s one at a time.
@@ -597,11 +605,13 @@ impl Reconciler {
     /// Sends commands: to one collector up to `IN_FLIGHT_PER_COLLECTOR` at a
     /// time, to all collectors in parallel, each addressed to the lease etcd
     /// names for its collector. A collector whose call times out gets no more
-    /// commands this pass, and one collector's whole batch gets at most
-    /// `CALL_TIMEOUT`: a slow collector (every call just under the timeout)
-    /// must not hold the pass, and with it failovers onto the others, for
-    /// minutes. Commands cut off are unconfirmed and sent again next pass
-    /// (fencing makes a late one harmless). Returns the commands answered OK.
+    /// commands this pass, commands are started only within
+    /// `STEP_START_BUDGET`, and one collector's whole batch gets at most
+    /// `CALL_TIMEOUT`: a slow collector (every call taking seconds) must not
+    /// hold the pass, and with it failovers onto the others, for its whole
+    /// batch. Commands not started or cut off are unconfirmed and sent again
+    /// next pass (fencing makes a late one harmless). Returns the commands
+    /// answered OK.
     async fn send(
         &self,
         collectors: &BTreeMap<CollectorId, LiveCollector>,
@@ -616,10 +626,15 @@ impl Reconciler {
             async move {
                 let Some((Ok(client), lease)) = target else { return Vec::new() };
                 let stuck = Arc::new(AtomicBool::new(false));
+                let started = tokio::time::Instant::now();
                 let one = |(m, command): (MonitorId, Command)| {
                     let (mut client, cid, stuck) = (client.clone(), cid.clone(), stuck.clone());
                     async move {
                         if stuck.load(Ordering::SeqCst) {
+                            return None;
+                        }
+                        if started.elapsed() >= STEP_START_BUDGET {
+                            tracing::debug!(monitor = %m, collector = %cid, "not started: the collector's step budget is spent; next pass");
                             return None;
                         }
                         let what = command.name();
