@@ -18,22 +18,60 @@ pub struct EtcdServer {
     /// (CA, certificate, key): serve clients over TLS and require a client
     /// certificate signed by the CA (`--client-cert-auth`).
     tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// More client ports, each serving the same etcd: a node given its own
+    /// can be cut from etcd by the packet filter alone, the others not.
+    pub extra_client_ports: Vec<u16>,
 }
 
 impl EtcdServer {
     /// Starts etcd and waits until it accepts client connections.
     pub fn start() -> EtcdServer {
         let data = tempfile::tempdir().expect("etcd data dir");
-        let mut server = EtcdServer { child: None, client_port: free_port(), peer_port: free_port(), data, tls: None };
+        let mut server = EtcdServer {
+            child: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            data,
+            tls: None,
+            extra_client_ports: Vec::new(),
+        };
         server.spawn();
         server
+    }
+
+    /// Starts etcd listening for clients on `extra` more ports as well
+    /// ([`EtcdServer::endpoint_at`]).
+    pub fn start_with_ports(extra: usize) -> EtcdServer {
+        let data = tempfile::tempdir().expect("etcd data dir");
+        let mut server = EtcdServer {
+            child: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            data,
+            tls: None,
+            extra_client_ports: (0..extra).map(|_| free_port()).collect(),
+        };
+        server.spawn();
+        server
+    }
+
+    /// The endpoint of extra client port `i`.
+    pub fn endpoint_at(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.extra_client_ports[i])
     }
 
     /// Starts etcd serving clients over mutual TLS only.
     pub fn start_tls(ca: &Path, cert: &Path, key: &Path) -> EtcdServer {
         let data = tempfile::tempdir().expect("etcd data dir");
         let tls = Some((ca.to_path_buf(), cert.to_path_buf(), key.to_path_buf()));
-        let mut server = EtcdServer { child: None, client_port: free_port(), peer_port: free_port(), data, tls };
+        let mut server = EtcdServer {
+            child: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            data,
+            tls,
+            extra_client_ports: Vec::new(),
+        };
         server.spawn();
         server
     }
@@ -41,6 +79,9 @@ impl EtcdServer {
     fn spawn(&mut self) {
         let bin = find_executable("etcd").unwrap_or_else(|| panic!("etcd not found: run scripts/install-test-deps.sh"));
         let client = self.endpoint();
+        let listen: Vec<String> = std::iter::once(client.clone())
+            .chain(self.extra_client_ports.iter().map(|p| format!("http://127.0.0.1:{p}")))
+            .collect();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut command = Command::new(bin);
         if let Some((ca, cert, key)) = &self.tls {
@@ -53,7 +94,7 @@ impl EtcdServer {
         let child = command
             .arg("--name=test")
             .arg(format!("--data-dir={}", self.data.path().join("etcd").display()))
-            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--listen-client-urls={}", listen.join(",")))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))

@@ -461,7 +461,9 @@ impl VirtualCluster {
 
     /// Makes every virtual broker offer `api` up to version `max` at most
     /// (an older Kafka), in ApiVersions answers given from now on: a client
-    /// that believes them never sends a newer version.
+    /// that believes them never sends a newer version. (OffsetFetch below
+    /// v8 is passed to tansu as v8 and its answer turned back; faults other
+    /// than Refuse, Stuck and Delay do not apply to those answers.)
     pub fn cap_version(&self, api: ApiKey, max: i16) {
         lock(&self.shared.caps).insert(api as i16, max);
     }

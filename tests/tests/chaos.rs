@@ -1,9 +1,11 @@
 //! Seeded chaos: 3 collectors, 2 managers, 200 monitors, and a random
 //! sequence of faults (SIGKILL and SIGSTOP past the TTL of collectors and of
 //! the leading manager, etcd restarts, CRUD bursts, delete and immediate
-//! re-create against another Kafka cluster, a collector cut off from etcd
-//! but not from Kafka, a collector cut off from the managers by the
-//! kernel's packet filter while it keeps its lease), while an invariant
+//! re-create against another Kafka cluster, and network cuts made by the
+//! kernel's packet filter: a collector cut off from etcd but not from
+//! Kafka, a collector cut off from the managers while it keeps its lease, a
+//! manager cut off from etcd; each node reaches etcd on a client port of
+//! its own, so a cut of that port cuts that node alone), while an invariant
 //! checker samples the real system every 200 ms:
 //!
 //! - never two collectors with open TCP connections (read from /proc) to
@@ -15,6 +17,8 @@
 //!   manager's own records name, under the record's epoch;
 //! - no result is served as current (with a snapshot) when it is older
 //!   than the stale bound (`STALE_BOUND`);
+//! - no monitor is stranded: each has a collector with its Kafka
+//!   connection open (a live, running one) at least every `STRAND_BOUND`;
 //! - after the last fault, every monitor runs on exactly one collector with
 //!   a fresh result within `CONVERGE` .
 //!
@@ -30,7 +34,7 @@ use kollector_proto::v1::manager_service_client::ManagerServiceClient;
 use kollector_tests::cluster::{owners_among, unix_ms};
 use kollector_tests::etcd::EtcdServer;
 use kollector_tests::kollector::KollectorProcess;
-use kollector_tests::net::{is_stopped, remote_ports_by_pid, TcpProxy};
+use kollector_tests::net::{is_stopped, remote_ports_by_pid};
 use kollector_tests::packet_filter::PortCut;
 use kollector_tests::poll::wait_for_async;
 use rand::rngs::StdRng;
@@ -48,6 +52,12 @@ const DEFAULT_FAULTS: usize = 32;
 /// Interval 5 s, timeout 2 s, 3 intervals (the default rule): a result is
 /// stale 17 s after its collection; 2 s more for the checker's own reads.
 const STALE_BOUND_MS: u64 = 19_000;
+/// Longest a monitor may go without a running owner: the slowest fault's
+/// own recovery (a collector cut from the managers: its lease revoked
+/// after 2 s unreachable, the mark's TTL + 3 s, a pass; or a leader gone:
+/// an election TTL, then the failover) with room for a second fault
+/// landing on top.
+const STRAND_BOUND: Duration = Duration::from_secs(20);
 
 /// What the checker needs to know, kept current by the fault loop.
 #[derive(Default)]
@@ -65,11 +75,20 @@ struct Shared {
     /// The most monitors seen with a Kafka connection in one sample: proof
     /// that the socket check sees sockets at all.
     most_connected: usize,
+    /// Monitors that should run, and since when (created, re-created).
+    expected: BTreeMap<String, Instant>,
+    /// When each monitor was last seen with a running owner.
+    last_held: HashMap<String, Instant>,
+    /// Monitors already reported stranded (once per stretch).
+    stranded: std::collections::BTreeSet<String>,
+    /// The longest stretch any monitor went without a running owner.
+    longest_unheld: Duration,
 }
 
 struct Collector {
     process: Option<KollectorProcess>,
-    proxy: TcpProxy,
+    /// Its own client port of etcd (cut to cut it from etcd).
+    etcd_port: u16,
 }
 
 struct Chaos {
@@ -115,7 +134,7 @@ impl Chaos {
 
     fn start_collector(&mut self, id: &str) {
         let c = self.collectors.get_mut(id).expect("collector");
-        let etcd = format!("http://{}", c.proxy.address());
+        let etcd = format!("http://127.0.0.1:{}", c.etcd_port);
         let p = KollectorProcess::collector_ttl(&etcd, id, TTL, &[]);
         let pid = p.pid();
         c.process = Some(p);
@@ -155,6 +174,7 @@ impl Chaos {
         let mock = new_mock();
         let spec = spec_for(&id, &mock);
         self.shared().ports.insert(port_of(&mock), id.clone());
+        self.shared().expected.insert(id.clone(), Instant::now());
         self.mocks.push(mock);
         self.monitors.insert(id.clone(), self.mocks.len() - 1);
         let mut c = self.client().await;
@@ -186,8 +206,20 @@ impl Chaos {
             .await;
         }
         self.monitors.remove(id);
+        self.shared().expected.remove(id);
+    }
+
+    /// Manager `i` on its own etcd client port.
+    fn start_manager(&mut self, i: usize) {
+        let args = manager_args();
+        let etcd = self.etcd.endpoint_at(MANAGER_ETCD_PORTS + i);
+        self.managers[i] =
+            Some(KollectorProcess::manager_with(&etcd, &args.iter().map(String::as_str).collect::<Vec<_>>()));
     }
 }
+
+/// Extra etcd client ports: one per collector (c1, c2, c3), then one per manager.
+const MANAGER_ETCD_PORTS: usize = 3;
 
 /// One sample of the invariants; violations are recorded, not panicked on,
 /// so the run reports all of them with the seed.
@@ -211,6 +243,7 @@ async fn sample(shared: &Arc<Mutex<Shared>>) {
         }
     }
     let connected = holders.len();
+    let held: std::collections::BTreeSet<String> = holders.keys().map(|m| m.to_string()).collect();
     let mut found = Vec::new();
     for (m, on) in holders {
         let mut on = on.clone();
@@ -272,6 +305,21 @@ async fn sample(shared: &Arc<Mutex<Shared>>) {
         }
     }
     let mut s = shared.lock().unwrap();
+    let now = Instant::now();
+    let expected: Vec<(String, Instant)> = s.expected.iter().map(|(m, t)| (m.clone(), *t)).collect();
+    for (m, since) in expected {
+        if held.contains(&m) {
+            s.last_held.insert(m.clone(), now);
+            s.stranded.remove(&m);
+            continue;
+        }
+        let from = s.last_held.get(&m).copied().map_or(since, |t| t.max(since));
+        let unheld = now.duration_since(from);
+        s.longest_unheld = s.longest_unheld.max(unheld);
+        if unheld > STRAND_BOUND && s.stranded.insert(m.clone()) {
+            found.push(format!("monitor {m}: no running owner for {unheld:?} (bound {STRAND_BOUND:?})"));
+        }
+    }
     s.samples += 1;
     s.most_connected = s.most_connected.max(connected);
     s.violations.extend(found);
@@ -283,6 +331,7 @@ enum Fault {
     PauseCollector,
     CutCollector,
     CutCollectorFromManagers,
+    CutManagerFromEtcd,
     KillLeader,
     PauseLeader,
     RestartEtcd,
@@ -290,11 +339,12 @@ enum Fault {
     Recreate,
 }
 
-const FAULT_KINDS: [Fault; 9] = [
+const FAULT_KINDS: [Fault; 10] = [
     Fault::KillCollector,
     Fault::PauseCollector,
     Fault::CutCollector,
     Fault::CutCollectorFromManagers,
+    Fault::CutManagerFromEtcd,
     Fault::KillLeader,
     Fault::PauseLeader,
     Fault::RestartEtcd,
@@ -309,33 +359,23 @@ async fn seeded_chaos_keeps_one_owner_per_monitor_and_converges() {
     eprintln!("chaos seed: {seed} (replay with KOLLECTOR_CHAOS_SEED={seed}), {faults} faults");
     let mut rng = StdRng::seed_from_u64(seed);
 
-    let etcd = EtcdServer::start();
-    let managers = (0..2)
-        .map(|_| {
-            Some(KollectorProcess::manager_with(
-                &etcd.endpoint(),
-                &manager_args().iter().map(String::as_str).collect::<Vec<_>>(),
-            ))
-        })
-        .collect();
+    let etcd = EtcdServer::start_with_ports(MANAGER_ETCD_PORTS + 2);
     let collectors = ["c1", "c2", "c3"]
         .iter()
-        .map(|id| {
-            (
-                id.to_string(),
-                Collector { process: None, proxy: TcpProxy::start(&format!("127.0.0.1:{}", etcd.client_port)) },
-            )
-        })
+        .enumerate()
+        .map(|(i, id)| (id.to_string(), Collector { process: None, etcd_port: etcd.extra_client_ports[i] }))
         .collect();
     let mut chaos = Chaos {
         etcd,
-        managers,
+        managers: vec![None, None],
         collectors,
         mocks: Vec::new(),
         monitors: BTreeMap::new(),
         shared: Arc::default(),
         next_id: 0,
     };
+    chaos.start_manager(0);
+    chaos.start_manager(1);
     for id in ["c1", "c2", "c3"] {
         chaos.start_collector(id);
     }
@@ -394,10 +434,18 @@ async fn seeded_chaos_keeps_one_owner_per_monitor_and_converges() {
             Fault::CutCollector => {
                 let id = ids[rng.gen_range(0..ids.len())].clone();
                 let cut = TTL + Duration::from_millis(rng.gen_range(500..2000));
-                chaos.collectors[&id].proxy.cut();
+                let filter = PortCut::start(chaos.collectors[&id].etcd_port);
                 tokio::time::sleep(cut).await;
-                chaos.collectors[&id].proxy.restore();
-                format!("cut {id} from etcd (not from Kafka) for {cut:?}")
+                filter.heal();
+                format!("cut {id} from etcd with the packet filter (not from Kafka) for {cut:?}")
+            }
+            Fault::CutManagerFromEtcd => {
+                let i = chaos.leader().await.unwrap_or_else(|| rng.gen_range(0..2));
+                let cut = TTL + Duration::from_millis(rng.gen_range(500..3000));
+                let filter = PortCut::start(chaos.etcd.extra_client_ports[MANAGER_ETCD_PORTS + i]);
+                tokio::time::sleep(cut).await;
+                filter.heal();
+                format!("cut manager {i} from etcd with the packet filter for {cut:?}")
             }
             Fault::CutCollectorFromManagers => {
                 let id = ids[rng.gen_range(0..ids.len())].clone();
@@ -420,11 +468,7 @@ async fn seeded_chaos_keeps_one_owner_per_monitor_and_converges() {
                     chaos.managers[i] = None;
                     chaos.refresh_managers();
                     tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..3000))).await;
-                    let args = manager_args();
-                    chaos.managers[i] = Some(KollectorProcess::manager_with(
-                        &chaos.etcd.endpoint(),
-                        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-                    ));
+                    chaos.start_manager(i);
                     chaos.refresh_managers();
                     format!("SIGKILL leader manager {i}, restarted")
                 }
@@ -473,6 +517,7 @@ async fn seeded_chaos_keeps_one_owner_per_monitor_and_converges() {
                 // Re-create the same id against a new cluster, at once.
                 let mock = new_mock();
                 chaos.shared().ports.insert(port_of(&mock), id.clone());
+                chaos.shared().expected.insert(id.clone(), Instant::now());
                 let spec = spec_for(&id, &mock);
                 chaos.mocks.push(mock);
                 chaos.monitors.insert(id.clone(), chaos.mocks.len() - 1);

@@ -110,7 +110,9 @@ async fn a_real_prometheus_discovers_scrapes_and_alerts() {
     let dir = tempfile::tempdir().unwrap();
     let rules = std::fs::read_to_string(deploy().join("kollector-rules.yml")).unwrap();
     assert!(
-        rules.contains("(last_over_time(kafka_consumergroup_lag[5m])) > 1000"),
+        rules.contains(
+            "(max by (monitor, consumergroup, topic, partition) (last_over_time(kafka_consumergroup_lag[5m]))) > 1000"
+        ),
         "the lag rule changed; update this test"
     );
     let fast: String = rules
@@ -119,8 +121,8 @@ async fn a_real_prometheus_discovers_scrapes_and_alerts() {
         .collect::<Vec<_>>()
         .join("\n")
         .replace(
-            "(last_over_time(kafka_consumergroup_lag[5m])) > 1000",
-            "(last_over_time(kafka_consumergroup_lag[5m])) > 20",
+            "(max by (monitor, consumergroup, topic, partition) (last_over_time(kafka_consumergroup_lag[5m]))) > 1000",
+            "(max by (monitor, consumergroup, topic, partition) (last_over_time(kafka_consumergroup_lag[5m]))) > 20",
         );
     std::fs::write(dir.path().join("rules.yml"), &fast).unwrap();
     let port = kollector_devkit::free_port();

@@ -17,14 +17,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use kafka_protocol::messages::ApiKey;
 use kollector_core::BrokerErrorKind;
 
+use super::connection::AllTopics;
 use super::connection::BrokerConnection;
 use super::group_plan::{
     coordinator_moved, describe_with, has_committed_offsets, merge, relocation_backoff, to_relocate, BrokerAnswers,
     DescribeWith, GroupRead, MAX_RELOCATION_ROUNDS,
 };
 use super::groups::{
-    consumer_group_describe, describe_groups_into, fetch_offsets_into, find_coordinators, list_groups, ListedGroup,
-    GROUPS_PER_FETCH,
+    consumer_group_describe, describe_groups_into, fetch_offsets_into, find_coordinators, list_groups, DescribeSize,
+    ListedGroup,
 };
 use super::security::WireSecurity;
 use super::WireError;
@@ -43,8 +44,9 @@ pub struct GroupConnections {
     pub(super) known: Vec<(i32, String)>,
     /// The broker that answered Metadata last: asked first next time.
     pub(super) metadata_from: Option<i32>,
-    /// Groups per DescribeGroups, by broker, as its answers' weight allows.
-    describe_chunks: BTreeMap<i32, usize>,
+    /// What each broker's answers taught (describe sizes, OffsetFetch
+    /// habits), kept for the brokers the cycle reads.
+    learnt: BTreeMap<i32, Learnt>,
 }
 
 impl std::fmt::Debug for GroupConnections {
@@ -100,8 +102,17 @@ struct BrokerWork {
     address: String,
     conn: Option<BrokerConnection>,
     outcome: Result<BrokerAnswers, WireError>,
-    /// Groups per DescribeGroups at this broker, learnt from its answers.
-    describe_chunk: usize,
+    /// What this broker's answers taught earlier (kept between cycles).
+    learnt: Learnt,
+}
+
+/// What a broker's answers taught, kept between cycles and connections.
+#[derive(Clone, Copy, Debug, Default)]
+struct Learnt {
+    /// Groups per DescribeGroups.
+    describe: DescribeSize,
+    /// What it does with OffsetFetch `topics = null` before v8.
+    all_topics: Option<AllTopics>,
 }
 
 impl GroupConnections {
@@ -111,12 +122,26 @@ impl GroupConnections {
             conns: BTreeMap::new(),
             known: Vec::new(),
             metadata_from: None,
-            describe_chunks: BTreeMap::new(),
+            learnt: BTreeMap::new(),
         }
     }
 
-    fn describe_chunk(&self, broker: i32) -> usize {
-        self.describe_chunks.get(&broker).copied().unwrap_or(GROUPS_PER_FETCH)
+    /// Broker `id`'s part of the cycle: its kept connection and what it taught.
+    fn work_for(&mut self, id: i32, address: &str) -> BrokerWork {
+        BrokerWork {
+            id,
+            address: address.to_string(),
+            conn: self.conns.remove(&id),
+            outcome: Err(WireError::Io("not asked".into())),
+            learnt: self.learnt.get(&id).copied().unwrap_or_default(),
+        }
+    }
+
+    /// Keeps what `w` left (its connection, what it learnt); its outcome.
+    fn settle(&mut self, w: BrokerWork) -> (i32, Result<BrokerAnswers, WireError>) {
+        self.learnt.insert(w.id, w.learnt);
+        self.keep(w.id, w.conn);
+        (w.id, w.outcome)
     }
 
     /// Pins the cluster every connection must reach (the monitor's pinned
@@ -237,16 +262,11 @@ impl GroupConnections {
         for id in gone {
             self.close(id);
         }
+        self.learnt.retain(|id, _| wanted.contains_key(id));
         let mut work: Vec<BrokerWork> = wanted
             .iter()
             .filter(|(id, _)| !within.skip.contains(id))
-            .map(|(id, address)| BrokerWork {
-                id: *id,
-                address: address.to_string(),
-                conn: self.conns.remove(id),
-                outcome: Err(WireError::Io("not asked".into())),
-                describe_chunk: self.describe_chunk(*id),
-            })
+            .map(|(id, address)| self.work_for(*id, address))
             .collect();
         let security = &self.security;
         let given = |id: i32| listed.map(|l| l.get(&id).cloned().unwrap_or_default());
@@ -259,15 +279,24 @@ impl GroupConnections {
         let mut cycle = GroupCycle::default();
         let mut answers = Vec::new();
         let (mut unsupported, mut auth_failures) = (0, 0);
+        let mut avoid: BTreeSet<i32> = within.skip.clone();
         for w in work {
-            self.describe_chunks.insert(w.id, w.describe_chunk);
-            self.keep(w.id, w.conn);
-            match w.outcome {
+            let address = w.address.clone();
+            let (id, outcome) = self.settle(w);
+            // A broker that failed this cycle is not asked to relocate groups.
+            let failed = match &outcome {
+                Ok(a) => a.failure.is_some(),
+                Err(e) => !matches!(e, WireError::Unsupported(_)),
+            };
+            if failed {
+                avoid.insert(id);
+            }
+            match outcome {
                 Ok(a) => {
                     cycle.answered += 1;
                     // Out of the cycle's own time is not the broker's fault.
                     if let Some((kind, why)) = a.failure.as_ref().filter(|_| !deadline.passed()) {
-                        cycle.failed.push((w.id, *kind, why.clone()));
+                        cycle.failed.push((id, *kind, why.clone()));
                     }
                     answers.push(a);
                 }
@@ -295,9 +324,9 @@ impl GroupConnections {
                             }
                             e => format!("groups: {e}"),
                         };
-                        cycle.failed.push((w.id, failure_kind(&e), why));
+                        cycle.failed.push((id, failure_kind(&e), why));
                     }
-                    cycle.broker_errors.push(format!("broker {} ({}): {e}", w.id, w.address));
+                    cycle.broker_errors.push(format!("broker {} ({}): {e}", id, address));
                 }
             }
         }
@@ -312,7 +341,11 @@ impl GroupConnections {
             }
         }
         if cycle.stopped.is_none() {
-            if let Err(Stop::Fenced) = self.relocate(&mut answers, allowed, topics, &phase) {
+            // Relocations have a budget of their own (from now, within the
+            // cycle's deadline): waiting for a stuck broker's part must not
+            // leave the groups that moved elsewhere no time to be read.
+            let relocating = within.budget.map_or_else(|| deadline.clone(), |b| deadline.capped(b));
+            if let Err(Stop::Fenced) = self.relocate(&mut answers, &avoid, allowed, topics, &relocating) {
                 cycle.stopped = Some(Stop::Fenced);
             }
         }
@@ -329,13 +362,21 @@ impl GroupConnections {
     fn relocate(
         &mut self,
         answers: &mut Vec<BrokerAnswers>,
+        avoid: &BTreeSet<i32>,
         allowed: &(dyn Fn(&str) -> bool + Sync),
         topics: &[(String, Vec<i32>)],
         deadline: &Deadline,
     ) -> Result<(), Stop> {
         for round in 0..MAX_RELOCATION_ROUNDS {
-            let moved: BTreeSet<String> =
-                answers.iter().flat_map(|a| to_relocate(&a.described, &a.committed)).collect();
+            // A group another broker already read (listed by two during a
+            // move) keeps that read: it is not risked on a retry.
+            let read: BTreeSet<&String> =
+                answers.iter().flat_map(|a| a.committed.iter().filter(|(_, c)| c.is_ok()).map(|(id, _)| id)).collect();
+            let moved: BTreeSet<String> = answers
+                .iter()
+                .flat_map(|a| to_relocate(&a.described, &a.committed))
+                .filter(|id| !read.contains(id))
+                .collect();
             if moved.is_empty() {
                 return Ok(());
             }
@@ -344,7 +385,7 @@ impl GroupConnections {
                 Err(Stop::Fenced) => return Err(Stop::Fenced),
                 Err(Stop::TimedOut) => return Ok(()),
             }
-            self.relocate_once(answers, &moved, allowed, topics, deadline)?;
+            self.relocate_once(answers, &moved, avoid, allowed, topics, deadline)?;
         }
         Ok(())
     }
@@ -355,6 +396,7 @@ impl GroupConnections {
         &mut self,
         answers: &mut Vec<BrokerAnswers>,
         moved: &BTreeSet<String>,
+        avoid: &BTreeSet<i32>,
         allowed: &(dyn Fn(&str) -> bool + Sync),
         topics: &[(String, Vec<i32>)],
         deadline: &Deadline,
@@ -381,8 +423,9 @@ impl GroupConnections {
                 })
                 .collect()
         };
-        // Any open connection can answer FindCoordinator.
-        let Some(via) = self.conns.keys().next().copied() else {
+        // Any open connection to a broker that has not failed this cycle
+        // can answer FindCoordinator.
+        let Some(via) = self.conns.keys().find(|id| !avoid.contains(*id)).copied() else {
             answers.extend(failed("coordinator moved; no broker left to ask".into(), listed.into_values().collect()));
             return Ok(());
         };
@@ -398,7 +441,11 @@ impl GroupConnections {
                 answers.extend(failed(format!("FindCoordinator: {e}"), listed.into_values().collect()));
                 return Ok(());
             }
-            None => return Ok(()),
+            None => {
+                answers
+                    .extend(failed("coordinator moved; no broker left to ask".into(), listed.into_values().collect()));
+                return Ok(());
+            }
         };
         let mut at: BTreeMap<(i32, String), Vec<ListedGroup>> = BTreeMap::new();
         for (id, (broker, g)) in listed {
@@ -419,28 +466,36 @@ impl GroupConnections {
                 None => answers.extend(failed("FindCoordinator: no answer".into(), vec![(broker, g)])),
             }
         }
+        // Every coordinator named is read at once (one stuck coordinator
+        // holds only its groups), except one that failed this cycle.
+        let mut work: Vec<(BrokerWork, Vec<ListedGroup>)> = Vec::new();
         for ((node, address), groups) in at {
+            if avoid.contains(&node) {
+                let why = format!("at coordinator {node}: it failed earlier this cycle");
+                answers.extend(failed(why, groups.into_iter().map(|g| (node, g)).collect()));
+                continue;
+            }
             if self.conns.get(&node).is_some_and(|c| c.address() != address) {
                 self.close(node);
             }
-            let mut w = BrokerWork {
-                id: node,
-                address,
-                conn: self.conns.remove(&node),
-                outcome: Ok(Default::default()),
-                describe_chunk: self.describe_chunk(node),
-            };
-            read_at(&mut w, &self.security, Some(groups.clone()), allowed, topics, deadline);
-            self.describe_chunks.insert(w.id, w.describe_chunk);
-            self.keep(w.id, w.conn);
-            match w.outcome {
+            work.push((self.work_for(node, &address), groups));
+        }
+        let security = &self.security;
+        in_parallel(&mut work, |(w, groups)| read_at(w, security, Some(groups.clone()), allowed, topics, deadline));
+        let mut fenced = false;
+        for (w, groups) in work {
+            let (node, outcome) = self.settle(w);
+            match outcome {
                 Ok(a) => answers.push(a),
-                Err(WireError::Stopped(Stop::Fenced)) => return Err(Stop::Fenced),
+                Err(WireError::Stopped(Stop::Fenced)) => fenced = true,
                 Err(e) => answers.extend(failed(
                     format!("at coordinator {node}: {e}"),
                     groups.into_iter().map(|g| (node, g)).collect(),
                 )),
             }
+        }
+        if fenced {
+            return Err(Stop::Fenced);
         }
         Ok(())
     }
@@ -482,7 +537,7 @@ fn read_at(
     let kept = w.conn.take().filter(|c| !c.expired());
     let reused = kept.is_some();
     let mut conn = match kept.map_or_else(connect, Ok) {
-        Ok(c) => c,
+        Ok(c) => adopt(c, &w.learnt),
         Err(e) => {
             w.outcome = Err(e);
             return;
@@ -503,7 +558,7 @@ fn read_at(
             });
             match retried {
                 Ok((c, l)) => {
-                    conn = c;
+                    conn = adopt(c, &w.learnt);
                     l
                 }
                 Err(e) => {
@@ -541,30 +596,30 @@ fn read_at(
     // (`live.take()` only where there is something to ask: taking it
     // otherwise would drop, and so close, the connection.)
     if let Some(mut c) = live.take_if(|_| !classic.is_empty()) {
-        // After an answer over the cap, requests only shrink for the rest
-        // of the cycle (each retry at most an eighth of the one refused).
-        let mut grow = true;
         loop {
-            let before = w.describe_chunk;
             let left: Vec<String> = classic.iter().filter(|id| !answers.described.contains_key(*id)).cloned().collect();
-            match describe_groups_into(&mut c, &left, &mut w.describe_chunk, grow, deadline, &mut answers.described) {
+            match describe_groups_into(&mut c, &left, &mut w.learnt.describe, deadline, &mut answers.described) {
                 Ok(()) => {
                     live = Some(c);
                     break;
                 }
-                // An answer over the frame cap closed the connection: the
-                // rest again in smaller requests on a fresh one, while the
-                // chunk can shrink and the budget lasts.
-                Err(WireError::Oversized(_)) if grow || before > 1 => match connect() {
-                    Ok(fresh) => {
-                        c = fresh;
-                        grow = false;
+                // An answer over the frame cap (its body never read: the
+                // connection is out of step and dropped): the rest again in
+                // smaller requests on a fresh connection, while a request
+                // of more than one group was refused.
+                Err(WireError::Oversized(_)) if w.learnt.describe.refused.is_some_and(|n| n > 1) => {
+                    drop(c);
+                    match connect() {
+                        Ok(fresh) => c = adopt(fresh, &w.learnt),
+                        Err(e) => {
+                            if let WireError::Stopped(stop) = &e {
+                                stopped.get_or_insert(*stop);
+                            }
+                            answers.describe_failed = Some(format!("DescribeGroups: {e}"));
+                            break;
+                        }
                     }
-                    Err(e) => {
-                        (answers.describe_failed, live) = map_first(fail(e, "DescribeGroups", c, &mut stopped));
-                        break;
-                    }
-                },
+                }
                 Err(e) => {
                     (answers.describe_failed, live) = map_first(fail(e, "DescribeGroups", c, &mut stopped));
                     break;
@@ -589,13 +644,17 @@ fn read_at(
     // connection (e.g. an answer over the frame limit) does not cost them.
     let was_stopped = stopped.is_some();
     if live.is_none() && !was_stopped {
-        live = connect().ok();
+        live = connect().ok().map(|c| adopt(c, &w.learnt));
     }
     match live.take() {
         None if was_stopped => answers.fetch_failed = Some("not asked: the broker's time ran out".into()),
         None => answers.fetch_failed = Some("not asked: no usable connection".into()),
         Some(mut c) => {
-            match fetch_offsets_into(&mut c, &with_offsets, Some(topics), deadline, &mut answers.committed) {
+            let fetched = fetch_offsets_into(&mut c, &with_offsets, Some(topics), deadline, &mut answers.committed);
+            if c.all_topics() != AllTopics::Unknown {
+                w.learnt.all_topics = Some(c.all_topics());
+            }
+            match fetched {
                 Ok(()) => live = Some(c),
                 Err(e) => (answers.fetch_failed, live) = map_first(fail(e, "OffsetFetch", c, &mut stopped)),
             }
@@ -615,26 +674,56 @@ fn read_at(
     };
 }
 
-/// ListGroups, asked again (backing off, within the deadline) while the
-/// broker answers only that its coordinator is loading or not available:
-/// a broker just restarted lists its groups a moment later. The last
-/// answer's error when the time is up.
+/// A connection to a broker, told what the broker's earlier answers taught.
+fn adopt(mut conn: BrokerConnection, learnt: &Learnt) -> BrokerConnection {
+    if let Some(all) = learnt.all_topics.filter(|_| conn.all_topics() == AllTopics::Unknown) {
+        conn.learnt_all_topics(all);
+    }
+    conn
+}
+
+/// How long ListGroups is asked again while the broker says its
+/// coordinator is loading: the rest of the broker's budget is for what it
+/// did list (descriptions, offsets, relocations).
+const LIST_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// ListGroups, asked again (backing off, for at most [`LIST_PATIENCE`])
+/// while the broker answers that its coordinator is loading or not
+/// available, with no groups or with part of them: a broker just restarted
+/// lists its groups a moment later. The groups of every answer are kept
+/// (their union); the error stays only if the last answer still had one.
 fn list_groups_patiently(
     conn: &mut BrokerConnection,
     deadline: &Deadline,
 ) -> Result<(Vec<ListedGroup>, Option<i16>), WireError> {
+    let patience = deadline.capped(LIST_PATIENCE);
+    let mut seen: Vec<ListedGroup> = Vec::new();
     let mut round = 0;
     loop {
-        match list_groups(conn, deadline) {
-            Err(WireError::Broker { code, api }) if coordinator_moved(code) && round + 1 < MAX_RELOCATION_ROUNDS => {
-                round += 1;
-                match deadline.pause(relocation_backoff(round)) {
-                    Ok(()) => {}
-                    Err(Stop::Fenced) => return Err(WireError::Stopped(Stop::Fenced)),
-                    Err(Stop::TimedOut) => return Err(WireError::Broker { code, api }),
-                }
+        let (code, api) = match list_groups(conn, deadline) {
+            Ok((groups, None)) => {
+                seen.extend(groups);
+                return Ok((seen, None));
             }
-            other => return other,
+            Ok((groups, Some(code))) if coordinator_moved(code) => {
+                seen.extend(groups);
+                (code, "ListGroups")
+            }
+            Ok((groups, error)) => {
+                seen.extend(groups);
+                return Ok((seen, error));
+            }
+            Err(WireError::Broker { code, api }) if coordinator_moved(code) => (code, api),
+            Err(e) => return Err(e),
+        };
+        round += 1;
+        let gave_up = match (round < MAX_RELOCATION_ROUNDS).then(|| patience.pause(relocation_backoff(round))) {
+            Some(Ok(())) => false,
+            Some(Err(Stop::Fenced)) => return Err(WireError::Stopped(Stop::Fenced)),
+            Some(Err(Stop::TimedOut)) | None => true,
+        };
+        if gave_up {
+            return if seen.is_empty() { Err(WireError::Broker { code, api }) } else { Ok((seen, Some(code))) };
         }
     }
 }

@@ -186,21 +186,41 @@ pub fn find_coordinators(
 /// still fit in one frame.
 pub const DESCRIBE_TARGET_BYTES: usize = super::connection::MAX_FRAME / 4;
 
-/// Describes `ids` in requests of `*chunk` groups, into `out` (what was
+/// How many groups go in one DescribeGroups to a broker, learnt from its
+/// answers and kept between cycles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DescribeSize {
+    /// Groups per request, from the last answer's bytes per group.
+    pub chunk: usize,
+    /// Never more than this: half of the smallest request refused as over
+    /// the frame cap (so an estimate from light groups cannot send a
+    /// request that size again).
+    pub ceiling: usize,
+    /// The size of the request refused in the last call, if one was.
+    pub refused: Option<usize>,
+}
+
+impl Default for DescribeSize {
+    fn default() -> Self {
+        DescribeSize { chunk: GROUPS_PER_FETCH, ceiling: GROUPS_PER_FETCH, refused: None }
+    }
+}
+
+/// Describes `ids` in requests of `size` groups, into `out` (what was
 /// answered before a failure is kept). A DescribeGroups answer carries
 /// every member's metadata and assignment, so its size is set by the
-/// groups, not by their number: the chunk adapts to what the answers
-/// weigh ([`next_describe_chunk`]; only down unless `grow`), and an
-/// answer over the frame cap (refused, and the connection with it) divides
-/// it by 8 for the retry.
+/// groups, not by their number: the chunk follows what the answers weigh
+/// ([`next_describe_chunk`]), and an answer over the frame cap (refused,
+/// and the connection with it) halves the ceiling and divides the chunk by
+/// 8 for the retry ([`DescribeSize::refused`] says it happened).
 pub fn describe_groups_into(
     conn: &mut BrokerConnection,
     ids: &[String],
-    chunk: &mut usize,
-    grow: bool,
+    size: &mut DescribeSize,
     deadline: &Deadline,
     out: &mut BTreeMap<String, DescribedGroup>,
 ) -> Result<(), WireError> {
+    size.refused = None;
     if ids.is_empty() {
         return Ok(());
     }
@@ -208,19 +228,21 @@ pub fn describe_groups_into(
         conn.versions().pick(ApiKey::DescribeGroups, (0, 5)).ok_or(WireError::Unsupported("DescribeGroups"))?;
     let mut next = 0;
     while next < ids.len() {
-        let asked = &ids[next..ids.len().min(next + (*chunk).max(1))];
+        let n = size.chunk.min(size.ceiling).max(1);
+        let asked = &ids[next..ids.len().min(next + n)];
         let request = DescribeGroupsRequest::default()
             .with_groups(asked.iter().map(|i| GroupId(StrBytes::from_string(i.clone()))).collect());
         let answer: DescribeGroupsResponse = match conn.call(ApiKey::DescribeGroups, version, &request, deadline) {
             Ok(a) => a,
             Err(e @ WireError::Oversized(_)) => {
-                *chunk = (asked.len() / 8).max(1);
+                size.refused = Some(asked.len());
+                size.ceiling = (asked.len() / 2).max(1);
+                size.chunk = (asked.len() / 8).max(1);
                 return Err(e);
             }
             Err(e) => return Err(e),
         };
-        let fits = next_describe_chunk(asked.len(), conn.last_answer_bytes());
-        *chunk = if grow { fits } else { fits.min(*chunk) };
+        size.chunk = next_describe_chunk(asked.len(), conn.last_answer_bytes()).min(size.ceiling);
         next += asked.len();
         for g in &answer.groups {
             let d = DescribedGroup {
@@ -308,6 +330,10 @@ pub fn fetch_offsets_into(
     // asking for every topic (`topics = null`): G requests of a few bytes
     // instead of G × P named partitions. Only a broker seen to ignore the
     // null list gets the names.
+    // While unknown, at most two groups that came back empty are asked
+    // again by name per call (a broker whose groups have no commits must
+    // not cost two requests per group every cycle).
+    let mut probes = 2;
     for id in ids {
         let group = GroupId(StrBytes::from_string(id.clone()));
         let ask = |topics: Option<Vec<OffsetFetchRequestTopic>>| {
@@ -337,7 +363,8 @@ pub fn fetch_offsets_into(
         if conn.all_topics() == AllTopics::Unknown {
             if has_commits(&answer) {
                 conn.learnt_all_topics(AllTopics::Answered);
-            } else if answer.error_code == 0 && asked.is_some() {
+            } else if answer.error_code == 0 && asked.is_some() && probes > 0 {
+                probes -= 1;
                 // Nothing for "every topic": nothing committed, or a broker
                 // that ignores the null list. Asking by name tells them apart.
                 let named: OffsetFetchResponse =
