@@ -53,11 +53,12 @@ const DEFAULT_FAULTS: usize = 32;
 /// stale 17 s after its collection; 2 s more for the checker's own reads.
 const STALE_BOUND_MS: u64 = 19_000;
 /// Longest a monitor may go without a running owner: the slowest fault's
-/// own recovery (a collector cut from the managers: its lease revoked
-/// after 2 s unreachable, the mark's TTL + 3 s, a pass; or a leader gone:
-/// an election TTL, then the failover) with room for a second fault
-/// landing on top.
-const STRAND_BOUND: Duration = Duration::from_secs(20);
+/// own recovery (a collector cut from the managers: unreachable after 2 s
+/// over two passes, its lease revoked, the mark's TTL + 3 s, a pass; about
+/// 12 s) with a second fault landing on top (a leader cut from etcd or
+/// paused: an election TTL more). Measured at seed 20261125: 9.8 s to
+/// 17.6 s over runs.
+const STRAND_BOUND: Duration = Duration::from_secs(30);
 
 /// What the checker needs to know, kept current by the fault loop.
 #[derive(Default)]
@@ -81,8 +82,10 @@ struct Shared {
     last_held: HashMap<String, Instant>,
     /// Monitors already reported stranded (once per stretch).
     stranded: std::collections::BTreeSet<String>,
-    /// The longest stretch any monitor went without a running owner.
+    /// The longest stretch any monitor went without a running owner, which
+    /// monitor, and when the stretch was last seen.
     longest_unheld: Duration,
+    longest_at: Option<(String, Instant)>,
 }
 
 struct Collector {
@@ -315,7 +318,10 @@ async fn sample(shared: &Arc<Mutex<Shared>>) {
         }
         let from = s.last_held.get(&m).copied().map_or(since, |t| t.max(since));
         let unheld = now.duration_since(from);
-        s.longest_unheld = s.longest_unheld.max(unheld);
+        if unheld > s.longest_unheld {
+            s.longest_unheld = unheld;
+            s.longest_at = Some((m.clone(), now));
+        }
         if unheld > STRAND_BOUND && s.stranded.insert(m.clone()) {
             found.push(format!("monitor {m}: no running owner for {unheld:?} (bound {STRAND_BOUND:?})"));
         }
@@ -406,6 +412,7 @@ async fn seeded_chaos_keeps_one_owner_per_monitor_and_converges() {
     });
 
     let mut log = Vec::new();
+    let chaos_started = Instant::now();
     for n in 1..=faults {
         let fault = FAULT_KINDS[rng.gen_range(0..FAULT_KINDS.len())];
         let started = Instant::now();
@@ -534,7 +541,12 @@ async fn seeded_chaos_keeps_one_owner_per_monitor_and_converges() {
                 )
             }
         };
-        eprintln!("chaos fault {n:2}/{faults} ({:?}, {:.1}s): {what}", fault, started.elapsed().as_secs_f64());
+        eprintln!(
+            "chaos fault {n:2}/{faults} at {:.1}s ({:?}, {:.1}s): {what}",
+            started.duration_since(chaos_started).as_secs_f64(),
+            fault,
+            started.elapsed().as_secs_f64()
+        );
         log.push(what);
         tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1500))).await;
     }
@@ -579,9 +591,13 @@ async fn seeded_chaos_keeps_one_owner_per_monitor_and_converges() {
     let _ = checker.await;
     let s = chaos.shared();
     eprintln!(
-        "chaos: {} samples (up to {} monitors seen connected), converged {took:?} after the last fault",
-        s.samples, s.most_connected
+        "chaos: {} samples (up to {} monitors seen connected), converged {took:?} after the last fault; \
+         longest a monitor went without a running owner: {:?} (bound {STRAND_BOUND:?})",
+        s.samples, s.most_connected, s.longest_unheld
     );
+    if let Some((m, at)) = &s.longest_at {
+        eprintln!("chaos: the longest was {m}'s, seen at {:.1}s", at.duration_since(chaos_started).as_secs_f64());
+    }
     assert!(s.samples > 100, "the checker barely ran ({} samples)", s.samples);
     assert!(s.most_connected >= MONITORS * 3 / 4, "the checker saw at most {} monitors connected", s.most_connected);
     let sockets: Vec<&String> = s.violations.iter().filter(|v| v.contains("Kafka connections")).collect();
