@@ -26,33 +26,13 @@ pub struct EtcdServer {
 impl EtcdServer {
     /// Starts etcd and waits until it accepts client connections.
     pub fn start() -> EtcdServer {
-        let data = tempfile::tempdir().expect("etcd data dir");
-        let mut server = EtcdServer {
-            child: None,
-            client_port: free_port(),
-            peer_port: free_port(),
-            data,
-            tls: None,
-            extra_client_ports: Vec::new(),
-        };
-        server.spawn();
-        server
+        Self::launch(None, 0)
     }
 
     /// Starts etcd listening for clients on `extra` more ports as well
     /// ([`EtcdServer::endpoint_at`]).
     pub fn start_with_ports(extra: usize) -> EtcdServer {
-        let data = tempfile::tempdir().expect("etcd data dir");
-        let mut server = EtcdServer {
-            child: None,
-            client_port: free_port(),
-            peer_port: free_port(),
-            data,
-            tls: None,
-            extra_client_ports: (0..extra).map(|_| free_port()).collect(),
-        };
-        server.spawn();
-        server
+        Self::launch(None, extra)
     }
 
     /// The endpoint of extra client port `i`.
@@ -62,15 +42,18 @@ impl EtcdServer {
 
     /// Starts etcd serving clients over mutual TLS only.
     pub fn start_tls(ca: &Path, cert: &Path, key: &Path) -> EtcdServer {
+        Self::launch(Some((ca.to_path_buf(), cert.to_path_buf(), key.to_path_buf())), 0)
+    }
+
+    fn launch(tls: Option<(PathBuf, PathBuf, PathBuf)>, extra: usize) -> EtcdServer {
         let data = tempfile::tempdir().expect("etcd data dir");
-        let tls = Some((ca.to_path_buf(), cert.to_path_buf(), key.to_path_buf()));
         let mut server = EtcdServer {
             child: None,
             client_port: free_port(),
             peer_port: free_port(),
             data,
             tls,
-            extra_client_ports: Vec::new(),
+            extra_client_ports: (0..extra).map(|_| free_port()).collect(),
         };
         server.spawn();
         server

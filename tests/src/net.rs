@@ -170,15 +170,26 @@ fn pump(
     cut: &std::sync::atomic::AtomicBool,
     stop: &std::sync::atomic::AtomicBool,
 ) {
-    use std::io::{Read, Write};
-    use std::sync::atomic::Ordering::SeqCst;
+    use std::io::Write;
+    read_chunks(from, stop, |bytes| cut.load(std::sync::atomic::Ordering::SeqCst) || to.write_all(bytes).is_ok());
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+/// Reads `from` until it closes, the proxy stops or `chunk` returns false,
+/// handing each chunk read to `chunk` (reads wake every 100 ms to see a stop).
+fn read_chunks(
+    from: &mut std::net::TcpStream,
+    stop: &std::sync::atomic::AtomicBool,
+    mut chunk: impl FnMut(&[u8]) -> bool,
+) {
+    use std::io::Read;
     let _ = from.set_read_timeout(Some(std::time::Duration::from_millis(100)));
     let mut buf = [0u8; 16 * 1024];
-    while !stop.load(SeqCst) {
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
-                if !cut.load(SeqCst) && to.write_all(&buf[..n]).is_err() {
+                if !chunk(&buf[..n]) {
                     break;
                 }
             }
@@ -186,7 +197,6 @@ fn pump(
             Err(_) => break,
         }
     }
-    let _ = to.shutdown(std::net::Shutdown::Both);
 }
 
 impl Drop for TcpProxy {
@@ -232,7 +242,7 @@ pub fn is_stopped(pid: u32) -> bool {
 /// through at once: a peer that answers every call, slowly (an overloaded
 /// collector). It listens before it knows its target, so a process can be
 /// told to advertise the proxy's address and the target set once the
-/// process has its port.
+/// process has its port (connections made meanwhile wait for it).
 pub struct DelayProxy {
     pub port: u16,
     target: std::sync::Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
@@ -256,7 +266,17 @@ impl DelayProxy {
                     continue;
                 };
                 let _ = client.set_nonblocking(false);
-                let Some(to) = *target2.lock().unwrap_or_else(|p| p.into_inner()) else { continue };
+                // A connection made before the target is known waits for it.
+                let to = loop {
+                    if let Some(to) = *target2.lock().unwrap_or_else(|p| p.into_inner()) {
+                        break Some(to);
+                    }
+                    if stop2.load(SeqCst) {
+                        break None;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                };
+                let Some(to) = to else { continue };
                 let Ok(upstream) = std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(2)) else {
                     continue;
                 };
@@ -290,8 +310,7 @@ fn delay_line(
     delay: std::time::Duration,
     stop: &std::sync::atomic::AtomicBool,
 ) {
-    use std::io::{Read, Write};
-    use std::sync::atomic::Ordering::SeqCst;
+    use std::io::Write;
     let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
     let writer = std::thread::spawn(move || {
         while let Ok((read_at, bytes)) = rx.recv() {
@@ -306,20 +325,7 @@ fn delay_line(
         }
         let _ = to.shutdown(std::net::Shutdown::Both);
     });
-    let _ = from.set_read_timeout(Some(std::time::Duration::from_millis(100)));
-    let mut buf = [0u8; 16 * 1024];
-    while !stop.load(SeqCst) {
-        match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if tx.send((std::time::Instant::now(), buf[..n].to_vec())).is_err() {
-                    break;
-                }
-            }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(_) => break,
-        }
-    }
+    read_chunks(&mut from, stop, |bytes| tx.send((std::time::Instant::now(), bytes.to_vec())).is_ok());
     drop(tx);
     let _ = writer.join();
 }

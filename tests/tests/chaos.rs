@@ -52,7 +52,10 @@ const DEFAULT_FAULTS: usize = 32;
 /// Interval 5 s, timeout 2 s, 3 intervals (the default rule): a result is
 /// stale 17 s after its collection; 2 s more for the checker's own reads.
 const STALE_BOUND_MS: u64 = 19_000;
-/// Longest a monitor may go without a running owner: the slowest fault's
+/// Longest a monitor may go without a running owner (a live collector with
+/// its current incarnation's Kafka connection open; a collector cut from
+/// the managers still runs its monitors, and whether their results are
+/// served is the stale checker's part): the slowest fault's
 /// own recovery (a collector cut from the managers: unreachable after 2 s
 /// over two passes, its lease revoked, the mark's TTL + 3 s, a pass; about
 /// 12 s) with a second fault landing on top (a leader cut from etcd or
@@ -76,8 +79,10 @@ struct Shared {
     /// The most monitors seen with a Kafka connection in one sample: proof
     /// that the socket check sees sockets at all.
     most_connected: usize,
-    /// Monitors that should run, and since when (created, re-created).
-    expected: BTreeMap<String, Instant>,
+    /// Monitors that should run (their creation was confirmed), since when,
+    /// and the broker port of their current incarnation (a re-created id
+    /// watches another cluster; the old one's sockets do not count).
+    expected: BTreeMap<String, (Instant, u16)>,
     /// When each monitor was last seen with a running owner.
     last_held: HashMap<String, Instant>,
     /// Monitors already reported stranded (once per stretch).
@@ -176,8 +181,8 @@ impl Chaos {
         self.next_id += 1;
         let mock = new_mock();
         let spec = spec_for(&id, &mock);
-        self.shared().ports.insert(port_of(&mock), id.clone());
-        self.shared().expected.insert(id.clone(), Instant::now());
+        let port = port_of(&mock);
+        self.shared().ports.insert(port, id.clone());
         self.mocks.push(mock);
         self.monitors.insert(id.clone(), self.mocks.len() - 1);
         let mut c = self.client().await;
@@ -187,7 +192,10 @@ impl Chaos {
         )
         .await;
         match r {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => {
+                self.shared().expected.insert(id.clone(), (Instant::now(), port));
+            }
+            // Not watched for stranding: it may or may not exist.
             other => eprintln!("chaos: create {id} did not answer OK ({other:?}); it may still exist"),
         }
         id
@@ -246,7 +254,7 @@ async fn sample(shared: &Arc<Mutex<Shared>>) {
         }
     }
     let connected = holders.len();
-    let held: std::collections::BTreeSet<String> = holders.keys().map(|m| m.to_string()).collect();
+    let held_ports: std::collections::HashSet<u16> = by_pid.values().flatten().copied().collect();
     let mut found = Vec::new();
     for (m, on) in holders {
         let mut on = on.clone();
@@ -309,9 +317,9 @@ async fn sample(shared: &Arc<Mutex<Shared>>) {
     }
     let mut s = shared.lock().unwrap();
     let now = Instant::now();
-    let expected: Vec<(String, Instant)> = s.expected.iter().map(|(m, t)| (m.clone(), *t)).collect();
-    for (m, since) in expected {
-        if held.contains(&m) {
+    let expected: Vec<(String, Instant, u16)> = s.expected.iter().map(|(m, (t, p))| (m.clone(), *t, *p)).collect();
+    for (m, since, port) in expected {
+        if held_ports.contains(&port) {
             s.last_held.insert(m.clone(), now);
             s.stranded.remove(&m);
             continue;
@@ -523,8 +531,8 @@ async fn seeded_chaos_keeps_one_owner_per_monitor_and_converges() {
                 chaos.delete(&id, in_etcd).await;
                 // Re-create the same id against a new cluster, at once.
                 let mock = new_mock();
-                chaos.shared().ports.insert(port_of(&mock), id.clone());
-                chaos.shared().expected.insert(id.clone(), Instant::now());
+                let port = port_of(&mock);
+                chaos.shared().ports.insert(port, id.clone());
                 let spec = spec_for(&id, &mock);
                 chaos.mocks.push(mock);
                 chaos.monitors.insert(id.clone(), chaos.mocks.len() - 1);
@@ -534,6 +542,9 @@ async fn seeded_chaos_keeps_one_owner_per_monitor_and_converges() {
                     c.create_monitor(pb::CreateMonitorRequest { spec: Some(spec) }),
                 )
                 .await;
+                if matches!(r, Ok(Ok(_))) {
+                    chaos.shared().expected.insert(id.clone(), (Instant::now(), port));
+                }
                 format!(
                     "delete {id} ({}) and re-create against another cluster: {}",
                     if in_etcd { "in etcd" } else { "API" },

@@ -1,11 +1,14 @@
 //! A cluster with etcd authentication on and SECURITY.md's per-role
 //! permissions: the manager's user may read and write everything under the
-//! prefix; each collector's user may read the prefix and write only its own
-//! record (`/kollector/collectors/<id>`) and its own drain mark
+//! prefix; each collector's user may read only the election (the current
+//! leader's term) and read and write only its own record
+//! (`/kollector/collectors/<id>`) and its own drain mark
 //! (`/kollector/draining/<id>`, written when it leaves). Monitors run; a
-//! collector's credentials cannot write another collector's record, a
-//! monitor or an assignment; a collector that leaves still drains (its mark
-//! is written, its monitors move, it exits cleanly).
+//! collector's credentials can neither read the monitors nor write, delete
+//! or revoke anything of another collector's, a monitor or an assignment;
+//! a collector that leaves still drains (its mark is written, its monitors
+//! move) and revokes its own lease (its keys go at once, long before the
+//! 30 s TTL).
 
 use std::time::Duration;
 
@@ -18,6 +21,8 @@ use kollector_tests::tansu::TansuBroker;
 
 const PASSWORD: &str = "etcd-auth-test-password";
 const PREFIX: &str = "/kollector/";
+/// Long, so keys gone soon after a collector leaves prove it revoked its lease.
+const LEASE_TTL: Duration = Duration::from_secs(30);
 
 /// Users and roles as SECURITY.md gives them, then auth on.
 async fn set_up_auth(endpoint: &str, collectors: &[&str]) {
@@ -34,7 +39,7 @@ async fn set_up_auth(endpoint: &str, collectors: &[&str]) {
         let role = format!("kollector-collector-{id}");
         root.role_add(role.as_str()).await.expect("collector role");
         for permission in [
-            Permission::read(PREFIX).with_prefix(),
+            Permission::read(format!("{PREFIX}manager/election")).with_prefix(),
             Permission::read_write(format!("{PREFIX}collectors/{id}")),
             Permission::read_write(format!("{PREFIX}draining/{id}")),
         ] {
@@ -62,16 +67,10 @@ async fn with_etcd_auth_a_collector_writes_only_its_own_keys_and_still_drains() 
     let manager = KollectorProcess::manager_with_env(&etcd.endpoint(), &["--etcd-user=manager"], &env);
     let collector = |id: &str| {
         let user = format!("--etcd-user={id}");
-        KollectorProcess::collector_with_env(&etcd.endpoint(), id, Duration::from_secs(3), &[user.as_str()], &env)
+        KollectorProcess::collector_with_env(&etcd.endpoint(), id, LEASE_TTL, &[user.as_str()], &env)
     };
     let collectors = [("c1".to_string(), collector("c1")), ("c2".to_string(), collector("c2"))].into_iter().collect();
-    let cluster = Cluster {
-        etcd,
-        broker: TansuBroker::start("etcd-auth-kafka"),
-        manager,
-        collectors,
-        ttl: Duration::from_secs(3),
-    };
+    let cluster = Cluster { etcd, broker: TansuBroker::start("etcd-auth-kafka"), manager, collectors, ttl: LEASE_TTL };
     cluster.create_monitors(6).await;
     let owners = cluster.stable(6, 60).await;
     assert!(owners.values().any(|c| c == "c1") && owners.values().any(|c| c == "c2"), "{owners:?}");
@@ -80,6 +79,15 @@ async fn with_etcd_auth_a_collector_writes_only_its_own_keys_and_still_drains() 
     let endpoint = cluster.etcd.endpoint();
     let mut c1 = as_user(&endpoint, "c1").await;
     assert!(c1.get(format!("{PREFIX}collectors/c1"), None).await.is_ok());
+    let denied = |what: &str, r: Result<(), etcd_client::Error>| {
+        let e = r.expect_err(what);
+        assert!(e.to_string().contains("permission denied"), "{what}: {e}");
+    };
+    denied("read the monitors", c1.get(format!("{PREFIX}monitors/"), None).await.map(|_| ()));
+    denied("delete c2's record", c1.delete(format!("{PREFIX}collectors/c2"), None).await.map(|_| ()));
+    let mut manager_user = as_user(&endpoint, "manager").await;
+    let c2_lease = manager_user.get(format!("{PREFIX}collectors/c2"), None).await.expect("read").kvs()[0].lease();
+    denied("revoke c2's lease", c1.lease_revoke(c2_lease).await.map(|_| ()));
     for key in [
         format!("{PREFIX}collectors/c2"),
         format!("{PREFIX}monitors/m0"),
@@ -101,15 +109,19 @@ async fn with_etcd_auth_a_collector_writes_only_its_own_keys_and_still_drains() 
     assert!(log.contains("drained: every monitor runs elsewhere"), "{log}");
     let owners = cluster.stable(6, 60).await;
     assert!(owners.values().all(|c| c == "c2"), "{owners:?}");
-    let mut manager_user = as_user(&endpoint, "manager").await;
-    wait_for_async("c1's record and lease-bound drain mark gone", Duration::from_secs(10), || {
+    // Its lease revoked on leaving: its record and drain mark are gone now,
+    // not when the 30 s TTL runs out.
+    wait_for_async("c1's record and lease-bound drain mark gone", Duration::from_secs(3), || {
         let mut m = manager_user.clone();
         async move {
-            let left = m.get(format!("{PREFIX}collectors/c1"), None).await.map_err(|e| e.to_string())?.kvs().len();
+            let mut left = 0;
+            for key in [format!("{PREFIX}collectors/c1"), format!("{PREFIX}draining/c1")] {
+                left += m.get(key, None).await.map_err(|e| e.to_string())?.kvs().len();
+            }
             if left == 0 {
                 Ok(())
             } else {
-                Err(format!("{left} record left"))
+                Err(format!("{left} keys left"))
             }
         }
     })

@@ -327,10 +327,16 @@ async fn a_slow_collector_does_not_hold_a_failover_onto_another() {
     })
     .await;
     let busy = cluster.owners().await.keys().filter(|m| m.starts_with('s')).count();
+    let deferred = cluster.manager.metrics().value("kollector_deferred_commands_total", &[]).unwrap_or(0.0);
     eprintln!(
-        "slow collector: c2's {} monitors on c3 {moved_in:?} after the kill (TTL {TTL:?}); the slow one ran {busy} of 160 by then",
+        "slow collector: c2's {} monitors on c3 {moved_in:?} after the kill (TTL {TTL:?}); the slow one ran {busy} of 160 by then, \
+         {deferred} commands deferred to later passes",
         on_c2.len()
     );
+    // The failover happened while the slow one was taking its batch, and
+    // the step budget did cut it (else this proves nothing).
+    assert!(busy > 0, "the slow collector had started on its batch");
+    assert!(deferred > 0.0, "commands to the slow collector were deferred: {deferred}");
     // Unbounded (every command of the batch started in the same step) it
     // took 9.6 s, after the whole batch; bounded, 4.7-4.8 s.
     assert!(

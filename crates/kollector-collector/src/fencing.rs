@@ -14,6 +14,16 @@
 //! what etcd says now ([`FencingBook::history_went_back`],
 //! [`FencingBook::rebase`]). Restoring with `etcdutl snapshot restore
 //! --bump-revision … --mark-compacted` avoids the situation altogether.
+//!
+//! The book keeps only tokens of the current leader term: when a newer term
+//! is believed, the tokens older terms left are dropped, so it holds at
+//! most the monitors commanded since the last leader change (not every
+//! monitor ever seen). Safe because a command of an older term is refused
+//! by its term alone, and every command of the newer term carries an epoch
+//! at least as high as the dropped ones: an epoch is an assignment record's
+//! revision, the older leader wrote records only while its leader key
+//! existed (leader-guarded transactions), the newer leader's key was
+//! created after that key was gone, and it reads the records after that.
 
 use std::collections::HashMap;
 
@@ -79,9 +89,21 @@ impl FencingBook {
     /// refused from now on.
     pub fn observe_term(&mut self, term: i64) {
         if term > self.max_term {
-            self.max_term = term;
-            self.version += 1;
+            self.believe(term);
         }
+    }
+
+    /// Believes `term` (newer than any so far) and drops the tokens older
+    /// terms left (see the module's header for why that is safe).
+    fn believe(&mut self, term: i64) {
+        self.max_term = term;
+        self.seen.retain(|_, t| t.leader_term >= term);
+        self.version += 1;
+    }
+
+    /// Monitors whose tokens are kept.
+    pub fn tokens_kept(&self) -> usize {
+        self.seen.len()
     }
 
     /// Changes so far (see the field).
@@ -123,7 +145,9 @@ impl FencingBook {
     /// Records accepted tokens.
     pub fn record(&mut self, id: &MonitorId, tokens: Tokens) {
         self.version += 1;
-        self.max_term = self.max_term.max(tokens.leader_term);
+        if tokens.leader_term > self.max_term {
+            self.believe(tokens.leader_term);
+        }
         // Never lower what was seen: an Unassign (any generation) must not
         // let an older generation of the same epoch back in.
         let seen = self.seen.entry(id.clone()).or_insert(tokens);
@@ -197,5 +221,30 @@ mod tests {
         book.observe_term(7);
         assert!(book.check(&id, t(1, 12, 6)).is_err(), "a term seen on a read fences older leaders");
         assert_eq!(book.epoch(&other), 0);
+    }
+
+    #[test]
+    fn a_new_term_drops_the_tokens_older_terms_left_and_still_refuses_them() {
+        let mut book = FencingBook::default();
+        for i in 0..100 {
+            let id = MonitorId::new(format!("m{i}")).unwrap();
+            book.record_assign(&id, t(1, 100 + i, 50));
+        }
+        assert_eq!(book.tokens_kept(), 100);
+        let kept = MonitorId::new("m7").unwrap();
+        // The new leader (term 300) commands one monitor: only its tokens stay.
+        book.record_assign(&kept, t(1, 310, 300));
+        assert_eq!(book.tokens_kept(), 1);
+        // A delayed command of the old term is refused by its term, for a
+        // monitor whose tokens were dropped too.
+        let dropped = MonitorId::new("m3").unwrap();
+        assert!(book.check(&dropped, t(1, 103, 50)).unwrap_err().contains("leader term 50"));
+        // The current term's tokens still fence an older epoch of that term.
+        assert!(book.check(&kept, t(1, 305, 300)).is_err());
+        assert!(book.check(&kept, t(1, 310, 300)).is_ok());
+        // A term seen on a read drops them as well.
+        book.observe_term(400);
+        assert_eq!(book.tokens_kept(), 0);
+        assert!(book.check(&kept, t(1, 310, 300)).is_err(), "older term");
     }
 }

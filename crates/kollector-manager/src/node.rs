@@ -158,6 +158,11 @@ impl ManagerMetrics {
                 "Monitors waiting for an earlier owner to confirm it stopped them before they start elsewhere (leader's view).",
                 load(&stats.pending_moves),
             ),
+            counter(
+                "kollector_deferred_commands",
+                "Commands to a collector not started in a pass because that collector's step budget (1 s) was spent: it answers slowly. They go again next pass (leader's view).",
+                load(&stats.deferred_commands),
+            ),
             gauge(
                 "kollector_invalid_specs",
                 "Monitor specs in etcd that do not decode and are skipped (leader's view; see kollector status).",

@@ -22,7 +22,7 @@
 //! one); a new leader simply asks again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -114,6 +114,9 @@ pub struct ReconcilerStats {
     /// Monitors whose secrets are still sealed with another key than the
     /// first of the key file (leader's view; re-sealed a few per pass).
     pub secrets_on_old_keys: AtomicU64,
+    /// Commands not started because their collector's step budget was
+    /// spent (a slow collector); they go again next pass.
+    pub deferred_commands: AtomicU64,
 }
 
 /// gRPC clients to collectors, by collector and address, with the
@@ -160,6 +163,24 @@ impl CollectorClients {
     /// Forgets clients of collectors no longer registered at that address.
     pub fn retain(&self, live: &BTreeSet<CollectorAt>) {
         self.clients.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| live.contains(k));
+    }
+}
+
+/// The order a collector's commands are started in: those `urgent` says
+/// (failovers) first, in their order; then the others from position `turn`
+/// (modulo their count) on, wrapping around. Pure.
+fn order_commands<T>(commands: &mut [(MonitorId, T)], urgent: impl Fn(&MonitorId) -> bool, turn: usize) {
+    let mut at = 0;
+    for i in 0..commands.len() {
+        if urgent(&commands[i].0) {
+            commands[at..=i].rotate_right(1);
+            at += 1;
+        }
+    }
+    let rest = &mut commands[at..];
+    if !rest.is_empty() {
+        let by = turn % rest.len();
+        rest.rotate_left(by);
     }
 }
 
@@ -604,9 +625,9 @@ impl Reconciler {
 
     /// Sends commands: to one collector up to `IN_FLIGHT_PER_COLLECTOR` at a
     /// time, to all collectors in parallel, each addressed to the lease etcd
-    /// names for its collector. A collector whose call times out gets no more
-    /// commands this pass, commands are started only within
-    /// `STEP_START_BUDGET`, and one collector's whole batch gets at most
+    /// names for its collector. Commands are started only within
+    /// `STEP_START_BUDGET` (so a call that times out, at `CALL_TIMEOUT`, is
+    /// followed by no other), and one collector's whole batch gets at most
     /// `CALL_TIMEOUT`: a slow collector (every call taking seconds) must not
     /// hold the pass, and with it failovers onto the others, for its whole
     /// batch. Commands not started or cut off are unconfirmed and sent again
@@ -621,19 +642,23 @@ impl Reconciler {
         for (c, m, command) in commands {
             by_collector.entry(c).or_default().push((m, command));
         }
-        let calls = by_collector.into_iter().map(|(cid, commands)| {
+        let turn = self.stats.passes.load(Ordering::Relaxed) as usize;
+        let calls = by_collector.into_iter().map(|(cid, mut commands)| {
             let target = collectors.get(&cid).map(|c| (self.clients.get(&cid, &c.record.grpc_address), c.lease));
+            // Only the commands started within the step budget are sent: a
+            // failover first (a monitor whose owner is gone), then the rest
+            // from a point that moves every pass, so no command is always
+            // last behind others that keep failing.
+            order_commands(&mut commands, |m| self.orphaned_since.contains_key(m), turn);
+            let deferred = &self.stats.deferred_commands;
             async move {
                 let Some((Ok(client), lease)) = target else { return Vec::new() };
-                let stuck = Arc::new(AtomicBool::new(false));
                 let started = tokio::time::Instant::now();
                 let one = |(m, command): (MonitorId, Command)| {
-                    let (mut client, cid, stuck) = (client.clone(), cid.clone(), stuck.clone());
+                    let (mut client, cid) = (client.clone(), cid.clone());
                     async move {
-                        if stuck.load(Ordering::SeqCst) {
-                            return None;
-                        }
                         if started.elapsed() >= STEP_START_BUDGET {
+                            deferred.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(monitor = %m, collector = %cid, "not started: the collector's step budget is spent; next pass");
                             return None;
                         }
@@ -660,8 +685,7 @@ impl Reconciler {
                                 None
                             }
                             Err(_) => {
-                                tracing::warn!(monitor = %m, collector = %cid, "{what} timed out; no more commands to it this pass");
-                                stuck.store(true, Ordering::SeqCst);
+                                tracing::warn!(monitor = %m, collector = %cid, "{what} timed out");
                                 None
                             }
                         }
@@ -726,4 +750,39 @@ pub fn placements(monitors: &BTreeMap<MonitorId, StoredMonitor>) -> BTreeMap<Mon
             (m.clone(), placement)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(list: &[(MonitorId, ())]) -> Vec<&str> {
+        list.iter().map(|(m, _)| m.as_str()).collect()
+    }
+
+    #[test]
+    fn failovers_go_first_and_the_rest_starts_from_a_moving_point() {
+        let make = |names: &[&str]| -> Vec<(MonitorId, ())> {
+            names.iter().map(|n| (MonitorId::new(*n).expect("id"), ())).collect()
+        };
+        let urgent = |m: &MonitorId| m.as_str().starts_with('u');
+        let mut c = make(&["a", "u1", "b", "c", "u2", "d"]);
+        order_commands(&mut c, urgent, 0);
+        assert_eq!(ids(&c), vec!["u1", "u2", "a", "b", "c", "d"]);
+        let mut c = make(&["a", "u1", "b", "c", "u2", "d"]);
+        order_commands(&mut c, urgent, 5);
+        assert_eq!(ids(&c), vec!["u1", "u2", "b", "c", "d", "a"], "turn 5 of 4 others starts at the second");
+        // Over as many passes as commands, every command is first once.
+        let names: Vec<String> = (0..7).map(|i| format!("m{i}")).collect();
+        let firsts: std::collections::BTreeSet<String> = (0..7)
+            .map(|turn| {
+                let mut c = make(&names.iter().map(String::as_str).collect::<Vec<_>>());
+                order_commands(&mut c, urgent, turn);
+                c[0].0.to_string()
+            })
+            .collect();
+        assert_eq!(firsts.len(), 7);
+        let mut empty: Vec<(MonitorId, ())> = Vec::new();
+        order_commands(&mut empty, urgent, 3);
+    }
 }
