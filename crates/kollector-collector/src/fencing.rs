@@ -16,14 +16,20 @@
 //! --bump-revision … --mark-compacted` avoids the situation altogether.
 //!
 //! The book keeps only tokens of the current leader term: when a newer term
-//! is believed, the tokens older terms left are dropped, so it holds at
-//! most the monitors commanded since the last leader change (not every
-//! monitor ever seen). Safe because a command of an older term is refused
-//! by its term alone, and every command of the newer term carries an epoch
-//! at least as high as the dropped ones: an epoch is an assignment record's
-//! revision, the older leader wrote records only while its leader key
-//! existed (leader-guarded transactions), the newer leader's key was
-//! created after that key was gone, and it reads the records after that.
+//! is believed, the tokens older terms left are dropped, so it holds the
+//! monitors commanded since the last leader change (under one long-lived
+//! leader it still grows with every monitor that leader commands, deleted
+//! ones included, until the next change). Safe because a command of an
+//! older term is refused by its term alone (checked under the same lock as
+//! the tokens, and a term is believed only once etcd names its leader), and
+//! every command of the newer term carries an epoch and generation at least
+//! as high as the dropped ones: an epoch is an assignment record's revision,
+//! the older leader wrote records only while its leader key existed
+//! (leader-guarded transactions), the newer leader's campaign returned only
+//! after that key was gone, and its passes read the records (linearizably)
+//! after that. (A term is never compared with an epoch: a waiting
+//! candidate's key, and so its term, can be older than records the sitting
+//! leader writes.)
 
 use std::collections::HashMap;
 
