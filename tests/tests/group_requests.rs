@@ -10,7 +10,7 @@ use std::time::Duration;
 use kollector_core::{MonitorInput, MonitorSpec};
 use kollector_kafka::wire::connection::BrokerConnection;
 use kollector_kafka::wire::group_cycle::GroupConnections;
-use kollector_kafka::wire::groups::{fetch_offsets, ListedGroup};
+use kollector_kafka::wire::groups::{fetch_offsets, AllTopics, ListedGroup};
 use kollector_kafka::wire::security::WireSecurity;
 use kollector_kafka::{ClientOptions, Deadline, KafkaClient};
 use kollector_tests::kafka_fixtures::{commit_offsets, create_topic, produce_records};
@@ -162,14 +162,17 @@ fn a_broker_without_offset_fetch_v8_gets_one_request_per_group() {
     assert_eq!(conn.versions().pick(kafka_protocol_api::OFFSET_FETCH, (8, 9)), None);
     let ids: Vec<String> = want.keys().cloned().collect();
     let topics = [("events".to_string(), vec![0, 1, 2])];
-    let committed = fetch_offsets(&mut conn, &ids, Some(&topics), &deadline).expect("OffsetFetch per group");
+    let mut all_topics = AllTopics::default();
+    let committed =
+        fetch_offsets(&mut conn, &ids, Some(&topics), &mut all_topics, &deadline).expect("OffsetFetch per group");
     for (g, offsets) in &want {
         assert_eq!(committed.get(g), Some(&Ok(offsets.clone())), "group {g}");
     }
     assert_eq!(counter.counts().get(&OFFSET_FETCH), Some(&11), "the first group asked twice, the others once");
-    // The next cycle on this connection names the topics at once.
+    // The next cycle, with what the first learnt about this broker, names the topics at once.
     counter.reset();
-    let again = fetch_offsets(&mut conn, &ids, Some(&topics), &deadline).expect("OffsetFetch per group");
+    let again =
+        fetch_offsets(&mut conn, &ids, Some(&topics), &mut all_topics, &deadline).expect("OffsetFetch per group");
     assert_eq!(again, committed);
     assert_eq!(counter.counts().get(&OFFSET_FETCH), Some(&10));
 }

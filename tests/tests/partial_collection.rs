@@ -477,7 +477,7 @@ fn a_loading_coordinator_is_asked_again_within_its_budget_and_only_its_group_wai
     let spec = spec("partial-loading", &vc.bootstrap());
     let client = KafkaClient::connect(&spec, &ClientOptions::default()).expect("client");
     let (s, _) = collect_timed(&client, &spec);
-    assert!(s.groups.iter().filter(|g| g.fully_read()).count() == 3, "{:?}", s.groups);
+    assert_eq!(s.groups.iter().filter(|g| g.fully_read()).count(), 3, "{:?}", s.groups);
 
     for code in [14i16, 16] {
         // Loading (listing what it has) until it refused twice, well within the 2 s budget.
@@ -509,7 +509,7 @@ fn a_loading_coordinator_is_asked_again_within_its_budget_and_only_its_group_wai
             "code {code}: asked again: {:?}",
             vc.requests(2)
         );
-        assert!(s.groups.iter().filter(|g| g.fully_read()).count() == 3, "{:?}", s.groups);
+        assert_eq!(s.groups.iter().filter(|g| g.fully_read()).count(), 3, "{:?}", s.groups);
 
         // Loading for longer than the budget: g2 unread and named, the others read.
         vc.set_fault(2, loading);

@@ -170,13 +170,9 @@ impl CollectorClients {
 /// (failovers) first, in their order; then the others from position `turn`
 /// (modulo their count) on, wrapping around. Pure.
 fn order_commands<T>(commands: &mut [(MonitorId, T)], urgent: impl Fn(&MonitorId) -> bool, turn: usize) {
-    let mut at = 0;
-    for i in 0..commands.len() {
-        if urgent(&commands[i].0) {
-            commands[at..=i].rotate_right(1);
-            at += 1;
-        }
-    }
+    // A stable sort: both kinds keep their order.
+    commands.sort_by_key(|(m, _)| !urgent(m));
+    let at = commands.iter().take_while(|(m, _)| urgent(m)).count();
     let rest = &mut commands[at..];
     if !rest.is_empty() {
         let by = turn % rest.len();

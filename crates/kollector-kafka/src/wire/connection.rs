@@ -166,22 +166,6 @@ pub struct BrokerConnection {
     throttles: super::security::ThrottleLog,
     /// The size of the last answer frame read, in bytes.
     last_answer_bytes: usize,
-    /// Whether this broker answers OffsetFetch before v8 with `topics =
-    /// null` ("every topic"), as Kafka does from v2: learnt from its answers.
-    all_topics: AllTopics,
-}
-
-/// What a broker's OffsetFetch (before v8) did with `topics = null`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AllTopics {
-    /// Not known yet: an empty answer may be "nothing committed" or a
-    /// broker that ignores a null list.
-    Unknown,
-    /// It answered with commits: it lists every topic.
-    Answered,
-    /// It answered nothing where asking by name found commits (librdkafka's
-    /// mock cluster): topics are named on this connection.
-    Ignored,
 }
 
 impl std::fmt::Debug for BrokerConnection {
@@ -310,7 +294,6 @@ impl BrokerConnection {
                 client_id: StrBytes::from_string(security.client_id().to_string()),
                 throttled_until: None,
                 throttles: security.throttle_log().clone(),
-                all_topics: AllTopics::Unknown,
                 last_answer_bytes: 0,
             };
             c.handshake_tls(deadline)?;
@@ -338,16 +321,6 @@ impl BrokerConnection {
     /// of the kind should expect to weigh.
     pub fn last_answer_bytes(&self) -> usize {
         self.last_answer_bytes
-    }
-
-    /// What this broker is known to do with OffsetFetch `topics = null`.
-    pub fn all_topics(&self) -> AllTopics {
-        self.all_topics
-    }
-
-    /// Records what its answers showed.
-    pub fn learnt_all_topics(&mut self, learnt: AllTopics) {
-        self.all_topics = learnt;
     }
 
     /// Waits out a throttle the broker asked for, within the deadline; a

@@ -17,15 +17,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use kafka_protocol::messages::ApiKey;
 use kollector_core::BrokerErrorKind;
 
-use super::connection::AllTopics;
 use super::connection::BrokerConnection;
 use super::group_plan::{
     coordinator_moved, describe_with, has_committed_offsets, merge, relocation_backoff, to_relocate, BrokerAnswers,
     DescribeWith, GroupRead, MAX_RELOCATION_ROUNDS,
 };
 use super::groups::{
-    consumer_group_describe, describe_groups_into, fetch_offsets_into, find_coordinators, list_groups, DescribeSize,
-    ListedGroup,
+    consumer_group_describe, describe_groups_into, fetch_offsets_into, find_coordinators, list_groups, AllTopics,
+    DescribeSize, ListedGroup,
 };
 use super::security::WireSecurity;
 use super::WireError;
@@ -112,7 +111,7 @@ struct Learnt {
     /// Groups per DescribeGroups.
     describe: DescribeSize,
     /// What it does with OffsetFetch `topics = null` before v8.
-    all_topics: Option<AllTopics>,
+    all_topics: AllTopics,
 }
 
 impl GroupConnections {
@@ -537,7 +536,7 @@ fn read_at(
     let kept = w.conn.take().filter(|c| !c.expired());
     let reused = kept.is_some();
     let mut conn = match kept.map_or_else(connect, Ok) {
-        Ok(c) => adopt(c, &w.learnt),
+        Ok(c) => c,
         Err(e) => {
             w.outcome = Err(e);
             return;
@@ -558,7 +557,7 @@ fn read_at(
             });
             match retried {
                 Ok((c, l)) => {
-                    conn = adopt(c, &w.learnt);
+                    conn = c;
                     l
                 }
                 Err(e) => {
@@ -610,7 +609,7 @@ fn read_at(
                 Err(WireError::Oversized(_)) if w.learnt.describe.refused.is_some_and(|n| n > 1) => {
                     drop(c);
                     match connect() {
-                        Ok(fresh) => c = adopt(fresh, &w.learnt),
+                        Ok(fresh) => c = fresh,
                         Err(e) => {
                             if let WireError::Stopped(stop) = &e {
                                 stopped.get_or_insert(*stop);
@@ -644,17 +643,15 @@ fn read_at(
     // connection (e.g. an answer over the frame limit) does not cost them.
     let was_stopped = stopped.is_some();
     if live.is_none() && !was_stopped {
-        live = connect().ok().map(|c| adopt(c, &w.learnt));
+        live = connect().ok();
     }
     match live.take() {
         None if was_stopped => answers.fetch_failed = Some("not asked: the broker's time ran out".into()),
         None => answers.fetch_failed = Some("not asked: no usable connection".into()),
         Some(mut c) => {
-            let fetched = fetch_offsets_into(&mut c, &with_offsets, Some(topics), deadline, &mut answers.committed);
-            if c.all_topics() != AllTopics::Unknown {
-                w.learnt.all_topics = Some(c.all_topics());
-            }
-            match fetched {
+            let all_topics = &mut w.learnt.all_topics;
+            match fetch_offsets_into(&mut c, &with_offsets, Some(topics), all_topics, deadline, &mut answers.committed)
+            {
                 Ok(()) => live = Some(c),
                 Err(e) => (answers.fetch_failed, live) = map_first(fail(e, "OffsetFetch", c, &mut stopped)),
             }
@@ -672,14 +669,6 @@ fn read_at(
         }
         None => Ok(answers),
     };
-}
-
-/// A connection to a broker, told what the broker's earlier answers taught.
-fn adopt(mut conn: BrokerConnection, learnt: &Learnt) -> BrokerConnection {
-    if let Some(all) = learnt.all_topics.filter(|_| conn.all_topics() == AllTopics::Unknown) {
-        conn.learnt_all_topics(all);
-    }
-    conn
 }
 
 /// How long ListGroups is asked again while the broker says its
@@ -701,17 +690,12 @@ fn list_groups_patiently(
     let mut round = 0;
     loop {
         let (code, api) = match list_groups(conn, deadline) {
-            Ok((groups, None)) => {
-                seen.extend(groups);
-                return Ok((seen, None));
-            }
-            Ok((groups, Some(code))) if coordinator_moved(code) => {
-                seen.extend(groups);
-                (code, "ListGroups")
-            }
             Ok((groups, error)) => {
                 seen.extend(groups);
-                return Ok((seen, error));
+                match error {
+                    Some(code) if coordinator_moved(code) => (code, "ListGroups"),
+                    error => return Ok((seen, error)),
+                }
             }
             Err(WireError::Broker { code, api }) if coordinator_moved(code) => (code, api),
             Err(e) => return Err(e),

@@ -16,7 +16,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::connection::{AllTopics, BrokerConnection};
+use super::connection::BrokerConnection;
 use super::WireError;
 use crate::deadline::Deadline;
 
@@ -269,16 +269,34 @@ pub fn next_describe_chunk(asked: usize, bytes: usize) -> usize {
 /// Every committed offset of each of `ids`: many groups per request where
 /// the broker speaks OffsetFetch v8, one request per group otherwise, every
 /// request asking for every topic. `topics` (name, partitions) is what to
-/// name instead on a connection whose broker ignores "every topic" before
-/// v8 (librdkafka's mock does); None: never name them.
+/// name instead for a broker that ignores "every topic" before v8
+/// (librdkafka's mock does); None: never name them. `all_topics` is what
+/// this broker's answers taught so far, updated from these.
 pub fn fetch_offsets(
     conn: &mut BrokerConnection,
     ids: &[String],
     topics: Option<&[(String, Vec<i32>)]>,
+    all_topics: &mut AllTopics,
     deadline: &Deadline,
 ) -> Result<BTreeMap<String, Committed>, WireError> {
     let mut out = BTreeMap::new();
-    fetch_offsets_into(conn, ids, topics, deadline, &mut out).map(|()| out)
+    fetch_offsets_into(conn, ids, topics, all_topics, deadline, &mut out).map(|()| out)
+}
+
+/// What a broker's OffsetFetch (before v8) does with `topics = null`,
+/// learnt from its answers and kept by the caller for that broker (across
+/// cycles and connections).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AllTopics {
+    /// Not known yet: an empty answer may be "nothing committed" or a
+    /// broker that ignores a null list.
+    #[default]
+    Unknown,
+    /// It answered with commits: it lists every topic.
+    Answered,
+    /// It answered nothing where asking by name found commits (librdkafka's
+    /// mock cluster): topics are named for it.
+    Ignored,
 }
 
 /// Like [`fetch_offsets`], keeping what the requests before a failure
@@ -287,6 +305,7 @@ pub fn fetch_offsets_into(
     conn: &mut BrokerConnection,
     ids: &[String],
     topics: Option<&[(String, Vec<i32>)]>,
+    all_topics: &mut AllTopics,
     deadline: &Deadline,
     out: &mut BTreeMap<String, Committed>,
 ) -> Result<(), WireError> {
@@ -339,9 +358,9 @@ pub fn fetch_offsets_into(
         let ask = |topics: Option<Vec<OffsetFetchRequestTopic>>| {
             OffsetFetchRequest::default().with_group_id(group.clone()).with_topics(topics)
         };
-        let all = conn.all_topics();
+        let all = *all_topics;
         let by_name = all == AllTopics::Ignored && asked.is_some();
-        let request = if by_name { ask(asked.clone()) } else { ask(None) };
+        let request = ask(if by_name { asked.clone() } else { None });
         let mut answer: OffsetFetchResponse = match conn.call(ApiKey::OffsetFetch, version, &request, deadline) {
             Ok(a) => a,
             // A broker that answers "every topic" with an answer that does
@@ -354,15 +373,15 @@ pub fn fetch_offsets_into(
                     && !by_name
                     && asked.is_some() =>
             {
-                conn.learnt_all_topics(AllTopics::Ignored);
+                *all_topics = AllTopics::Ignored;
                 conn.call(ApiKey::OffsetFetch, version, &ask(asked.clone()), deadline)?
             }
             Err(e) => return Err(e),
         };
         // (Still unknown: the answer above was to "every topic".)
-        if conn.all_topics() == AllTopics::Unknown {
+        if *all_topics == AllTopics::Unknown {
             if has_commits(&answer) {
-                conn.learnt_all_topics(AllTopics::Answered);
+                *all_topics = AllTopics::Answered;
             } else if answer.error_code == 0 && asked.is_some() && probes > 0 {
                 probes -= 1;
                 // Nothing for "every topic": nothing committed, or a broker
@@ -370,7 +389,7 @@ pub fn fetch_offsets_into(
                 let named: OffsetFetchResponse =
                     conn.call(ApiKey::OffsetFetch, version, &ask(asked.clone()), deadline)?;
                 if has_commits(&named) {
-                    conn.learnt_all_topics(AllTopics::Ignored);
+                    *all_topics = AllTopics::Ignored;
                 }
                 answer = named;
             }
