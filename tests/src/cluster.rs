@@ -100,7 +100,7 @@ impl Cluster {
             let owners = self.settled(n, secs).await;
             let mut client = self.manager.client().await;
             let records = client
-                .get_assignments(pb::GetAssignmentsRequest {})
+                .get_assignments(pb::GetAssignmentsRequest::default())
                 .await
                 .map_err(|e| e.to_string())?
                 .into_inner()

@@ -88,7 +88,7 @@ fn grpc_rejects_each_rule_with_invalid_argument_and_stores_nothing() {
             let err = client.probe(pb::ProbeRequest { spec: Some(spec) }).await.expect_err(what);
             assert_eq!(err.code(), Code::InvalidArgument, "probe {what}");
         }
-        let list = client.list_monitors(pb::ListMonitorsRequest {}).await.unwrap().into_inner();
+        let list = client.list_monitors(pb::ListMonitorsRequest::default()).await.unwrap().into_inner();
         assert!(list.monitors.is_empty(), "nothing may be stored: {:?}", list.monitors);
 
         // Duplicate id, update of an unknown id, invalid update of a real one.
@@ -119,7 +119,7 @@ fn grpc_rejects_each_rule_with_invalid_argument_and_stores_nothing() {
         huge.labels = [("blob".to_string(), "x".repeat(5 << 20))].into();
         let e = client.create_monitor(pb::CreateMonitorRequest { spec: Some(huge) }).await.unwrap_err();
         assert!(matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument), "{e:?}");
-        let list = client.list_monitors(pb::ListMonitorsRequest {}).await.unwrap().into_inner();
+        let list = client.list_monitors(pb::ListMonitorsRequest::default()).await.unwrap().into_inner();
         assert_eq!(list.monitors.len(), 1, "nothing more is stored");
         // Probes are rate-limited: a burst is served, then RESOURCE_EXHAUSTED.
         let codes: Vec<Code> = futures::future::join_all((0..40).map(|_| {
@@ -157,7 +157,7 @@ fn sasl_password_is_never_returned_or_logged() {
         });
         let created = client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec) }).await.unwrap().into_inner();
         assert!(created.spec.as_ref().unwrap().sasl.as_ref().unwrap().password_set);
-        let listed = client.list_monitors(pb::ListMonitorsRequest {}).await.unwrap().into_inner();
+        let listed = client.list_monitors(pb::ListMonitorsRequest::default()).await.unwrap().into_inner();
         let got = client.get_monitor(pb::GetMonitorRequest { id: "ok-monitor".into() }).await.unwrap().into_inner();
         for text in [format!("{created:?}"), format!("{listed:?}"), format!("{got:?}")] {
             assert!(!text.contains("hunter2-secret"));

@@ -269,14 +269,14 @@ async fn sample(shared: &Arc<Mutex<Shared>>) {
         let check = async {
             let mut c =
                 ManagerServiceClient::connect(url.clone()).await.ok()?.max_decoding_message_size(64 * 1024 * 1024);
-            let before = c.get_assignments(pb::GetAssignmentsRequest {}).await.ok()?.into_inner().assignments;
+            let before = c.get_assignments(pb::GetAssignmentsRequest::default()).await.ok()?.into_inner().assignments;
             let latest = c
                 .get_latest(pb::GetLatestRequest { monitor_id: String::new(), ..Default::default() })
                 .await
                 .ok()?
                 .into_inner()
                 .results;
-            let after = c.get_assignments(pb::GetAssignmentsRequest {}).await.ok()?.into_inner().assignments;
+            let after = c.get_assignments(pb::GetAssignmentsRequest::default()).await.ok()?.into_inner().assignments;
             let owned = |list: &[pb::Assignment], r: &pb::MonitorResult| {
                 list.iter()
                     .any(|a| a.monitor_id == r.monitor_id && a.collector_id == r.collector_id && a.epoch == r.epoch)

@@ -23,7 +23,7 @@ async fn thirty_monitors_spread_over_three_collectors_and_a_fourth_takes_a_quart
 
     // The manager's view agrees with what runs.
     let mut client = cluster.manager.client().await;
-    let a = client.get_assignments(pb::GetAssignmentsRequest {}).await.unwrap().into_inner();
+    let a = client.get_assignments(pb::GetAssignmentsRequest::default()).await.unwrap().into_inner();
     assert_eq!(a.assignments.len(), 30);
     for x in &a.assignments {
         assert_eq!(before[&x.monitor_id], x.collector_id);
@@ -219,7 +219,7 @@ async fn manager_leader_sigkill_standby_takes_over_without_moving_anything() {
     assert_eq!(leader_address, format!("127.0.0.1:{}", m1.grpc_port));
     let standby_addr = format!("127.0.0.1:{}", cluster.manager.grpc_port);
     let mut client = cluster.manager.client().await;
-    let before = client.get_assignments(pb::GetAssignmentsRequest {}).await.unwrap().into_inner().assignments;
+    let before = client.get_assignments(pb::GetAssignmentsRequest::default()).await.unwrap().into_inner().assignments;
 
     let killed = Instant::now();
     m1.kill();
@@ -238,7 +238,7 @@ async fn manager_leader_sigkill_standby_takes_over_without_moving_anything() {
     // Give the new leader a few reconcile passes: nothing may move.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut client = cluster.manager.client().await;
-    let after = client.get_assignments(pb::GetAssignmentsRequest {}).await.unwrap().into_inner().assignments;
+    let after = client.get_assignments(pb::GetAssignmentsRequest::default()).await.unwrap().into_inner().assignments;
     assert_eq!(before, after, "manager failover moved assignments");
     // CRUD works against the new leader.
     let spec = pb::MonitorSpecInput {
@@ -308,7 +308,7 @@ async fn etcd_restart_loses_no_monitor() {
     })
     .await;
     let mut client = cluster.manager.client().await;
-    let list = client.list_monitors(pb::ListMonitorsRequest {}).await.unwrap().into_inner();
+    let list = client.list_monitors(pb::ListMonitorsRequest::default()).await.unwrap().into_inner();
     assert_eq!(list.monitors.len(), 10);
 }
 
@@ -376,7 +376,7 @@ async fn pinned_and_label_constrained_monitors_run_where_they_must() {
     let owners = cluster.settled(2, 30).await;
     assert_eq!(owners["pinned-to-c2"], "c2");
     assert_eq!(owners["needs-dmz"], "c1");
-    let a = client.get_assignments(pb::GetAssignmentsRequest {}).await.unwrap().into_inner();
+    let a = client.get_assignments(pb::GetAssignmentsRequest::default()).await.unwrap().into_inner();
     assert!(a.unplaced.contains_key("needs-moon"), "{:?}", a.unplaced);
     let got = client.get_monitor(pb::GetMonitorRequest { id: "pinned-to-c2".into() }).await.unwrap().into_inner();
     assert_eq!(got.spec.unwrap().pinned_collector.as_deref(), Some("c2"));

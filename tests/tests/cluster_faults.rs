@@ -325,7 +325,7 @@ async fn a_spec_that_does_not_decode_is_reported_and_the_rest_reconcile() {
     cluster.create_monitors(3).await;
     cluster.settled(3, 30).await;
     let mut client = cluster.manager.client().await;
-    let a = client.get_assignments(pb::GetAssignmentsRequest {}).await.expect("assignments").into_inner();
+    let a = client.get_assignments(pb::GetAssignmentsRequest::default()).await.expect("assignments").into_inner();
     assert!(a.invalid.contains_key("broken"), "the broken spec is reported: {:?}", a.invalid);
     wait_for_async("the invalid-spec metric", Duration::from_secs(10), || async {
         let m = Metrics::parse(&cluster.manager.http_get("/metrics").unwrap()).unwrap();

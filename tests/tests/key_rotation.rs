@@ -60,7 +60,7 @@ async fn all_readable(manager: &KollectorProcess) {
         let spec = m.into_inner().spec.expect("spec");
         assert!(spec.sasl.is_some_and(|s| s.password_set), "m{i} lost its password");
     }
-    let a = client.get_assignments(pb::GetAssignmentsRequest {}).await.expect("assignments").into_inner();
+    let a = client.get_assignments(pb::GetAssignmentsRequest::default()).await.expect("assignments").into_inner();
     assert!(a.invalid.is_empty(), "unreadable monitors: {:?}", a.invalid);
     assert_eq!(a.secrets_on_old_keys, 0);
 }

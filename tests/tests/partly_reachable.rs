@@ -96,7 +96,7 @@ async fn the_manager_stops_serving_a_cut_off_collectors_result_as_current_within
     // `status` reads a summary: states without snapshots, the cluster id
     // from the pinned one.
     let summary = client
-        .get_latest(pb::GetLatestRequest { monitor_id: String::new(), summary: true })
+        .get_latest(pb::GetLatestRequest { summary: true, ..Default::default() })
         .await
         .unwrap()
         .into_inner()

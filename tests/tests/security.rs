@@ -157,7 +157,7 @@ async fn call_every_method(
     );
     out.insert(
         "list_monitors",
-        code(client.list_monitors(with_token(pb::ListMonitorsRequest {}, token)).await.map(|_| ())),
+        code(client.list_monitors(with_token(pb::ListMonitorsRequest::default(), token)).await.map(|_| ())),
     );
     out.insert(
         "get_latest",
@@ -169,7 +169,7 @@ async fn call_every_method(
     );
     out.insert(
         "get_assignments",
-        code(client.get_assignments(with_token(pb::GetAssignmentsRequest {}, token)).await.map(|_| ())),
+        code(client.get_assignments(with_token(pb::GetAssignmentsRequest::default(), token)).await.map(|_| ())),
     );
     out
 }
@@ -321,7 +321,7 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     // A plaintext client cannot even reach the API.
     let plain = Endpoint::from_shared(format!("http://127.0.0.1:{}", manager.grpc_port)).unwrap().connect().await;
     if let Ok(ch) = plain {
-        let r = ManagerServiceClient::new(ch).list_monitors(with_token(pb::ListMonitorsRequest {}, Some(&admin))).await;
+        let r = ManagerServiceClient::new(ch).list_monitors(with_token(pb::ListMonitorsRequest::default(), Some(&admin))).await;
         assert!(r.is_err(), "a plaintext call was answered");
     }
 
@@ -486,9 +486,9 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
         "{:?}",
         api.get_monitor(with_token(pb::GetMonitorRequest { id: "secret".into() }, a)).await.unwrap()
     ));
-    outputs.push(format!("{:?}", api.list_monitors(with_token(pb::ListMonitorsRequest {}, a)).await.unwrap()));
+    outputs.push(format!("{:?}", api.list_monitors(with_token(pb::ListMonitorsRequest::default(), a)).await.unwrap()));
     outputs.push(format!("{:?}", api.get_latest(with_token(pb::GetLatestRequest::default(), a)).await.unwrap()));
-    outputs.push(format!("{:?}", api.get_assignments(with_token(pb::GetAssignmentsRequest {}, a)).await.unwrap()));
+    outputs.push(format!("{:?}", api.get_assignments(with_token(pb::GetAssignmentsRequest::default(), a)).await.unwrap()));
     outputs.push(format!("{:?}", api.list_collectors(with_token(pb::ListCollectorsRequest {}, a)).await.unwrap()));
     outputs.push(manager.http_get("/metrics").unwrap());
     outputs.push(manager.log());

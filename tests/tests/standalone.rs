@@ -322,7 +322,7 @@ fn probe_collects_once_with_a_temporary_client_and_stores_nothing() {
         assert!(r.snapshot.is_none());
         let e = r.error.expect("error");
         assert!(matches!(e.kind.as_str(), "connection" | "timeout"), "{e:?}");
-        let list = client.list_monitors(pb::ListMonitorsRequest {}).await.unwrap().into_inner();
+        let list = client.list_monitors(pb::ListMonitorsRequest::default()).await.unwrap().into_inner();
         assert!(list.monitors.is_empty(), "a probe stores nothing");
     });
     let m = k.metrics();

@@ -23,7 +23,7 @@ fn spec(id: &str, interval: &str) -> pb::MonitorSpecInput {
 
 async fn ids(k: &KollectorProcess) -> BTreeSet<String> {
     let mut c = k.client().await;
-    let list = c.list_monitors(pb::ListMonitorsRequest {}).await.expect("list").into_inner().monitors;
+    let list = c.list_monitors(pb::ListMonitorsRequest::default()).await.expect("list").into_inner().monitors;
     list.into_iter().filter_map(|m| m.spec.map(|s| s.id)).collect()
 }
 

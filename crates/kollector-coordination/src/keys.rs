@@ -28,6 +28,10 @@ impl Keys {
     pub fn new(prefix: &str) -> Keys {
         Keys { prefix: prefix.trim_end_matches('/').to_string() }
     }
+    /// Every key of this cluster (what a manager's view watches).
+    pub fn root(&self) -> String {
+        format!("{}/", self.prefix)
+    }
     pub fn collectors(&self) -> String {
         format!("{}/collectors/", self.prefix)
     }

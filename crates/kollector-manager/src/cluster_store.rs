@@ -1,6 +1,7 @@
-//! The manager's view of etcd: monitors (desired state), live collectors,
-//! assignments and drain marks. See `kollector_coordination::keys` for the
-//! layout.
+//! The manager's writes to etcd: monitors (desired state), assignment
+//! records, drain marks and revocations; and the decoding of a spec. Reads
+//! go through the watched view (`cluster_view.rs`), never a scan here. See
+//! `kollector_coordination::keys` for the layout.
 //!
 //! Monitor writes are compare-and-swap (create only if absent, update only
 //! if unchanged since read), so two managers editing at once cannot lose an
@@ -14,7 +15,7 @@
 //! key. A spec that does not decode is reported, never fatal to a read.
 //! Secrets in specs are sealed before they reach etcd and opened when read.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
@@ -26,7 +27,8 @@ use kollector_core::{CollectorId, Epoch, MonitorId, MonitorSpec};
 use kollector_security::sealing::{open_spec, seal_spec};
 use kollector_security::{Keyring, SealError};
 
-use crate::decisions::{chunk_writes, AssignmentRecord, AssignmentValue, RecordWrite, TxnLimits};
+use crate::cluster_view::Kv;
+use crate::decisions::{chunk_writes, RecordWrite, TxnLimits};
 
 /// Largest etcd answer a read accepts (a page of specs).
 const MAX_READ_BYTES: usize = 256 * 1024 * 1024;
@@ -41,16 +43,8 @@ pub struct StoredMonitor {
     pub needs_reseal: bool,
 }
 
-/// Every monitor in etcd: those that decode, and why the others do not.
-#[derive(Clone, Debug, Default)]
-pub struct MonitorSet {
-    pub valid: BTreeMap<MonitorId, StoredMonitor>,
-    /// Monitor id (from the key) → why its value could not be read.
-    pub invalid: BTreeMap<String, String>,
-}
-
 /// The value of a revocation mark.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Serialize)]
 struct RevocationMark {
     lease: i64,
 }
@@ -110,7 +104,7 @@ impl ClusterStore {
     /// Every key under `dir`, read in pages at one revision, so a large
     /// directory never exceeds a response size limit and is still a
     /// consistent snapshot. Returns the kvs and the revision read at.
-    async fn list(&self, dir: &str) -> Result<(Vec<etcd_client::KeyValue>, i64), CoordinationError> {
+    pub(crate) async fn list(&self, dir: &str) -> Result<(Vec<etcd_client::KeyValue>, i64), CoordinationError> {
         const PAGE: i64 = 500;
         // The end of the prefix range: `dir` with its last byte incremented ('/' + 1 = '0').
         let mut end = dir.as_bytes().to_vec();
@@ -142,36 +136,24 @@ impl ClusterStore {
     }
 
     /// Reads one monitor's value; the generation is the key's mod revision.
-    fn decode(&self, kv: &etcd_client::KeyValue) -> Result<StoredMonitor, String> {
-        let mut spec: MonitorSpec = serde_json::from_slice(kv.value()).map_err(|e| e.to_string())?;
-        let key = String::from_utf8_lossy(kv.key());
-        if self.keys.id_in(&self.keys.monitors(), &key) != Some(spec.id.as_str()) {
+    pub(crate) fn decode_monitor(&self, kv: &Kv<'_>) -> Result<StoredMonitor, String> {
+        let mut spec: MonitorSpec = serde_json::from_slice(kv.value).map_err(|e| e.to_string())?;
+        if self.keys.id_in(&self.keys.monitors(), kv.key) != Some(spec.id.as_str()) {
             return Err(format!("the value names monitor {:?}, not the key's", spec.id.as_str()));
         }
-        spec.generation = kv.mod_revision() as u64;
+        spec.generation = kv.mod_revision as u64;
         let needs_reseal =
             self.secrets.as_deref().is_some_and(|keys| kollector_security::sealing::sealed_with_other_key(keys, &spec));
         let spec = open_spec(self.secrets.as_deref(), spec).map_err(|e| e.to_string())?;
-        Ok(StoredMonitor { spec, mod_revision: kv.mod_revision(), needs_reseal })
+        Ok(StoredMonitor { spec, mod_revision: kv.mod_revision, needs_reseal })
     }
 
-    pub async fn monitors(&self) -> Result<MonitorSet, CoordinationError> {
-        let dir = self.keys.monitors();
-        let (kvs, _) = self.list(&dir).await?;
-        let mut out = MonitorSet::default();
-        for kv in kvs {
-            match self.decode(&kv) {
-                Ok(m) => {
-                    out.valid.insert(m.spec.id.clone(), m);
-                }
-                Err(e) => {
-                    let key = String::from_utf8_lossy(kv.key()).into_owned();
-                    let id = self.keys.id_in(&dir, &key).unwrap_or(&key).to_string();
-                    out.invalid.insert(id, e);
-                }
-            }
-        }
-        Ok(out)
+    /// etcd's revision now: one small read (no value).
+    pub async fn current_revision(&self) -> Result<i64, CoordinationError> {
+        let mut c = self.client.clone();
+        let resp =
+            c.get(self.keys.election(), Some(GetOptions::new().with_prefix().with_keys_only().with_limit(1))).await?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
     }
 
     /// Whether etcd answers: one key at most, no value (a readiness probe
@@ -180,15 +162,6 @@ impl ClusterStore {
         let mut c = self.client.clone();
         c.get(self.keys.election(), Some(GetOptions::new().with_prefix().with_keys_only().with_limit(1))).await?;
         Ok(())
-    }
-
-    pub async fn monitor(&self, id: &MonitorId) -> Result<Option<StoredMonitor>, CoordinationError> {
-        let mut c = self.client.kv_client().max_decoding_message_size(MAX_READ_BYTES);
-        let resp = c.get(self.keys.monitor(id.as_str()), None).await?;
-        match resp.kvs().first() {
-            None => Ok(None),
-            Some(kv) => self.decode(kv).map(Some).map_err(|e| bad(kv.key(), e)),
-        }
     }
 
     /// Creates a monitor; its generation (the write's revision), or None if
@@ -280,71 +253,17 @@ impl ClusterStore {
         Ok(written.is_some())
     }
 
-    /// Deletes a monitor; the generation it had, or None if it did not exist.
-    pub async fn delete_monitor(&self, id: &MonitorId) -> Result<Option<u64>, CoordinationError> {
+    /// Deletes a monitor; the generation it had and the revision of the
+    /// delete, or None if it did not exist.
+    pub async fn delete_monitor(&self, id: &MonitorId) -> Result<Option<(u64, i64)>, CoordinationError> {
         let mut c = self.client.clone();
         let resp =
             c.delete(self.keys.monitor(id.as_str()), Some(etcd_client::DeleteOptions::new().with_prev_key())).await?;
         if resp.deleted() == 0 {
             return Ok(None);
         }
-        Ok(Some(resp.prev_kvs().first().map(|kv| kv.mod_revision() as u64).unwrap_or(u64::MAX)))
-    }
-
-    /// Live collectors (their lease-bound keys), with their leases.
-    pub async fn collectors(&self) -> Result<BTreeMap<CollectorId, LiveCollector>, CoordinationError> {
-        Ok(self.collectors_and_unreadable().await?.0)
-    }
-
-    /// Live collectors, and the live collectors whose record does not
-    /// decode, with their leases (alive all the same: they may run
-    /// monitors, so the reconciler treats them as silent, never as gone,
-    /// until it revokes their leases: `liveness.rs`).
-    pub async fn collectors_and_unreadable(
-        &self,
-    ) -> Result<(BTreeMap<CollectorId, LiveCollector>, BTreeMap<CollectorId, i64>), CoordinationError> {
-        let dir = self.keys.collectors();
-        let (kvs, _) = self.list(&dir).await?;
-        let mut out = BTreeMap::new();
-        let mut unreadable = BTreeMap::new();
-        for kv in kvs {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let Some(id) = self.keys.id_in(&dir, &key).and_then(|id| CollectorId::new(id).ok()) else { continue };
-            match serde_json::from_slice::<CollectorRecord>(kv.value()) {
-                Ok(record) => {
-                    out.insert(id, LiveCollector { record, lease: kv.lease() });
-                }
-                Err(e) => {
-                    tracing::warn!("collector key {key} does not decode ({e}); treating it as alive but silent");
-                    unreadable.insert(id, kv.lease());
-                }
-            }
-        }
-        Ok((out, unreadable))
-    }
-
-    /// Assignment records with their epochs, and the ids of records that
-    /// do not decode (with why).
-    pub async fn assignments(
-        &self,
-    ) -> Result<(BTreeMap<MonitorId, AssignmentRecord>, BTreeMap<String, String>), CoordinationError> {
-        let dir = self.keys.assignments();
-        let (kvs, _) = self.list(&dir).await?;
-        let mut out = BTreeMap::new();
-        let mut invalid = BTreeMap::new();
-        for kv in kvs {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let Some(id) = self.keys.id_in(&dir, &key).and_then(|id| MonitorId::new(id).ok()) else { continue };
-            match serde_json::from_slice::<AssignmentValue>(kv.value()) {
-                Ok(v) => {
-                    out.insert(id, AssignmentRecord::written(&v, kv.mod_revision() as Epoch));
-                }
-                Err(e) => {
-                    invalid.insert(id.to_string(), e.to_string());
-                }
-            }
-        }
-        Ok((out, invalid))
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        Ok(Some((resp.prev_kvs().first().map(|kv| kv.mod_revision() as u64).unwrap_or(u64::MAX), revision)))
     }
 
     /// Writes assignment records in chunks that fit `limits`, each chunk in
@@ -388,24 +307,8 @@ impl ClusterStore {
         outcomes
     }
 
-    fn drain_dir(&self) -> String {
-        self.keys.draining()
-    }
-
-    pub async fn draining(&self) -> Result<BTreeSet<CollectorId>, CoordinationError> {
-        let dir = self.drain_dir();
-        let (kvs, _) = self.list(&dir).await?;
-        Ok(kvs
-            .iter()
-            .filter_map(|kv| {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                self.keys.id_in(&dir, &key).and_then(|id| CollectorId::new(id).ok())
-            })
-            .collect())
-    }
-
     pub async fn set_draining(&self, id: &CollectorId, draining: bool) -> Result<(), CoordinationError> {
-        let key = format!("{}{}", self.drain_dir(), id);
+        let key = format!("{}{}", self.keys.draining(), id);
         let mut c = self.client.clone();
         if draining {
             c.put(key, "1", None).await?;
@@ -413,22 +316,6 @@ impl ClusterStore {
             c.delete(key, None).await?;
         }
         Ok(())
-    }
-
-    /// Revocation marks still in force: collector → the lease revoked.
-    pub async fn revocation_marks(&self) -> Result<BTreeMap<CollectorId, i64>, CoordinationError> {
-        let dir = self.keys.revoked();
-        let (kvs, _) = self.list(&dir).await?;
-        Ok(kvs
-            .iter()
-            .filter_map(|kv| {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                let id = self.keys.id_in(&dir, &key).and_then(|id| CollectorId::new(id).ok())?;
-                // A mark that does not decode still marks: its lease is unknown (0).
-                let lease = serde_json::from_slice::<RevocationMark>(kv.value()).map_or(0, |m| m.lease);
-                Some((id, lease))
-            })
-            .collect())
     }
 
     /// Revokes `collector`'s `lease`, safely: first a mark, guarded by the
@@ -481,10 +368,5 @@ impl ClusterStore {
         // later: do not send it (the next pass tries again).
         tokio::time::timeout_at(deadline, c.lease_revoke(lease)).await.map_err(|_| late())??;
         Ok(true)
-    }
-
-    /// The directories whose changes should trigger a re-plan.
-    pub fn watched_prefixes(&self) -> Vec<String> {
-        vec![self.keys.collectors(), self.keys.monitors(), self.drain_dir()]
     }
 }

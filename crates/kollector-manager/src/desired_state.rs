@@ -4,7 +4,8 @@
 //! both modes, then stores the result through [`DesiredState`]:
 //! - [`EmbeddedStore`] in standalone mode: a map in memory, saved to the
 //!   state file (`state_file.rs`) before any change is acknowledged;
-//! - `ClusterStore` in cluster mode: etcd, with compare-and-swap.
+//! - `ClusterView` in cluster mode: etcd, with compare-and-swap, read
+//!   through the manager's watched view (`cluster_view.rs`).
 //!
 //! Both give a monitor's **generation** the same meaning: the store's
 //! revision at the spec's latest write. It only grows, across updates and
@@ -47,6 +48,13 @@ pub trait DesiredState: Send + Sync + 'static {
     /// A monitor as stored, its `generation` set.
     fn get(&self, id: &MonitorId) -> impl Future<Output = Result<Option<MonitorSpec>, DesiredError>> + Send;
     fn list(&self) -> impl Future<Output = Result<DesiredSet, DesiredError>> + Send;
+    /// At most `limit` monitors with ids after `after`, in id order;
+    /// `invalid` and `secrets_on_old_keys` describe every monitor.
+    fn page(
+        &self,
+        after: Option<&MonitorId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<DesiredSet, DesiredError>> + Send;
     /// Stores a new monitor; its generation, or None if the id is taken.
     fn create(&self, spec: &MonitorSpec) -> impl Future<Output = Result<Option<Generation>, DesiredError>> + Send;
     /// Replaces a monitor if it is still at `expected`; its new generation,
@@ -163,6 +171,12 @@ impl DesiredState for EmbeddedStore {
         Ok(DesiredSet { monitors: self.lock().monitors.clone(), invalid: BTreeMap::new(), secrets_on_old_keys: 0 })
     }
 
+    async fn page(&self, after: Option<&MonitorId>, limit: usize) -> Result<DesiredSet, DesiredError> {
+        let inner = self.lock();
+        let monitors = page_of(&inner.monitors, after, limit).map(|(m, s)| (m.clone(), s.clone())).collect();
+        Ok(DesiredSet { monitors, invalid: BTreeMap::new(), secrets_on_old_keys: 0 })
+    }
+
     async fn create(&self, spec: &MonitorSpec) -> Result<Option<Generation>, DesiredError> {
         self.write(|all, from_config, revision| {
             if all.contains_key(&spec.id) {
@@ -190,28 +204,75 @@ impl DesiredState for EmbeddedStore {
     }
 }
 
-impl DesiredState for crate::cluster_store::ClusterStore {
+/// The entries of `map` after `after` (all if None), at most `limit`.
+pub fn page_of<'a, V>(
+    map: &'a BTreeMap<MonitorId, V>,
+    after: Option<&MonitorId>,
+    limit: usize,
+) -> impl Iterator<Item = (&'a MonitorId, &'a V)> {
+    use std::ops::Bound;
+    let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+    map.range::<MonitorId, _>((from, Bound::Unbounded)).take(limit)
+}
+
+/// How long a reader waits for the view to catch up with etcd, or a writer
+/// for the view to show its write.
+const VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn view_error(e: crate::cluster_view::ViewError) -> DesiredError {
+    DesiredError::Etcd(CoordinationError::Etcd(e.to_string()))
+}
+
+/// Cluster mode: writes go to etcd (compare-and-swap); reads come from the
+/// watched view, after it caught up with etcd (one small read), so a read
+/// sees every write acknowledged before it, as a read of etcd would; a
+/// write answers once the view shows it.
+impl DesiredState for crate::cluster_view::ClusterView {
     async fn get(&self, id: &MonitorId) -> Result<Option<MonitorSpec>, DesiredError> {
-        Ok(self.monitor(id).await?.map(|m| m.spec))
+        self.sync(VIEW_WAIT).await.map_err(view_error)?;
+        self.read(|v| v.monitors.get(id).map(|m| m.spec.clone())).map_err(view_error)
     }
 
     async fn list(&self) -> Result<DesiredSet, DesiredError> {
-        let set = self.monitors().await?;
-        let secrets_on_old_keys = set.valid.values().filter(|m| m.needs_reseal).count();
-        let monitors = set.valid.into_iter().map(|(m, s)| (m, s.spec)).collect();
-        Ok(DesiredSet { monitors, invalid: set.invalid, secrets_on_old_keys })
+        self.sync(VIEW_WAIT).await.map_err(view_error)?;
+        self.read(|v| DesiredSet {
+            monitors: v.monitors.iter().map(|(m, s)| (m.clone(), s.spec.clone())).collect(),
+            invalid: v.invalid_monitors.clone(),
+            secrets_on_old_keys: v.monitors.values().filter(|m| m.needs_reseal).count(),
+        })
+        .map_err(view_error)
+    }
+
+    async fn page(&self, after: Option<&MonitorId>, limit: usize) -> Result<DesiredSet, DesiredError> {
+        self.sync(VIEW_WAIT).await.map_err(view_error)?;
+        self.read(|v| DesiredSet {
+            monitors: page_of(&v.monitors, after, limit).map(|(m, s)| (m.clone(), s.spec.clone())).collect(),
+            invalid: v.invalid_monitors.clone(),
+            secrets_on_old_keys: v.monitors.values().filter(|m| m.needs_reseal).count(),
+        })
+        .map_err(view_error)
     }
 
     async fn create(&self, spec: &MonitorSpec) -> Result<Option<Generation>, DesiredError> {
-        Ok(self.create_monitor(&self.seal(spec)?).await?)
+        let written = self.store().create_monitor(&self.store().seal(spec)?).await?;
+        if let Some(g) = written {
+            self.wait_for(g as i64, VIEW_WAIT).await.map_err(view_error)?;
+        }
+        Ok(written)
     }
 
     async fn replace(&self, spec: &MonitorSpec, expected: Generation) -> Result<Option<Generation>, DesiredError> {
-        Ok(self.update_monitor(&self.seal(spec)?, expected as i64).await?)
+        let written = self.store().update_monitor(&self.store().seal(spec)?, expected as i64).await?;
+        if let Some(g) = written {
+            self.wait_for(g as i64, VIEW_WAIT).await.map_err(view_error)?;
+        }
+        Ok(written)
     }
 
     async fn delete(&self, id: &MonitorId) -> Result<Option<Generation>, DesiredError> {
-        Ok(self.delete_monitor(id).await?)
+        let Some((generation, revision)) = self.store().delete_monitor(id).await? else { return Ok(None) };
+        self.wait_for(revision, VIEW_WAIT).await.map_err(view_error)?;
+        Ok(Some(generation))
     }
 }
 

@@ -9,7 +9,14 @@
 //! current spec generation. Anything else (a fenced or paused former owner
 //! still talking, an old spec's last cycle) is dropped and counted.
 //!
-//! Results are judged again when served ([`Intake::current`]): one whose
+//! What it judges against (records, specs, collectors) comes from the
+//! manager's watched view of etcd (`cluster_view.rs`); a result newer than
+//! the view (a move or an update not seen yet) waits for the view to reach
+//! its revision, briefly, instead of re-reading etcd.
+//!
+//! Offset histories (for handovers) are kept encoded, under a total cap.
+//!
+//! Results are judged again when served ([`Intake::current_in`]): one whose
 //! owner's next result is overdue past the stale bound (the collector cut
 //! off from this manager, its actors dead, its stream gone) is `Stale`,
 //! without its snapshot: GetLatest, `monitor show`, `status` and `/metrics`
@@ -21,9 +28,9 @@
 //! it, and a stream that ends is followed again on the next round.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kollector_core::result::StaleRule;
 use kollector_core::{unix_ms, CollectorId, Generation, MonitorId, MonitorResult};
@@ -32,35 +39,35 @@ use kollector_proto::v1::{self as pb};
 use prost::Message as _;
 use tokio::task::JoinHandle;
 
-use crate::cluster_store::ClusterStore;
+use crate::cluster_view::{ClusterView, ViewState};
 use crate::decisions::{accept_result, AssignmentRecord};
 use crate::reconciler::CollectorClients;
 
 /// Largest offset history kept for a handover, encoded.
 const MAX_HISTORY_BYTES: usize = 4 * 1024 * 1024;
 
-/// How often the intake re-reads assignments and collectors.
+/// Total bytes of histories kept (all monitors): beyond it a new history is
+/// dropped (counted), so a manager's memory stays bounded whatever the
+/// number of monitors. An honest history is ~2 MiB at most, most far less.
+pub const HISTORIES_CAP_BYTES: usize = 1024 * 1024 * 1024;
+
+/// How often the intake checks its streams and forgets what no longer
+/// counts (at most; changes of the view wake it).
 const REFRESH: Duration = Duration::from_millis(500);
 
-/// What the intake judges results against.
-#[derive(Default)]
-struct Current {
-    records: BTreeMap<MonitorId, AssignmentRecord>,
-    generations: BTreeMap<MonitorId, Generation>,
-    read_at: Option<Instant>,
-}
+/// How long a result newer than the view waits for the view.
+const NEWER_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Shared {
     latest: RwLock<BTreeMap<MonitorId, MonitorResult>>,
     /// The latest offset history each monitor's owner sent (every few
-    /// cycles), kept across owners: the reconciler hands it to the next
-    /// owner with the Assign. Passed through as it came, never interpreted.
-    histories: RwLock<BTreeMap<MonitorId, Arc<pb::MonitorHistory>>>,
-    current: RwLock<Current>,
+    /// cycles), kept across owners, encoded: the reconciler hands it to the
+    /// next owner with the Assign. Passed through as it came, never interpreted.
+    histories: RwLock<BTreeMap<MonitorId, bytes::Bytes>>,
+    history_bytes: AtomicUsize,
+    histories_dropped: AtomicU64,
     stale_dropped: AtomicU64,
-    /// One refresh at a time: a slow one must not overwrite a newer one.
-    refreshing: tokio::sync::Mutex<()>,
     stale_rule: StaleRule,
 }
 
@@ -76,101 +83,128 @@ fn still_current(r: &MonitorResult, record: Option<&AssignmentRecord>, generatio
     r.collector.as_ref().is_some_and(|c| accept_result(c, r.epoch, r.generation, record, generation).is_ok())
 }
 
-async fn refresh(store: &ClusterStore, shared: &Shared) {
-    let Ok(_one) = shared.refreshing.try_lock() else {
-        // Another refresh is reading now; its answer is at least as new.
-        let _wait = shared.refreshing.lock().await;
-        return;
-    };
-    let (Ok((records, _)), Ok(monitors)) = (store.assignments().await, store.monitors().await) else { return };
-    let generations = monitors.valid.iter().map(|(m, s)| (m.clone(), s.spec.generation)).collect();
+/// Forgets results of monitors that no longer exist, of older specs and of
+/// earlier owners, and histories of monitors gone.
+fn prune(shared: &Shared, v: &ViewState) {
     if let Ok(mut latest) = shared.latest.write() {
-        // Forget results of monitors that no longer exist, of older specs and of earlier owners.
-        latest.retain(|m, r| still_current(r, records.get(m), monitors.valid.get(m).map(|s| s.spec.generation)));
+        latest.retain(|m, r| still_current(r, v.assignments.get(m), v.monitors.get(m).map(|s| s.spec.generation)));
     }
     if let Ok(mut histories) = shared.histories.write() {
-        histories.retain(|m, _| monitors.valid.contains_key(m));
-    }
-    if let Ok(mut cur) = shared.current.write() {
-        *cur = Current { records, generations, read_at: Some(Instant::now()) };
+        histories.retain(|m, h| {
+            let keep = v.monitors.contains_key(m);
+            if !keep {
+                shared.history_bytes.fetch_sub(h.len(), Ordering::Relaxed);
+            }
+            keep
+        });
     }
 }
 
 impl Intake {
-    /// Starts following collectors and assignments in the background.
-    pub fn start(store: ClusterStore, clients: CollectorClients, stale_rule: StaleRule) -> (Intake, JoinHandle<()>) {
+    /// Starts following collectors' result streams in the background, as
+    /// the view names them.
+    pub fn start(view: ClusterView, clients: CollectorClients, stale_rule: StaleRule) -> (Intake, JoinHandle<()>) {
         let intake = Intake { shared: Arc::new(Shared { stale_rule, ..Shared::default() }) };
         let shared = intake.shared.clone();
         let task = tokio::spawn(async move {
             let mut streams: HashMap<CollectorId, (String, JoinHandle<()>)> = HashMap::new();
+            let mut changes = view.changes();
+            let mut pruned_at = -1;
             loop {
-                refresh(&store, &shared).await;
-                if let Ok(collectors) = store.collectors().await {
+                let revision = view.revision();
+                let collectors = view.read(|v| {
+                    if revision != pruned_at {
+                        prune(&shared, v);
+                    }
+                    v.collectors.iter().map(|(id, c)| (id.clone(), c.record.grpc_address.clone())).collect()
+                });
+                if let Ok(collectors) = collectors {
+                    pruned_at = revision;
+                    let collectors: BTreeMap<CollectorId, String> = collectors;
                     // Followers run no reconciler: forget clients of collectors gone.
-                    clients.retain(
-                        &collectors.iter().map(|(id, c)| (id.clone(), c.record.grpc_address.clone())).collect(),
-                    );
+                    clients.retain(&collectors.iter().map(|(id, a)| (id.clone(), a.clone())).collect());
                     streams.retain(|id, (addr, task)| {
-                        let keep =
-                            collectors.get(id).is_some_and(|c| &c.record.grpc_address == addr) && !task.is_finished();
+                        let keep = collectors.get(id).is_some_and(|a| a == addr) && !task.is_finished();
                         if !keep {
                             task.abort();
                         }
                         keep
                     });
-                    for (id, c) in collectors {
+                    for (id, address) in collectors {
                         if streams.contains_key(&id) {
                             continue;
                         }
-                        let address = c.record.grpc_address;
-                        let task = tokio::spawn(follow(
-                            id.clone(),
-                            address.clone(),
-                            clients.clone(),
-                            store.clone(),
-                            shared.clone(),
-                        ));
+                        let task =
+                            tokio::spawn(follow(id.clone(), address.clone(), clients.clone(), view.clone(), shared.clone()));
                         streams.insert(id, (address, task));
                     }
                 }
-                tokio::time::sleep(REFRESH).await;
+                // Woken by a change, at most every REFRESH (a burst of
+                // changes is one round), and at least every REFRESH (a
+                // stream that ended is followed again).
+                let next = tokio::time::Instant::now() + REFRESH;
+                let _ = tokio::time::timeout_at(next, changes.changed()).await;
+                tokio::time::sleep_until(next).await;
             }
         });
         (intake, task)
     }
 
-    /// The latest results that are still current against the given
-    /// generations and records, read from etcd by the caller just now: a
+    /// The latest results that are still current against the view `v`: a
     /// result of an older spec (e.g. of a deleted monitor whose id was
     /// re-created) or of an earlier owner (the monitor moved; the new owner
     /// has not reported yet) is never served; one whose owner is overdue is
-    /// served as `Stale` ([`StaleRule::judge`]).
-    pub fn current(
-        &self,
-        generations: &BTreeMap<MonitorId, Generation>,
-        records: &BTreeMap<MonitorId, AssignmentRecord>,
-    ) -> Vec<MonitorResult> {
+    /// served as `Stale` ([`StaleRule::judge`]). `only`: that monitor alone.
+    pub fn current_in(&self, v: &ViewState, only: Option<&MonitorId>) -> Vec<MonitorResult> {
         let Ok(latest) = self.shared.latest.read() else { return Vec::new() };
         let (rule, now) = (self.shared.stale_rule, unix_ms());
-        latest
-            .values()
-            .filter(|r| still_current(r, records.get(&r.monitor), generations.get(&r.monitor).copied()))
-            .map(|r| rule.judge(r.clone(), now))
-            .collect()
+        let current = |r: &&MonitorResult| {
+            still_current(r, v.assignments.get(&r.monitor), v.monitors.get(&r.monitor).map(|s| s.spec.generation))
+        };
+        match only {
+            Some(m) => latest.get(m).filter(current).map(|r| rule.judge(r.clone(), now)).into_iter().collect(),
+            None => latest.values().filter(current).map(|r| rule.judge(r.clone(), now)).collect(),
+        }
     }
 
     /// The latest offset history `monitor`'s owner sent, for its next owner.
-    pub fn history(&self, monitor: &MonitorId) -> Option<Arc<pb::MonitorHistory>> {
-        self.shared.histories.read().ok()?.get(monitor).cloned()
+    pub fn history(&self, monitor: &MonitorId) -> Option<pb::MonitorHistory> {
+        let bytes = self.shared.histories.read().ok()?.get(monitor).cloned()?;
+        pb::MonitorHistory::decode(bytes).ok()
     }
 
     pub fn stale_dropped(&self) -> u64 {
         self.shared.stale_dropped.load(Ordering::Relaxed)
     }
+
+    /// (histories kept, their bytes, histories dropped at the cap).
+    pub fn history_counts(&self) -> (usize, usize, u64) {
+        let kept = self.shared.histories.read().map(|h| h.len()).unwrap_or(0);
+        (
+            kept,
+            self.shared.history_bytes.load(Ordering::Relaxed),
+            self.shared.histories_dropped.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Keeps `history` for `monitor` if the total stays within the cap.
+    fn keep_history(&self, monitor: &MonitorId, history: pb::MonitorHistory) {
+        let bytes = bytes::Bytes::from(history.encode_to_vec());
+        let Ok(mut histories) = self.shared.histories.write() else { return };
+        let old = histories.get(monitor).map_or(0, |h| h.len());
+        let total = self.shared.history_bytes.load(Ordering::Relaxed);
+        if total - old + bytes.len() > HISTORIES_CAP_BYTES {
+            self.shared.histories_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(monitor = %monitor, total, "dropped a history: the manager keeps at most {HISTORIES_CAP_BYTES} bytes of them");
+            return;
+        }
+        self.shared.history_bytes.store(total - old + bytes.len(), Ordering::Relaxed);
+        histories.insert(monitor.clone(), bytes);
+    }
 }
 
 /// Follows one collector's result stream until it ends.
-async fn follow(id: CollectorId, address: String, clients: CollectorClients, store: ClusterStore, shared: Arc<Shared>) {
+async fn follow(id: CollectorId, address: String, clients: CollectorClients, view: ClusterView, shared: Arc<Shared>) {
     let Ok(mut client) = clients.get(&id, &address) else { return };
     let mut stream = match client.stream_results(pb::StreamResultsRequest {}).await {
         Ok(s) => s.into_inner(),
@@ -204,27 +238,26 @@ async fn follow(id: CollectorId, address: String, clients: CollectorClients, sto
                 continue;
             }
         };
-        let judge = |shared: &Shared| {
-            let cur = shared.current.read().ok()?;
-            Some(accept_result(
-                &id,
-                result.epoch,
-                result.generation,
-                cur.records.get(&result.monitor),
-                cur.generations.get(&result.monitor).copied(),
-            ))
+        let judge = || {
+            view.read(|v| {
+                accept_result(
+                    &id,
+                    result.epoch,
+                    result.generation,
+                    v.assignments.get(&result.monitor),
+                    v.monitors.get(&result.monitor).map(|s| s.spec.generation),
+                )
+            })
+            .ok()
         };
-        let mut verdict = judge(&shared);
-        // A result newer than what we read (a move or an update we have not
-        // seen yet): read again, at most once per refresh period, then judge.
-        let newer = shared.current.read().ok().is_some_and(|cur| {
-            cur.records.get(&result.monitor).is_none_or(|r| result.epoch > r.epoch)
-                || cur.generations.get(&result.monitor).is_none_or(|g| result.generation > *g)
-        });
-        let recently = shared.current.read().ok().and_then(|c| c.read_at).is_some_and(|t| t.elapsed() < REFRESH / 5);
-        if !matches!(verdict, Some(Ok(()))) && newer && !recently {
-            refresh(&store, &shared).await;
-            verdict = judge(&shared);
+        let mut verdict = judge();
+        // A result newer than the view (a move or an update it has not
+        // shown yet: epochs and generations are etcd revisions): wait for
+        // the view to reach it, briefly, then judge again.
+        let newest = (result.epoch as i64).max(result.generation as i64);
+        if !matches!(verdict, Some(Ok(()))) && newest > view.revision() {
+            let _ = view.wait_for(newest, NEWER_WAIT).await;
+            verdict = judge();
         }
         match verdict {
             Some(Ok(())) => {
@@ -235,11 +268,7 @@ async fn follow(id: CollectorId, address: String, clients: CollectorClients, sto
                     Some(h) if h.encoded_len() > MAX_HISTORY_BYTES => {
                         tracing::warn!(monitor = %result.monitor, collector = %id, bytes = h.encoded_len(), "dropped an oversized history");
                     }
-                    Some(h) => {
-                        if let Ok(mut histories) = shared.histories.write() {
-                            histories.insert(result.monitor.clone(), Arc::new(h));
-                        }
-                    }
+                    Some(h) => Intake { shared: shared.clone() }.keep_history(&result.monitor, h),
                     None => {}
                 }
                 if let Ok(mut latest) = shared.latest.write() {

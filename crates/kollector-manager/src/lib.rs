@@ -10,6 +10,7 @@
 //!   reconciler applies; it waits and reads).
 //!
 //! Standalone is cluster mode with local parts. The rest is cluster mode's:
+//! - `cluster_view.rs`: the one watched view of etcd every reader reads.
 //! - `changes.rs`: validation and the merge of an update, pure.
 //! - `planner.rs`: which collector runs which monitor, pure.
 //! - `decisions.rs`: the reconciler's decisions (record writes and their
@@ -23,6 +24,7 @@
 
 mod changes;
 pub mod cluster_store;
+pub mod cluster_view;
 pub mod decisions;
 pub mod desired_state;
 pub mod intake;

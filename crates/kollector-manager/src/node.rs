@@ -1,6 +1,7 @@
 //! A manager node (cluster mode): everything one manager runs, started and
 //! stopped in one place.
 //!
+//! - the watched view of etcd every part below reads (`cluster_view.rs`);
 //! - the results intake (follows every collector's result stream);
 //! - its candidacy in the leader election, and the reconciler, which runs
 //!   passes only while this manager leads;
@@ -30,7 +31,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::cluster_store::{ClusterStore, MonitorSet};
+use crate::cluster_store::ClusterStore;
+use crate::cluster_view::ClusterView;
 use crate::decisions::TxnLimits;
 use crate::intake::Intake;
 use crate::reconciler::{CollectorClients, Reconciler, ReconcilerStats};
@@ -111,7 +113,7 @@ impl ManagerConfig {
 /// What `/metrics` is rendered from; cheap to clone.
 #[derive(Clone)]
 pub struct ManagerMetrics {
-    store: ClusterStore,
+    view: ClusterView,
     intake: Intake,
     stats: Arc<ReconcilerStats>,
     leadership: watch::Receiver<Leadership>,
@@ -197,46 +199,43 @@ impl ManagerMetrics {
         extra
     }
 
-    /// Results of the specs in force now, from their owners (read at every scrape).
-    async fn current(&self) -> Result<Vec<kollector_core::MonitorResult>, CoordinationError> {
-        self.current_of(&self.store.monitors().await?).await
-    }
-
-    /// [`Self::current`] for monitors already read.
-    async fn current_of(&self, specs: &MonitorSet) -> Result<Vec<kollector_core::MonitorResult>, CoordinationError> {
-        let generations = specs.valid.iter().map(|(m, s)| (m.clone(), s.spec.generation)).collect();
-        let (records, _) = self.store.assignments().await?;
-        Ok(self.intake.current(&generations, &records))
+    /// Results of the specs in force now, from their owners (from the view:
+    /// a scrape reads nothing from etcd).
+    async fn current(&self) -> Result<Vec<kollector_core::MonitorResult>, crate::cluster_view::ViewError> {
+        self.view.read(|v| self.intake.current_in(v, None))
     }
 
     /// One monitor's series alone, if it has a current result.
     pub async fn render_monitor(&self, id: &kollector_core::MonitorId) -> Option<String> {
-        let r = self.current().await.ok()?.into_iter().find(|r| &r.monitor == id)?;
+        let r = self.view.read(|v| self.intake.current_in(v, Some(id))).ok()?.pop()?;
         Some(render_entries(vec![r], Vec::new(), false))
     }
 
     /// Discovery: one target per monitor with a current result, at the HTTP
     /// address of the collector that owns it now.
     pub async fn targets(&self) -> Vec<kollector_collector::discovery::SdTarget> {
-        // The specs are read once: for the results in force and for their labels.
-        let Ok(specs) = self.store.monitors().await else { return Vec::new() };
-        let (Ok(results), Ok(collectors)) = (self.current_of(&specs).await, self.store.collectors().await) else {
-            return Vec::new();
-        };
         let no_labels = std::collections::BTreeMap::new();
-        results
-            .iter()
-            .filter_map(|r| {
-                let owner = collectors.get(r.collector.as_ref()?)?;
-                let labels = specs.valid.get(&r.monitor).map_or(&no_labels, |m| &m.spec.labels);
-                Some(kollector_collector::discovery::target(&owner.record.http_address, r, labels))
+        self.view
+            .read(|v| {
+                self.intake
+                    .current_in(v, None)
+                    .iter()
+                    .filter_map(|r| {
+                        let owner = v.collectors.get(r.collector.as_ref()?)?;
+                        let labels = v.monitors.get(&r.monitor).map_or(&no_labels, |m| &m.spec.labels);
+                        Some(kollector_collector::discovery::target(&owner.record.http_address, r, labels))
+                    })
+                    .collect()
             })
-            .collect()
+            .unwrap_or_default()
     }
 
     /// Ready: etcd answers, and, while leading, the latest pass did not fail.
     pub async fn ready(&self) -> Result<(), String> {
-        self.store.ping().await.map_err(|e| format!("etcd: {e}"))?;
+        self.view.store().ping().await.map_err(|e| format!("etcd: {e}"))?;
+        if let Some(why) = self.view.down() {
+            return Err(format!("the view of etcd is not live: {why}"));
+        }
         let leading = matches!(&*self.leadership.borrow(), Leadership::Leader(_));
         if leading && self.stats.last_pass_failed.load(Ordering::Relaxed) {
             return Err("leading, but the latest reconcile pass failed".into());
@@ -250,6 +249,7 @@ pub struct ManagerNode {
     election: Election,
     reconciler: JoinHandle<()>,
     intake_task: JoinHandle<()>,
+    view_task: JoinHandle<()>,
     grpc: JoinHandle<()>,
     stop_grpc: watch::Sender<bool>,
     metrics: ManagerMetrics,
@@ -274,7 +274,8 @@ impl ManagerNode {
             .map_err(|source| NodeError::Etcd { endpoints: config.etcd.endpoints.join(","), source })?;
         let store = ClusterStore::new(client, Keys::new(&config.prefix)).with_secrets(secrets);
         let clients = CollectorClients::new(config.grpc, config.tls.as_ref().map(NodeTls::client));
-        let (intake, intake_task) = Intake::start(store.clone(), clients.clone(), config.stale_rule);
+        let (view, view_task) = ClusterView::start(store.clone());
+        let (intake, intake_task) = Intake::start(view.clone(), clients.clone(), config.stale_rule);
         let election = Election::start(ElectionConfig {
             etcd: config.etcd.clone(),
             prefix: config.prefix.clone(),
@@ -285,7 +286,7 @@ impl ManagerNode {
         let stats = Arc::new(ReconcilerStats::default());
         let reconciler = tokio::spawn(
             Reconciler::new(
-                store.clone(),
+                view.clone(),
                 clients.clone(),
                 stats.clone(),
                 config.reconcile_period,
@@ -297,10 +298,10 @@ impl ManagerNode {
         );
         // The one ManagerService: desired state in etcd, run by the reconciler.
         let runner =
-            ClusterRunner::new(store.clone(), intake.clone(), clients, config.apply_timeout).with_health(stats.clone());
+            ClusterRunner::new(view.clone(), intake.clone(), clients, config.apply_timeout).with_health(stats.clone());
         let guard = ApiGuard::new(access, config.probes_per_minute);
         let service = ManagerServiceServer::new(
-            ManagerServiceImpl::new(Arc::new(store.clone()), Arc::new(runner)).with_guard(guard),
+            ManagerServiceImpl::new(Arc::new(view.clone()), Arc::new(runner)).with_guard(guard),
         )
         .max_decoding_message_size(MAX_API_REQUEST_BYTES)
         .max_encoding_message_size(config.grpc.max_message_bytes);
@@ -318,8 +319,8 @@ impl ManagerNode {
                 tracing::error!("gRPC server failed: {e}");
             }
         });
-        let metrics = ManagerMetrics { store, intake, stats, leadership: election.state() };
-        Ok(ManagerNode { election, reconciler, intake_task, grpc, stop_grpc, metrics })
+        let metrics = ManagerMetrics { view, intake, stats, leadership: election.state() };
+        Ok(ManagerNode { election, reconciler, intake_task, view_task, grpc, stop_grpc, metrics })
     }
 
     pub fn metrics(&self) -> ManagerMetrics {
@@ -331,6 +332,7 @@ impl ManagerNode {
         self.election.leave().await;
         let _ = self.reconciler.await;
         self.intake_task.abort();
+        self.view_task.abort();
         let _ = self.stop_grpc.send(true);
         let _ = self.grpc.await;
     }

@@ -1,10 +1,14 @@
 //! The reconciler: makes the cluster run what the plan says (leader only).
 //!
-//! Level-triggered: every `period` (which also debounces bursts of
-//! membership changes) a pass
+//! Level-triggered, driven by changes: a pass runs soon after the watched
+//! view of etcd changes (a spec, a record, a collector, a mark; debounced
+//! by `CHANGE_DEBOUNCE`) and at least every `period` (the slow full check,
+//! which also notices silent collectors). A pass
 //!
-//! 1. reads monitors, live collectors (with their leases), drain marks,
-//!    revocation marks and assignment records from etcd, and asks every
+//! 1. waits until the watched view (`cluster_view.rs`) holds everything
+//!    etcd held when the pass began (one small read, no scan), takes
+//!    monitors, live collectors (with their leases), drain marks,
+//!    revocation marks and assignment records from it, and asks every
 //!    live collector what it runs (ListRunning, in parallel, bounded); a
 //!    collector silent for too long has its lease revoked, safely
 //!    (`liveness.rs`), and gets no new monitors;
@@ -38,6 +42,7 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::cluster_store::{ClusterStore, LiveCollector, StoredMonitor};
+use crate::cluster_view::ClusterView;
 use crate::decisions::{
     assign_actions, assignment_changes, survey, unassign_actions, AssignAction, AssignmentRecord, Confirmed, Pending,
     Report, Running, TxnLimits, UnassignAction,
@@ -49,6 +54,12 @@ use crate::planner::{self, CollectorSlot, Placement};
 /// Bound on one Assign or Unassign (the collector answers once the old
 /// client is closed; an in-flight collection is abandoned within ~100 ms).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A change in the view starts a pass this long after it (a burst of
+/// changes, e.g. a collector's death deleting its key and a batch of
+/// creates, is one pass).
+const CHANGE_DEBOUNCE: Duration = Duration::from_millis(100);
+/// Bound on the view catching up with etcd at the start of a pass.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on ListRunning: a frozen collector must not stall a pass.
 const LIST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on ListRunning to a collector that was already silent last pass:
@@ -181,6 +192,7 @@ fn order_commands<T>(commands: &mut [(MonitorId, T)], urgent: impl Fn(&MonitorId
 }
 
 pub struct Reconciler {
+    view: ClusterView,
     store: ClusterStore,
     clients: CollectorClients,
     /// Where the monitors' offset histories come from, for Assigns.
@@ -199,7 +211,7 @@ pub struct Reconciler {
 
 impl Reconciler {
     pub fn new(
-        store: ClusterStore,
+        view: ClusterView,
         clients: CollectorClients,
         stats: Arc<ReconcilerStats>,
         period: Duration,
@@ -208,7 +220,8 @@ impl Reconciler {
         liveness_rules: LivenessRules,
     ) -> Self {
         Reconciler {
-            store,
+            store: view.store().clone(),
+            view,
             clients,
             histories,
             stats,
@@ -224,6 +237,7 @@ impl Reconciler {
 
     /// Runs passes while this manager leads, until `leadership` says Stopped.
     pub async fn run(mut self, mut leadership: watch::Receiver<Leadership>) {
+        let mut changes = self.view.changes();
         loop {
             let token = match &*leadership.borrow_and_update() {
                 Leadership::Leader(t) => Some(t.clone()),
@@ -240,6 +254,9 @@ impl Reconciler {
                         self.confirmed_term = token.term;
                     }
                     let started = Instant::now();
+                    // Changes from here on (this pass's own writes among
+                    // them) start the next pass early.
+                    changes.borrow_and_update();
                     let result = self.pass(&token, &leadership).await;
                     self.stats.last_pass_failed.store(result.is_err(), Ordering::Relaxed);
                     if let Err(e) = result {
@@ -250,6 +267,9 @@ impl Reconciler {
                     tokio::select! {
                         _ = tokio::time::sleep(self.period) => {}
                         r = leadership.changed() => if r.is_err() { return },
+                        r = changes.changed() => if r.is_ok() {
+                            tokio::time::sleep(CHANGE_DEBOUNCE).await;
+                        },
                     }
                 }
                 None => {
@@ -283,10 +303,18 @@ impl Reconciler {
         token: &LeaderToken,
         leadership: &watch::Receiver<Leadership>,
     ) -> Result<(), PassError> {
-        let monitors = self.store.monitors().await.map_err(PassError::Read)?;
-        let (collectors, unreadable) = self.store.collectors_and_unreadable().await.map_err(PassError::Read)?;
-        let draining = self.store.draining().await.map_err(PassError::Read)?;
-        let (mut records, bad_records) = self.store.assignments().await.map_err(PassError::Read)?;
+        // Everything etcd held when the pass began, from the watched view.
+        let read = |e: crate::cluster_view::ViewError| PassError::Read(CoordinationError::Etcd(e.to_string()));
+        self.view.sync(SYNC_TIMEOUT).await.map_err(read)?;
+        let (monitors, collectors, unreadable, draining, mut records, bad_records) = self
+            .view
+            .read(|v| {
+                let monitors = MonitorsRead { valid: v.monitors.clone(), invalid: v.invalid_monitors.clone() };
+                let collectors = v.collectors.clone();
+                let unreadable = v.unreadable_collectors.clone();
+                (monitors, collectors, unreadable, v.draining.clone(), v.assignments.clone(), v.invalid_assignments.clone())
+            })
+            .map_err(read)?;
         self.clients.retain(&collectors.iter().map(|(id, c)| (id.clone(), c.record.grpc_address.clone())).collect());
 
         // Monitors that cannot be read are reported and left exactly as they are.
@@ -307,7 +335,8 @@ impl Reconciler {
         let mut reports = self.list_running(&collectors, token.term).await;
         reports.extend(unreadable.keys().map(|c| (c.clone(), Report::Silent)));
         // Read after ListRunning's wait, so an expired mark is seen at once.
-        let marks = self.store.revocation_marks().await.map_err(PassError::Read)?;
+        self.view.sync(SYNC_TIMEOUT).await.map_err(read)?;
+        let marks = self.view.read(|v| v.revoked.clone()).map_err(read)?;
         let closed = self.judge_liveness(token, asked_at, &collectors, &unreadable, &marks, &reports).await?;
         // Holders: every registered collector and every revoked one whose
         // mark has not expired (it may still collect), except those known
@@ -415,9 +444,9 @@ impl Reconciler {
     async fn reseal(
         &self,
         token: &LeaderToken,
-        monitors: &BTreeMap<MonitorId, StoredMonitor>,
+        monitors: &BTreeMap<MonitorId, Arc<StoredMonitor>>,
     ) -> Result<(), PassError> {
-        let due: Vec<&StoredMonitor> = monitors.values().filter(|m| m.needs_reseal).collect();
+        let due: Vec<&StoredMonitor> = monitors.values().filter(|m| m.needs_reseal).map(|m| &**m).collect();
         let mut left = due.len();
         self.stats.secrets_on_old_keys.store(left as u64, Ordering::Relaxed);
         let Some(first) = self.store.sealing_key_id() else { return Ok(()) };
@@ -591,25 +620,20 @@ impl Reconciler {
     async fn assign(
         &mut self,
         collectors: &BTreeMap<CollectorId, LiveCollector>,
-        monitors: &BTreeMap<MonitorId, StoredMonitor>,
+        monitors: &BTreeMap<MonitorId, Arc<StoredMonitor>>,
         actions: Vec<AssignAction>,
         term: i64,
     ) {
+        // Each Assign is built when it is started (`Command::request`), so a
+        // pass holds at most the requests in flight, not every Assign with
+        // its history at once.
         let commands = actions
             .into_iter()
             .filter_map(|a| {
-                let stored = monitors.get(&a.monitor)?;
-                let req = pb::AssignRequest {
-                    history: self.histories.history(&a.monitor).map(|h| (*h).clone()),
-                    spec: Some(input_to_proto(&stored.spec.to_input())),
-                    fencing: Some(pb::Fencing {
-                        generation: a.generation,
-                        epoch: a.epoch,
-                        leader_term: term,
-                        collector_lease: 0,
-                    }),
-                };
-                Some((a.collector, a.monitor, Command::Assign(Box::new(req))))
+                let stored = monitors.get(&a.monitor)?.clone();
+                let fencing =
+                    pb::Fencing { generation: a.generation, epoch: a.epoch, leader_term: term, collector_lease: 0 };
+                Some((a.collector, a.monitor, Command::Assign { spec: stored, fencing }))
             })
             .collect();
         for (_, m) in self.send(collectors, commands).await {
@@ -647,6 +671,7 @@ impl Reconciler {
             // last behind others that keep failing.
             order_commands(&mut commands, |m| self.orphaned_since.contains_key(m), turn);
             let deferred = &self.stats.deferred_commands;
+            let histories = &self.histories;
             async move {
                 let Some((Ok(client), lease)) = target else { return Vec::new() };
                 let started = tokio::time::Instant::now();
@@ -661,9 +686,14 @@ impl Reconciler {
                         let what = command.name();
                         let call = async {
                             match command {
-                                Command::Assign(mut req) => {
-                                    req.fencing.iter_mut().for_each(|f| f.collector_lease = lease);
-                                    client.assign(*req).await.map(|r| r.into_inner().outcome)
+                                Command::Assign { spec, mut fencing } => {
+                                    fencing.collector_lease = lease;
+                                    let req = pb::AssignRequest {
+                                        history: histories.history(&m),
+                                        spec: Some(input_to_proto(&spec.spec.to_input())),
+                                        fencing: Some(fencing),
+                                    };
+                                    client.assign(req).await.map(|r| r.into_inner().outcome)
                                 }
                                 Command::Unassign(mut req) => {
                                     req.fencing.iter_mut().for_each(|f| f.collector_lease = lease);
@@ -699,16 +729,23 @@ impl Reconciler {
     }
 }
 
-/// A command for one collector.
+/// A command for one collector. An Assign carries what its request is
+/// built from when it is started (the spec is shared with the view's).
 enum Command {
-    Assign(Box<pb::AssignRequest>),
+    Assign { spec: Arc<StoredMonitor>, fencing: pb::Fencing },
     Unassign(pb::UnassignRequest),
+}
+
+/// The monitors a pass read: those that decode, and why the others do not.
+struct MonitorsRead {
+    valid: BTreeMap<MonitorId, Arc<StoredMonitor>>,
+    invalid: BTreeMap<String, String>,
 }
 
 impl Command {
     fn name(&self) -> &'static str {
         match self {
-            Command::Assign(_) => "Assign",
+            Command::Assign { .. } => "Assign",
             Command::Unassign(_) => "Unassign",
         }
     }
@@ -737,7 +774,7 @@ pub fn slots(
 }
 
 /// The planner's monitors: each one's placement constraints.
-pub fn placements(monitors: &BTreeMap<MonitorId, StoredMonitor>) -> BTreeMap<MonitorId, Placement> {
+pub fn placements(monitors: &BTreeMap<MonitorId, Arc<StoredMonitor>>) -> BTreeMap<MonitorId, Placement> {
     monitors
         .iter()
         .map(|(m, s)| {

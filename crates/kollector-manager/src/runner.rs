@@ -21,7 +21,7 @@ use kollector_proto::v1::{self as pb};
 use kollector_proto::{error_from_proto, snapshot_from_proto};
 use tonic::Status;
 
-use crate::cluster_store::ClusterStore;
+use crate::cluster_view::{ClusterView, ViewError};
 use crate::desired_state::{DesiredSet, DesiredState};
 use crate::intake::Intake;
 use crate::reconciler::CollectorClients;
@@ -75,9 +75,13 @@ pub trait Runner: Send + Sync + 'static {
         async { Err(cluster_only("ListCollectors")) }
     }
 
+    /// The assignments of the monitors with ids in `range` (after its
+    /// first, up to and including its second; None: no bound), `desired`
+    /// being the page of specs in that range.
     fn get_assignments(
         &self,
         _desired: &DesiredSet,
+        _range: (Option<&MonitorId>, Option<&MonitorId>),
     ) -> impl Future<Output = Result<pb::GetAssignmentsResponse, Status>> + Send {
         async { Err(cluster_only("GetAssignments")) }
     }
@@ -138,7 +142,7 @@ impl Runner for LocalRunner {
 
 /// Cluster: the leader's reconciler applies; this waits and reads.
 pub struct ClusterRunner {
-    store: ClusterStore,
+    view: ClusterView,
     intake: Intake,
     clients: CollectorClients,
     apply_timeout: Duration,
@@ -161,10 +165,20 @@ fn etcd_status(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("etcd: {e}"))
 }
 
+fn view_status(e: ViewError) -> Status {
+    Status::unavailable(e.to_string())
+}
+
+/// Live collectors' gRPC addresses, as the view shows them.
+fn collector_addresses(view: &ClusterView) -> Result<BTreeMap<CollectorId, String>, Status> {
+    view.read(|v| v.collectors.iter().map(|(id, c)| (id.clone(), c.record.grpc_address.clone())).collect())
+        .map_err(view_status)
+}
+
 impl ClusterRunner {
-    pub fn new(store: ClusterStore, intake: Intake, clients: CollectorClients, apply_timeout: Duration) -> Self {
+    pub fn new(view: ClusterView, intake: Intake, clients: CollectorClients, apply_timeout: Duration) -> Self {
         ClusterRunner {
-            store,
+            view,
             intake,
             clients,
             apply_timeout,
@@ -183,9 +197,9 @@ impl ClusterRunner {
     /// For every live collector: the generation of `id` it runs (None: it
     /// does not), or None if it did not answer.
     async fn seen(&self, id: &MonitorId) -> Result<Seen, Status> {
-        let collectors = self.store.collectors().await.map_err(etcd_status)?;
-        let calls = collectors.into_iter().map(|(cid, c)| {
-            let client = self.clients.get(&cid, &c.record.grpc_address);
+        let collectors = collector_addresses(&self.view)?;
+        let calls = collectors.into_iter().map(|(cid, address)| {
+            let client = self.clients.get(&cid, &address);
             async move {
                 let Ok(mut client) = client else { return (cid.to_string(), None) };
                 let call = client.list_running(pb::ListRunningRequest { leader_term: 0 });
@@ -289,27 +303,40 @@ impl Runner for ClusterRunner {
     }
 
     async fn view(&self, specs: &BTreeMap<MonitorId, MonitorSpec>) -> Result<View, Status> {
-        let (records, _) = self.store.assignments().await.map_err(etcd_status)?;
-        let generations = specs.iter().map(|(m, s)| (m.clone(), s.generation)).collect();
-        let results = self.intake.current(&generations, &records).into_iter().map(|r| (r.monitor.clone(), r)).collect();
-        let placement = records
-            .into_iter()
-            .filter(|(m, _)| specs.contains_key(m))
-            .filter_map(|(m, r)| r.collector.map(|c| (m, (c, r.epoch))))
-            .collect();
-        Ok(View { results, placement })
+        self.view
+            .read(|v| {
+                // Only results of the specs asked about, at their generation.
+                let of_specs = |r: &MonitorResult| specs.get(&r.monitor).is_some_and(|s| s.generation == r.generation);
+                let only = if specs.len() == 1 { specs.keys().next() } else { None };
+                let results = self
+                    .intake
+                    .current_in(v, only)
+                    .into_iter()
+                    .filter(of_specs)
+                    .map(|r| (r.monitor.clone(), r))
+                    .collect();
+                let placement = specs
+                    .keys()
+                    .filter_map(|m| {
+                        let r = v.assignments.get(m)?;
+                        Some((m.clone(), (r.collector.clone()?, r.epoch)))
+                    })
+                    .collect();
+                View { results, placement }
+            })
+            .map_err(view_status)
     }
 
     async fn probe(&self, spec: MonitorSpec) -> Result<Result<Snapshot, CollectError>, Status> {
         // Probe from a collector: that is where the monitor would run.
-        let collectors = self.store.collectors().await.map_err(etcd_status)?;
+        let collectors = collector_addresses(&self.view)?;
         let turn = self.next_probe.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % collectors.len().max(1);
-        let (cid, live) =
+        let (cid, address) =
             collectors.iter().nth(turn).ok_or_else(|| Status::unavailable("no live collector to probe from"))?;
         let mut c = self
             .clients
-            .get(cid, &live.record.grpc_address)
-            .map_err(|e| Status::unavailable(format!("collector {}: {e}", live.record.grpc_address)))?;
+            .get(cid, address)
+            .map_err(|e| Status::unavailable(format!("collector {address}: {e}")))?;
         let req = pb::ProbeRequest { spec: Some(kollector_proto::input_to_proto(&spec.to_input())) };
         let r = c.probe(req).await?.into_inner();
         Ok(match (r.snapshot, r.error) {
@@ -323,12 +350,19 @@ impl Runner for ClusterRunner {
     }
 
     async fn list_collectors(&self) -> Result<pb::ListCollectorsResponse, Status> {
-        let collectors = self.store.collectors().await.map_err(etcd_status)?;
-        let (assignments, _) = self.store.assignments().await.map_err(etcd_status)?;
-        let draining = self.store.draining().await.map_err(etcd_status)?;
-        let marks = self.store.revocation_marks().await.map_err(etcd_status)?;
-        let mut client = self.store.client();
-        let leader = current_leader(&mut client, self.store.keys()).await.map_err(etcd_status)?;
+        self.view.sync(Duration::from_secs(5)).await.map_err(view_status)?;
+        let (collectors, monitors_of, draining, marks) = self
+            .view
+            .read(|v| {
+                let mut monitors_of: BTreeMap<CollectorId, u32> = BTreeMap::new();
+                for c in v.assignments.values().filter_map(|a| a.collector.as_ref()) {
+                    *monitors_of.entry(c.clone()).or_default() += 1;
+                }
+                (v.collectors.clone(), monitors_of, v.draining.clone(), v.revoked.clone())
+            })
+            .map_err(view_status)?;
+        let mut client = self.view.store().client();
+        let leader = current_leader(&mut client, self.view.store().keys()).await.map_err(etcd_status)?;
         // The leader's judgement when this manager leads; otherwise what
         // etcd shows everyone (revocation marks).
         let judged = self.health.as_ref().map(|s| s.health.lock().unwrap_or_else(|p| p.into_inner()).clone());
@@ -342,7 +376,7 @@ impl Runner for ClusterRunner {
             .into_iter()
             .map(|(id, c)| pb::CollectorInfo {
                 health: health(&id),
-                monitors: assignments.values().filter(|a| a.collector.as_ref() == Some(&id)).count() as u32,
+                monitors: monitors_of.get(&id).copied().unwrap_or(0),
                 draining: draining.contains(&id),
                 id: id.to_string(),
                 grpc_address: c.record.grpc_address,
@@ -356,16 +390,35 @@ impl Runner for ClusterRunner {
         Ok(pb::ListCollectorsResponse { collectors, leader_address, leader_term })
     }
 
-    async fn get_assignments(&self, desired: &DesiredSet) -> Result<pb::GetAssignmentsResponse, Status> {
-        let (assignments, bad_records) = self.store.assignments().await.map_err(etcd_status)?;
+    async fn get_assignments(
+        &self,
+        desired: &DesiredSet,
+        (after, upto): (Option<&MonitorId>, Option<&MonitorId>),
+    ) -> Result<pb::GetAssignmentsResponse, Status> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let to = upto.map_or(Bound::Unbounded, Bound::Included);
+        let (assignments, bad_records) = self
+            .view
+            .read(|v| {
+                let records: Vec<(MonitorId, crate::decisions::AssignmentRecord)> =
+                    v.assignments.range::<MonitorId, _>((from, to)).map(|(m, r)| (m.clone(), r.clone())).collect();
+                let bad = if after.is_none() { v.invalid_assignments.clone() } else { BTreeMap::new() };
+                (records, bad)
+            })
+            .map_err(view_status)?;
+        let placed: std::collections::BTreeSet<&MonitorId> =
+            assignments.iter().filter(|(_, a)| a.collector.is_some()).map(|(m, _)| m).collect();
         let unplaced = desired
             .monitors
             .keys()
-            .filter(|m| assignments.get(*m).is_none_or(|a| a.collector.is_none()))
+            .filter(|m| !placed.contains(m))
             .map(|m| (m.to_string(), "no live collector can take it yet".to_string()))
             .collect();
-        let invalid = desired.invalid.clone().into_iter().chain(bad_records).collect();
-        let secrets_on_old_keys = u32::try_from(desired.secrets_on_old_keys).unwrap_or(u32::MAX);
+        let first_page = after.is_none();
+        let invalid = if first_page { desired.invalid.clone().into_iter().chain(bad_records).collect() } else { Default::default() };
+        let secrets_on_old_keys =
+            if first_page { u32::try_from(desired.secrets_on_old_keys).unwrap_or(u32::MAX) } else { 0 };
         let assignments = assignments
             .into_iter()
             .map(|(m, a)| pb::Assignment {
@@ -375,16 +428,17 @@ impl Runner for ClusterRunner {
                 releasing: a.releasing.iter().map(|c| c.to_string()).collect(),
             })
             .collect();
-        Ok(pb::GetAssignmentsResponse { assignments, unplaced, invalid, secrets_on_old_keys })
+        Ok(pb::GetAssignmentsResponse { assignments, unplaced, invalid, secrets_on_old_keys, next_page_token: String::new() })
     }
 
     async fn drain(&self, collector: &str, undo: bool) -> Result<(), Status> {
         let id = CollectorId::new(collector.to_string())
             .map_err(|e| Status::invalid_argument(format!("collector_id: {collector:?} {e}")))?;
-        if !undo && !self.store.collectors().await.map_err(etcd_status)?.contains_key(&id) {
+        self.view.sync(Duration::from_secs(5)).await.map_err(view_status)?;
+        if !undo && !self.view.read(|v| v.collectors.contains_key(&id)).map_err(view_status)? {
             return Err(Status::not_found(format!("collector {:?} is not live", id.as_str())));
         }
-        self.store.set_draining(&id, !undo).await.map_err(etcd_status)?;
+        self.view.store().set_draining(&id, !undo).await.map_err(etcd_status)?;
         tracing::info!(collector = %id, undo, "drain");
         Ok(())
     }

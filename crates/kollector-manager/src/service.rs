@@ -125,6 +125,42 @@ fn required_spec(spec: Option<pb::MonitorSpecInput>) -> Result<kollector_core::M
     spec.map(input_from_proto).ok_or_else(|| Status::invalid_argument("spec: required"))
 }
 
+/// Monitors per page when the caller does not say, and at most.
+const DEFAULT_PAGE: usize = 1000;
+const MAX_PAGE: usize = 5000;
+
+/// A page request: after which id, and how many.
+fn page_request(size: u32, token: &str) -> Result<(Option<MonitorId>, usize), Status> {
+    let limit = match size as usize {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    };
+    // The token is the last id of the previous page (opaque to callers).
+    let after = if token.is_empty() {
+        None
+    } else {
+        Some(MonitorId::new(token).map_err(|_| Status::invalid_argument("page_token: not one this API gave"))?)
+    };
+    Ok((after, limit))
+}
+
+/// Reads one page of monitors (one more than asked, to tell whether more
+/// follow): the page, and the next page's token (empty at the end).
+async fn read_page<D: DesiredState>(
+    desired: &D,
+    after: Option<&MonitorId>,
+    limit: usize,
+) -> Result<(crate::desired_state::DesiredSet, String), Status> {
+    let mut set = desired.page(after, limit + 1).await.map_err(read_status)?;
+    let next = if set.monitors.len() > limit {
+        set.monitors.pop_last();
+        set.monitors.keys().next_back().map(|m| m.to_string()).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok((set, next))
+}
+
 fn not_found(id: &MonitorId) -> Status {
     catalog_status(CatalogError::NotFound(id.to_string()))
 }
@@ -226,10 +262,12 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
         req: Request<pb::ListMonitorsRequest>,
     ) -> Result<Response<pb::ListMonitorsResponse>, Status> {
         self.guard.check(&req, Role::Viewer, "list_monitors")?;
-        let set = self.desired.list().await.map_err(read_status)?;
+        let req = req.into_inner();
+        let (after, limit) = page_request(req.page_size, &req.page_token)?;
+        let (set, next_page_token) = read_page(&*self.desired, after.as_ref(), limit).await?;
         let view = self.view(&set.monitors).await?;
         let monitors = set.monitors.values().map(|s| info(s, &view)).collect();
-        Ok(Response::new(pb::ListMonitorsResponse { monitors }))
+        Ok(Response::new(pb::ListMonitorsResponse { monitors, next_page_token }))
     }
 
     async fn probe(&self, req: Request<pb::ProbeRequest>) -> Result<Response<pb::ProbeResponse>, Status> {
@@ -259,12 +297,14 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
         let req = req.into_inner();
         let (wanted, summary) = (req.monitor_id, req.summary);
         // Read the specs now: only results of the specs in force are served.
-        let specs = if wanted.is_empty() {
-            self.desired.list().await.map_err(read_status)?.monitors
+        let (specs, next_page_token) = if wanted.is_empty() {
+            let (after, limit) = page_request(req.page_size, &req.page_token)?;
+            let (set, next) = read_page(&*self.desired, after.as_ref(), limit).await?;
+            (set.monitors, next)
         } else {
             let id = parse_id(&wanted)?;
             let spec = self.desired.get(&id).await.map_err(read_status)?.ok_or_else(|| not_found(&id))?;
-            BTreeMap::from([(id, spec)])
+            (BTreeMap::from([(id, spec)]), String::new())
         };
         let view = self.view(&specs).await?;
         let results = view
@@ -278,7 +318,7 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
                 p
             })
             .collect();
-        Ok(Response::new(pb::GetLatestResponse { results }))
+        Ok(Response::new(pb::GetLatestResponse { results, next_page_token }))
     }
 
     async fn list_collectors(
@@ -294,8 +334,15 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
         req: Request<pb::GetAssignmentsRequest>,
     ) -> Result<Response<pb::GetAssignmentsResponse>, Status> {
         self.guard.check(&req, Role::Viewer, "get_assignments")?;
-        let set = self.desired.list().await.map_err(read_status)?;
-        Ok(Response::new(self.runner.get_assignments(&set).await?))
+        let req = req.into_inner();
+        let (after, limit) = page_request(req.page_size, &req.page_token)?;
+        let (set, next_page_token) = read_page(&*self.desired, after.as_ref(), limit).await?;
+        // This page covers the ids up to its last spec's (records of
+        // deleted monitors in between included); the last page, the rest.
+        let upto = if next_page_token.is_empty() { None } else { set.monitors.keys().next_back().cloned() };
+        let mut page = self.runner.get_assignments(&set, (after.as_ref(), upto.as_ref())).await?;
+        page.next_page_token = next_page_token;
+        Ok(Response::new(page))
     }
 
     async fn drain(&self, req: Request<pb::DrainRequest>) -> Result<Response<pb::DrainResponse>, Status> {

@@ -77,18 +77,35 @@ fn print_collectors(r: &pb::ListCollectorsResponse) {
     }
 }
 
+/// Every assignment, page by page (the first page carries `invalid` and
+/// `secrets_on_old_keys`; `unplaced` accumulates).
+async fn assignments_all(client: &mut crate::monitor_cli::Client) -> anyhow::Result<pb::GetAssignmentsResponse> {
+    let mut all = pb::GetAssignmentsResponse::default();
+    let mut page_token = String::new();
+    loop {
+        let r = client
+            .get_assignments(pb::GetAssignmentsRequest { page_token, ..Default::default() })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        all.assignments.extend(r.assignments);
+        all.unplaced.extend(r.unplaced);
+        all.invalid.extend(r.invalid);
+        all.secrets_on_old_keys = all.secrets_on_old_keys.max(r.secrets_on_old_keys);
+        if r.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = r.next_page_token;
+    }
+}
+
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.client).await?;
     let collectors = client.list_collectors(pb::ListCollectorsRequest {}).await.map_err(status_error)?.into_inner();
     print_collectors(&collectors);
-    let assignments = client.get_assignments(pb::GetAssignmentsRequest {}).await.map_err(status_error)?.into_inner();
-    let latest = client
-        .get_latest(pb::GetLatestRequest { monitor_id: String::new(), summary: true })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    let results: BTreeMap<&str, &pb::MonitorResult> =
-        latest.results.iter().map(|r| (r.monitor_id.as_str(), r)).collect();
+    let assignments = assignments_all(&mut client).await?;
+    let latest = crate::monitor_cli::latest_all(&mut client, true).await?;
+    let results: BTreeMap<&str, &pb::MonitorResult> = latest.iter().map(|r| (r.monitor_id.as_str(), r)).collect();
     out!();
     out!("{:<24} {:<20} {:>8} {:<10} {:<14} CLUSTER", "MONITOR", "COLLECTOR", "EPOCH", "STATE", "LAST RESULT");
     let mut rows: Vec<(&str, &str, u64)> = assignments

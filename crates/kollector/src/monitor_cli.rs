@@ -266,6 +266,42 @@ fn is_loopback(host_port: &str) -> bool {
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Every monitor, read page by page (each page within gRPC's message limit).
+pub(crate) async fn list_all(client: &mut Client) -> anyhow::Result<Vec<pb::MonitorInfo>> {
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let r = client
+            .list_monitors(pb::ListMonitorsRequest { page_token, ..Default::default() })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        out.extend(r.monitors);
+        if r.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        page_token = r.next_page_token;
+    }
+}
+
+/// Every monitor's latest result (snapshots left out if `summary`), page by page.
+pub(crate) async fn latest_all(client: &mut Client, summary: bool) -> anyhow::Result<Vec<pb::MonitorResult>> {
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let r = client
+            .get_latest(pb::GetLatestRequest { summary, page_token, ..Default::default() })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        out.extend(r.results);
+        if r.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        page_token = r.next_page_token;
+    }
+}
+
 pub(crate) async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
     let server = &args.server;
     let tls = match &args.ca_file {
@@ -349,15 +385,15 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
             }
         }
         MonitorCommand::List { json } => {
-            let list = client.list_monitors(pb::ListMonitorsRequest {}).await.map_err(status_error)?.into_inner();
+            let monitors = list_all(&mut client).await?;
             if json {
-                let v: Vec<_> = list.monitors.iter().map(info_json).collect();
+                let v: Vec<_> = monitors.iter().map(info_json).collect();
                 out!("{}", serde_json::to_string_pretty(&v)?);
-            } else if list.monitors.is_empty() {
+            } else if monitors.is_empty() {
                 out!("no monitors");
             } else {
                 out!("{:<24} {:>4} {:<10} {:<8} {:<10} BOOTSTRAP", "ID", "GEN", "STATE", "INTERVAL", "CLUSTER");
-                for m in &list.monitors {
+                for m in &monitors {
                     print_info_line(m);
                 }
             }
@@ -372,14 +408,18 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
             }
         }
         MonitorCommand::Show { id, id_pos, json } => {
-            let r = client
-                .get_latest(pb::GetLatestRequest {
-                    monitor_id: id.or(id_pos).unwrap_or_default(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let results = match id.or(id_pos) {
+                None => latest_all(&mut client, false).await?,
+                Some(monitor_id) => {
+                    client
+                        .get_latest(pb::GetLatestRequest { monitor_id, ..Default::default() })
+                        .await
+                        .map_err(status_error)?
+                        .into_inner()
+                        .results
+                }
+            };
+            let r = pb::GetLatestResponse { results, next_page_token: String::new() };
             if json {
                 let v: Vec<_> = r.results.iter().map(result_json).collect();
                 out!("{}", serde_json::to_string_pretty(&v)?);
