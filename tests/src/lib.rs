@@ -12,7 +12,9 @@
 //! condition with a deadline instead of sleeping ([`poll`]). Multi-broker
 //! faults with group APIs (one broker refusing, stuck or throttled, one
 //! coordinator loading) come from a virtual cluster of N brokers in front of
-//! one tansu ([`virtual_cluster`]).
+//! one tansu ([`virtual_cluster`]). The control plane alone is driven at
+//! scale by simulated collectors ([`sim_collector`]) that speak the real
+//! collector protocol without Kafka.
 
 pub mod cluster;
 pub mod counting_alloc;
@@ -25,6 +27,8 @@ pub mod packet_filter;
 pub mod poll;
 pub mod proc_stat;
 pub mod request_counter;
+pub mod scale;
+pub mod sim_collector;
 pub mod virtual_cluster;
 
 pub use kollector_devkit::fixtures as kafka_fixtures;
