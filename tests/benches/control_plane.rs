@@ -17,7 +17,8 @@
 //!    1,000 monitors; not replaced, so the next victim has a few more):
 //!    the time until every monitor it ran runs on another live collector.
 //!
-//! `KOLLECTOR_BENCH_MONITORS` and `KOLLECTOR_BENCH_COLLECTORS` size it.
+//! `KOLLECTOR_BENCH_MONITORS` and `KOLLECTOR_BENCH_COLLECTORS` size it;
+//! `KOLLECTOR_BENCH_RESULT_SECS` sets the simulated monitors' interval (30).
 //! `KOLLECTOR_BIN` runs another build of the managers (an older commit, for
 //! a before/after: it must answer paged calls, or ignore the paging fields
 //! and answer within gRPC's limit).
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use kollector_tests::etcd::EtcdServer;
 use kollector_tests::kollector::KollectorProcess;
+use kollector_tests::metrics::Metrics;
 use kollector_tests::net::rss_kib;
 use kollector_tests::poll::wait_for_async;
 use kollector_tests::proc_stat::cpu_seconds;
@@ -52,7 +54,8 @@ async fn main() {
     println!("control plane: {monitors} monitors, {collectors} simulated collectors, 2 managers, TTL 3 s");
 
     let etcd = EtcdServer::start();
-    let config = SimConfig::default();
+    let result_secs = env("KOLLECTOR_BENCH_RESULT_SECS", 30) as u64;
+    let config = SimConfig { result_every: Duration::from_secs(result_secs), ..SimConfig::default() };
     let mut sims = BTreeMap::new();
     for i in 1..=collectors {
         let id = format!("s{i:03}");
@@ -62,12 +65,10 @@ async fn main() {
     let loaded = Instant::now();
     load_into_etcd(&etcd.endpoint(), &config.prefix, &bulk).await;
     println!("loaded {} monitors into etcd in {:?}", bulk.len(), loaded.elapsed());
-    let managers = [
-        KollectorProcess::manager_with(&etcd.endpoint(), &["--reconcile-period=1s"]),
-        KollectorProcess::manager_with(&etcd.endpoint(), &["--reconcile-period=1s"]),
-    ];
+    // The harness's managers: election TTL 3 s, reconcile period 500 ms.
+    let managers = [KollectorProcess::manager(&etcd.endpoint()), KollectorProcess::manager(&etcd.endpoint())];
     let clients = [managers[0].client().await, managers[1].client().await];
-    let mut client = clients[0].clone();
+    let client = clients[0].clone();
     let placed_at = Instant::now();
     wait_for_async("the bulk placed", Duration::from_secs(900), || async {
         converged(sims.values(), &mut client.clone(), bulk.len()).await
@@ -92,12 +93,23 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let pids: Vec<u32> = managers.iter().map(|m| m.pid()).collect();
     let cpu = |pids: &[u32]| pids.iter().filter_map(|p| cpu_seconds(*p)).sum::<f64>();
+    let each: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p).unwrap_or(0.0)).collect();
+    let quiet = || -> f64 {
+        managers.iter().filter_map(|m| own_metrics(m).value("kollector_quiet_passes_total", &[])).sum()
+    };
+    let quiet0 = quiet();
     let (bytes0, cpu0, t0) = (etcd_sent_bytes(&etcd), cpu(&pids), Instant::now());
     // The measurement window itself.
     tokio::time::sleep(steady).await;
     let secs = t0.elapsed().as_secs_f64();
     let (bytes, used) = (etcd_sent_bytes(&etcd) - bytes0, cpu(&pids) - cpu0);
     let results: u64 = sims.values().map(|s| s.counts().2).sum();
+    let pass_secs: f64 =
+        managers.iter().filter_map(|m| own_metrics(m).value("kollector_reconcile_pass_seconds", &[])).fold(0.0, f64::max);
+    println!(
+        "steady: {:.0} passes skipped as unchanged; the latest full pass took {pass_secs:.2} s",
+        quiet() - quiet0
+    );
     println!(
         "steady: etcd sent {:.1} KiB/s; managers used {:.1} % of a core together ({:.1} % each); results sent so far {results}",
         bytes / secs / 1024.0,
@@ -106,8 +118,9 @@ async fn main() {
     );
     for (i, pid) in pids.iter().enumerate() {
         let rss = rss_kib(*pid).unwrap_or(0);
+        let own = (cpu_seconds(*pid).unwrap_or(0.0) - each[i]) / secs * 100.0;
         println!(
-            "manager {i}: RSS {:.0} MiB = {:.2} MiB per 1,000 monitors (histories on)",
+            "manager {i} ({own:.1} % of a core): RSS {:.0} MiB = {:.2} MiB per 1,000 monitors (histories on)",
             rss as f64 / 1024.0,
             rss as f64 / 1024.0 / (monitors as f64 / 1000.0)
         );
@@ -145,4 +158,10 @@ async fn main() {
         let max = times.iter().max().copied().unwrap_or_default();
         println!("failover (TTL 3 s): median {:.2?}, max {max:.2?} over {} kills", median(times.clone()), times.len());
     }
+}
+
+/// A manager's own series (`/metrics/self`: its `/metrics` renders every
+/// monitor's series, 100,000 of them).
+fn own_metrics(m: &KollectorProcess) -> Metrics {
+    Metrics::parse(&m.http_get("/metrics/self").expect("GET /metrics/self")).expect("parse /metrics/self")
 }

@@ -357,10 +357,10 @@ impl CollectorService for Service {
 
     async fn list_running(
         &self,
-        _req: Request<pb::ListRunningRequest>,
+        req: Request<pb::ListRunningRequest>,
     ) -> Result<Response<pb::ListRunningResponse>, Status> {
         self.shared.gate().await?;
-        let monitors = self
+        let mut monitors: Vec<pb::RunningMonitor> = self
             .shared
             .running
             .lock()
@@ -373,10 +373,17 @@ impl CollectorService for Service {
                 stopping: false,
             })
             .collect();
+        let digest = kollector_proto::running_digest(&mut monitors);
+        let unchanged = req.into_inner().unless_digest == digest;
+        if unchanged {
+            monitors.clear();
+        }
         Ok(Response::new(pb::ListRunningResponse {
             collector_id: self.shared.id.clone(),
             monitors,
             lease: self.shared.lease.load(Ordering::SeqCst),
+            digest,
+            unchanged,
         }))
     }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use kollector_proto::v1 as pb;
 use kollector_tests::etcd::EtcdServer;
 use kollector_tests::kollector::KollectorProcess;
+use kollector_tests::metrics::Metrics;
 use kollector_tests::poll::wait_for_async;
 use kollector_tests::scale::{converged, create_through_api, etcd_sent_bytes, ids, latest};
 use kollector_tests::sim_collector::{SimCollector, SimConfig};
@@ -54,6 +55,10 @@ async fn ten_thousand_monitors_over_twenty_simulated_collectors_converge_through
     // One listing of the prefix is ~3 MB; before the watched view the two
     // managers read it about twenty times a second between them.
     let listing: usize = all.len() * 250;
+    let quiet_passes = || -> f64 {
+        managers.iter().filter_map(|m| own_metrics(m).value("kollector_quiet_passes_total", &[])).sum()
+    };
+    let passes_before = quiet_passes();
     let before = etcd_sent_bytes(&etcd);
     let quiet_started = Instant::now();
     // Not a sleep standing in for a condition: the measurement needs a window.
@@ -62,6 +67,10 @@ async fn ten_thousand_monitors_over_twenty_simulated_collectors_converge_through
     let per_second = sent / quiet_started.elapsed().as_secs_f64();
     println!("quiet: etcd sent {per_second:.0} B/s (one listing ≈ {listing} B)");
     assert!(sent < (listing / 10) as f64, "etcd sent {sent} B in 5 quiet seconds: someone scans");
+    // And the leader's passes find nothing changed: they skip the plan.
+    let skipped = quiet_passes() - passes_before;
+    println!("quiet: {skipped} passes skipped in 5 s");
+    assert!(skipped >= 4.0, "the leader re-planned an unchanged cluster ({skipped} passes skipped in 5 s)");
 
     // Every monitor's result is served, from its owner.
     wait_for_async("a current result for every monitor", Duration::from_secs(60), || async {
@@ -130,4 +139,10 @@ async fn ten_thousand_monitors_over_twenty_simulated_collectors_converge_through
         .await
         .expect_err("a token this API never gave");
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+}
+
+/// A manager's own series (`/metrics/self`; `/metrics` renders every
+/// monitor's series as well).
+fn own_metrics(m: &KollectorProcess) -> Metrics {
+    Metrics::parse(&m.http_get("/metrics/self").expect("GET /metrics/self")).expect("parse /metrics/self")
 }

@@ -318,13 +318,14 @@ impl CollectorService for CollectorServiceImpl {
         &self,
         req: Request<pb::ListRunningRequest>,
     ) -> Result<Response<pb::ListRunningResponse>, Status> {
-        let term = req.into_inner().leader_term;
+        let req = req.into_inner();
+        let term = req.leader_term;
         self.believe_term(term).await?;
         self.book().observe_term(term);
         let running = self.node.try_list_running().await.ok_or_else(|| {
             Status::unavailable("the monitor registry does not answer; this collector cannot say what it runs")
         })?;
-        let monitors = running
+        let mut monitors: Vec<pb::RunningMonitor> = running
             .into_iter()
             .map(|r| pb::RunningMonitor {
                 epoch: r.epoch,
@@ -333,10 +334,17 @@ impl CollectorService for CollectorServiceImpl {
                 stopping: r.stopping,
             })
             .collect();
+        let digest = kollector_proto::running_digest(&mut monitors);
+        let unchanged = req.unless_digest == digest;
+        if unchanged {
+            monitors.clear();
+        }
         Ok(Response::new(pb::ListRunningResponse {
             collector_id: self.id.to_string(),
             monitors,
             lease: self.lease.get(),
+            digest,
+            unchanged,
         }))
     }
 

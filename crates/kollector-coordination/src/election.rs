@@ -111,8 +111,18 @@ async fn run(config: ElectionConfig, state: watch::Sender<Leadership>, mut stop:
         };
         retry = Duration::from_millis(200);
 
-        // Campaign while keeping the lease alive; the campaign blocks while another leads.
-        let mut campaigner = client.clone();
+        // Campaign while keeping the lease alive; the campaign blocks while
+        // another leads, so it goes over a connection without a request
+        // timeout (with one, a standby campaigned again every call bound,
+        // rewriting its keys: etcd writes, and events for every watcher).
+        let mut campaigner = match lease::connect_for_blocking_calls(&config.etcd, ttl).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("election: cannot reach etcd: {e}; campaigning again");
+                lease::revoke(&mut client, lease_id, ttl).await;
+                continue;
+            }
+        };
         let campaign = campaigner.campaign(keys.election(), config.address.clone(), lease_id);
         let won = tokio::select! {
             r = campaign => r.map_err(CoordinationError::from).and_then(|resp| {

@@ -53,8 +53,32 @@ impl EtcdAccess {
 
 /// Connects to etcd with bounded connect and request times.
 pub async fn connect(etcd: &EtcdAccess, ttl: Duration) -> Result<Client, CoordinationError> {
+    connect_with(etcd, ttl, true).await
+}
+
+/// HTTP/2 keepalive of connections that carry blocking calls.
+const BLOCKING_PING_EVERY: Duration = Duration::from_secs(10);
+
+/// Connects to etcd for calls that block by design (an election campaign
+/// waits while another manager leads): no request timeout, which would end
+/// such a call after one call bound and have it made again, a write each
+/// time; a dead connection still ends it (HTTP/2 keepalive).
+pub async fn connect_for_blocking_calls(etcd: &EtcdAccess, ttl: Duration) -> Result<Client, CoordinationError> {
+    connect_with(etcd, ttl, false).await
+}
+
+async fn connect_with(etcd: &EtcdAccess, ttl: Duration, bounded: bool) -> Result<Client, CoordinationError> {
     let t = call_timeout(ttl);
-    let mut options = ConnectOptions::new().with_connect_timeout(t).with_timeout(t).with_keep_alive(t, t);
+    let mut options = ConnectOptions::new().with_connect_timeout(t);
+    options = if bounded {
+        options.with_timeout(t).with_keep_alive(t, t)
+    } else {
+        // etcd refuses HTTP/2 pings more often than every 5 s (its
+        // --grpc-keepalive-min-time) on a connection that carries no data,
+        // and after three it drops the connection: a campaign that waits
+        // quietly would be cut every few seconds. So ping every 10 s.
+        options.with_keep_alive(BLOCKING_PING_EVERY.max(t), t)
+    };
     if let Some(tls) = &etcd.tls {
         options = options.with_tls(tls.clone());
     }

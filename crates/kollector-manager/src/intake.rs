@@ -14,7 +14,10 @@
 //! the view (a move or an update not seen yet) waits for the view to reach
 //! its revision, briefly, instead of re-reading etcd.
 //!
-//! Offset histories (for handovers) are kept encoded, under a total cap.
+//! Latest results and offset histories (for handovers) are kept as the
+//! encoded bytes that came, under a total cap each, and decoded only when
+//! served: at 100,000 monitors a decoded snapshot costs several times its
+//! encoding, and most are never read before the next one replaces them.
 //!
 //! Results are judged again when served ([`Intake::current_in`]): one whose
 //! owner's next result is overdue past the stale bound (the collector cut
@@ -33,7 +36,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use kollector_core::result::StaleRule;
-use kollector_core::{unix_ms, CollectorId, Generation, MonitorId, MonitorResult};
+use kollector_core::{unix_ms, CollectorId, Epoch, Generation, MonitorId, MonitorResult};
 use kollector_proto::result_from_proto;
 use kollector_proto::v1::{self as pb};
 use prost::Message as _;
@@ -51,16 +54,62 @@ const MAX_HISTORY_BYTES: usize = 4 * 1024 * 1024;
 /// number of monitors. An honest history is ~2 MiB at most, most far less.
 pub const HISTORIES_CAP_BYTES: usize = 1024 * 1024 * 1024;
 
-/// How often the intake checks its streams and forgets what no longer
-/// counts (at most; changes of the view wake it).
+/// Total bytes of latest results kept: beyond it a new result of a monitor
+/// not yet kept is dropped (counted). ~1 KB each for a small cluster's.
+pub const LATEST_CAP_BYTES: usize = 2 * 1024 * 1024 * 1024;
+
+/// How often the intake checks its streams (at most; changes of the view
+/// wake it).
 const REFRESH: Duration = Duration::from_millis(500);
+
+/// How often results of monitors gone, of older specs or of earlier owners
+/// are forgotten. Only memory waits for it: serving judges every result
+/// against the view anyway.
+const PRUNE_EVERY: Duration = Duration::from_secs(30);
 
 /// How long a result newer than the view waits for the view.
 const NEWER_WAIT: Duration = Duration::from_secs(1);
 
+/// A monitor's latest result as it came (without its history), with what
+/// it is judged by.
+struct Latest {
+    collector: CollectorId,
+    epoch: Epoch,
+    generation: Generation,
+    /// Unix ms it came at: its relative due time counts from then.
+    received_ms: u64,
+    bytes: bytes::Bytes,
+}
+
+impl Latest {
+    /// The result, decoded for serving; None (and a warning) if it does not decode.
+    fn decode(&self, monitor: &MonitorId) -> Option<MonitorResult> {
+        let mut p = match pb::MonitorResult::decode(self.bytes.clone()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(monitor = %monitor, "a kept result does not decode: {e}");
+                return None;
+            }
+        };
+        // Due times travel relative to the moment of sending: take off the
+        // time since it came.
+        let since = unix_ms().saturating_sub(self.received_ms) as i64;
+        p.next_result_in_ms = p.next_result_in_ms.map(|d| d.saturating_sub(since));
+        match result_from_proto(p, Some(self.collector.clone())) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(monitor = %monitor, collector = %self.collector, "a kept result cannot be read: {e}");
+                None
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Shared {
-    latest: RwLock<BTreeMap<MonitorId, MonitorResult>>,
+    latest: RwLock<BTreeMap<MonitorId, Latest>>,
+    latest_bytes: AtomicUsize,
+    latest_dropped: AtomicU64,
     /// The latest offset history each monitor's owner sent (every few
     /// cycles), kept across owners, encoded: the reconciler hands it to the
     /// next owner with the Assign. Passed through as it came, never interpreted.
@@ -79,15 +128,21 @@ pub struct Intake {
 
 /// Whether an accepted result still belongs to the monitor's current owner,
 /// epoch and generation.
-fn still_current(r: &MonitorResult, record: Option<&AssignmentRecord>, generation: Option<Generation>) -> bool {
-    r.collector.as_ref().is_some_and(|c| accept_result(c, r.epoch, r.generation, record, generation).is_ok())
+fn still_current(r: &Latest, record: Option<&AssignmentRecord>, generation: Option<Generation>) -> bool {
+    accept_result(&r.collector, r.epoch, r.generation, record, generation).is_ok()
 }
 
 /// Forgets results of monitors that no longer exist, of older specs and of
 /// earlier owners, and histories of monitors gone.
 fn prune(shared: &Shared, v: &ViewState) {
     if let Ok(mut latest) = shared.latest.write() {
-        latest.retain(|m, r| still_current(r, v.assignments.get(m), v.monitors.get(m).map(|s| s.spec.generation)));
+        latest.retain(|m, r| {
+            let keep = still_current(r, v.assignments.get(m), v.monitors.get(m).map(|s| s.spec.generation));
+            if !keep {
+                shared.latest_bytes.fetch_sub(r.bytes.len(), Ordering::Relaxed);
+            }
+            keep
+        });
     }
     if let Ok(mut histories) = shared.histories.write() {
         histories.retain(|m, h| {
@@ -109,17 +164,16 @@ impl Intake {
         let task = tokio::spawn(async move {
             let mut streams: HashMap<CollectorId, (String, JoinHandle<()>)> = HashMap::new();
             let mut changes = view.changes();
-            let mut pruned_at = -1;
+            let mut pruned_at = tokio::time::Instant::now();
             loop {
-                let revision = view.revision();
                 let collectors = view.read(|v| {
-                    if revision != pruned_at {
+                    if pruned_at.elapsed() >= PRUNE_EVERY {
+                        pruned_at = tokio::time::Instant::now();
                         prune(&shared, v);
                     }
                     v.collectors.iter().map(|(id, c)| (id.clone(), c.record.grpc_address.clone())).collect()
                 });
                 if let Ok(collectors) = collectors {
-                    pruned_at = revision;
                     let collectors: BTreeMap<CollectorId, String> = collectors;
                     // Followers run no reconciler: forget clients of collectors gone.
                     clients.retain(&collectors.iter().map(|(id, a)| (id.clone(), a.clone())).collect());
@@ -158,12 +212,15 @@ impl Intake {
     pub fn current_in(&self, v: &ViewState, only: Option<&MonitorId>) -> Vec<MonitorResult> {
         let Ok(latest) = self.shared.latest.read() else { return Vec::new() };
         let (rule, now) = (self.shared.stale_rule, unix_ms());
-        let current = |r: &&MonitorResult| {
-            still_current(r, v.assignments.get(&r.monitor), v.monitors.get(&r.monitor).map(|s| s.spec.generation))
+        let served = |(m, r): (&MonitorId, &Latest)| {
+            still_current(r, v.assignments.get(m), v.monitors.get(m).map(|s| s.spec.generation))
+                .then(|| r.decode(m))
+                .flatten()
+                .map(|r| rule.judge(r, now))
         };
         match only {
-            Some(m) => latest.get(m).filter(current).map(|r| rule.judge(r.clone(), now)).into_iter().collect(),
-            None => latest.values().filter(current).map(|r| rule.judge(r.clone(), now)).collect(),
+            Some(m) => latest.get_key_value(m).and_then(served).into_iter().collect(),
+            None => latest.iter().filter_map(served).collect(),
         }
     }
 
@@ -175,6 +232,36 @@ impl Intake {
 
     pub fn stale_dropped(&self) -> u64 {
         self.shared.stale_dropped.load(Ordering::Relaxed)
+    }
+
+    /// (results kept, their bytes, results dropped at the cap).
+    pub fn latest_counts(&self) -> (usize, usize, u64) {
+        let kept = self.shared.latest.read().map(|l| l.len()).unwrap_or(0);
+        (
+            kept,
+            self.shared.latest_bytes.load(Ordering::Relaxed),
+            self.shared.latest_dropped.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Keeps `latest` as `monitor`'s result unless one of a later
+    /// assignment is kept, within the cap.
+    fn keep_latest(&self, monitor: MonitorId, latest: Latest) {
+        let Ok(mut all) = self.shared.latest.write() else { return };
+        // Never replace a result of a later assignment with an earlier one.
+        let old = match all.get(&monitor) {
+            Some(old) if old.epoch > latest.epoch => return,
+            Some(old) => old.bytes.len(),
+            None => 0,
+        };
+        let total = self.shared.latest_bytes.load(Ordering::Relaxed);
+        if old == 0 && total + latest.bytes.len() > LATEST_CAP_BYTES {
+            self.shared.latest_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(monitor = %monitor, total, "dropped a result: the manager keeps at most {LATEST_CAP_BYTES} bytes of them");
+            return;
+        }
+        self.shared.latest_bytes.store(total - old + latest.bytes.len(), Ordering::Relaxed);
+        all.insert(monitor, latest);
     }
 
     /// (histories kept, their bytes, histories dropped at the cap).
@@ -231,21 +318,19 @@ async fn follow(id: CollectorId, address: String, clients: CollectorClients, vie
             return;
         }
         let history = message.history.take();
-        let result = match result_from_proto(message, Some(id.clone())) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(collector = %id, "dropped an unreadable result: {e}");
-                continue;
-            }
+        let Ok(monitor) = MonitorId::new(message.monitor_id.clone()) else {
+            tracing::warn!(collector = %id, "dropped a result with an invalid monitor id");
+            continue;
         };
+        let (epoch, generation) = (message.epoch, message.generation);
         let judge = || {
             view.read(|v| {
                 accept_result(
                     &id,
-                    result.epoch,
-                    result.generation,
-                    v.assignments.get(&result.monitor),
-                    v.monitors.get(&result.monitor).map(|s| s.spec.generation),
+                    epoch,
+                    generation,
+                    v.assignments.get(&monitor),
+                    v.monitors.get(&monitor).map(|s| s.spec.generation),
                 )
             })
             .ok()
@@ -254,33 +339,36 @@ async fn follow(id: CollectorId, address: String, clients: CollectorClients, vie
         // A result newer than the view (a move or an update it has not
         // shown yet: epochs and generations are etcd revisions): wait for
         // the view to reach it, briefly, then judge again.
-        let newest = (result.epoch as i64).max(result.generation as i64);
+        let newest = (epoch as i64).max(generation as i64);
         if !matches!(verdict, Some(Ok(()))) && newest > view.revision() {
             let _ = view.wait_for(newest, NEWER_WAIT).await;
             verdict = judge();
         }
         match verdict {
             Some(Ok(())) => {
+                let intake = Intake { shared: shared.clone() };
                 // Only the current owner's history is believed, like its
                 // results, and only within a handover's size: an honest copy
                 // is at most ~2 MiB (kollector_core::history::HANDOVER_MAX_POINTS).
                 match history {
                     Some(h) if h.encoded_len() > MAX_HISTORY_BYTES => {
-                        tracing::warn!(monitor = %result.monitor, collector = %id, bytes = h.encoded_len(), "dropped an oversized history");
+                        tracing::warn!(monitor = %monitor, collector = %id, bytes = h.encoded_len(), "dropped an oversized history");
                     }
-                    Some(h) => Intake { shared: shared.clone() }.keep_history(&result.monitor, h),
+                    Some(h) => intake.keep_history(&monitor, h),
                     None => {}
                 }
-                if let Ok(mut latest) = shared.latest.write() {
-                    // Never replace a result of a later assignment with an earlier one.
-                    if latest.get(&result.monitor).is_none_or(|old| old.epoch <= result.epoch) {
-                        latest.insert(result.monitor.clone(), result);
-                    }
-                }
+                let latest = Latest {
+                    collector: id.clone(),
+                    epoch,
+                    generation,
+                    received_ms: unix_ms(),
+                    bytes: bytes::Bytes::from(message.encode_to_vec()),
+                };
+                intake.keep_latest(monitor, latest);
             }
             why => {
                 shared.stale_dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(monitor = %result.monitor, collector = %id, epoch = result.epoch, generation = result.generation, "dropped a result: {why:?}");
+                tracing::debug!(monitor = %monitor, collector = %id, epoch, generation, "dropped a result: {why:?}");
             }
         }
     }

@@ -165,6 +165,41 @@ impl ManagerMetrics {
                 "Commands to a collector not started in a pass because that collector's step budget (1 s) was spent: it answers slowly. They go again next pass (leader's view).",
                 load(&stats.deferred_commands),
             ),
+            counter(
+                "kollector_quiet_passes",
+                "Reconcile passes skipped because nothing changed (etcd's revision, every collector's running list, liveness) since a pass that found nothing to do; a full pass still runs every 30 s (leader's view).",
+                load(&stats.quiet_passes),
+            ),
+            gauge(
+                "kollector_latest_results_bytes",
+                "Bytes of the latest results this manager keeps (encoded), all monitors.",
+                self.intake.latest_counts().1 as f64,
+            ),
+            counter(
+                "kollector_latest_results_dropped",
+                "Results not kept because the total cap was reached.",
+                self.intake.latest_counts().2 as f64,
+            ),
+            gauge(
+                "kollector_histories_bytes",
+                "Bytes of offset histories this manager keeps for handovers (encoded), all monitors.",
+                self.intake.history_counts().1 as f64,
+            ),
+            counter(
+                "kollector_histories_dropped",
+                "Offset histories not kept because the total cap was reached (the next owner starts that monitor's windows afresh).",
+                self.intake.history_counts().2 as f64,
+            ),
+            counter(
+                "kollector_etcd_view_lists",
+                "Full listings of the prefix by this manager's watched view of etcd: one at start, then one per lost watch (a compaction, an error).",
+                self.view.counts().0 as f64,
+            ),
+            counter(
+                "kollector_etcd_view_events",
+                "etcd changes applied to this manager's watched view.",
+                self.view.counts().1 as f64,
+            ),
             gauge(
                 "kollector_invalid_specs",
                 "Monitor specs in etcd that do not decode and are skipped (leader's view; see kollector status).",

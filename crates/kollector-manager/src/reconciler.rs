@@ -58,6 +58,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// changes, e.g. a collector's death deleting its key and a batch of
 /// creates, is one pass).
 const CHANGE_DEBOUNCE: Duration = Duration::from_millis(100);
+/// A pass whose inputs equal those of a pass that found nothing to do is
+/// skipped, but a full pass runs at least this often anyway.
+const FULL_PASS_EVERY: Duration = Duration::from_secs(30);
 /// Bound on the view catching up with etcd at the start of a pass.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on ListRunning: a frozen collector must not stall a pass.
@@ -128,6 +131,9 @@ pub struct ReconcilerStats {
     /// Commands not started because their collector's step budget was
     /// spent (a slow collector); they go again next pass.
     pub deferred_commands: AtomicU64,
+    /// Passes skipped because nothing changed since a pass that found
+    /// nothing to do (see `FULL_PASS_EVERY`).
+    pub quiet_passes: AtomicU64,
 }
 
 /// gRPC clients to collectors, by collector and address, with the
@@ -207,6 +213,39 @@ pub struct Reconciler {
     orphaned_since: HashMap<MonitorId, Instant>,
     liveness: Liveness,
     liveness_rules: LivenessRules,
+    /// Each collector's latest ListRunning answer under a lease: the digest
+    /// and the list, so an unchanged list is not sent again.
+    running: HashMap<CollectorId, (i64, u64, Arc<BTreeMap<MonitorId, Running>>)>,
+    /// The inputs of the latest full pass that found nothing to do, and when.
+    quiet: Option<(PassInputs, Instant)>,
+}
+
+/// What a pass decides from, in brief: equal inputs, equal decisions.
+#[derive(Debug, PartialEq, Eq)]
+struct PassInputs {
+    /// The view's revision: every spec, record, collector and mark.
+    revision: i64,
+    /// Each collector's answer (its list's digest), None if silent.
+    answers: BTreeMap<CollectorId, Option<u64>>,
+    closed: BTreeSet<CollectorId>,
+    not_holding: BTreeSet<CollectorId>,
+    marks: BTreeMap<CollectorId, i64>,
+}
+
+/// A collector's ListRunning answer this pass.
+enum Answer {
+    Silent,
+    /// Its list's digest, and the list.
+    Answered(u64, Arc<BTreeMap<MonitorId, Running>>),
+}
+
+impl Answer {
+    fn digest(&self) -> Option<u64> {
+        match self {
+            Answer::Silent => None,
+            Answer::Answered(d, _) => Some(*d),
+        }
+    }
 }
 
 impl Reconciler {
@@ -232,6 +271,8 @@ impl Reconciler {
             orphaned_since: HashMap::new(),
             liveness: Liveness::new(),
             liveness_rules,
+            running: HashMap::new(),
+            quiet: None,
         }
     }
 
@@ -251,6 +292,7 @@ impl Reconciler {
                         self.confirmed.clear();
                         self.orphaned_since.clear();
                         self.liveness.clear();
+                        self.quiet = None;
                         self.confirmed_term = token.term;
                     }
                     let started = Instant::now();
@@ -273,6 +315,8 @@ impl Reconciler {
                     }
                 }
                 None => {
+                    self.quiet = None;
+                    self.running.clear();
                     self.orphaned_since.clear();
                     self.confirmed.clear();
                     self.liveness.clear();
@@ -306,16 +350,63 @@ impl Reconciler {
         // Everything etcd held when the pass began, from the watched view.
         let read = |e: crate::cluster_view::ViewError| PassError::Read(CoordinationError::Etcd(e.to_string()));
         self.view.sync(SYNC_TIMEOUT).await.map_err(read)?;
-        let (monitors, collectors, unreadable, draining, mut records, bad_records) = self
+        let (collectors, unreadable) =
+            self.view.read(|v| (v.collectors.clone(), v.unreadable_collectors.clone())).map_err(read)?;
+        self.clients.retain(&collectors.iter().map(|(id, c)| (id.clone(), c.record.grpc_address.clone())).collect());
+
+        // Unreadable records are live collectors all the same: silent ones.
+        // Silence counts from when we asked.
+        let asked_at = Instant::now();
+        let mut answers = self.list_running(&collectors, token.term).await;
+        answers.extend(unreadable.keys().map(|c| (c.clone(), Answer::Silent)));
+        // Read after ListRunning's wait, so an expired mark is seen at once.
+        self.view.sync(SYNC_TIMEOUT).await.map_err(read)?;
+        let (marks, revision) = self.view.read(|v| (v.revoked.clone(), v.revision)).map_err(read)?;
+        let closed = self.judge_liveness(token, asked_at, &collectors, &unreadable, &marks, &answers).await?;
+
+        // Nothing changed since a pass that found nothing to do (etcd's
+        // revision, every collector's answer, who is closed): this pass
+        // would find nothing either. A full pass still runs every
+        // FULL_PASS_EVERY, as a check that costs what a pass used to.
+        let inputs = PassInputs {
+            revision,
+            answers: answers.iter().map(|(c, a)| (c.clone(), a.digest())).collect(),
+            closed: closed.closed.clone(),
+            not_holding: closed.not_holding.clone(),
+            marks: marks.clone(),
+        };
+        // A collector without digests (an older version) always differs.
+        let comparable = answers.values().all(|a| !matches!(a, Answer::Answered(0, _)));
+        if let (Some((quiet, at)), true) = (&self.quiet, comparable) {
+            if *quiet == inputs && at.elapsed() < FULL_PASS_EVERY {
+                self.stats.quiet_passes.fetch_add(1, Ordering::Relaxed);
+                self.stats.passes.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+        self.quiet = None;
+
+        // A full pass: the rest of the state, from the view. Records are
+        // written by this leader alone, so none can name a collector
+        // registered since `collectors` was read.
+        let (monitors, draining, mut records, bad_records) = self
             .view
             .read(|v| {
                 let monitors = MonitorsRead { valid: v.monitors.clone(), invalid: v.invalid_monitors.clone() };
-                let collectors = v.collectors.clone();
-                let unreadable = v.unreadable_collectors.clone();
-                (monitors, collectors, unreadable, v.draining.clone(), v.assignments.clone(), v.invalid_assignments.clone())
+                (monitors, v.draining.clone(), v.assignments.clone(), v.invalid_assignments.clone())
             })
             .map_err(read)?;
-        self.clients.retain(&collectors.iter().map(|(id, c)| (id.clone(), c.record.grpc_address.clone())).collect());
+        let mut reports: BTreeMap<CollectorId, Report> = answers
+            .iter()
+            .map(|(c, a)| {
+                let report = match a {
+                    Answer::Answered(_, running) => Report::Answered((**running).clone()),
+                    Answer::Silent => Report::Silent,
+                };
+                (c.clone(), report)
+            })
+            .collect();
+        drop(answers);
 
         // Monitors that cannot be read are reported and left exactly as they are.
         self.stats.invalid_specs.store(monitors.invalid.len() as u64, Ordering::Relaxed);
@@ -329,15 +420,6 @@ impl Reconciler {
             .filter_map(|id| MonitorId::new(id.clone()).ok())
             .collect();
 
-        // Unreadable records are live collectors all the same: silent ones.
-        // Silence counts from when we asked.
-        let asked_at = Instant::now();
-        let mut reports = self.list_running(&collectors, token.term).await;
-        reports.extend(unreadable.keys().map(|c| (c.clone(), Report::Silent)));
-        // Read after ListRunning's wait, so an expired mark is seen at once.
-        self.view.sync(SYNC_TIMEOUT).await.map_err(read)?;
-        let marks = self.view.read(|v| v.revoked.clone()).map_err(read)?;
-        let closed = self.judge_liveness(token, asked_at, &collectors, &unreadable, &marks, &reports).await?;
         // Holders: every registered collector and every revoked one whose
         // mark has not expired (it may still collect), except those known
         // to run nothing (back after a revocation, given nothing since).
@@ -367,6 +449,7 @@ impl Reconciler {
             }
         }
         let writes = assignment_changes(plan, &records, &live, &self.confirmed, &skip);
+        let mut idle = writes.is_empty();
         if !writes.is_empty() {
             let moves = writes.iter().filter(|w| w.moved).count() as u64;
             let total = writes.len();
@@ -404,6 +487,7 @@ impl Reconciler {
         }
         let survey = survey(&records, &live, &reports);
         let unassigns = unassign_actions(&survey, &generations, &skip);
+        idle &= unassigns.is_empty();
         let confirmed = self.unassign(&collectors, unassigns, token.term).await;
 
         // Start what is safe to start now.
@@ -415,6 +499,7 @@ impl Reconciler {
         // bound, revoked, on probation), whatever a record still says; and
         // remember every incarnation that was sent work (`liveness.rs`).
         assigns.retain(|a| !closed.closed.contains(&a.collector));
+        idle &= assigns.is_empty() && pending.is_empty();
         for a in &assigns {
             if let Some(c) = collectors.get(&a.collector) {
                 self.liveness.sending_work(&a.collector, c.lease);
@@ -434,6 +519,10 @@ impl Reconciler {
         self.confirmed = confirmed;
         // Last, so this pass's commands carried the generations it read.
         self.reseal(token, &monitors.valid).await?;
+        idle &= !monitors.valid.values().any(|m| m.needs_reseal);
+        if idle {
+            self.quiet = Some((inputs, Instant::now()));
+        }
         self.stats.passes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -496,12 +585,12 @@ impl Reconciler {
         collectors: &BTreeMap<CollectorId, LiveCollector>,
         unreadable: &BTreeMap<CollectorId, i64>,
         marks: &BTreeMap<CollectorId, i64>,
-        reports: &BTreeMap<CollectorId, Report>,
+        answers: &BTreeMap<CollectorId, Answer>,
     ) -> Result<LivenessPlan, PassError> {
         let observed: BTreeMap<CollectorId, Observed> = collectors
             .iter()
             .map(|(c, live)| {
-                let answered = matches!(reports.get(c), Some(Report::Answered(_)));
+                let answered = matches!(answers.get(c), Some(Answer::Answered(..)));
                 (c.clone(), Observed { lease: live.lease, answered })
             })
             .chain(unreadable.iter().map(|(c, lease)| (c.clone(), Observed { lease: *lease, answered: false })))
@@ -537,24 +626,30 @@ impl Reconciler {
         Ok(plan)
     }
 
-    /// Every live collector's ListRunning, in parallel; silence is a report too.
+    /// Every live collector's ListRunning, in parallel; silence is an
+    /// answer too. A collector whose list is unchanged since its previous
+    /// answer (same lease, same digest) says so instead of sending it.
     async fn list_running(
-        &self,
+        &mut self,
         collectors: &BTreeMap<CollectorId, LiveCollector>,
         term: i64,
-    ) -> BTreeMap<CollectorId, Report> {
+    ) -> BTreeMap<CollectorId, Answer> {
+        self.running.retain(|c, (lease, _, _)| collectors.get(c).is_some_and(|live| live.lease == *lease));
+        let cache = &self.running;
         let calls = collectors.iter().map(|(id, c)| {
             let client = self.clients.get(id, &c.record.grpc_address);
             let bound = if self.liveness.was_silent(id) { SILENT_LIST_TIMEOUT } else { LIST_TIMEOUT };
+            let held = cache.get(id).map(|(_, digest, list)| (*digest, list.clone()));
             async move {
                 let mut client = match client {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(collector = %id, "cannot set up a connection to it: {e}");
-                        return (id.clone(), Report::Silent);
+                        return (id.clone(), Answer::Silent);
                     }
                 };
-                let call = client.list_running(pb::ListRunningRequest { leader_term: term });
+                let unless_digest = held.as_ref().map_or(0, |(d, _)| *d);
+                let call = client.list_running(pb::ListRunningRequest { leader_term: term, unless_digest });
                 match tokio::time::timeout(bound, call).await {
                     Ok(Ok(r)) => {
                         let r = r.into_inner();
@@ -563,7 +658,16 @@ impl Reconciler {
                         // registered again since we read etcd, counts as silence).
                         if r.collector_id != id.as_str() || r.lease != c.lease {
                             tracing::warn!(collector = %id, answered = %r.collector_id, lease = r.lease, expected = c.lease, "ListRunning answered by another collector or incarnation; ignored");
-                            return (id.clone(), Report::Silent);
+                            return (id.clone(), Answer::Silent);
+                        }
+                        if r.unchanged {
+                            return match held {
+                                Some((digest, list)) if digest == r.digest => (id.clone(), Answer::Answered(digest, list)),
+                                _ => {
+                                    tracing::warn!(collector = %id, "ListRunning said unchanged against a list this manager does not hold; ignored");
+                                    (id.clone(), Answer::Silent)
+                                }
+                            };
                         }
                         let running = r
                             .monitors
@@ -573,20 +677,32 @@ impl Reconciler {
                                 Some((id, Running { generation: m.generation, epoch: m.epoch, stopping: m.stopping }))
                             })
                             .collect();
-                        (id.clone(), Report::Answered(running))
+                        (id.clone(), Answer::Answered(r.digest, Arc::new(running)))
                     }
                     Ok(Err(e)) => {
                         tracing::warn!(collector = %id, "ListRunning failed: {}", e.message());
-                        (id.clone(), Report::Silent)
+                        (id.clone(), Answer::Silent)
                     }
                     Err(_) => {
                         tracing::warn!(collector = %id, "ListRunning timed out");
-                        (id.clone(), Report::Silent)
+                        (id.clone(), Answer::Silent)
                     }
                 }
             }
         });
-        futures::future::join_all(calls).await.into_iter().collect()
+        let answers: BTreeMap<CollectorId, Answer> = futures::future::join_all(calls).await.into_iter().collect();
+        for (c, a) in &answers {
+            match (a, collectors.get(c)) {
+                // A digest of 0 comes from a collector that sends none: keep nothing.
+                (Answer::Answered(digest, list), Some(live)) if *digest != 0 => {
+                    self.running.insert(c.clone(), (live.lease, *digest, list.clone()));
+                }
+                _ => {
+                    self.running.remove(c);
+                }
+            }
+        }
+        answers
     }
 
     /// Sends Unassigns; returns the releases confirmed.

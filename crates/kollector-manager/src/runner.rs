@@ -202,7 +202,7 @@ impl ClusterRunner {
             let client = self.clients.get(&cid, &address);
             async move {
                 let Ok(mut client) = client else { return (cid.to_string(), None) };
-                let call = client.list_running(pb::ListRunningRequest { leader_term: 0 });
+                let call = client.list_running(pb::ListRunningRequest { leader_term: 0, ..Default::default() });
                 match tokio::time::timeout(Duration::from_secs(2), call).await {
                     Ok(Ok(r)) => {
                         let g = r

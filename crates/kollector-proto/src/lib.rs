@@ -35,6 +35,21 @@ pub mod v1 {
 mod convert;
 pub mod transport;
 
+/// Sorts a collector's running list by monitor id and digests it: what a
+/// ListRunning answer carries in `digest`, so that a caller holding the same
+/// list can be answered `unchanged` (no list). Only the collector that made
+/// a digest compares it, so std's hasher (stable within a build) suffices.
+/// Never 0 (0 means "no digest" in a request).
+pub fn running_digest(monitors: &mut [v1::RunningMonitor]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    monitors.sort_by(|a, b| a.monitor_id.cmp(&b.monitor_id));
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for m in monitors.iter() {
+        (&m.monitor_id, m.generation, m.epoch, m.stopping).hash(&mut h);
+    }
+    h.finish().max(1)
+}
+
 pub use convert::{
     error_from_proto, history_from_proto, history_to_proto, input_from_proto, input_to_proto, monitor_view,
     result_from_proto, result_to_proto, snapshot_from_proto, snapshot_to_proto, status_from_proto, status_to_proto,
