@@ -32,7 +32,9 @@ use kollector_tests::metrics::Metrics;
 use kollector_tests::net::rss_kib;
 use kollector_tests::poll::wait_for_async;
 use kollector_tests::proc_stat::cpu_seconds;
-use kollector_tests::scale::{converged, create_through_api, etcd_sent_bytes, ids, load_into_etcd, placement};
+use kollector_tests::scale::{
+    converged, create_through_api, etcd_sent_bytes, etcd_sent_by_method, ids, load_into_etcd, placement,
+};
 use kollector_tests::sim_collector::{SimCollector, SimConfig};
 
 fn env(name: &str, default: usize) -> usize {
@@ -98,12 +100,23 @@ async fn main() {
         managers.iter().filter_map(|m| own_metrics(m).value("kollector_quiet_passes_total", &[])).sum()
     };
     let quiet0 = quiet();
+    let methods0 = etcd_sent_by_method(&etcd);
     let (bytes0, cpu0, t0) = (etcd_sent_bytes(&etcd), cpu(&pids), Instant::now());
     // The measurement window itself.
     tokio::time::sleep(steady).await;
     let secs = t0.elapsed().as_secs_f64();
     let (bytes, used) = (etcd_sent_bytes(&etcd) - bytes0, cpu(&pids) - cpu0);
     let results: u64 = sims.values().map(|s| s.counts().2).sum();
+    let by_method: Vec<String> = etcd_sent_by_method(&etcd)
+        .into_iter()
+        .map(|(m, n)| (m.clone(), n - methods0.get(&m).copied().unwrap_or(0.0)))
+        .filter(|(_, n)| *n > 0.0)
+        .map(|(m, n)| format!("{m} {:.1}/s", n / secs))
+        .collect();
+    println!("steady: etcd messages sent by method: {}", by_method.join(", "));
+    let lists: f64 =
+        managers.iter().filter_map(|m| own_metrics(m).value("kollector_etcd_view_lists_total", &[])).sum();
+    println!("steady: the managers' views listed etcd {lists} times in all (2: once each at start)");
     let pass_secs: f64 =
         managers.iter().filter_map(|m| own_metrics(m).value("kollector_reconcile_pass_seconds", &[])).fold(0.0, f64::max);
     println!(

@@ -156,3 +156,16 @@ pub fn etcd_sent_bytes(etcd: &EtcdServer) -> f64 {
     let metrics = crate::metrics::Metrics::parse(&body).expect("parse etcd /metrics");
     metrics.find("etcd_network_client_grpc_sent_bytes_total", &[]).iter().map(|s| s.value).sum()
 }
+
+/// Messages etcd has sent so far, by gRPC method (its own counters).
+pub fn etcd_sent_by_method(etcd: &EtcdServer) -> BTreeMap<String, f64> {
+    let (_, body) = crate::kollector::http_get(&format!("127.0.0.1:{}", etcd.client_port), "/metrics")
+        .expect("etcd /metrics");
+    let metrics = crate::metrics::Metrics::parse(&body).expect("parse etcd /metrics");
+    let mut out = BTreeMap::new();
+    for s in metrics.find("grpc_server_msg_sent_total", &[]) {
+        let method = s.labels.get("grpc_method").cloned().unwrap_or_default();
+        *out.entry(method).or_default() += s.value;
+    }
+    out
+}

@@ -5,7 +5,8 @@
 //! record under a lease of its own, kept alive every TTL/3) and serves the
 //! real `CollectorService` protocol on a loopback port: it takes Assign and
 //! Unassign (refusing an Assign addressed to another lease, as a collector
-//! does), answers ListRunning with its collector id and lease, and streams
+//! does, and any command of a leader term older than one it has seen),
+//! answers ListRunning with its collector id, lease and list digest, and streams
 //! synthetic results of a chosen size (with a handover history every few
 //! results) for everything it runs. It opens no Kafka client: what it
 //! measures is the control plane alone.
@@ -79,6 +80,8 @@ struct Shared {
     released: Notify,
     /// Changes to `running` or `dead`, for result streams.
     changed: watch::Sender<u64>,
+    /// The highest leader term seen; older commands are refused.
+    term: AtomicI64,
     assigns: AtomicU64,
     unassigns: AtomicU64,
     results_sent: AtomicU64,
@@ -97,6 +100,15 @@ impl Shared {
             }
             released.await;
         }
+    }
+
+    /// Refuses a command of an older leader term than one seen.
+    fn believe(&self, term: i64) -> Result<(), Status> {
+        let seen = self.term.fetch_max(term, Ordering::SeqCst);
+        if term < seen {
+            return Err(Status::failed_precondition(format!("leader term {term} is older than {seen}")));
+        }
+        Ok(())
     }
 
     fn bump(&self) {
@@ -153,6 +165,7 @@ impl SimCollector {
             paused: AtomicBool::new(false),
             released: Notify::new(),
             changed,
+            term: AtomicI64::new(0),
             assigns: AtomicU64::new(0),
             unassigns: AtomicU64::new(0),
             results_sent: AtomicU64::new(0),
@@ -204,6 +217,14 @@ impl SimCollector {
     pub fn resume(&self) {
         self.shared.paused.store(false, Ordering::SeqCst);
         self.restore();
+    }
+
+    /// Drops `monitor` without being told to (an actor that died): the
+    /// leader must notice from ListRunning and start it again.
+    pub fn forget(&self, monitor: &str) -> bool {
+        let gone = self.shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(monitor).is_some();
+        self.shared.bump();
+        gone
     }
 
     /// Monitor → (generation, epoch) it runs now.
@@ -332,6 +353,7 @@ impl CollectorService for Service {
         let (Some(spec), Some(fencing)) = (req.spec, req.fencing) else {
             return Err(Status::invalid_argument("spec and fencing are required"));
         };
+        self.shared.believe(fencing.leader_term)?;
         if fencing.collector_lease != self.shared.lease.load(Ordering::SeqCst) {
             return Err(Status::failed_precondition("addressed to another incarnation (lease)"));
         }
@@ -349,6 +371,9 @@ impl CollectorService for Service {
     async fn unassign(&self, req: Request<pb::UnassignRequest>) -> Result<Response<pb::UnassignResponse>, Status> {
         self.shared.gate().await?;
         let req = req.into_inner();
+        if let Some(f) = &req.fencing {
+            self.shared.believe(f.leader_term)?;
+        }
         let was_running = self.shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&req.monitor_id).is_some();
         self.shared.unassigns.fetch_add(1, Ordering::Relaxed);
         self.shared.bump();
@@ -360,6 +385,8 @@ impl CollectorService for Service {
         req: Request<pb::ListRunningRequest>,
     ) -> Result<Response<pb::ListRunningResponse>, Status> {
         self.shared.gate().await?;
+        let req = req.into_inner();
+        self.shared.believe(req.leader_term)?;
         let mut monitors: Vec<pb::RunningMonitor> = self
             .shared
             .running
@@ -374,7 +401,7 @@ impl CollectorService for Service {
             })
             .collect();
         let digest = kollector_proto::running_digest(&mut monitors);
-        let unchanged = req.into_inner().unless_digest == digest;
+        let unchanged = req.unless_digest == digest;
         if unchanged {
             monitors.clear();
         }

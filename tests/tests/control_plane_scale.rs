@@ -17,7 +17,7 @@ use kollector_tests::etcd::EtcdServer;
 use kollector_tests::kollector::KollectorProcess;
 use kollector_tests::metrics::Metrics;
 use kollector_tests::poll::wait_for_async;
-use kollector_tests::scale::{converged, create_through_api, etcd_sent_bytes, ids, latest};
+use kollector_tests::scale::{converged, create_through_api, etcd_sent_bytes, ids, latest, placement};
 use kollector_tests::sim_collector::{SimCollector, SimConfig};
 
 const MONITORS: usize = 10_000;
@@ -72,6 +72,18 @@ async fn ten_thousand_monitors_over_twenty_simulated_collectors_converge_through
     println!("quiet: {skipped} passes skipped in 5 s");
     assert!(skipped >= 4.0, "the leader re-planned an unchanged cluster ({skipped} passes skipped in 5 s)");
 
+    // A monitor a collector drops on its own while all is quiet (its actor
+    // died) runs again: the skipped passes hide no drift.
+    let dropped = placed.iter().next().map(|(m, c)| (m.clone(), c.clone())).expect("a monitor");
+    assert!(sims[&dropped.1].forget(&dropped.0));
+    wait_for_async("a dropped monitor running again", Duration::from_secs(10), || async {
+        match placement(sims.values())?.get(&dropped.0) {
+            Some(c) => Ok(c.clone()),
+            None => Err(format!("{} not running", dropped.0)),
+        }
+    })
+    .await;
+
     // Every monitor's result is served, from its owner.
     wait_for_async("a current result for every monitor", Duration::from_secs(60), || async {
         let results = latest(&mut client.clone()).await?;
@@ -90,6 +102,7 @@ async fn ten_thousand_monitors_over_twenty_simulated_collectors_converge_through
 
     // A kill: the victim's monitors run elsewhere, each exactly once.
     let victim = "s01";
+    let before_kill = converged(sims.values(), &mut client.clone(), MONITORS).await.expect("converged before the kill");
     let its: Vec<String> = sims[victim].running().into_keys().collect();
     let killed_at = Instant::now();
     sims[victim].kill();
@@ -98,7 +111,10 @@ async fn ten_thousand_monitors_over_twenty_simulated_collectors_converge_through
     })
     .await;
     println!("{} monitors of a killed collector running elsewhere after {:?} (TTL 3 s)", its.len(), killed_at.elapsed());
-    assert!(its.iter().all(|m| placed.get(m).is_some_and(|c| c != victim)));
+    // Only the victim's monitors moved.
+    let moved: Vec<&String> = placed.iter().filter(|(m, c)| before_kill.get(*m) != Some(*c)).map(|(m, _)| m).collect();
+    assert_eq!(moved.len(), its.len(), "exactly the killed collector's monitors moved");
+    assert!(moved.iter().all(|m| its.contains(m)));
 
     // A drain: everything leaves s02; the rest converge on the others.
     let drained = "s02";

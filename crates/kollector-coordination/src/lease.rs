@@ -77,7 +77,9 @@ async fn connect_with(etcd: &EtcdAccess, ttl: Duration, bounded: bool) -> Result
         // --grpc-keepalive-min-time) on a connection that carries no data,
         // and after three it drops the connection: a campaign that waits
         // quietly would be cut every few seconds. So ping every 10 s.
-        options.with_keep_alive(BLOCKING_PING_EVERY.max(t), t)
+        // And only from a member with a leader: one cut off from the
+        // quorum fails the call instead of keeping it waiting for ever.
+        options.with_keep_alive(BLOCKING_PING_EVERY.max(t), t).with_require_leader(true)
     };
     if let Some(tls) = &etcd.tls {
         options = options.with_tls(tls.clone());

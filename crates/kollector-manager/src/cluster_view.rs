@@ -19,6 +19,16 @@
 //! for "everything etcd holds now" (one small read for etcd's revision, then
 //! a watch progress request if no event carries the view there).
 //!
+//! Two numbers move: the revision the view has applied (for waiters) and a
+//! count of applied changes (for those driven by changes: the reconciler,
+//! the intake). Only event batches and listings move the count, so writes
+//! outside the prefix, which move etcd's revision, start no work. A
+//! progress answer the view asked for moves the revision only after
+//! `PROGRESS_SETTLE`: etcd before 3.4.24 and 3.5.8 may send it ahead of
+//! events still in flight (etcd#15220), so it is trusted once they have had
+//! their chance; etcd's periodic progress notices, sent only to a watch that
+//! is caught up, count at once.
+//!
 //! A view that lost its watch is not live: reads fail (UNAVAILABLE) rather
 //! than serve what may be old. A half-open connection is caught by asking
 //! for progress when the watch has been quiet and giving up when even that
@@ -46,6 +56,10 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 const SILENT_WATCH: Duration = Duration::from_secs(7);
 /// Longest wait between attempts to list and watch again.
 const MAX_RETRY: Duration = Duration::from_secs(2);
+/// How long a requested progress answer waits before it counts.
+const PROGRESS_SETTLE: Duration = Duration::from_millis(200);
+/// A waiter that is behind asks for progress again this often.
+const PROGRESS_AGAIN: Duration = Duration::from_millis(150);
 /// Largest watch message accepted (a batch of large specs).
 const MAX_WATCH_MESSAGE: usize = 256 * 1024 * 1024;
 
@@ -78,6 +92,9 @@ pub struct Kv<'a> {
 pub struct ViewState {
     /// Every event up to this revision is applied.
     pub revision: i64,
+    /// Event batches and listings applied since start: moves with every
+    /// change of the view, and only then.
+    pub changes: u64,
     pub monitors: BTreeMap<MonitorId, Arc<StoredMonitor>>,
     /// Monitor id (from the key) → why its value could not be read.
     pub invalid_monitors: BTreeMap<String, String>,
@@ -197,6 +214,8 @@ struct Shared {
     state: RwLock<ViewState>,
     /// The revision applied so far (what waiters wait on).
     applied: watch::Sender<i64>,
+    /// `ViewState::changes`, for those driven by changes.
+    changed: watch::Sender<u64>,
     /// None while live; otherwise why not.
     down: RwLock<Option<String>>,
     /// Someone waits for a revision no event may bring: ask for progress.
@@ -215,10 +234,12 @@ impl ClusterView {
     /// Starts listing and watching `store`'s prefix in the background.
     pub fn start(store: ClusterStore) -> (ClusterView, JoinHandle<()>) {
         let (applied, _) = watch::channel(0);
+        let (changed, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             store,
             state: RwLock::new(ViewState::default()),
             applied,
+            changed,
             down: RwLock::new(Some("not listed yet".into())),
             want_progress: Notify::new(),
             relists: AtomicU64::new(0),
@@ -250,9 +271,10 @@ impl ClusterView {
         *self.shared.applied.borrow()
     }
 
-    /// Revision changes (every applied batch), for those driven by changes.
-    pub fn changes(&self) -> watch::Receiver<i64> {
-        self.shared.applied.subscribe()
+    /// The count of changes applied (`ViewState::changes`): moves with every
+    /// applied event batch and listing, for those driven by changes.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.shared.changed.subscribe()
     }
 
     /// (lists, events applied) since start.
@@ -264,7 +286,7 @@ impl ClusterView {
     pub async fn wait_for(&self, revision: i64, within: Duration) -> Result<(), ViewError> {
         let deadline = Instant::now() + within;
         let mut applied = self.shared.applied.subscribe();
-        let mut asked = false;
+        let mut first = true;
         loop {
             let at = *applied.borrow_and_update();
             if at >= revision {
@@ -275,14 +297,15 @@ impl ClusterView {
             }
             // No event in the prefix may come to carry the view there (the
             // revision was another prefix's write): ask for progress once
-            // the events in flight had their chance.
-            let nudge = tokio::time::sleep(Duration::from_millis(20));
+            // the events in flight had their chance, and again while behind
+            // (an answer may come from a member that lags).
+            let nudge = tokio::time::sleep(if first { Duration::from_millis(20) } else { PROGRESS_AGAIN });
             tokio::select! {
                 changed = applied.changed() => if changed.is_err() {
                     return Err(ViewError::NotLive("the view stopped".into()));
                 },
-                _ = nudge, if !asked => {
-                    asked = true;
+                _ = nudge => {
+                    first = false;
                     self.shared.want_progress.notify_one();
                 }
                 _ = tokio::time::sleep_until(deadline) => {
@@ -318,13 +341,23 @@ fn set_down(shared: &Shared, why: Option<String>) {
 /// Lists and watches until stopped; after an error, marks the view down and
 /// starts again with a fresh listing.
 async fn run(shared: Arc<Shared>) {
+    /// Marks the view down however this task ends (a panic included), so
+    /// readers never take a frozen view for a live one.
+    struct DownWhenGone(Arc<Shared>);
+    impl Drop for DownWhenGone {
+        fn drop(&mut self) {
+            set_down(&self.0, Some("the view's task ended".into()));
+        }
+    }
+    let _guard = DownWhenGone(shared.clone());
     let mut retry = Duration::from_millis(100);
     loop {
         let listed_before = shared.relists.load(Ordering::Relaxed);
         let why = follow(&shared).await;
         tracing::warn!("etcd watch lost ({why}); listing again");
         set_down(&shared, Some(why));
-        if shared.relists.load(Ordering::Relaxed) > listed_before + 1 {
+        // A watch that was followed starts the next attempt afresh.
+        if shared.relists.load(Ordering::Relaxed) > listed_before {
             retry = Duration::from_millis(100);
         }
         tokio::time::sleep(retry).await;
@@ -358,17 +391,25 @@ async fn follow(shared: &Shared) -> String {
         Ok(s) => s,
         Err(e) => return format!("watching {prefix}: {e}"),
     };
-    *shared.state.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+    {
+        let mut state = shared.state.write().unwrap_or_else(|p| p.into_inner());
+        fresh.changes = state.changes + 1;
+        *state = fresh;
+    }
     shared.relists.fetch_add(1, Ordering::Relaxed);
     set_down(shared, None);
     shared.applied.send_replace(listed_at);
+    shared.changed.send_modify(|n| *n += 1);
     tracing::info!(revision = listed_at, "etcd view listed; following changes");
 
     let (mut requests, mut responses) = stream.split();
     let mut heard = Instant::now();
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A requested progress answer's revision, and when it may count.
+    let mut settling: Option<(i64, Instant)> = None;
     loop {
+        let settle_at = settling.map(|(_, at)| at);
         tokio::select! {
             message = responses.message() => {
                 let r = match message {
@@ -384,13 +425,24 @@ async fn follow(shared: &Shared) -> String {
                     return format!("etcd cancelled the watch: {}", r.cancel_reason());
                 }
                 let events = r.events();
-                let through = if events.is_empty() {
-                    // A progress answer: every event up to its revision was
-                    // sent. The creation answer is not one (events before
-                    // its revision may still follow).
-                    if r.created() { continue; }
-                    r.header().map_or(0, |h| h.revision())
-                } else {
+                if events.is_empty() {
+                    // The creation answer is no progress (events before its
+                    // revision may still follow).
+                    if r.created() {
+                        continue;
+                    }
+                    let revision = r.header().map_or(0, |h| h.revision());
+                    if r.watch_id() == -1 {
+                        // Asked for: may overtake events in flight (see above).
+                        if settling.is_none_or(|(r, _)| r < revision) {
+                            settling = Some((revision, Instant::now() + PROGRESS_SETTLE));
+                        }
+                    } else {
+                        advance(shared, revision);
+                    }
+                    continue;
+                }
+                let through = {
                     let mut state = shared.state.write().unwrap_or_else(|p| p.into_inner());
                     let mut through = 0;
                     for ev in events {
@@ -406,15 +458,16 @@ async fn follow(shared: &Shared) -> String {
                         }
                         through = through.max(kv.mod_revision());
                     }
-                    shared.events.fetch_add(events.len() as u64, Ordering::Relaxed);
-                    state.revision = state.revision.max(through);
+                    state.changes += 1;
                     through
                 };
-                if through > *shared.applied.borrow() {
-                    if let Ok(mut state) = shared.state.write() {
-                        state.revision = state.revision.max(through);
-                    }
-                    shared.applied.send_replace(through);
+                shared.events.fetch_add(events.len() as u64, Ordering::Relaxed);
+                advance(shared, through);
+                shared.changed.send_modify(|n| *n += 1);
+            }
+            _ = async { if let Some(at) = settle_at { tokio::time::sleep_until(at).await } }, if settle_at.is_some() => {
+                if let Some((revision, _)) = settling.take() {
+                    advance(shared, revision);
                 }
             }
             _ = shared.want_progress.notified() => {
@@ -433,6 +486,17 @@ async fn follow(shared: &Shared) -> String {
                 }
             }
         }
+    }
+}
+
+/// Every event up to `revision` is applied: waiters may go on.
+fn advance(shared: &Shared, revision: i64) {
+    if revision > *shared.applied.borrow() {
+        {
+            let mut state = shared.state.write().unwrap_or_else(|p| p.into_inner());
+            state.revision = state.revision.max(revision);
+        }
+        shared.applied.send_replace(revision);
     }
 }
 

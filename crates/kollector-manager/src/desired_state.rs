@@ -223,6 +223,17 @@ fn view_error(e: crate::cluster_view::ViewError) -> DesiredError {
     DesiredError::Etcd(CoordinationError::Etcd(e.to_string()))
 }
 
+impl crate::cluster_view::ClusterView {
+    /// Waits until the view shows a write at `revision`. The write is
+    /// stored either way: a view that does not catch up in time is logged,
+    /// not reported as a failed write (the caller would retry a done change).
+    async fn shown(&self, revision: i64) {
+        if let Err(e) = self.wait_for(revision, VIEW_WAIT).await {
+            tracing::warn!(revision, "a write is stored, but this manager's view does not show it yet: {e}");
+        }
+    }
+}
+
 /// Cluster mode: writes go to etcd (compare-and-swap); reads come from the
 /// watched view, after it caught up with etcd (one small read), so a read
 /// sees every write acknowledged before it, as a read of etcd would; a
@@ -256,7 +267,7 @@ impl DesiredState for crate::cluster_view::ClusterView {
     async fn create(&self, spec: &MonitorSpec) -> Result<Option<Generation>, DesiredError> {
         let written = self.store().create_monitor(&self.store().seal(spec)?).await?;
         if let Some(g) = written {
-            self.wait_for(g as i64, VIEW_WAIT).await.map_err(view_error)?;
+            self.shown(g as i64).await;
         }
         Ok(written)
     }
@@ -264,14 +275,14 @@ impl DesiredState for crate::cluster_view::ClusterView {
     async fn replace(&self, spec: &MonitorSpec, expected: Generation) -> Result<Option<Generation>, DesiredError> {
         let written = self.store().update_monitor(&self.store().seal(spec)?, expected as i64).await?;
         if let Some(g) = written {
-            self.wait_for(g as i64, VIEW_WAIT).await.map_err(view_error)?;
+            self.shown(g as i64).await;
         }
         Ok(written)
     }
 
     async fn delete(&self, id: &MonitorId) -> Result<Option<Generation>, DesiredError> {
         let Some((generation, revision)) = self.store().delete_monitor(id).await? else { return Ok(None) };
-        self.wait_for(revision, VIEW_WAIT).await.map_err(view_error)?;
+        self.shown(revision).await;
         Ok(Some(generation))
     }
 }

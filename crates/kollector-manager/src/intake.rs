@@ -71,7 +71,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(30);
 const NEWER_WAIT: Duration = Duration::from_secs(1);
 
 /// A monitor's latest result as it came (without its history), with what
-/// it is judged by.
+/// it is judged by. Cheap to clone (the bytes are shared).
+#[derive(Clone)]
 struct Latest {
     collector: CollectorId,
     epoch: Epoch,
@@ -118,6 +119,26 @@ struct Shared {
     histories_dropped: AtomicU64,
     stale_dropped: AtomicU64,
     stale_rule: StaleRule,
+}
+
+/// Results judged current, not decoded yet.
+#[derive(Default)]
+pub struct Current {
+    kept: Vec<(MonitorId, Latest)>,
+    rule: StaleRule,
+}
+
+impl Current {
+    /// The results, decoded; one whose owner is overdue is served as
+    /// `Stale` ([`StaleRule::judge`]).
+    pub fn served(self) -> Vec<MonitorResult> {
+        let now = unix_ms();
+        self.kept.into_iter().filter_map(|(m, r)| r.decode(&m)).map(|r| self.rule.judge(r, now)).collect()
+    }
+
+    pub fn monitors(&self) -> impl Iterator<Item = &MonitorId> {
+        self.kept.iter().map(|(m, _)| m)
+    }
 }
 
 /// A handle to the intake's results; cheap to clone.
@@ -204,24 +225,26 @@ impl Intake {
         (intake, task)
     }
 
-    /// The latest results that are still current against the view `v`: a
-    /// result of an older spec (e.g. of a deleted monitor whose id was
-    /// re-created) or of an earlier owner (the monitor moved; the new owner
-    /// has not reported yet) is never served; one whose owner is overdue is
-    /// served as `Stale` ([`StaleRule::judge`]). `only`: that monitor alone.
-    pub fn current_in(&self, v: &ViewState, only: Option<&MonitorId>) -> Vec<MonitorResult> {
-        let Ok(latest) = self.shared.latest.read() else { return Vec::new() };
-        let (rule, now) = (self.shared.stale_rule, unix_ms());
-        let served = |(m, r): (&MonitorId, &Latest)| {
+    /// The latest results that are still current against the view `v`, of
+    /// the monitors `ids` (every monitor if None): a result of an older spec
+    /// (e.g. of a deleted monitor whose id was re-created) or of an earlier
+    /// owner (the monitor moved; the new owner has not reported yet) is
+    /// never served. They are copied out (shared bytes), to be decoded with
+    /// [`Current::served`] once the locks are released.
+    pub fn current_in<'a>(&self, v: &ViewState, ids: Option<impl Iterator<Item = &'a MonitorId>>) -> Current {
+        let Ok(latest) = self.shared.latest.read() else { return Current::default() };
+        let current = |m: &MonitorId, r: &Latest| {
             still_current(r, v.assignments.get(m), v.monitors.get(m).map(|s| s.spec.generation))
-                .then(|| r.decode(m))
-                .flatten()
-                .map(|r| rule.judge(r, now))
         };
-        match only {
-            Some(m) => latest.get_key_value(m).and_then(served).into_iter().collect(),
-            None => latest.iter().filter_map(served).collect(),
-        }
+        let kept = match ids {
+            Some(ids) => ids
+                .filter_map(|m| latest.get_key_value(m))
+                .filter(|(m, r)| current(m, r))
+                .map(|(m, r)| (m.clone(), r.clone()))
+                .collect(),
+            None => latest.iter().filter(|(m, r)| current(m, r)).map(|(m, r)| (m.clone(), r.clone())).collect(),
+        };
+        Current { kept, rule: self.shared.stale_rule }
     }
 
     /// The latest offset history `monitor`'s owner sent, for its next owner.
@@ -255,7 +278,7 @@ impl Intake {
             None => 0,
         };
         let total = self.shared.latest_bytes.load(Ordering::Relaxed);
-        if old == 0 && total + latest.bytes.len() > LATEST_CAP_BYTES {
+        if total - old + latest.bytes.len() > LATEST_CAP_BYTES {
             self.shared.latest_dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(monitor = %monitor, total, "dropped a result: the manager keeps at most {LATEST_CAP_BYTES} bytes of them");
             return;
@@ -293,6 +316,10 @@ impl Intake {
 /// Follows one collector's result stream until it ends.
 async fn follow(id: CollectorId, address: String, clients: CollectorClients, view: ClusterView, shared: Arc<Shared>) {
     let Ok(mut client) = clients.get(&id, &address) else { return };
+    // The view's revision when a wait for it last ran out: while it stays
+    // there, results ahead of the view do not wait again (after a restore
+    // without --bump-revision every epoch is ahead, for good).
+    let mut waited_in_vain: Option<i64> = None;
     let mut stream = match client.stream_results(pb::StreamResultsRequest {}).await {
         Ok(s) => s.into_inner(),
         Err(e) => {
@@ -340,8 +367,12 @@ async fn follow(id: CollectorId, address: String, clients: CollectorClients, vie
         // shown yet: epochs and generations are etcd revisions): wait for
         // the view to reach it, briefly, then judge again.
         let newest = (epoch as i64).max(generation as i64);
-        if !matches!(verdict, Some(Ok(()))) && newest > view.revision() {
-            let _ = view.wait_for(newest, NEWER_WAIT).await;
+        let at = view.revision();
+        let worth_waiting = view.down().is_none() && waited_in_vain != Some(at);
+        if !matches!(verdict, Some(Ok(()))) && newest > at && worth_waiting {
+            if view.wait_for(newest, NEWER_WAIT).await.is_err() {
+                waited_in_vain = Some(view.revision());
+            }
             verdict = judge();
         }
         match verdict {

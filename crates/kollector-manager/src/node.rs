@@ -237,32 +237,44 @@ impl ManagerMetrics {
     /// Results of the specs in force now, from their owners (from the view:
     /// a scrape reads nothing from etcd).
     async fn current(&self) -> Result<Vec<kollector_core::MonitorResult>, crate::cluster_view::ViewError> {
-        self.view.read(|v| self.intake.current_in(v, None))
+        let none: Option<std::iter::Empty<&kollector_core::MonitorId>> = None;
+        Ok(self.view.read(|v| self.intake.current_in(v, none))?.served())
     }
 
     /// One monitor's series alone, if it has a current result.
     pub async fn render_monitor(&self, id: &kollector_core::MonitorId) -> Option<String> {
-        let r = self.view.read(|v| self.intake.current_in(v, Some(id))).ok()?.pop()?;
+        let r = self.view.read(|v| self.intake.current_in(v, Some(std::iter::once(id)))).ok()?.served().pop()?;
         Some(render_entries(vec![r], Vec::new(), false))
     }
 
     /// Discovery: one target per monitor with a current result, at the HTTP
     /// address of the collector that owns it now.
     pub async fn targets(&self) -> Vec<kollector_collector::discovery::SdTarget> {
+        let none: Option<std::iter::Empty<&kollector_core::MonitorId>> = None;
+        // Copied out under the view's lock, decoded after it.
+        let read = self.view.read(|v| {
+            let current = self.intake.current_in(v, none);
+            let labels: std::collections::BTreeMap<kollector_core::MonitorId, std::collections::BTreeMap<String, String>> =
+                current
+                    .monitors()
+                    .filter_map(|m| Some((m.clone(), v.monitors.get(m)?.spec.labels.clone())))
+                    .filter(|(_, l)| !l.is_empty())
+                    .collect();
+            let http: std::collections::BTreeMap<kollector_core::CollectorId, String> =
+                v.collectors.iter().map(|(c, live)| (c.clone(), live.record.http_address.clone())).collect();
+            (current, labels, http)
+        });
+        let Ok((current, labels, http)) = read else { return Vec::new() };
         let no_labels = std::collections::BTreeMap::new();
-        self.view
-            .read(|v| {
-                self.intake
-                    .current_in(v, None)
-                    .iter()
-                    .filter_map(|r| {
-                        let owner = v.collectors.get(r.collector.as_ref()?)?;
-                        let labels = v.monitors.get(&r.monitor).map_or(&no_labels, |m| &m.spec.labels);
-                        Some(kollector_collector::discovery::target(&owner.record.http_address, r, labels))
-                    })
-                    .collect()
+        current
+            .served()
+            .iter()
+            .filter_map(|r| {
+                let address = http.get(r.collector.as_ref()?)?;
+                let labels = labels.get(&r.monitor).unwrap_or(&no_labels);
+                Some(kollector_collector::discovery::target(address, r, labels))
             })
-            .unwrap_or_default()
+            .collect()
     }
 
     /// Ready: etcd answers, and, while leading, the latest pass did not fail.

@@ -223,8 +223,9 @@ pub struct Reconciler {
 /// What a pass decides from, in brief: equal inputs, equal decisions.
 #[derive(Debug, PartialEq, Eq)]
 struct PassInputs {
-    /// The view's revision: every spec, record, collector and mark.
-    revision: i64,
+    /// The view's count of changes (`ViewState::changes`): moves with every
+    /// change to a spec, record, collector or mark, and with every listing.
+    changes: u64,
     /// Each collector's answer (its list's digest), None if silent.
     answers: BTreeMap<CollectorId, Option<u64>>,
     closed: BTreeSet<CollectorId>,
@@ -361,15 +362,15 @@ impl Reconciler {
         answers.extend(unreadable.keys().map(|c| (c.clone(), Answer::Silent)));
         // Read after ListRunning's wait, so an expired mark is seen at once.
         self.view.sync(SYNC_TIMEOUT).await.map_err(read)?;
-        let (marks, revision) = self.view.read(|v| (v.revoked.clone(), v.revision)).map_err(read)?;
+        let (marks, changes) = self.view.read(|v| (v.revoked.clone(), v.changes)).map_err(read)?;
         let closed = self.judge_liveness(token, asked_at, &collectors, &unreadable, &marks, &answers).await?;
 
-        // Nothing changed since a pass that found nothing to do (etcd's
-        // revision, every collector's answer, who is closed): this pass
+        // Nothing changed since a pass that found nothing to do (the view,
+        // every collector's answer, who is closed): this pass
         // would find nothing either. A full pass still runs every
         // FULL_PASS_EVERY, as a check that costs what a pass used to.
         let inputs = PassInputs {
-            revision,
+            changes,
             answers: answers.iter().map(|(c, a)| (c.clone(), a.digest())).collect(),
             closed: closed.closed.clone(),
             not_holding: closed.not_holding.clone(),

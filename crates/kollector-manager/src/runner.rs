@@ -303,18 +303,10 @@ impl Runner for ClusterRunner {
     }
 
     async fn view(&self, specs: &BTreeMap<MonitorId, MonitorSpec>) -> Result<View, Status> {
-        self.view
+        let (current, placement) = self
+            .view
             .read(|v| {
-                // Only results of the specs asked about, at their generation.
-                let of_specs = |r: &MonitorResult| specs.get(&r.monitor).is_some_and(|s| s.generation == r.generation);
-                let only = if specs.len() == 1 { specs.keys().next() } else { None };
-                let results = self
-                    .intake
-                    .current_in(v, only)
-                    .into_iter()
-                    .filter(of_specs)
-                    .map(|r| (r.monitor.clone(), r))
-                    .collect();
+                let current = self.intake.current_in(v, Some(specs.keys()));
                 let placement = specs
                     .keys()
                     .filter_map(|m| {
@@ -322,9 +314,18 @@ impl Runner for ClusterRunner {
                         Some((m.clone(), (r.collector.clone()?, r.epoch)))
                     })
                     .collect();
-                View { results, placement }
+                (current, placement)
             })
-            .map_err(view_status)
+            .map_err(view_status)?;
+        // Decoded with no lock held; only results of the specs asked
+        // about, at their generation.
+        let results = current
+            .served()
+            .into_iter()
+            .filter(|r| specs.get(&r.monitor).is_some_and(|s| s.generation == r.generation))
+            .map(|r| (r.monitor.clone(), r))
+            .collect();
+        Ok(View { results, placement })
     }
 
     async fn probe(&self, spec: MonitorSpec) -> Result<Result<Snapshot, CollectError>, Status> {

@@ -46,7 +46,8 @@ pub struct ManagerArgs {
     /// Election lease TTL: a dead leader is replaced after about this long.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     election_ttl: Duration,
-    /// How often the leader re-plans and repairs drift (also the debounce of membership changes).
+    /// The longest between two passes of the leader (each asks every
+    /// collector what it runs); changes in etcd start a pass sooner.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     reconcile_period: Duration,
     /// How long Update and Delete wait for the owning collector to apply the
