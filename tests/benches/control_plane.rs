@@ -33,7 +33,7 @@ use kollector_tests::net::rss_kib;
 use kollector_tests::poll::wait_for_async;
 use kollector_tests::proc_stat::cpu_seconds;
 use kollector_tests::scale::{
-    converged, create_through_api, etcd_sent_bytes, etcd_sent_by_method, ids, load_into_etcd, placement,
+    converged, create_through_api, etcd_sent_by_method, etcd_sent_bytes, ids, load_into_etcd, placement,
 };
 use kollector_tests::sim_collector::{SimCollector, SimConfig};
 
@@ -80,10 +80,7 @@ async fn main() {
 
     let api = ids(0, creates);
     let took = create_through_api(&clients, &api, 32).await;
-    println!(
-        "created {creates} monitors through the API in {took:.1?} ({:.0}/s)",
-        creates as f64 / took.as_secs_f64()
-    );
+    println!("created {creates} monitors through the API in {took:.1?} ({:.0}/s)", creates as f64 / took.as_secs_f64());
     let settle = Instant::now();
     wait_for_async("every monitor placed", Duration::from_secs(900), || async {
         converged(sims.values(), &mut client.clone(), monitors).await
@@ -96,9 +93,8 @@ async fn main() {
     let pids: Vec<u32> = managers.iter().map(|m| m.pid()).collect();
     let cpu = |pids: &[u32]| pids.iter().filter_map(|p| cpu_seconds(*p)).sum::<f64>();
     let each: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p).unwrap_or(0.0)).collect();
-    let quiet = || -> f64 {
-        managers.iter().filter_map(|m| own_metrics(m).value("kollector_quiet_passes_total", &[])).sum()
-    };
+    let quiet =
+        || -> f64 { managers.iter().filter_map(|m| own_metrics(m).value("kollector_quiet_passes_total", &[])).sum() };
     let quiet0 = quiet();
     let methods0 = etcd_sent_by_method(&etcd);
     let (bytes0, cpu0, t0) = (etcd_sent_bytes(&etcd), cpu(&pids), Instant::now());
@@ -114,15 +110,13 @@ async fn main() {
         .map(|(m, n)| format!("{m} {:.1}/s", n / secs))
         .collect();
     println!("steady: etcd messages sent by method: {}", by_method.join(", "));
-    let lists: f64 =
-        managers.iter().filter_map(|m| own_metrics(m).value("kollector_etcd_view_lists_total", &[])).sum();
+    let lists: f64 = managers.iter().filter_map(|m| own_metrics(m).value("kollector_etcd_view_lists_total", &[])).sum();
     println!("steady: the managers' views listed etcd {lists} times in all (2: once each at start)");
-    let pass_secs: f64 =
-        managers.iter().filter_map(|m| own_metrics(m).value("kollector_reconcile_pass_seconds", &[])).fold(0.0, f64::max);
-    println!(
-        "steady: {:.0} passes skipped as unchanged; the latest full pass took {pass_secs:.2} s",
-        quiet() - quiet0
-    );
+    let pass_secs: f64 = managers
+        .iter()
+        .filter_map(|m| own_metrics(m).value("kollector_reconcile_pass_seconds", &[]))
+        .fold(0.0, f64::max);
+    println!("steady: {:.0} passes skipped as unchanged; the latest full pass took {pass_secs:.2} s", quiet() - quiet0);
     println!(
         "steady: etcd sent {:.1} KiB/s; managers used {:.1} % of a core together ({:.1} % each); results sent so far {results}",
         bytes / secs / 1024.0,

@@ -121,7 +121,11 @@ impl Cluster {
 pub async fn list_running(c: &KollectorProcess) -> Option<pb::ListRunningResponse> {
     let call = async {
         let mut client = CollectorServiceClient::connect(c.grpc_url()).await.ok()?;
-        client.list_running(pb::ListRunningRequest { leader_term: 0, ..Default::default() }).await.ok().map(|r| r.into_inner())
+        client
+            .list_running(pb::ListRunningRequest { leader_term: 0, ..Default::default() })
+            .await
+            .ok()
+            .map(|r| r.into_inner())
     };
     tokio::time::timeout(Duration::from_secs(1), call).await.ok().flatten()
 }

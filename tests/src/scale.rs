@@ -34,7 +34,11 @@ fn input(id: &str) -> pb::MonitorSpecInput {
 /// Creates `ids` through the ManagerService, `in_flight` calls at a time,
 /// spread over `clients` (several managers); how long it took. Panics on
 /// the first refusal.
-pub async fn create_through_api(clients: &[ManagerServiceClient<Channel>], ids: &[String], in_flight: usize) -> Duration {
+pub async fn create_through_api(
+    clients: &[ManagerServiceClient<Channel>],
+    ids: &[String],
+    in_flight: usize,
+) -> Duration {
     use futures::StreamExt as _;
     let started = Instant::now();
     futures::stream::iter(ids.iter().enumerate())
@@ -151,16 +155,16 @@ pub async fn converged<'a>(
 
 /// Bytes etcd has sent to its gRPC clients so far (its own counter).
 pub fn etcd_sent_bytes(etcd: &EtcdServer) -> f64 {
-    let (_, body) = crate::kollector::http_get(&format!("127.0.0.1:{}", etcd.client_port), "/metrics")
-        .expect("etcd /metrics");
+    let (_, body) =
+        crate::kollector::http_get(&format!("127.0.0.1:{}", etcd.client_port), "/metrics").expect("etcd /metrics");
     let metrics = crate::metrics::Metrics::parse(&body).expect("parse etcd /metrics");
     metrics.find("etcd_network_client_grpc_sent_bytes_total", &[]).iter().map(|s| s.value).sum()
 }
 
 /// Messages etcd has sent so far, by gRPC method (its own counters).
 pub fn etcd_sent_by_method(etcd: &EtcdServer) -> BTreeMap<String, f64> {
-    let (_, body) = crate::kollector::http_get(&format!("127.0.0.1:{}", etcd.client_port), "/metrics")
-        .expect("etcd /metrics");
+    let (_, body) =
+        crate::kollector::http_get(&format!("127.0.0.1:{}", etcd.client_port), "/metrics").expect("etcd /metrics");
     let metrics = crate::metrics::Metrics::parse(&body).expect("parse etcd /metrics");
     let mut out = BTreeMap::new();
     for s in metrics.find("grpc_server_msg_sent_total", &[]) {

@@ -137,7 +137,13 @@ fn record(address: &SocketAddr) -> String {
 }
 
 /// Grants a lease and puts the collector's record under it; the lease.
-async fn register(client: &mut Client, keys: &Keys, id: &str, address: &SocketAddr, ttl: Duration) -> Result<i64, String> {
+async fn register(
+    client: &mut Client,
+    keys: &Keys,
+    id: &str,
+    address: &SocketAddr,
+    ttl: Duration,
+) -> Result<i64, String> {
     let lease = client.lease_grant(ttl.as_secs() as i64, None).await.map_err(|e| e.to_string())?.id();
     client
         .put(keys.collector(id), record(address), Some(PutOptions::new().with_lease(lease)))
@@ -289,7 +295,13 @@ type ResultStream = Pin<Box<dyn futures::Stream<Item = Result<pb::MonitorResult,
 
 /// A synthetic result for `monitor`, with a snapshot of `partitions`
 /// partitions and, if `history`, a handover history.
-fn synthetic(shared: &Shared, monitor: &str, (generation, epoch): (u64, u64), n: u64, history: bool) -> pb::MonitorResult {
+fn synthetic(
+    shared: &Shared,
+    monitor: &str,
+    (generation, epoch): (u64, u64),
+    n: u64,
+    history: bool,
+) -> pb::MonitorResult {
     let config = &shared.config;
     let now = kollector_core::unix_ms();
     let partitions = (0..config.partitions as i32)
@@ -374,7 +386,8 @@ impl CollectorService for Service {
         if let Some(f) = &req.fencing {
             self.shared.believe(f.leader_term)?;
         }
-        let was_running = self.shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&req.monitor_id).is_some();
+        let was_running =
+            self.shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&req.monitor_id).is_some();
         self.shared.unassigns.fetch_add(1, Ordering::Relaxed);
         self.shared.bump();
         Ok(Response::new(pb::UnassignResponse { was_running }))
@@ -452,7 +465,7 @@ impl CollectorService for Service {
                         break;
                     }
                     sent += 1;
-                    let history = shared.config.history_every > 0 && sent % shared.config.history_every == 0;
+                    let history = shared.config.history_every > 0 && sent.is_multiple_of(shared.config.history_every);
                     if tx.send(Ok(synthetic(&shared, &m, f, sent, history))).await.is_err() {
                         return;
                     }

@@ -53,7 +53,10 @@ async fn a_black_holed_monitor_never_slows_list_running_or_other_results() {
     let mut worst = Duration::ZERO;
     while window.elapsed() < Duration::from_secs(6) {
         let t = Instant::now();
-        direct.list_running(pb::ListRunningRequest { leader_term: 0, ..Default::default() }).await.expect("ListRunning");
+        direct
+            .list_running(pb::ListRunningRequest { leader_term: 0, ..Default::default() })
+            .await
+            .expect("ListRunning");
         worst = worst.max(t.elapsed());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

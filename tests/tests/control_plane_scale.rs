@@ -55,9 +55,8 @@ async fn ten_thousand_monitors_over_twenty_simulated_collectors_converge_through
     // One listing of the prefix is ~3 MB; before the watched view the two
     // managers read it about twenty times a second between them.
     let listing: usize = all.len() * 250;
-    let quiet_passes = || -> f64 {
-        managers.iter().filter_map(|m| own_metrics(m).value("kollector_quiet_passes_total", &[])).sum()
-    };
+    let quiet_passes =
+        || -> f64 { managers.iter().filter_map(|m| own_metrics(m).value("kollector_quiet_passes_total", &[])).sum() };
     let passes_before = quiet_passes();
     let before = etcd_sent_bytes(&etcd);
     let quiet_started = Instant::now();
@@ -106,11 +105,16 @@ async fn ten_thousand_monitors_over_twenty_simulated_collectors_converge_through
     let its: Vec<String> = sims[victim].running().into_keys().collect();
     let killed_at = Instant::now();
     sims[victim].kill();
-    let placed = wait_for_async("the killed collector's monitors running elsewhere", Duration::from_secs(60), || async {
-        converged(sims.values(), &mut client.clone(), MONITORS).await
-    })
-    .await;
-    println!("{} monitors of a killed collector running elsewhere after {:?} (TTL 3 s)", its.len(), killed_at.elapsed());
+    let placed =
+        wait_for_async("the killed collector's monitors running elsewhere", Duration::from_secs(60), || async {
+            converged(sims.values(), &mut client.clone(), MONITORS).await
+        })
+        .await;
+    println!(
+        "{} monitors of a killed collector running elsewhere after {:?} (TTL 3 s)",
+        its.len(),
+        killed_at.elapsed()
+    );
     // Only the victim's monitors moved.
     let moved: Vec<&String> = placed.iter().filter(|(m, c)| before_kill.get(*m) != Some(*c)).map(|(m, _)| m).collect();
     assert_eq!(moved.len(), its.len(), "exactly the killed collector's monitors moved");
@@ -118,10 +122,7 @@ async fn ten_thousand_monitors_over_twenty_simulated_collectors_converge_through
 
     // A drain: everything leaves s02; the rest converge on the others.
     let drained = "s02";
-    client
-        .drain(pb::DrainRequest { collector_id: drained.into(), undo: false })
-        .await
-        .expect("drain s02");
+    client.drain(pb::DrainRequest { collector_id: drained.into(), undo: false }).await.expect("drain s02");
     let placed = wait_for_async("s02 drained", Duration::from_secs(60), || async {
         let placed = converged(sims.values(), &mut client.clone(), MONITORS).await?;
         match placed.values().filter(|c| c.as_str() == drained).count() {

@@ -321,7 +321,9 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     // A plaintext client cannot even reach the API.
     let plain = Endpoint::from_shared(format!("http://127.0.0.1:{}", manager.grpc_port)).unwrap().connect().await;
     if let Ok(ch) = plain {
-        let r = ManagerServiceClient::new(ch).list_monitors(with_token(pb::ListMonitorsRequest::default(), Some(&admin))).await;
+        let r = ManagerServiceClient::new(ch)
+            .list_monitors(with_token(pb::ListMonitorsRequest::default(), Some(&admin)))
+            .await;
         assert!(r.is_err(), "a plaintext call was answered");
     }
 
@@ -338,9 +340,10 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     for (what, tls) in attempts {
         let refused = match tls_channel(&collector_url("c1"), tls).await {
             Err(_) => true,
-            Ok(ch) => {
-                CollectorServiceClient::new(ch).list_running(pb::ListRunningRequest { leader_term: 0, ..Default::default() }).await.is_err()
-            }
+            Ok(ch) => CollectorServiceClient::new(ch)
+                .list_running(pb::ListRunningRequest { leader_term: 0, ..Default::default() })
+                .await
+                .is_err(),
         };
         assert!(refused, "a collector answered a caller with {what}");
     }
@@ -348,7 +351,10 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     // not command another collector or read its results.
     let c2_tls = trust_ca.clone().identity(Identity::from_pem(pki.read("c2.pem"), pki.read("c2.key")));
     let mut as_c2 = CollectorServiceClient::new(tls_channel(&collector_url("c1"), c2_tls).await.expect("TLS as c2"));
-    let e = as_c2.list_running(pb::ListRunningRequest { leader_term: 0, ..Default::default() }).await.expect_err("c2 read c1");
+    let e = as_c2
+        .list_running(pb::ListRunningRequest { leader_term: 0, ..Default::default() })
+        .await
+        .expect_err("c2 read c1");
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     let e = as_c2
         .unassign(pb::UnassignRequest {
@@ -392,7 +398,11 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     // --- A forged leader term from a cluster node is not believed. ---
     let node_tls = trust_ca.clone().identity(Identity::from_pem(pki.read("manager.pem"), pki.read("manager.key")));
     let mut c1 = CollectorServiceClient::new(tls_channel(&collector_url("c1"), node_tls).await.expect("mTLS to c1"));
-    let running = c1.list_running(pb::ListRunningRequest { leader_term: 0, ..Default::default() }).await.expect("list running").into_inner();
+    let running = c1
+        .list_running(pb::ListRunningRequest { leader_term: 0, ..Default::default() })
+        .await
+        .expect("list running")
+        .into_inner();
     let forged_assign = pb::AssignRequest {
         spec: Some(pb::MonitorSpecInput {
             id: "forged".into(),
@@ -405,7 +415,10 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     let e = c1.assign(forged_assign).await.expect_err("a forged term was accepted");
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("not the current leader"), "{e:?}");
-    let e = c1.list_running(pb::ListRunningRequest { leader_term: i64::MAX, ..Default::default() }).await.expect_err("forged term on a read");
+    let e = c1
+        .list_running(pb::ListRunningRequest { leader_term: i64::MAX, ..Default::default() })
+        .await
+        .expect_err("forged term on a read");
     assert_eq!(e.code(), Code::FailedPrecondition);
     let e = c1
         .unassign(pb::UnassignRequest {
@@ -488,7 +501,8 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     ));
     outputs.push(format!("{:?}", api.list_monitors(with_token(pb::ListMonitorsRequest::default(), a)).await.unwrap()));
     outputs.push(format!("{:?}", api.get_latest(with_token(pb::GetLatestRequest::default(), a)).await.unwrap()));
-    outputs.push(format!("{:?}", api.get_assignments(with_token(pb::GetAssignmentsRequest::default(), a)).await.unwrap()));
+    outputs
+        .push(format!("{:?}", api.get_assignments(with_token(pb::GetAssignmentsRequest::default(), a)).await.unwrap()));
     outputs.push(format!("{:?}", api.list_collectors(with_token(pb::ListCollectorsRequest {}, a)).await.unwrap()));
     outputs.push(manager.http_get("/metrics").unwrap());
     outputs.push(manager.log());

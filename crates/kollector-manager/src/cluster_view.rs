@@ -154,10 +154,7 @@ impl ViewState {
                     self.collectors.insert(cid, LiveCollector { record, lease: kv.lease });
                 }
                 Err(e) => {
-                    tracing::warn!(
-                        "collector key {} does not decode ({e}); treating it as alive but silent",
-                        kv.key
-                    );
+                    tracing::warn!("collector key {} does not decode ({e}); treating it as alive but silent", kv.key);
                     self.collectors.remove(&cid);
                     self.unreadable_collectors.insert(cid, kv.lease);
                 }
@@ -524,7 +521,11 @@ mod tests {
         s.put(&keys, &kv("/k/monitors/m1", spec, 5), &decoder);
         s.put(&keys, &kv("/k/monitors/bad", b"{", 6), &decoder);
         s.put(&keys, &kv("/k/assignments/m1", br#"{"collector":"c1"}"#, 8), &decoder);
-        s.put(&keys, &kv("/k/collectors/c1", br#"{"grpc_address":"a","http_address":"b","weight":1.0,"version":"v"}"#, 9), &decoder);
+        s.put(
+            &keys,
+            &kv("/k/collectors/c1", br#"{"grpc_address":"a","http_address":"b","weight":1.0,"version":"v"}"#, 9),
+            &decoder,
+        );
         s.put(&keys, &kv("/k/collectors/c2", b"nonsense", 9), &decoder);
         s.put(&keys, &kv("/k/draining/c1", b"1", 10), &decoder);
         s.put(&keys, &kv("/k/revoked/c2", br#"{"lease":42}"#, 11), &decoder);
@@ -549,7 +550,15 @@ mod tests {
         assert!(s.monitors.contains_key(&m1) && !s.invalid_monitors.contains_key("m1"));
         assert_eq!(s.generations()[&m1], 14);
 
-        for key in ["/k/monitors/m1", "/k/monitors/bad", "/k/assignments/m1", "/k/collectors/c1", "/k/collectors/c2", "/k/draining/c1", "/k/revoked/c2"] {
+        for key in [
+            "/k/monitors/m1",
+            "/k/monitors/bad",
+            "/k/assignments/m1",
+            "/k/collectors/c1",
+            "/k/collectors/c2",
+            "/k/draining/c1",
+            "/k/revoked/c2",
+        ] {
             s.delete(&keys, key);
         }
         assert!(s.monitors.is_empty() && s.invalid_monitors.is_empty() && s.assignments.is_empty());

@@ -209,8 +209,13 @@ impl Intake {
                         if streams.contains_key(&id) {
                             continue;
                         }
-                        let task =
-                            tokio::spawn(follow(id.clone(), address.clone(), clients.clone(), view.clone(), shared.clone()));
+                        let task = tokio::spawn(follow(
+                            id.clone(),
+                            address.clone(),
+                            clients.clone(),
+                            view.clone(),
+                            shared.clone(),
+                        ));
                         streams.insert(id, (address, task));
                     }
                 }
@@ -260,11 +265,7 @@ impl Intake {
     /// (results kept, their bytes, results dropped at the cap).
     pub fn latest_counts(&self) -> (usize, usize, u64) {
         let kept = self.shared.latest.read().map(|l| l.len()).unwrap_or(0);
-        (
-            kept,
-            self.shared.latest_bytes.load(Ordering::Relaxed),
-            self.shared.latest_dropped.load(Ordering::Relaxed),
-        )
+        (kept, self.shared.latest_bytes.load(Ordering::Relaxed), self.shared.latest_dropped.load(Ordering::Relaxed))
     }
 
     /// Keeps `latest` as `monitor`'s result unless one of a later
@@ -290,11 +291,7 @@ impl Intake {
     /// (histories kept, their bytes, histories dropped at the cap).
     pub fn history_counts(&self) -> (usize, usize, u64) {
         let kept = self.shared.histories.read().map(|h| h.len()).unwrap_or(0);
-        (
-            kept,
-            self.shared.history_bytes.load(Ordering::Relaxed),
-            self.shared.histories_dropped.load(Ordering::Relaxed),
-        )
+        (kept, self.shared.history_bytes.load(Ordering::Relaxed), self.shared.histories_dropped.load(Ordering::Relaxed))
     }
 
     /// Keeps `history` for `monitor` if the total stays within the cap.

@@ -254,12 +254,14 @@ impl ManagerMetrics {
         // Copied out under the view's lock, decoded after it.
         let read = self.view.read(|v| {
             let current = self.intake.current_in(v, none);
-            let labels: std::collections::BTreeMap<kollector_core::MonitorId, std::collections::BTreeMap<String, String>> =
-                current
-                    .monitors()
-                    .filter_map(|m| Some((m.clone(), v.monitors.get(m)?.spec.labels.clone())))
-                    .filter(|(_, l)| !l.is_empty())
-                    .collect();
+            let labels: std::collections::BTreeMap<
+                kollector_core::MonitorId,
+                std::collections::BTreeMap<String, String>,
+            > = current
+                .monitors()
+                .filter_map(|m| Some((m.clone(), v.monitors.get(m)?.spec.labels.clone())))
+                .filter(|(_, l)| !l.is_empty())
+                .collect();
             let http: std::collections::BTreeMap<kollector_core::CollectorId, String> =
                 v.collectors.iter().map(|(c, live)| (c.clone(), live.record.http_address.clone())).collect();
             (current, labels, http)

@@ -215,7 +215,7 @@ pub struct Reconciler {
     liveness_rules: LivenessRules,
     /// Each collector's latest ListRunning answer under a lease: the digest
     /// and the list, so an unchanged list is not sent again.
-    running: HashMap<CollectorId, (i64, u64, Arc<BTreeMap<MonitorId, Running>>)>,
+    running: HashMap<CollectorId, (i64, u64, RunningList)>,
     /// The inputs of the latest full pass that found nothing to do, and when.
     quiet: Option<(PassInputs, Instant)>,
 }
@@ -233,11 +233,14 @@ struct PassInputs {
     marks: BTreeMap<CollectorId, i64>,
 }
 
+/// What a collector said it runs, shared between passes.
+type RunningList = Arc<BTreeMap<MonitorId, Running>>;
+
 /// A collector's ListRunning answer this pass.
 enum Answer {
     Silent,
     /// Its list's digest, and the list.
-    Answered(u64, Arc<BTreeMap<MonitorId, Running>>),
+    Answered(u64, RunningList),
 }
 
 impl Answer {

@@ -334,10 +334,8 @@ impl Runner for ClusterRunner {
         let turn = self.next_probe.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % collectors.len().max(1);
         let (cid, address) =
             collectors.iter().nth(turn).ok_or_else(|| Status::unavailable("no live collector to probe from"))?;
-        let mut c = self
-            .clients
-            .get(cid, address)
-            .map_err(|e| Status::unavailable(format!("collector {address}: {e}")))?;
+        let mut c =
+            self.clients.get(cid, address).map_err(|e| Status::unavailable(format!("collector {address}: {e}")))?;
         let req = pb::ProbeRequest { spec: Some(kollector_proto::input_to_proto(&spec.to_input())) };
         let r = c.probe(req).await?.into_inner();
         Ok(match (r.snapshot, r.error) {
@@ -417,7 +415,11 @@ impl Runner for ClusterRunner {
             .map(|m| (m.to_string(), "no live collector can take it yet".to_string()))
             .collect();
         let first_page = after.is_none();
-        let invalid = if first_page { desired.invalid.clone().into_iter().chain(bad_records).collect() } else { Default::default() };
+        let invalid = if first_page {
+            desired.invalid.clone().into_iter().chain(bad_records).collect()
+        } else {
+            Default::default()
+        };
         let secrets_on_old_keys =
             if first_page { u32::try_from(desired.secrets_on_old_keys).unwrap_or(u32::MAX) } else { 0 };
         let assignments = assignments
@@ -429,7 +431,13 @@ impl Runner for ClusterRunner {
                 releasing: a.releasing.iter().map(|c| c.to_string()).collect(),
             })
             .collect();
-        Ok(pb::GetAssignmentsResponse { assignments, unplaced, invalid, secrets_on_old_keys, next_page_token: String::new() })
+        Ok(pb::GetAssignmentsResponse {
+            assignments,
+            unplaced,
+            invalid,
+            secrets_on_old_keys,
+            next_page_token: String::new(),
+        })
     }
 
     async fn drain(&self, collector: &str, undo: bool) -> Result<(), Status> {
