@@ -98,38 +98,28 @@ pub fn placement<'a>(sims: impl IntoIterator<Item = &'a SimCollector>) -> Result
 
 /// Every assignment record, read page by page.
 pub async fn records(client: &mut ManagerServiceClient<Channel>) -> Result<Vec<pb::Assignment>, String> {
-    let mut out = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let r = client
-            .get_assignments(pb::GetAssignmentsRequest { page_token, ..Default::default() })
-            .await
-            .map_err(|e| e.to_string())?
-            .into_inner();
-        out.extend(r.assignments);
-        if r.next_page_token.is_empty() {
-            return Ok(out);
+    let pages = kollector_proto::every_page(|page_token| {
+        let mut c = client.clone();
+        async move {
+            let r =
+                c.get_assignments(pb::GetAssignmentsRequest { page_token, ..Default::default() }).await?.into_inner();
+            Ok::<_, tonic::Status>((r.assignments, r.next_page_token))
         }
-        page_token = r.next_page_token;
-    }
+    });
+    Ok(pages.await.map_err(|e| e.to_string())?.into_iter().flatten().collect())
 }
 
 /// Every current result (summaries), read page by page.
 pub async fn latest(client: &mut ManagerServiceClient<Channel>) -> Result<Vec<pb::MonitorResult>, String> {
-    let mut out = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let r = client
-            .get_latest(pb::GetLatestRequest { summary: true, page_token, ..Default::default() })
-            .await
-            .map_err(|e| e.to_string())?
-            .into_inner();
-        out.extend(r.results);
-        if r.next_page_token.is_empty() {
-            return Ok(out);
+    let pages = kollector_proto::every_page(|page_token| {
+        let mut c = client.clone();
+        async move {
+            let req = pb::GetLatestRequest { summary: true, page_token, ..Default::default() };
+            let r = c.get_latest(req).await?.into_inner();
+            Ok::<_, tonic::Status>((r.results, r.next_page_token))
         }
-        page_token = r.next_page_token;
-    }
+    });
+    Ok(pages.await.map_err(|e| e.to_string())?.into_iter().flatten().collect())
 }
 
 /// Converged: `n` monitors each run on exactly one live simulated

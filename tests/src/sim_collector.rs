@@ -400,7 +400,7 @@ impl CollectorService for Service {
         self.shared.gate().await?;
         let req = req.into_inner();
         self.shared.believe(req.leader_term)?;
-        let mut monitors: Vec<pb::RunningMonitor> = self
+        let monitors: Vec<pb::RunningMonitor> = self
             .shared
             .running
             .lock()
@@ -413,18 +413,13 @@ impl CollectorService for Service {
                 stopping: false,
             })
             .collect();
-        let digest = kollector_proto::running_digest(&mut monitors);
-        let unchanged = req.unless_digest == digest;
-        if unchanged {
-            monitors.clear();
-        }
-        Ok(Response::new(pb::ListRunningResponse {
-            collector_id: self.shared.id.clone(),
+        let lease = self.shared.lease.load(Ordering::SeqCst);
+        Ok(Response::new(kollector_proto::list_running_answer(
+            self.shared.id.clone(),
+            lease,
             monitors,
-            lease: self.shared.lease.load(Ordering::SeqCst),
-            digest,
-            unchanged,
-        }))
+            req.unless_digest,
+        )))
     }
 
     async fn probe(&self, _req: Request<pb::ProbeRequest>) -> Result<Response<pb::ProbeResponse>, Status> {

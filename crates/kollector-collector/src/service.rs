@@ -325,7 +325,7 @@ impl CollectorService for CollectorServiceImpl {
         let running = self.node.try_list_running().await.ok_or_else(|| {
             Status::unavailable("the monitor registry does not answer; this collector cannot say what it runs")
         })?;
-        let mut monitors: Vec<pb::RunningMonitor> = running
+        let monitors: Vec<pb::RunningMonitor> = running
             .into_iter()
             .map(|r| pb::RunningMonitor {
                 epoch: r.epoch,
@@ -334,18 +334,12 @@ impl CollectorService for CollectorServiceImpl {
                 stopping: r.stopping,
             })
             .collect();
-        let digest = kollector_proto::running_digest(&mut monitors);
-        let unchanged = req.unless_digest == digest;
-        if unchanged {
-            monitors.clear();
-        }
-        Ok(Response::new(pb::ListRunningResponse {
-            collector_id: self.id.to_string(),
+        Ok(Response::new(kollector_proto::list_running_answer(
+            self.id.to_string(),
+            self.lease.get(),
             monitors,
-            lease: self.lease.get(),
-            digest,
-            unchanged,
-        }))
+            req.unless_digest,
+        )))
     }
 
     async fn probe(&self, req: Request<pb::ProbeRequest>) -> Result<Response<pb::ProbeResponse>, Status> {

@@ -35,6 +35,44 @@ pub mod v1 {
 mod convert;
 pub mod transport;
 
+/// Reads every page of a paged call (ListMonitors, GetLatest,
+/// GetAssignments): `page` is called with each page token in turn (the first
+/// empty) and returns the page and the next token, until one comes back
+/// without a next token.
+pub async fn every_page<P, E, Fut>(mut page: impl FnMut(String) -> Fut) -> Result<Vec<P>, E>
+where
+    Fut: std::future::Future<Output = Result<(P, String), E>>,
+{
+    let mut pages = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (p, next) = page(token).await?;
+        pages.push(p);
+        if next.is_empty() {
+            return Ok(pages);
+        }
+        token = next;
+    }
+}
+
+/// The answer to ListRunning for `monitors` (sorted here): the whole list
+/// and its digest, or, when the caller holds a list of the same digest
+/// (`unless_digest`), `unchanged` and no list. One place for collectors and
+/// the simulated ones alike.
+pub fn list_running_answer(
+    collector_id: String,
+    lease: i64,
+    mut monitors: Vec<v1::RunningMonitor>,
+    unless_digest: u64,
+) -> v1::ListRunningResponse {
+    let digest = running_digest(&mut monitors);
+    let unchanged = unless_digest == digest;
+    if unchanged {
+        monitors.clear();
+    }
+    v1::ListRunningResponse { collector_id, monitors, lease, digest, unchanged }
+}
+
 /// Sorts a collector's running list by monitor id and digests it: what a
 /// ListRunning answer carries in `digest`, so that a caller holding the same
 /// list can be answered `unchanged` (no list). Only the collector that made

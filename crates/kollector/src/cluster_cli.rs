@@ -80,23 +80,23 @@ fn print_collectors(r: &pb::ListCollectorsResponse) {
 /// Every assignment, page by page (the first page carries `invalid` and
 /// `secrets_on_old_keys`; `unplaced` accumulates).
 async fn assignments_all(client: &mut crate::monitor_cli::Client) -> anyhow::Result<pb::GetAssignmentsResponse> {
+    let pages = kollector_proto::every_page(|page_token| {
+        let mut c = client.clone();
+        async move {
+            let r =
+                c.get_assignments(pb::GetAssignmentsRequest { page_token, ..Default::default() }).await?.into_inner();
+            let next = r.next_page_token.clone();
+            Ok::<_, tonic::Status>((r, next))
+        }
+    });
     let mut all = pb::GetAssignmentsResponse::default();
-    let mut page_token = String::new();
-    loop {
-        let r = client
-            .get_assignments(pb::GetAssignmentsRequest { page_token, ..Default::default() })
-            .await
-            .map_err(status_error)?
-            .into_inner();
+    for r in pages.await.map_err(status_error)? {
         all.assignments.extend(r.assignments);
         all.unplaced.extend(r.unplaced);
         all.invalid.extend(r.invalid);
         all.secrets_on_old_keys = all.secrets_on_old_keys.max(r.secrets_on_old_keys);
-        if r.next_page_token.is_empty() {
-            return Ok(all);
-        }
-        page_token = r.next_page_token;
     }
+    Ok(all)
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {

@@ -268,38 +268,27 @@ fn is_loopback(host_port: &str) -> bool {
 
 /// Every monitor, read page by page (each page within gRPC's message limit).
 pub(crate) async fn list_all(client: &mut Client) -> anyhow::Result<Vec<pb::MonitorInfo>> {
-    let mut out = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let r = client
-            .list_monitors(pb::ListMonitorsRequest { page_token, ..Default::default() })
-            .await
-            .map_err(status_error)?
-            .into_inner();
-        out.extend(r.monitors);
-        if r.next_page_token.is_empty() {
-            return Ok(out);
+    let pages = kollector_proto::every_page(|page_token| {
+        let mut c = client.clone();
+        async move {
+            let r = c.list_monitors(pb::ListMonitorsRequest { page_token, ..Default::default() }).await?.into_inner();
+            Ok::<_, tonic::Status>((r.monitors, r.next_page_token))
         }
-        page_token = r.next_page_token;
-    }
+    });
+    Ok(pages.await.map_err(status_error)?.into_iter().flatten().collect())
 }
 
 /// Every monitor's latest result (snapshots left out if `summary`), page by page.
 pub(crate) async fn latest_all(client: &mut Client, summary: bool) -> anyhow::Result<Vec<pb::MonitorResult>> {
-    let mut out = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let r = client
-            .get_latest(pb::GetLatestRequest { summary, page_token, ..Default::default() })
-            .await
-            .map_err(status_error)?
-            .into_inner();
-        out.extend(r.results);
-        if r.next_page_token.is_empty() {
-            return Ok(out);
+    let pages = kollector_proto::every_page(|page_token| {
+        let mut c = client.clone();
+        async move {
+            let req = pb::GetLatestRequest { summary, page_token, ..Default::default() };
+            let r = c.get_latest(req).await?.into_inner();
+            Ok::<_, tonic::Status>((r.results, r.next_page_token))
         }
-        page_token = r.next_page_token;
-    }
+    });
+    Ok(pages.await.map_err(status_error)?.into_iter().flatten().collect())
 }
 
 pub(crate) async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
