@@ -104,6 +104,10 @@ impl Shared {
 
     /// Refuses a command of an older leader term than one seen.
     fn believe(&self, term: i64) -> Result<(), Status> {
+        // 0: no term (a manager's read, as ClusterRunner's waits send).
+        if term == 0 {
+            return Ok(());
+        }
         let seen = self.term.fetch_max(term, Ordering::SeqCst);
         if term < seen {
             return Err(Status::failed_precondition(format!("leader term {term} is older than {seen}")));

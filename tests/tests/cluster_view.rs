@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use kollector_coordination::keys::Keys;
-use kollector_coordination::lease::{connect, EtcdAccess};
+use kollector_coordination::lease::{connect, connect_for_blocking_calls, EtcdAccess};
 use kollector_manager::cluster_store::ClusterStore;
 use kollector_manager::cluster_view::{ClusterView, ViewError};
 use kollector_tests::etcd::EtcdServer;
@@ -16,7 +16,9 @@ use kollector_tests::poll::wait_for_async;
 async fn view_of(etcd: &EtcdServer) -> (ClusterView, etcd_client::Client) {
     let client = connect(&EtcdAccess::plain(vec![etcd.endpoint()]), Duration::from_secs(3)).await.expect("connect");
     let store = ClusterStore::new(client.clone(), Keys::new("/viewtest"));
-    let (view, _task) = ClusterView::start(store);
+    let access = EtcdAccess::plain(vec![etcd.endpoint()]);
+    let watch_client = connect_for_blocking_calls(&access, Duration::from_secs(3)).await.expect("connect");
+    let (view, _task) = ClusterView::start(store, watch_client);
     wait_for_async("the view live", Duration::from_secs(10), || async { view.down().map_or(Ok(()), Err) }).await;
     (view, client)
 }

@@ -109,7 +109,6 @@ async fn run(config: ElectionConfig, state: watch::Sender<Leadership>, mut stop:
                 continue;
             }
         };
-        retry = Duration::from_millis(200);
 
         // Campaign while keeping the lease alive; the campaign blocks while
         // another leads, so it goes over a connection without a request
@@ -118,8 +117,13 @@ async fn run(config: ElectionConfig, state: watch::Sender<Leadership>, mut stop:
         let mut campaigner = match lease::connect_for_blocking_calls(&config.etcd, ttl).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!("election: cannot reach etcd: {e}; campaigning again");
+                tracing::warn!("election: cannot reach etcd: {e}; campaigning again in {retry:?}");
                 lease::revoke(&mut client, lease_id, ttl).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = stop.changed() => {}
+                }
+                retry = (retry * 2).min(ttl / 3);
                 continue;
             }
         };
@@ -142,11 +146,19 @@ async fn run(config: ElectionConfig, state: watch::Sender<Leadership>, mut stop:
         let token = match won {
             Ok(t) => t,
             Err(e) => {
-                tracing::warn!("election: {e}; campaigning again");
+                // Not at once: a member without a leader refuses every
+                // campaign, and each attempt writes (a lease, a key).
+                tracing::warn!("election: {e}; campaigning again in {retry:?}");
                 lease::revoke(&mut client, lease_id, ttl).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = stop.changed() => {}
+                }
+                retry = (retry * 2).min(ttl / 3);
                 continue;
             }
         };
+        retry = Duration::from_millis(200);
         tracing::info!(term = token.term, address = %config.address, "elected leader");
         let _ = state.send(Leadership::Leader(token.clone()));
         // The lease was valid when the campaign's write landed but may be near

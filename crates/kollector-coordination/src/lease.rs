@@ -78,7 +78,8 @@ async fn connect_with(etcd: &EtcdAccess, ttl: Duration, bounded: bool) -> Result
         // and after three it drops the connection: a campaign that waits
         // quietly would be cut every few seconds. So ping every 10 s.
         // And only from a member with a leader: one cut off from the
-        // quorum fails the call instead of keeping it waiting for ever.
+        // quorum refuses the call when it starts, and cancels a stream
+        // (a watch) when it loses its leader.
         options.with_keep_alive(BLOCKING_PING_EVERY.max(t), t).with_require_leader(true)
     };
     if let Some(tls) = &etcd.tls {

@@ -114,7 +114,9 @@ pub type MonitorDecoder<'a> = &'a dyn Fn(&Kv<'_>) -> Result<StoredMonitor, Strin
 
 impl ViewState {
     /// Applies a put. Pure: what each directory's values mean.
-    pub fn put(&mut self, keys: &Keys, kv: &Kv<'_>, decode_monitor: MonitorDecoder<'_>) {
+    /// Returns whether the key is one the view keeps (others, such as the
+    /// election's, are no change to it).
+    pub fn put(&mut self, keys: &Keys, kv: &Kv<'_>, decode_monitor: MonitorDecoder<'_>) -> bool {
         let (monitors, assignments, collectors) = (keys.monitors(), keys.assignments(), keys.collectors());
         let (draining, revoked) = (keys.draining(), keys.revoked());
         if let Some(id) = keys.id_in(&monitors, kv.key) {
@@ -135,7 +137,7 @@ impl ViewState {
                 }
             }
         } else if let Some(id) = keys.id_in(&assignments, kv.key) {
-            let Ok(mid) = MonitorId::new(id) else { return };
+            let Ok(mid) = MonitorId::new(id) else { return false };
             match serde_json::from_slice::<AssignmentValue>(kv.value) {
                 Ok(v) => {
                     self.invalid_assignments.remove(id);
@@ -147,7 +149,7 @@ impl ViewState {
                 }
             }
         } else if let Some(id) = keys.id_in(&collectors, kv.key) {
-            let Ok(cid) = CollectorId::new(id) else { return };
+            let Ok(cid) = CollectorId::new(id) else { return false };
             match serde_json::from_slice::<CollectorRecord>(kv.value) {
                 Ok(record) => {
                     self.unreadable_collectors.remove(&cid);
@@ -169,11 +171,14 @@ impl ViewState {
                 let lease = serde_json::from_slice::<RevocationMark>(kv.value).map_or(0, |m| m.lease);
                 self.revoked.insert(cid, lease);
             }
+        } else {
+            return false;
         }
+        true
     }
 
-    /// Applies a delete.
-    pub fn delete(&mut self, keys: &Keys, key: &str) {
+    /// Applies a delete; whether the key is one the view keeps.
+    pub fn delete(&mut self, keys: &Keys, key: &str) -> bool {
         if let Some(id) = keys.id_in(&keys.monitors(), key) {
             self.invalid_monitors.remove(id);
             if let Ok(mid) = MonitorId::new(id) {
@@ -197,7 +202,10 @@ impl ViewState {
             if let Ok(cid) = CollectorId::new(id) {
                 self.revoked.remove(&cid);
             }
+        } else {
+            return false;
         }
+        true
     }
 
     /// Monitor id → its spec's generation.
@@ -208,6 +216,10 @@ impl ViewState {
 
 struct Shared {
     store: ClusterStore,
+    /// The watch's own connection: no request timeout (a watch is one long
+    /// call), and only to a member with a leader, so a watch on a member cut
+    /// off from the quorum is cancelled instead of going quiet while live.
+    watch_client: etcd_client::Client,
     state: RwLock<ViewState>,
     /// The revision applied so far (what waiters wait on).
     applied: watch::Sender<i64>,
@@ -228,12 +240,15 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
-    /// Starts listing and watching `store`'s prefix in the background.
-    pub fn start(store: ClusterStore) -> (ClusterView, JoinHandle<()>) {
+    /// Starts listing `store`'s prefix and watching it over `watch_client`
+    /// (from `kollector_coordination::lease::connect_for_blocking_calls`)
+    /// in the background.
+    pub fn start(store: ClusterStore, watch_client: etcd_client::Client) -> (ClusterView, JoinHandle<()>) {
         let (applied, _) = watch::channel(0);
         let (changed, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             store,
+            watch_client,
             state: RwLock::new(ViewState::default()),
             applied,
             changed,
@@ -382,7 +397,7 @@ async fn follow(shared: &Shared) -> String {
         );
     }
     drop(kvs);
-    let mut client = store.client().watch_client().max_decoding_message_size(MAX_WATCH_MESSAGE);
+    let mut client = shared.watch_client.watch_client().max_decoding_message_size(MAX_WATCH_MESSAGE);
     let options = WatchOptions::new().with_prefix().with_start_revision(listed_at + 1).with_progress_notify();
     let stream = match client.watch(prefix.clone(), Some(options)).await {
         Ok(s) => s,
@@ -403,8 +418,12 @@ async fn follow(shared: &Shared) -> String {
     let mut heard = Instant::now();
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // A requested progress answer's revision, and when it may count.
+    // A requested progress answer's revision and when it may count; and
+    // the newest answer that came meanwhile, with when it came: a running
+    // deadline is never pushed back (answers every 150 ms would otherwise
+    // keep any from counting).
     let mut settling: Option<(i64, Instant)> = None;
+    let mut next_settling: Option<(i64, Instant)> = None;
     loop {
         let settle_at = settling.map(|(_, at)| at);
         tokio::select! {
@@ -431,41 +450,53 @@ async fn follow(shared: &Shared) -> String {
                     let revision = r.header().map_or(0, |h| h.revision());
                     if r.watch_id() == -1 {
                         // Asked for: may overtake events in flight (see above).
-                        if settling.is_none_or(|(r, _)| r < revision) {
-                            settling = Some((revision, Instant::now() + PROGRESS_SETTLE));
+                        match settling {
+                            None => settling = Some((revision, Instant::now() + PROGRESS_SETTLE)),
+                            Some((r, _)) if r < revision => {
+                                if next_settling.is_none_or(|(n, _)| n < revision) {
+                                    next_settling = Some((revision, Instant::now()));
+                                }
+                            }
+                            Some(_) => {}
                         }
                     } else {
                         advance(shared, revision);
                     }
                     continue;
                 }
-                let through = {
+                let (through, changed) = {
                     let mut state = shared.state.write().unwrap_or_else(|p| p.into_inner());
-                    let mut through = 0;
+                    let (mut through, mut changed) = (0, false);
                     for ev in events {
                         let Some(kv) = ev.kv() else { continue };
                         let key = String::from_utf8_lossy(kv.key());
-                        match ev.event_type() {
+                        changed |= match ev.event_type() {
                             EventType::Put => state.put(
                                 &keys,
                                 &Kv { key: &key, value: kv.value(), mod_revision: kv.mod_revision(), lease: kv.lease() },
                                 &decode,
                             ),
                             EventType::Delete => state.delete(&keys, &key),
-                        }
+                        };
                         through = through.max(kv.mod_revision());
                     }
-                    state.changes += 1;
-                    through
+                    // Keys the view does not keep (the election's) change nothing.
+                    if changed {
+                        state.changes += 1;
+                    }
+                    (through, changed)
                 };
                 shared.events.fetch_add(events.len() as u64, Ordering::Relaxed);
                 advance(shared, through);
-                shared.changed.send_modify(|n| *n += 1);
+                if changed {
+                    shared.changed.send_modify(|n| *n += 1);
+                }
             }
             _ = async { if let Some(at) = settle_at { tokio::time::sleep_until(at).await } }, if settle_at.is_some() => {
                 if let Some((revision, _)) = settling.take() {
                     advance(shared, revision);
                 }
+                settling = next_settling.take().map(|(r, came)| (r, came + PROGRESS_SETTLE));
             }
             _ = shared.want_progress.notified() => {
                 if let Err(e) = requests.request_progress().await {

@@ -323,7 +323,10 @@ impl ManagerNode {
             .map_err(|source| NodeError::Etcd { endpoints: config.etcd.endpoints.join(","), source })?;
         let store = ClusterStore::new(client, Keys::new(&config.prefix)).with_secrets(secrets);
         let clients = CollectorClients::new(config.grpc, config.tls.as_ref().map(NodeTls::client));
-        let (view, view_task) = ClusterView::start(store.clone());
+        let watch_client = lease::connect_for_blocking_calls(&config.etcd, config.election_ttl)
+            .await
+            .map_err(|source| NodeError::Etcd { endpoints: config.etcd.endpoints.join(","), source })?;
+        let (view, view_task) = ClusterView::start(store.clone(), watch_client);
         let (intake, intake_task) = Intake::start(view.clone(), clients.clone(), config.stale_rule);
         let election = Election::start(ElectionConfig {
             etcd: config.etcd.clone(),

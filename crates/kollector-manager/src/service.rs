@@ -24,6 +24,7 @@ use kollector_proto::v1::{self as pb};
 use kollector_proto::{input_from_proto, monitor_view, result_to_proto, snapshot_to_proto, status_to_proto};
 use kollector_security::access::MAX_PROBE_TIMEOUT;
 use kollector_security::{ApiGuard, Role};
+use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use crate::changes::{prepare_create, prepare_update, CatalogError};
@@ -124,6 +125,10 @@ pub(crate) fn parse_id(id: &str) -> Result<MonitorId, Status> {
 fn required_spec(spec: Option<pb::MonitorSpecInput>) -> Result<kollector_core::MonitorInput, Status> {
     spec.map(input_from_proto).ok_or_else(|| Status::invalid_argument("spec: required"))
 }
+
+/// Bytes of results per GetLatest page at most (one result may be larger:
+/// it goes alone), well within the default 64 MiB message limit.
+const PAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Monitors per page when the caller does not say, and at most.
 const DEFAULT_PAGE: usize = 1000;
@@ -307,17 +312,22 @@ impl<D: DesiredState, R: Runner> ManagerService for ManagerServiceImpl<D, R> {
             (BTreeMap::from([(id, spec)]), String::new())
         };
         let view = self.view(&specs).await?;
-        let results = view
-            .results
-            .values()
-            .map(|r| {
-                let mut p = result_to_proto(r);
-                if summary {
-                    p.snapshot = None;
-                }
-                p
-            })
-            .collect();
+        // A page also ends where its results would pass PAGE_BYTES (large
+        // snapshots): the next one starts after the last result sent.
+        let (mut results, mut bytes) = (Vec::new(), 0usize);
+        let mut next_page_token = next_page_token;
+        for r in view.results.values() {
+            let mut p = result_to_proto(r);
+            if summary {
+                p.snapshot = None;
+            }
+            bytes += p.encoded_len();
+            if bytes > PAGE_BYTES && !results.is_empty() && wanted.is_empty() {
+                next_page_token = results.last().map(|l: &pb::MonitorResult| l.monitor_id.clone()).unwrap_or_default();
+                break;
+            }
+            results.push(p);
+        }
         Ok(Response::new(pb::GetLatestResponse { results, next_page_token }))
     }
 

@@ -38,18 +38,26 @@ pub mod transport;
 /// Reads every page of a paged call (ListMonitors, GetLatest,
 /// GetAssignments): `page` is called with each page token in turn (the first
 /// empty) and returns the page and the next token, until one comes back
-/// without a next token.
-pub async fn every_page<P, E, Fut>(mut page: impl FnMut(String) -> Fut) -> Result<Vec<P>, E>
+/// without a next token. Tokens are monitor ids in order: one that does not
+/// move forward (a broken server) ends the reading with `stuck(token)`
+/// rather than a loop.
+pub async fn every_page<P, E, Fut>(
+    mut page: impl FnMut(String) -> Fut,
+    stuck: impl FnOnce(String) -> E,
+) -> Result<Vec<P>, E>
 where
     Fut: std::future::Future<Output = Result<(P, String), E>>,
 {
     let mut pages = Vec::new();
     let mut token = String::new();
     loop {
-        let (p, next) = page(token).await?;
+        let (p, next) = page(token.clone()).await?;
         pages.push(p);
         if next.is_empty() {
             return Ok(pages);
+        }
+        if next <= token {
+            return Err(stuck(next));
         }
         token = next;
     }
