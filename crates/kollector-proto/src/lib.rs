@@ -119,3 +119,52 @@ mod debug_tests {
         assert!(!text.contains("hunter2") && !text.contains("keypass") && text.contains("<redacted>"), "{text}");
     }
 }
+
+#[cfg(test)]
+mod paging_tests {
+    use super::*;
+
+    /// Drives a future that never waits (the pages here are ready at once).
+    fn now<T>(f: impl std::future::Future<Output = T>) -> T {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut f = std::pin::pin!(f);
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("a ready future was pending"),
+        }
+    }
+
+    fn read(script: &[(&'static str, &'static str)]) -> (Result<Vec<&'static str>, String>, Vec<String>) {
+        let mut seen = Vec::new();
+        let out = now(every_page(
+            |token| {
+                seen.push(token);
+                let (page, next) = script[seen.len() - 1];
+                async move { Ok::<_, String>((page, next.to_string())) }
+            },
+            |t| format!("stuck at {t}"),
+        ));
+        (out, seen)
+    }
+
+    #[test]
+    fn every_page_follows_tokens_to_the_end_and_stops_on_one_that_does_not_move() {
+        let (out, seen) = read(&[("a", "m1"), ("b", "m5"), ("c", "")]);
+        assert_eq!(out, Ok(vec!["a", "b", "c"]));
+        assert_eq!(seen, vec!["", "m1", "m5"]);
+        assert_eq!(read(&[("a", "m5"), ("b", "m5")]).0, Err("stuck at m5".to_string()));
+        assert_eq!(read(&[("a", "m5"), ("b", "m1")]).0, Err("stuck at m1".to_string()));
+    }
+
+    #[test]
+    fn an_unchanged_list_is_answered_by_its_digest_alone() {
+        let m = |id: &str, epoch| v1::RunningMonitor { monitor_id: id.into(), generation: 1, epoch, stopping: false };
+        let full = list_running_answer("c1".into(), 7, vec![m("b", 2), m("a", 1)], 0);
+        assert!(!full.unchanged && full.digest != 0);
+        assert_eq!(full.monitors.iter().map(|m| m.monitor_id.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+        let same = list_running_answer("c1".into(), 7, vec![m("a", 1), m("b", 2)], full.digest);
+        assert!(same.unchanged && same.monitors.is_empty(), "the same list in another order: unchanged");
+        let moved = list_running_answer("c1".into(), 7, vec![m("a", 1), m("b", 3)], full.digest);
+        assert!(!moved.unchanged && moved.monitors.len() == 2, "another epoch is a change");
+    }
+}
