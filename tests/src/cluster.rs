@@ -46,6 +46,29 @@ impl Cluster {
         self.collectors.insert(id.to_string(), c);
     }
 
+    /// Waits until the manager lists every collector of the cluster as live
+    /// (registered in etcd): a monitor created before a collector registered
+    /// is placed without it, and only a later rebalance gives it a share.
+    pub async fn registered(&self, secs: u64) {
+        let want: Vec<&String> = self.collectors.keys().collect();
+        wait_for_async("every collector registered", Duration::from_secs(secs), || async {
+            let mut client = self.manager.client().await;
+            let live = client
+                .list_collectors(pb::ListCollectorsRequest {})
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .collectors;
+            let ids: Vec<&String> = live.iter().map(|c| &c.id).collect();
+            if want.iter().all(|w| ids.contains(w)) {
+                Ok(())
+            } else {
+                Err(format!("live: {ids:?}, want {want:?}"))
+            }
+        })
+        .await
+    }
+
     pub async fn create_monitors(&self, n: usize) {
         self.create_monitors_with(n, "1s").await
     }

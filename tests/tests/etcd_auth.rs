@@ -71,6 +71,7 @@ async fn with_etcd_auth_a_collector_writes_only_its_own_keys_and_still_drains() 
     };
     let collectors = [("c1".to_string(), collector("c1")), ("c2".to_string(), collector("c2"))].into_iter().collect();
     let cluster = Cluster { etcd, broker: TansuBroker::start("etcd-auth-kafka"), manager, collectors, ttl: LEASE_TTL };
+    cluster.registered(30).await;
     cluster.create_monitors(6).await;
     let owners = cluster.stable(6, 60).await;
     assert!(owners.values().any(|c| c == "c1") && owners.values().any(|c| c == "c2"), "{owners:?}");
