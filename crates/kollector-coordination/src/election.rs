@@ -89,44 +89,30 @@ async fn run(config: ElectionConfig, state: watch::Sender<Leadership>, mut stop:
         }
         let session = async {
             let mut client = lease::connect(&config.etcd, ttl).await?;
+            // The campaign blocks while another leads, so it goes over a
+            // connection without a request timeout (with one, a standby
+            // campaigned again every call bound, rewriting its keys: etcd
+            // writes, and events for every watcher). Made before the lease,
+            // so a failure here leaves nothing behind.
+            let campaigner = lease::connect_for_blocking_calls(&config.etcd, ttl).await?;
             let (id, granted) = lease::grant(&mut client, ttl).await?;
             if let Some(value) = &config.announce {
                 let key = format!("{}{id:x}", keys.manager_keys());
                 let put = client.put(key, value.clone(), Some(etcd_client::PutOptions::new().with_lease(id)));
                 timeout(lease::call_timeout(ttl), put).await.map_err(|_| CoordinationError::Timeout("announce"))??;
             }
-            Ok::<_, CoordinationError>((client, id, granted))
+            Ok::<_, CoordinationError>((client, campaigner, id, granted))
         };
-        let (mut client, lease_id, granted) = match session.await {
+        let (mut client, mut campaigner, lease_id, granted) = match session.await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("election: cannot reach etcd: {e}; retrying in {retry:?}");
-                tokio::select! {
-                    _ = tokio::time::sleep(retry) => {}
-                    _ = stop.changed() => {}
-                }
-                retry = (retry * 2).min(ttl / 3);
+                back_off(&mut retry, ttl, &mut stop).await;
                 continue;
             }
         };
 
-        // Campaign while keeping the lease alive; the campaign blocks while
-        // another leads, so it goes over a connection without a request
-        // timeout (with one, a standby campaigned again every call bound,
-        // rewriting its keys: etcd writes, and events for every watcher).
-        let mut campaigner = match lease::connect_for_blocking_calls(&config.etcd, ttl).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("election: cannot reach etcd: {e}; campaigning again in {retry:?}");
-                lease::revoke(&mut client, lease_id, ttl).await;
-                tokio::select! {
-                    _ = tokio::time::sleep(retry) => {}
-                    _ = stop.changed() => {}
-                }
-                retry = (retry * 2).min(ttl / 3);
-                continue;
-            }
-        };
+        // Campaign while keeping the lease alive.
         let campaign = campaigner.campaign(keys.election(), config.address.clone(), lease_id);
         let won = tokio::select! {
             r = campaign => r.map_err(CoordinationError::from).and_then(|resp| {
@@ -150,11 +136,7 @@ async fn run(config: ElectionConfig, state: watch::Sender<Leadership>, mut stop:
                 // campaign, and each attempt writes (a lease, a key).
                 tracing::warn!("election: {e}; campaigning again in {retry:?}");
                 lease::revoke(&mut client, lease_id, ttl).await;
-                tokio::select! {
-                    _ = tokio::time::sleep(retry) => {}
-                    _ = stop.changed() => {}
-                }
-                retry = (retry * 2).min(ttl / 3);
+                back_off(&mut retry, ttl, &mut stop).await;
                 continue;
             }
         };
@@ -193,6 +175,16 @@ async fn run(config: ElectionConfig, state: watch::Sender<Leadership>, mut stop:
             }
         }
     }
+}
+
+/// Waits `retry` (less if told to stop), then doubles it, up to a third of
+/// the TTL.
+async fn back_off(retry: &mut Duration, ttl: Duration, stop: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        _ = tokio::time::sleep(*retry) => {}
+        _ = stop.changed() => {}
+    }
+    *retry = (*retry * 2).min(ttl / 3);
 }
 
 /// Runs `ops` only if `token`'s leader key still exists with its create
