@@ -151,13 +151,13 @@ fn main() {
         })
         .collect();
     let report_of = |records: &BTreeMap<MonitorId, AssignmentRecord>, c: &CollectorId| {
-        Report::Answered(
+        Report::Answered(std::sync::Arc::new(
             records
                 .iter()
                 .filter(|(_, r)| r.collector.as_ref() == Some(c))
                 .map(|(m, _)| (m.clone(), Running { generation: 1, epoch: 1, stopping: false }))
                 .collect(),
-        )
+        ))
     };
     let all_live: BTreeSet<CollectorId> = cs.iter().map(|c| c.id.clone()).collect();
     let reports: BTreeMap<CollectorId, Report> =

@@ -86,10 +86,12 @@ pub struct Running {
     pub stopping: bool,
 }
 
-/// A live collector's answer to ListRunning, or its silence.
+/// A live collector's answer to ListRunning, or its silence. The list is
+/// shared: the reconciler keeps each collector's last one between passes
+/// (an unchanged list is not sent again) and hands it here uncopied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Report {
-    Answered(BTreeMap<MonitorId, Running>),
+    Answered(std::sync::Arc<BTreeMap<MonitorId, Running>>),
     /// No answer in time: it may run anything it was ever given.
     Silent,
 }
@@ -528,9 +530,9 @@ mod tests {
         AssignmentRecord { collector: owner.map(c), releasing: releasing.iter().map(|s| c(s)).collect(), epoch }
     }
     fn running(list: &[(&str, Generation, Epoch)]) -> Report {
-        Report::Answered(
+        Report::Answered(std::sync::Arc::new(
             list.iter().map(|(id, g, e)| (m(id), Running { generation: *g, epoch: *e, stopping: false })).collect(),
-        )
+        ))
     }
 
     #[test]
@@ -731,11 +733,11 @@ mod tests {
                             Report::Silent
                         } else {
                             let list = runs.get(x).cloned().unwrap_or_default();
-                            Report::Answered(
+                            Report::Answered(std::sync::Arc::new(
                                 list.into_iter()
                                     .map(|mm| (mm, Running { generation: 1, epoch: 0, stopping: false }))
                                     .collect(),
-                            )
+                            ))
                         };
                         (x.clone(), report)
                     })

@@ -41,7 +41,7 @@ use kollector_proto::GrpcLimits;
 use tokio::sync::watch;
 use tonic::transport::{Channel, ClientTlsConfig};
 
-use crate::cluster_store::{ClusterStore, LiveCollector, StoredMonitor};
+use crate::cluster_store::{LiveCollector, StoredMonitor};
 use crate::cluster_view::ClusterView;
 use crate::decisions::{
     assign_actions, assignment_changes, survey, unassign_actions, AssignAction, AssignmentRecord, Confirmed, Pending,
@@ -198,8 +198,8 @@ fn order_commands<T>(commands: &mut [(MonitorId, T)], urgent: impl Fn(&MonitorId
 }
 
 pub struct Reconciler {
+    /// The watched view; its store makes the writes.
     view: ClusterView,
-    store: ClusterStore,
     clients: CollectorClients,
     /// Where the monitors' offset histories come from, for Assigns.
     histories: Intake,
@@ -263,7 +263,6 @@ impl Reconciler {
         liveness_rules: LivenessRules,
     ) -> Self {
         Reconciler {
-            store: view.store().clone(),
             view,
             clients,
             histories,
@@ -340,7 +339,7 @@ impl Reconciler {
         if !matches!(&*leadership.borrow(), Leadership::Leader(t) if t == token) {
             return false;
         }
-        let mut client = self.store.client();
+        let mut client = self.view.store().client();
         let check = tokio::time::timeout(LIST_TIMEOUT, confirm_leader(&mut client, token));
         matches!(check.await, Ok(Ok(true)))
     }
@@ -404,7 +403,7 @@ impl Reconciler {
             .iter()
             .map(|(c, a)| {
                 let report = match a {
-                    Answer::Answered(_, running) => Report::Answered((**running).clone()),
+                    Answer::Answered(_, running) => Report::Answered(running.clone()),
                     Answer::Silent => Report::Silent,
                 };
                 (c.clone(), report)
@@ -457,7 +456,7 @@ impl Reconciler {
         if !writes.is_empty() {
             let moves = writes.iter().filter(|w| w.moved).count() as u64;
             let total = writes.len();
-            for chunk in self.store.write_assignments(token, writes, self.limits).await {
+            for chunk in self.view.store().write_assignments(token, writes, self.limits).await {
                 match chunk.result {
                     Ok(revision) => {
                         for w in chunk.writes {
@@ -542,13 +541,13 @@ impl Reconciler {
         let due: Vec<&StoredMonitor> = monitors.values().filter(|m| m.needs_reseal).map(|m| &**m).collect();
         let mut left = due.len();
         self.stats.secrets_on_old_keys.store(left as u64, Ordering::Relaxed);
-        let Some(first) = self.store.sealing_key_id() else { return Ok(()) };
+        let Some(first) = self.view.store().sealing_key_id() else { return Ok(()) };
         if due.is_empty() {
             return Ok(());
         }
         // Only once every manager seals with this key: one still on the old
         // key file could not open what is re-sealed (a rolling restart).
-        match tokio::time::timeout(LIST_TIMEOUT, self.store.every_manager_seals_with(&first)).await {
+        match tokio::time::timeout(LIST_TIMEOUT, self.view.store().every_manager_seals_with(&first)).await {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => {
                 tracing::info!(left, key = %first, "not re-sealing yet: not every manager seals with this key");
@@ -564,7 +563,7 @@ impl Reconciler {
         // the pass (and failovers) for RESEALS_PER_PASS timeouts.
         let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
         for m in due.into_iter().take(RESEALS_PER_PASS) {
-            match tokio::time::timeout_at(deadline, self.store.reseal(token, m)).await {
+            match tokio::time::timeout_at(deadline, self.view.store().reseal(token, m)).await {
                 Ok(Ok(true)) => {
                     left -= 1;
                     tracing::info!(monitor = %m.spec.id, "re-sealed its secrets with the first key");
@@ -608,7 +607,7 @@ impl Reconciler {
             );
         }
         for (c, lease) in &plan.revoke {
-            let revoke = self.store.revoke_collector(token, c, *lease, REVOKE_BUDGET);
+            let revoke = self.view.store().revoke_collector(token, c, *lease, REVOKE_BUDGET);
             match tokio::time::timeout(REVOKE_BUDGET * 2, revoke).await {
                 Ok(Ok(revoked)) => {
                     if revoked {
