@@ -19,7 +19,7 @@
 //! served: at 100,000 monitors a decoded snapshot costs several times its
 //! encoding, and most are never read before the next one replaces them.
 //!
-//! Results are judged again when served ([`Intake::current_in`]): one whose
+//! Results are judged again when served ([`Intake::current_of`]): one whose
 //! owner's next result is overdue past the stale bound (the collector cut
 //! off from this manager, its actors dead, its stream gone) is `Stale`,
 //! without its snapshot: GetLatest, `monitor show`, `status` and `/metrics`
@@ -58,8 +58,7 @@ pub const HISTORIES_CAP_BYTES: usize = 1024 * 1024 * 1024;
 /// not yet kept is dropped (counted). ~1 KB each for a small cluster's.
 pub const LATEST_CAP_BYTES: usize = 2 * 1024 * 1024 * 1024;
 
-/// How often the intake checks its streams (at most; changes of the view
-/// wake it).
+/// How often the intake checks its streams against the view's collectors.
 const REFRESH: Duration = Duration::from_millis(500);
 
 /// How often results of monitors gone, of older specs or of earlier owners
@@ -184,7 +183,6 @@ impl Intake {
         let shared = intake.shared.clone();
         let task = tokio::spawn(async move {
             let mut streams: HashMap<CollectorId, (String, JoinHandle<()>)> = HashMap::new();
-            let mut changes = view.changes();
             let mut pruned_at = tokio::time::Instant::now();
             loop {
                 let collectors = view.read(|v| {
@@ -219,36 +217,36 @@ impl Intake {
                         streams.insert(id, (address, task));
                     }
                 }
-                // Woken by a change, at most every REFRESH (a burst of
-                // changes is one round), and at least every REFRESH (a
-                // stream that ended is followed again).
-                let next = tokio::time::Instant::now() + REFRESH;
-                let _ = tokio::time::timeout_at(next, changes.changed()).await;
-                tokio::time::sleep_until(next).await;
+                // Every REFRESH: a new collector's stream, or one that
+                // ended, is followed within it (the view is read in memory).
+                tokio::time::sleep(REFRESH).await;
             }
         });
         (intake, task)
     }
 
-    /// The latest results that are still current against the view `v`, of
-    /// the monitors `ids` (every monitor if None): a result of an older spec
-    /// (e.g. of a deleted monitor whose id was re-created) or of an earlier
-    /// owner (the monitor moved; the new owner has not reported yet) is
-    /// never served. They are copied out (shared bytes), to be decoded with
-    /// [`Current::served`] once the locks are released.
-    pub fn current_in<'a>(&self, v: &ViewState, ids: Option<impl Iterator<Item = &'a MonitorId>>) -> Current {
+    /// The latest results of the monitors `ids` that are still current
+    /// against the view `v`: a result of an older spec (e.g. of a deleted
+    /// monitor whose id was re-created) or of an earlier owner (the monitor
+    /// moved; the new owner has not reported yet) is never served. They are
+    /// copied out (shared bytes), to be decoded with [`Current::served`] once
+    /// the locks are released.
+    pub fn current_of<'a>(&self, v: &ViewState, ids: impl Iterator<Item = &'a MonitorId>) -> Current {
         let Ok(latest) = self.shared.latest.read() else { return Current::default() };
-        let current = |m: &MonitorId, r: &Latest| {
-            still_current(r, v.assignments.get(m), v.monitors.get(m).map(|s| s.spec.generation))
-        };
-        let kept = match ids {
-            Some(ids) => ids
-                .filter_map(|m| latest.get_key_value(m))
-                .filter(|(m, r)| current(m, r))
-                .map(|(m, r)| (m.clone(), r.clone()))
-                .collect(),
-            None => latest.iter().filter(|(m, r)| current(m, r)).map(|(m, r)| (m.clone(), r.clone())).collect(),
-        };
+        self.current(v, ids.filter_map(|m| latest.get_key_value(m)))
+    }
+
+    /// [`Self::current_of`] every monitor.
+    pub fn current_all(&self, v: &ViewState) -> Current {
+        let Ok(latest) = self.shared.latest.read() else { return Current::default() };
+        self.current(v, latest.iter())
+    }
+
+    fn current<'a>(&self, v: &ViewState, kept: impl Iterator<Item = (&'a MonitorId, &'a Latest)>) -> Current {
+        let kept = kept
+            .filter(|(m, r)| still_current(r, v.assignments.get(*m), v.monitors.get(*m).map(|s| s.spec.generation)))
+            .map(|(m, r)| (m.clone(), r.clone()))
+            .collect();
         Current { kept, rule: self.shared.stale_rule }
     }
 

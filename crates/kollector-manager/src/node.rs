@@ -136,6 +136,9 @@ impl ManagerMetrics {
         let gauge = |name, help, value| Extra { name, help, value, counter: false };
         let counter = |name, help, value| Extra { name, help, value, counter: true };
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+        let (_, latest_bytes, latest_dropped) = self.intake.latest_counts();
+        let (_, history_bytes, histories_dropped) = self.intake.history_counts();
+        let (view_lists, view_events) = self.view.counts();
         let extra = vec![
             gauge("kollector_manager_is_leader", "1 if this manager is the leader.", leader as u8 as f64),
             gauge(
@@ -167,38 +170,38 @@ impl ManagerMetrics {
             ),
             counter(
                 "kollector_quiet_passes",
-                "Reconcile passes skipped because nothing changed (etcd's revision, every collector's running list, liveness) since a pass that found nothing to do; a full pass still runs every 30 s (leader's view).",
+                "Reconcile passes skipped because nothing changed (the watched view of etcd, every collector's running list, liveness) since a pass that found nothing to do; a full pass still runs every 30 s (leader's view).",
                 load(&stats.quiet_passes),
             ),
             gauge(
                 "kollector_latest_results_bytes",
                 "Bytes of the latest results this manager keeps (encoded), all monitors.",
-                self.intake.latest_counts().1 as f64,
+                latest_bytes as f64,
             ),
             counter(
                 "kollector_latest_results_dropped",
                 "Results not kept because the total cap was reached.",
-                self.intake.latest_counts().2 as f64,
+                latest_dropped as f64,
             ),
             gauge(
                 "kollector_histories_bytes",
                 "Bytes of offset histories this manager keeps for handovers (encoded), all monitors.",
-                self.intake.history_counts().1 as f64,
+                history_bytes as f64,
             ),
             counter(
                 "kollector_histories_dropped",
                 "Offset histories not kept because the total cap was reached (the next owner starts that monitor's windows afresh).",
-                self.intake.history_counts().2 as f64,
+                histories_dropped as f64,
             ),
             counter(
                 "kollector_etcd_view_lists",
                 "Full listings of the prefix by this manager's watched view of etcd: one at start, then one per lost watch (a compaction, an error).",
-                self.view.counts().0 as f64,
+                view_lists as f64,
             ),
             counter(
                 "kollector_etcd_view_events",
                 "etcd changes applied to this manager's watched view.",
-                self.view.counts().1 as f64,
+                view_events as f64,
             ),
             gauge(
                 "kollector_invalid_specs",
@@ -237,23 +240,21 @@ impl ManagerMetrics {
     /// Results of the specs in force now, from their owners (from the view:
     /// a scrape reads nothing from etcd).
     async fn current(&self) -> Result<Vec<kollector_core::MonitorResult>, crate::cluster_view::ViewError> {
-        let none: Option<std::iter::Empty<&kollector_core::MonitorId>> = None;
-        Ok(self.view.read(|v| self.intake.current_in(v, none))?.served())
+        Ok(self.view.read(|v| self.intake.current_all(v))?.served())
     }
 
     /// One monitor's series alone, if it has a current result.
     pub async fn render_monitor(&self, id: &kollector_core::MonitorId) -> Option<String> {
-        let r = self.view.read(|v| self.intake.current_in(v, Some(std::iter::once(id)))).ok()?.served().pop()?;
+        let r = self.view.read(|v| self.intake.current_of(v, std::iter::once(id))).ok()?.served().pop()?;
         Some(render_entries(vec![r], Vec::new(), false))
     }
 
     /// Discovery: one target per monitor with a current result, at the HTTP
     /// address of the collector that owns it now.
     pub async fn targets(&self) -> Vec<kollector_collector::discovery::SdTarget> {
-        let none: Option<std::iter::Empty<&kollector_core::MonitorId>> = None;
         // Copied out under the view's lock, decoded after it.
         let read = self.view.read(|v| {
-            let current = self.intake.current_in(v, none);
+            let current = self.intake.current_all(v);
             let labels: std::collections::BTreeMap<
                 kollector_core::MonitorId,
                 std::collections::BTreeMap<String, String>,

@@ -306,7 +306,7 @@ impl Runner for ClusterRunner {
         let (current, placement) = self
             .view
             .read(|v| {
-                let current = self.intake.current_in(v, Some(specs.keys()));
+                let current = self.intake.current_of(v, specs.keys());
                 let placement = specs
                     .keys()
                     .filter_map(|m| {
