@@ -84,7 +84,7 @@ async fn a_view_whose_watch_goes_silent_refuses_reads_and_lists_again_when_etcd_
     })
     .await;
     println!("down: {down}");
-    assert!(matches!(view.read(|v| v.revision), Err(ViewError::NotLive(_))), "no read of what may be old");
+    assert!(matches!(view.read(|v| v.changes), Err(ViewError::NotLive(_))), "no read of what may be old");
     etcd.resume();
 
     // Back: listed again, live, and it shows what was written since.

@@ -87,11 +87,9 @@ pub struct Kv<'a> {
     pub lease: i64,
 }
 
-/// What the view holds, as of `revision`.
+/// What the view holds (as of [`ClusterView::revision`]).
 #[derive(Debug, Default, Clone)]
 pub struct ViewState {
-    /// Every event up to this revision is applied.
-    pub revision: i64,
     /// Event batches and listings applied since start: moves with every
     /// change of the view, and only then.
     pub changes: u64,
@@ -387,7 +385,7 @@ async fn follow(shared: &Shared) -> String {
         Err(e) => return format!("listing {prefix}: {e}"),
     };
     let decode = |kv: &Kv<'_>| store.decode_monitor(kv);
-    let mut fresh = ViewState { revision: listed_at, ..ViewState::default() };
+    let mut fresh = ViewState::default();
     for kv in &kvs {
         let key = String::from_utf8_lossy(kv.key());
         fresh.put(
@@ -520,10 +518,6 @@ async fn follow(shared: &Shared) -> String {
 /// Every event up to `revision` is applied: waiters may go on.
 fn advance(shared: &Shared, revision: i64) {
     if revision > *shared.applied.borrow() {
-        {
-            let mut state = shared.state.write().unwrap_or_else(|p| p.into_inner());
-            state.revision = state.revision.max(revision);
-        }
         shared.applied.send_replace(revision);
     }
 }
