@@ -94,14 +94,17 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
 fi
 # kubernetes-validate (PyPI) checks the Kubernetes manifests against the
 # Kubernetes schemas; in a private virtualenv, made once.
+# botocore (PyPI), in the same virtualenv, is the independent SigV4
+# implementation the MSK IAM tests check every token with
+# (tests/src/aws_msk.rs, scripts/verify_msk_iam_token.py).
 VENV="${KOLLECTOR_TEST_VENV:-$HOME/.cache/kollector-tests/venv}"
-if [ -x "$VENV/bin/kubernetes-validate" ]; then
-  log "kubernetes-validate present in $VENV"
+if [ -x "$VENV/bin/kubernetes-validate" ] && "$VENV/bin/python" -c "import botocore" >/dev/null 2>&1; then
+  log "kubernetes-validate and botocore present in $VENV"
 else
-  log "installing kubernetes-validate into $VENV"
+  log "installing kubernetes-validate and botocore into $VENV"
   command -v python3 >/dev/null 2>&1 || { log "python3 missing"; exit 1; }
-  python3 -m venv "$VENV" 2>/dev/null || { $SUDO apt-get install -y -qq --no-install-recommends python3-venv && python3 -m venv "$VENV"; }
-  "$VENV/bin/pip" install -q kubernetes-validate
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV" 2>/dev/null || { $SUDO apt-get install -y -qq --no-install-recommends python3-venv && python3 -m venv "$VENV"; }
+  "$VENV/bin/pip" install -q kubernetes-validate botocore
 fi
 
 log "done: etcd=$(command -v etcd) tansu=$(command -v tansu) protoc=$(command -v protoc)"

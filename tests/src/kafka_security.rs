@@ -9,7 +9,11 @@
 //!   SCRAM-SHA-256, SCRAM-SHA-512, with a server-side SCRAM written here on
 //!   ring's PBKDF2/HMAC: no maintained crate offers a SCRAM-SHA-512 server),
 //!   forwards ApiVersions, refuses anything else before authentication, then
-//!   pipes the connection to the broker.
+//!   pipes the connection to the broker. With a [`JwtValidator`] it also
+//!   serves OAUTHBEARER: each token is checked against the identity
+//!   provider's keys, the session lasts as long as the token
+//!   (`session_lifetime_ms`), re-authentication on the open connection
+//!   (KIP-368) is answered, and a request on an expired session closes it.
 //!
 //! Each counts the connections it let through, so a test can tell that the
 //! client really passed the handshake.
@@ -27,6 +31,33 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
+
+use crate::aws_msk::MskIamVerifier;
+use crate::oidc::JwtValidator;
+
+/// How an OAUTHBEARER-serving [`SaslProxy`] checks tokens.
+#[derive(Clone)]
+pub enum TokenCheck {
+    /// JWTs from an OIDC provider: signature against its key set, expiry, audience.
+    Jwt(JwtValidator),
+    /// AWS MSK IAM presigned requests, checked with botocore.
+    MskIam(Arc<MskIamVerifier>),
+}
+
+/// OAUTHBEARER on a [`SaslProxy`].
+#[derive(Clone)]
+pub struct OAuthBearer {
+    pub check: TokenCheck,
+    /// Kafka's `connections.max.reauth.ms`: a session lasts at most this
+    /// long even when its token lives longer.
+    pub max_session: Option<std::time::Duration>,
+}
+
+impl OAuthBearer {
+    pub fn jwt(v: JwtValidator) -> OAuthBearer {
+        OAuthBearer { check: TokenCheck::Jwt(v), max_session: None }
+    }
+}
 
 /// A listener bound now (so its port can be advertised by the broker
 /// before the broker starts) that serves once [`TlsTerminator::serve`] or
@@ -109,7 +140,223 @@ pub struct SaslProxy {
     pub passed: Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
     /// Failed authentications.
     pub failed: Arc<AtomicU64>,
+    /// OAUTHBEARER: what the token checks saw.
+    pub oauth: Arc<OAuthStats>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What an OAUTHBEARER-serving [`SaslProxy`] saw. A session lives until its
+/// token expires (the broker's `session_lifetime_ms`, sent with every
+/// successful SaslAuthenticate, is the token's remaining lifetime, as
+/// Kafka's `connections.max.reauth.ms` makes it); a request on a session
+/// past that closes the connection (as Kafka does) and is counted.
+#[derive(Default)]
+pub struct OAuthStats {
+    /// Connections authenticated with a valid token.
+    pub authenticated: AtomicU64,
+    /// Sessions extended in place with a new valid token (KIP-368).
+    pub reauthenticated: AtomicU64,
+    /// Tokens refused (bad signature, expired, wrong audience, not a JWT).
+    pub refused: AtomicU64,
+    /// Requests sent on a session whose token had expired (each closed the connection).
+    pub expired_requests: AtomicU64,
+    /// Distinct tokens accepted (a JWT's `jti`, an MSK token's signature).
+    pub tokens: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Tokens accepted per principal (an MSK token's access key), in order of first use.
+    pub principals: std::sync::Mutex<Vec<(String, u64)>>,
+    /// Why the last token was refused.
+    pub last_refusal: std::sync::Mutex<String>,
+}
+
+impl OAuthStats {
+    pub fn distinct_tokens(&self) -> usize {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Tokens accepted from `principal`.
+    pub fn tokens_of(&self, principal: &str) -> u64 {
+        let p = self.principals.lock().unwrap_or_else(|e| e.into_inner());
+        p.iter().find(|(k, _)| k == principal).map(|(_, n)| *n).unwrap_or(0)
+    }
+
+    /// Why the last token was refused.
+    pub fn last_refusal(&self) -> String {
+        self.last_refusal.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Checks one OAUTHBEARER client message; when valid, when its session
+    /// ends (the token's expiry, or sooner with `max_session`), in ms.
+    async fn check(&self, oauth: &OAuthBearer, message: &[u8]) -> Option<u64> {
+        let text = String::from_utf8_lossy(message);
+        let token = text
+            .strip_prefix("n,")
+            .and_then(|rest| rest.split('\x01').find_map(|kv| kv.strip_prefix("auth=Bearer ")))
+            .map(str::to_string);
+        let checked = match (token, &oauth.check) {
+            (None, _) => Err("not an OAUTHBEARER client message".to_string()),
+            (Some(t), TokenCheck::Jwt(v)) => v.check(&t).map(|(exp, jti)| (exp, jti, String::new())),
+            (Some(t), TokenCheck::MskIam(v)) => {
+                let signature = t.get(t.len().saturating_sub(32)..).unwrap_or_default().to_string();
+                v.check(&t).await.map(|(exp, key)| (exp, signature, key))
+            }
+        };
+        match checked {
+            Ok((exp_ms, id, principal)) => {
+                self.tokens.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+                if !principal.is_empty() {
+                    let mut p = self.principals.lock().unwrap_or_else(|e| e.into_inner());
+                    match p.iter_mut().find(|(k, _)| *k == principal) {
+                        Some((_, n)) => *n += 1,
+                        None => p.push((principal, 1)),
+                    }
+                }
+                let session_end = match oauth.max_session {
+                    Some(max) => exp_ms.min(now_ms() + max.as_millis() as u64),
+                    None => exp_ms,
+                };
+                Some(session_end)
+            }
+            Err(why) => {
+                self.refused.fetch_add(1, Ordering::SeqCst);
+                *self.last_refusal.lock().unwrap_or_else(|e| e.into_inner()) = why;
+                None
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A SaslAuthenticate answer (v0/v1) after `correlation`; a refusal says why.
+fn authenticate_answer(correlation: i32, version: i16, refusal: Option<&str>, session_lifetime_ms: i64) -> Vec<u8> {
+    let mut out = correlation.to_be_bytes().to_vec();
+    let ok = refusal.is_none();
+    match refusal {
+        None => {
+            out.extend(0i16.to_be_bytes());
+            put_string(&mut out, None);
+        }
+        Some(why) => {
+            out.extend(SASL_AUTHENTICATION_FAILED.to_be_bytes());
+            put_string(&mut out, Some(&format!("Authentication failed: invalid_token: {why}")));
+        }
+    }
+    out.extend(0i32.to_be_bytes());
+    if version >= 1 {
+        out.extend(if ok { session_lifetime_ms } else { 0 }.to_be_bytes());
+    }
+    out
+}
+
+/// A SaslHandshake answer after `correlation`: whether `asked` is served, and the list.
+fn handshake_answer(correlation: i32, asked: &str, mechanisms: &[&str]) -> (Vec<u8>, bool) {
+    let mut out = correlation.to_be_bytes().to_vec();
+    let known = mechanisms.contains(&asked);
+    out.extend(if known { 0i16 } else { UNSUPPORTED_SASL_MECHANISM }.to_be_bytes());
+    out.extend((mechanisms.len() as i32).to_be_bytes());
+    for m in mechanisms {
+        put_string(&mut out, Some(m));
+    }
+    (out, known)
+}
+
+/// After an OAUTHBEARER authentication: frames are forwarded one by one
+/// (not piped) so that a re-authentication on the open connection
+/// (KIP-368: SaslHandshake and SaslAuthenticate again) is answered here,
+/// once the broker has answered every request sent before it, and so that
+/// a request on an expired session closes the connection.
+async fn forward_reauthenticating(
+    client: TcpStream,
+    up: TcpStream,
+    mut expires_ms: u64,
+    oauth: OAuthBearer,
+    stats: Arc<OAuthStats>,
+) {
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_broker, mut to_broker) = up.into_split();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let in_flight = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let answered = Arc::new(tokio::sync::Notify::new());
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if write_frame(&mut to_client, &frame).await.is_none() {
+                break;
+            }
+        }
+    });
+    let (btx, bflight, banswered) = (tx.clone(), in_flight.clone(), answered.clone());
+    let reader = tokio::spawn(async move {
+        while let Some(frame) = read_frame(&mut from_broker).await {
+            if btx.send(frame).is_err() {
+                break;
+            }
+            bflight.fetch_sub(1, Ordering::SeqCst);
+            banswered.notify_waiters();
+        }
+    });
+    let mut mechanism_ok = false;
+    'frames: while let Some(frame) = read_frame(&mut from_client).await {
+        let mut r = Reader(&frame);
+        let (Some(key), Some(version), Some(correlation), Some(_)) = (r.i16(), r.i16(), r.i32(), r.string()) else {
+            break;
+        };
+        if key == SASL_HANDSHAKE || key == SASL_AUTHENTICATE {
+            // Answer only once everything before has been answered.
+            loop {
+                let waiting = answered.notified();
+                tokio::pin!(waiting);
+                waiting.as_mut().enable();
+                if in_flight.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                waiting.await;
+            }
+        }
+        match key {
+            SASL_HANDSHAKE => {
+                let asked = r.string().unwrap_or_default();
+                let (answer, known) = handshake_answer(correlation, &asked, &["OAUTHBEARER"]);
+                mechanism_ok = known;
+                if tx.send(answer).is_err() || !known {
+                    break 'frames;
+                }
+            }
+            SASL_AUTHENTICATE if version <= 1 && mechanism_ok => {
+                let checked = match r.bytes() {
+                    Some(auth) => stats.check(&oauth, &auth).await,
+                    None => None,
+                };
+                let lifetime = checked.map(|exp| exp.saturating_sub(now_ms()) as i64).unwrap_or(0);
+                let refusal = checked.is_none().then(|| stats.last_refusal());
+                let _ = tx.send(authenticate_answer(correlation, version, refusal.as_deref(), lifetime));
+                match checked {
+                    Some(exp) => {
+                        expires_ms = exp;
+                        mechanism_ok = false;
+                        stats.reauthenticated.fetch_add(1, Ordering::SeqCst);
+                    }
+                    None => break 'frames,
+                }
+            }
+            SASL_AUTHENTICATE => break 'frames,
+            _ => {
+                if now_ms() >= expires_ms {
+                    stats.expired_requests.fetch_add(1, Ordering::SeqCst);
+                    break 'frames;
+                }
+                in_flight.fetch_add(1, Ordering::SeqCst);
+                if write_frame(&mut to_broker, &frame).await.is_none() {
+                    break 'frames;
+                }
+            }
+        }
+    }
+    reader.abort();
+    // Let what was queued for the client go out, then close.
+    drop(tx);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
 }
 
 impl Drop for SaslProxy {
@@ -124,6 +371,7 @@ const SASL_AUTHENTICATE: i16 = 36;
 const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
 const SASL_AUTHENTICATION_FAILED: i16 = 58;
 const MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+const WITH_OAUTHBEARER: [&str; 4] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
 
 async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Option<Vec<u8>> {
     let len = r.read_i32().await.ok()?;
@@ -276,19 +524,39 @@ impl Scram {
 
 impl SaslProxy {
     pub fn serve(listener: std::net::TcpListener, upstream: u16, users: Users) -> SaslProxy {
+        Self::serve_with(listener, upstream, users, None)
+    }
+
+    /// Like [`SaslProxy::serve`], and also OAUTHBEARER, each token checked as `oauth` says.
+    pub fn serve_with(
+        listener: std::net::TcpListener,
+        upstream: u16,
+        users: Users,
+        validator: Option<OAuthBearer>,
+    ) -> SaslProxy {
         let passed: Arc<std::sync::Mutex<BTreeMap<String, u64>>> = Arc::default();
         let failed = Arc::new(AtomicU64::new(0));
-        let (p, f) = (passed.clone(), failed.clone());
+        let oauth = Arc::new(OAuthStats::default());
+        let (p, f, o) = (passed.clone(), failed.clone(), oauth.clone());
         let users = Arc::new(users);
         let listener = TcpListener::from_std(listener).expect("tokio listener");
         let task = tokio::spawn(async move {
             while let Ok((tcp, peer)) = listener.accept().await {
-                let (p, f, users) = (p.clone(), f.clone(), users.clone());
+                let (p, f, o, users, validator) = (p.clone(), f.clone(), o.clone(), users.clone(), validator.clone());
                 tokio::spawn(async move {
-                    match Self::session(tcp, peer, upstream, &users).await {
-                        Some(Ok((m, mut client, mut up))) => {
+                    match Self::session(tcp, peer, upstream, &users, validator.as_ref(), &o).await {
+                        Some(Ok((m, client, up, expires))) => {
                             *p.lock().unwrap_or_else(|e| e.into_inner()).entry(m).or_default() += 1;
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                            match (expires, validator) {
+                                (Some(exp), Some(v)) => {
+                                    o.authenticated.fetch_add(1, Ordering::SeqCst);
+                                    forward_reauthenticating(client, up, exp, v, o).await;
+                                }
+                                _ => {
+                                    let (mut client, mut up) = (client, up);
+                                    let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                                }
+                            }
                         }
                         Some(Err(())) => {
                             f.fetch_add(1, Ordering::SeqCst);
@@ -298,19 +566,22 @@ impl SaslProxy {
                 });
             }
         });
-        SaslProxy { passed, failed, task }
+        SaslProxy { passed, failed, oauth, task }
     }
 
     /// One client connection's SASL exchange: Some(Ok((mechanism, client,
-    /// broker))) when it authenticated, Some(Err) when it failed, None when
-    /// it ended before.
+    /// broker, token expiry for OAUTHBEARER))) when it authenticated,
+    /// Some(Err) when it failed, None when it ended before.
     #[allow(clippy::type_complexity)]
     async fn session(
         mut client: TcpStream,
         _peer: SocketAddr,
         upstream: u16,
         users: &Users,
-    ) -> Option<Result<(String, TcpStream, TcpStream), ()>> {
+        validator: Option<&OAuthBearer>,
+        oauth: &OAuthStats,
+    ) -> Option<Result<(String, TcpStream, TcpStream, Option<u64>), ()>> {
+        let mechanisms: &[&str] = if validator.is_some() { &WITH_OAUTHBEARER } else { &MECHANISMS };
         let mut up = TcpStream::connect(("127.0.0.1", upstream)).await.ok()?;
         let mut mechanism: Option<String> = None;
         let mut scram: Option<Scram> = None;
@@ -328,18 +599,28 @@ impl SaslProxy {
                 }
                 SASL_HANDSHAKE => {
                     let asked = r.string()?;
-                    let known = MECHANISMS.contains(&asked.as_str());
-                    out.extend(if known { 0i16 } else { UNSUPPORTED_SASL_MECHANISM }.to_be_bytes());
-                    out.extend((MECHANISMS.len() as i32).to_be_bytes());
-                    for m in MECHANISMS {
-                        put_string(&mut out, Some(m));
-                    }
-                    write_frame(&mut client, &out).await?;
+                    let (answer, known) = handshake_answer(correlation, &asked, mechanisms);
+                    write_frame(&mut client, &answer).await?;
                     if !known {
                         return Some(Err(()));
                     }
                     scram = Scram::new(&asked);
                     mechanism = Some(asked);
+                }
+                SASL_AUTHENTICATE if version <= 1 && mechanism.as_deref() == Some("OAUTHBEARER") => {
+                    let auth = r.bytes()?;
+                    let checked = match validator {
+                        Some(v) => oauth.check(v, &auth).await,
+                        None => None,
+                    };
+                    let lifetime = checked.map(|exp| exp.saturating_sub(now_ms()) as i64).unwrap_or(0);
+                    let refusal = checked.is_none().then(|| oauth.last_refusal());
+                    write_frame(&mut client, &authenticate_answer(correlation, version, refusal.as_deref(), lifetime))
+                        .await?;
+                    return Some(match checked {
+                        Some(exp) => Ok(("OAUTHBEARER".into(), client, up, Some(exp))),
+                        None => Err(()),
+                    });
                 }
                 SASL_AUTHENTICATE if version <= 1 => {
                     let auth = r.bytes()?;
@@ -379,7 +660,7 @@ impl SaslProxy {
                         return Some(Err(()));
                     }
                     if done {
-                        return Some(Ok((m, client, up)));
+                        return Some(Ok((m, client, up, None)));
                     }
                 }
                 // Anything else before authentication: the connection is closed,

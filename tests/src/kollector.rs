@@ -89,6 +89,13 @@ impl KollectorProcess {
 
     /// Like [`KollectorProcess::standalone`], with extra flags.
     pub fn standalone_with(monitors_toml: &str, extra: &[&str]) -> KollectorProcess {
+        Self::standalone_with_env(monitors_toml, extra, &[])
+    }
+
+    /// Like [`KollectorProcess::standalone_with`], with `env` set for the
+    /// process; a variable given an empty value is removed instead (so a
+    /// test can keep the machine's own, e.g. `AWS_*`, out).
+    pub fn standalone_with_env(monitors_toml: &str, extra: &[&str], env: &[(&str, &str)]) -> KollectorProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let (grpc_port, http_port) = (free_port(), free_port());
         let config = format!(
@@ -98,7 +105,17 @@ impl KollectorProcess {
         std::fs::write(&config_path, config).expect("write config");
         let mut args = vec!["standalone".to_string(), "--config".into(), config_path.display().to_string()];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::spawn(dir, args, grpc_port, http_port, config_path)
+        let mut p = KollectorProcess {
+            child: None,
+            grpc_port,
+            http_port,
+            _dir: dir,
+            config_path,
+            args,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        p.launch();
+        p
     }
 
     /// Starts `kollector manager` against `etcd` with a 3 s election TTL.
@@ -165,13 +182,6 @@ impl KollectorProcess {
         (dir, args, grpc_port, http_port)
     }
 
-    fn spawn(dir: tempfile::TempDir, args: Vec<String>, grpc_port: u16, http_port: u16, config_path: PathBuf) -> Self {
-        let mut p =
-            KollectorProcess { child: None, grpc_port, http_port, _dir: dir, config_path, args, env: Vec::new() };
-        p.launch();
-        p
-    }
-
     /// Like [`KollectorProcess::manager_with`], with `env` set for the process.
     pub fn manager_with_env(etcd: &str, extra: &[&str], env: &[(&str, &str)]) -> KollectorProcess {
         let mut p = Self::unlaunched(Self::manager_args(etcd, extra));
@@ -207,9 +217,13 @@ impl KollectorProcess {
             .append(true)
             .open(self._dir.path().join("kollector.log"))
             .expect("log file");
-        let child = Command::new(kollector_bin())
+        let mut command = Command::new(kollector_bin());
+        for (k, _) in self.env.iter().filter(|(_, v)| v.is_empty()) {
+            command.env_remove(k);
+        }
+        let child = command
             .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(self.env.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.as_str(), v.as_str())))
             .env("KOLLECTOR_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

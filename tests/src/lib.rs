@@ -16,6 +16,7 @@
 //! scale by simulated collectors ([`sim_collector`]) that speak the real
 //! collector protocol without Kafka.
 
+pub mod aws_msk;
 pub mod cluster;
 pub mod counting_alloc;
 pub mod etcd;
@@ -23,6 +24,7 @@ pub mod kafka_security;
 pub mod kollector;
 pub mod metrics;
 pub mod net;
+pub mod oidc;
 pub mod packet_filter;
 pub mod poll;
 pub mod proc_stat;

@@ -37,7 +37,14 @@ fn bad_specs() -> Vec<(&'static str, pb::MonitorSpecInput, &'static str)> {
     with("invalid group regex", &|s| s.group_exclude = Some("[a-".into()), "group_exclude");
     with(
         "unknown SASL mechanism",
-        &|s| s.sasl = Some(pb::SaslInput { mechanism: "GSSAPI".into(), username: "u".into(), password: "p".into() }),
+        &|s| {
+            s.sasl = Some(pb::SaslInput {
+                mechanism: "GSSAPI".into(),
+                username: "u".into(),
+                password: "p".into(),
+                ..Default::default()
+            })
+        },
         "sasl.mechanism",
     );
     with("bad id", &|s| s.id = "has space".into(), "id");
@@ -154,6 +161,7 @@ fn sasl_password_is_never_returned_or_logged() {
             mechanism: "SCRAM-SHA-512".into(),
             username: "svc".into(),
             password: "hunter2-secret".into(),
+            ..Default::default()
         });
         let created = client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec) }).await.unwrap().into_inner();
         assert!(created.spec.as_ref().unwrap().sasl.as_ref().unwrap().password_set);

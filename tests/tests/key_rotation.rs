@@ -81,7 +81,12 @@ async fn rotate_restart_reseal_remove_the_old_line_restart_and_rotate_again() {
             id: format!("m{i}"),
             bootstrap: vec!["127.0.0.1:9".into()],
             interval: Some("1h".into()),
-            sasl: Some(pb::SaslInput { mechanism: "PLAIN".into(), username: "u".into(), password: format!("pw-{i}") }),
+            sasl: Some(pb::SaslInput {
+                mechanism: "PLAIN".into(),
+                username: "u".into(),
+                password: format!("pw-{i}"),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         client.create_monitor(pb::CreateMonitorRequest { spec: Some(spec) }).await.expect("create");

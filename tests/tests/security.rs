@@ -251,6 +251,35 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     );
     assert!(ok, "add secret: {out}{err}");
     let mut outputs = vec![out, err];
+    // An OAUTHBEARER monitor whose client secret is random too: a local
+    // identity provider knows it, so the secret really reaches the
+    // collector's token source (the endpoint issues it tokens), and the
+    // search below covers it.
+    let client_secret = format!("cs-{}", &hash_token(&new_token().unwrap())[..24]);
+    let idp = kollector_tests::oidc::TokenEndpoint::start("svc-oidc", &client_secret, Duration::from_secs(30));
+    let (ok, out, err) = as_admin(
+        &[
+            "monitor",
+            "add",
+            "--id",
+            "oidc",
+            "--bootstrap",
+            &broker.bootstrap(),
+            "--interval",
+            "1s",
+            "--sasl-mechanism",
+            "OAUTHBEARER",
+            "--sasl-username",
+            "svc-oidc",
+            "--sasl-password-env",
+            "SVC_CLIENT_SECRET",
+            "--sasl-token-endpoint",
+            &idp.url(),
+        ],
+        &[("SVC_CLIENT_SECRET", &client_secret)],
+    );
+    assert!(ok, "add oidc: {out}{err}");
+    outputs.extend([out, err]);
 
     // Results reach the manager over mutual TLS: the plain monitor collects.
     let channel =
@@ -477,6 +506,7 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     // --- The secret appears nowhere. ---
     let dump = etcd_dump(&mut etcd_client).await;
     assert!(dump.contains("kollector-sealed:v1:"), "the password is not sealed in etcd:\n{dump}");
+    assert!(dump.contains("svc-oidc") && !dump.contains(&client_secret), "the client secret is not sealed in etcd");
     outputs.push(dump);
     for args in [
         vec!["monitor", "get", "secret", "--json"],
@@ -513,6 +543,17 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     outputs.push(rogue_collector.log());
     let hits: Vec<usize> = outputs.iter().enumerate().filter(|(_, o)| o.contains(&secret)).map(|(i, _)| i).collect();
     assert!(hits.is_empty(), "the secret appeared in outputs {hits:?}");
+    let hits: Vec<usize> =
+        outputs.iter().enumerate().filter(|(_, o)| o.contains(&client_secret)).map(|(i, _)| i).collect();
+    assert!(hits.is_empty(), "the OIDC client secret appeared in outputs {hits:?}");
+    // It was in use: the collector's token source got tokens with it.
+    wait_for_async("the OIDC monitor's token source to get a token", Duration::from_secs(30), || async {
+        let issued = idp.issued.load(std::sync::atomic::Ordering::SeqCst);
+        (issued > 0)
+            .then_some(())
+            .ok_or(format!("{issued} issued, {} refused", idp.refused.load(std::sync::atomic::Ordering::SeqCst)))
+    })
+    .await;
     // The search would have found it: the secret did reach the collector's
     // Kafka client (its SASL attempt against a broker without SASL failed).
     let latest = format!(

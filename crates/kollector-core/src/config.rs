@@ -245,8 +245,11 @@ sasl = { mechanism = "SCRAM-SHA-512", username = "svc", password_env = "PAY_PW" 
         let start = readme.find("```toml\n[http]").expect("the README's config example") + "```toml\n".len();
         let text = &readme[start..start + readme[start..].find("```").unwrap()];
         let cfg = ConfigFile::parse("README.md", text, |_| Some("s3cret".into())).unwrap();
-        assert_eq!(cfg.monitors.len(), 2);
+        assert_eq!(cfg.monitors.len(), 3);
         assert_eq!(cfg.monitors[1].lag_history, std::time::Duration::from_secs(6 * 3600));
+        let oauth = cfg.monitors[2].connection.sasl.as_ref().unwrap();
+        assert_eq!((oauth.username.as_str(), oauth.password.expose()), ("kollector", "s3cret"));
+        assert_eq!(oauth.oidc.as_ref().unwrap().scope.as_deref(), Some("kafka"));
         assert_eq!(cfg.monitors[0].lag_history, crate::history::DEFAULT_HISTORY);
     }
 

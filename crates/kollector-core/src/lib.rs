@@ -25,7 +25,8 @@ pub use snapshot::{
     PartitionSnapshot, Snapshot, TopicSnapshot,
 };
 pub use spec::{
-    client_id_problem, FieldError, Filters, GroupMetrics, KafkaConnection, MonitorInput, MonitorSpec, SaslConfig,
-    SaslInput, SaslMechanism, Secret, TlsConfig, TlsInput, ValidationErrors,
+    client_id_problem, msk_region_of, token_endpoint_problem, AwsMskIamConfig, FieldError, Filters, GroupMetrics,
+    KafkaConnection, MonitorInput, MonitorSpec, OidcConfig, SaslConfig, SaslInput, SaslMechanism, Secret, TlsConfig,
+    TlsInput, ValidationErrors,
 };
 pub use status::{CollectError, ErrorKind, MonitorState, MonitorStatus};

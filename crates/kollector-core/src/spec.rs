@@ -81,18 +81,50 @@ pub enum SaslMechanism {
     ScramSha256,
     #[serde(rename = "SCRAM-SHA-512")]
     ScramSha512,
+    /// OAUTHBEARER (RFC 7628) with tokens from an OIDC token endpoint
+    /// (client credentials grant): `username` is the client id, `password`
+    /// the client secret, [`SaslConfig::oidc`] where to ask.
+    #[serde(rename = "OAUTHBEARER")]
+    OAuthBearer,
+    /// AWS MSK IAM over OAUTHBEARER: each token is a SigV4-presigned
+    /// `kafka-cluster:Connect` request, signed with credentials from the
+    /// AWS default chain; no user name or password. [`SaslConfig::aws`]
+    /// holds the region.
+    #[serde(rename = "AWS_MSK_IAM")]
+    AwsMskIam,
 }
 
 impl SaslMechanism {
-    pub const ALL: [SaslMechanism; 3] = [SaslMechanism::Plain, SaslMechanism::ScramSha256, SaslMechanism::ScramSha512];
+    pub const ALL: [SaslMechanism; 5] = [
+        SaslMechanism::Plain,
+        SaslMechanism::ScramSha256,
+        SaslMechanism::ScramSha512,
+        SaslMechanism::OAuthBearer,
+        SaslMechanism::AwsMskIam,
+    ];
 
-    /// The name librdkafka and Kafka use.
+    /// The name users write (and the API shows).
     pub fn as_str(self) -> &'static str {
         match self {
             SaslMechanism::Plain => "PLAIN",
             SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
             SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::OAuthBearer => "OAUTHBEARER",
+            SaslMechanism::AwsMskIam => "AWS_MSK_IAM",
         }
+    }
+
+    /// The name librdkafka and the brokers use: MSK IAM is OAUTHBEARER on the wire.
+    pub fn wire_name(self) -> &'static str {
+        match self {
+            SaslMechanism::AwsMskIam => "OAUTHBEARER",
+            other => other.as_str(),
+        }
+    }
+
+    /// Whether tokens, not a password, authenticate (OAUTHBEARER and MSK IAM).
+    pub fn uses_tokens(self) -> bool {
+        matches!(self, SaslMechanism::OAuthBearer | SaslMechanism::AwsMskIam)
     }
 
     /// Parses a mechanism name, case-insensitively.
@@ -105,8 +137,112 @@ impl SaslMechanism {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SaslConfig {
     pub mechanism: SaslMechanism,
+    /// The user name; for OAUTHBEARER the OIDC client id.
     pub username: String,
+    /// The password; for OAUTHBEARER the OIDC client secret. Kept in this
+    /// one field so every secret of a spec is sealed, carried over on
+    /// update and redacted by the same code.
     pub password: Secret,
+    /// OAUTHBEARER only: where tokens come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<OidcConfig>,
+    /// AWS_MSK_IAM only: the region tokens are signed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsMskIamConfig>,
+}
+
+/// AWS MSK IAM settings. Credentials are not part of a spec: they come from
+/// the AWS default chain of the node running the monitor (environment,
+/// shared profile, web identity, container credentials, IMDSv2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AwsMskIamConfig {
+    /// e.g. `us-east-1`: given, or read from the bootstrap host names.
+    pub region: String,
+}
+
+/// The AWS region an MSK bootstrap host names (`b-1.c.x.c2.kafka.us-east-1.amazonaws.com`,
+/// `boot-x.c1.kafka-serverless.eu-west-1.amazonaws.com`), if it names one.
+pub fn msk_region_of(host_port: &str) -> Option<String> {
+    let host = host_port.rsplit_once(':').map(|(h, _)| h).unwrap_or(host_port).to_ascii_lowercase();
+    let labels: Vec<&str> = host.split('.').collect();
+    let at = labels.iter().position(|l| *l == "kafka" || *l == "kafka-serverless")?;
+    let region = labels.get(at + 1)?;
+    let rest = &labels[at + 2..];
+    (matches!(rest, ["amazonaws", "com"] | ["amazonaws", "com", "cn"]) && is_aws_region(region))
+        .then(|| region.to_string())
+}
+
+/// `us-east-1`, `ap-southeast-2`, `us-gov-west-1`, `cn-north-1`…
+pub fn is_aws_region(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() >= 3
+        && s.len() <= 32
+        && parts[..parts.len() - 1].iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
+        && parts[parts.len() - 1].chars().all(|c| c.is_ascii_digit())
+        && !parts[parts.len() - 1].is_empty()
+}
+
+/// An OIDC token endpoint to ask for OAUTHBEARER tokens with the client
+/// credentials grant (RFC 6749 §4.4).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OidcConfig {
+    /// `https://…` (or `http://` to a loopback address, for a local
+    /// identity provider or a test).
+    pub token_endpoint: String,
+    /// The `scope` asked for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// SASL extensions sent with every token (RFC 7628 §3.1), e.g.
+    /// Confluent Cloud's `logicalCluster` and `identityPoolId`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extensions: BTreeMap<String, String>,
+    /// CA bundle (PEM) to verify the token endpoint with; the system store when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+}
+
+/// Most SASL extensions on one monitor.
+pub const MAX_SASL_EXTENSIONS: usize = 16;
+
+/// Why `url` cannot be a token endpoint, if it cannot: HTTPS, or plain
+/// HTTP only to a loopback address (a client secret is never sent in clear
+/// over a network).
+pub fn token_endpoint_problem(url: &str) -> Option<String> {
+    let (scheme, rest) = match url.split_once("://") {
+        Some(p) => p,
+        None => return Some(format!("{url:?} is not a URL (https://host/path)")),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') {
+        return Some(format!("{url:?} has no host (or carries credentials, which belong in client_id/client_secret)"));
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority),
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "https" => None,
+        "http" => {
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+            (!loopback).then(|| {
+                format!("{url:?} is plain HTTP to a non-loopback host; the client secret would cross the network in clear: use https://")
+            })
+        }
+        other => Some(format!("{url:?}: scheme {other:?} is neither https nor http")),
+    }
+}
+
+/// Why `key` cannot name a SASL extension (RFC 7628 §3.1: ALPHA only, and
+/// `auth` is reserved).
+fn extension_key_problem(key: &str) -> Option<&'static str> {
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphabetic()) {
+        Some("extension names use letters only (RFC 7628)")
+    } else if key == "auth" {
+        Some("\"auth\" is reserved for the token itself")
+    } else {
+        None
+    }
 }
 
 /// Validated TLS settings. TLS is on when this is present.
@@ -191,6 +327,111 @@ fn compile_anchored(pattern: &str) -> Result<Regex, regex::Error> {
     regex::RegexBuilder::new(&format!("^(?:{pattern})$")).size_limit(MAX_REGEX_BYTES).build()
 }
 
+/// Validates a `[sasl]` table; None (with the reasons in `errors`) when it cannot be used.
+fn validate_sasl(s: &SaslInput, bootstrap: &[String], errors: &mut Errors) -> Option<SaslConfig> {
+    let mechanism = SaslMechanism::parse(&s.mechanism);
+    if mechanism.is_none() {
+        let known: Vec<&str> = SaslMechanism::ALL.iter().map(|m| m.as_str()).collect();
+        errors.push(
+            "sasl.mechanism",
+            format!("unknown SASL mechanism {:?}; expected one of {}", s.mechanism, known.join(", ")),
+        );
+    }
+    let oidc_fields =
+        s.token_endpoint.is_some() || s.scope.is_some() || s.ca_file.is_some() || !s.extensions.is_empty();
+    if mechanism.is_some() && mechanism != Some(SaslMechanism::OAuthBearer) && oidc_fields {
+        errors.push("sasl.mechanism", "token_endpoint, scope, extensions and ca_file are for OAUTHBEARER only");
+    }
+    if mechanism.is_some() && mechanism != Some(SaslMechanism::AwsMskIam) && s.aws_region.is_some() {
+        errors.push("sasl.mechanism", "aws_region is for AWS_MSK_IAM only");
+    }
+    if mechanism == Some(SaslMechanism::AwsMskIam) {
+        // Credentials come from the node's AWS default chain, never from a spec.
+        if !s.username.is_empty() || s.password.is_some() || s.password_env.is_some() {
+            errors.push(
+                "sasl.username",
+                "AWS_MSK_IAM takes no user name or password: credentials come from the AWS default chain of the node",
+            );
+        }
+        let region = match &s.aws_region {
+            Some(r) if is_aws_region(r) => Some(r.clone()),
+            Some(r) => {
+                errors.push("sasl.aws_region", format!("{r:?} is not an AWS region (e.g. us-east-1)"));
+                None
+            }
+            None => {
+                let found: std::collections::BTreeSet<String> =
+                    bootstrap.iter().filter_map(|b| msk_region_of(b)).collect();
+                match found.len() {
+                    1 => found.into_iter().next(),
+                    0 => {
+                        errors.push("sasl.aws_region", "must be set: the bootstrap hosts do not name an AWS region");
+                        None
+                    }
+                    _ => {
+                        errors.push(
+                            "sasl.aws_region",
+                            format!("must be set: the bootstrap hosts name several regions {found:?}"),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        return Some(SaslConfig {
+            mechanism: SaslMechanism::AwsMskIam,
+            username: String::new(),
+            password: Secret::new(""),
+            oidc: None,
+            aws: Some(AwsMskIamConfig { region: region? }),
+        });
+    }
+    let oauth = mechanism == Some(SaslMechanism::OAuthBearer);
+    if s.username.trim().is_empty() {
+        errors.push(
+            "sasl.username",
+            if oauth { "must be set: the OIDC client id (client_id)" } else { "must not be empty" },
+        );
+    }
+    let password = match &s.password {
+        Some(p) if !p.expose().is_empty() => Some(p.clone()),
+        _ => {
+            match &s.password_env {
+                Some(var) => errors.push("sasl.password_env", format!("environment variable {var:?} is not set or empty")),
+                None if oauth => errors.push(
+                    "sasl.password",
+                    "must be set: the OIDC client secret (client_secret, or client_secret_env naming an environment variable)",
+                ),
+                None => errors.push("sasl.password", "must be set (or name an environment variable in password_env)"),
+            }
+            None
+        }
+    };
+    let oidc = oauth.then(|| {
+        let token_endpoint = s.token_endpoint.clone().unwrap_or_default();
+        if token_endpoint.trim().is_empty() {
+            errors.push("sasl.token_endpoint", "must be set for OAUTHBEARER (the OIDC token endpoint URL)");
+        } else if let Some(problem) = token_endpoint_problem(&token_endpoint) {
+            errors.push("sasl.token_endpoint", problem);
+        }
+        if s.ca_file.as_ref().is_some_and(|p| p.trim().is_empty()) {
+            errors.push("sasl.ca_file", "must not be empty when set");
+        }
+        for k in s.extensions.keys() {
+            if let Some(problem) = extension_key_problem(k) {
+                errors.push(format!("sasl.extensions.{}", k.chars().take(63).collect::<String>()), problem);
+            }
+        }
+        OidcConfig {
+            token_endpoint,
+            scope: s.scope.clone().filter(|v| !v.is_empty()),
+            extensions: s.extensions.clone(),
+            ca_file: s.ca_file.clone(),
+        }
+    });
+    Some(SaslConfig { mechanism: mechanism?, username: s.username.clone(), password: password?, oidc, aws: None })
+}
+
 /// Checks sizes and characters of every free-text field before anything
 /// else looks at them; true when the input is small enough to validate.
 fn check_limits(i: &MonitorInput, errors: &mut Errors) -> bool {
@@ -219,6 +460,26 @@ fn check_limits(i: &MonitorInput, errors: &mut Errors) -> bool {
         text(errors, "sasl.mechanism".into(), &s.mechanism);
         if let Some(p) = &s.password {
             text(errors, "sasl.password".into(), p.expose());
+        }
+        for (name, v) in [
+            ("sasl.token_endpoint", &s.token_endpoint),
+            ("sasl.scope", &s.scope),
+            ("sasl.ca_file", &s.ca_file),
+            ("sasl.aws_region", &s.aws_region),
+        ] {
+            if let Some(v) = v {
+                text(errors, name.to_string(), v);
+            }
+        }
+        if s.extensions.len() > MAX_SASL_EXTENSIONS {
+            errors.push(
+                "sasl.extensions",
+                format!("has {} entries; at most {MAX_SASL_EXTENSIONS} are allowed", s.extensions.len()),
+            );
+        } else {
+            for (k, v) in &s.extensions {
+                text(errors, format!("sasl.extensions.{}", k.chars().take(63).collect::<String>()), v);
+            }
         }
     }
     if let Some(t) = &i.tls {
@@ -394,8 +655,14 @@ impl MonitorSpec {
             sasl: self.connection.sasl.as_ref().map(|s| SaslInput {
                 mechanism: s.mechanism.as_str().to_string(),
                 username: s.username.clone(),
-                password: Some(s.password.clone()),
+                // AWS_MSK_IAM has none.
+                password: (!s.password.expose().is_empty()).then(|| s.password.clone()),
                 password_env: None,
+                token_endpoint: s.oidc.as_ref().map(|o| o.token_endpoint.clone()),
+                scope: s.oidc.as_ref().and_then(|o| o.scope.clone()),
+                extensions: s.oidc.as_ref().map(|o| o.extensions.clone()).unwrap_or_default(),
+                ca_file: s.oidc.as_ref().and_then(|o| o.ca_file.clone()),
+                aws_region: s.aws.as_ref().map(|a| a.region.clone()),
             }),
             tls: self.connection.tls.as_ref().map(|t| TlsInput {
                 enabled: Some(true),
@@ -436,14 +703,32 @@ mod humantime_serde_compat {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SaslInput {
-    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    /// PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER.
     pub mechanism: String,
+    /// The user name; for OAUTHBEARER the OIDC client id (`client_id` in files).
+    #[serde(default, alias = "client_id")]
     pub username: String,
-    /// The password itself. Prefer `password_env` in files.
+    /// The password itself; for OAUTHBEARER the client secret
+    /// (`client_secret` in files). Prefer `password_env` in files.
+    #[serde(alias = "client_secret")]
     pub password: Option<Secret>,
-    /// Name of an environment variable holding the password; the binary
-    /// resolves it into `password` before validation.
+    /// Name of an environment variable holding the password (or client
+    /// secret, `client_secret_env`); the binary resolves it into
+    /// `password` before validation.
+    #[serde(alias = "client_secret_env")]
     pub password_env: Option<String>,
+    /// OAUTHBEARER: the OIDC token endpoint (client credentials grant).
+    pub token_endpoint: Option<String>,
+    /// OAUTHBEARER: the scope to ask for.
+    pub scope: Option<String>,
+    /// OAUTHBEARER: SASL extensions sent with each token.
+    #[serde(default)]
+    pub extensions: BTreeMap<String, String>,
+    /// OAUTHBEARER: CA bundle (PEM) for the token endpoint's certificate.
+    pub ca_file: Option<String>,
+    /// AWS_MSK_IAM: the region to sign for; read from the bootstrap host
+    /// names when absent.
+    pub aws_region: Option<String>,
 }
 
 /// TLS settings as a user writes them.
@@ -720,32 +1005,7 @@ impl MonitorInput {
             }
         }
 
-        let sasl = self.sasl.as_ref().and_then(|s| {
-            let mechanism = SaslMechanism::parse(&s.mechanism);
-            if mechanism.is_none() {
-                let known: Vec<&str> = SaslMechanism::ALL.iter().map(|m| m.as_str()).collect();
-                errors.push(
-                    "sasl.mechanism",
-                    format!("unknown SASL mechanism {:?}; expected one of {}", s.mechanism, known.join(", ")),
-                );
-            }
-            if s.username.trim().is_empty() {
-                errors.push("sasl.username", "must not be empty");
-            }
-            let password = match &s.password {
-                Some(p) if !p.expose().is_empty() => Some(p.clone()),
-                _ => {
-                    match &s.password_env {
-                        Some(var) => errors
-                            .push("sasl.password_env", format!("environment variable {var:?} is not set or empty")),
-                        None => errors
-                            .push("sasl.password", "must be set (or name an environment variable in password_env)"),
-                    }
-                    None
-                }
-            };
-            Some(SaslConfig { mechanism: mechanism?, username: s.username.clone(), password: password? })
-        });
+        let sasl = self.sasl.as_ref().and_then(|s| validate_sasl(s, &self.bootstrap, &mut errors));
 
         let tls = self.tls.as_ref().and_then(|t| {
             if t.enabled == Some(false) {
@@ -985,6 +1245,7 @@ mod tests {
             username: "svc".into(),
             password: Some(Secret::new("hunter2")),
             password_env: None,
+            ..Default::default()
         });
         i.tls = Some(TlsInput { key_password: Some(Secret::new("keypass")), ..Default::default() });
         let spec = i.validate(1).unwrap();
@@ -1041,7 +1302,7 @@ mod tests {
                     topic_include: pattern.clone(),
                     group_exclude: pattern,
                     labels,
-                    sasl: mechanism.map(|m| SaslInput { mechanism: m, username: "u".into(), password: Some(Secret::new("p")), password_env: None }),
+                    sasl: mechanism.map(|m| SaslInput { mechanism: m, username: "u".into(), password: Some(Secret::new("p")), ..Default::default() }),
                     tls: path.map(|p| TlsInput { ca_file: Some(p), ..Default::default() }),
                     ..Default::default()
                 };
@@ -1083,5 +1344,101 @@ mod tests {
             i.labels.insert("team".into(), "a\u{0}b".into());
             assert!(i.validate(1).is_err());
         }
+    }
+
+    fn oauth(endpoint: &str) -> SaslInput {
+        SaslInput {
+            mechanism: "OAUTHBEARER".into(),
+            username: "kollector".into(),
+            password: Some(Secret::new("s3cret")),
+            token_endpoint: Some(endpoint.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn oauthbearer_needs_a_client_and_a_token_endpoint_that_keeps_the_secret_off_the_network() {
+        let mut i = input();
+        i.sasl = Some(SaslInput {
+            extensions: BTreeMap::from([("logicalCluster".into(), "lkc-1".into())]),
+            scope: Some("kafka".into()),
+            ..oauth("https://idp.example/token")
+        });
+        let spec = i.validate(1).expect("valid");
+        let sasl = spec.connection.sasl.as_ref().unwrap();
+        assert_eq!(sasl.mechanism.wire_name(), "OAUTHBEARER");
+        assert_eq!(sasl.oidc.as_ref().unwrap().extensions["logicalCluster"], "lkc-1");
+        // It survives the round trip through the input form (update, state file).
+        assert_eq!(spec.to_input().validate(1).unwrap(), spec);
+        for ok in ["http://127.0.0.1:8080/token", "http://localhost/t", "http://[::1]:9/t", "HTTPS://idp/t"] {
+            let mut i = input();
+            i.sasl = Some(oauth(ok));
+            assert!(i.validate(1).is_ok(), "{ok}");
+        }
+        for bad in
+            ["http://idp.example/token", "ftp://idp/t", "idp.example/token", "https://user:pw@idp/t", "https:///t"]
+        {
+            let mut i = input();
+            i.sasl = Some(oauth(bad));
+            assert_eq!(fields(i.validate(1)), ["sasl.token_endpoint"], "{bad}");
+        }
+        let mut i = input();
+        i.sasl = Some(SaslInput { token_endpoint: None, username: String::new(), password: None, ..oauth("") });
+        assert_eq!(fields(i.validate(1)), ["sasl.username", "sasl.password", "sasl.token_endpoint"]);
+        let mut i = input();
+        i.sasl = Some(SaslInput {
+            extensions: BTreeMap::from([("auth".into(), "x".into()), ("bad-key".into(), "x".into())]),
+            ..oauth("https://idp/t")
+        });
+        assert_eq!(fields(i.validate(1)), ["sasl.extensions.auth", "sasl.extensions.bad-key"]);
+        // OIDC settings on another mechanism are a mistake, said so.
+        let mut i = input();
+        i.sasl = Some(SaslInput { mechanism: "PLAIN".into(), ..oauth("https://idp/t") });
+        assert_eq!(fields(i.validate(1)), ["sasl.mechanism"]);
+    }
+
+    #[test]
+    fn msk_iam_takes_no_password_and_finds_its_region_in_the_bootstrap_hosts() {
+        let msk = |bootstrap: &[&str], region: Option<&str>| {
+            let mut i = input();
+            i.bootstrap = bootstrap.iter().map(|b| b.to_string()).collect();
+            i.sasl = Some(SaslInput {
+                mechanism: "aws_msk_iam".into(),
+                aws_region: region.map(str::to_string),
+                ..Default::default()
+            });
+            i.validate(1)
+        };
+        let spec = msk(&["b-1.orders.abc123.c2.kafka.eu-west-1.amazonaws.com:9098"], None).unwrap();
+        let sasl = spec.connection.sasl.as_ref().unwrap();
+        assert_eq!((sasl.mechanism.as_str(), sasl.mechanism.wire_name()), ("AWS_MSK_IAM", "OAUTHBEARER"));
+        assert_eq!(sasl.aws.as_ref().unwrap().region, "eu-west-1");
+        assert_eq!(spec.to_input().validate(1).unwrap(), spec);
+        let serverless = msk(&["boot-abcd.c1.kafka-serverless.us-east-2.amazonaws.com:9098"], None).unwrap();
+        assert_eq!(serverless.connection.sasl.unwrap().aws.unwrap().region, "us-east-2");
+        assert_eq!(
+            msk(&["127.0.0.1:9098"], Some("ap-southeast-2")).unwrap().connection.sasl.unwrap().aws.unwrap().region,
+            "ap-southeast-2"
+        );
+        assert_eq!(fields(msk(&["127.0.0.1:9098"], None)), ["sasl.aws_region"]);
+        assert_eq!(fields(msk(&["127.0.0.1:9098"], Some("Europe"))), ["sasl.aws_region"]);
+        assert_eq!(
+            fields(msk(
+                &["b-1.x.kafka.eu-west-1.amazonaws.com:9098", "b-2.x.kafka.us-east-1.amazonaws.com:9098"],
+                None
+            )),
+            ["sasl.aws_region"]
+        );
+        assert!(msk_region_of("kafka.eu-west-1.amazonaws.com.evil.example:9098").is_none());
+        let mut i = input();
+        i.bootstrap = vec!["127.0.0.1:9098".into()];
+        i.sasl = Some(SaslInput {
+            mechanism: "AWS_MSK_IAM".into(),
+            username: "u".into(),
+            password: Some(Secret::new("p")),
+            aws_region: Some("us-east-1".into()),
+            ..Default::default()
+        });
+        assert_eq!(fields(i.validate(1)), ["sasl.username"]);
     }
 }

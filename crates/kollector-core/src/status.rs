@@ -76,10 +76,13 @@ pub enum ErrorKind {
     Fenced,
     /// The result was too large to send to the manager (cluster mode).
     ResultTooLarge,
+    /// No credential to present: the token endpoint refused the client or
+    /// could not be reached (its answer is in the message).
+    Authentication,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Client,
         ErrorKind::Connection,
         ErrorKind::Timeout,
@@ -88,6 +91,7 @@ impl ErrorKind {
         ErrorKind::Panic,
         ErrorKind::Fenced,
         ErrorKind::ResultTooLarge,
+        ErrorKind::Authentication,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -99,6 +103,7 @@ impl ErrorKind {
             ErrorKind::Panic => "panic",
             ErrorKind::Fenced => "fenced",
             ErrorKind::ResultTooLarge => "result_too_large",
+            ErrorKind::Authentication => "authentication",
         }
     }
 }

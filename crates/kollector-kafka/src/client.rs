@@ -12,6 +12,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaType;
 
+use crate::oauth::TokenSource;
 use crate::wire::group_cycle::GroupConnections;
 use crate::wire::security::WireSecurity;
 
@@ -50,6 +51,84 @@ pub(crate) struct MonitorContext {
     monitor: String,
     requests: Mutex<RequestCounts>,
     stats_seen: AtomicBool,
+    /// OAUTHBEARER: the monitor's token source, asked by librdkafka's
+    /// refresh callback ([`oauthbearer_refresh`]) and by the direct path.
+    pub(crate) tokens: Option<Arc<TokenSource>>,
+    /// How long a token request may take (the monitor's timeout).
+    token_timeout: Duration,
+}
+
+/// librdkafka's OAUTHBEARER refresh callback. librdkafka calls it when the
+/// client starts and when its token is 80 % through its lifetime, on its
+/// background thread (the SASL queue is forwarded there when the client is
+/// built), so tokens are renewed between cycles too, while nothing polls
+/// the client. It asks the monitor's token source and hands librdkafka the
+/// token, or the reason there is none (which librdkafka reports on the
+/// broker connections and retries in 10 s).
+unsafe extern "C" fn oauthbearer_refresh(
+    rk: *mut rdkafka_sys::rd_kafka_t,
+    _config: *const std::ffi::c_char,
+    opaque: *mut std::ffi::c_void,
+) {
+    use std::ffi::CString;
+    // Never unwind into C.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: the opaque is the client's context (rdkafka sets it to the
+        // context Arc's pointer), alive as long as the librdkafka handle,
+        // whose destruction joins the background thread first.
+        let context = unsafe { &*(opaque as *const MonitorContext) };
+        let fail = |why: String| {
+            let why = CString::new(why.replace('\0', " ")).unwrap_or_default();
+            // SAFETY: rk is the live handle librdkafka passed; why outlives the call.
+            unsafe { rdkafka_sys::rd_kafka_oauthbearer_set_token_failure(rk, why.as_ptr()) };
+        };
+        let Some(tokens) = &context.tokens else { return fail("no token source for this monitor".into()) };
+        let token = match tokens.token(context.token_timeout) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(monitor = %context.monitor, "OAUTHBEARER token: {e}");
+                return fail(e.to_string());
+            }
+        };
+        let strings = || -> Option<(CString, CString, Vec<CString>)> {
+            let value = CString::new(token.value.expose()).ok()?;
+            let principal = CString::new(token.principal.as_str()).ok()?;
+            let mut ext = Vec::new();
+            for (k, v) in &token.extensions {
+                ext.push(CString::new(k.as_str()).ok()?);
+                ext.push(CString::new(v.as_str()).ok()?);
+            }
+            Some((value, principal, ext))
+        };
+        let Some((value, principal, ext)) = strings() else {
+            return fail("the token, principal or an extension holds a NUL character".into());
+        };
+        let ext_ptrs: Vec<*const std::ffi::c_char> = ext.iter().map(|c| c.as_ptr()).collect();
+        let mut err = [0 as std::ffi::c_char; 512];
+        // SAFETY: every pointer is valid for the call; librdkafka copies what it keeps.
+        let code = unsafe {
+            rdkafka_sys::rd_kafka_oauthbearer_set_token(
+                rk,
+                value.as_ptr(),
+                token.expires_at_ms.min(i64::MAX as u64) as i64,
+                principal.as_ptr(),
+                if ext_ptrs.is_empty() {
+                    std::ptr::null_mut()
+                } else {
+                    ext_ptrs.as_ptr() as *mut *const std::ffi::c_char
+                },
+                ext_ptrs.len(),
+                err.as_mut_ptr(),
+                err.len(),
+            )
+        };
+        if code != rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            // SAFETY: librdkafka wrote a NUL-terminated message into err.
+            let why = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
+            tracing::warn!(monitor = %context.monitor, "librdkafka refused the OAUTHBEARER token: {why}");
+            fail(format!("librdkafka refused the token: {why}"));
+        }
+    }));
 }
 
 impl ClientContext for MonitorContext {
@@ -144,26 +223,57 @@ impl KafkaClient {
             None => spec,
         };
         let config = client_config(spec, options);
+        let tokens = match &spec.connection.sasl {
+            Some(sasl) => TokenSource::for_sasl(sasl, spec.timeout.max(Duration::from_secs(5)))
+                .map_err(|e| CollectError::new(ErrorKind::Client, e.to_string()))?
+                .map(Arc::new),
+            None => None,
+        };
         let context = MonitorContext {
             monitor: spec.id.to_string(),
             requests: Mutex::new(RequestCounts::new()),
             stats_seen: AtomicBool::new(false),
+            tokens: tokens.clone(),
+            token_timeout: spec.timeout,
         };
         let build_error = |e: KafkaError| {
             CollectError::new(ErrorKind::Client, format!("cannot build Kafka client: {}", config_error(&e)))
         };
         let native_config = config.create_native_config().map_err(build_error)?;
+        if tokens.is_some() {
+            // SAFETY: native_config is a live configuration this function owns until Client::new.
+            unsafe {
+                rdkafka_sys::rd_kafka_conf_set_oauthbearer_token_refresh_cb(
+                    native_config.ptr(),
+                    Some(oauthbearer_refresh),
+                );
+                rdkafka_sys::rd_kafka_conf_enable_sasl_queue(native_config.ptr(), 1);
+            }
+        }
         // A producer-type handle, as rdkafka's AdminClient makes (the lighter
         // of librdkafka's two kinds); it never produces.
         let native =
             Client::new(&config, native_config, RDKafkaType::RD_KAFKA_PRODUCER, context).map_err(build_error)?;
+        if tokens.is_some() {
+            // The refresh callback runs on librdkafka's background thread
+            // (one more thread for an OAUTHBEARER monitor), not on a queue
+            // somebody must poll.
+            // SAFETY: the handle is live; a returned error object is ours to destroy.
+            let error = unsafe { rdkafka_sys::rd_kafka_sasl_background_callbacks_enable(native.native_ptr()) };
+            if !error.is_null() {
+                // SAFETY: error is a valid rd_kafka_error_t, destroyed once.
+                let why = unsafe { crate::admin::owned(rdkafka_sys::rd_kafka_error_string(error)) };
+                unsafe { rdkafka_sys::rd_kafka_error_destroy(error) };
+                return Err(CollectError::new(ErrorKind::Client, format!("OAUTHBEARER background refresh: {why}")));
+            }
+        }
         let context = native.context().clone();
         let direct = if options.librdkafka_groups {
             Err("the node runs with --librdkafka-groups".to_string())
         } else {
             WireSecurity::from_connection(&spec.connection).map(|s| {
                 // One client id per monitor on both paths (librdkafka's is set above).
-                let s = s.with_client_id(spec.client_id());
+                let s = s.with_client_id(spec.client_id()).with_tokens(tokens.clone());
                 let mut conns = GroupConnections::new(s);
                 if let Some(id) = &spec.expected_cluster_id {
                     conns.pin_cluster(id);
@@ -199,6 +309,11 @@ impl KafkaClient {
                 c.pin_cluster(cluster_id);
             }
         }
+    }
+
+    /// The monitor's OAUTHBEARER token source, if it uses one.
+    pub fn oauth_tokens(&self) -> Option<&Arc<TokenSource>> {
+        self.context.tokens.as_ref()
     }
 
     /// Direct group connections open now (0 on the librdkafka path).
@@ -323,9 +438,12 @@ fn client_config(spec: &MonitorSpec, options: &ClientOptions) -> ClientConfig {
         c.set("statistics.interval.ms", every.as_millis().max(10).to_string());
     }
     if let Some(sasl) = &conn.sasl {
-        c.set("sasl.mechanism", sasl.mechanism.as_str())
-            .set("sasl.username", &sasl.username)
-            .set("sasl.password", sasl.password.expose());
+        c.set("sasl.mechanism", sasl.mechanism.wire_name());
+        // OAUTHBEARER's (and MSK IAM's) tokens come from the refresh
+        // callback; a client secret never reaches librdkafka.
+        if !sasl.mechanism.uses_tokens() {
+            c.set("sasl.username", &sasl.username).set("sasl.password", sasl.password.expose());
+        }
     }
     if let Some(tls) = &conn.tls {
         if let Some(ca) = &tls.ca_file {

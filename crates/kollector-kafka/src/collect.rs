@@ -189,6 +189,13 @@ impl KafkaClient {
         let started = Instant::now();
         let deadline = Deadline::after(spec.timeout).with_fence(fence);
         self.serve_main_queue();
+        // OAUTHBEARER: without a token nothing below can authenticate, and
+        // the brokers would only say "authentication failed"; the token
+        // endpoint's own answer is the reason to report.
+        if let Some(tokens) = self.oauth_tokens() {
+            let (left, _) = deadline.slice().map_err(|why| stopped("token", why))?;
+            tokens.token(left).map_err(|e| CollectError::new(ErrorKind::Authentication, e.to_string()))?;
+        }
         let result = self.collect_within(spec, started, &deadline);
         self.serve_main_queue();
         result
@@ -268,13 +275,17 @@ impl KafkaClient {
             failed_brokers.note(*broker, *kind, why);
         }
         let wrong_cluster = md.wrong_cluster;
+        // Every broker tried refused the credentials (a password, a token,
+        // a certificate): that, not the network, is the reason.
+        let refused = md.refused;
         let (md, _) = md.answer.map_err(|why| {
-            let kind = match (deadline.fenced(), wrong_cluster) {
-                (true, _) => ErrorKind::Fenced,
+            let kind = match (deadline.fenced(), wrong_cluster, refused) {
+                (true, _, _) => ErrorKind::Fenced,
                 // No broker of the pinned cluster answered, and one of
                 // another cluster did: the monitor's identity check.
-                (false, true) => ErrorKind::IdentityMismatch,
-                (false, false) => ErrorKind::Connection,
+                (false, true, _) => ErrorKind::IdentityMismatch,
+                (false, false, true) => ErrorKind::Authentication,
+                (false, false, false) => ErrorKind::Connection,
             };
             CollectError::new(kind, format!("metadata from {}: {why}", spec.connection.bootstrap.join(",")))
         })?;
@@ -404,9 +415,11 @@ impl KafkaClient {
                 _ => ErrorKind::Kafka,
             };
             let mut message = format!("metadata from {}: {e}", spec.connection.bootstrap.join(","));
+            let mut kind = kind;
             if kind == ErrorKind::Connection {
                 if let Some(why) = self.diagnose(spec, deadline) {
                     message = format!("{why} ({message})");
+                    kind = ErrorKind::Authentication;
                 }
             }
             CollectError::new(kind, message)

@@ -10,6 +10,9 @@
 //! fixed, small number of batched requests (see `collect.rs`). The calls
 //! block, so callers run them off async threads.
 //!
+//! [`oauth`] is where an OAUTHBEARER monitor's tokens come from, shared by
+//! its librdkafka client and its direct connections.
+//!
 //! [`admin`] holds safe wrappers over librdkafka admin calls that the
 //! `rdkafka` crate does not wrap.
 
@@ -17,6 +20,8 @@ pub mod admin;
 mod client;
 mod collect;
 mod deadline;
+pub mod msk_iam;
+pub mod oauth;
 pub mod wire;
 
 pub use client::{live_clients, ClientOptions, KafkaClient, RequestCounts};

@@ -33,7 +33,7 @@ pub fn prepare_update(current: &MonitorSpec, input: &MonitorInput) -> Result<Opt
     let mut input = input.clone();
     let mut kept = Vec::new();
     if let (Some(new), Some(old)) = (input.sasl.as_mut(), current.connection.sasl.as_ref()) {
-        if new.password.is_none() && new.password_env.is_none() {
+        if new.password.is_none() && new.password_env.is_none() && !old.password.expose().is_empty() {
             new.password = Some(old.password.clone());
             kept.push("sasl.password");
         }
@@ -71,6 +71,14 @@ fn destination_changes(old: &MonitorSpec, new: &MonitorSpec) -> Vec<&'static str
     }
     if a.sasl.as_ref().map(|s| s.mechanism) != b.sasl.as_ref().map(|s| s.mechanism) {
         changed.push("the SASL mechanism");
+    }
+    // An OAUTHBEARER client secret goes to the token endpoint, not to the
+    // brokers: a new endpoint (or a new CA for it) is a new destination.
+    let endpoint = |s: &Option<kollector_core::SaslConfig>| {
+        s.as_ref().and_then(|s| s.oidc.as_ref()).map(|o| (o.token_endpoint.clone(), o.ca_file.clone()))
+    };
+    if endpoint(&a.sasl) != endpoint(&b.sasl) {
+        changed.push("the token endpoint");
     }
     let tls = |t: &Option<kollector_core::TlsConfig>| {
         t.as_ref().map(|t| (t.ca_file.clone(), t.cert_file.clone(), t.key_file.clone(), t.insecure_skip_verify))
@@ -111,6 +119,7 @@ mod tests {
             username: "u".into(),
             password: Some(Secret::new("pw")),
             password_env: None,
+            ..Default::default()
         });
         let current = prepare_create(&i).unwrap();
         i.sasl.as_mut().unwrap().password = None;
@@ -127,6 +136,7 @@ mod tests {
             username: "u".into(),
             password: Some(Secret::new("pw")),
             password_env: None,
+            ..Default::default()
         });
         i.tls = Some(kollector_core::TlsInput { key_password: Some(Secret::new("kp")), ..Default::default() });
         let current = prepare_create(&i).unwrap();
@@ -161,5 +171,34 @@ mod tests {
         moved.tls.as_mut().unwrap().key_password = Some(Secret::new("kp2"));
         let v2 = prepare_update(&current, &moved).unwrap().unwrap();
         assert_eq!(v2.connection.sasl.unwrap().password.expose(), "pw2");
+    }
+
+    #[test]
+    fn a_kept_client_secret_never_follows_a_new_token_endpoint() {
+        let mut i = input("a");
+        i.sasl = Some(SaslInput {
+            mechanism: "OAUTHBEARER".into(),
+            username: "kollector".into(),
+            password: Some(Secret::new("client-secret")),
+            token_endpoint: Some("https://idp.example/token".into()),
+            ..Default::default()
+        });
+        let current = prepare_create(&i).unwrap();
+        let mut u = i.clone();
+        u.sasl.as_mut().unwrap().password = None;
+        u.sasl.as_mut().unwrap().scope = Some("kafka".into());
+        let kept = prepare_update(&current, &u).unwrap().unwrap();
+        assert_eq!(kept.connection.sasl.unwrap().password.expose(), "client-secret");
+        type Change<'a> = &'a dyn Fn(&mut MonitorInput);
+        let changes: [Change; 2] =
+            [&|u| u.sasl.as_mut().unwrap().token_endpoint = Some("https://attacker.example/token".into()), &|u| {
+                u.sasl.as_mut().unwrap().ca_file = Some("/tmp/ca.pem".into())
+            }];
+        for change in changes {
+            let mut moved = u.clone();
+            change(&mut moved);
+            let e = prepare_update(&current, &moved).unwrap_err();
+            assert!(e.to_string().contains("token endpoint") && !e.to_string().contains("client-secret"), "{e}");
+        }
     }
 }

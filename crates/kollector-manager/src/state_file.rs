@@ -238,6 +238,7 @@ mod tests {
             username: "u".into(),
             password: Some(kollector_core::Secret::new("pa55-in-clear?")),
             password_env: None,
+            ..Default::default()
         });
         let secret_spec = input.validate(1).unwrap();
         {

@@ -22,6 +22,11 @@ pub fn input_from_proto(p: v1::MonitorSpecInput) -> core::MonitorInput {
             username: s.username,
             password: (!s.password.is_empty()).then(|| core::Secret::new(s.password)),
             password_env: None,
+            token_endpoint: (!s.token_endpoint.is_empty()).then_some(s.token_endpoint),
+            scope: (!s.scope.is_empty()).then_some(s.scope),
+            extensions: s.extensions.into_iter().collect(),
+            ca_file: (!s.ca_file.is_empty()).then_some(s.ca_file),
+            aws_region: (!s.aws_region.is_empty()).then_some(s.aws_region),
         }),
         tls: p.tls.map(|t| core::TlsInput {
             enabled: Some(true),
@@ -56,6 +61,11 @@ pub fn input_to_proto(i: &core::MonitorInput) -> v1::MonitorSpecInput {
             mechanism: s.mechanism.clone(),
             username: s.username.clone(),
             password: s.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default(),
+            token_endpoint: s.token_endpoint.clone().unwrap_or_default(),
+            scope: s.scope.clone().unwrap_or_default(),
+            extensions: s.extensions.clone().into_iter().collect(),
+            ca_file: s.ca_file.clone().unwrap_or_default(),
+            aws_region: s.aws_region.clone().unwrap_or_default(),
         }),
         tls: i.tls.as_ref().filter(|t| t.enabled != Some(false)).map(|t| v1::TlsInput {
             ca_file: t.ca_file.clone(),
@@ -91,6 +101,11 @@ pub fn monitor_view(s: &core::MonitorSpec) -> v1::MonitorView {
             mechanism: x.mechanism.as_str().to_string(),
             username: x.username.clone(),
             password_set: !x.password.expose().is_empty(),
+            token_endpoint: x.oidc.as_ref().map(|o| o.token_endpoint.clone()).unwrap_or_default(),
+            scope: x.oidc.as_ref().and_then(|o| o.scope.clone()).unwrap_or_default(),
+            extensions: x.oidc.as_ref().map(|o| o.extensions.clone().into_iter().collect()).unwrap_or_default(),
+            ca_file: x.oidc.as_ref().and_then(|o| o.ca_file.clone()).unwrap_or_default(),
+            aws_region: x.aws.as_ref().map(|a| a.region.clone()).unwrap_or_default(),
         }),
         tls: s.connection.tls.as_ref().map(|t| v1::TlsView {
             ca_file: t.ca_file.clone(),
@@ -521,6 +536,7 @@ mod tests {
                 username: "u".into(),
                 password: Some(core::Secret::new("hunter2")),
                 password_env: None,
+                ..Default::default()
             }),
             ..Default::default()
         };

@@ -16,6 +16,11 @@ pub mod v1 {
                 .field("mechanism", &self.mechanism)
                 .field("username", &self.username)
                 .field("password", &if self.password.is_empty() { "" } else { "<redacted>" })
+                .field("token_endpoint", &self.token_endpoint)
+                .field("scope", &self.scope)
+                .field("extensions", &self.extensions)
+                .field("ca_file", &self.ca_file)
+                .field("aws_region", &self.aws_region)
                 .finish()
         }
     }
@@ -111,6 +116,7 @@ mod debug_tests {
                 mechanism: "PLAIN".into(),
                 username: "u".into(),
                 password: "hunter2".into(),
+                ..Default::default()
             }),
             tls: Some(super::v1::TlsInput { key_password: "keypass".into(), ..Default::default() }),
             ..Default::default()

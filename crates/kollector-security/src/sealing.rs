@@ -89,7 +89,7 @@ pub fn sealed_key_id(value: &str) -> Option<&str> {
 pub fn sealed_with_other_key(keys: &Keyring, stored: &MonitorSpec) -> bool {
     let first = keys.first_id();
     let stale = |s: &Secret| sealed_key_id(s.expose()) != Some(first);
-    stored.connection.sasl.as_ref().is_some_and(|s| stale(&s.password))
+    stored.connection.sasl.as_ref().is_some_and(|s| !s.password.expose().is_empty() && stale(&s.password))
         || stored.connection.tls.as_ref().and_then(|t| t.key_password.as_ref()).is_some_and(stale)
 }
 
@@ -203,12 +203,18 @@ fn context(spec: &MonitorSpec, field: &str) -> String {
     let c = &spec.connection;
     let mut bootstrap: Vec<String> = c.bootstrap.iter().map(|b| b.to_ascii_lowercase()).collect();
     bootstrap.sort();
-    let destination = format!(
+    let mut destination = format!(
         "{:?}|{:?}|{:?}",
         bootstrap,
         c.sasl.as_ref().map(|s| (s.mechanism.as_str(), &s.username)),
         c.tls.as_ref().map(|t| (&t.ca_file, &t.cert_file, &t.key_file, t.insecure_skip_verify)),
     );
+    // An OAUTHBEARER client secret is sent to the token endpoint: it is
+    // bound to it too. (Appended only when present, so the contexts of
+    // secrets sealed before OAUTHBEARER existed are unchanged.)
+    if let Some(o) = c.sasl.as_ref().and_then(|s| s.oidc.as_ref()) {
+        destination.push_str(&format!("|{:?}", (&o.token_endpoint, &o.ca_file)));
+    }
     let digest = ring::digest::digest(&ring::digest::SHA256, destination.as_bytes());
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("{}/{field}/{hex}", spec.id)
@@ -216,7 +222,9 @@ fn context(spec: &MonitorSpec, field: &str) -> String {
 
 /// Whether a spec carries any secret that would need sealing.
 pub fn has_secrets(spec: &MonitorSpec) -> bool {
-    spec.connection.sasl.is_some() || spec.connection.tls.as_ref().is_some_and(|t| t.key_password.is_some())
+    // AWS_MSK_IAM carries no secret (credentials come from the node's AWS chain).
+    spec.connection.sasl.as_ref().is_some_and(|s| !s.password.expose().is_empty())
+        || spec.connection.tls.as_ref().is_some_and(|t| t.key_password.is_some())
 }
 
 /// The spec as it may be stored: every secret sealed. Without a keyring a
@@ -227,7 +235,7 @@ pub fn seal_spec(keys: Option<&Keyring>, spec: &MonitorSpec) -> Result<MonitorSp
         return Ok(out);
     }
     let keys = keys.ok_or(SealError::NoKey)?;
-    if let Some(s) = out.connection.sasl.as_mut() {
+    if let Some(s) = out.connection.sasl.as_mut().filter(|s| !s.password.expose().is_empty()) {
         s.password = Secret::new(keys.seal(&context(spec, "sasl.password"), s.password.expose())?);
     }
     if let Some(p) = out.connection.tls.as_mut().and_then(|t| t.key_password.as_mut()) {
@@ -277,6 +285,7 @@ mod tests {
                 username: "u".into(),
                 password: Some(Secret::new(password)),
                 password_env: None,
+                ..Default::default()
             }),
             tls: Some(TlsInput { key_password: Some(Secret::new("kp")), ..Default::default() }),
             ..Default::default()

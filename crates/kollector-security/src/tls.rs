@@ -159,6 +159,10 @@ impl FilePolicy {
     /// resolved path.
     pub fn resolve_spec(&self, spec: &kollector_core::MonitorSpec) -> Result<kollector_core::MonitorSpec, String> {
         let mut out = spec.clone();
+        // The token endpoint's CA (OAUTHBEARER) is a file the spec names too.
+        if let Some(p) = out.connection.sasl.as_mut().and_then(|s| s.oidc.as_mut()).and_then(|o| o.ca_file.as_mut()) {
+            *p = self.check("sasl.ca_file", p)?.display().to_string();
+        }
         let Some(tls) = out.connection.tls.as_mut() else { return Ok(out) };
         for (field, p) in [
             ("tls.ca_file", &mut tls.ca_file),

@@ -140,14 +140,35 @@ struct SpecArgs {
     /// Refuse data from any other cluster id.
     #[arg(long)]
     expected_cluster_id: Option<String>,
-    /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
-    #[arg(long, requires = "sasl_username")]
+    /// SASL mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER
+    /// (OIDC client credentials: --sasl-username is the client id,
+    /// --sasl-password-env names the client secret's variable) or
+    /// AWS_MSK_IAM (no user or password: the collector's AWS credentials).
+    #[arg(long)]
     sasl_mechanism: Option<String>,
+    /// SASL user name; for OAUTHBEARER the OIDC client id.
     #[arg(long)]
     sasl_username: Option<String>,
-    /// Name of an environment variable holding the SASL password (never pass it as an argument).
+    /// Name of an environment variable holding the SASL password or the
+    /// OIDC client secret (never pass it as an argument).
     #[arg(long)]
     sasl_password_env: Option<String>,
+    /// OAUTHBEARER: the OIDC token endpoint (https://, or http:// to loopback).
+    #[arg(long, requires = "sasl_mechanism")]
+    sasl_token_endpoint: Option<String>,
+    /// OAUTHBEARER: the scope to ask the token endpoint for.
+    #[arg(long, requires = "sasl_token_endpoint")]
+    sasl_scope: Option<String>,
+    /// OAUTHBEARER: a SASL extension sent with each token, key=value; repeatable.
+    #[arg(long = "sasl-extension", value_parser = parse_label, requires = "sasl_token_endpoint")]
+    sasl_extensions: Vec<(String, String)>,
+    /// OAUTHBEARER: CA bundle (PEM) for the token endpoint's certificate.
+    #[arg(long, requires = "sasl_token_endpoint")]
+    sasl_token_endpoint_ca_file: Option<String>,
+    /// AWS_MSK_IAM: the AWS region to sign tokens for (default: read from
+    /// the bootstrap host names).
+    #[arg(long, requires = "sasl_mechanism")]
+    sasl_aws_region: Option<String>,
     /// Use TLS.
     #[arg(long)]
     tls: bool,
@@ -188,7 +209,14 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 impl SpecArgs {
     fn into_input(self, id: String) -> anyhow::Result<MonitorInput> {
+        let msk = self.sasl_mechanism.as_deref().is_some_and(|m| m.eq_ignore_ascii_case("AWS_MSK_IAM"));
         let sasl = match (self.sasl_mechanism, self.sasl_username) {
+            (Some(mechanism), None) if msk => Some(SaslInput {
+                mechanism,
+                aws_region: self.sasl_aws_region,
+                password_env: None,
+                ..Default::default()
+            }),
             (Some(mechanism), Some(username)) => {
                 let password = match &self.sasl_password_env {
                     Some(var) => Some(Secret::new(
@@ -197,7 +225,17 @@ impl SpecArgs {
                     )),
                     None => None,
                 };
-                Some(SaslInput { mechanism, username, password, password_env: None })
+                Some(SaslInput {
+                    mechanism,
+                    username,
+                    password,
+                    password_env: None,
+                    token_endpoint: self.sasl_token_endpoint,
+                    scope: self.sasl_scope,
+                    extensions: self.sasl_extensions.into_iter().collect(),
+                    ca_file: self.sasl_token_endpoint_ca_file,
+                    aws_region: self.sasl_aws_region,
+                })
             }
             (None, None) => None,
             _ => bail!("--sasl-mechanism and --sasl-username go together"),
@@ -485,6 +523,12 @@ fn print_info_detail(m: &pb::MonitorInfo) {
             sasl.username,
             if sasl.password_set { "(set)" } else { "(not set)" }
         );
+        if !sasl.token_endpoint.is_empty() {
+            out!("token from:  {} scope={:?}", sasl.token_endpoint, sasl.scope);
+        }
+        if !sasl.aws_region.is_empty() {
+            out!("aws region:  {}", sasl.aws_region);
+        }
     }
     if let Some(tls) = &s.tls {
         out!("tls:         on ca={:?} insecure_skip_verify={}", tls.ca_file, tls.insecure_skip_verify);
@@ -509,7 +553,9 @@ fn info_json(m: &pb::MonitorInfo) -> serde_json::Value {
         "topic_include": s.topic_include, "topic_exclude": s.topic_exclude,
         "group_include": s.group_include, "group_exclude": s.group_exclude,
         "expected_cluster_id": s.expected_cluster_id,
-        "sasl": s.sasl.map(|x| serde_json::json!({"mechanism": x.mechanism, "username": x.username, "password_set": x.password_set})),
+        "sasl": s.sasl.map(|x| serde_json::json!({"mechanism": x.mechanism, "username": x.username, "password_set": x.password_set,
+            "token_endpoint": x.token_endpoint, "scope": x.scope, "extensions": x.extensions, "ca_file": x.ca_file,
+            "aws_region": x.aws_region})),
         "tls": s.tls.map(|t| serde_json::json!({"ca_file": t.ca_file, "cert_file": t.cert_file, "key_file": t.key_file, "insecure_skip_verify": t.insecure_skip_verify})),
         "labels": s.labels,
         "state": state_name(m.status.as_ref()),

@@ -41,6 +41,9 @@ pub struct MetadataRead {
     pub fenced: bool,
     /// Some broker asked belongs to another cluster than the one pinned.
     pub wrong_cluster: bool,
+    /// Every broker asked (bootstrap addresses included) refused the
+    /// monitor's credentials or TLS: the reason no answer came.
+    pub refused: bool,
 }
 
 /// One leader's offsets.
@@ -116,7 +119,9 @@ impl GroupConnections {
             failed: Vec::new(),
             fenced: false,
             wrong_cluster: false,
+            refused: false,
         };
+        let (mut failures, mut refusals) = (0usize, 0usize);
         let bootstrap: Vec<(i32, String)> =
             bootstrap.iter().enumerate().map(|(i, a)| (-1 - i as i32, a.clone())).collect();
         let mut known = if self.known.is_empty() { bootstrap.clone() } else { self.known.clone() };
@@ -163,6 +168,8 @@ impl GroupConnections {
                     Some(Err(WireError::Stopped(Stop::Fenced))) => read.fenced = true,
                     Some(Err(e)) => {
                         read.wrong_cluster |= matches!(e, WireError::WrongCluster(_));
+                        failures += 1;
+                        refusals += usize::from(failure_kind(&e) == BrokerErrorKind::Authentication);
                         let why = why(&e, "Metadata", round_budget);
                         errors.push(format!("{} ({}): {why}", w.id, w.address));
                         if w.id >= 0 {
@@ -176,6 +183,7 @@ impl GroupConnections {
                 break;
             }
         }
+        read.refused = read.answer.is_err() && failures > 0 && refusals == failures;
         match &read.answer {
             Ok((m, from)) => {
                 // The first answer pins the cluster (unless the monitor

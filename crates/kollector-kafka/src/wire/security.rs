@@ -1,7 +1,8 @@
 //! How a monitor's direct group connections authenticate, built once from
 //! its spec: TLS with rustls (CA file or the system store, client
 //! certificate, or no verification for test clusters) and SASL PLAIN,
-//! SCRAM-SHA-256 and SCRAM-SHA-512 with rsasl.
+//! SCRAM-SHA-256 and SCRAM-SHA-512 with rsasl, OAUTHBEARER with the
+//! monitor's token source (`oauth.rs`).
 //!
 //! What the direct path cannot do is refused here with the reason (today:
 //! an encrypted TLS key, which rustls does not read), and the monitor then
@@ -47,6 +48,8 @@ pub struct WireSecurity {
     /// connection closed during the cycle (an error, a reconnect) still
     /// has its throttle reported.
     throttles: ThrottleLog,
+    /// OAUTHBEARER: where tokens come from.
+    tokens: Option<Arc<crate::oauth::TokenSource>>,
 }
 
 /// Longest throttle by broker address, shared by a monitor's connections.
@@ -93,6 +96,17 @@ impl WireSecurity {
     /// The cluster new connections must reach, once pinned.
     pub fn expected_cluster(&self) -> Option<&str> {
         self.cluster_id.as_deref()
+    }
+
+    /// The same settings, with OAUTHBEARER tokens from `tokens` (the
+    /// monitor's source, shared with its librdkafka client).
+    pub fn with_tokens(mut self, tokens: Option<Arc<crate::oauth::TokenSource>>) -> WireSecurity {
+        self.tokens = tokens;
+        self
+    }
+
+    pub(crate) fn tokens(&self) -> Option<&Arc<crate::oauth::TokenSource>> {
+        self.tokens.as_ref()
     }
 
     /// Where connections opened with these settings record throttles.
@@ -147,7 +161,14 @@ impl WireSecurity {
                 Some(Arc::new(config))
             }
         };
-        Ok(WireSecurity { tls, sasl, client_id: None, cluster_id: None, throttles: ThrottleLog::default() })
+        Ok(WireSecurity {
+            tls,
+            sasl,
+            client_id: None,
+            cluster_id: None,
+            throttles: ThrottleLog::default(),
+            tokens: None,
+        })
     }
 
     pub(crate) fn tls(&self) -> Option<&Arc<ClientConfig>> {
@@ -260,6 +281,8 @@ mod tests {
             mechanism: SaslMechanism::ScramSha512,
             username: "alice".into(),
             password: Secret::new("wonder-land"),
+            oidc: None,
+            aws: None,
         };
         let insecure = TlsConfig {
             ca_file: None,

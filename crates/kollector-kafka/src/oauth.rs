@@ -1,0 +1,455 @@
+//! Where a monitor's OAUTHBEARER tokens come from: an OIDC token endpoint,
+//! asked with the client credentials grant (RFC 6749 §4.4), or, for AWS
+//! MSK IAM, a SigV4 presigned request signed with the node's AWS
+//! credentials (`msk_iam.rs`).
+//!
+//! One [`TokenSource`] per monitor, built with its client and dropped with
+//! it, serves both of the monitor's paths to Kafka: librdkafka asks for a
+//! token from its background thread whenever its own token is 80 % through
+//! its lifetime (the refresh callback in `client.rs`; background, because
+//! rdkafka's `generate_oauth_token` runs only when the main queue is polled,
+//! and nothing polls a monitor's main queue between cycles), and the direct
+//! group connections ask at each new connection (`wire/connection.rs`),
+//! which they open again before the broker's `session_lifetime_ms` ends. A
+//! token is reused until 80 % of its lifetime has passed, so both paths
+//! share one token and the endpoint sees one request per lifetime.
+//!
+//! Failures are named: a refused client gives the endpoint's own error
+//! (`invalid_client: …`), an endpoint that does not answer gives the
+//! transport error, both within the caller's time. The client secret goes
+//! only into the Authorization header of the request to the endpoint; the
+//! tokens are bearer credentials too and are kept in [`Secret`]s.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use kollector_core::{OidcConfig, SaslConfig, Secret};
+
+/// The longest answer read from a token endpoint.
+const MAX_ANSWER_BYTES: u64 = 64 * 1024;
+/// A token is replaced once this share of its lifetime has passed (as librdkafka does).
+const REFRESH_AT: f64 = 0.8;
+/// A failure is answered again, without asking, for this long: a monitor's
+/// two paths failing at once make one request, not two.
+const FAILURE_KEPT: Duration = Duration::from_secs(2);
+/// Lifetime assumed for a token whose answer says none (`expires_in`
+/// absent and no JWT `exp`): short, so it is asked for again soon.
+const UNKNOWN_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Why no token could be had. Display carries the endpoint and its answer,
+/// never the client secret.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The endpoint answered, and not with a token (e.g. `invalid_client`).
+    #[error("token endpoint {endpoint} refused client {client:?}: {why}")]
+    Refused { endpoint: String, client: String, why: String },
+    /// The endpoint could not be reached or did not answer in time.
+    #[error("token endpoint {endpoint} could not be reached: {why}")]
+    Unreachable { endpoint: String, why: String },
+    /// The settings cannot make a request (a CA file that does not read).
+    #[error("token endpoint {endpoint}: {why}")]
+    Settings { endpoint: String, why: String },
+    /// No MSK IAM token: no usable AWS credentials, or signing failed.
+    #[error("AWS MSK IAM ({region}): {error}")]
+    MskIam { region: String, error: crate::msk_iam::MskIamError },
+}
+
+/// A token as presented to Kafka.
+#[derive(Clone)]
+pub struct Token {
+    /// The bearer token.
+    pub value: Secret,
+    /// When it stops being valid, in ms since the Unix epoch.
+    pub expires_at_ms: u64,
+    /// The principal librdkafka is told (the JWT's `sub`, else the client id).
+    pub principal: String,
+    /// SASL extensions to send with it.
+    pub extensions: Vec<(String, String)>,
+    /// When it was obtained, and when it should be replaced.
+    refresh_at: Instant,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("principal", &self.principal)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Cached {
+    Nothing,
+    Token(Token),
+    Failed(TokenError, Instant),
+}
+
+/// One monitor's token source.
+pub struct TokenSource {
+    issuer: Issuer,
+    /// The token in use (or the last failure). Held while asking, so two
+    /// callers wanting a new token make one request.
+    cached: Mutex<Cached>,
+    /// Tokens obtained so far.
+    fetched: std::sync::atomic::AtomicU64,
+}
+
+/// Who makes the tokens.
+enum Issuer {
+    Oidc(OidcClient),
+    MskIam(crate::msk_iam::MskIamSigner),
+}
+
+/// An OIDC client: the endpoint and the client's credentials.
+struct OidcClient {
+    oidc: OidcConfig,
+    client_id: String,
+    client_secret: Secret,
+    agent: ureq::Agent,
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.issuer {
+            Issuer::Oidc(c) => f
+                .debug_struct("TokenSource")
+                .field("token_endpoint", &c.oidc.token_endpoint)
+                .field("client_id", &c.client_id)
+                .finish_non_exhaustive(),
+            Issuer::MskIam(s) => f.debug_struct("TokenSource").field("msk_iam", s).finish_non_exhaustive(),
+        }
+    }
+}
+
+impl TokenSource {
+    /// The source for `sasl`, or None for a mechanism without tokens.
+    /// Fails only on settings that cannot work (an unreadable CA file, no
+    /// AWS runtime); the endpoint or the AWS chain is first asked by the
+    /// first cycle. Building an MSK IAM source reads the node's AWS
+    /// configuration (environment, profile files) within `within`.
+    pub fn for_sasl(sasl: &SaslConfig, within: Duration) -> Result<Option<TokenSource>, TokenError> {
+        if let Some(aws) = &sasl.aws {
+            let signer = crate::msk_iam::MskIamSigner::new(&aws.region, within)
+                .map_err(|error| TokenError::MskIam { region: aws.region.clone(), error })?;
+            return Ok(Some(TokenSource::new(Issuer::MskIam(signer))));
+        }
+        let Some(oidc) = &sasl.oidc else { return Ok(None) };
+        let settings = |why: String| TokenError::Settings { endpoint: oidc.token_endpoint.clone(), why };
+        let roots = match &oidc.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| settings(format!("CA file {path}: {e}")))?;
+                let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                    .filter_map(|item| match item {
+                        Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                        _ => None,
+                    })
+                    .collect();
+                if certs.is_empty() {
+                    return Err(settings(format!("CA file {path}: no certificate")));
+                }
+                ureq::tls::RootCerts::new_with_certs(&certs)
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                let certs: Vec<ureq::tls::Certificate<'static>> =
+                    found.certs.iter().map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned()).collect();
+                ureq::tls::RootCerts::new_with_certs(&certs)
+            }
+        };
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            // A token endpoint that redirects is misconfigured; following it
+            // would send the secret where the spec did not say.
+            .max_redirects(0)
+            .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
+            .user_agent(concat!("kollector/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Ok(Some(TokenSource::new(Issuer::Oidc(OidcClient {
+            oidc: oidc.clone(),
+            client_id: sasl.username.clone(),
+            client_secret: sasl.password.clone(),
+            agent: config.into(),
+        }))))
+    }
+
+    fn new(issuer: Issuer) -> TokenSource {
+        TokenSource { issuer, cached: Mutex::new(Cached::Nothing), fetched: Default::default() }
+    }
+
+    /// Where tokens come from (for messages): the endpoint, or MSK IAM's region.
+    pub fn origin(&self) -> String {
+        match &self.issuer {
+            Issuer::Oidc(c) => c.oidc.token_endpoint.clone(),
+            Issuer::MskIam(s) => format!("AWS MSK IAM in {}", s.region()),
+        }
+    }
+
+    /// Tokens obtained from the endpoint so far.
+    pub fn fetched(&self) -> u64 {
+        self.fetched.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A token valid for a while yet: the one in use until 80 % of its
+    /// lifetime has passed, else a new one, asked for within `within`.
+    pub fn token(&self, within: Duration) -> Result<Token, TokenError> {
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        match &*cached {
+            Cached::Token(t) if Instant::now() < t.refresh_at => return Ok(t.clone()),
+            Cached::Failed(e, at) if at.elapsed() < FAILURE_KEPT => return Err(e.clone()),
+            _ => {}
+        }
+        let fetched = match &self.issuer {
+            Issuer::Oidc(client) => client.fetch(within),
+            Issuer::MskIam(signer) => Self::sign(signer, within),
+        };
+        match fetched {
+            Ok(t) => {
+                self.fetched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                *cached = Cached::Token(t.clone());
+                Ok(t)
+            }
+            Err(e) => {
+                // A token still valid is better than none: kept until it expires.
+                if let Cached::Token(t) = &*cached {
+                    if unix_ms() + 1_000 < t.expires_at_ms {
+                        tracing::warn!("token refresh failed, the current token stays in use: {e}");
+                        return Ok(t.clone());
+                    }
+                }
+                *cached = Cached::Failed(e.clone(), Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    fn sign(signer: &crate::msk_iam::MskIamSigner, within: Duration) -> Result<Token, TokenError> {
+        let started = Instant::now();
+        let signed =
+            signer.token(within).map_err(|error| TokenError::MskIam { region: signer.region().to_string(), error })?;
+        let lifetime = Duration::from_millis(signed.expires_at_ms.saturating_sub(unix_ms()));
+        tracing::debug!(region = signer.region(), access_key = %signed.access_key, lifetime_ms = lifetime.as_millis() as u64, "new MSK IAM token");
+        Ok(Token {
+            value: Secret::new(signed.token),
+            expires_at_ms: signed.expires_at_ms,
+            principal: signed.access_key,
+            extensions: Vec::new(),
+            refresh_at: started + lifetime.mul_f64(REFRESH_AT),
+        })
+    }
+}
+
+impl OidcClient {
+    fn fetch(&self, within: Duration) -> Result<Token, TokenError> {
+        let endpoint = self.oidc.token_endpoint.clone();
+        let unreachable = |why: String| TokenError::Unreachable { endpoint: endpoint.clone(), why };
+        let refused =
+            |why: String| TokenError::Refused { endpoint: endpoint.clone(), client: self.client_id.clone(), why };
+        // client_secret_basic (RFC 6749 §2.3.1): id and secret form-encoded, then Basic.
+        let enc = |s: &str| percent_encoding::utf8_percent_encode(s, FORM).to_string();
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            enc(&self.client_id),
+            enc(self.client_secret.expose())
+        ));
+        let mut form = vec![("grant_type", "client_credentials")];
+        if let Some(scope) = &self.oidc.scope {
+            form.push(("scope", scope.as_str()));
+        }
+        let asked = SystemTime::now();
+        let started = Instant::now();
+        let mut answer = self
+            .agent
+            .post(&endpoint)
+            .config()
+            .timeout_global(Some(within.max(Duration::from_millis(100))))
+            .build()
+            .header("Authorization", &format!("Basic {basic}"))
+            .header("Accept", "application/json")
+            .send_form(form)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = answer.status();
+        let body = answer
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER_BYTES)
+            .read_to_string()
+            .map_err(|e| unreachable(format!("reading the answer: {e}")))?;
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+        if !status.is_success() {
+            // RFC 6749 §5.2: {"error": "...", "error_description": "..."}.
+            let code = json.get("error").and_then(|v| v.as_str()).unwrap_or("");
+            let said = json.get("error_description").and_then(|v| v.as_str()).unwrap_or("");
+            let why = match (code, said) {
+                ("", "") => format!("HTTP {status}: {}", printable(&body, 200)),
+                (c, "") => format!("HTTP {status} {}", printable(c, 100)),
+                (c, d) => format!("HTTP {status} {}: {}", printable(c, 100), printable(d, 300)),
+            };
+            return Err(refused(why));
+        }
+        let Some(access) = json.get("access_token").and_then(|v| v.as_str()).filter(|t| !t.is_empty()) else {
+            return Err(refused("the answer has no access_token".into()));
+        };
+        if !access.bytes().all(|b| b.is_ascii_graphic()) || access.len() > 16 * 1024 {
+            return Err(refused("the access_token is not a bearer token (RFC 6750 characters, at most 16 KiB)".into()));
+        }
+        let claims = jwt_claims(access);
+        let asked_ms = asked.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        // The earlier of the two the endpoint states: `expires_in` counts
+        // from an instant this side can only guess (it is measured from
+        // the question), the JWT's `exp` is whole seconds the broker will
+        // hold it to.
+        let by_answer = json
+            .get("expires_in")
+            .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+            .map(|secs| asked_ms.saturating_add(secs.saturating_mul(1000)));
+        let by_claim = claims.as_ref().and_then(|c| c.get("exp")?.as_u64()).map(|exp| exp.saturating_mul(1000));
+        let expires_at_ms = match (by_answer, by_claim) {
+            (Some(a), Some(c)) => a.min(c),
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => asked_ms + UNKNOWN_LIFETIME.as_millis() as u64,
+        };
+        if expires_at_ms <= unix_ms() {
+            return Err(refused("the token it gave has already expired".into()));
+        }
+        let lifetime = Duration::from_millis(expires_at_ms.saturating_sub(asked_ms));
+        let principal = claims
+            .as_ref()
+            .and_then(|c| c.get("sub")?.as_str().map(str::to_string))
+            .filter(|s| !s.is_empty() && !s.chars().any(char::is_control))
+            .unwrap_or_else(|| self.client_id.clone());
+        tracing::debug!(endpoint = %endpoint, principal = %principal, lifetime_ms = lifetime.as_millis() as u64, "new OAUTHBEARER token");
+        Ok(Token {
+            value: Secret::new(access),
+            expires_at_ms,
+            principal,
+            extensions: self.oidc.extensions.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            refresh_at: started + lifetime.mul_f64(REFRESH_AT),
+        })
+    }
+}
+
+/// What `application/x-www-form-urlencoded` leaves as it is (the unreserved set).
+const FORM: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// A JWT's claims, read without checking its signature: only for the
+/// expiry and subject the endpoint meant (the broker checks the token).
+fn jwt_claims(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    match serde_json::from_slice(&bytes).ok()? {
+        serde_json::Value::Object(m) => Some(m),
+        _ => None,
+    }
+}
+
+/// At most `max` characters of `s`, control characters replaced: an
+/// endpoint's text goes into statuses and logs.
+fn printable(s: &str, max: usize) -> String {
+    s.chars().take(max).map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The OAUTHBEARER initial client response (RFC 7628 §3.1): a GS2 header
+/// without authorization identity, the extensions, then the token. Written
+/// here, not with rsasl's mechanism, which wants a callback provider for a
+/// message that is one line of framing.
+pub fn client_first_message(token: &Token) -> Vec<u8> {
+    let mut m = b"n,,\x01".to_vec();
+    for (k, v) in &token.extensions {
+        m.extend_from_slice(format!("{k}={v}\x01").as_bytes());
+    }
+    m.extend_from_slice(b"auth=Bearer ");
+    m.extend_from_slice(token.value.expose().as_bytes());
+    m.extend_from_slice(b"\x01\x01");
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(value: &str, extensions: &[(&str, &str)]) -> Token {
+        Token {
+            value: Secret::new(value),
+            expires_at_ms: 0,
+            principal: "p".into(),
+            extensions: extensions.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            refresh_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn the_client_first_message_is_rfc_7628_framing() {
+        assert_eq!(
+            client_first_message(&token("abc.def.ghi", &[])),
+            b"n,,\x01auth=Bearer abc.def.ghi\x01\x01".to_vec()
+        );
+        assert_eq!(
+            client_first_message(&token("t", &[("logicalCluster", "lkc-1"), ("identityPoolId", "pool")])),
+            b"n,,\x01logicalCluster=lkc-1\x01identityPoolId=pool\x01auth=Bearer t\x01\x01".to_vec()
+        );
+    }
+
+    #[test]
+    fn claims_are_read_from_the_payload_and_junk_is_none() {
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"svc","exp":1700000000}"#);
+        let claims = jwt_claims(&format!("e30.{payload}.sig")).unwrap();
+        assert_eq!(claims["sub"], "svc");
+        assert_eq!(claims["exp"], 1_700_000_000u64);
+        assert!(jwt_claims("opaque-token").is_none());
+        assert!(jwt_claims("a.!!!.c").is_none());
+        assert!(
+            jwt_claims(&format!("a.{}.c", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b"[1]"))).is_none()
+        );
+    }
+
+    #[test]
+    fn debug_shows_neither_token_nor_secret() {
+        let sasl = SaslConfig {
+            mechanism: kollector_core::SaslMechanism::OAuthBearer,
+            username: "client".into(),
+            password: Secret::new("very-secret"),
+            oidc: Some(OidcConfig {
+                token_endpoint: "http://127.0.0.1:1/token".into(),
+                scope: None,
+                extensions: Default::default(),
+                ca_file: None,
+            }),
+            aws: None,
+        };
+        let source = TokenSource::for_sasl(&sasl, Duration::from_secs(5)).unwrap().unwrap();
+        let shown = format!("{source:?} {:?}", token("the-token", &[]));
+        assert!(!shown.contains("very-secret") && !shown.contains("the-token"), "{shown}");
+    }
+
+    #[test]
+    fn an_endpoint_that_is_not_there_is_named_within_the_time_given() {
+        let sasl = SaslConfig {
+            mechanism: kollector_core::SaslMechanism::OAuthBearer,
+            username: "client".into(),
+            password: Secret::new("very-secret"),
+            oidc: Some(OidcConfig {
+                // A port nothing listens on (bound, then closed).
+                token_endpoint: format!("http://127.0.0.1:{}/token", {
+                    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                    l.local_addr().unwrap().port()
+                }),
+                scope: None,
+                extensions: Default::default(),
+                ca_file: None,
+            }),
+            aws: None,
+        };
+        let source = TokenSource::for_sasl(&sasl, Duration::from_secs(5)).unwrap().unwrap();
+        let started = Instant::now();
+        let e = source.token(Duration::from_secs(2)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert!(matches!(e, TokenError::Unreachable { .. }), "{e}");
+        assert!(e.to_string().contains("127.0.0.1") && !e.to_string().contains("very-secret"), "{e}");
+    }
+}

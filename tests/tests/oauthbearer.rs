@@ -1,0 +1,211 @@
+//! OAUTHBEARER with OIDC client credentials, for real: a local identity
+//! provider (`oidc.rs`) issues ES256 JWTs that live 5 s; the SASL
+//! terminator in front of tansu checks each one against the provider's key
+//! set, expiry and audience, gives every session the token's remaining
+//! lifetime as `session_lifetime_ms`, and closes a connection that sends a
+//! request after its session ended. Two kollector processes watch the same
+//! cluster, one reading everything over its direct connections, one over
+//! librdkafka (`--librdkafka-groups`); both must collect without one
+//! failed cycle for more than 30 s, across several token lifetimes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use kollector_devkit::tansu::TansuBroker;
+use kollector_proto::v1 as pb;
+use kollector_tests::kafka_security::{bind, OAuthBearer, SaslProxy};
+use kollector_tests::kollector::{run_cli, KollectorProcess};
+use kollector_tests::oidc::{JwtValidator, TokenEndpoint, AUDIENCE};
+use kollector_tests::poll::wait_for_async;
+
+const CLIENT_ID: &str = "kollector-probe";
+const SECRET: &str = "oidc-client-secret-5b2e";
+const TOKEN_LIFETIME: Duration = Duration::from_secs(5);
+
+fn oauth_monitor(id: &str, port: u16, endpoint: &str, secret: &str) -> String {
+    format!(
+        "[[monitors]]\nid = \"{id}\"\nbootstrap = [\"127.0.0.1:{port}\"]\ninterval = \"1s\"\ntimeout = \"900ms\"\n\
+         [monitors.sasl]\nmechanism = \"OAUTHBEARER\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{secret}\"\n\
+         token_endpoint = \"{endpoint}\"\nscope = \"kafka\"\n"
+    )
+}
+
+/// The latest result of each monitor of `k`.
+async fn latest(k: &KollectorProcess) -> Result<BTreeMap<String, pb::MonitorResult>, String> {
+    let mut client = k.client().await;
+    let latest = client.get_latest(pb::GetLatestRequest::default()).await.map_err(|e| e.to_string())?.into_inner();
+    Ok(latest.results.into_iter().map(|r| (r.monitor_id.clone(), r)).collect())
+}
+
+struct SecureCluster {
+    endpoint: TokenEndpoint,
+    proxy: SaslProxy,
+    port: u16,
+    _broker: TansuBroker,
+}
+
+/// tansu behind an OAUTHBEARER terminator, with topic `orders` (5 records)
+/// and group `readers` committed at 3, written over PLAIN by the fixture.
+async fn secure_cluster(name: &str) -> SecureCluster {
+    let endpoint = TokenEndpoint::start(CLIENT_ID, SECRET, TOKEN_LIFETIME);
+    let validator = JwtValidator::fetch(&endpoint.jwks_url(), AUDIENCE).await;
+    let (listener, port) = bind();
+    let broker = TansuBroker::start_advertising(name, kollector_devkit::free_port(), port);
+    let users = BTreeMap::from([("fixture".to_string(), "fixture-pw".to_string())]);
+    let proxy = SaslProxy::serve_with(listener, broker.port(), users, Some(OAuthBearer::jwt(validator)));
+    let config = || {
+        let mut c = kollector_tests::kafka_fixtures::client_config(&format!("127.0.0.1:{port}"));
+        c.set("security.protocol", "sasl_plaintext")
+            .set("sasl.mechanism", "PLAIN")
+            .set("sasl.username", "fixture")
+            .set("sasl.password", "fixture-pw");
+        c
+    };
+    kollector_tests::kafka_fixtures::create_topic_with(config(), "orders", 1).await.expect("topic");
+    let c = config();
+    tokio::task::spawn_blocking(move || {
+        kollector_tests::kafka_fixtures::produce_records_with(c.clone(), "orders", 0, 5).expect("produce");
+        kollector_tests::kafka_fixtures::commit_offsets_with(c, "readers", &[("orders", 0, 3)]).expect("commit");
+    })
+    .await
+    .unwrap();
+    SecureCluster { endpoint, proxy, port, _broker: broker }
+}
+
+/// A result that is what the cluster holds: its id, the group at 3 with lag 2.
+fn correct(r: &pb::MonitorResult, cluster: &str) -> Result<(), String> {
+    let s = r.snapshot.as_ref().ok_or_else(|| format!("{}: {:?}", r.monitor_id, r.error))?;
+    if s.cluster_id != cluster {
+        return Err(format!("{}: cluster {}", r.monitor_id, s.cluster_id));
+    }
+    let g = s.groups.iter().find(|g| g.group_id == "readers").ok_or_else(|| format!("{}: no group", r.monitor_id))?;
+    let o: Vec<(&str, i32, i64, Option<i64>)> =
+        g.offsets.iter().map(|o| (o.topic.as_str(), o.partition, o.committed, o.lag)).collect();
+    if o != vec![("orders", 0, 3, Some(2))] {
+        return Err(format!("{}: offsets {o:?}", r.monitor_id));
+    }
+    // The librdkafka node says once per cycle that it reads groups that way; nothing else is expected.
+    let notes: Vec<&String> =
+        s.notes.iter().filter(|n| !n.starts_with("consumer groups read through librdkafka")).collect();
+    if !notes.is_empty() || !s.warnings.is_empty() || !s.broker_errors.is_empty() {
+        return Err(format!("{}: {:?} {:?} {:?}", r.monitor_id, s.notes, s.warnings, s.broker_errors));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_are_refreshed_for_thirty_seconds_on_the_direct_and_the_librdkafka_paths() {
+    let cluster = secure_cluster("oauth-kafka").await;
+    let url = cluster.endpoint.url();
+    let direct = KollectorProcess::standalone(&oauth_monitor("direct", cluster.port, &url, SECRET));
+    let librdkafka = KollectorProcess::standalone_with(
+        &oauth_monitor("librdkafka", cluster.port, &url, SECRET),
+        &["--librdkafka-groups"],
+    );
+    let nodes = [("direct", &direct), ("librdkafka", &librdkafka)];
+
+    // Both collect correctly once.
+    for (id, k) in nodes {
+        wait_for_async(&format!("{id} to collect over OAUTHBEARER"), Duration::from_secs(30), || async move {
+            let r = latest(k).await?;
+            correct(r.get(id).ok_or("no result yet")?, "oauth-kafka")
+        })
+        .await;
+    }
+
+    // Then every cycle for 32 s (six token lifetimes) is correct: every
+    // result seen is a success, and new ones keep coming.
+    let window = Duration::from_secs(32);
+    let started = Instant::now();
+    let mut seen: BTreeMap<&str, std::collections::BTreeSet<u64>> = BTreeMap::new();
+    while started.elapsed() < window {
+        for (id, k) in nodes {
+            let r = latest(k).await.expect("latest");
+            let r = r.get(id).expect("a result");
+            if let Err(why) = correct(r, "oauth-kafka") {
+                panic!("{id} failed a cycle after {:?}: {why}", started.elapsed());
+            }
+            seen.entry(id).or_default().insert(r.attempted_at_ms);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for (id, cycles) in &seen {
+        assert!(cycles.len() >= 20, "{id}: only {} distinct cycles seen in {window:?}", cycles.len());
+    }
+
+    // The tokens were really refreshed and really checked.
+    let o = &cluster.proxy.oauth;
+    let issued = cluster.endpoint.issued.load(Ordering::SeqCst);
+    let distinct = o.distinct_tokens();
+    let (authenticated, reauthenticated) =
+        (o.authenticated.load(Ordering::SeqCst), o.reauthenticated.load(Ordering::SeqCst));
+    eprintln!(
+        "tokens issued {issued}, distinct accepted {distinct}, connections authenticated {authenticated}, \
+         sessions re-authenticated {reauthenticated}, refused {}, expired-session requests {}",
+        o.refused.load(Ordering::SeqCst),
+        o.expired_requests.load(Ordering::SeqCst)
+    );
+    // Two processes, each a token per ~4 s (80 % of 5 s) over 30+ s.
+    assert!(issued >= 12 && distinct >= 12, "tokens were not refreshed: issued {issued}, accepted {distinct}");
+    assert_eq!(o.refused.load(Ordering::SeqCst), 0, "a token was refused: {}", o.last_refusal());
+    // The librdkafka path re-authenticates its sessions in place (KIP-368);
+    // the direct path opens new ones before the old ones end.
+    assert!(reauthenticated >= 3, "sessions were not re-authenticated: {reauthenticated}");
+    assert!(authenticated >= 6, "the direct path did not open new sessions: {authenticated}");
+    assert_eq!(o.expired_requests.load(Ordering::SeqCst), 0, "a request went out on an expired session");
+    assert_eq!(cluster.endpoint.refused.load(Ordering::SeqCst), 0);
+
+    // The client secret appears nowhere a user or an attacker could read it.
+    for (id, k) in nodes {
+        assert!(!k.log().contains(SECRET), "{id}: the client secret is in the log");
+        assert!(!k.http_get("/metrics").unwrap().contains(SECRET));
+        let (ok, out, err) = run_cli(&["monitor", "--server", &k.grpc_url(), "get", id, "--json"]);
+        assert!(ok, "{err}");
+        assert!(out.contains("\"password_set\": true") && out.contains(&url) && !out.contains(SECRET), "{out}");
+        let mut client = k.client().await;
+        let listed = client.list_monitors(pb::ListMonitorsRequest::default()).await.unwrap().into_inner();
+        assert!(!format!("{listed:?}").contains(SECRET));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_client_secret_and_an_unreachable_endpoint_are_named_within_the_timeout() {
+    let cluster = secure_cluster("oauth-refusing-kafka").await;
+    let nowhere = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}/token", l.local_addr().unwrap().port())
+    };
+    let config = [
+        oauth_monitor("wrong-secret", cluster.port, &cluster.endpoint.url(), "not-the-secret"),
+        oauth_monitor("no-endpoint", cluster.port, &nowhere, SECRET),
+    ]
+    .concat();
+    let started = Instant::now();
+    let k = KollectorProcess::standalone(&config);
+    let results = wait_for_async("both monitors to fail with a reason", Duration::from_secs(15), || async {
+        let r = latest(&k).await?;
+        let both = ["wrong-secret", "no-endpoint"].iter().all(|id| r.get(*id).is_some_and(|r| r.error.is_some()));
+        both.then_some(r).ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    // A cycle's timeout is 900 ms; the first failures come within a few cycles of start.
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    let wrong = results["wrong-secret"].error.as_ref().unwrap();
+    assert_eq!(wrong.kind, "authentication", "{wrong:?}");
+    assert!(
+        wrong.message.contains("invalid_client") && wrong.message.contains(CLIENT_ID),
+        "the endpoint's own answer is not in {wrong:?}"
+    );
+    let nowhere_error = results["no-endpoint"].error.as_ref().unwrap();
+    assert_eq!(nowhere_error.kind, "authentication", "{nowhere_error:?}");
+    assert!(nowhere_error.message.contains("could not be reached") && nowhere_error.message.contains(&nowhere));
+    // The wrong secret was really sent to the endpoint and refused; no
+    // token reached the broker.
+    assert!(cluster.endpoint.refused.load(Ordering::SeqCst) > 0);
+    assert_eq!(cluster.proxy.oauth.authenticated.load(Ordering::SeqCst), 0);
+    let log = k.log();
+    assert!(!log.contains(SECRET) && !log.contains("not-the-secret"), "a client secret is in the log");
+    let metrics = k.http_get("/metrics").unwrap();
+    assert!(metrics.contains("kind=\"authentication\""), "failures are counted by kind");
+}
