@@ -218,13 +218,14 @@ impl KollectorProcess {
             .open(self._dir.path().join("kollector.log"))
             .expect("log file");
         let mut command = Command::new(kollector_bin());
+        // info unless the test's environment says otherwise.
+        command.env("KOLLECTOR_LOG", "info");
         for (k, _) in self.env.iter().filter(|(_, v)| v.is_empty()) {
             command.env_remove(k);
         }
         let child = command
             .args(&self.args)
             .envs(self.env.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("KOLLECTOR_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -83,6 +83,32 @@ where
     Ok(())
 }
 
+/// Histograms from kept bucket counts (prometheus-client's own Histogram
+/// observes values; these were observed by the probe, possibly on another
+/// node, and arrive as counts).
+fn histograms(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: Vec<(Labels, kollector_core::e2e::LatencyHistogram)>,
+) -> fmt::Result {
+    if samples.is_empty() {
+        return Ok(());
+    }
+    let mut metric = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, h) in samples {
+        let buckets = h.buckets();
+        let count = buckets.iter().map(|(_, n)| *n).fold(0u64, u64::saturating_add);
+        metric.encode_family(&labels)?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            h.sum_seconds(),
+            count,
+            &buckets,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
 fn counters(enc: &mut DescriptorEncoder, name: &str, help: &str, samples: Vec<(Labels, u64)>) -> fmt::Result {
     if samples.is_empty() {
         return Ok(());
@@ -511,7 +537,147 @@ impl StoreCollector {
                 })
                 .collect::<Vec<_>>()),
         )?;
-        Ok(())
+        self.encode_e2e(enc)
+    }
+
+    /// The end-to-end probe's series (`kafka_e2e_*`), KMinion's
+    /// `kminion_end_to_end_*` under kafka_exporter's prefix; see the README
+    /// for the mapping. Per probe partition, labelled with the topic.
+    fn encode_e2e(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        type Count = fn(&kollector_core::e2e::E2ePartition) -> u64;
+        let per_partition: [(&str, &str, Count); 7] = [
+            ("kafka_e2e_messages_produced", "Probe messages produced, per probe partition.", |p| p.produced),
+            (
+                "kafka_e2e_messages_produced_failed",
+                "Probe messages whose produce failed or was not acknowledged within the ack SLA.",
+                |p| p.produce_failed,
+            ),
+            ("kafka_e2e_messages_received", "Probe messages consumed back.", |p| p.received),
+            (
+                "kafka_e2e_messages_lost",
+                "Acknowledged probe messages not consumed back within the round-trip SLA.",
+                |p| p.lost,
+            ),
+            ("kafka_e2e_messages_late", "Probe messages consumed back after being counted lost.", |p| p.late),
+            ("kafka_e2e_messages_duplicate", "Probe messages consumed back a second time.", |p| p.duplicates),
+            (
+                "kafka_e2e_messages_out_of_order",
+                "Probe messages consumed back after a later message of the same partition.",
+                |p| p.out_of_order,
+            ),
+        ];
+        let e2e = |b: &Labels, s: &kollector_core::Snapshot| -> Option<(Labels, kollector_core::e2e::E2eSnapshot)> {
+            s.e2e.as_ref().map(|e| (with(b, &[("topic", e.topic.clone())]), e.clone()))
+        };
+        for (name, help, count) in per_partition {
+            counters(
+                enc,
+                name,
+                help,
+                family!(self, |b, s| e2e(&b, s)
+                    .map(|(b, e)| {
+                        e.partitions
+                            .iter()
+                            .map(|p| (with(&b, &[("partition", p.partition.to_string())]), count(p)))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()),
+            )?;
+        }
+        gauges(
+            enc,
+            "kafka_e2e_partition_leader",
+            "The leader of each probe partition as the probe last saw it (1 per partition and leader): join on \
+             partition to read the probe's series per broker.",
+            family!(self, |b, s| e2e(&b, s)
+                .map(|(b, e)| {
+                    e.partitions
+                        .iter()
+                        .filter_map(|p| {
+                            p.leader.map(|l| {
+                                (with(&b, &[("partition", p.partition.to_string()), ("leader", l.to_string())]), 1i64)
+                            })
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()),
+        )?;
+        gauges(
+            enc,
+            "kafka_e2e_messages_in_flight",
+            "Probe messages produced and not yet received, failed or lost.",
+            family!(self, |b, s| e2e(&b, s).map(|(b, e)| (b, e.in_flight as i64))),
+        )?;
+        gauges(
+            enc,
+            "kafka_e2e_brokers_without_partition",
+            "Brokers leading no probe partition: the probe cannot speak for them (kafka_e2e_probe_problem says which).",
+            family!(self, |b, s| e2e(&b, s).map(|(b, e)| (b, e.brokers_without_partition.len() as i64))),
+        )?;
+        gauges(
+            enc,
+            "kafka_e2e_probe_problem",
+            "Why the probe is not fully running (1 per problem), e.g. a topic it cannot create or a broker it cannot cover.",
+            family!(self, |b, s| e2e(&b, s)
+                .map(|(b, e)| e.problems.iter().map(|p| (with(&b, &[("problem", p.clone())]), 1i64)).collect::<Vec<_>>())
+                .unwrap_or_default()),
+        )?;
+        gauges(
+            enc,
+            "kafka_e2e_sla_seconds",
+            "The probe's SLAs: ack (produce), roundtrip (produce to consume) and commit.",
+            family!(self, |b, s| e2e(&b, s)
+                .map(|(b, e)| {
+                    [("ack", e.ack_sla_ms), ("roundtrip", e.roundtrip_sla_ms), ("commit", e.commit_sla_ms)]
+                        .map(|(k, ms)| (with(&b, &[("sla", k.to_string())]), ms as f64 / 1000.0))
+                        .to_vec()
+                })
+                .unwrap_or_default()),
+        )?;
+        counters(
+            enc,
+            "kafka_e2e_offset_commits",
+            "Offset commits of the probe's consumer group that succeeded.",
+            family!(self, |b, s| e2e(&b, s).map(|(b, e)| (b, e.commits))),
+        )?;
+        counters(
+            enc,
+            "kafka_e2e_offset_commits_failed",
+            "Offset commits of the probe's consumer group that failed.",
+            family!(self, |b, s| e2e(&b, s).map(|(b, e)| (b, e.commits_failed))),
+        )?;
+        histograms(
+            enc,
+            "kafka_e2e_produce_latency_seconds",
+            "Time from producing a probe message to its acknowledgement (acks=all).",
+            family!(self, |b, s| e2e(&b, s)
+                .map(|(b, e)| {
+                    e.partitions
+                        .iter()
+                        .map(|p| (with(&b, &[("partition", p.partition.to_string())]), p.produce_latency.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()),
+        )?;
+        histograms(
+            enc,
+            "kafka_e2e_roundtrip_latency_seconds",
+            "Time from producing a probe message to consuming it back.",
+            family!(self, |b, s| e2e(&b, s)
+                .map(|(b, e)| {
+                    e.partitions
+                        .iter()
+                        .map(|p| (with(&b, &[("partition", p.partition.to_string())]), p.roundtrip_latency.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()),
+        )?;
+        histograms(
+            enc,
+            "kafka_e2e_offset_commit_latency_seconds",
+            "Time an offset commit of the probe's consumer group took.",
+            family!(self, |b, s| e2e(&b, s).map(|(b, e)| (b, e.commit_latency.clone()))),
+        )
     }
 
     fn encode_self(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
@@ -525,6 +691,12 @@ impl StoreCollector {
                 "kollector_kafka_clients",
                 "Kafka clients currently open in this process (one per running monitor, plus probes in progress).",
                 vec![(Labels::new(), kollector_kafka::live_clients())],
+            )?;
+            gauges(
+                enc,
+                "kollector_e2e_probes",
+                "End-to-end probes running in this process (each with its own producer and consumer).",
+                vec![(Labels::new(), kollector_kafka::live_probes())],
             )?;
         }
         gauges(

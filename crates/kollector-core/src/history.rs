@@ -1042,6 +1042,7 @@ mod tests {
             broker_throttle_ms: Default::default(),
             throttles_unread: false,
             group_metrics: Default::default(),
+            e2e: None,
         }
     }
 

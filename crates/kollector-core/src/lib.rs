@@ -8,6 +8,7 @@
 //! Secrets live in [`Secret`], which never prints its value.
 
 pub mod config;
+pub mod e2e;
 pub mod history;
 pub mod ids;
 pub mod result;

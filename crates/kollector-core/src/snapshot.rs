@@ -274,6 +274,9 @@ pub struct Snapshot {
     /// the same way).
     #[serde(default)]
     pub group_metrics: crate::GroupMetrics,
+    /// The end-to-end probe's numbers, when the monitor runs one.
+    #[serde(default)]
+    pub e2e: Option<crate::e2e::E2eSnapshot>,
 }
 
 impl Snapshot {

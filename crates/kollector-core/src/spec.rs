@@ -455,6 +455,19 @@ fn check_limits(i: &MonitorInput, errors: &mut Errors) -> bool {
             text(errors, name.to_string(), v);
         }
     }
+    if let Some(p) = &i.e2e_probe {
+        for (name, v) in [
+            ("e2e_probe.topic", &p.topic),
+            ("e2e_probe.interval", &p.interval),
+            ("e2e_probe.ack_sla", &p.ack_sla),
+            ("e2e_probe.roundtrip_sla", &p.roundtrip_sla),
+            ("e2e_probe.commit_sla", &p.commit_sla),
+        ] {
+            if let Some(v) = v {
+                text(errors, name.to_string(), v);
+            }
+        }
+    }
     if let Some(s) = &i.sasl {
         text(errors, "sasl.username".into(), &s.username);
         text(errors, "sasl.mechanism".into(), &s.mechanism);
@@ -582,6 +595,9 @@ pub struct MonitorSpec {
     /// How finely consumer-group metrics are exported.
     #[serde(default)]
     pub group_metrics: GroupMetrics,
+    /// The end-to-end probe, when the monitor runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2e_probe: Option<crate::e2e::E2eProbeConfig>,
 }
 
 /// How finely a monitor's consumer-group metrics are exported: per
@@ -677,6 +693,7 @@ impl MonitorSpec {
             collector_labels: self.collector_labels.clone(),
             client_id: self.client_id.clone(),
             group_metrics: Some(self.group_metrics.as_str().to_string()),
+            e2e_probe: self.e2e_probe.as_ref().map(|p| p.to_input()),
         }
     }
 }
@@ -685,7 +702,7 @@ fn default_lag_history() -> Duration {
     crate::history::DEFAULT_HISTORY
 }
 
-mod humantime_serde_compat {
+pub(crate) mod humantime_serde_compat {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -775,6 +792,8 @@ pub struct MonitorInput {
     pub client_id: Option<String>,
     /// "partition" (default) or "topic": how finely group metrics are exported.
     pub group_metrics: Option<String>,
+    /// The end-to-end probe (produce → consume); off when absent.
+    pub e2e_probe: Option<crate::e2e::E2eProbeInput>,
 }
 
 /// One bad field: which one and what is wrong with it.
@@ -1006,6 +1025,15 @@ impl MonitorInput {
         }
 
         let sasl = self.sasl.as_ref().and_then(|s| validate_sasl(s, &self.bootstrap, &mut errors));
+        let e2e_probe = self.e2e_probe.as_ref().and_then(|p| match p.validate() {
+            Ok(c) => Some(c),
+            Err(bad) => {
+                for (field, message) in bad {
+                    errors.push(field, message);
+                }
+                None
+            }
+        });
 
         let tls = self.tls.as_ref().and_then(|t| {
             if t.enabled == Some(false) {
@@ -1063,6 +1091,7 @@ impl MonitorInput {
                 collector_labels: self.collector_labels.clone(),
                 client_id: self.client_id.clone(),
                 group_metrics,
+                e2e_probe,
             }),
             // Unreachable in practice: a missing piece always pushed an error above.
             _ => Err(ValidationErrors::single("monitor", "incomplete")),

@@ -75,5 +75,6 @@ pub fn one_group_snapshot(
         broker_throttle_ms: Default::default(),
         throttles_unread: false,
         group_metrics: Default::default(),
+        e2e: None,
     }
 }

@@ -17,6 +17,15 @@ use crate::wire::group_cycle::GroupConnections;
 use crate::wire::security::WireSecurity;
 
 static LIVE_CLIENTS: AtomicI64 = AtomicI64::new(0);
+/// End-to-end probes running (their producer and consumer open).
+pub(crate) static LIVE_PROBES: AtomicI64 = AtomicI64::new(0);
+
+/// End-to-end probes currently running in this process; exported as
+/// `kollector_e2e_probes`, and compared by the tests with the monitors
+/// that have one.
+pub fn live_probes() -> i64 {
+    LIVE_PROBES.load(Ordering::SeqCst)
+}
 
 /// Kafka clients currently open in this process (built and not yet dropped).
 /// Exported as `kollector_kafka_clients`; the tests compare it with the number
@@ -169,6 +178,9 @@ impl ClientContext for MonitorContext {
 /// One monitor's connection to one Kafka cluster. Not `Clone`: a monitor owns
 /// its client, lends it to one collection at a time, and drops it to close it.
 pub struct KafkaClient {
+    /// The monitor's end-to-end probe, when its spec asks for one: first,
+    /// so it stops (and closes its producer and consumer) before the rest.
+    pub(crate) e2e: Option<crate::e2e::E2eProbe>,
     /// The librdkafka handle (Metadata, ListOffsets, DescribeCluster).
     /// rdkafka's `Client`, not its `AdminClient`: every admin call here
     /// waits on a private result queue (`admin/`), so the AdminClient's own
@@ -199,7 +211,7 @@ impl std::fmt::Debug for KafkaClient {
 
 /// A client-building error without the value librdkafka refused: its
 /// Display quotes the value, which may be a password.
-fn config_error(e: &rdkafka::error::KafkaError) -> String {
+pub(crate) fn config_error(e: &rdkafka::error::KafkaError) -> String {
     match e {
         rdkafka::error::KafkaError::ClientConfig(_, description, key, _value) => {
             format!("{description} (setting {key})")
@@ -285,8 +297,13 @@ impl KafkaClient {
             // Once per client: at start and at each reconfiguration, not every cycle.
             tracing::info!(monitor = %spec.id, "consumer groups read through librdkafka, one request per group: {why}");
         }
+        let e2e = match &spec.e2e_probe {
+            Some(probe) => Some(crate::e2e::E2eProbe::start(spec, probe, &config, tokens.clone())?),
+            None => None,
+        };
         LIVE_CLIENTS.fetch_add(1, Ordering::SeqCst);
         Ok(KafkaClient {
+            e2e,
             native,
             context,
             describe_cluster_unsupported: AtomicBool::new(false),

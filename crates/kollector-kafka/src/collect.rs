@@ -187,6 +187,9 @@ impl KafkaClient {
     /// within about 100 ms and the caller must close this client.
     pub fn collect_fenced(&self, spec: &MonitorSpec, fence: Option<Fence>) -> Result<Snapshot, CollectError> {
         let started = Instant::now();
+        if let Some(probe) = &self.e2e {
+            probe.set_fence(fence.clone());
+        }
         let deadline = Deadline::after(spec.timeout).with_fence(fence);
         self.serve_main_queue();
         // OAUTHBEARER: without a token nothing below can authenticate, and
@@ -249,6 +252,7 @@ impl KafkaClient {
             broker_throttle_ms,
             throttles_unread: self.direct.is_err(),
             group_metrics: spec.group_metrics,
+            e2e: self.e2e.as_ref().map(|p| p.snapshot()),
         })
     }
 

@@ -20,10 +20,11 @@ pub mod admin;
 mod client;
 mod collect;
 mod deadline;
+pub mod e2e;
 pub mod msk_iam;
 pub mod oauth;
 pub mod wire;
 
-pub use client::{live_clients, ClientOptions, KafkaClient, RequestCounts};
+pub use client::{live_clients, live_probes, ClientOptions, KafkaClient, RequestCounts};
 pub use collect::broker_budget;
 pub use deadline::{Deadline, Fence, Stop};

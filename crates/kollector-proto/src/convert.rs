@@ -41,6 +41,100 @@ pub fn input_from_proto(p: v1::MonitorSpecInput) -> core::MonitorInput {
         collector_labels: p.collector_labels.into_iter().collect(),
         client_id: p.client_id,
         group_metrics: p.group_metrics,
+        e2e_probe: p.e2e_probe.map(|e| core::e2e::E2eProbeInput {
+            topic: e.topic,
+            interval: e.interval,
+            ack_sla: e.ack_sla,
+            roundtrip_sla: e.roundtrip_sla,
+            commit_sla: e.commit_sla,
+            partitions_per_broker: e.partitions_per_broker,
+            // A value past u16 is refused by validation, not wrapped.
+            replication_factor: e.replication_factor.map(|r| u16::try_from(r).unwrap_or(u16::MAX)),
+        }),
+    }
+}
+
+fn e2e_input_to_proto(e: &core::e2e::E2eProbeInput) -> v1::E2eProbeInput {
+    v1::E2eProbeInput {
+        topic: e.topic.clone(),
+        interval: e.interval.clone(),
+        ack_sla: e.ack_sla.clone(),
+        roundtrip_sla: e.roundtrip_sla.clone(),
+        commit_sla: e.commit_sla.clone(),
+        partitions_per_broker: e.partitions_per_broker,
+        replication_factor: e.replication_factor.map(u32::from),
+    }
+}
+
+fn histogram_to_proto(h: &core::e2e::LatencyHistogram) -> v1::LatencyHistogram {
+    v1::LatencyHistogram { counts: h.counts.clone(), sum_micros: h.sum_micros }
+}
+
+fn histogram_from_proto(h: Option<v1::LatencyHistogram>) -> core::e2e::LatencyHistogram {
+    h.map(|h| core::e2e::LatencyHistogram { counts: h.counts, sum_micros: h.sum_micros }).unwrap_or_default()
+}
+
+fn e2e_to_proto(e: &core::e2e::E2eSnapshot) -> v1::E2eSnapshot {
+    v1::E2eSnapshot {
+        topic: e.topic.clone(),
+        partitions: e
+            .partitions
+            .iter()
+            .map(|p| v1::E2ePartition {
+                partition: p.partition,
+                leader: p.leader,
+                produced: p.produced,
+                produce_failed: p.produce_failed,
+                received: p.received,
+                lost: p.lost,
+                late: p.late,
+                duplicates: p.duplicates,
+                out_of_order: p.out_of_order,
+                produce_latency: Some(histogram_to_proto(&p.produce_latency)),
+                roundtrip_latency: Some(histogram_to_proto(&p.roundtrip_latency)),
+            })
+            .collect(),
+        in_flight: e.in_flight,
+        commits: e.commits,
+        commits_failed: e.commits_failed,
+        commit_latency: Some(histogram_to_proto(&e.commit_latency)),
+        brokers_without_partition: e.brokers_without_partition.clone(),
+        problems: e.problems.clone(),
+        ack_sla_ms: e.ack_sla_ms,
+        roundtrip_sla_ms: e.roundtrip_sla_ms,
+        commit_sla_ms: e.commit_sla_ms,
+    }
+}
+
+fn e2e_from_proto(e: v1::E2eSnapshot) -> core::e2e::E2eSnapshot {
+    core::e2e::E2eSnapshot {
+        topic: e.topic,
+        partitions: e
+            .partitions
+            .into_iter()
+            .map(|p| core::e2e::E2ePartition {
+                partition: p.partition,
+                leader: p.leader,
+                produced: p.produced,
+                produce_failed: p.produce_failed,
+                received: p.received,
+                lost: p.lost,
+                late: p.late,
+                duplicates: p.duplicates,
+                out_of_order: p.out_of_order,
+                produce_latency: histogram_from_proto(p.produce_latency),
+                roundtrip_latency: histogram_from_proto(p.roundtrip_latency),
+            })
+            .collect(),
+        in_flight: e.in_flight,
+        commits: e.commits,
+        commits_failed: e.commits_failed,
+        commit_latency: histogram_from_proto(e.commit_latency),
+        brokers_without_partition: e.brokers_without_partition,
+        problems: e.problems,
+        ack_sla_ms: e.ack_sla_ms,
+        roundtrip_sla_ms: e.roundtrip_sla_ms,
+        commit_sla_ms: e.commit_sla_ms,
     }
 }
 
@@ -79,6 +173,7 @@ pub fn input_to_proto(i: &core::MonitorInput) -> v1::MonitorSpecInput {
         collector_labels: i.collector_labels.clone().into_iter().collect(),
         client_id: i.client_id.clone(),
         group_metrics: i.group_metrics.clone(),
+        e2e_probe: i.e2e_probe.as_ref().map(e2e_input_to_proto),
     }
 }
 
@@ -119,6 +214,7 @@ pub fn monitor_view(s: &core::MonitorSpec) -> v1::MonitorView {
         collector_labels: s.collector_labels.clone().into_iter().collect(),
         client_id: s.client_id(),
         group_metrics: s.group_metrics.as_str().to_string(),
+        e2e_probe: s.e2e_probe.as_ref().map(|p| e2e_input_to_proto(&p.to_input())),
     }
 }
 
@@ -263,6 +359,7 @@ pub fn snapshot_to_proto(s: &core::Snapshot) -> v1::Snapshot {
         broker_throttle_ms: s.broker_throttle_ms.clone().into_iter().collect(),
         throttles_unread: s.throttles_unread,
         group_metrics: s.group_metrics.as_str().to_string(),
+        e2e: s.e2e.as_ref().map(e2e_to_proto),
     }
 }
 
@@ -350,6 +447,7 @@ pub fn snapshot_from_proto(p: v1::Snapshot) -> Result<core::Snapshot, core::ids:
         throttles_unread: p.throttles_unread,
         // An unknown value from a newer node: every series, as before.
         group_metrics: core::GroupMetrics::parse(&p.group_metrics).unwrap_or_default(),
+        e2e: p.e2e.map(e2e_from_proto),
     })
 }
 
@@ -646,7 +744,8 @@ mod tests {
                         broker_errors: Vec::new(),
                         broker_throttle_ms: Default::default(),
                         throttles_unread: false,
-            group_metrics: Default::default(),
+                        group_metrics: Default::default(),
+                        e2e: None,
                     };
                     h.observe(&mut s, u64::MAX / 2, HOUR, 10);
                 }

@@ -201,6 +201,31 @@ struct SpecArgs {
     /// "topic" only (sums, max lag seconds, status; far fewer series).
     #[arg(long, value_parser = ["partition", "topic"])]
     group_metrics: Option<String>,
+    /// Run the end-to-end probe (produce to a probe topic, consume back,
+    /// measure); implied by any other --e2e-* flag.
+    #[arg(long)]
+    e2e_probe: bool,
+    /// The probe topic (default kollector-e2e; created when missing).
+    #[arg(long)]
+    e2e_topic: Option<String>,
+    /// One probe message per partition this often (default 1s).
+    #[arg(long)]
+    e2e_interval: Option<String>,
+    /// A probe produce not acknowledged within this fails (default 5s).
+    #[arg(long)]
+    e2e_ack_sla: Option<String>,
+    /// An acknowledged probe message not consumed back within this is lost (default 20s).
+    #[arg(long)]
+    e2e_roundtrip_sla: Option<String>,
+    /// Probe offset commits slower than this are above their SLA (default 10s).
+    #[arg(long)]
+    e2e_commit_sla: Option<String>,
+    /// Probe partitions per broker when the topic is created (default 1).
+    #[arg(long)]
+    e2e_partitions_per_broker: Option<u32>,
+    /// Replicas per probe partition when the topic is created (default 1).
+    #[arg(long)]
+    e2e_replication_factor: Option<u16>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -253,6 +278,14 @@ impl SpecArgs {
             key_password: None,
             insecure_skip_verify: Some(self.tls_insecure_skip_verify),
         });
+        let e2e_probe_on = self.e2e_probe
+            || self.e2e_topic.is_some()
+            || self.e2e_interval.is_some()
+            || self.e2e_ack_sla.is_some()
+            || self.e2e_roundtrip_sla.is_some()
+            || self.e2e_commit_sla.is_some()
+            || self.e2e_partitions_per_broker.is_some()
+            || self.e2e_replication_factor.is_some();
         Ok(MonitorInput {
             id,
             bootstrap: self.bootstrap,
@@ -271,6 +304,15 @@ impl SpecArgs {
             collector_labels: self.collector_labels.into_iter().collect::<BTreeMap<_, _>>(),
             client_id: self.client_id,
             group_metrics: self.group_metrics,
+            e2e_probe: e2e_probe_on.then_some(kollector_core::e2e::E2eProbeInput {
+                topic: self.e2e_topic,
+                interval: self.e2e_interval,
+                ack_sla: self.e2e_ack_sla,
+                roundtrip_sla: self.e2e_roundtrip_sla,
+                commit_sla: self.e2e_commit_sla,
+                partitions_per_broker: self.e2e_partitions_per_broker,
+                replication_factor: self.e2e_replication_factor,
+            }),
         })
     }
 }
