@@ -96,7 +96,7 @@ fi
 # Kubernetes schemas; in a private virtualenv, made once.
 # botocore (PyPI), in the same virtualenv, is the independent SigV4
 # implementation the MSK IAM tests check every token with
-# (tests/src/aws_msk.rs, scripts/verify_msk_iam_token.py).
+# (tests/src/aws_msk.rs, tests/msk_iam_verify.py).
 VENV="${KOLLECTOR_TEST_VENV:-$HOME/.cache/kollector-tests/venv}"
 if [ -x "$VENV/bin/kubernetes-validate" ] && "$VENV/bin/python" -c "import botocore" >/dev/null 2>&1; then
   log "kubernetes-validate and botocore present in $VENV"

@@ -187,18 +187,11 @@ impl OAuthStats {
     /// Checks one OAUTHBEARER client message; when valid, when its session
     /// ends (the token's expiry, or sooner with `max_session`), in ms.
     async fn check(&self, oauth: &OAuthBearer, message: &[u8]) -> Option<u64> {
-        let text = String::from_utf8_lossy(message);
-        let token = text
-            .strip_prefix("n,")
-            .and_then(|rest| rest.split('\x01').find_map(|kv| kv.strip_prefix("auth=Bearer ")))
-            .map(str::to_string);
+        let token = parse_client_first(message);
         let checked = match (token, &oauth.check) {
             (None, _) => Err("not an OAUTHBEARER client message".to_string()),
             (Some(t), TokenCheck::Jwt(v)) => v.check(&t).map(|(exp, jti)| (exp, jti, String::new())),
-            (Some(t), TokenCheck::MskIam(v)) => {
-                let signature = t.get(t.len().saturating_sub(32)..).unwrap_or_default().to_string();
-                v.check(&t).await.map(|(exp, key)| (exp, signature, key))
-            }
+            (Some(t), TokenCheck::MskIam(v)) => v.check(&t).await.map(|(exp, key)| (exp, t.clone(), key)),
         };
         match checked {
             Ok((exp_ms, id, principal)) => {
@@ -223,6 +216,36 @@ impl OAuthStats {
             }
         }
     }
+}
+
+/// The bearer token of an OAUTHBEARER initial client response, checked as
+/// Kafka's server reads it (RFC 7628 §3.1): `n,[a=…],` then 0x01, `key=value`
+/// pairs each ended by 0x01 (keys letters only, `auth` holding
+/// `Bearer <token>`), then a final 0x01; the token of RFC 6750 characters.
+fn parse_client_first(message: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(message).ok()?;
+    let rest = text.strip_prefix("n,")?;
+    let (authzid, rest) = rest.split_once(',')?;
+    if !(authzid.is_empty() || authzid.starts_with("a=")) {
+        return None;
+    }
+    let body = rest.strip_prefix('\x01')?.strip_suffix("\x01\x01")?;
+    let mut token = None;
+    for kv in body.split('\x01') {
+        let (k, v) = kv.split_once('=')?;
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphabetic()) {
+            return None;
+        }
+        if k == "auth" {
+            let t = v.strip_prefix("Bearer ")?;
+            let b64token = |c: char| c.is_ascii_alphanumeric() || "-._~+/=".contains(c);
+            if t.is_empty() || !t.chars().all(b64token) || token.is_some() {
+                return None;
+            }
+            token = Some(t.to_string());
+        }
+    }
+    token
 }
 
 fn now_ms() -> u64 {

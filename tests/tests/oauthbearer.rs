@@ -172,10 +172,10 @@ async fn tokens_are_refreshed_for_thirty_seconds_on_the_direct_and_the_librdkafk
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wrong_client_secret_and_an_unreachable_endpoint_are_named_within_the_timeout() {
     let cluster = secure_cluster("oauth-refusing-kafka").await;
-    let nowhere = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://127.0.0.1:{}/token", l.local_addr().unwrap().port())
-    };
+    // An endpoint that accepts and never answers: the request must give
+    // up within the cycle's time, not hang.
+    let silent = kollector_tests::net::BlackHole::start();
+    let nowhere = format!("http://{}/token", silent.address());
     let config = [
         oauth_monitor("wrong-secret", cluster.port, &cluster.endpoint.url(), "not-the-secret"),
         oauth_monitor("no-endpoint", cluster.port, &nowhere, SECRET),
@@ -199,7 +199,10 @@ async fn a_wrong_client_secret_and_an_unreachable_endpoint_are_named_within_the_
     );
     let nowhere_error = results["no-endpoint"].error.as_ref().unwrap();
     assert_eq!(nowhere_error.kind, "authentication", "{nowhere_error:?}");
-    assert!(nowhere_error.message.contains("could not be reached") && nowhere_error.message.contains(&nowhere));
+    assert!(
+        nowhere_error.message.contains("could not be reached") && nowhere_error.message.contains(&nowhere),
+        "{nowhere_error:?}"
+    );
     // The wrong secret was really sent to the endpoint and refused; no
     // token reached the broker.
     assert!(cluster.endpoint.refused.load(Ordering::SeqCst) > 0);
@@ -208,4 +211,43 @@ async fn a_wrong_client_secret_and_an_unreachable_endpoint_are_named_within_the_
     assert!(!log.contains(SECRET) && !log.contains("not-the-secret"), "a client secret is in the log");
     let metrics = k.http_get("/metrics").unwrap();
     assert!(metrics.contains("kind=\"authentication\""), "failures are counted by kind");
+}
+
+/// The identity provider refuses every request for a while: collection
+/// goes on with the token in hand until it expires (an outage late in a
+/// token's life costs nothing), then fails naming the provider's answer,
+/// and comes back by itself once the provider does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_identity_provider_outage_is_survived_while_the_token_lasts_and_named_after() {
+    let cluster = secure_cluster("oauth-outage-kafka").await;
+    let k = KollectorProcess::standalone(&oauth_monitor("outage", cluster.port, &cluster.endpoint.url(), SECRET));
+    wait_for_async("a first collection", Duration::from_secs(30), || async {
+        let r = latest(&k).await?;
+        correct(r.get("outage").ok_or("no result yet")?, "oauth-outage-kafka")
+    })
+    .await;
+    cluster.endpoint.refuse_all.store(true, Ordering::SeqCst);
+    let outage = Instant::now();
+    // Every cycle until the token in hand has expired either succeeds or
+    // (once it has) names the provider's refusal; one of them must fail.
+    let failed = wait_for_async("the outage to show once the token expired", Duration::from_secs(20), || async {
+        let r = latest(&k).await?;
+        let r = r.get("outage").ok_or("no result")?;
+        match &r.error {
+            None => Err(format!("still collecting after {:?}", outage.elapsed())),
+            Some(e) => Ok(e.clone()),
+        }
+    })
+    .await;
+    // The token lived 5 s (refreshed at 4 s): failing sooner than ~1 s into
+    // the outage would mean the valid token was dropped at the first refusal.
+    assert!(outage.elapsed() >= Duration::from_secs(1), "failed {:?} into the outage", outage.elapsed());
+    assert_eq!(failed.kind, "authentication", "{failed:?}");
+    assert!(failed.message.contains("client disabled"), "the provider's answer is not in {failed:?}");
+    cluster.endpoint.refuse_all.store(false, Ordering::SeqCst);
+    wait_for_async("collection to come back with the provider", Duration::from_secs(30), || async {
+        let r = latest(&k).await?;
+        correct(r.get("outage").ok_or("no result")?, "oauth-outage-kafka")
+    })
+    .await;
 }

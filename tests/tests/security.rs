@@ -503,6 +503,15 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     assert_eq!(etcd_state(&mut etcd_client).await, before, "a refused update changed etcd");
     outputs.extend([out, err]);
 
+    // The OIDC client secret was in use (the collector's token source got
+    // tokens with it) before the outputs are searched for it.
+    wait_for_async("the OIDC monitor's token source to get a token", Duration::from_secs(30), || async {
+        let issued = idp.issued.load(std::sync::atomic::Ordering::SeqCst);
+        let refused = idp.refused.load(std::sync::atomic::Ordering::SeqCst);
+        (issued > 0).then_some(()).ok_or(format!("{issued} issued, {refused} refused"))
+    })
+    .await;
+
     // --- The secret appears nowhere. ---
     let dump = etcd_dump(&mut etcd_client).await;
     assert!(dump.contains("kollector-sealed:v1:"), "the password is not sealed in etcd:\n{dump}");
@@ -546,14 +555,6 @@ async fn a_secure_cluster_keeps_secrets_and_refuses_intruders() {
     let hits: Vec<usize> =
         outputs.iter().enumerate().filter(|(_, o)| o.contains(&client_secret)).map(|(i, _)| i).collect();
     assert!(hits.is_empty(), "the OIDC client secret appeared in outputs {hits:?}");
-    // It was in use: the collector's token source got tokens with it.
-    wait_for_async("the OIDC monitor's token source to get a token", Duration::from_secs(30), || async {
-        let issued = idp.issued.load(std::sync::atomic::Ordering::SeqCst);
-        (issued > 0)
-            .then_some(())
-            .ok_or(format!("{issued} issued, {} refused", idp.refused.load(std::sync::atomic::Ordering::SeqCst)))
-    })
-    .await;
     // The search would have found it: the secret did reach the collector's
     // Kafka client (its SASL attempt against a broker without SASL failed).
     let latest = format!(

@@ -216,10 +216,7 @@ pub fn token_endpoint_problem(url: &str) -> Option<String> {
     if authority.is_empty() || authority.contains('@') {
         return Some(format!("{url:?} has no host (or carries credentials, which belong in client_id/client_secret)"));
     }
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority),
-    };
+    let host = host_of(authority);
     match scheme.to_ascii_lowercase().as_str() {
         "https" => None,
         "http" => {
@@ -230,6 +227,33 @@ pub fn token_endpoint_problem(url: &str) -> Option<String> {
             })
         }
         other => Some(format!("{url:?}: scheme {other:?} is neither https nor http")),
+    }
+}
+
+/// The host of `host:port` (`[v6]:port` too).
+fn host_of(host_port: &str) -> &str {
+    match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.rsplit_once(':').map(|(h, _)| h).unwrap_or(host_port),
+    }
+}
+
+/// Whether `host:port` names this host (localhost, 127.0.0.0/8, ::1).
+pub fn is_loopback_host(host_port: &str) -> bool {
+    let host = host_of(host_port);
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
+}
+
+/// Why `value` cannot be a SASL extension's value: printable ASCII, space
+/// and tab (RFC 7628's VCHAR/SP/HTAB; librdkafka refuses the rest, and
+/// 0x01 would end the extension), at least one character.
+fn extension_value_problem(value: &str) -> Option<&'static str> {
+    if value.is_empty() {
+        Some("must not be empty")
+    } else if !value.chars().all(|c| c == '\t' || (' '..='~').contains(&c)) {
+        Some("must be printable ASCII (RFC 7628)")
+    } else {
+        None
     }
 }
 
@@ -417,8 +441,8 @@ fn validate_sasl(s: &SaslInput, bootstrap: &[String], errors: &mut Errors) -> Op
         if s.ca_file.as_ref().is_some_and(|p| p.trim().is_empty()) {
             errors.push("sasl.ca_file", "must not be empty when set");
         }
-        for k in s.extensions.keys() {
-            if let Some(problem) = extension_key_problem(k) {
+        for (k, v) in &s.extensions {
+            if let Some(problem) = extension_key_problem(k).or_else(|| extension_value_problem(v)) {
                 errors.push(format!("sasl.extensions.{}", k.chars().take(63).collect::<String>()), problem);
             }
         }
@@ -1058,6 +1082,35 @@ impl MonitorInput {
             })
         });
 
+        // Bearer tokens (OAUTHBEARER, and MSK IAM's, which carry this
+        // node's AWS identity) are credentials in themselves: they go only
+        // over verified TLS, unless every broker is on this host.
+        if let Some(s) = &sasl {
+            let all_loopback = self.bootstrap.iter().all(|b| is_loopback_host(b));
+            if s.mechanism.uses_tokens() && !all_loopback {
+                let unverified = tls.as_ref().is_none_or(|t| t.insecure_skip_verify);
+                if unverified {
+                    errors.push(
+                        "tls",
+                        format!(
+                            "{} sends bearer tokens: TLS with certificate verification is required (a [tls] table without insecure_skip_verify) unless every bootstrap host is a loopback address",
+                            s.mechanism.as_str()
+                        ),
+                    );
+                }
+            }
+            if s.mechanism == SaslMechanism::AwsMskIam {
+                for (i, b) in self.bootstrap.iter().enumerate() {
+                    if msk_region_of(b).is_none() && !is_loopback_host(b) {
+                        errors.push(
+                            format!("bootstrap[{i}]"),
+                            format!("{b:?}: AWS_MSK_IAM tokens carry this node's AWS identity, so they go only to MSK brokers (b-1.<cluster>.kafka.<region>.amazonaws.com) or to a loopback address"),
+                        );
+                    }
+                }
+            }
+        }
+
         for (field, map) in [("labels", &self.labels), ("collector_labels", &self.collector_labels)] {
             for k in map.keys() {
                 if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -1388,6 +1441,7 @@ mod tests {
     #[test]
     fn oauthbearer_needs_a_client_and_a_token_endpoint_that_keeps_the_secret_off_the_network() {
         let mut i = input();
+        i.tls = Some(TlsInput::default());
         i.sasl = Some(SaslInput {
             extensions: BTreeMap::from([("logicalCluster".into(), "lkc-1".into())]),
             scope: Some("kafka".into()),
@@ -1401,6 +1455,7 @@ mod tests {
         assert_eq!(spec.to_input().validate(1).unwrap(), spec);
         for ok in ["http://127.0.0.1:8080/token", "http://localhost/t", "http://[::1]:9/t", "HTTPS://idp/t"] {
             let mut i = input();
+            i.tls = Some(TlsInput::default());
             i.sasl = Some(oauth(ok));
             assert!(i.validate(1).is_ok(), "{ok}");
         }
@@ -1408,20 +1463,40 @@ mod tests {
             ["http://idp.example/token", "ftp://idp/t", "idp.example/token", "https://user:pw@idp/t", "https:///t"]
         {
             let mut i = input();
+            i.tls = Some(TlsInput::default());
             i.sasl = Some(oauth(bad));
             assert_eq!(fields(i.validate(1)), ["sasl.token_endpoint"], "{bad}");
         }
         let mut i = input();
+        i.tls = Some(TlsInput::default());
         i.sasl = Some(SaslInput { token_endpoint: None, username: String::new(), password: None, ..oauth("") });
         assert_eq!(fields(i.validate(1)), ["sasl.username", "sasl.password", "sasl.token_endpoint"]);
         let mut i = input();
+        i.tls = Some(TlsInput::default());
         i.sasl = Some(SaslInput {
             extensions: BTreeMap::from([("auth".into(), "x".into()), ("bad-key".into(), "x".into())]),
             ..oauth("https://idp/t")
         });
         assert_eq!(fields(i.validate(1)), ["sasl.extensions.auth", "sasl.extensions.bad-key"]);
+        let mut i = input();
+        i.tls = Some(TlsInput::default());
+        i.sasl = Some(SaslInput {
+            extensions: BTreeMap::from([("pool".into(), "é".into()), ("empty".into(), String::new())]),
+            ..oauth("https://idp/t")
+        });
+        assert_eq!(fields(i.validate(1)), ["sasl.extensions.empty", "sasl.extensions.pool"]);
+        // Tokens to a broker elsewhere need verified TLS.
+        let mut i = input();
+        i.bootstrap = vec!["kafka.example:9093".into()];
+        i.sasl = Some(oauth("https://idp/t"));
+        assert_eq!(fields(i.validate(1)), ["tls"]);
+        i.tls = Some(TlsInput { insecure_skip_verify: Some(true), ..Default::default() });
+        assert_eq!(fields(i.validate(1)), ["tls"]);
+        i.tls = Some(TlsInput::default());
+        assert!(i.validate(1).is_ok());
         // OIDC settings on another mechanism are a mistake, said so.
         let mut i = input();
+        i.tls = Some(TlsInput::default());
         i.sasl = Some(SaslInput { mechanism: "PLAIN".into(), ..oauth("https://idp/t") });
         assert_eq!(fields(i.validate(1)), ["sasl.mechanism"]);
     }
@@ -1431,6 +1506,7 @@ mod tests {
         let msk = |bootstrap: &[&str], region: Option<&str>| {
             let mut i = input();
             i.bootstrap = bootstrap.iter().map(|b| b.to_string()).collect();
+            i.tls = (!bootstrap.iter().all(|b| is_loopback_host(b))).then(TlsInput::default);
             i.sasl = Some(SaslInput {
                 mechanism: "aws_msk_iam".into(),
                 aws_region: region.map(str::to_string),
@@ -1459,6 +1535,8 @@ mod tests {
             ["sasl.aws_region"]
         );
         assert!(msk_region_of("kafka.eu-west-1.amazonaws.com.evil.example:9098").is_none());
+        // MSK IAM tokens go to MSK brokers (or this host) only.
+        assert_eq!(fields(msk(&["kafka.example:9098"], Some("eu-west-1"))), ["bootstrap[0]"]);
         let mut i = input();
         i.bootstrap = vec!["127.0.0.1:9098".into()];
         i.sasl = Some(SaslInput {

@@ -76,8 +76,10 @@ pub enum ErrorKind {
     Fenced,
     /// The result was too large to send to the manager (cluster mode).
     ResultTooLarge,
-    /// No credential to present: the token endpoint refused the client or
-    /// could not be reached (its answer is in the message).
+    /// The credentials were refused or could not be had: the token
+    /// endpoint or the AWS credentials chain gave no token (its answer is in
+    /// the message), or every broker asked refused the monitor's password,
+    /// token or TLS certificate.
     Authentication,
 }
 

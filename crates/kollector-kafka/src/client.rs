@@ -65,6 +65,9 @@ pub(crate) struct MonitorContext {
     pub(crate) tokens: Option<Arc<TokenSource>>,
     /// How long a token request may take (the monitor's timeout).
     token_timeout: Duration,
+    /// librdkafka's last token request failed: it has no valid token, and
+    /// asks again only after 10 s.
+    token_failed: AtomicBool,
 }
 
 /// librdkafka's OAUTHBEARER refresh callback. librdkafka calls it when the
@@ -73,71 +76,76 @@ pub(crate) struct MonitorContext {
 /// built), so tokens are renewed between cycles too, while nothing polls
 /// the client. It asks the monitor's token source and hands librdkafka the
 /// token, or the reason there is none (which librdkafka reports on the
-/// broker connections and retries in 10 s).
+/// broker connections and asks again after 10 s; a collection that gets a
+/// token meanwhile hands it over at once, see [`KafkaClient::share_token`]).
 unsafe extern "C" fn oauthbearer_refresh(
     rk: *mut rdkafka_sys::rd_kafka_t,
     _config: *const std::ffi::c_char,
     opaque: *mut std::ffi::c_void,
 ) {
-    use std::ffi::CString;
     // Never unwind into C.
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         // SAFETY: the opaque is the client's context (rdkafka sets it to the
         // context Arc's pointer), alive as long as the librdkafka handle,
         // whose destruction joins the background thread first.
         let context = unsafe { &*(opaque as *const MonitorContext) };
-        let fail = |why: String| {
-            let why = CString::new(why.replace('\0', " ")).unwrap_or_default();
-            // SAFETY: rk is the live handle librdkafka passed; why outlives the call.
-            unsafe { rdkafka_sys::rd_kafka_oauthbearer_set_token_failure(rk, why.as_ptr()) };
+        let outcome = match &context.tokens {
+            None => Err("no token source for this monitor".to_string()),
+            Some(tokens) => tokens.token(context.token_timeout).map_err(|e| e.to_string()),
         };
-        let Some(tokens) = &context.tokens else { return fail("no token source for this monitor".into()) };
-        let token = match tokens.token(context.token_timeout) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(monitor = %context.monitor, "OAUTHBEARER token: {e}");
-                return fail(e.to_string());
+        let handed = outcome.and_then(|token| {
+            // SAFETY: rk is the live handle librdkafka passed to its callback.
+            unsafe { set_token(rk, &token) }
+        });
+        match handed {
+            Ok(()) => context.token_failed.store(false, Ordering::SeqCst),
+            Err(why) => {
+                tracing::warn!(monitor = %context.monitor, "OAUTHBEARER token: {why}");
+                context.token_failed.store(true, Ordering::SeqCst);
+                let why = std::ffi::CString::new(why.replace('\0', " ")).unwrap_or_default();
+                // SAFETY: rk is live; why outlives the call.
+                unsafe { rdkafka_sys::rd_kafka_oauthbearer_set_token_failure(rk, why.as_ptr()) };
             }
-        };
-        let strings = || -> Option<(CString, CString, Vec<CString>)> {
-            let value = CString::new(token.value.expose()).ok()?;
-            let principal = CString::new(token.principal.as_str()).ok()?;
-            let mut ext = Vec::new();
-            for (k, v) in &token.extensions {
-                ext.push(CString::new(k.as_str()).ok()?);
-                ext.push(CString::new(v.as_str()).ok()?);
-            }
-            Some((value, principal, ext))
-        };
-        let Some((value, principal, ext)) = strings() else {
-            return fail("the token, principal or an extension holds a NUL character".into());
-        };
-        let ext_ptrs: Vec<*const std::ffi::c_char> = ext.iter().map(|c| c.as_ptr()).collect();
-        let mut err = [0 as std::ffi::c_char; 512];
-        // SAFETY: every pointer is valid for the call; librdkafka copies what it keeps.
-        let code = unsafe {
-            rdkafka_sys::rd_kafka_oauthbearer_set_token(
-                rk,
-                value.as_ptr(),
-                token.expires_at_ms.min(i64::MAX as u64) as i64,
-                principal.as_ptr(),
-                if ext_ptrs.is_empty() {
-                    std::ptr::null_mut()
-                } else {
-                    ext_ptrs.as_ptr() as *mut *const std::ffi::c_char
-                },
-                ext_ptrs.len(),
-                err.as_mut_ptr(),
-                err.len(),
-            )
-        };
-        if code != rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-            // SAFETY: librdkafka wrote a NUL-terminated message into err.
-            let why = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
-            tracing::warn!(monitor = %context.monitor, "librdkafka refused the OAUTHBEARER token: {why}");
-            fail(format!("librdkafka refused the token: {why}"));
         }
     }));
+}
+
+/// Hands `token` to librdkafka (any thread may).
+///
+/// # Safety
+/// `rk` must be a live librdkafka handle.
+unsafe fn set_token(rk: *mut rdkafka_sys::rd_kafka_t, token: &crate::oauth::Token) -> Result<(), String> {
+    use std::ffi::CString;
+    let nul = |_| "the token, principal or an extension holds a NUL character".to_string();
+    let value = CString::new(token.value.expose()).map_err(nul)?;
+    let principal = CString::new(token.principal.as_str()).map_err(nul)?;
+    let mut ext = Vec::new();
+    for (k, v) in &token.extensions {
+        ext.push(CString::new(k.as_str()).map_err(nul)?);
+        ext.push(CString::new(v.as_str()).map_err(nul)?);
+    }
+    let ext_ptrs: Vec<*const std::ffi::c_char> = ext.iter().map(|c| c.as_ptr()).collect();
+    let mut err = [0 as std::ffi::c_char; 512];
+    // SAFETY: every pointer is valid for the call; librdkafka copies what it keeps.
+    let code = unsafe {
+        rdkafka_sys::rd_kafka_oauthbearer_set_token(
+            rk,
+            value.as_ptr(),
+            token.expires_at_ms.min(i64::MAX as u64) as i64,
+            principal.as_ptr(),
+            if ext_ptrs.is_empty() { std::ptr::null_mut() } else { ext_ptrs.as_ptr() as *mut *const std::ffi::c_char },
+            ext_ptrs.len(),
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    if code == rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        Ok(())
+    } else {
+        // SAFETY: librdkafka wrote a NUL-terminated message into err.
+        let why = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
+        Err(format!("librdkafka refused the token: {why}"))
+    }
 }
 
 impl ClientContext for MonitorContext {
@@ -222,7 +230,8 @@ pub(crate) fn config_error(e: &rdkafka::error::KafkaError) -> String {
 
 impl KafkaClient {
     /// Builds the client for `spec`. Does not block on the network: brokers
-    /// are contacted by the first collection.
+    /// (and a token endpoint or AWS credentials source) are contacted by the
+    /// first collection. An end-to-end probe starts its own thread.
     pub fn connect(spec: &MonitorSpec, options: &ClientOptions) -> Result<KafkaClient, CollectError> {
         // librdkafka gets the files' resolved paths, not the names the spec
         // gave: a link swapped in after the check cannot redirect it.
@@ -236,7 +245,7 @@ impl KafkaClient {
         };
         let config = client_config(spec, options);
         let tokens = match &spec.connection.sasl {
-            Some(sasl) => TokenSource::for_sasl(sasl, spec.timeout.max(Duration::from_secs(5)))
+            Some(sasl) => TokenSource::for_sasl(sasl)
                 .map_err(|e| CollectError::new(ErrorKind::Client, e.to_string()))?
                 .map(Arc::new),
             None => None,
@@ -247,6 +256,7 @@ impl KafkaClient {
             stats_seen: AtomicBool::new(false),
             tokens: tokens.clone(),
             token_timeout: spec.timeout,
+            token_failed: AtomicBool::new(false),
         };
         let build_error = |e: KafkaError| {
             CollectError::new(ErrorKind::Client, format!("cannot build Kafka client: {}", config_error(&e)))
@@ -331,6 +341,18 @@ impl KafkaClient {
     /// The monitor's OAUTHBEARER token source, if it uses one.
     pub fn oauth_tokens(&self) -> Option<&Arc<TokenSource>> {
         self.context.tokens.as_ref()
+    }
+
+    /// Gives librdkafka `token` when its own last request failed, so it
+    /// need not wait out its 10 s retry (a collection just got one).
+    pub(crate) fn share_token(&self, token: &crate::oauth::Token) {
+        if self.context.token_failed.load(Ordering::SeqCst) {
+            // SAFETY: the handle is live for as long as self.
+            match unsafe { set_token(self.native.native_ptr(), token) } {
+                Ok(()) => self.context.token_failed.store(false, Ordering::SeqCst),
+                Err(why) => tracing::warn!(monitor = %self.context.monitor, "OAUTHBEARER token: {why}"),
+            }
+        }
     }
 
     /// Direct group connections open now (0 on the librdkafka path).

@@ -197,7 +197,12 @@ impl KafkaClient {
         // endpoint's own answer is the reason to report.
         if let Some(tokens) = self.oauth_tokens() {
             let (left, _) = deadline.slice().map_err(|why| stopped("token", why))?;
-            tokens.token(left).map_err(|e| CollectError::new(ErrorKind::Authentication, e.to_string()))?;
+            match tokens.token(left) {
+                Ok(token) => self.share_token(&token),
+                // The fence passed while waiting: that is the reason, not the endpoint.
+                Err(_) if deadline.fenced() => return Err(stopped("token", Stop::Fenced)),
+                Err(e) => return Err(CollectError::new(ErrorKind::Authentication, e.to_string())),
+            }
         }
         let result = self.collect_within(spec, started, &deadline);
         self.serve_main_queue();

@@ -11,10 +11,13 @@
 //! Credentials come from the AWS default chain of the node (`aws-config`):
 //! environment, shared profile, web identity (EKS IRSA), container
 //! credentials (ECS, EKS Pod Identity), IMDSv2. One provider per monitor,
-//! built once and asked at each token: the chain's sources cache and
-//! refresh expiring (session) credentials, so a token made after a
-//! rotation is signed with the new ones. A token never outlives the
-//! credentials that signed it, so it is renewed before they expire.
+//! built on its first token (off the actor thread) and asked again at each
+//! token. The chain itself keeps no cache (the SDK caches in its clients,
+//! which are not used here): each token costs one answer from the source
+//! (the container endpoint, IMDS, STS), which is what makes a rotation
+//! visible to the next token. Tokens are made at most every 12 minutes
+//! (80 % of 15) per monitor, or sooner when the credentials expire sooner:
+//! a token never outlives the credentials that signed it.
 //!
 //! aws-config is asynchronous and tokens are asked for from threads that
 //! are not (librdkafka's background thread, a collection's blocking
@@ -77,13 +80,18 @@ fn run_within<T: Send + 'static>(
     runtime.spawn(async move {
         let _ = tx.send(future.await);
     });
-    rx.recv_timeout(within).map_err(|_| MskIamError::Timeout(within))
+    rx.recv_timeout(within).map_err(|e| match e {
+        std::sync::mpsc::RecvTimeoutError::Timeout => MskIamError::Timeout(within),
+        std::sync::mpsc::RecvTimeoutError::Disconnected => {
+            MskIamError::Credentials("the AWS credentials chain failed without an answer (it panicked)".into())
+        }
+    })
 }
 
 /// One monitor's MSK IAM signer: its region and its credentials provider.
 pub struct MskIamSigner {
     region: String,
-    provider: SharedCredentialsProvider,
+    provider: OnceLock<SharedCredentialsProvider>,
 }
 
 impl std::fmt::Debug for MskIamSigner {
@@ -102,36 +110,45 @@ pub struct SignedToken {
 }
 
 impl MskIamSigner {
-    /// The signer for `region`, with the AWS default credentials chain.
-    /// Builds the chain (reads the environment and profile files, no
-    /// network) within `within`.
-    pub fn new(region: &str, within: Duration) -> Result<MskIamSigner, MskIamError> {
-        let region_owned = region.to_string();
-        let provider = run_within(within, async move {
-            let http = aws_smithy_http_client::Builder::new()
-                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                ))
-                .build_https();
-            let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .region(aws_config::Region::new(region_owned))
-                .http_client(http)
-                .load()
-                .await;
-            config.credentials_provider()
-        })?
-        .ok_or_else(|| MskIamError::Credentials("the default chain has no provider".into()))?;
-        Ok(MskIamSigner { region: region.to_string(), provider })
+    /// The signer for `region`; its credentials chain is built by the first token.
+    pub fn new(region: &str) -> MskIamSigner {
+        MskIamSigner { region: region.to_string(), provider: OnceLock::new() }
     }
 
     pub fn region(&self) -> &str {
         &self.region
     }
 
+    /// The default chain for this region, built once (reads the
+    /// environment and profile files; no network).
+    fn provider(&self, within: Duration) -> Result<SharedCredentialsProvider, MskIamError> {
+        if let Some(p) = self.provider.get() {
+            return Ok(p.clone());
+        }
+        let region = self.region.clone();
+        let built = run_within(within, async move {
+            let http = aws_smithy_http_client::Builder::new()
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https();
+            let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .region(aws_config::Region::new(region))
+                .http_client(http)
+                .load()
+                .await;
+            config.credentials_provider()
+        })?
+        .ok_or_else(|| MskIamError::Credentials("the default chain has no provider".into()))?;
+        Ok(self.provider.get_or_init(|| built).clone())
+    }
+
     /// A new token, signed now with the chain's current credentials.
     pub fn token(&self, within: Duration) -> Result<SignedToken, MskIamError> {
-        let provider = self.provider.clone();
-        let creds = run_within(within, async move { provider.provide_credentials().await })?.map_err(|e| {
+        let started = std::time::Instant::now();
+        let provider = self.provider(within)?;
+        let left = within.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
+        let creds = run_within(left, async move { provider.provide_credentials().await })?.map_err(|e| {
             MskIamError::Credentials(aws_smithy_types::error::display::DisplayErrorContext(&e).to_string())
         })?;
         presign(&creds, &self.region, SystemTime::now())

@@ -20,7 +20,7 @@
 //! only into the Authorization header of the request to the endpoint; the
 //! tokens are bearer credentials too and are kept in [`Secret`]s.
 
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -36,6 +36,28 @@ const FAILURE_KEPT: Duration = Duration::from_secs(2);
 /// Lifetime assumed for a token whose answer says none (`expires_in`
 /// absent and no JWT `exp`): short, so it is asked for again soon.
 const UNKNOWN_LIFETIME: Duration = Duration::from_secs(60);
+/// The longest lifetime believed: an endpoint claiming more (or a huge
+/// `exp`) is taken at this, so the refresh still comes and librdkafka is
+/// never given a lifetime that overflows its arithmetic.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// With a valid token in hand, a refresh may take at most this long.
+const REFRESH_BUDGET: Duration = Duration::from_secs(2);
+/// With a valid token in hand, a failed refresh is tried again after this.
+const RETRY_EVERY: Duration = Duration::from_secs(5);
+
+/// The system's CA certificates, read once per process (reading them
+/// costs tens of milliseconds, and monitors are built on the actor thread).
+fn system_roots() -> ureq::tls::RootCerts {
+    static ROOTS: std::sync::OnceLock<Vec<ureq::tls::Certificate<'static>>> = std::sync::OnceLock::new();
+    let certs = ROOTS.get_or_init(|| {
+        rustls_native_certs::load_native_certs()
+            .certs
+            .iter()
+            .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+            .collect()
+    });
+    ureq::tls::RootCerts::new_with_certs(certs)
+}
 
 /// Why no token could be had. Display carries the endpoint and its answer,
 /// never the client secret.
@@ -79,20 +101,33 @@ impl std::fmt::Debug for Token {
     }
 }
 
-enum Cached {
-    Nothing,
-    Token(Token),
-    Failed(TokenError, Instant),
+/// What the source holds between requests.
+#[derive(Default)]
+struct Cache {
+    /// The latest token obtained (possibly past its refresh time).
+    token: Option<Token>,
+    /// The latest failure and when, answered again for [`FAILURE_KEPT`]
+    /// when there is no valid token to fall back on.
+    failed: Option<(TokenError, Instant)>,
+    /// With a valid token in hand, a failed refresh is not tried again before this.
+    retry_after: Option<Instant>,
+    /// A request is running (on some thread, without the lock held).
+    fetching: bool,
+}
+
+impl Cache {
+    /// The token, if it is still valid for a moment.
+    fn valid(&self) -> Option<&Token> {
+        self.token.as_ref().filter(|t| unix_ms() + 1_000 < t.expires_at_ms)
+    }
 }
 
 /// One monitor's token source.
 pub struct TokenSource {
     issuer: Issuer,
-    /// The token in use (or the last failure). Held while asking, so two
-    /// callers wanting a new token make one request.
-    cached: Mutex<Cached>,
-    /// Tokens obtained so far.
-    fetched: std::sync::atomic::AtomicU64,
+    cache: Mutex<Cache>,
+    /// Signals the end of a request to callers waiting for it.
+    fetched: Condvar,
 }
 
 /// Who makes the tokens.
@@ -124,15 +159,12 @@ impl std::fmt::Debug for TokenSource {
 
 impl TokenSource {
     /// The source for `sasl`, or None for a mechanism without tokens.
-    /// Fails only on settings that cannot work (an unreadable CA file, no
-    /// AWS runtime); the endpoint or the AWS chain is first asked by the
-    /// first cycle. Building an MSK IAM source reads the node's AWS
-    /// configuration (environment, profile files) within `within`.
-    pub fn for_sasl(sasl: &SaslConfig, within: Duration) -> Result<Option<TokenSource>, TokenError> {
+    /// Fails only on settings that cannot work (an unreadable CA file); the
+    /// endpoint or the AWS chain is first asked by the first cycle (never
+    /// here: this runs where blocking is not allowed).
+    pub fn for_sasl(sasl: &SaslConfig) -> Result<Option<TokenSource>, TokenError> {
         if let Some(aws) = &sasl.aws {
-            let signer = crate::msk_iam::MskIamSigner::new(&aws.region, within)
-                .map_err(|error| TokenError::MskIam { region: aws.region.clone(), error })?;
-            return Ok(Some(TokenSource::new(Issuer::MskIam(signer))));
+            return Ok(Some(TokenSource::new(Issuer::MskIam(crate::msk_iam::MskIamSigner::new(&aws.region)))));
         }
         let Some(oidc) = &sasl.oidc else { return Ok(None) };
         let settings = |why: String| TokenError::Settings { endpoint: oidc.token_endpoint.clone(), why };
@@ -150,14 +182,15 @@ impl TokenSource {
                 }
                 ureq::tls::RootCerts::new_with_certs(&certs)
             }
-            None => {
-                let found = rustls_native_certs::load_native_certs();
-                let certs: Vec<ureq::tls::Certificate<'static>> =
-                    found.certs.iter().map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned()).collect();
-                ureq::tls::RootCerts::new_with_certs(&certs)
-            }
+            None => system_roots(),
         };
-        let config = ureq::Agent::config_builder()
+        // Plain HTTP goes only to loopback (validation), and must stay
+        // there: no proxy from the environment for it (its Basic header
+        // would cross the network in clear). HTTPS may use one (CONNECT).
+        let plain_http = oidc.token_endpoint.to_ascii_lowercase().starts_with("http://");
+        let builder = ureq::Agent::config_builder();
+        let builder = if plain_http { builder.proxy(None) } else { builder };
+        let config = builder
             .http_status_as_error(false)
             // A token endpoint that redirects is misconfigured; following it
             // would send the secret where the spec did not say.
@@ -174,7 +207,79 @@ impl TokenSource {
     }
 
     fn new(issuer: Issuer) -> TokenSource {
-        TokenSource { issuer, cached: Mutex::new(Cached::Nothing), fetched: Default::default() }
+        TokenSource { issuer, cache: Mutex::new(Cache::default()), fetched: Condvar::new() }
+    }
+
+    /// A token valid for a while yet: the one in use until 80 % of its
+    /// lifetime has passed, else a new one, asked for within `within`.
+    ///
+    /// One request at a time, made without the lock held: a caller that
+    /// finds one running takes the current token if it is still valid, or
+    /// waits for the answer no longer than its own `within`. While a valid
+    /// token is in hand a refresh gets at most [`REFRESH_BUDGET`], and a
+    /// failed one is tried again only after [`RETRY_EVERY`], so an endpoint
+    /// that stops answering late in a token's life costs a collection
+    /// nothing until the token really expires.
+    pub fn token(&self, within: Duration) -> Result<Token, TokenError> {
+        let deadline = Instant::now() + within;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let now = Instant::now();
+            if let Some(t) = cache.token.as_ref().filter(|t| now < t.refresh_at) {
+                return Ok(t.clone());
+            }
+            if cache.fetching || cache.retry_after.is_some_and(|at| now < at) {
+                if let Some(t) = cache.valid() {
+                    return Ok(t.clone());
+                }
+            }
+            if !cache.fetching {
+                if let Some((e, at)) = &cache.failed {
+                    if at.elapsed() < FAILURE_KEPT && cache.valid().is_none() {
+                        return Err(e.clone());
+                    }
+                }
+                break;
+            }
+            let left = deadline.saturating_duration_since(now);
+            if left.is_zero() {
+                return Err(TokenError::Unreachable {
+                    endpoint: self.origin(),
+                    why: format!("a token request is still running after {within:?}"),
+                });
+            }
+            cache = self.fetched.wait_timeout(cache, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        let budget = if cache.valid().is_some() { within.min(REFRESH_BUDGET) } else { within };
+        cache.fetching = true;
+        drop(cache);
+        let fetched = match &self.issuer {
+            Issuer::Oidc(client) => client.fetch(budget),
+            Issuer::MskIam(signer) => Self::sign(signer, budget),
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.fetching = false;
+        self.fetched.notify_all();
+        match fetched {
+            Ok(t) => {
+                cache.token = Some(t.clone());
+                cache.failed = None;
+                cache.retry_after = None;
+                Ok(t)
+            }
+            Err(e) => {
+                cache.failed = Some((e.clone(), Instant::now()));
+                // A token still valid is better than none: kept until it expires.
+                if let Some(t) = cache.valid().cloned() {
+                    if cache.retry_after.is_none() {
+                        tracing::warn!("token refresh failed, the current token stays in use until it expires: {e}");
+                    }
+                    cache.retry_after = Some(Instant::now() + RETRY_EVERY);
+                    return Ok(t);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Where tokens come from (for messages): the endpoint, or MSK IAM's region.
@@ -182,44 +287,6 @@ impl TokenSource {
         match &self.issuer {
             Issuer::Oidc(c) => c.oidc.token_endpoint.clone(),
             Issuer::MskIam(s) => format!("AWS MSK IAM in {}", s.region()),
-        }
-    }
-
-    /// Tokens obtained from the endpoint so far.
-    pub fn fetched(&self) -> u64 {
-        self.fetched.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// A token valid for a while yet: the one in use until 80 % of its
-    /// lifetime has passed, else a new one, asked for within `within`.
-    pub fn token(&self, within: Duration) -> Result<Token, TokenError> {
-        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-        match &*cached {
-            Cached::Token(t) if Instant::now() < t.refresh_at => return Ok(t.clone()),
-            Cached::Failed(e, at) if at.elapsed() < FAILURE_KEPT => return Err(e.clone()),
-            _ => {}
-        }
-        let fetched = match &self.issuer {
-            Issuer::Oidc(client) => client.fetch(within),
-            Issuer::MskIam(signer) => Self::sign(signer, within),
-        };
-        match fetched {
-            Ok(t) => {
-                self.fetched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                *cached = Cached::Token(t.clone());
-                Ok(t)
-            }
-            Err(e) => {
-                // A token still valid is better than none: kept until it expires.
-                if let Cached::Token(t) = &*cached {
-                    if unix_ms() + 1_000 < t.expires_at_ms {
-                        tracing::warn!("token refresh failed, the current token stays in use: {e}");
-                        return Ok(t.clone());
-                    }
-                }
-                *cached = Cached::Failed(e.clone(), Instant::now());
-                Err(e)
-            }
         }
     }
 
@@ -312,6 +379,7 @@ impl OidcClient {
         if expires_at_ms <= unix_ms() {
             return Err(refused("the token it gave has already expired".into()));
         }
+        let expires_at_ms = expires_at_ms.min(unix_ms() + MAX_LIFETIME.as_millis() as u64);
         let lifetime = Duration::from_millis(expires_at_ms.saturating_sub(asked_ms));
         let principal = claims
             .as_ref()
@@ -422,33 +490,33 @@ mod tests {
             }),
             aws: None,
         };
-        let source = TokenSource::for_sasl(&sasl, Duration::from_secs(5)).unwrap().unwrap();
+        let source = TokenSource::for_sasl(&sasl).unwrap().unwrap();
         let shown = format!("{source:?} {:?}", token("the-token", &[]));
         assert!(!shown.contains("very-secret") && !shown.contains("the-token"), "{shown}");
     }
 
     #[test]
-    fn an_endpoint_that_is_not_there_is_named_within_the_time_given() {
+    fn an_endpoint_that_never_answers_is_named_within_the_time_given() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let sasl = SaslConfig {
             mechanism: kollector_core::SaslMechanism::OAuthBearer,
             username: "client".into(),
             password: Secret::new("very-secret"),
             oidc: Some(OidcConfig {
-                // A port nothing listens on (bound, then closed).
-                token_endpoint: format!("http://127.0.0.1:{}/token", {
-                    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                    l.local_addr().unwrap().port()
-                }),
+                // A listener that never accepts: the connection completes
+                // in the kernel's backlog and the request is never answered.
+                token_endpoint: format!("http://127.0.0.1:{}/token", silent.local_addr().unwrap().port()),
                 scope: None,
                 extensions: Default::default(),
                 ca_file: None,
             }),
             aws: None,
         };
-        let source = TokenSource::for_sasl(&sasl, Duration::from_secs(5)).unwrap().unwrap();
+        let source = TokenSource::for_sasl(&sasl).unwrap().unwrap();
         let started = Instant::now();
         let e = source.token(Duration::from_secs(2)).unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(3));
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(3), "{took:?}: not the 2 s given");
         assert!(matches!(e, TokenError::Unreachable { .. }), "{e}");
         assert!(e.to_string().contains("127.0.0.1") && !e.to_string().contains("very-secret"), "{e}");
     }

@@ -33,7 +33,9 @@ pub fn prepare_update(current: &MonitorSpec, input: &MonitorInput) -> Result<Opt
     let mut input = input.clone();
     let mut kept = Vec::new();
     if let (Some(new), Some(old)) = (input.sasl.as_mut(), current.connection.sasl.as_ref()) {
-        if new.password.is_none() && new.password_env.is_none() && !old.password.expose().is_empty() {
+        let takes_password = kollector_core::SaslMechanism::parse(&new.mechanism)
+            .is_some_and(|m| m != kollector_core::SaslMechanism::AwsMskIam);
+        if takes_password && new.password.is_none() && new.password_env.is_none() && !old.password.expose().is_empty() {
             new.password = Some(old.password.clone());
             kept.push("sasl.password");
         }
@@ -183,6 +185,7 @@ mod tests {
             token_endpoint: Some("https://idp.example/token".into()),
             ..Default::default()
         });
+        i.tls = Some(kollector_core::TlsInput::default());
         let current = prepare_create(&i).unwrap();
         let mut u = i.clone();
         u.sasl.as_mut().unwrap().password = None;
