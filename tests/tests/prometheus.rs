@@ -159,7 +159,10 @@ async fn a_real_prometheus_discovers_scrapes_and_alerts() {
     });
     // A kafka_exporter-style query, per instance.
     wait_for("lag of billing on instance orders", Duration::from_secs(30), || {
-        let v = query(port, r#"sum by (consumergroup) (kafka_consumergroup_lag{instance="orders"})"#)?;
+        let v = query(
+            port,
+            r#"sum by (consumergroup) (kafka_consumergroup_lag{instance="orders",consumergroup="billing"})"#,
+        )?;
         let r = v["data"]["result"].as_array().cloned().unwrap_or_default();
         (r.len() == 1 && r[0]["value"][1] == "30").then_some(()).ok_or(format!("{v}"))
     });

@@ -567,7 +567,13 @@ impl StoreCollector {
             ),
         ];
         let e2e = |b: &Labels, s: &kollector_core::Snapshot| -> Option<(Labels, kollector_core::e2e::E2eSnapshot)> {
-            s.e2e.as_ref().map(|e| (with(b, &[("topic", e.topic.clone())]), e.clone()))
+            s.e2e.as_ref().map(|e| {
+                // One series per partition even if a peer sent one twice.
+                let mut e = e.clone();
+                e.partitions.sort_by_key(|p| p.partition);
+                e.partitions.dedup_by_key(|p| p.partition);
+                (with(b, &[("topic", e.topic.clone())]), e)
+            })
         };
         for (name, help, count) in per_partition {
             counters(

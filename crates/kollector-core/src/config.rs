@@ -245,7 +245,10 @@ sasl = { mechanism = "SCRAM-SHA-512", username = "svc", password_env = "PAY_PW" 
         let start = readme.find("```toml\n[http]").expect("the README's config example") + "```toml\n".len();
         let text = &readme[start..start + readme[start..].find("```").unwrap()];
         let cfg = ConfigFile::parse("README.md", text, |_| Some("s3cret".into())).unwrap();
-        assert_eq!(cfg.monitors.len(), 3);
+        assert_eq!(cfg.monitors.len(), 4);
+        let msk = &cfg.monitors[3];
+        assert_eq!(msk.connection.sasl.as_ref().unwrap().aws.as_ref().unwrap().region, "eu-west-1");
+        assert_eq!(msk.e2e_probe.as_ref().unwrap().roundtrip_sla, std::time::Duration::from_secs(5));
         assert_eq!(cfg.monitors[1].lag_history, std::time::Duration::from_secs(6 * 3600));
         let oauth = cfg.monitors[2].connection.sasl.as_ref().unwrap();
         assert_eq!((oauth.username.as_str(), oauth.password.expose()), ("kollector", "s3cret"));

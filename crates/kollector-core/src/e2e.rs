@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_TOPIC: &str = "kollector-e2e";
 
 /// Upper bounds (seconds) of the latency histograms' buckets: exponential
-/// from 5 ms as KMinion's, up to a minute (past every sane SLA).
-pub const LATENCY_BUCKETS: [f64; 14] =
-    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0];
+/// from 5 ms as KMinion's, up to 5 minutes (the longest round-trip SLA).
+pub const LATENCY_BUCKETS: [f64; 16] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
 
 /// A validated probe configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,15 +191,18 @@ impl LatencyHistogram {
     }
 
     /// (upper bound, count) per bucket, +Inf last: what an exposition writes.
-    /// A histogram with the wrong number of buckets (a peer's bug) reads as empty.
+    /// A histogram with the wrong number of buckets (a peer's bug) reads as
+    /// empty, and no count is so large that the cumulative sums an encoder
+    /// makes of them could overflow (counts may come from the network).
     pub fn buckets(&self) -> Vec<(f64, u64)> {
         let ok = self.counts.len() == LATENCY_BUCKETS.len() + 1;
+        let cap = u64::MAX / 64;
         LATENCY_BUCKETS
             .iter()
             .copied()
             .chain([f64::INFINITY])
             .enumerate()
-            .map(|(i, b)| (b, if ok { self.counts[i] } else { 0 }))
+            .map(|(i, b)| (b, if ok { self.counts[i].min(cap) } else { 0 }))
             .collect()
     }
 }
@@ -288,7 +291,9 @@ mod tests {
         assert_eq!(b[0], (0.005, 2));
         assert_eq!(b[1], (0.01, 1));
         assert_eq!(b[7], (1.0, 1));
-        assert_eq!(b[14], (f64::INFINITY, 1));
+        assert_eq!(b[13], (60.0, 0));
+        assert_eq!(b[14], (120.0, 1));
+        assert_eq!(b[16], (f64::INFINITY, 0));
         assert_eq!(h.count(), 5);
         let broken = LatencyHistogram { counts: vec![1, 2], sum_micros: 1 };
         assert!(broken.buckets().iter().all(|(_, n)| *n == 0));

@@ -1049,6 +1049,14 @@ impl MonitorInput {
         }
 
         let sasl = self.sasl.as_ref().and_then(|s| validate_sasl(s, &self.bootstrap, &mut errors));
+        // The probe's clients get their tokens through rdkafka's callback,
+        // whose token carries no SASL extensions.
+        if self.e2e_probe.is_some() && self.sasl.as_ref().is_some_and(|s| !s.extensions.is_empty()) {
+            errors.push(
+                "e2e_probe",
+                "is not available with SASL extensions (the probe's clients cannot send them); run the probe from a monitor without them",
+            );
+        }
         let e2e_probe = self.e2e_probe.as_ref().and_then(|p| match p.validate() {
             Ok(c) => Some(c),
             Err(bad) => {

@@ -209,6 +209,8 @@ pub struct KafkaClient {
     /// `wire/`), or why its settings need librdkafka's per-group calls.
     /// Dropped, and so closed, with the client.
     pub(crate) direct: Result<Box<Mutex<GroupConnections>>, String>,
+    /// The cluster id the monitor pinned ([`KafkaClient::pin_cluster`]).
+    pinned: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for KafkaClient {
@@ -320,6 +322,7 @@ impl KafkaClient {
             racks: Mutex::new((Default::default(), 0)),
             groups_unsupported: AtomicBool::new(false),
             direct,
+            pinned: Mutex::new(None),
         })
     }
 
@@ -331,6 +334,9 @@ impl KafkaClient {
     /// own connections cannot be checked one by one; the monitor checks
     /// each snapshot's id as a whole.
     pub fn pin_cluster(&self, cluster_id: &str) {
+        if let Ok(mut p) = self.pinned.lock() {
+            *p = Some(cluster_id.to_string());
+        }
         if let Ok(conns) = &self.direct {
             if let Ok(mut c) = conns.lock() {
                 c.pin_cluster(cluster_id);
@@ -353,6 +359,11 @@ impl KafkaClient {
                 Err(why) => tracing::warn!(monitor = %self.context.monitor, "OAUTHBEARER token: {why}"),
             }
         }
+    }
+
+    /// The cluster id pinned by the monitor, if any.
+    pub(crate) fn pinned_cluster(&self) -> Option<String> {
+        self.pinned.lock().ok().and_then(|p| p.clone())
     }
 
     /// Direct group connections open now (0 on the librdkafka path).

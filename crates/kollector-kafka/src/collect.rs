@@ -187,9 +187,7 @@ impl KafkaClient {
     /// within about 100 ms and the caller must close this client.
     pub fn collect_fenced(&self, spec: &MonitorSpec, fence: Option<Fence>) -> Result<Snapshot, CollectError> {
         let started = Instant::now();
-        if let Some(probe) = &self.e2e {
-            probe.set_fence(fence.clone());
-        }
+        let probe_fence = fence.clone();
         let deadline = Deadline::after(spec.timeout).with_fence(fence);
         self.serve_main_queue();
         // OAUTHBEARER: without a token nothing below can authenticate, and
@@ -205,6 +203,16 @@ impl KafkaClient {
             }
         }
         let result = self.collect_within(spec, started, &deadline);
+        // The probe may talk to the cluster this collection read, under its
+        // fence, when that is the monitor's cluster (the pinned or expected
+        // id; the first success pins it): a snapshot the monitor will refuse
+        // as another cluster's never lets the probe write there.
+        if let (Some(probe), Ok(snapshot)) = (&self.e2e, &result) {
+            let pinned = spec.expected_cluster_id.clone().or_else(|| self.pinned_cluster());
+            if pinned.as_deref().is_none_or(|id| id == snapshot.cluster_id) {
+                probe.permit(probe_fence, &snapshot.cluster_id);
+            }
+        }
         self.serve_main_queue();
         result
     }

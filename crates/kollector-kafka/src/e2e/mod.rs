@@ -16,8 +16,11 @@
 //! messages in flight at a failover are neither lost nor received for the
 //! new run.
 //!
-//! It produces only once a collection has handed it the monitor's fence
-//! (cluster mode: the lease's safe end), and only while the fence holds.
+//! It does nothing, not even connect, until a collection whose snapshot
+//! came from the monitor's cluster has handed it the fence (cluster mode:
+//! the lease's safe end) and that cluster's id; it produces and commits only
+//! while the fence holds, drops what it has queued when the fence passes,
+//! and checks at each topic check that its own clients reach that cluster.
 //! The topic is created when missing with `partitions_per_broker` per
 //! broker (Kafka's placement gives every broker a leader), checked every
 //! few minutes, and given a partition led by any broker that leads none;
@@ -51,9 +54,6 @@ const COMMIT_EVERY: Duration = Duration::from_secs(5);
 /// How often the topic is checked once it is fine, and retried when not.
 const TOPIC_CHECK_EVERY: Duration = Duration::from_secs(300);
 const TOPIC_RETRY_EVERY: Duration = Duration::from_secs(10);
-/// The longest a blocking call of the probe thread may take (metadata,
-/// watermarks, topic creation): bounds how long closing a probe can wait.
-const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The probe's group id for a monitor.
 pub fn group_id(monitor: &str) -> String {
@@ -71,9 +71,10 @@ struct ProbeMessage {
 
 /// The fence as the probe knows it.
 enum FenceState {
-    /// No collection has run yet: do not produce.
+    /// No collection of the monitor's cluster has run yet: do nothing.
     NotYet,
-    Given(Option<crate::Fence>),
+    /// The fence of the latest collection, and the cluster it read.
+    Given { fence: Option<crate::Fence>, cluster_id: String },
 }
 
 struct Shared {
@@ -90,12 +91,19 @@ struct Shared {
 }
 
 impl Shared {
-    fn may_produce(&self) -> bool {
+    /// The cluster the probe may talk to, while the fence holds.
+    fn permitted(&self) -> Option<String> {
         match &*self.fence.lock().unwrap_or_else(|e| e.into_inner()) {
-            FenceState::NotYet => false,
-            FenceState::Given(None) => true,
-            FenceState::Given(Some(fence)) => fence().is_none_or(|until| Instant::now() < until),
+            FenceState::NotYet => None,
+            FenceState::Given { fence, cluster_id } => fence
+                .as_ref()
+                .is_none_or(|f| f().is_none_or(|until| Instant::now() < until))
+                .then(|| cluster_id.clone()),
         }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
     }
 }
 
@@ -187,45 +195,49 @@ impl E2eProbe {
                 format!("cannot build the e2e probe's {what}: {}", crate::client::config_error(&e)),
             )
         };
+        let mut base = base.clone();
+        base.set("client.id", format!("{}-e2e", spec.client_id()))
+            // A metadata request must never create the probe topic with the
+            // broker's defaults: the probe creates it, with its own settings.
+            .set("allow.auto.create.topics", "false")
+            // Leaders move: the probe's clients follow them (the monitor's own does not need to).
+            .set("topic.metadata.refresh.interval.ms", "60000")
+            // The monitor's socket timeout is its collection timeout; a
+            // consumer long-polls, and a produce waits for acks=all.
+            .set("socket.timeout.ms", "10000");
         let mut producer_config = base.clone();
         producer_config
-            .set("client.id", format!("{}-e2e", spec.client_id()))
             .set("acks", "all")
             .set("linger.ms", "0")
-            .set("message.timeout.ms", config.ack_sla.as_millis().clamp(1, i32::MAX as u128).to_string())
-            // Leaders move: the producer follows them (the monitor's own client does not need to).
-            .set("topic.metadata.refresh.interval.ms", "60000")
-            .set("socket.timeout.ms", "10000");
-        let producer: BaseProducer<ProbeContext> =
-            producer_config.create_with_context(ProbeContext(shared.clone())).map_err(|e| build("producer", e))?;
+            .set("message.timeout.ms", config.ack_sla.as_millis().clamp(1, i32::MAX as u128).to_string());
         let mut consumer_config = base.clone();
         consumer_config
-            .set("client.id", format!("{}-e2e", spec.client_id()))
             .set("group.id", group_id(spec.id.as_str()))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "latest")
             .set("enable.partition.eof", "false")
-            .set("topic.metadata.refresh.interval.ms", "60000")
-            // The monitor's socket timeout is its collection timeout; a
-            // consumer long-polls, so it needs more.
-            .set("socket.timeout.ms", "10000")
-            .set("fetch.wait.max.ms", "500");
-        let consumer: BaseConsumer<ProbeContext> =
-            consumer_config.create_with_context(ProbeContext(shared.clone())).map_err(|e| build("consumer", e))?;
-        let admin_config = base.clone();
+            .set("fetch.wait.max.ms", "500")
+            // Bounds how long closing the consumer may wait on a commit a
+            // coordinator never answers.
+            .set("session.timeout.ms", "6000");
+        // Settings are checked now (a bad one is the spec's fault); the
+        // clients are built by the thread once the probe may talk to Kafka.
+        producer_config.create_native_config().map_err(|e| build("producer", e))?;
+        consumer_config.create_native_config().map_err(|e| build("consumer", e))?;
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("kollector-e2e".into())
-            .spawn(move || ProbeLoop::new(s, producer, consumer, admin_config).run())
+            .spawn(move || ProbeLoop::start(s, producer_config, consumer_config, base))
             .map_err(|e| CollectError::new(ErrorKind::Client, format!("cannot start the e2e probe thread: {e}")))?;
         crate::client::LIVE_PROBES.fetch_add(1, Ordering::SeqCst);
         Ok(E2eProbe { shared, thread: Some(thread) })
     }
 
-    /// Hands the probe the fence of the collection that just started: it
-    /// produces only while the fence holds (and not before the first).
-    pub fn set_fence(&self, fence: Option<crate::Fence>) {
-        *self.shared.fence.lock().unwrap_or_else(|e| e.into_inner()) = FenceState::Given(fence);
+    /// Lets the probe talk to `cluster_id` while `fence` holds: called
+    /// after a collection whose snapshot came from the monitor's cluster.
+    pub fn permit(&self, fence: Option<crate::Fence>, cluster_id: &str) {
+        *self.shared.fence.lock().unwrap_or_else(|e| e.into_inner()) =
+            FenceState::Given { fence, cluster_id: cluster_id.to_string() };
     }
 
     /// The probe's numbers so far.
@@ -280,18 +292,31 @@ fn rand_u64() -> u64 {
 struct PendingCommit {
     queue: crate::admin::Queue,
     started: Instant,
+    /// Already counted failed (no answer within [`COMMIT_GIVE_UP`]); its
+    /// late answer is then only waited for, so that commits never overlap.
+    given_up: bool,
 }
 
-/// A commit with no answer after this long is counted failed and forgotten.
+/// A commit with no answer after this long is counted failed.
 const COMMIT_GIVE_UP: Duration = Duration::from_secs(30);
+/// The most a whole topic check may take (its calls share it), so a probe
+/// stops within about this long and its measurements pause no longer.
+const CHECK_BUDGET: Duration = Duration::from_secs(5);
 
-/// The probe thread's state. The pending commit's queue is declared (and
-/// so dropped) before the consumer it belongs to.
-struct ProbeLoop {
+/// The probe's producer and consumer, built once the probe may talk to Kafka.
+struct Clients {
+    /// Declared (and so dropped) before the consumer it belongs to.
     pending_commit: Option<PendingCommit>,
-    shared: Arc<Shared>,
     producer: BaseProducer<ProbeContext>,
     consumer: BaseConsumer<ProbeContext>,
+}
+
+/// The probe thread's state.
+struct ProbeLoop {
+    clients: Option<Clients>,
+    shared: Arc<Shared>,
+    producer_config: ClientConfig,
+    consumer_config: ClientConfig,
     admin_config: ClientConfig,
     /// Partition → leader, as last read; empty until the topic is ready.
     leaders: BTreeMap<i32, Option<i32>>,
@@ -299,47 +324,100 @@ struct ProbeLoop {
     next_produce: Instant,
     next_commit: Instant,
     consumed_since_commit: bool,
+    /// The fence passed since the last produce: queued messages were dropped.
+    purged: bool,
 }
 
 impl ProbeLoop {
-    fn new(
+    fn start(
         shared: Arc<Shared>,
-        producer: BaseProducer<ProbeContext>,
-        consumer: BaseConsumer<ProbeContext>,
+        producer_config: ClientConfig,
+        consumer_config: ClientConfig,
         admin_config: ClientConfig,
-    ) -> ProbeLoop {
+    ) {
         let now = Instant::now();
         ProbeLoop {
-            pending_commit: None,
+            clients: None,
             shared,
-            producer,
-            consumer,
+            producer_config,
+            consumer_config,
             admin_config,
             leaders: BTreeMap::new(),
             next_topic_check: now,
             next_produce: now,
             next_commit: now + COMMIT_EVERY,
             consumed_since_commit: false,
+            purged: true,
         }
+        .run()
     }
 
-    fn stopping(&self) -> bool {
-        self.shared.stop.load(Ordering::SeqCst)
+    fn problem(&self, why: String) {
+        tracing::warn!(monitor = %self.shared.monitor, topic = %self.shared.config.topic, "e2e probe: {why}");
+        self.shared.topic.lock().unwrap_or_else(|e| e.into_inner()).problems = vec![why];
+    }
+
+    /// The producer and consumer, built on first use.
+    fn clients(&mut self) -> Option<&mut Clients> {
+        if self.clients.is_none() {
+            let ctx = || ProbeContext(self.shared.clone());
+            let built =
+                self.producer_config.create_with_context::<_, BaseProducer<ProbeContext>>(ctx()).and_then(|producer| {
+                    self.consumer_config
+                        .create_with_context::<_, BaseConsumer<ProbeContext>>(ctx())
+                        .map(|consumer| Clients { pending_commit: None, producer, consumer })
+                });
+            match built {
+                Ok(c) => self.clients = Some(c),
+                Err(e) => {
+                    self.problem(format!("cannot build the probe's clients: {}", crate::client::config_error(&e)));
+                    return None;
+                }
+            }
+        }
+        self.clients.as_mut()
     }
 
     fn run(mut self) {
-        while !self.stopping() {
+        while !self.shared.stopping() {
             let now = Instant::now();
-            if now >= self.next_topic_check && self.shared.may_produce() {
-                let ok = self.check_topic();
+            let permitted = self.shared.permitted();
+            let Some(cluster_id) = permitted else {
+                // Not yet allowed, or the fence passed: drop what is queued
+                // (librdkafka would go on retrying it), send nothing.
+                if !self.purged {
+                    if let Some(c) = &self.clients {
+                        c.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+                    }
+                    self.purged = true;
+                }
+                if let Some(c) = &self.clients {
+                    c.producer.poll(Duration::ZERO);
+                }
+                self.consume();
+                self.expire();
+                if self.clients.is_none() {
+                    std::thread::sleep(TICK);
+                }
+                continue;
+            };
+            if self.clients().is_none() {
+                self.sleep_until(Instant::now() + TOPIC_RETRY_EVERY);
+                continue;
+            }
+            if now >= self.next_topic_check {
+                let ok = self.check_topic(&cluster_id);
                 self.next_topic_check = Instant::now() + if ok { TOPIC_CHECK_EVERY } else { TOPIC_RETRY_EVERY };
             }
             self.consume();
-            self.producer.poll(Duration::ZERO);
+            if let Some(c) = &self.clients {
+                c.producer.poll(Duration::ZERO);
+            }
             let now = Instant::now();
             if now >= self.next_produce {
-                if !self.leaders.is_empty() && self.shared.may_produce() {
+                if !self.leaders.is_empty() {
                     self.produce_round(now);
+                    self.purged = false;
                 }
                 self.next_produce = now + self.shared.config.interval;
             }
@@ -348,54 +426,72 @@ impl ProbeLoop {
                 self.commit();
                 self.next_commit = now + COMMIT_EVERY;
             }
-            self.shared.tracker.lock().unwrap_or_else(|e| e.into_inner()).expire(Instant::now());
+            self.expire();
         }
-        // Purge what is queued so closing does not wait on it.
-        self.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
-        self.producer.poll(Duration::ZERO);
+        if let Some(c) = &self.clients {
+            // Purge what is queued so closing does not wait on it.
+            c.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+            c.producer.poll(Duration::ZERO);
+        }
+    }
+
+    fn sleep_until(&self, until: Instant) {
+        while !self.shared.stopping() && Instant::now() < until {
+            std::thread::sleep(TICK);
+        }
+    }
+
+    fn expire(&self) {
+        self.shared.tracker.lock().unwrap_or_else(|e| e.into_inner()).expire(Instant::now());
     }
 
     /// Reads what arrived, for at most one tick.
     fn consume(&mut self) {
+        let Some(c) = &self.clients else { return };
         let until = Instant::now() + TICK;
+        let mut mine = false;
         loop {
             let left = until.saturating_duration_since(Instant::now());
-            let Some(next) = self.consumer.poll(left) else { break };
+            let Some(next) = c.consumer.poll(left) else { break };
             let now = Instant::now();
-            let m = match next {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::debug!(monitor = %self.shared.monitor, "e2e probe consume error: {e}");
-                    continue;
+            match next {
+                Err(e) => tracing::debug!(monitor = %self.shared.monitor, "e2e probe consume error: {e}"),
+                Ok(m) => {
+                    let parsed = m.payload().map(serde_json::from_slice::<ProbeMessage>);
+                    if let Some(Ok(msg)) = parsed {
+                        if msg.monitor == self.shared.monitor && msg.run == self.shared.run {
+                            mine = true;
+                            // The partition it was read from, not the one it claims.
+                            let mut t = self.shared.tracker.lock().unwrap_or_else(|e| e.into_inner());
+                            t.received(m.partition(), msg.seq, now);
+                        }
+                    }
                 }
-            };
-            let Some(Ok(msg)) = m.payload().map(serde_json::from_slice::<ProbeMessage>) else { continue };
-            if msg.monitor != self.shared.monitor || msg.run != self.shared.run {
-                continue;
             }
-            self.consumed_since_commit = true;
-            self.shared.tracker.lock().unwrap_or_else(|e| e.into_inner()).received(msg.partition, msg.seq, now);
             if left.is_zero() {
                 break;
             }
         }
+        self.consumed_since_commit |= mine;
     }
 
     fn produce_round(&mut self, now: Instant) {
         let topic = self.shared.config.topic.clone();
         let partitions: Vec<i32> = self.leaders.keys().copied().collect();
+        let (monitor, run) = (self.shared.monitor.clone(), self.shared.run.clone());
+        let shared = self.shared.clone();
+        let Some(c) = &self.clients else { return };
         for partition in partitions {
-            let seq = self.shared.tracker.lock().unwrap_or_else(|e| e.into_inner()).produce(partition, now);
-            let body =
-                ProbeMessage { monitor: self.shared.monitor.clone(), run: self.shared.run.clone(), partition, seq };
+            let seq = shared.tracker.lock().unwrap_or_else(|e| e.into_inner()).produce(partition, now);
+            let body = ProbeMessage { monitor: monitor.clone(), run: run.clone(), partition, seq };
             let payload = serde_json::to_vec(&body).unwrap_or_default();
             let record = BaseRecord::with_opaque_to(&topic, Box::new((partition, seq)))
                 .partition(partition)
-                .key(self.shared.monitor.as_bytes())
+                .key(monitor.as_bytes())
                 .payload(&payload);
-            if let Err((e, _)) = self.producer.send(record) {
-                tracing::debug!(monitor = %self.shared.monitor, partition, "e2e probe produce refused: {e}");
-                self.shared.tracker.lock().unwrap_or_else(|e| e.into_inner()).failed(partition, seq, Instant::now());
+            if let Err((e, _)) = c.producer.send(record) {
+                tracing::debug!(monitor = %monitor, partition, "e2e probe produce refused: {e}");
+                shared.tracker.lock().unwrap_or_else(|e| e.into_inner()).failed(partition, seq, Instant::now());
             }
         }
     }
@@ -403,16 +499,20 @@ impl ProbeLoop {
     /// Commits what was consumed since the last commit, unless a commit
     /// is still out (one at a time, so latencies stay honest).
     fn commit(&mut self) {
-        if !self.consumed_since_commit || self.pending_commit.is_some() {
+        if !self.consumed_since_commit {
+            return;
+        }
+        let Some(c) = &mut self.clients else { return };
+        if c.pending_commit.is_some() {
             return;
         }
         self.consumed_since_commit = false;
-        let queue = crate::admin::Queue::new(self.consumer.client());
+        let queue = crate::admin::Queue::new(c.consumer.client());
         // SAFETY: both handles are live; NULL offsets commit the stored
         // offsets of the current assignment; the result goes to `queue`.
         let err = unsafe {
             rdkafka_sys::rd_kafka_commit_queue(
-                self.consumer.client().native_ptr(),
+                c.consumer.client().native_ptr(),
                 std::ptr::null(),
                 queue.ptr(),
                 None,
@@ -420,7 +520,7 @@ impl ProbeLoop {
             )
         };
         if err == rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-            self.pending_commit = Some(PendingCommit { queue, started: Instant::now() });
+            c.pending_commit = Some(PendingCommit { queue, started: Instant::now(), given_up: false });
         } else {
             self.shared.commits.lock().unwrap_or_else(|e| e.into_inner()).failed += 1;
             tracing::debug!(monitor = %self.shared.monitor, "e2e probe offset commit refused: {}", rdkafka::types::RDKafkaErrorCode::from(err));
@@ -429,95 +529,143 @@ impl ProbeLoop {
 
     /// Reads the pending commit's answer, if it came.
     fn check_commit(&mut self) {
-        let Some(p) = &self.pending_commit else { return };
-        let outcome = match p.queue.try_next() {
+        let Some(c) = &mut self.clients else { return };
+        let Some(p) = &mut c.pending_commit else { return };
+        let answer = p.queue.try_next().map(|ev| {
             // SAFETY: a live event owned by the guard.
-            Some(ev) => Some(unsafe { rdkafka_sys::rd_kafka_event_error(ev.ptr()) }),
-            None if p.started.elapsed() > COMMIT_GIVE_UP => {
-                Some(rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__TIMED_OUT)
+            unsafe { rdkafka_sys::rd_kafka_event_error(ev.ptr()) }
+        });
+        let mut counts = self.shared.commits.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(err) = answer else {
+            if !p.given_up && p.started.elapsed() > COMMIT_GIVE_UP {
+                p.given_up = true;
+                counts.failed += 1;
             }
-            None => None,
+            return;
         };
-        let Some(err) = outcome else { return };
-        let took = p.started.elapsed();
-        self.pending_commit = None;
-        let mut c = self.shared.commits.lock().unwrap_or_else(|e| e.into_inner());
+        let (took, given_up) = (p.started.elapsed(), p.given_up);
+        c.pending_commit = None;
+        if given_up {
+            return;
+        }
         match err {
             rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => {
-                c.ok += 1;
-                c.latency.observe(took);
+                counts.ok += 1;
+                counts.latency.observe(took);
             }
             // Nothing new was stored to commit: neither a success nor a failure.
             rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__NO_OFFSET => {}
             other => {
-                c.failed += 1;
+                counts.failed += 1;
                 tracing::debug!(monitor = %self.shared.monitor, "e2e probe offset commit failed: {}", rdkafka::types::RDKafkaErrorCode::from(other));
             }
         }
     }
 
-    /// Makes sure the topic exists and covers every broker, and that the
-    /// consumer reads every partition. True when all is well.
-    fn check_topic(&mut self) -> bool {
-        let config = &self.shared.config;
-        let read = topic::read(self.producer.client(), &config.topic, CALL_TIMEOUT);
-        let outcome = match read {
-            Err(e) => Err(e),
-            Ok(view) => {
-                let plan = topic::plan(&view, config.partitions_per_broker, config.replication_factor);
-                let applied = topic::apply(&self.admin_config, &self.shared, &config.topic, &plan, CALL_TIMEOUT);
-                match applied {
-                    Err(e) => Err(e),
-                    Ok(false) => Ok((view, plan)),
-                    // Created or grown: read again for the leaders.
-                    Ok(true) => topic::read(self.producer.client(), &config.topic, CALL_TIMEOUT)
-                        .map(|v| (v.clone(), topic::plan(&v, config.partitions_per_broker, config.replication_factor))),
-                }
+    /// Makes sure the probe's clients reach `cluster_id`, that the topic
+    /// exists and covers every broker, and that the consumer reads every
+    /// partition; within [`CHECK_BUDGET`], stopping early when asked to.
+    /// True when all is well.
+    fn check_topic(&mut self, cluster_id: &str) -> bool {
+        let deadline = Instant::now() + CHECK_BUDGET;
+        let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        let config = self.shared.config.clone();
+        let Some(c) = &self.clients else { return false };
+        // A DNS change (or a broker replaced at the same address) must not
+        // make the probe count another cluster's messages under this one.
+        match c.producer.client().fetch_cluster_id(left()) {
+            Some(id) if id == cluster_id => {}
+            found => {
+                self.problem(format!(
+                    "the probe's clients reach cluster {}, not the monitor's {cluster_id}: not probing",
+                    found.as_deref().unwrap_or("(unknown)")
+                ));
+                self.leaders.clear();
+                return false;
+            }
+        }
+        if self.shared.stopping() {
+            return false;
+        }
+        let read = topic::read(c.producer.client(), &config.topic, left());
+        let outcome = read.and_then(|view| {
+            let plan = topic::plan(&view, config.partitions_per_broker, config.replication_factor);
+            if self.shared.stopping() {
+                return Err("stopping".to_string());
+            }
+            if !topic::apply(&self.admin_config, &self.shared, &config.topic, &plan, left())? {
+                return Ok((view, plan));
+            }
+            // Created or grown: read again for the leaders.
+            let view = topic::read(c.producer.client(), &config.topic, left())?;
+            if !view.exists {
+                return Err(format!("{} was created and is not visible yet", config.topic));
+            }
+            let plan = topic::plan(&view, config.partitions_per_broker, config.replication_factor);
+            Ok((view, plan))
+        });
+        let (view, plan) = match outcome {
+            Ok(x) => x,
+            Err(why) => {
+                self.problem(why);
+                return false;
             }
         };
-        let mut state = self.shared.topic.lock().unwrap_or_else(|e| e.into_inner());
-        match outcome {
-            Err(why) => {
-                tracing::warn!(monitor = %self.shared.monitor, topic = %config.topic, "e2e probe topic: {why}");
-                state.problems = vec![why];
-                false
-            }
-            Ok((view, plan)) => {
-                state.brokers_without_partition = plan.uncovered.clone();
-                state.problems = plan.problems(&config.topic);
-                drop(state);
-                let fine = plan.uncovered.is_empty();
-                let leaders: BTreeMap<i32, Option<i32>> = view.partitions.iter().map(|p| (p.id, p.leader)).collect();
-                {
-                    let mut t = self.shared.tracker.lock().unwrap_or_else(|e| e.into_inner());
-                    for (p, l) in &leaders {
-                        t.set_leader(*p, *l);
-                    }
-                }
-                if leaders.keys().ne(self.leaders.keys()) {
-                    if let Err(why) = self.assign(&leaders) {
-                        self.shared.topic.lock().unwrap_or_else(|e| e.into_inner()).problems.push(why);
-                        return false;
-                    }
-                }
-                self.leaders = leaders;
-                fine
+        {
+            let mut state = self.shared.topic.lock().unwrap_or_else(|e| e.into_inner());
+            state.brokers_without_partition = plan.uncovered.clone();
+            state.problems = plan.problems(&config.topic);
+        }
+        let leaders: BTreeMap<i32, Option<i32>> = view.partitions.iter().map(|p| (p.id, p.leader)).collect();
+        {
+            let mut t = self.shared.tracker.lock().unwrap_or_else(|e| e.into_inner());
+            for (p, l) in &leaders {
+                t.set_leader(*p, *l);
             }
         }
+        if leaders.keys().ne(self.leaders.keys()) {
+            if let Err(why) = self.assign(&leaders, deadline) {
+                self.problem(why);
+                return false;
+            }
+        }
+        self.leaders = leaders;
+        plan.uncovered.is_empty()
     }
 
-    /// Reads every probe partition from its end as of now (so nothing
-    /// produced from now on is missed, and nothing older is read).
-    fn assign(&mut self, leaders: &BTreeMap<i32, Option<i32>>) -> Result<(), String> {
-        let topic = &self.shared.config.topic;
+    /// Reads every probe partition: those read already from where the
+    /// consumer is, new ones from their end as of now (so nothing produced
+    /// from now on is missed, nothing older is read, and nothing in flight
+    /// on the others is skipped).
+    fn assign(&mut self, leaders: &BTreeMap<i32, Option<i32>>, deadline: Instant) -> Result<(), String> {
+        let topic = self.shared.config.topic.clone();
+        let Some(c) = &self.clients else { return Err("no consumer".into()) };
+        let positions: BTreeMap<i32, Offset> = c
+            .consumer
+            .position()
+            .map(|l| {
+                l.elements_for_topic(&topic)
+                    .iter()
+                    .filter(|e| matches!(e.offset(), Offset::Offset(_)))
+                    .map(|e| (e.partition(), e.offset()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut list = TopicPartitionList::new();
         for p in leaders.keys() {
-            let (_, high) = self
-                .consumer
-                .fetch_watermarks(topic, *p, CALL_TIMEOUT)
-                .map_err(|e| format!("reading the end of {topic}/{p}: {e}"))?;
-            list.add_partition_offset(topic, *p, Offset::Offset(high)).map_err(|e| e.to_string())?;
+            let offset = match (self.leaders.contains_key(p), positions.get(p)) {
+                (true, Some(at)) => *at,
+                _ => {
+                    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+                    let (_, high) = c
+                        .consumer
+                        .fetch_watermarks(&topic, *p, left)
+                        .map_err(|e| format!("reading the end of {topic}/{p}: {e}"))?;
+                    Offset::Offset(high)
+                }
+            };
+            list.add_partition_offset(&topic, *p, offset).map_err(|e| e.to_string())?;
         }
-        self.consumer.assign(&list).map_err(|e| format!("assigning {topic}: {e}"))
+        c.consumer.assign(&list).map_err(|e| format!("assigning {topic}: {e}"))
     }
 }

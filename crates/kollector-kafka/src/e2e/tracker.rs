@@ -11,7 +11,7 @@
 //! - *lost* when it was acknowledged and not consumed back within the
 //!   round-trip SLA of its creation;
 //! - *late* when it comes back after being counted lost (it stays lost:
-//!   the SLA was missed);
+//!   the SLA was missed; its round trip is still observed);
 //! - a *duplicate* when it comes back a second time;
 //! - *out of order* when it comes back after a later message of its
 //!   partition did.
@@ -136,10 +136,13 @@ impl Tracker {
         }
         match b.settled.get_mut(&seq) {
             Some((Settled::Received { .. }, _, _)) => b.stats.duplicates += 1,
-            Some((state @ (Settled::Lost | Settled::Failed), _, _)) => {
-                // Lost (or reported failed, yet written): back after all, late.
+            Some((state @ (Settled::Lost | Settled::Failed), created, _)) => {
+                // Lost (or reported failed, yet written): back after all,
+                // late. Its round trip is observed too, so the histogram
+                // shows how far past the SLA messages come back.
                 b.stats.late += 1;
                 b.stats.received += 1;
+                b.stats.roundtrip_latency.observe(now.saturating_duration_since(*created));
                 if out_of_order {
                     b.stats.out_of_order += 1;
                 }
@@ -248,7 +251,8 @@ mod tests {
         );
         // Out of order: 3 (after 4) and the late 2 (after 4).
         assert_eq!(p.produce_latency.count(), 4);
-        assert_eq!(p.roundtrip_latency.count(), 3);
+        // a, e, d on time, and the late c.
+        assert_eq!(p.roundtrip_latency.count(), 4);
         let _ = f;
     }
 
