@@ -693,3 +693,89 @@ impl SaslProxy {
         }
     }
 }
+
+/// tansu behind TLS and a [`SaslProxy`] that serves OAUTHBEARER as
+/// `oauth` says (and PLAIN for the fixture's own user), seeded through that
+/// PLAIN user with topic `orders` (5 records in partition 0) and group
+/// `readers` committed at 3: what the token tests' monitors must read back.
+/// Tokens go only over verified TLS, so the brokers are reached through a
+/// [`TlsTerminator`] whose CA the monitors are given.
+pub struct TokenCluster {
+    pub proxy: SaslProxy,
+    /// The TLS port (what tansu advertises).
+    pub port: u16,
+    _tls: TlsTerminator,
+    _broker: crate::tansu::TansuBroker,
+    pki: tempfile::TempDir,
+}
+
+impl TokenCluster {
+    /// The CA file the monitors verify the brokers with.
+    pub fn ca_file(&self) -> String {
+        self.pki.path().join("kafka-tls/ca.pem").display().to_string()
+    }
+
+    /// The node flag that lets monitors use that CA file.
+    pub fn tls_dir_flag(&self) -> String {
+        format!("--kafka-tls-dir={}", self.pki.path().join("kafka-tls").display())
+    }
+
+    /// A monitor's `[monitors.tls]` table for this cluster.
+    pub fn tls_table(&self) -> String {
+        format!("[monitors.tls]\nca_file = \"{}\"\n", self.ca_file())
+    }
+}
+
+pub async fn token_cluster(cluster_id: &str, oauth: OAuthBearer) -> TokenCluster {
+    let pki = tempfile::tempdir().expect("tempdir");
+    let dir = pki.path().join("kafka-tls");
+    let (ok, out, err) = crate::kollector::run_cli(&["certs", "--dir", dir.to_str().expect("path"), "--node", "kafka"]);
+    assert!(ok, "kollector certs: {out}{err}");
+    let (tls_listener, port) = bind();
+    let (sasl_listener, sasl_port) = bind();
+    let broker = crate::tansu::TansuBroker::start_advertising(cluster_id, crate::free_port(), port);
+    let users = BTreeMap::from([("fixture".to_string(), "fixture-pw".to_string())]);
+    let proxy = SaslProxy::serve_with(sasl_listener, broker.port(), users, Some(oauth));
+    let tls = TlsTerminator::serve(tls_listener, sasl_port, &dir.join("kafka.pem"), &dir.join("kafka.key"), None);
+    let ca = dir.join("ca.pem").display().to_string();
+    let config = || {
+        let mut c = crate::kafka_fixtures::client_config(&format!("127.0.0.1:{port}"));
+        c.set("security.protocol", "sasl_ssl")
+            .set("ssl.ca.location", &ca)
+            .set("sasl.mechanism", "PLAIN")
+            .set("sasl.username", "fixture")
+            .set("sasl.password", "fixture-pw");
+        c
+    };
+    crate::kafka_fixtures::create_topic_with(config(), "orders", 1).await.expect("topic");
+    let c = config();
+    tokio::task::spawn_blocking(move || {
+        crate::kafka_fixtures::produce_records_with(c.clone(), "orders", 0, 5).expect("produce");
+        crate::kafka_fixtures::commit_offsets_with(c, "readers", &[("orders", 0, 3)]).expect("commit");
+    })
+    .await
+    .expect("seeding");
+    TokenCluster { proxy, port, _tls: tls, _broker: broker, pki }
+}
+
+/// Whether `r` is what a [`TokenCluster`] named `cluster` holds: its id,
+/// group `readers` at 3 with lag 2, nothing partial (the librdkafka path's
+/// note that it reads groups that way aside).
+pub fn reads_token_cluster(r: &kollector_proto::v1::MonitorResult, cluster: &str) -> Result<(), String> {
+    let s = r.snapshot.as_ref().ok_or_else(|| format!("{}: {:?}", r.monitor_id, r.error))?;
+    if s.cluster_id != cluster {
+        return Err(format!("{}: cluster {}", r.monitor_id, s.cluster_id));
+    }
+    let g = s.groups.iter().find(|g| g.group_id == "readers").ok_or_else(|| format!("{}: no group", r.monitor_id))?;
+    let o: Vec<(&str, i32, i64, Option<i64>)> =
+        g.offsets.iter().map(|o| (o.topic.as_str(), o.partition, o.committed, o.lag)).collect();
+    if o != vec![("orders", 0, 3, Some(2))] {
+        return Err(format!("{}: offsets {o:?}", r.monitor_id));
+    }
+    let notes: Vec<&String> =
+        s.notes.iter().filter(|n| !n.starts_with("consumer groups read through librdkafka")).collect();
+    if !notes.is_empty() || !s.warnings.is_empty() || !s.broker_errors.is_empty() {
+        return Err(format!("{}: {:?} {:?} {:?}", r.monitor_id, s.notes, s.warnings, s.broker_errors));
+    }
+    Ok(())
+}

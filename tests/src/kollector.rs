@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use kollector_proto::v1 as pb;
 use kollector_proto::v1::manager_service_client::ManagerServiceClient;
 use tonic::transport::Channel;
 
@@ -239,6 +240,13 @@ impl KollectorProcess {
             }
             self.http_get("/healthz").map(|_| ())
         });
+    }
+
+    /// The latest result of each of this node's monitors, by id.
+    pub async fn latest_by_id(&self) -> Result<std::collections::BTreeMap<String, pb::MonitorResult>, String> {
+        let mut client = self.client().await;
+        let latest = client.get_latest(pb::GetLatestRequest::default()).await.map_err(|e| e.to_string())?.into_inner();
+        Ok(latest.results.into_iter().map(|r| (r.monitor_id.clone(), r)).collect())
     }
 
     /// Starts the same node again (same config, state file and ports), after

@@ -15,88 +15,43 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kollector_devkit::tansu::TansuBroker;
 use kollector_proto::v1 as pb;
 use kollector_tests::aws_msk::{
     isolated_aws_env, static_env, AwsCredentials, ContainerCredentials, KnownKeys, MskIamVerifier,
 };
-use kollector_tests::kafka_security::{bind, OAuthBearer, SaslProxy, TokenCheck};
+use kollector_tests::kafka_security::{
+    reads_token_cluster as correct, token_cluster, OAuthBearer, TokenCheck, TokenCluster,
+};
 use kollector_tests::kollector::KollectorProcess;
 use kollector_tests::poll::wait_for_async;
 
 const REGION: &str = "us-east-1";
 
-fn msk_monitor(id: &str, port: u16, region: &str) -> String {
+fn msk_monitor(id: &str, cluster: &TokenCluster, region: &str) -> String {
     format!(
-        "[[monitors]]\nid = \"{id}\"\nbootstrap = [\"127.0.0.1:{port}\"]\ninterval = \"1s\"\ntimeout = \"900ms\"\n\
-         [monitors.sasl]\nmechanism = \"AWS_MSK_IAM\"\naws_region = \"{region}\"\n"
+        "[[monitors]]\nid = \"{id}\"\nbootstrap = [\"127.0.0.1:{}\"]\ninterval = \"1s\"\ntimeout = \"900ms\"\n\
+         {}[monitors.sasl]\nmechanism = \"AWS_MSK_IAM\"\naws_region = \"{region}\"\n",
+        cluster.port,
+        cluster.tls_table()
     )
 }
 
-fn node(config: &str, extra: &[&str], env: &[(&'static str, String)]) -> KollectorProcess {
+fn node(cluster: &TokenCluster, config: &str, extra: &[&str], env: &[(&'static str, String)]) -> KollectorProcess {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    KollectorProcess::standalone_with_env(config, extra, &env)
+    let tls_dir = cluster.tls_dir_flag();
+    let mut flags = vec![tls_dir.as_str()];
+    flags.extend_from_slice(extra);
+    KollectorProcess::standalone_with_env(config, &flags, &env)
 }
 
-async fn latest(k: &KollectorProcess) -> Result<BTreeMap<String, pb::MonitorResult>, String> {
-    let mut client = k.client().await;
-    let latest = client.get_latest(pb::GetLatestRequest::default()).await.map_err(|e| e.to_string())?.into_inner();
-    Ok(latest.results.into_iter().map(|r| (r.monitor_id.clone(), r)).collect())
-}
-
-/// A result that is what the cluster holds: its id, group `readers` at 3 with lag 2.
-fn correct(r: &pb::MonitorResult, cluster: &str) -> Result<(), String> {
-    let s = r.snapshot.as_ref().ok_or_else(|| format!("{}: {:?}", r.monitor_id, r.error))?;
-    if s.cluster_id != cluster {
-        return Err(format!("{}: cluster {}", r.monitor_id, s.cluster_id));
-    }
-    let g = s.groups.iter().find(|g| g.group_id == "readers").ok_or_else(|| format!("{}: no group", r.monitor_id))?;
-    let o: Vec<(&str, i32, i64, Option<i64>)> =
-        g.offsets.iter().map(|o| (o.topic.as_str(), o.partition, o.committed, o.lag)).collect();
-    if o != vec![("orders", 0, 3, Some(2))] {
-        return Err(format!("{}: offsets {o:?}", r.monitor_id));
-    }
-    let notes: Vec<&String> =
-        s.notes.iter().filter(|n| !n.starts_with("consumer groups read through librdkafka")).collect();
-    if !notes.is_empty() || !s.warnings.is_empty() || !s.broker_errors.is_empty() {
-        return Err(format!("{}: {:?} {:?} {:?}", r.monitor_id, s.notes, s.warnings, s.broker_errors));
-    }
-    Ok(())
-}
-
-struct MskCluster {
-    proxy: SaslProxy,
-    port: u16,
-    _broker: TansuBroker,
-}
-
-/// tansu behind an MSK IAM terminator for `REGION` (topic `orders`, group
-/// `readers` at 3, written over PLAIN by the fixture).
-async fn msk_cluster(name: &str, keys: &KnownKeys) -> MskCluster {
+/// tansu behind an MSK IAM terminator for `REGION`, every token checked
+/// with botocore against the credentials in `keys` (seeded as
+/// [`kollector_tests::kafka_security::token_cluster`] says).
+async fn msk_cluster(name: &str, keys: &KnownKeys) -> TokenCluster {
     let verifier = MskIamVerifier::start(REGION, keys);
-    let (listener, port) = bind();
-    let broker = TansuBroker::start_advertising(name, kollector_devkit::free_port(), port);
-    let users = BTreeMap::from([("fixture".to_string(), "fixture-pw".to_string())]);
     let oauth =
         OAuthBearer { check: TokenCheck::MskIam(Arc::new(verifier)), max_session: Some(Duration::from_secs(3)) };
-    let proxy = SaslProxy::serve_with(listener, broker.port(), users, Some(oauth));
-    let config = || {
-        let mut c = kollector_tests::kafka_fixtures::client_config(&format!("127.0.0.1:{port}"));
-        c.set("security.protocol", "sasl_plaintext")
-            .set("sasl.mechanism", "PLAIN")
-            .set("sasl.username", "fixture")
-            .set("sasl.password", "fixture-pw");
-        c
-    };
-    kollector_tests::kafka_fixtures::create_topic_with(config(), "orders", 1).await.expect("topic");
-    let c = config();
-    tokio::task::spawn_blocking(move || {
-        kollector_tests::kafka_fixtures::produce_records_with(c.clone(), "orders", 0, 5).expect("produce");
-        kollector_tests::kafka_fixtures::commit_offsets_with(c, "readers", &[("orders", 0, 3)]).expect("commit");
-    })
-    .await
-    .unwrap();
-    MskCluster { proxy, port, _broker: broker }
+    token_cluster(name, oauth).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -111,14 +66,15 @@ async fn container_credentials_rotate_under_both_paths_and_environment_keys_sign
     keys.add(&long_term);
     let cluster = msk_cluster("msk-kafka", &keys).await;
 
-    let direct = node(&msk_monitor("direct", cluster.port, REGION), &[], &container.env());
-    let librdkafka = node(&msk_monitor("librdkafka", cluster.port, REGION), &["--librdkafka-groups"], &container.env());
-    let from_env = node(&msk_monitor("from-env", cluster.port, REGION), &[], &static_env(&long_term));
+    let direct = node(&cluster, &msk_monitor("direct", &cluster, REGION), &[], &container.env());
+    let librdkafka =
+        node(&cluster, &msk_monitor("librdkafka", &cluster, REGION), &["--librdkafka-groups"], &container.env());
+    let from_env = node(&cluster, &msk_monitor("from-env", &cluster, REGION), &[], &static_env(&long_term));
     let nodes = [("direct", &direct), ("librdkafka", &librdkafka), ("from-env", &from_env)];
     for (id, k) in nodes {
         let proxy = &cluster.proxy;
         wait_for_async(&format!("{id} to collect over MSK IAM"), Duration::from_secs(20), || async move {
-            let r = latest(k).await?;
+            let r = k.latest_by_id().await?;
             correct(r.get(id).ok_or("no result yet")?, "msk-kafka")
                 .map_err(|e| format!("{e}; the broker's last refusal: {}", proxy.oauth.last_refusal()))
         })
@@ -138,7 +94,7 @@ async fn container_credentials_rotate_under_both_paths_and_environment_keys_sign
     let mut seen: BTreeMap<&str, std::collections::BTreeSet<u64>> = BTreeMap::new();
     loop {
         for (id, k) in nodes {
-            let r = latest(k).await.expect("latest");
+            let r = k.latest_by_id().await.expect("latest");
             let r = r.get(id).expect("a result");
             if let Err(why) = correct(r, "msk-kafka") {
                 panic!("{id} failed a cycle {:?} after the rotation: {why}", rotated.elapsed());
@@ -194,9 +150,9 @@ async fn a_wrong_region_expired_credentials_and_no_credentials_are_named() {
     keys.add(&long_term);
     let cluster = msk_cluster("msk-refusing-kafka", &keys).await;
     let started = Instant::now();
-    let with_expired = node(&msk_monitor("expired", cluster.port, REGION), &[], &expired.env());
-    let with_keys = node(&msk_monitor("wrong-region", cluster.port, "eu-west-1"), &[], &static_env(&long_term));
-    let without = node(&msk_monitor("no-credentials", cluster.port, REGION), &[], &isolated_aws_env());
+    let with_expired = node(&cluster, &msk_monitor("expired", &cluster, REGION), &[], &expired.env());
+    let with_keys = node(&cluster, &msk_monitor("wrong-region", &cluster, "eu-west-1"), &[], &static_env(&long_term));
+    let without = node(&cluster, &msk_monitor("no-credentials", &cluster, REGION), &[], &isolated_aws_env());
     let e = failed(&with_expired, "expired").await;
     assert_eq!(e.kind, "authentication", "{e:?}");
     assert!(e.message.contains("expired") && e.message.contains("AWS"), "{e:?}");
@@ -216,7 +172,7 @@ async fn a_wrong_region_expired_credentials_and_no_credentials_are_named() {
 /// The first error `id` reports on `k`.
 async fn failed(k: &KollectorProcess, id: &str) -> pb::CollectError {
     wait_for_async(&format!("{id} to fail with a reason"), Duration::from_secs(20), || async {
-        let r = latest(k).await?;
+        let r = k.latest_by_id().await?;
         r.get(id).and_then(|r| r.error.clone()).ok_or_else(|| format!("{:?}", r.get(id)))
     })
     .await

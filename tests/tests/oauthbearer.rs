@@ -1,6 +1,6 @@
 //! OAUTHBEARER with OIDC client credentials, for real: a local identity
-//! provider (`oidc.rs`) issues ES256 JWTs that live 5 s; the SASL
-//! terminator in front of tansu checks each one against the provider's key
+//! provider (`oidc.rs`) issues ES256 JWTs that live 5 s; behind TLS (tokens
+//! go only over verified TLS), the SASL terminator in front of tansu checks each one against the provider's key
 //! set, expiry and audience, gives every session the token's remaining
 //! lifetime as `session_lifetime_ms`, and closes a connection that sends a
 //! request after its session ended. Two kollector processes watch the same
@@ -12,9 +12,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use kollector_devkit::tansu::TansuBroker;
 use kollector_proto::v1 as pb;
-use kollector_tests::kafka_security::{bind, OAuthBearer, SaslProxy};
+use kollector_tests::kafka_security::{reads_token_cluster as correct, token_cluster, OAuthBearer, TokenCluster};
 use kollector_tests::kollector::{run_cli, KollectorProcess};
 use kollector_tests::oidc::{JwtValidator, TokenEndpoint, AUDIENCE};
 use kollector_tests::poll::wait_for_async;
@@ -23,92 +22,46 @@ const CLIENT_ID: &str = "kollector-probe";
 const SECRET: &str = "oidc-client-secret-5b2e";
 const TOKEN_LIFETIME: Duration = Duration::from_secs(5);
 
-fn oauth_monitor(id: &str, port: u16, endpoint: &str, secret: &str) -> String {
+fn oauth_monitor(id: &str, cluster: &TokenCluster, endpoint: &str, secret: &str) -> String {
     format!(
-        "[[monitors]]\nid = \"{id}\"\nbootstrap = [\"127.0.0.1:{port}\"]\ninterval = \"1s\"\ntimeout = \"900ms\"\n\
-         [monitors.sasl]\nmechanism = \"OAUTHBEARER\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{secret}\"\n\
-         token_endpoint = \"{endpoint}\"\nscope = \"kafka\"\n"
+        "[[monitors]]\nid = \"{id}\"\nbootstrap = [\"127.0.0.1:{}\"]\ninterval = \"1s\"\ntimeout = \"900ms\"\n\
+         {}[monitors.sasl]\nmechanism = \"OAUTHBEARER\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{secret}\"\n\
+         token_endpoint = \"{endpoint}\"\nscope = \"kafka\"\n",
+        cluster.port,
+        cluster.tls_table()
     )
-}
-
-/// The latest result of each monitor of `k`.
-async fn latest(k: &KollectorProcess) -> Result<BTreeMap<String, pb::MonitorResult>, String> {
-    let mut client = k.client().await;
-    let latest = client.get_latest(pb::GetLatestRequest::default()).await.map_err(|e| e.to_string())?.into_inner();
-    Ok(latest.results.into_iter().map(|r| (r.monitor_id.clone(), r)).collect())
 }
 
 struct SecureCluster {
     endpoint: TokenEndpoint,
-    proxy: SaslProxy,
-    port: u16,
-    _broker: TansuBroker,
+    tokens: TokenCluster,
 }
 
-/// tansu behind an OAUTHBEARER terminator, with topic `orders` (5 records)
-/// and group `readers` committed at 3, written over PLAIN by the fixture.
+/// A local identity provider, and tansu behind a terminator checking its
+/// tokens (seeded as [`kollector_tests::kafka_security::token_cluster`] says).
 async fn secure_cluster(name: &str) -> SecureCluster {
     let endpoint = TokenEndpoint::start(CLIENT_ID, SECRET, TOKEN_LIFETIME);
     let validator = JwtValidator::fetch(&endpoint.jwks_url(), AUDIENCE).await;
-    let (listener, port) = bind();
-    let broker = TansuBroker::start_advertising(name, kollector_devkit::free_port(), port);
-    let users = BTreeMap::from([("fixture".to_string(), "fixture-pw".to_string())]);
-    let proxy = SaslProxy::serve_with(listener, broker.port(), users, Some(OAuthBearer::jwt(validator)));
-    let config = || {
-        let mut c = kollector_tests::kafka_fixtures::client_config(&format!("127.0.0.1:{port}"));
-        c.set("security.protocol", "sasl_plaintext")
-            .set("sasl.mechanism", "PLAIN")
-            .set("sasl.username", "fixture")
-            .set("sasl.password", "fixture-pw");
-        c
-    };
-    kollector_tests::kafka_fixtures::create_topic_with(config(), "orders", 1).await.expect("topic");
-    let c = config();
-    tokio::task::spawn_blocking(move || {
-        kollector_tests::kafka_fixtures::produce_records_with(c.clone(), "orders", 0, 5).expect("produce");
-        kollector_tests::kafka_fixtures::commit_offsets_with(c, "readers", &[("orders", 0, 3)]).expect("commit");
-    })
-    .await
-    .unwrap();
-    SecureCluster { endpoint, proxy, port, _broker: broker }
-}
-
-/// A result that is what the cluster holds: its id, the group at 3 with lag 2.
-fn correct(r: &pb::MonitorResult, cluster: &str) -> Result<(), String> {
-    let s = r.snapshot.as_ref().ok_or_else(|| format!("{}: {:?}", r.monitor_id, r.error))?;
-    if s.cluster_id != cluster {
-        return Err(format!("{}: cluster {}", r.monitor_id, s.cluster_id));
-    }
-    let g = s.groups.iter().find(|g| g.group_id == "readers").ok_or_else(|| format!("{}: no group", r.monitor_id))?;
-    let o: Vec<(&str, i32, i64, Option<i64>)> =
-        g.offsets.iter().map(|o| (o.topic.as_str(), o.partition, o.committed, o.lag)).collect();
-    if o != vec![("orders", 0, 3, Some(2))] {
-        return Err(format!("{}: offsets {o:?}", r.monitor_id));
-    }
-    // The librdkafka node says once per cycle that it reads groups that way; nothing else is expected.
-    let notes: Vec<&String> =
-        s.notes.iter().filter(|n| !n.starts_with("consumer groups read through librdkafka")).collect();
-    if !notes.is_empty() || !s.warnings.is_empty() || !s.broker_errors.is_empty() {
-        return Err(format!("{}: {:?} {:?} {:?}", r.monitor_id, s.notes, s.warnings, s.broker_errors));
-    }
-    Ok(())
+    SecureCluster { endpoint, tokens: token_cluster(name, OAuthBearer::jwt(validator)).await }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tokens_are_refreshed_for_thirty_seconds_on_the_direct_and_the_librdkafka_paths() {
     let cluster = secure_cluster("oauth-kafka").await;
     let url = cluster.endpoint.url();
-    let direct = KollectorProcess::standalone(&oauth_monitor("direct", cluster.port, &url, SECRET));
+    let tls_dir = cluster.tokens.tls_dir_flag();
+    let direct =
+        KollectorProcess::standalone_with(&oauth_monitor("direct", &cluster.tokens, &url, SECRET), &[&tls_dir]);
     let librdkafka = KollectorProcess::standalone_with(
-        &oauth_monitor("librdkafka", cluster.port, &url, SECRET),
-        &["--librdkafka-groups"],
+        &oauth_monitor("librdkafka", &cluster.tokens, &url, SECRET),
+        &["--librdkafka-groups", &tls_dir],
     );
     let nodes = [("direct", &direct), ("librdkafka", &librdkafka)];
 
     // Both collect correctly once.
     for (id, k) in nodes {
         wait_for_async(&format!("{id} to collect over OAUTHBEARER"), Duration::from_secs(30), || async move {
-            let r = latest(k).await?;
+            let r = k.latest_by_id().await?;
             correct(r.get(id).ok_or("no result yet")?, "oauth-kafka")
         })
         .await;
@@ -121,7 +74,7 @@ async fn tokens_are_refreshed_for_thirty_seconds_on_the_direct_and_the_librdkafk
     let mut seen: BTreeMap<&str, std::collections::BTreeSet<u64>> = BTreeMap::new();
     while started.elapsed() < window {
         for (id, k) in nodes {
-            let r = latest(k).await.expect("latest");
+            let r = k.latest_by_id().await.expect("latest");
             let r = r.get(id).expect("a result");
             if let Err(why) = correct(r, "oauth-kafka") {
                 panic!("{id} failed a cycle after {:?}: {why}", started.elapsed());
@@ -135,7 +88,7 @@ async fn tokens_are_refreshed_for_thirty_seconds_on_the_direct_and_the_librdkafk
     }
 
     // The tokens were really refreshed and really checked.
-    let o = &cluster.proxy.oauth;
+    let o = &cluster.tokens.proxy.oauth;
     let issued = cluster.endpoint.issued.load(Ordering::SeqCst);
     let distinct = o.distinct_tokens();
     let (authenticated, reauthenticated) =
@@ -177,14 +130,14 @@ async fn a_wrong_client_secret_and_an_unreachable_endpoint_are_named_within_the_
     let silent = kollector_tests::net::BlackHole::start();
     let nowhere = format!("http://{}/token", silent.address());
     let config = [
-        oauth_monitor("wrong-secret", cluster.port, &cluster.endpoint.url(), "not-the-secret"),
-        oauth_monitor("no-endpoint", cluster.port, &nowhere, SECRET),
+        oauth_monitor("wrong-secret", &cluster.tokens, &cluster.endpoint.url(), "not-the-secret"),
+        oauth_monitor("no-endpoint", &cluster.tokens, &nowhere, SECRET),
     ]
     .concat();
     let started = Instant::now();
-    let k = KollectorProcess::standalone(&config);
+    let k = KollectorProcess::standalone_with(&config, &[&cluster.tokens.tls_dir_flag()]);
     let results = wait_for_async("both monitors to fail with a reason", Duration::from_secs(15), || async {
-        let r = latest(&k).await?;
+        let r = k.latest_by_id().await?;
         let both = ["wrong-secret", "no-endpoint"].iter().all(|id| r.get(*id).is_some_and(|r| r.error.is_some()));
         both.then_some(r).ok_or_else(|| "not yet".to_string())
     })
@@ -206,7 +159,7 @@ async fn a_wrong_client_secret_and_an_unreachable_endpoint_are_named_within_the_
     // The wrong secret was really sent to the endpoint and refused; no
     // token reached the broker.
     assert!(cluster.endpoint.refused.load(Ordering::SeqCst) > 0);
-    assert_eq!(cluster.proxy.oauth.authenticated.load(Ordering::SeqCst), 0);
+    assert_eq!(cluster.tokens.proxy.oauth.authenticated.load(Ordering::SeqCst), 0);
     let log = k.log();
     assert!(!log.contains(SECRET) && !log.contains("not-the-secret"), "a client secret is in the log");
     let metrics = k.http_get("/metrics").unwrap();
@@ -220,9 +173,12 @@ async fn a_wrong_client_secret_and_an_unreachable_endpoint_are_named_within_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_identity_provider_outage_is_survived_while_the_token_lasts_and_named_after() {
     let cluster = secure_cluster("oauth-outage-kafka").await;
-    let k = KollectorProcess::standalone(&oauth_monitor("outage", cluster.port, &cluster.endpoint.url(), SECRET));
+    let k = KollectorProcess::standalone_with(
+        &oauth_monitor("outage", &cluster.tokens, &cluster.endpoint.url(), SECRET),
+        &[&cluster.tokens.tls_dir_flag()],
+    );
     wait_for_async("a first collection", Duration::from_secs(30), || async {
-        let r = latest(&k).await?;
+        let r = k.latest_by_id().await?;
         correct(r.get("outage").ok_or("no result yet")?, "oauth-outage-kafka")
     })
     .await;
@@ -231,7 +187,7 @@ async fn an_identity_provider_outage_is_survived_while_the_token_lasts_and_named
     // Every cycle until the token in hand has expired either succeeds or
     // (once it has) names the provider's refusal; one of them must fail.
     let failed = wait_for_async("the outage to show once the token expired", Duration::from_secs(20), || async {
-        let r = latest(&k).await?;
+        let r = k.latest_by_id().await?;
         let r = r.get("outage").ok_or("no result")?;
         match &r.error {
             None => Err(format!("still collecting after {:?}", outage.elapsed())),
@@ -246,7 +202,7 @@ async fn an_identity_provider_outage_is_survived_while_the_token_lasts_and_named
     assert!(failed.message.contains("client disabled"), "the provider's answer is not in {failed:?}");
     cluster.endpoint.refuse_all.store(false, Ordering::SeqCst);
     wait_for_async("collection to come back with the provider", Duration::from_secs(30), || async {
-        let r = latest(&k).await?;
+        let r = k.latest_by_id().await?;
         correct(r.get("outage").ok_or("no result")?, "oauth-outage-kafka")
     })
     .await;

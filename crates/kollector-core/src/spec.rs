@@ -1092,20 +1092,18 @@ impl MonitorInput {
 
         // Bearer tokens (OAUTHBEARER, and MSK IAM's, which carry this
         // node's AWS identity) are credentials in themselves: they go only
-        // over verified TLS, unless every broker is on this host.
+        // over TLS with certificate verification. Always: brokers are
+        // reached at the addresses their metadata advertises, so a loopback
+        // bootstrap says nothing about where the token would go.
         if let Some(s) = &sasl {
-            let all_loopback = self.bootstrap.iter().all(|b| is_loopback_host(b));
-            if s.mechanism.uses_tokens() && !all_loopback {
-                let unverified = tls.as_ref().is_none_or(|t| t.insecure_skip_verify);
-                if unverified {
-                    errors.push(
-                        "tls",
-                        format!(
-                            "{} sends bearer tokens: TLS with certificate verification is required (a [tls] table without insecure_skip_verify) unless every bootstrap host is a loopback address",
-                            s.mechanism.as_str()
-                        ),
-                    );
-                }
+            if s.mechanism.uses_tokens() && tls.as_ref().is_none_or(|t| t.insecure_skip_verify) {
+                errors.push(
+                    "tls",
+                    format!(
+                        "{} sends bearer tokens: TLS with certificate verification is required (a [tls] table without insecure_skip_verify)",
+                        s.mechanism.as_str()
+                    ),
+                );
             }
             if s.mechanism == SaslMechanism::AwsMskIam {
                 for (i, b) in self.bootstrap.iter().enumerate() {
@@ -1514,7 +1512,7 @@ mod tests {
         let msk = |bootstrap: &[&str], region: Option<&str>| {
             let mut i = input();
             i.bootstrap = bootstrap.iter().map(|b| b.to_string()).collect();
-            i.tls = (!bootstrap.iter().all(|b| is_loopback_host(b))).then(TlsInput::default);
+            i.tls = Some(TlsInput::default());
             i.sasl = Some(SaslInput {
                 mechanism: "aws_msk_iam".into(),
                 aws_region: region.map(str::to_string),
@@ -1554,6 +1552,12 @@ mod tests {
             aws_region: Some("us-east-1".into()),
             ..Default::default()
         });
+        i.tls = Some(TlsInput::default());
         assert_eq!(fields(i.validate(1)), ["sasl.username"]);
+        // Tokens never go in clear, whatever the bootstrap.
+        i.sasl.as_mut().unwrap().username = String::new();
+        i.sasl.as_mut().unwrap().password = None;
+        i.tls = None;
+        assert_eq!(fields(i.validate(1)), ["tls"]);
     }
 }

@@ -207,10 +207,24 @@ impl KafkaClient {
         // fence, when that is the monitor's cluster (the pinned or expected
         // id; the first success pins it): a snapshot the monitor will refuse
         // as another cluster's never lets the probe write there.
-        if let (Some(probe), Ok(snapshot)) = (&self.e2e, &result) {
+        if let Ok(snapshot) = &result {
             let pinned = spec.expected_cluster_id.clone().or_else(|| self.pinned_cluster());
-            if pinned.as_deref().is_none_or(|id| id == snapshot.cluster_id) {
-                probe.permit(probe_fence, &snapshot.cluster_id);
+            match pinned {
+                // The first success pins the cluster here as the monitor does.
+                None => self.pin_cluster(&snapshot.cluster_id),
+                Some(id) if id != snapshot.cluster_id => {
+                    if let Some(probe) = &self.e2e {
+                        probe.revoke();
+                    }
+                }
+                Some(_) => {}
+            }
+            if let Some(probe) = &self.e2e {
+                if self.pinned_cluster().as_deref() == Some(snapshot.cluster_id.as_str())
+                    && spec.expected_cluster_id.as_deref().is_none_or(|id| id == snapshot.cluster_id)
+                {
+                    probe.permit(probe_fence, &snapshot.cluster_id);
+                }
             }
         }
         self.serve_main_queue();

@@ -225,7 +225,7 @@ impl TokenSource {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let now = Instant::now();
-            if let Some(t) = cache.token.as_ref().filter(|t| now < t.refresh_at) {
+            if let Some(t) = cache.valid().filter(|t| now < t.refresh_at) {
                 return Ok(t.clone());
             }
             if cache.fetching || cache.retry_after.is_some_and(|at| now < at) {
@@ -250,14 +250,35 @@ impl TokenSource {
             }
             cache = self.fetched.wait_timeout(cache, left).unwrap_or_else(|e| e.into_inner()).0;
         }
-        let budget = if cache.valid().is_some() { within.min(REFRESH_BUDGET) } else { within };
+        // With a valid token in hand a refresh gets a short budget (half
+        // the time the token has left, at least REFRESH_BUDGET), so a slow
+        // endpoint delays nobody long yet still gets its chance.
+        let budget = match cache.valid() {
+            Some(t) => {
+                within.min(REFRESH_BUDGET.max(Duration::from_millis(t.expires_at_ms.saturating_sub(unix_ms()) / 2)))
+            }
+            None => within,
+        };
         cache.fetching = true;
         drop(cache);
+        // Clears `fetching` and wakes the waiters however the request ends
+        // (a panic in it included: this also runs under catch_unwind).
+        struct Fetching<'a>(&'a TokenSource);
+        impl Drop for Fetching<'_> {
+            fn drop(&mut self) {
+                self.0.cache.lock().unwrap_or_else(|e| e.into_inner()).fetching = false;
+                self.0.fetched.notify_all();
+            }
+        }
+        let guard = Fetching(self);
         let fetched = match &self.issuer {
             Issuer::Oidc(client) => client.fetch(budget),
             Issuer::MskIam(signer) => Self::sign(signer, budget),
         };
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        // The normal end: waiters woken now find the answer below in the
+        // cache once this lock is released.
+        std::mem::forget(guard);
         cache.fetching = false;
         self.fetched.notify_all();
         match fetched {

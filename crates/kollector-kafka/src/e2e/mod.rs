@@ -145,6 +145,14 @@ impl ProducerContext for ProbeContext {
         let mut t = self.0.tracker.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(_) => t.acked(partition, seq, now),
+            // Purged by the probe itself (the fence passed, or it stops):
+            // cancelled, not a failure of the cluster.
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::PurgeQueue | rdkafka::types::RDKafkaErrorCode::PurgeInflight,
+                ),
+                _,
+            )) => t.cancel(partition, seq),
             Err(_) => t.failed(partition, seq, now),
         }
     }
@@ -238,6 +246,11 @@ impl E2eProbe {
     pub fn permit(&self, fence: Option<crate::Fence>, cluster_id: &str) {
         *self.shared.fence.lock().unwrap_or_else(|e| e.into_inner()) =
             FenceState::Given { fence, cluster_id: cluster_id.to_string() };
+    }
+
+    /// Takes the permission back (a collection reached another cluster).
+    pub fn revoke(&self) {
+        *self.shared.fence.lock().unwrap_or_else(|e| e.into_inner()) = FenceState::NotYet;
     }
 
     /// The probe's numbers so far.
@@ -414,7 +427,10 @@ impl ProbeLoop {
                 c.producer.poll(Duration::ZERO);
             }
             let now = Instant::now();
-            if now >= self.next_produce {
+            // Asked again before each write: the topic check may have taken
+            // seconds, and the fence may have passed meanwhile.
+            let still = self.shared.permitted().as_deref() == Some(cluster_id.as_str());
+            if now >= self.next_produce && still {
                 if !self.leaders.is_empty() {
                     self.produce_round(now);
                     self.purged = false;
@@ -422,7 +438,7 @@ impl ProbeLoop {
                 self.next_produce = now + self.shared.config.interval;
             }
             self.check_commit();
-            if now >= self.next_commit {
+            if now >= self.next_commit && still {
                 self.commit();
                 self.next_commit = now + COMMIT_EVERY;
             }
@@ -503,7 +519,12 @@ impl ProbeLoop {
             return;
         }
         let Some(c) = &mut self.clients else { return };
-        if c.pending_commit.is_some() {
+        if let Some(p) = &c.pending_commit {
+            // One commit at a time; one that was given up on and is still
+            // out is a failure for every slot it keeps the next one from.
+            if p.given_up {
+                self.shared.commits.lock().unwrap_or_else(|e| e.into_inner()).failed += 1;
+            }
             return;
         }
         self.consumed_since_commit = false;
@@ -575,12 +596,21 @@ impl ProbeLoop {
         // make the probe count another cluster's messages under this one.
         match c.producer.client().fetch_cluster_id(left()) {
             Some(id) if id == cluster_id => {}
-            found => {
+            // No answer in time: checked again at the next try, nothing
+            // changed meanwhile.
+            None => {
+                self.problem(format!("could not read the cluster id of {} through the probe's clients", config.topic));
+                return false;
+            }
+            Some(other) => {
                 self.problem(format!(
-                    "the probe's clients reach cluster {}, not the monitor's {cluster_id}: not probing",
-                    found.as_deref().unwrap_or("(unknown)")
+                    "the probe's clients reach cluster {other}, not the monitor's {cluster_id}: not probing"
                 ));
+                *self.shared.fence.lock().unwrap_or_else(|e| e.into_inner()) = FenceState::NotYet;
                 self.leaders.clear();
+                if let Some(c) = &self.clients {
+                    let _ = c.consumer.unassign();
+                }
                 return false;
             }
         }
@@ -590,8 +620,8 @@ impl ProbeLoop {
         let read = topic::read(c.producer.client(), &config.topic, left());
         let outcome = read.and_then(|view| {
             let plan = topic::plan(&view, config.partitions_per_broker, config.replication_factor);
-            if self.shared.stopping() {
-                return Err("stopping".to_string());
+            if self.shared.stopping() || self.shared.permitted().as_deref() != Some(cluster_id) {
+                return Err("the fence passed or the probe stops: the topic is left as it is".to_string());
             }
             if !topic::apply(&self.admin_config, &self.shared, &config.topic, &plan, left())? {
                 return Ok((view, plan));
@@ -633,39 +663,25 @@ impl ProbeLoop {
         plan.uncovered.is_empty()
     }
 
-    /// Reads every probe partition: those read already from where the
-    /// consumer is, new ones from their end as of now (so nothing produced
-    /// from now on is missed, nothing older is read, and nothing in flight
-    /// on the others is skipped).
+    /// Adds the partitions the consumer does not read yet, each from its
+    /// end as of now (so nothing produced from now on is missed and
+    /// nothing older is read); the ones it reads already go on from where
+    /// they are (nothing in flight there is skipped).
     fn assign(&mut self, leaders: &BTreeMap<i32, Option<i32>>, deadline: Instant) -> Result<(), String> {
         let topic = self.shared.config.topic.clone();
         let Some(c) = &self.clients else { return Err("no consumer".into()) };
-        let positions: BTreeMap<i32, Offset> = c
-            .consumer
-            .position()
-            .map(|l| {
-                l.elements_for_topic(&topic)
-                    .iter()
-                    .filter(|e| matches!(e.offset(), Offset::Offset(_)))
-                    .map(|e| (e.partition(), e.offset()))
-                    .collect()
-            })
-            .unwrap_or_default();
         let mut list = TopicPartitionList::new();
-        for p in leaders.keys() {
-            let offset = match (self.leaders.contains_key(p), positions.get(p)) {
-                (true, Some(at)) => *at,
-                _ => {
-                    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-                    let (_, high) = c
-                        .consumer
-                        .fetch_watermarks(&topic, *p, left)
-                        .map_err(|e| format!("reading the end of {topic}/{p}: {e}"))?;
-                    Offset::Offset(high)
-                }
-            };
-            list.add_partition_offset(&topic, *p, offset).map_err(|e| e.to_string())?;
+        for p in leaders.keys().filter(|p| !self.leaders.contains_key(p)) {
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+            let (_, high) = c
+                .consumer
+                .fetch_watermarks(&topic, *p, left)
+                .map_err(|e| format!("reading the end of {topic}/{p}: {e}"))?;
+            list.add_partition_offset(&topic, *p, Offset::Offset(high)).map_err(|e| e.to_string())?;
         }
-        c.consumer.assign(&list).map_err(|e| format!("assigning {topic}: {e}"))
+        if list.count() == 0 {
+            return Ok(());
+        }
+        c.consumer.incremental_assign(&list).map_err(|e| format!("assigning {topic}: {e}"))
     }
 }

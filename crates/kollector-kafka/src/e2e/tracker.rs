@@ -120,6 +120,15 @@ impl Tracker {
         }
     }
 
+    /// `seq` was withdrawn by the probe itself before it was settled (its
+    /// queue purged at the fence): counted neither produced nor failed.
+    pub fn cancel(&mut self, partition: i32, seq: u64) {
+        let b = self.book(partition);
+        if b.pending.remove(&seq).is_some() {
+            b.stats.produced = b.stats.produced.saturating_sub(1);
+        }
+    }
+
     /// `seq` of `partition` was consumed back at `now`.
     pub fn received(&mut self, partition: i32, seq: u64, now: Instant) {
         let b = self.book(partition);
