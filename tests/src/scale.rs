@@ -98,36 +98,13 @@ pub fn placement<'a>(sims: impl IntoIterator<Item = &'a SimCollector>) -> Result
 
 /// Every assignment record, read page by page.
 pub async fn records(client: &mut ManagerServiceClient<Channel>) -> Result<Vec<pb::Assignment>, String> {
-    let pages = kollector_proto::every_page(
-        |page_token| {
-            let mut c = client.clone();
-            async move {
-                let r = c
-                    .get_assignments(pb::GetAssignmentsRequest { page_token, ..Default::default() })
-                    .await?
-                    .into_inner();
-                Ok::<_, tonic::Status>((r.assignments, r.next_page_token))
-            }
-        },
-        stuck_token,
-    );
-    Ok(pages.await.map_err(|e| e.to_string())?.into_iter().flatten().collect())
+    let pages = kollector_proto::all_assignment_pages(client).await.map_err(|e| e.to_string())?;
+    Ok(pages.into_iter().flat_map(|p| p.assignments).collect())
 }
 
 /// Every current result (summaries), read page by page.
 pub async fn latest(client: &mut ManagerServiceClient<Channel>) -> Result<Vec<pb::MonitorResult>, String> {
-    let pages = kollector_proto::every_page(
-        |page_token| {
-            let mut c = client.clone();
-            async move {
-                let req = pb::GetLatestRequest { summary: true, page_token, ..Default::default() };
-                let r = c.get_latest(req).await?.into_inner();
-                Ok::<_, tonic::Status>((r.results, r.next_page_token))
-            }
-        },
-        stuck_token,
-    );
-    Ok(pages.await.map_err(|e| e.to_string())?.into_iter().flatten().collect())
+    kollector_proto::all_latest(client, true).await.map_err(|e| e.to_string())
 }
 
 /// Converged: `n` monitors each run on exactly one live simulated
@@ -170,9 +147,4 @@ pub fn etcd_sent_by_method(etcd: &EtcdServer) -> BTreeMap<String, f64> {
         *out.entry(method).or_default() += s.value;
     }
     out
-}
-
-/// A page token that did not move forward (a broken server).
-fn stuck_token(token: String) -> tonic::Status {
-    tonic::Status::internal(format!("the server's page token {token:?} does not move forward"))
 }

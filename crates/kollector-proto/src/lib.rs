@@ -68,6 +68,100 @@ where
     }
 }
 
+/// A page token that did not move forward (a broken server), as the error
+/// the paged readers below return.
+pub fn stuck_page_token(token: String) -> tonic::Status {
+    tonic::Status::internal(format!("the server's page token {token:?} does not move forward"))
+}
+
+/// What a ManagerService client runs over (a plain channel, or one with an
+/// interceptor adding a bearer token): the bounds tonic's generated client
+/// puts on its methods, named once.
+pub trait ManagerTransport:
+    tonic::client::GrpcService<
+        tonic::body::Body,
+        Error: Into<tonic::codegen::StdError>,
+        ResponseBody: tonic::codegen::Body<
+            Data = tonic::codegen::Bytes,
+            Error: Into<tonic::codegen::StdError> + Send,
+        > + Send
+                          + 'static,
+    > + Clone
+{
+}
+
+impl<T> ManagerTransport for T where
+    T: tonic::client::GrpcService<
+            tonic::body::Body,
+            Error: Into<tonic::codegen::StdError>,
+            ResponseBody: tonic::codegen::Body<
+                Data = tonic::codegen::Bytes,
+                Error: Into<tonic::codegen::StdError> + Send,
+            > + Send
+                              + 'static,
+        > + Clone
+{
+}
+
+type Manager<T> = v1::manager_service_client::ManagerServiceClient<T>;
+
+/// Every monitor (ListMonitors), page by page: one reader for the CLI and the tests.
+pub async fn all_monitors<T: ManagerTransport>(client: &Manager<T>) -> Result<Vec<v1::MonitorInfo>, tonic::Status> {
+    let pages = every_page(
+        |page_token| {
+            let mut c = client.clone();
+            async move {
+                let r =
+                    c.list_monitors(v1::ListMonitorsRequest { page_token, ..Default::default() }).await?.into_inner();
+                Ok((r.monitors, r.next_page_token))
+            }
+        },
+        stuck_page_token,
+    );
+    Ok(pages.await?.into_iter().flatten().collect())
+}
+
+/// Every monitor's latest result (snapshots left out if `summary`), page by page.
+pub async fn all_latest<T: ManagerTransport>(
+    client: &Manager<T>,
+    summary: bool,
+) -> Result<Vec<v1::MonitorResult>, tonic::Status> {
+    let pages = every_page(
+        |page_token| {
+            let mut c = client.clone();
+            async move {
+                let req = v1::GetLatestRequest { summary, page_token, ..Default::default() };
+                let r = c.get_latest(req).await?.into_inner();
+                Ok((r.results, r.next_page_token))
+            }
+        },
+        stuck_page_token,
+    );
+    Ok(pages.await?.into_iter().flatten().collect())
+}
+
+/// Every page of GetAssignments, whole (the first page alone carries
+/// `invalid` and `secrets_on_old_keys`).
+pub async fn all_assignment_pages<T: ManagerTransport>(
+    client: &Manager<T>,
+) -> Result<Vec<v1::GetAssignmentsResponse>, tonic::Status> {
+    every_page(
+        |page_token| {
+            let mut c = client.clone();
+            async move {
+                let r = c
+                    .get_assignments(v1::GetAssignmentsRequest { page_token, ..Default::default() })
+                    .await?
+                    .into_inner();
+                let next = r.next_page_token.clone();
+                Ok((r, next))
+            }
+        },
+        stuck_page_token,
+    )
+    .await
+}
+
 /// The answer to ListRunning for `monitors` (sorted here): the whole list
 /// and its digest, or, when the caller holds a list of the same digest
 /// (`unless_digest`), `unchanged` and no list. One place for collectors and

@@ -80,22 +80,8 @@ fn print_collectors(r: &pb::ListCollectorsResponse) {
 /// Every assignment, page by page (the first page carries `invalid` and
 /// `secrets_on_old_keys`; `unplaced` accumulates).
 async fn assignments_all(client: &mut crate::monitor_cli::Client) -> anyhow::Result<pb::GetAssignmentsResponse> {
-    let pages = kollector_proto::every_page(
-        |page_token| {
-            let mut c = client.clone();
-            async move {
-                let r = c
-                    .get_assignments(pb::GetAssignmentsRequest { page_token, ..Default::default() })
-                    .await?
-                    .into_inner();
-                let next = r.next_page_token.clone();
-                Ok::<_, tonic::Status>((r, next))
-            }
-        },
-        stuck_token,
-    );
     let mut all = pb::GetAssignmentsResponse::default();
-    for r in pages.await.map_err(status_error)? {
+    for r in kollector_proto::all_assignment_pages(client).await.map_err(status_error)? {
         all.assignments.extend(r.assignments);
         all.unplaced.extend(r.unplaced);
         all.invalid.extend(r.invalid);
@@ -159,9 +145,4 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A page token that did not move forward (a broken server).
-fn stuck_token(token: String) -> tonic::Status {
-    tonic::Status::internal(format!("the server's page token {token:?} does not move forward"))
 }

@@ -348,34 +348,12 @@ fn is_loopback(host_port: &str) -> bool {
 
 /// Every monitor, read page by page (each page within gRPC's message limit).
 pub(crate) async fn list_all(client: &mut Client) -> anyhow::Result<Vec<pb::MonitorInfo>> {
-    let pages = kollector_proto::every_page(
-        |page_token| {
-            let mut c = client.clone();
-            async move {
-                let r =
-                    c.list_monitors(pb::ListMonitorsRequest { page_token, ..Default::default() }).await?.into_inner();
-                Ok::<_, tonic::Status>((r.monitors, r.next_page_token))
-            }
-        },
-        stuck_token,
-    );
-    Ok(pages.await.map_err(status_error)?.into_iter().flatten().collect())
+    kollector_proto::all_monitors(client).await.map_err(status_error)
 }
 
 /// Every monitor's latest result (snapshots left out if `summary`), page by page.
 pub(crate) async fn latest_all(client: &mut Client, summary: bool) -> anyhow::Result<Vec<pb::MonitorResult>> {
-    let pages = kollector_proto::every_page(
-        |page_token| {
-            let mut c = client.clone();
-            async move {
-                let req = pb::GetLatestRequest { summary, page_token, ..Default::default() };
-                let r = c.get_latest(req).await?.into_inner();
-                Ok::<_, tonic::Status>((r.results, r.next_page_token))
-            }
-        },
-        stuck_token,
-    );
-    Ok(pages.await.map_err(status_error)?.into_iter().flatten().collect())
+    kollector_proto::all_latest(client, summary).await.map_err(status_error)
 }
 
 pub(crate) async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
@@ -811,9 +789,4 @@ fn verdict_rank(v: &str) -> u8 {
         "REWIND" => 5,
         _ => 0,
     }
-}
-
-/// A page token that did not move forward (a broken server).
-fn stuck_token(token: String) -> tonic::Status {
-    tonic::Status::internal(format!("the server's page token {token:?} does not move forward"))
 }
