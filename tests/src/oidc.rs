@@ -30,7 +30,6 @@ pub struct TokenEndpoint {
     pub refused: Arc<AtomicU64>,
     /// Refuse every request (as an identity provider whose client was disabled).
     pub refuse_all: Arc<AtomicBool>,
-    jwks: serde_json::Value,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -144,7 +143,7 @@ impl TokenEndpoint {
             refused: refused.clone(),
             refuse_all: refuse_all.clone(),
         });
-        let served = jwks.clone();
+        let served = jwks;
         let app = Router::new()
             .route("/token", post(token))
             .route("/jwks", get(move || async move { Json(served.clone()) }))
@@ -153,7 +152,7 @@ impl TokenEndpoint {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        TokenEndpoint { addr, issued, refused, refuse_all, jwks, task }
+        TokenEndpoint { addr, issued, refused, refuse_all, task }
     }
 
     pub fn url(&self) -> String {
@@ -162,11 +161,6 @@ impl TokenEndpoint {
 
     pub fn jwks_url(&self) -> String {
         format!("http://{}/jwks", self.addr)
-    }
-
-    /// The key set, as served at [`TokenEndpoint::jwks_url`].
-    pub fn jwks(&self) -> serde_json::Value {
-        self.jwks.clone()
     }
 }
 

@@ -200,11 +200,6 @@ impl Tracker {
     pub fn partitions(&self) -> Vec<E2ePartition> {
         self.books.values().map(|b| b.stats.clone()).collect()
     }
-
-    /// The partitions the tracker knows.
-    pub fn known(&self) -> impl Iterator<Item = i32> + '_ {
-        self.books.keys().copied()
-    }
 }
 
 /// A commit's latency, kept with the others.
